@@ -1,0 +1,37 @@
+# Every target makes its own virtual environment; nothing needs installing by hand.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+# torch 2.13.0 is pinned for tests: on the machines here it resolves to a CPU build on disk;
+# an unpinned torch pulls a multi-GB CUDA build.
+TORCH_PIN ?= torch==2.13.0
+
+.PHONY: serve test test-slow bench clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --upgrade pip
+
+$(VENV)/.serve-installed: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install -e '.[llama]'
+	touch $@
+
+$(VENV)/.dev-installed: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install '$(TORCH_PIN)'
+	$(BIN)/pip install -e '.[dev]'
+	touch $@
+
+serve: $(VENV)/.serve-installed
+	$(BIN)/cortex serve
+
+test: $(VENV)/.dev-installed
+	$(BIN)/pytest -m "not slow and not gpu" $(PYTEST_ARGS)
+
+test-slow: $(VENV)/.dev-installed
+	$(BIN)/pytest -m slow $(PYTEST_ARGS)
+
+bench: $(VENV)/.dev-installed
+	$(BIN)/python benchmarks/stream_decode.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache build *.egg-info

@@ -1,0 +1,45 @@
+"""`cortex neuron`: the per-node daemon."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+
+@click.command()
+@click.option("--listen", metavar="HOST:PORT", help="Address to serve on [default: 0.0.0.0:13131].")
+@click.option("--name", help="Node name shown by the gateway [default: hostname].")
+@click.option("--gpus", metavar="0,1", help="GPU indices this daemon owns [default: all].")
+@click.option("--models-dir", type=click.Path(file_okay=False, path_type=Path),
+              help="Where to find models [default: ~/.cortex/models].")
+@click.option("--cpu-memory-mb", type=click.FloatRange(min=1), help="Memory budget of the CPU device "
+              "[default: available RAM].")
+@click.option("--config", "config_path", type=click.Path(dir_okay=False, path_type=Path),
+              help="neuron.toml; flags override it.")
+@click.option("--log-level", default="info", type=click.Choice(["debug", "info", "warning", "error"]))
+def neuron(listen, name, gpus, models_dir, cpu_memory_mb, config_path, log_level) -> None:
+    """Serve the models on this machine's GPUs (or CPU) to the gateway."""
+    from cortex_cli.logs import setup_logging
+    from neuron.config import ConfigError, NeuronConfig, config_from_file, parse_gpus, parse_listen
+
+    setup_logging(log_level)
+    try:
+        config = config_from_file(config_path) if config_path else NeuronConfig()
+        if listen:
+            config.host, config.port = parse_listen(listen, "--listen")
+        if gpus is not None:
+            config.gpus = parse_gpus(gpus, "--gpus")
+        config.name = name or config.name
+        config.models_dir = models_dir or config.models_dir
+        config.cpu_memory_mb = cpu_memory_mb or config.cpu_memory_mb
+    except ConfigError as exc:
+        raise click.UsageError(str(exc)) from None
+    from neuron.app import run
+
+    try:
+        run(config)
+    except ValueError as exc:
+        raise click.ClickException(str(exc)) from None
+    except OSError as exc:
+        raise click.ClickException(f"cannot listen on {config.host}:{config.port}: {exc.strerror}") from None

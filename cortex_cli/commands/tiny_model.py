@@ -1,0 +1,32 @@
+"""`cortex tiny-model`: write a small random-weight model for tests and demos."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+
+@click.command("tiny-model")
+@click.argument("out", type=click.Path(path_type=Path))
+@click.option("--format", "fmt", type=click.Choice(["gguf", "hf"]), default="gguf", show_default=True)
+@click.option("--layers", type=click.IntRange(min=1, max=64), default=2, show_default=True)
+@click.option("--dim", type=click.IntRange(min=16, max=4096), default=64, show_default=True,
+              help="Hidden size, a multiple of 16.")
+@click.option("--vocab", type=click.IntRange(min=300, max=32000), default=512, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--context", type=click.IntRange(min=64), default=2048, show_default=True)
+def tiny_model(out, fmt, layers, dim, vocab, seed, context) -> None:
+    """Write a deterministic random-weight Llama model (real tokenizer and chat template) to OUT.
+
+    The weights are random: it answers gibberish, quickly. It exists so tests
+    and first runs have a real model without downloading one.
+    """
+    from neuron.tiny_model import TinySpec, write_tiny_model
+
+    spec = TinySpec(layers=layers, dim=dim, vocab=vocab, seed=seed, context=context)
+    try:
+        path = write_tiny_model(out, fmt, spec)
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from None
+    click.echo(f"wrote {fmt} model to {path}")

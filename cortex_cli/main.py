@@ -1,0 +1,18 @@
+"""The `cortex` click group: registration only; each command lives in `commands/`."""
+
+from __future__ import annotations
+
+import click
+
+from cortex_cli.commands.neuron import neuron
+from cortex_cli.commands.tiny_model import tiny_model
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="cortex-fleet")
+def cli() -> None:
+    """Run your own LLMs on several GPU machines."""
+
+
+cli.add_command(neuron)
+cli.add_command(tiny_model)

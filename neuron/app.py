@@ -1,0 +1,81 @@
+"""The neuron's aiohttp application: `create_app(config)` for the CLI and the tests alike."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+from aiohttp import web
+
+from neuron import lifecycle_routes, openai_routes
+from neuron.api import LoadRequest
+from neuron.config import NeuronConfig
+from neuron.devices import DeviceTable
+from neuron.errors import ApiError, error_middleware
+from neuron.faults import FaultInjector, injection_enabled
+from neuron.inference import InferenceEngine
+from neuron.metrics import NeuronMetrics
+from neuron.openai_routes import ENGINE, KEEPALIVE_S, METRICS, REGISTRY
+from neuron.registry import Registry
+
+log = logging.getLogger("cortex.neuron")
+
+
+def create_app(config: NeuronConfig, *, devices: DeviceTable | None = None) -> web.Application:
+    app = web.Application(middlewares=[error_middleware], client_max_size=int(config.max_body_mb * 2**20))
+    faults = FaultInjector(injection_enabled())
+    devices = devices or DeviceTable(config.gpus, config.cpu_memory_mb)
+    registry = Registry(devices, config.models_dir, faults, config.admission)
+    app[REGISTRY] = registry
+    app[ENGINE] = InferenceEngine(registry, faults)
+    app[METRICS] = NeuronMetrics(registry)
+    app[KEEPALIVE_S] = config.keepalive_s
+    app[lifecycle_routes.FAULTS] = faults
+    app[lifecycle_routes.NODE_NAME] = config.name
+    app[lifecycle_routes.STARTED_AT] = time.monotonic()
+    openai_routes.add_routes(app)
+    lifecycle_routes.add_routes(app, faults.enabled)
+    app.cleanup_ctx.append(_lifetime(config))
+    return app
+
+
+def _lifetime(config: NeuronConfig):
+    async def ctx(app: web.Application):
+        registry = app[REGISTRY]
+        task = asyncio.create_task(_preload(registry, config.preload)) if config.preload else None
+        yield
+        if task:
+            task.cancel()
+        log.info("unloading %d model(s)", len(registry.models))
+        await registry.close()
+        registry.devices.close()
+
+    return ctx
+
+
+async def _preload(registry: Registry, items: list[dict]) -> None:
+    for item in items:
+        try:
+            entry = await registry.load(LoadRequest.from_dict(item))
+            log.info("preloaded %s", entry.id)
+        except ApiError as err:
+            log.error("preload of %s failed: %s", item.get("model"), err.message)
+
+
+def run(config: NeuronConfig) -> None:
+    """Serve until SIGTERM/SIGINT; then finish in-flight requests (bounded), unload, exit 0."""
+    try:
+        import uvloop
+
+        uvloop.install()
+    except ImportError:
+        pass
+    if config.host not in ("127.0.0.1", "localhost", "::1"):
+        log.warning("listening on %s:%d: anyone who can reach this port can load models and run "
+                    "inference; put it on a private network or behind the gateway", config.host, config.port)
+    app = create_app(config)
+    log.info("neuron %s on http://%s:%d, models from %s", config.name, config.host, config.port,
+             config.models_dir)
+    web.run_app(app, host=config.host, port=config.port, shutdown_timeout=config.shutdown_grace_s,
+                print=None, access_log=None, handle_signals=True)

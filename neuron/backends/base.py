@@ -1,0 +1,70 @@
+"""What every backend provides. Methods are called on the device's worker thread only."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from neuron.generation import Detokenizer
+from neuron.openai_schema import SamplingParams
+
+
+class BackendUnavailable(RuntimeError):
+    """The backend's library is not installed; the message says which extra to install."""
+
+
+@dataclass
+class BackendSpec:
+    """What a backend needs to open a model."""
+
+    path: Path
+    format: str  # "gguf" | "hf"
+    devices: list[str]  # "cpu" or "cuda:N"
+    context_size: int | None = None
+    parallel: int = 1
+    gguf_file: str | None = None  # for torch loading a GGUF inside a directory
+    extra: dict = field(default_factory=dict)
+
+
+class Backend(ABC):
+    name: str = ""
+    context_size: int = 0
+    chat_template: str = ""
+    bos_token: str = ""
+    eos_token: str = ""
+    is_tiny: bool = False  # test-only behaviour (scripted output) is allowed on tiny models alone
+
+    @abstractmethod
+    def tokenize(self, text: str) -> list[int]:
+        """Tokenise with special tokens parsed (the chat template emits them as text)."""
+
+    @abstractmethod
+    def generate_tokens(self, prompt: list[int], params: SamplingParams,
+                        forced: list[int] | None = None) -> Iterator[int]:
+        """Lazily sample tokens after `prompt`. With `forced`, emit exactly those tokens,
+        still running a real forward pass for each."""
+
+    @abstractmethod
+    def detokenizer(self) -> Detokenizer:
+        """A fresh incremental detokenizer for one generation."""
+
+    @abstractmethod
+    def is_end(self, token: int) -> bool:
+        """True for end-of-generation tokens."""
+
+    @abstractmethod
+    def embed(self, texts: list[str]) -> list[list[float]]:
+        """One pooled, L2-normalised vector per text."""
+
+    @abstractmethod
+    def close(self) -> None:
+        """Free the model's memory."""
+
+
+def forced_sequence_check(forced: list[int] | None, step: int) -> int | None:
+    """The token forced at `step`, if any (shared by the backends' samplers)."""
+    if forced is None or step >= len(forced):
+        return None
+    return forced[step]

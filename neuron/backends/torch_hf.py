@@ -1,0 +1,197 @@
+"""The torch backend: Hugging Face safetensors models through transformers.
+
+Generation is a hand-driven decode loop over a KV cache rather than
+`model.generate`, so tokens come out one at a time, lazily, and the loop stops
+the moment the consumer stops asking.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterator
+
+from neuron.backends.base import Backend, BackendSpec, BackendUnavailable, forced_sequence_check
+from neuron.openai_schema import SamplingParams
+from neuron.tiny_model import TINY_MARKER_KEY
+
+log = logging.getLogger(__name__)
+
+
+def _import_torch():
+    try:
+        import torch
+        import transformers
+    except ImportError as exc:
+        raise BackendUnavailable(
+            "the torch backend needs torch and transformers: pip install 'cortex-fleet[torch]'") from exc
+    return torch, transformers
+
+
+class TorchBackend(Backend):
+    name = "torch"
+
+    def __init__(self, spec: BackendSpec):
+        torch, transformers = _import_torch()
+        self.torch = torch
+        gpus = [int(d.split(":")[1]) for d in spec.devices if d.startswith("cuda:")]
+        self.device = torch.device(f"cuda:{gpus[0]}" if gpus else "cpu")
+        load_kwargs = _placement_kwargs(torch, gpus)
+        if spec.gguf_file:
+            load_kwargs["gguf_file"] = spec.gguf_file
+        self.tokenizer = transformers.AutoTokenizer.from_pretrained(str(spec.path), **_gguf_only(load_kwargs))
+        self.model = transformers.AutoModelForCausalLM.from_pretrained(str(spec.path), **load_kwargs)
+        self.model.eval()
+        config = self.model.config
+        self.context_size = min(spec.context_size or 1 << 30, getattr(config, "max_position_embeddings", 4096))
+        self.chat_template = getattr(self.tokenizer, "chat_template", None) or ""
+        self.bos_token = self.tokenizer.bos_token or ""
+        self.eos_token = self.tokenizer.eos_token or ""
+        self.is_tiny = bool(getattr(config, TINY_MARKER_KEY, False)) or _config_flag(spec)
+        self._end_ids = _end_token_ids(self.model, self.tokenizer)
+
+    def tokenize(self, text: str) -> list[int]:
+        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    def is_end(self, token: int) -> bool:
+        return token in self._end_ids
+
+    def detokenizer(self):
+        return HFDetokenizer(self.tokenizer)
+
+    def generate_tokens(self, prompt: list[int], params: SamplingParams,
+                        forced: list[int] | None = None) -> Iterator[int]:
+        torch = self.torch
+        gen = torch.Generator(device=self.device)
+        gen.manual_seed(params.seed % (2**63) if params.seed is not None else torch.seed())
+        sampler = TorchSampler(torch, params, gen)
+        with torch.inference_mode():
+            out = self.model(input_ids=torch.tensor([prompt], device=self.device), use_cache=True)
+            step = 0
+            while True:
+                logits = out.logits[0, -1].float()
+                token = forced_sequence_check(forced, step)
+                token = sampler.sample(logits) if token is None else token
+                sampler.seen(token)
+                yield token
+                step += 1
+                out = self.model(input_ids=torch.tensor([[token]], device=self.device),
+                                 past_key_values=out.past_key_values, use_cache=True)
+
+    def embed(self, texts: list[str]) -> list[list[float]]:
+        torch = self.torch
+        vectors = []
+        with torch.inference_mode():
+            for text in texts:
+                ids = torch.tensor([self.tokenize(text) or [0]], device=self.device)
+                hidden = self.model(input_ids=ids, output_hidden_states=True).hidden_states[-1][0]
+                pooled = hidden.float().mean(dim=0)
+                vectors.append(torch.nn.functional.normalize(pooled, dim=0).tolist())
+        return vectors
+
+    def close(self) -> None:
+        del self.model
+        if self.device.type == "cuda":
+            self.torch.cuda.empty_cache()
+
+
+def _placement_kwargs(torch, gpus: list[int]) -> dict:
+    if not gpus:
+        return {"dtype": torch.float32, "device_map": {"": "cpu"}}
+    if len(gpus) == 1:
+        return {"dtype": "auto", "device_map": {"": f"cuda:{gpus[0]}"}}
+    # Several GPUs: let accelerate split layers over exactly the devices we own.
+    free = {i: torch.cuda.mem_get_info(i)[0] for i in gpus}
+    return {"dtype": "auto", "device_map": "auto",
+            "max_memory": {i: int(f * 0.9) for i, f in free.items()}}
+
+
+def _gguf_only(kwargs: dict) -> dict:
+    return {"gguf_file": kwargs["gguf_file"]} if "gguf_file" in kwargs else {}
+
+
+def _config_flag(spec: BackendSpec) -> bool:
+    try:
+        return bool(json.loads((spec.path / "config.json").read_text()).get(TINY_MARKER_KEY))
+    except (OSError, ValueError):
+        return False
+
+
+def _end_token_ids(model, tokenizer) -> set[int]:
+    ids = set()
+    for source in (getattr(model, "generation_config", None), model.config):
+        eos = getattr(source, "eos_token_id", None) if source is not None else None
+        ids.update(eos if isinstance(eos, list) else [eos] if eos is not None else [])
+    if tokenizer.eos_token_id is not None:
+        ids.add(tokenizer.eos_token_id)
+    return ids
+
+
+class HFDetokenizer:
+    """Incremental detokenisation with the fast tokenizer's DecodeStream."""
+
+    def __init__(self, tokenizer):
+        from tokenizers.decoders import DecodeStream
+
+        self.inner = tokenizer.backend_tokenizer
+        self.stream = DecodeStream(skip_special_tokens=True)
+
+    def step(self, token: int) -> str:
+        return self.stream.step(self.inner, token) or ""
+
+    def flush(self) -> str:
+        return ""
+
+
+class TorchSampler:
+    """Temperature, top-k, top-p, min-p, logit bias and repetition penalties on a logits row."""
+
+    def __init__(self, torch, params: SamplingParams, generator):
+        self.torch = torch
+        self.p = params
+        self.gen = generator
+        self.counts: dict[int, int] = {}
+
+    def seen(self, token: int) -> None:
+        self.counts[token] = self.counts.get(token, 0) + 1
+
+    def sample(self, logits) -> int:
+        torch, p = self.torch, self.p
+        logits = self._biased(logits)
+        if p.temperature <= 0:
+            return int(torch.argmax(logits))
+        logits = logits / p.temperature
+        if p.top_k > 0:
+            kth = torch.topk(logits, min(p.top_k, logits.numel())).values[-1]
+            logits = logits.masked_fill(logits < kth, float("-inf"))
+        probs = torch.softmax(logits, dim=-1)
+        if p.min_p > 0:
+            probs = probs.masked_fill(probs < p.min_p * probs.max(), 0.0)
+        if p.top_p < 1.0:
+            probs = _top_p(torch, probs, p.top_p)
+        return int(torch.multinomial(probs / probs.sum(), 1, generator=self.gen))
+
+    def _biased(self, logits):
+        p = self.p
+        if p.logit_bias:
+            logits = logits.clone()
+            for tok, bias in p.logit_bias.items():
+                if 0 <= tok < logits.numel():
+                    logits[tok] += bias
+        if self.counts and (p.presence_penalty or p.frequency_penalty or p.repeat_penalty != 1.0):
+            logits = logits.clone()
+            idx = self.torch.tensor(list(self.counts), device=logits.device)
+            cnt = self.torch.tensor(list(self.counts.values()), device=logits.device, dtype=logits.dtype)
+            vals = logits[idx]
+            if p.repeat_penalty != 1.0:
+                vals = self.torch.where(vals > 0, vals / p.repeat_penalty, vals * p.repeat_penalty)
+            logits[idx] = vals - p.presence_penalty - p.frequency_penalty * cnt
+        return logits
+
+
+def _top_p(torch, probs, top_p: float):
+    sorted_probs, order = torch.sort(probs, descending=True)
+    cumulative = torch.cumsum(sorted_probs, dim=-1)
+    drop = cumulative - sorted_probs > top_p
+    sorted_probs = sorted_probs.masked_fill(drop, 0.0)
+    return torch.zeros_like(probs).scatter(0, order, sorted_probs)

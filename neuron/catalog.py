@@ -1,0 +1,167 @@
+"""What a neuron can load: its models directory, local paths, and Hugging Face hub ids.
+
+Also sizes a model before loading it, so a load that cannot fit is refused
+before anything is allocated.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from neuron.errors import ApiError
+
+_SPLIT_GGUF = re.compile(r"-0*1-of-\d+$")
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+WEIGHT_SUFFIXES = (".safetensors", ".bin")
+# Compute buffers, scratch space, the CUDA context: measured overhead beyond weights and KV cache.
+OVERHEAD_MB = 32.0
+# Without an explicit context_size, a model gets its trained context up to this: a 128k-token
+# KV cache would dwarf the weights of most models.
+DEFAULT_MAX_CONTEXT = 8192
+
+
+@dataclass(frozen=True)
+class ModelRef:
+    id: str
+    format: str  # "gguf" | "hf"
+    path: str  # local path, or a hub id when `remote`
+    size_mb: float
+    remote: bool = False
+
+    def to_dict(self) -> dict:
+        return {"id": self.id, "format": self.format, "path": self.path, "size_mb": round(self.size_mb, 2)}
+
+
+def scan(models_dir: Path) -> list[ModelRef]:
+    """Every loadable model directly inside `models_dir`, sorted by id."""
+    if not models_dir.is_dir():
+        return []
+    refs = [ref for entry in sorted(models_dir.iterdir()) if (ref := _ref_for(entry)) is not None]
+    return sorted(refs, key=lambda r: r.id)
+
+
+def _ref_for(path: Path) -> ModelRef | None:
+    if path.is_file() and path.suffix == ".gguf":
+        stem = path.stem
+        if re.search(r"-\d+-of-\d+$", stem) and not _SPLIT_GGUF.search(stem):
+            return None  # later parts of a split GGUF: llama.cpp opens them through the first
+        return ModelRef(_SPLIT_GGUF.sub("", stem), "gguf", str(path), _size_mb(path))
+    if path.is_dir() and (path / "config.json").is_file() and _weight_files(path):
+        return ModelRef(path.name, "hf", str(path), _size_mb(path))
+    return None
+
+
+def _weight_files(path: Path) -> list[Path]:
+    return [p for p in path.iterdir() if p.suffix in WEIGHT_SUFFIXES and p.is_file()]
+
+
+def _size_mb(path: Path) -> float:
+    if path.is_file():
+        if _SPLIT_GGUF.search(path.stem):
+            prefix = _SPLIT_GGUF.sub("", path.stem)
+            return sum(p.stat().st_size for p in path.parent.glob(f"{prefix}-*-of-*.gguf")) / 2**20
+        return path.stat().st_size / 2**20
+    return sum(p.stat().st_size for p in _weight_files(path)) / 2**20
+
+
+def resolve(name: str, models_dir: Path) -> ModelRef:
+    """An id in the models dir, a local path, or a hub id ("org/name")."""
+    for ref in scan(models_dir):
+        if ref.id == name:
+            return ref
+    path = Path(name).expanduser()
+    if path.exists():
+        ref = _ref_for(path.resolve())
+        if ref is None:
+            raise ApiError(400, "invalid_request_error",
+                           f"{name}: not a model (expected a .gguf file or a Hugging Face directory "
+                           "with config.json and safetensors weights)", code="not_a_model", param="model")
+        return ref
+    if _HUB_ID.match(name) and not path.is_absolute():
+        return ModelRef(name, "hf", name, 0.0, remote=True)
+    raise ApiError(404, "not_found_error",
+                   f"model {name!r} is not in {models_dir} and is not a path; "
+                   "GET /models/available lists what this node can load", code="model_not_found", param="model")
+
+
+def estimate_mb(ref: ModelRef, context_size: int | None, on_cpu: bool) -> float:
+    """Weights + KV cache + overhead, in MiB; what the load will need on its devices."""
+    if ref.format == "gguf":
+        weights, kv = ref.size_mb, _gguf_kv_mb(Path(ref.path), context_size)
+    else:
+        config = _hf_config(ref)
+        weights = ref.size_mb * _dtype_growth(config, on_cpu)
+        kv = _kv_mb(config.get("num_hidden_layers", 0), config.get("num_key_value_heads")
+                    or config.get("num_attention_heads", 0), _head_dim(config),
+                    context_size or min(config.get("max_position_embeddings", 2048), DEFAULT_MAX_CONTEXT),
+                    4 if on_cpu else 2)
+    return weights + kv + OVERHEAD_MB
+
+
+def _kv_mb(layers: int, kv_heads: int, head_dim: int, ctx: int, elem_bytes: int) -> float:
+    return 2 * layers * kv_heads * head_dim * ctx * elem_bytes / 2**20
+
+
+def _head_dim(config: dict) -> int:
+    heads = config.get("num_attention_heads") or 1
+    return config.get("head_dim") or config.get("hidden_size", 0) // heads
+
+
+def _hf_config(ref: ModelRef) -> dict:
+    if ref.remote:
+        return {}
+    try:
+        return json.loads((Path(ref.path) / "config.json").read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def _dtype_growth(config: dict, on_cpu: bool) -> float:
+    # On the CPU we load float32 (half-precision matmuls are slow there), doubling 16-bit checkpoints.
+    stored = str(config.get("torch_dtype") or config.get("dtype") or "float32")
+    return 2.0 if on_cpu and stored in ("float16", "bfloat16") else 1.0
+
+
+def _gguf_kv_mb(path: Path, context_size: int | None) -> float:
+    try:
+        meta = gguf_metadata(path)
+    except Exception:  # noqa: BLE001 - an unreadable header is reported by the load itself
+        return 0.0
+    arch = meta.get("general.architecture", "llama")
+    layers = meta.get(f"{arch}.block_count", 0)
+    heads = meta.get(f"{arch}.attention.head_count", 1) or 1
+    kv_heads = meta.get(f"{arch}.attention.head_count_kv", heads)
+    head_dim = meta.get(f"{arch}.embedding_length", 0) // heads
+    ctx = context_size or min(meta.get(f"{arch}.context_length", 2048), DEFAULT_MAX_CONTEXT)
+    return _kv_mb(layers, kv_heads, head_dim, ctx, 2)
+
+
+def default_context(path: Path) -> int:
+    """The context a GGUF model gets when the load does not name one."""
+    try:
+        meta = gguf_metadata(path)
+        trained = meta.get(f"{meta.get('general.architecture', 'llama')}.context_length", 2048)
+    except Exception:  # noqa: BLE001 - llama.cpp will report an unreadable file itself
+        trained = 2048
+    return min(int(trained), DEFAULT_MAX_CONTEXT)
+
+
+def gguf_metadata(path: Path) -> dict:
+    """Scalar metadata of a GGUF file (arrays such as the vocabulary are skipped)."""
+    import gguf
+
+    reader = gguf.GGUFReader(str(path), "r")
+    out = {}
+    for key, field in reader.fields.items():
+        if key.startswith("tokenizer.ggml.") and key not in ("tokenizer.ggml.model",):
+            continue
+        try:
+            value = field.contents()
+        except Exception:  # noqa: BLE001 - exotic field types are not needed here
+            continue
+        if not isinstance(value, list):
+            out[key] = value
+    return out

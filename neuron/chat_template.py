@@ -1,0 +1,108 @@
+"""Chat-template rendering shared by both backends.
+
+Both backends render prompts here, with the same Jinja settings transformers
+uses (sandboxed, trim_blocks, lstrip_blocks), so a model answers the same
+prompt the same way whichever backend loaded it, and tools reach the template
+in both.
+"""
+
+from __future__ import annotations
+
+import json
+from functools import lru_cache
+
+# ChatML with Qwen-style tool calling: the form most open models share, and the
+# one the tool-call parser understands.
+CHATML_TOOLS_TEMPLATE = """\
+{%- if tools %}
+<|im_start|>system
+{% if messages and messages[0].role == 'system' %}{{ messages[0].content }}
+
+{% endif %}# Tools
+
+You may call one or more functions to assist with the user query.
+
+You are provided with function signatures within <tools></tools> XML tags:
+<tools>
+{%- for tool in tools %}
+{{ tool | tojson }}
+{%- endfor %}
+</tools>
+
+For each function call, return a json object with function name and arguments within <tool_call></tool_call> XML tags:
+<tool_call>
+{"name": <function-name>, "arguments": <args-json-object>}
+</tool_call><|im_end|>
+{% elif messages and messages[0].role == 'system' %}
+<|im_start|>system
+{{ messages[0].content }}<|im_end|>
+{% endif %}
+{%- for message in messages %}
+{%- if message.role == 'system' and loop.first %}
+{%- elif message.role == 'tool' %}
+<|im_start|>user
+<tool_response>
+{{ message.content }}
+</tool_response><|im_end|>
+{% elif message.role == 'assistant' %}
+<|im_start|>assistant
+{% if message.content %}{{ message.content }}{% endif %}
+{%- for tc in message.tool_calls or [] %}
+<tool_call>
+{"name": {{ tc.function.name | tojson }}, "arguments": {{ tc.function.arguments }}}
+</tool_call>
+{%- endfor %}<|im_end|>
+{% else %}
+<|im_start|>{{ message.role }}
+{{ message.content }}<|im_end|>
+{% endif %}
+{%- endfor %}
+{%- if add_generation_prompt %}
+<|im_start|>assistant
+{% endif %}"""
+
+
+class TemplateError(ValueError):
+    """The model's chat template could not render these messages."""
+
+
+def _tojson(value, indent=None):
+    return json.dumps(value, ensure_ascii=False, indent=indent)
+
+
+@lru_cache(maxsize=32)
+def _compile(source: str):
+    from jinja2.exceptions import TemplateError as JinjaError
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+    def raise_exception(message):
+        raise JinjaError(message)
+
+    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
+    env.filters["tojson"] = _tojson
+    env.globals["raise_exception"] = raise_exception
+    return env.from_string(source)
+
+
+def render_chat(
+    template: str,
+    messages: list[dict],
+    *,
+    tools: list[dict] | None = None,
+    bos_token: str = "",
+    eos_token: str = "",
+    add_generation_prompt: bool = True,
+) -> str:
+    """Render `messages` (OpenAI shape, text content) into the model's prompt string."""
+    from jinja2.exceptions import TemplateError as JinjaError
+
+    try:
+        return _compile(template).render(
+            messages=messages,
+            tools=tools or None,
+            bos_token=bos_token,
+            eos_token=eos_token,
+            add_generation_prompt=add_generation_prompt,
+        )
+    except JinjaError as exc:
+        raise TemplateError(f"the model's chat template rejected the messages: {exc}") from exc

@@ -1,0 +1,121 @@
+"""The neuron's configuration: `neuron.toml`, overridden by command-line flags.
+
+Reading, validating and defaulting are separate steps, and every error names
+the file and the key, so a typo never surfaces as a traceback.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from neuron.admission import AdmissionLimits
+
+DEFAULT_PORT = 13131
+
+
+class ConfigError(ValueError):
+    """A bad configuration value; the message names the file and key."""
+
+
+def default_models_dir() -> Path:
+    return Path(os.environ.get("CORTEX_MODELS_DIR", "~/.cortex/models")).expanduser()
+
+
+@dataclass
+class NeuronConfig:
+    host: str = "0.0.0.0"
+    port: int = DEFAULT_PORT
+    name: str = ""
+    gpus: list[int] | None = None
+    models_dir: Path = field(default_factory=default_models_dir)
+    cpu_memory_mb: float | None = None
+    admission: AdmissionLimits = field(default_factory=AdmissionLimits)
+    preload: list[dict] = field(default_factory=list)
+    keepalive_s: float = 10.0
+    shutdown_grace_s: float = 30.0
+    max_body_mb: float = 64.0
+
+    def __post_init__(self):
+        if not self.name:
+            self.name = os.uname().nodename
+
+
+def parse_listen(value: str, where: str) -> tuple[str, int]:
+    host, sep, port = value.rpartition(":")
+    if not sep or not port.isdigit() or not 0 <= int(port) < 65536:
+        raise ConfigError(f"{where}: expected HOST:PORT (for example 0.0.0.0:{DEFAULT_PORT}), got {value!r}")
+    return host.strip("[]") or "0.0.0.0", int(port)
+
+
+def parse_gpus(value: str | list, where: str) -> list[int]:
+    items = value.split(",") if isinstance(value, str) else value
+    try:
+        gpus = [int(str(i).strip()) for i in items if str(i).strip()]
+    except ValueError:
+        raise ConfigError(f"{where}: expected GPU indices such as 0,1, got {value!r}") from None
+    if any(g < 0 for g in gpus):
+        raise ConfigError(f"{where}: GPU indices are >= 0, got {value!r}")
+    return gpus
+
+
+def read_toml(path: Path) -> dict:
+    import tomlkit
+
+    try:
+        return tomlkit.parse(path.read_text()).unwrap()
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read ({exc.strerror})") from None
+    except tomlkit.exceptions.ParseError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+
+
+def _expect(section: dict, key: str, kind: type | tuple, where: str, expected: str):
+    value = section.get(key)
+    if value is not None and (not isinstance(value, kind) or isinstance(value, bool) and kind is not bool):
+        raise ConfigError(f"{where}.{key}: expected {expected}, got {value!r}")
+    return value
+
+
+def config_from_file(path: Path) -> NeuronConfig:
+    data = read_toml(path)
+    cfg = NeuronConfig()
+    node = data.get("neuron", {})
+    where = f"{path}: [neuron]"
+    if not isinstance(node, dict):
+        raise ConfigError(f"{path}: [neuron] must be a table")
+    if (listen := _expect(node, "listen", str, where, "HOST:PORT")) is not None:
+        cfg.host, cfg.port = parse_listen(listen, f"{where}.listen")
+    cfg.name = _expect(node, "name", str, where, "a string") or cfg.name
+    if (gpus := node.get("gpus")) is not None:
+        cfg.gpus = parse_gpus(gpus, f"{where}.gpus")
+    if (models_dir := _expect(node, "models_dir", str, where, "a path")) is not None:
+        cfg.models_dir = (path.parent / Path(models_dir).expanduser()).resolve()
+    cfg.cpu_memory_mb = _expect(node, "cpu_memory_mb", (int, float), where, "a number of MiB")
+    for key in ("keepalive_s", "shutdown_grace_s", "max_body_mb"):
+        if (v := _expect(node, key, (int, float), where, "a number")) is not None:
+            setattr(cfg, key, float(v))
+    cfg.admission = _admission(data.get("admission", {}), f"{path}: [admission]")
+    cfg.preload = _preload(data.get("preload", []), path)
+    return cfg
+
+
+def _admission(section: dict, where: str) -> AdmissionLimits:
+    d = AdmissionLimits()
+    return AdmissionLimits(
+        max_in_flight=_expect(section, "max_in_flight", int, where, "an integer") or d.max_in_flight,
+        max_queue_depth=_default(_expect(section, "max_queue_depth", int, where, "an integer"), d.max_queue_depth),
+        max_wait_s=_default(_expect(section, "max_wait_s", (int, float), where, "seconds"), d.max_wait_s),
+    )
+
+
+def _default(value, fallback):
+    return fallback if value is None else value
+
+
+def _preload(items, path: Path) -> list[dict]:
+    if not isinstance(items, list) or not all(isinstance(i, dict) and isinstance(i.get("model"), str)
+                                              for i in items):
+        raise ConfigError(f"{path}: [[preload]]: each entry needs model = \"id or path\"")
+    return items

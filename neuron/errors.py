@@ -1,0 +1,83 @@
+"""One error type for everything a client can cause, rendered as an OpenAI envelope.
+
+Handlers raise `ApiError`; the middleware renders it. Errors are never classified
+by matching message text: the type and code travel with the exception.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import orjson
+from aiohttp import web
+
+log = logging.getLogger(__name__)
+
+
+class ApiError(Exception):
+    """An error with the HTTP status and OpenAI error fields it should be sent with."""
+
+    def __init__(
+        self,
+        status: int,
+        type: str,
+        message: str,
+        *,
+        code: str | None = None,
+        param: str | None = None,
+        retry_after: float | None = None,
+    ):
+        super().__init__(message)
+        self.status = status
+        self.type = type
+        self.message = message
+        self.code = code
+        self.param = param
+        self.retry_after = retry_after
+
+    def envelope(self) -> dict:
+        # Clients read body.error.message, so `error` is always an object, never a bare string.
+        return {"error": {"message": self.message, "type": self.type, "code": self.code, "param": self.param}}
+
+    def headers(self) -> dict[str, str]:
+        if self.retry_after is None:
+            return {}
+        return {"Retry-After": str(max(1, round(self.retry_after)))}
+
+
+def bad_request(message: str, *, param: str | None = None, code: str = "invalid_request") -> ApiError:
+    return ApiError(400, "invalid_request_error", message, code=code, param=param)
+
+
+def from_http_exception(exc: web.HTTPException) -> ApiError:
+    """Turn aiohttp's own errors (unknown route, wrong method, body too large) into ApiErrors."""
+    kinds = {404: ("not_found_error", "not_found"), 405: ("invalid_request_error", "method_not_allowed"),
+             413: ("invalid_request_error", "request_too_large")}
+    type_, code = kinds.get(exc.status, ("invalid_request_error", "http_error"))
+    return ApiError(exc.status, type_, exc.reason or "request rejected", code=code)
+
+
+def json_response(data, status: int = 200, headers: dict | None = None) -> web.Response:
+    return web.Response(body=orjson.dumps(data), status=status, headers=headers,
+                        content_type="application/json")
+
+
+def render_openai(err: ApiError) -> web.Response:
+    return json_response(err.envelope(), err.status, err.headers())
+
+
+@web.middleware
+async def error_middleware(request: web.Request, handler):
+    """Every failure leaves as an OpenAI envelope; unexpected ones are logged, not leaked."""
+    try:
+        return await handler(request)
+    except ApiError as err:
+        return render_openai(err)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        return render_openai(from_http_exception(exc))
+    except Exception:
+        log.exception("unhandled error on %s %s", request.method, request.path)
+        return render_openai(ApiError(500, "server_error", "internal error; see the neuron's log",
+                                      code="internal_error"))

@@ -1,0 +1,132 @@
+"""Token-by-token generation shared by both backends.
+
+llama-cpp-python's own streaming re-detokenises the whole output at every
+token, which makes streaming quadratic. Here each token's bytes are decoded
+once, through an incremental UTF-8 decoder, and stop sequences are matched on
+a small held-back tail: the cost per token is constant.
+"""
+
+from __future__ import annotations
+
+import codecs
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Protocol
+
+from neuron.openai_schema import SamplingParams
+
+
+class DeviceFault(RuntimeError):
+    """The device failed during inference; the model must be reloaded before it is trusted."""
+
+
+@dataclass
+class Delta:
+    """Text produced since the last delta, and the end of generation when it came."""
+
+    text: str
+    finish_reason: str | None = None
+
+
+@dataclass
+class GenerationStats:
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    first_token_at: float | None = None
+    finished_at: float | None = None
+
+
+class StopMatcher:
+    """Finds stop sequences in streamed text, holding back only a possible partial match."""
+
+    def __init__(self, stops: list[str]):
+        self.stops = [s for s in stops if s]
+        self.hold = max((len(s) for s in self.stops), default=0)
+        self.pending = ""
+
+    def feed(self, text: str) -> tuple[str, bool]:
+        """Return (text safe to emit, stopped)."""
+        if not self.stops:
+            return text, False
+        self.pending += text
+        cut = min((i for i in (self.pending.find(s) for s in self.stops) if i >= 0), default=-1)
+        if cut >= 0:
+            out, self.pending = self.pending[:cut], ""
+            return out, True
+        keep = self._partial_suffix_len()
+        out = self.pending[: len(self.pending) - keep]
+        self.pending = self.pending[len(out):]
+        return out, False
+
+    def flush(self) -> str:
+        out, self.pending = self.pending, ""
+        return out
+
+    def _partial_suffix_len(self) -> int:
+        tail = self.pending[-self.hold:]
+        for n in range(min(len(tail), self.hold - 1), 0, -1):
+            suffix = tail[-n:]
+            if any(s.startswith(suffix) for s in self.stops):
+                return n
+        return 0
+
+
+class Detokenizer(Protocol):
+    """Turns tokens into text one at a time, holding back partial characters."""
+
+    def step(self, token: int) -> str: ...
+
+    def flush(self) -> str: ...
+
+
+class ByteDetokenizer:
+    """For backends that give each token's raw bytes (llama.cpp)."""
+
+    def __init__(self, token_bytes: Callable[[int], bytes]):
+        self.token_bytes = token_bytes
+        self.decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+
+    def step(self, token: int) -> str:
+        return self.decoder.decode(self.token_bytes(token))
+
+    def flush(self) -> str:
+        return self.decoder.decode(b"", final=True)
+
+
+def stream_text(
+    tokens: Iterator[int],
+    detok: Detokenizer,
+    is_end: Callable[[int], bool],
+    params: SamplingParams,
+    max_new: int,
+    stats: GenerationStats,
+    clock: Callable[[], float],
+) -> Iterator[Delta]:
+    """Turn a backend's token iterator into text deltas with stop and length handling.
+
+    `tokens` must be lazy: a token is sampled only when asked for, so stopping
+    here stops the backend.
+    """
+    stopper = StopMatcher(params.stop)
+    finish, matched_stop = "length", False
+    for token in tokens:
+        if stats.first_token_at is None:
+            stats.first_token_at = clock()
+        if is_end(token):
+            finish = "stop"
+            break
+        stats.completion_tokens += 1
+        text, matched_stop = stopper.feed(detok.step(token))
+        if text:
+            yield Delta(text)
+        if matched_stop:
+            finish = "stop"
+            break
+        if stats.completion_tokens >= max_new:
+            break
+    if not matched_stop:
+        tail = stopper.flush() + detok.flush()
+        if tail:
+            yield Delta(tail)
+    stats.finished_at = clock()
+    yield Delta("", finish)

@@ -1,0 +1,144 @@
+"""Running one inference request: prompt, admission, generation on the device thread.
+
+The handlers in `openai_routes` only shape the answer; everything about
+getting tokens out of a model for a request lives here.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass, field
+
+from neuron.chat_template import TemplateError, render_chat
+from neuron.errors import ApiError
+from neuron.faults import FaultInjector, fail_after
+from neuron.generation import Delta, DeviceFault, GenerationStats, stream_text
+from neuron.openai_schema import InferenceRequest
+from neuron.registry import ModelEntry, Registry
+from neuron.worker import END, StreamJob
+
+
+@dataclass
+class Generation:
+    """A request admitted and running; iterate `batches()` for its deltas."""
+
+    entry: ModelEntry
+    job: StreamJob
+    stats: GenerationStats
+    started: float
+    registry: Registry
+    finish_reason: str | None = None
+    text_parts: list[str] = field(default_factory=list)
+
+    async def batches(self, keepalive_s: float | None = None) -> AsyncIterator[list[Delta] | None]:
+        """Lists of deltas as they come; None after `keepalive_s` of silence (time for a ping)."""
+        try:
+            while True:
+                batch = await self.job.next_batch(keepalive_s)
+                if batch is None:
+                    yield None
+                    continue
+                done = batch[-1] is END
+                deltas = batch[:-1] if done else batch
+                for d in deltas:
+                    if d.finish_reason:
+                        self.finish_reason = d.finish_reason
+                if deltas:
+                    yield deltas
+                if done:
+                    self._record()
+                    return
+        except DeviceFault as exc:
+            self.registry.poison(self.entry, exc)
+            raise ApiError(503, "overloaded_error", f"model {self.entry.id!r} hit a device error and is "
+                           "being reloaded; retry shortly", code="model_recovering", retry_after=5) from exc
+        finally:
+            self.job.cancelled = True  # a client that went away stops the decode loop
+
+    def _record(self) -> None:
+        s = self.stats
+        if s.first_token_at and s.finished_at:
+            self.entry.record_decode_rate(s.completion_tokens, s.finished_at - s.first_token_at)
+
+    @property
+    def ttft_s(self) -> float | None:
+        return None if self.stats.first_token_at is None else self.stats.first_token_at - self.started
+
+
+class InferenceEngine:
+    def __init__(self, registry: Registry, faults: FaultInjector):
+        self.registry = registry
+        self.faults = faults
+
+    def prompt_text(self, entry: ModelEntry, req: InferenceRequest) -> str:
+        if req.prompt is not None:
+            return req.prompt
+        backend = entry.backend
+        if not backend.chat_template:
+            raise ApiError(400, "invalid_request_error", f"model {entry.id!r} has no chat template; use "
+                           "/v1/completions with a raw prompt", code="no_chat_template")
+        try:
+            return render_chat(backend.chat_template, req.messages, tools=req.tools,
+                               bos_token=backend.bos_token, eos_token=backend.eos_token)
+        except TemplateError as exc:
+            raise ApiError(400, "invalid_request_error", str(exc), code="template_error",
+                           param="messages") from exc
+
+    async def tokenize(self, entry: ModelEntry, text: str) -> list[int]:
+        backend = entry.backend
+        return await self.registry.worker_for(entry).call(lambda: backend.tokenize(text))
+
+    async def start(self, entry: ModelEntry, req: InferenceRequest) -> Generation:
+        """Tokenise, check the context, and start decoding. Call inside an admission slot."""
+        started = time.perf_counter()
+        prompt = await self.tokenize(entry, self.prompt_text(entry, req))
+        ctx = entry.backend.context_size
+        if len(prompt) >= ctx:
+            raise ApiError(400, "invalid_request_error",
+                           f"the prompt is {len(prompt)} tokens but model {entry.id!r} has a context of "
+                           f"{ctx}; shorten the prompt or load the model with a larger context_size",
+                           code="context_length_exceeded", param="messages" if req.messages else "prompt")
+        max_new = min(req.sampling.max_tokens or ctx, ctx - len(prompt))
+        forced = await self._forced_tokens(entry, req)
+        stats = GenerationStats(prompt_tokens=len(prompt))
+        fault_after = self.faults.take(entry.id, "device_error")
+        job = self.registry.worker_for(entry).stream(
+            lambda: self._generate(entry, prompt, req, max_new, stats, forced, fault_after))
+        return Generation(entry, job, stats, started, self.registry)
+
+    def _generate(self, entry, prompt, req, max_new, stats, forced, fault_after) -> Iterator[Delta]:
+        backend = entry.backend
+        tokens = backend.generate_tokens(prompt, req.sampling, forced)
+        if fault_after is not None:
+            tokens = fail_after(tokens, fault_after)
+        try:
+            yield from stream_text(tokens, backend.detokenizer(), backend.is_end, req.sampling,
+                                   max_new, stats, time.perf_counter)
+        except (DeviceFault, ApiError):
+            raise
+        except (RuntimeError, OSError) as exc:
+            # An error from inside torch or llama.cpp mid-decode: the device state is suspect.
+            raise DeviceFault(str(exc)) from exc
+
+    async def _forced_tokens(self, entry: ModelEntry, req: InferenceRequest) -> list[int] | None:
+        """Scripted output, for tests: tiny models only, never a real model."""
+        if req.script is None:
+            return None
+        if not entry.backend.is_tiny:
+            raise ApiError(400, "invalid_request_error", "cortex_script is a test feature of "
+                           "`cortex tiny-model` models only", code="script_not_allowed", param="cortex_script")
+        backend = entry.backend
+        tokens = await self.tokenize(entry, req.script + backend.eos_token)
+        return tokens
+
+    async def embed(self, entry: ModelEntry, texts: list[str]) -> tuple[list[list[float]], int]:
+        backend = entry.backend
+        counts = await self.registry.worker_for(entry).call(lambda: [len(backend.tokenize(t)) for t in texts])
+        too_long = [i for i, n in enumerate(counts) if n >= backend.context_size]
+        if too_long:
+            raise ApiError(400, "invalid_request_error", f"input[{too_long[0]}] is longer than the model's "
+                           f"context of {backend.context_size} tokens", code="context_length_exceeded",
+                           param="input")
+        vectors = await self.registry.worker_for(entry).call(lambda: backend.embed(texts))
+        return vectors, sum(counts)

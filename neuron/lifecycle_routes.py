@@ -1,0 +1,93 @@
+"""The lifecycle API the gateway and the CLI drive: what can load, what is loaded, load, unload, health."""
+
+from __future__ import annotations
+
+import time
+
+from aiohttp import web
+
+from neuron.api import LoadRequest, UnloadRequest, req_str, require_object
+from neuron.catalog import scan
+from neuron.errors import ApiError, bad_request, json_response
+from neuron.faults import FAULT_KINDS, FaultInjector
+from neuron.openai_routes import METRICS, REGISTRY, read_json
+
+STARTED_AT = web.AppKey("started_at", float)
+NODE_NAME = web.AppKey("node_name", str)
+FAULTS = web.AppKey("faults", FaultInjector)
+
+
+async def available(request: web.Request) -> web.Response:
+    registry = request.app[REGISTRY]
+    return json_response({"models": [r.to_dict() for r in scan(registry.models_dir)]})
+
+
+async def models(request: web.Request) -> web.Response:
+    registry = request.app[REGISTRY]
+    return json_response({"models": [m.to_dict() for m in registry.list()],
+                          "failures": registry.failures})
+
+
+async def load(request: web.Request) -> web.Response:
+    req = LoadRequest.from_dict(await read_json(request))
+    entry = await request.app[REGISTRY].load(req)
+    if entry.load_time_s is not None:
+        request.app[METRICS].load_seconds.labels(entry.id).observe(entry.load_time_s)
+    body = entry.info().to_dict()
+    body["estimated_mb"] = round(entry.estimated_mb, 1)
+    return json_response(body)
+
+
+async def unload(request: web.Request) -> web.Response:
+    req = UnloadRequest.from_dict(await read_json(request))
+    entry = await request.app[REGISTRY].unload(req.model)
+    return json_response({"id": entry.id, "status": "unloaded"})
+
+
+async def health(request: web.Request) -> web.Response:
+    app = request.app
+    registry = app[REGISTRY]
+    models = []
+    for m in registry.models.values():
+        adm = m.admission
+        models.append({"id": m.id, "status": m.status, "in_flight": adm.in_flight if adm else 0,
+                       "queue_depth": adm.queue_depth if adm else 0, "decode_tps": round(m.decode_tps, 2),
+                       "memory_mb": round(m.memory_mb, 1)})
+    return json_response({
+        "status": "ok", "name": app[NODE_NAME], "uptime_s": round(time.monotonic() - app[STARTED_AT], 3),
+        "devices": [d.to_dict() for d in registry.devices.snapshot()], "models": models,
+    })
+
+
+async def metrics(request: web.Request) -> web.Response:
+    return web.Response(body=request.app[METRICS].render(),
+                        headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"})
+
+
+async def arm_fault(request: web.Request) -> web.Response:
+    """Debug endpoint, present only with CORTEX_FAULT_INJECTION=1."""
+    data = require_object(await read_json(request))
+    kind = data.get("fault")
+    if kind not in FAULT_KINDS:
+        raise bad_request(f"fault: expected one of {', '.join(FAULT_KINDS)}", param="fault")
+    count, after = data.get("count", 1), data.get("after_tokens", 0)
+    if not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in (count, after)):
+        raise bad_request("count and after_tokens: expected non-negative integers")
+    model = req_str(data, "model")
+    request.app[FAULTS].arm(model, kind, count, after)
+    return json_response({"armed": {"model": model, "fault": kind, "count": count, "after_tokens": after}})
+
+
+async def not_found(request: web.Request) -> web.Response:
+    raise ApiError(404, "not_found_error", f"no route {request.method} {request.path}", code="not_found")
+
+
+def add_routes(app: web.Application, faults_enabled: bool) -> None:
+    app.router.add_get("/models/available", available)
+    app.router.add_get("/models", models)
+    app.router.add_post("/models/load", load)
+    app.router.add_post("/models/unload", unload)
+    app.router.add_get("/health", health)
+    app.router.add_get("/metrics", metrics)
+    if faults_enabled:
+        app.router.add_post("/debug/faults", arm_fault)

@@ -1,0 +1,69 @@
+"""Prometheus metrics of one neuron, on a registry of its own (tests never share globals)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily
+
+# Buckets wide enough for a 0.5B model on a GPU (milliseconds) and a 70B one on a CPU (minutes).
+LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
+TTFT_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+LOAD_BUCKETS = (0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
+
+
+class NeuronMetrics:
+    def __init__(self, registry_view):
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.requests = Counter("cortex_neuron_requests", "Inference requests", ["model", "endpoint", "status"],
+                                registry=r)
+        self.tokens = Counter("cortex_neuron_tokens", "Tokens processed", ["model", "kind"], registry=r)
+        self.ttft = Histogram("cortex_neuron_time_to_first_token_seconds", "Time to first token", ["model"],
+                              buckets=TTFT_BUCKETS, registry=r)
+        self.latency = Histogram("cortex_neuron_request_duration_seconds", "Request latency", ["model"],
+                                 buckets=LATENCY_BUCKETS, registry=r)
+        self.load_seconds = Histogram("cortex_neuron_model_load_seconds", "Model load time", ["model"],
+                                      buckets=LOAD_BUCKETS, registry=r)
+        self.faults = Counter("cortex_neuron_device_faults", "Inferences that hit a device error", ["model"],
+                              registry=r)
+        self.uptime = Gauge("cortex_neuron_up", "1 while the neuron serves", registry=r)
+        self.uptime.set(1)
+        r.register(_LiveCollector(registry_view))
+
+    def observe_generation(self, model: str, endpoint: str, prompt: int, completion: int,
+                           ttft: float | None, seconds: float) -> None:
+        self.requests.labels(model, endpoint, "ok").inc()
+        self.tokens.labels(model, "prompt").inc(prompt)
+        self.tokens.labels(model, "completion").inc(completion)
+        if ttft is not None:
+            self.ttft.labels(model).observe(ttft)
+        self.latency.labels(model).observe(seconds)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+class _LiveCollector:
+    """Gauges read from the registry and devices at scrape time, never stale."""
+
+    def __init__(self, registry_view):
+        self.view = registry_view
+
+    def collect(self):
+        reg = self.view
+        in_flight = GaugeMetricFamily("cortex_neuron_in_flight", "Requests running", labels=["model"])
+        queued = GaugeMetricFamily("cortex_neuron_queue_depth", "Requests waiting", labels=["model"])
+        memory = GaugeMetricFamily("cortex_neuron_model_memory_mb", "Measured model memory", labels=["model"])
+        tps = GaugeMetricFamily("cortex_neuron_decode_tokens_per_second", "Recent decode rate", labels=["model"])
+        for m in reg.models.values():
+            adm = m.admission
+            in_flight.add_metric([m.id], adm.in_flight if adm else 0)
+            queued.add_metric([m.id], adm.queue_depth if adm else 0)
+            memory.add_metric([m.id], m.memory_mb)
+            tps.add_metric([m.id], m.decode_tps)
+        dev_free = GaugeMetricFamily("cortex_neuron_device_free_mb", "Free device memory", labels=["device"])
+        dev_total = GaugeMetricFamily("cortex_neuron_device_total_mb", "Device memory", labels=["device"])
+        for d in reg.devices.snapshot():
+            dev_free.add_metric([d.id], d.free_mb)
+            dev_total.add_metric([d.id], d.total_mb)
+        yield from (in_flight, queued, memory, tps, dev_free, dev_total)

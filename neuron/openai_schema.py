@@ -1,0 +1,225 @@
+"""Validation of OpenAI-dialect inference requests into typed objects.
+
+Every field a client can get wrong produces a 400 naming the field; nothing
+unchecked reaches a backend.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from neuron.api import opt_float, opt_int, req_str, require_object
+from neuron.errors import bad_request
+
+MAX_STOP_SEQUENCES = 16
+CHAT_ROLES = ("system", "developer", "user", "assistant", "tool")
+
+
+@dataclass
+class SamplingParams:
+    max_tokens: int | None = None
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0
+    min_p: float = 0.0
+    seed: int | None = None
+    stop: list[str] = field(default_factory=list)
+    logit_bias: dict[int, float] = field(default_factory=dict)
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    repeat_penalty: float = 1.0
+
+
+@dataclass
+class InferenceRequest:
+    model: str
+    stream: bool
+    sampling: SamplingParams
+    messages: list[dict] | None = None
+    prompt: str | None = None
+    tools: list[dict] | None = None
+    tool_choice: Any = None
+    # Test-only: honoured by tiny models alone (see neuron.scripted).
+    script: str | None = None
+
+
+def parse_sampling(data: dict) -> SamplingParams:
+    max_tokens = opt_int(data, "max_completion_tokens", minimum=1)
+    if max_tokens is None:
+        max_tokens = opt_int(data, "max_tokens", minimum=1)
+    n = opt_int(data, "n", minimum=1)
+    if n not in (None, 1):
+        raise bad_request("n: only n=1 is supported; send several requests instead", param="n")
+    return SamplingParams(
+        max_tokens=max_tokens,
+        temperature=_default(opt_float(data, "temperature", minimum=0, maximum=2), 1.0),
+        top_p=_default(opt_float(data, "top_p", minimum=0, maximum=1), 1.0),
+        top_k=_default(opt_int(data, "top_k", minimum=0), 0),
+        min_p=_default(opt_float(data, "min_p", minimum=0, maximum=1), 0.0),
+        seed=opt_int(data, "seed", minimum=-(2**63), maximum=2**64 - 1),
+        stop=parse_stop(data.get("stop")),
+        logit_bias=parse_logit_bias(data.get("logit_bias")),
+        presence_penalty=_default(opt_float(data, "presence_penalty", minimum=-2, maximum=2), 0.0),
+        frequency_penalty=_default(opt_float(data, "frequency_penalty", minimum=-2, maximum=2), 0.0),
+        repeat_penalty=_default(opt_float(data, "repeat_penalty", minimum=0, maximum=10), 1.0),
+    )
+
+
+def _default(value, fallback):
+    return fallback if value is None else value
+
+
+def parse_stop(value: Any) -> list[str]:
+    if value is None:
+        return []
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, list) or not all(isinstance(s, str) for s in value):
+        raise bad_request("stop: expected a string or a list of strings", param="stop")
+    if len(value) > MAX_STOP_SEQUENCES:
+        raise bad_request(f"stop: at most {MAX_STOP_SEQUENCES} sequences", param="stop")
+    return [s for s in value if s]
+
+
+def parse_logit_bias(value: Any) -> dict[int, float]:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise bad_request("logit_bias: expected an object mapping token ids to biases", param="logit_bias")
+    out = {}
+    for key, bias in value.items():
+        if not str(key).lstrip("-").isdigit() or isinstance(bias, bool) or not isinstance(bias, (int, float)):
+            raise bad_request("logit_bias: keys must be token ids and values numbers", param="logit_bias")
+        out[int(key)] = max(-100.0, min(100.0, float(bias)))
+    return out
+
+
+def parse_chat(body: Any) -> InferenceRequest:
+    data = require_object(body)
+    return InferenceRequest(
+        model=req_str(data, "model"),
+        stream=_parse_bool(data, "stream"),
+        sampling=parse_sampling(data),
+        messages=parse_messages(data.get("messages")),
+        tools=parse_tools(data.get("tools")),
+        tool_choice=data.get("tool_choice"),
+        script=_opt_script(data),
+    )
+
+
+def parse_completion(body: Any) -> InferenceRequest:
+    data = require_object(body)
+    prompt = data.get("prompt")
+    if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], str):
+        prompt = prompt[0]
+    if not isinstance(prompt, str):
+        raise bad_request("prompt: expected a string (one prompt per request)", param="prompt")
+    return InferenceRequest(model=req_str(data, "model"), stream=_parse_bool(data, "stream"),
+                            sampling=parse_sampling(data), prompt=prompt, script=_opt_script(data))
+
+
+def parse_embedding_input(body: Any) -> tuple[str, list[str]]:
+    data = require_object(body)
+    model = req_str(data, "model")
+    value = data.get("input")
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, list) or not value or not all(isinstance(s, str) for s in value):
+        raise bad_request("input: expected a string or a non-empty list of strings", param="input")
+    if len(value) > 2048:
+        raise bad_request("input: at most 2048 strings per request", param="input")
+    return model, value
+
+
+def _parse_bool(data: dict, key: str) -> bool:
+    value = data.get(key, False)
+    if value is None:
+        return False
+    if not isinstance(value, bool):
+        raise bad_request(f"{key}: expected true or false", param=key)
+    return value
+
+
+def _opt_script(data: dict) -> str | None:
+    value = data.get("cortex_script")
+    if value is not None and not isinstance(value, str):
+        raise bad_request("cortex_script: expected a string", param="cortex_script")
+    return value
+
+
+def parse_messages(value: Any) -> list[dict]:
+    if not isinstance(value, list) or not value:
+        raise bad_request("messages: expected a non-empty list of messages", param="messages")
+    return [_parse_message(m, i) for i, m in enumerate(value)]
+
+
+def _parse_message(msg: Any, i: int) -> dict:
+    where = f"messages[{i}]"
+    if not isinstance(msg, dict):
+        raise bad_request(f"{where}: expected an object", param="messages")
+    role = msg.get("role")
+    if role not in CHAT_ROLES:
+        raise bad_request(f"{where}.role: expected one of {', '.join(CHAT_ROLES)}, got {role!r}", param="messages")
+    out = {"role": "system" if role == "developer" else role,
+           "content": message_text(msg.get("content"), where)}
+    if role == "assistant" and msg.get("tool_calls"):
+        out["tool_calls"] = _parse_tool_calls(msg["tool_calls"], where)
+    if role == "tool":
+        out["tool_call_id"] = msg.get("tool_call_id")
+    return out
+
+
+def message_text(content: Any, where: str) -> str:
+    """Flatten OpenAI content (string or parts) to text; these models read text only."""
+    if content is None:
+        return ""
+    if isinstance(content, str):
+        return content
+    if not isinstance(content, list):
+        raise bad_request(f"{where}.content: expected a string or a list of content parts", param="messages")
+    texts = []
+    for j, part in enumerate(content):
+        if not isinstance(part, dict) or part.get("type") not in ("text", "input_text"):
+            kind = part.get("type") if isinstance(part, dict) else type(part).__name__
+            raise bad_request(f"{where}.content[{j}]: part type {kind!r} is not supported by this model; "
+                              "send text parts only", param="messages", code="unsupported_content")
+        if not isinstance(part.get("text"), str):
+            raise bad_request(f"{where}.content[{j}].text: expected a string", param="messages")
+        texts.append(part["text"])
+    return "".join(texts)
+
+
+def _parse_tool_calls(calls: Any, where: str) -> list[dict]:
+    if not isinstance(calls, list):
+        raise bad_request(f"{where}.tool_calls: expected a list", param="messages")
+    out = []
+    for j, call in enumerate(calls):
+        fn = call.get("function") if isinstance(call, dict) else None
+        if not isinstance(fn, dict) or not isinstance(fn.get("name"), str):
+            raise bad_request(f"{where}.tool_calls[{j}].function.name: required", param="messages")
+        args = fn.get("arguments", "{}")
+        if not isinstance(args, str):
+            raise bad_request(f"{where}.tool_calls[{j}].function.arguments: expected a JSON string",
+                              param="messages")
+        out.append({"id": call.get("id"), "type": "function",
+                    "function": {"name": fn["name"], "arguments": args or "{}"}})
+    return out
+
+
+def parse_tools(value: Any) -> list[dict] | None:
+    if value is None:
+        return None
+    if not isinstance(value, list):
+        raise bad_request("tools: expected a list of tools", param="tools")
+    out = []
+    for i, tool in enumerate(value):
+        fn = tool.get("function") if isinstance(tool, dict) else None
+        if not isinstance(fn, dict) or not isinstance(fn.get("name"), str) or not fn["name"]:
+            raise bad_request(f"tools[{i}].function.name: required", param="tools")
+        params = fn.get("parameters", {"type": "object", "properties": {}})
+        if not isinstance(params, dict):
+            raise bad_request(f"tools[{i}].function.parameters: expected a JSON schema object", param="tools")
+        out.append({"type": "function", "function": {
+            "name": fn["name"], "description": fn.get("description") or "", "parameters": params}})
+    return out or None

@@ -1,0 +1,271 @@
+"""The models on this node and their lifecycle.
+
+State machine: (absent) -> loading -> loaded -> unloading -> (absent), and
+loaded -> poisoned -> recovering -> loaded | (absent). Every transition happens
+on the event loop inside this class, so callers cannot race: a second load of
+the same model joins the first (single-flight), and a failed reload leaves the
+model unloaded rather than poisoned forever.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from neuron.admission import Admission, AdmissionLimits
+from neuron.api import LoadRequest, ModelInfo
+from neuron.backends import Backend, BackendSpec, BackendUnavailable, backend_class, choose_backend
+from neuron.catalog import ModelRef, estimate_mb, resolve
+from neuron.devices import DeviceTable, process_rss_mb
+from neuron.errors import ApiError
+from neuron.faults import FaultInjector
+from neuron.worker import DeviceWorker
+
+log = logging.getLogger(__name__)
+UNLOAD_DRAIN_S = 30.0
+
+
+@dataclass
+class ModelEntry:
+    id: str
+    request: LoadRequest
+    ref: ModelRef
+    backend_name: str
+    devices: list[str]
+    status: str = "loading"
+    backend: Backend | None = None
+    memory_mb: float = 0.0
+    estimated_mb: float = 0.0
+    load_time_s: float | None = None
+    admission: Admission | None = None
+    decode_tps: float = 0.0
+    last_error: str | None = None
+    ready: asyncio.Future | None = field(default=None, repr=False)
+
+    def info(self) -> ModelInfo:
+        return ModelInfo(
+            id=self.id, backend=self.backend_name, status=self.status, devices=self.devices,
+            memory_mb=round(self.memory_mb, 1),
+            context_size=self.backend.context_size if self.backend else (self.request.context_size or 0),
+            path=self.ref.path, load_time_s=self.load_time_s, spec=self.request.to_dict(),
+        )
+
+    def record_decode_rate(self, tokens: int, seconds: float) -> None:
+        if tokens > 1 and seconds > 0:
+            rate = (tokens - 1) / seconds
+            self.decode_tps = rate if not self.decode_tps else 0.7 * self.decode_tps + 0.3 * rate
+
+
+class Registry:
+    def __init__(self, devices: DeviceTable, models_dir: Path, faults: FaultInjector,
+                 default_limits: AdmissionLimits):
+        self.devices = devices
+        self.models_dir = models_dir
+        self.faults = faults
+        self.default_limits = default_limits
+        self.workers = {d: DeviceWorker(d) for d in devices.ids}
+        self.models: dict[str, ModelEntry] = {}
+        self.failures: dict[str, str] = {}  # last failed load or recovery, by model id
+
+    # -- queries -------------------------------------------------------------
+    def list(self) -> list[ModelInfo]:
+        return [m.info() for m in self.models.values()]
+
+    def worker_for(self, entry: ModelEntry) -> DeviceWorker:
+        return self.workers[entry.devices[0]]
+
+    def ready(self, model_id: str) -> ModelEntry:
+        """The loaded model, or the error a client should see."""
+        entry = self.models.get(model_id)
+        if entry is None:
+            raise ApiError(404, "not_found_error",
+                           f"model {model_id!r} is not loaded on this node; POST /models/load first",
+                           code="model_not_found", param="model")
+        if entry.status in ("poisoned", "recovering"):
+            raise ApiError(503, "overloaded_error", f"model {model_id!r} hit a device error and is being "
+                           "reloaded; retry shortly", code="model_recovering", retry_after=5)
+        if entry.status != "loaded":
+            raise ApiError(503, "overloaded_error", f"model {model_id!r} is {entry.status}; retry shortly",
+                           code=f"model_{entry.status}", retry_after=2)
+        return entry
+
+    # -- load ------------------------------------------------------------------
+    async def load(self, req: LoadRequest) -> ModelEntry:
+        ref = resolve(req.model, self.models_dir)
+        existing = self.models.get(ref.id)
+        if existing is not None:
+            if existing.ready is not None and not existing.ready.done():
+                await asyncio.shield(existing.ready)  # single-flight: join the load in progress
+                return self.models.get(ref.id) or self._raise_failed(ref.id)
+            return existing
+        entry = self._plan(req, ref)
+        self.models[entry.id] = entry
+        entry.ready = asyncio.get_running_loop().create_future()
+        try:
+            await self._open(entry)
+        except BaseException as exc:
+            self.models.pop(entry.id, None)
+            self.failures[entry.id] = str(exc)
+            entry.ready.set_result(None)
+            raise
+        entry.ready.set_result(None)
+        self.failures.pop(entry.id, None)
+        return entry
+
+    def _raise_failed(self, model_id: str):
+        raise ApiError(500, "server_error", f"loading {model_id!r} failed: {self.failures.get(model_id)}",
+                       code="load_failed")
+
+    def _plan(self, req: LoadRequest, ref: ModelRef) -> ModelEntry:
+        backend_name = choose_backend(req.backend, ref.format)
+        devices = self._choose_devices(req.devices)
+        entry = ModelEntry(ref.id, req, ref, backend_name, devices)
+        entry.estimated_mb = estimate_mb(ref, req.context_size, devices == ["cpu"])
+        self._check_fits(entry)
+        return entry
+
+    def _choose_devices(self, wanted: list[str]) -> list[str]:
+        owned = self.devices.ids
+        unknown = [d for d in wanted if d not in owned]
+        if unknown:
+            raise ApiError(400, "invalid_request_error",
+                           f"devices: this node owns {', '.join(owned)}; not {', '.join(unknown)}",
+                           code="unknown_device", param="devices")
+        if wanted:
+            return wanted
+        # One device by default: the one with the most free memory.
+        return [max(owned, key=self.devices.free_mb)]
+
+    def _check_fits(self, entry: ModelEntry) -> None:
+        free = sum(self.devices.free_mb(d) for d in entry.devices)
+        free -= sum(m.estimated_mb for m in self.models.values()
+                    if m.status == "loading" and set(m.devices) & set(entry.devices))
+        if entry.estimated_mb > free:
+            raise ApiError(507, "insufficient_memory",
+                           f"model {entry.id!r} needs about {entry.estimated_mb:.0f} MiB on "
+                           f"{', '.join(entry.devices)} but {max(free, 0):.0f} MiB is free; unload a model "
+                           "or choose other devices", code="insufficient_memory")
+
+    async def _open(self, entry: ModelEntry) -> None:
+        spec = _backend_spec(entry)
+        started = time.monotonic()
+        log.info("loading %s with %s on %s (about %.0f MiB)", entry.id, entry.backend_name,
+                 ",".join(entry.devices), entry.estimated_mb)
+        try:
+            backend, measured = await self.worker_for(entry).call(lambda: self._open_on_device(entry, spec))
+        except BackendUnavailable as exc:
+            raise ApiError(400, "invalid_request_error", str(exc), code="backend_unavailable") from exc
+        except ApiError:
+            raise
+        except Exception as exc:
+            log.exception("load of %s failed", entry.id)
+            raise ApiError(422, "invalid_request_error", f"loading {entry.id!r} failed: {exc}",
+                           code="load_failed") from exc
+        entry.backend = backend
+        entry.memory_mb = measured if measured >= 0.5 * entry.estimated_mb else entry.estimated_mb
+        entry.load_time_s = round(time.monotonic() - started, 3)
+        entry.admission = Admission(entry.id, self._limits(entry.request))
+        entry.status = "loaded"
+        self._account(entry, +1)
+        log.info("loaded %s in %.2fs, %.0f MiB", entry.id, entry.load_time_s, entry.memory_mb)
+
+    def _open_on_device(self, entry: ModelEntry, spec: BackendSpec) -> tuple[Backend, float]:
+        cls = backend_class(entry.backend_name)
+        before = _memory_probe(self.devices, entry.devices)
+        backend = cls(spec)
+        if self.faults.take(entry.id, "load_error") is not None:
+            backend.close()
+            raise RuntimeError("injected load failure (CORTEX_FAULT_INJECTION)")
+        return backend, _memory_probe(self.devices, entry.devices) - before
+
+    def _limits(self, req: LoadRequest) -> AdmissionLimits:
+        d = self.default_limits
+        return AdmissionLimits(
+            max_in_flight=req.max_in_flight or max(d.max_in_flight, req.parallel),
+            max_queue_depth=d.max_queue_depth if req.max_queue_depth is None else req.max_queue_depth,
+            max_wait_s=d.max_wait_s if req.max_wait_s is None else req.max_wait_s,
+        )
+
+    def _account(self, entry: ModelEntry, sign: int) -> None:
+        if "cpu" in entry.devices:
+            self.devices.cpu_used_mb = max(0.0, self.devices.cpu_used_mb + sign * entry.memory_mb)
+
+    # -- unload and recovery -------------------------------------------------------
+    async def unload(self, model_id: str) -> ModelEntry:
+        entry = self.models.get(model_id)
+        if entry is None:
+            raise ApiError(404, "not_found_error", f"model {model_id!r} is not loaded on this node",
+                           code="model_not_found", param="model")
+        if entry.status in ("loading", "recovering"):
+            raise ApiError(409, "invalid_request_error", f"model {model_id!r} is {entry.status}; "
+                           "unload it once that finishes", code=f"model_{entry.status}", retry_after=2)
+        if entry.status == "unloading":
+            return entry
+        entry.status = "unloading"
+        await self._drain(entry)
+        await self._close(entry)
+        self.models.pop(model_id, None)
+        return entry
+
+    async def _drain(self, entry: ModelEntry) -> None:
+        deadline = time.monotonic() + UNLOAD_DRAIN_S
+        while entry.admission and entry.admission.in_flight and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+
+    async def _close(self, entry: ModelEntry) -> None:
+        backend, entry.backend = entry.backend, None
+        if backend is not None:
+            try:
+                await self.worker_for(entry).call(backend.close)
+            except Exception:  # noqa: BLE001 - a broken device may fail to free; we drop it anyway
+                log.exception("closing %s failed", entry.id)
+        self._account(entry, -1)
+        entry.memory_mb = 0.0
+
+    def poison(self, entry: ModelEntry, exc: BaseException) -> None:
+        """Mark a model that hit a device error and start reloading it in the background."""
+        if entry.status != "loaded":
+            return
+        log.error("device error on %s: %s; reloading it", entry.id, exc)
+        entry.status = "poisoned"
+        entry.last_error = str(exc)
+        asyncio.get_running_loop().create_task(self._recover(entry))
+
+    async def _recover(self, entry: ModelEntry) -> None:
+        entry.status = "recovering"
+        await self._drain(entry)
+        await self._close(entry)
+        try:
+            await self._open(entry)
+        except Exception as exc:  # noqa: BLE001 - recorded; the model is left unloaded
+            log.error("reload of %s failed: %s; it is now unloaded", entry.id, exc)
+            self.failures[entry.id] = f"recovery failed: {exc}"
+            self.models.pop(entry.id, None)
+
+    async def close(self) -> None:
+        for model_id in list(self.models):
+            entry = self.models[model_id]
+            if entry.backend is not None:
+                await self._close(entry)
+            self.models.pop(model_id, None)
+        for worker in self.workers.values():
+            worker.stop()
+
+
+def _backend_spec(entry: ModelEntry) -> BackendSpec:
+    path, gguf_file = Path(entry.ref.path), None
+    if entry.backend_name == "torch" and entry.ref.format == "gguf":
+        path, gguf_file = path.parent, path.name
+    return BackendSpec(path=path, format=entry.ref.format, devices=entry.devices,
+                       context_size=entry.request.context_size, parallel=entry.request.parallel,
+                       gguf_file=gguf_file)
+
+
+def _memory_probe(devices: DeviceTable, ids: list[str]) -> float:
+    """MiB in use now: process RSS for the CPU, NVML used memory for GPUs."""
+    if ids == ["cpu"]:
+        return process_rss_mb()
+    return sum(d.used_mb for d in devices.snapshot() if d.id in ids)

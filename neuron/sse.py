@@ -1,0 +1,76 @@
+"""Server-sent events in the OpenAI chunk shapes, framed with as little work per token as possible.
+
+Each stream precomputes the bytes around the text of a chunk, so a token costs
+one orjson.dumps of its text and a concatenation.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+
+import orjson
+from aiohttp import web
+
+from neuron.errors import ApiError
+
+KEEPALIVE = b": keep-alive\n\n"
+DONE = b"data: [DONE]\n\n"
+SSE_HEADERS = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+
+
+def new_id(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:24]}"
+
+
+async def open_stream(request: web.Request) -> web.StreamResponse:
+    resp = web.StreamResponse(headers=SSE_HEADERS)
+    await resp.prepare(request)
+    return resp
+
+
+def event(data: dict) -> bytes:
+    return b"data: " + orjson.dumps(data) + b"\n\n"
+
+
+def error_event(err: ApiError) -> bytes:
+    return event(err.envelope())
+
+
+class ChunkFramer:
+    """Chunks of one chat or text completion stream."""
+
+    def __init__(self, model: str, chat: bool):
+        self.chat = chat
+        self.id = new_id("chatcmpl" if chat else "cmpl")
+        self.created = int(time.time())
+        self.model = model
+        head = {"id": self.id, "object": "chat.completion.chunk" if chat else "text_completion",
+                "created": self.created, "model": model}
+        self._head = orjson.dumps(head)[:-1] + b',"choices":[{"index":0,'
+        self._text_open = self._head + (b'"delta":{"content":' if chat else b'"text":')
+        self._text_close = b'},"finish_reason":null}]}\n\n' if chat else b',"logprobs":null,"finish_reason":null}]}\n\n'
+
+    def role(self) -> bytes:
+        if not self.chat:
+            return b""
+        return b"data: " + self._head + b'"delta":{"role":"assistant","content":""},"finish_reason":null}]}\n\n'
+
+    def text(self, text: str) -> bytes:
+        return b"data: " + self._text_open + orjson.dumps(text) + self._text_close
+
+    def delta(self, delta: dict) -> bytes:
+        return b"data: " + self._head + b'"delta":' + orjson.dumps(delta) + b',"finish_reason":null}]}\n\n'
+
+    def finish(self, reason: str) -> bytes:
+        body = b'"delta":{}' if self.chat else b'"text":"","logprobs":null'
+        return b"data: " + self._head + body + b',"finish_reason":' + orjson.dumps(reason) + b"}]}\n\n"
+
+    def usage(self, prompt: int, completion: int) -> bytes:
+        return event({"id": self.id, "object": "chat.completion.chunk" if self.chat else "text_completion",
+                      "created": self.created, "model": self.model, "choices": [],
+                      "usage": usage_dict(prompt, completion)})
+
+
+def usage_dict(prompt: int, completion: int) -> dict:
+    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
