@@ -4,18 +4,21 @@ Enabled only when the neuron starts with CORTEX_FAULT_INJECTION=1; then
 `POST /debug/faults {"model", "fault", "count", "after_tokens"}` arms a fault:
 - `device_error`: the next inference on the model raises a device fault after
   `after_tokens` tokens (the model is poisoned and recovered);
-- `load_error`: the next load of the model fails halfway, after the weights are in memory.
+- `load_error`: the next load of the model fails halfway, after the weights are in memory;
+- `slow`: each token of the next `count` inferences takes `delay_ms` longer (a slow or
+  stuck device), so tests can hold requests in flight without racing the clock.
 """
 
 from __future__ import annotations
 
 import os
 import threading
+import time
 from dataclasses import dataclass
 
 from neuron.generation import DeviceFault
 
-FAULT_KINDS = ("device_error", "load_error")
+FAULT_KINDS = ("device_error", "load_error", "slow")
 ENV_SWITCH = "CORTEX_FAULT_INJECTION"
 
 
@@ -27,6 +30,7 @@ def injection_enabled() -> bool:
 class _Armed:
     count: int
     after_tokens: int
+    delay_ms: int = 0
 
 
 class FaultInjector:
@@ -37,12 +41,12 @@ class FaultInjector:
         self._armed: dict[tuple[str, str], _Armed] = {}
         self._lock = threading.Lock()
 
-    def arm(self, model: str, kind: str, count: int = 1, after_tokens: int = 0) -> None:
+    def arm(self, model: str, kind: str, count: int = 1, after_tokens: int = 0, delay_ms: int = 0) -> None:
         with self._lock:
-            self._armed[(model, kind)] = _Armed(count, after_tokens)
+            self._armed[(model, kind)] = _Armed(count, after_tokens, delay_ms)
 
-    def take(self, model: str, kind: str) -> int | None:
-        """Consume one armed fault; returns its `after_tokens`, or None when none is armed."""
+    def take(self, model: str, kind: str) -> _Armed | None:
+        """Consume one armed fault, or None when none is armed."""
         if not self.enabled:
             return None
         with self._lock:
@@ -50,7 +54,21 @@ class FaultInjector:
             if armed is None or armed.count <= 0:
                 return None
             armed.count -= 1
-            return armed.after_tokens
+            return armed
+
+    def wrap_tokens(self, model: str, tokens):
+        """Apply the faults armed for this inference to its token iterator."""
+        if (slow := self.take(model, "slow")) is not None:
+            tokens = _delayed(tokens, slow.delay_ms / 1000)
+        if (fault := self.take(model, "device_error")) is not None:
+            tokens = fail_after(tokens, fault.after_tokens)
+        return tokens
+
+
+def _delayed(tokens, delay_s: float):
+    for token in tokens:
+        time.sleep(delay_s)
+        yield token
 
 
 def fail_after(tokens, after: int):

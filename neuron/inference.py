@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 from neuron.chat_template import TemplateError, render_chat
 from neuron.errors import ApiError
-from neuron.faults import FaultInjector, fail_after
+from neuron.faults import FaultInjector
 from neuron.generation import Delta, DeviceFault, GenerationStats, stream_text
 from neuron.openai_schema import InferenceRequest
 from neuron.registry import ModelEntry, Registry
@@ -102,16 +102,13 @@ class InferenceEngine:
         max_new = min(req.sampling.max_tokens or ctx, ctx - len(prompt))
         forced = await self._forced_tokens(entry, req)
         stats = GenerationStats(prompt_tokens=len(prompt))
-        fault_after = self.faults.take(entry.id, "device_error")
         job = self.registry.worker_for(entry).stream(
-            lambda: self._generate(entry, prompt, req, max_new, stats, forced, fault_after))
+            lambda: self._generate(entry, prompt, req, max_new, stats, forced))
         return Generation(entry, job, stats, started, self.registry)
 
-    def _generate(self, entry, prompt, req, max_new, stats, forced, fault_after) -> Iterator[Delta]:
+    def _generate(self, entry, prompt, req, max_new, stats, forced) -> Iterator[Delta]:
         backend = entry.backend
-        tokens = backend.generate_tokens(prompt, req.sampling, forced)
-        if fault_after is not None:
-            tokens = fail_after(tokens, fault_after)
+        tokens = self.faults.wrap_tokens(entry.id, backend.generate_tokens(prompt, req.sampling, forced))
         try:
             yield from stream_text(tokens, backend.detokenizer(), backend.is_end, req.sampling,
                                    max_new, stats, time.perf_counter)

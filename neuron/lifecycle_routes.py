@@ -70,12 +70,12 @@ async def arm_fault(request: web.Request) -> web.Response:
     kind = data.get("fault")
     if kind not in FAULT_KINDS:
         raise bad_request(f"fault: expected one of {', '.join(FAULT_KINDS)}", param="fault")
-    count, after = data.get("count", 1), data.get("after_tokens", 0)
-    if not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in (count, after)):
-        raise bad_request("count and after_tokens: expected non-negative integers")
+    numbers = {k: data.get(k, d) for k, d in (("count", 1), ("after_tokens", 0), ("delay_ms", 0))}
+    if not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in numbers.values()):
+        raise bad_request("count, after_tokens and delay_ms: expected non-negative integers")
     model = req_str(data, "model")
-    request.app[FAULTS].arm(model, kind, count, after)
-    return json_response({"armed": {"model": model, "fault": kind, "count": count, "after_tokens": after}})
+    request.app[FAULTS].arm(model, kind, **numbers)
+    return json_response({"armed": {"model": model, "fault": kind, **numbers}})
 
 
 async def not_found(request: web.Request) -> web.Response:

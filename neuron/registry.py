@@ -176,7 +176,7 @@ class Registry:
         cls = backend_class(entry.backend_name)
         before = _memory_probe(self.devices, entry.devices)
         backend = cls(spec)
-        if self.faults.take(entry.id, "load_error") is not None:
+        if self.faults.take(entry.id, "load_error"):
             backend.close()
             raise RuntimeError("injected load failure (CORTEX_FAULT_INJECTION)")
         return backend, _memory_probe(self.devices, entry.devices) - before

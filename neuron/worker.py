@@ -18,7 +18,7 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 log = logging.getLogger(__name__)
@@ -54,7 +54,7 @@ def _set_exception(fut: asyncio.Future, exc: BaseException) -> None:
 
 
 class StreamJob:
-    """A generator run on the device thread whose items are read on the event loop.
+    """A generator run on the device thread whose items are read on the event loop (`next_batch`).
 
     Items cross threads through a deque; the loop is woken only when it is not
     already due to wake, so a fast decoder does not pay one wake-up per token.
@@ -110,31 +110,19 @@ class StreamJob:
             self._wake_pending = False
         self._ready.set()
 
-    async def __aiter__(self) -> AsyncIterator[Any]:
-        while True:
-            while self.items:
-                item = self.items.popleft()
-                if item is _STOP:
-                    return
-                if isinstance(item, _Failure):
-                    raise item.exc
-                yield item
-            self._ready.clear()
-            if not self.items:
-                await self._ready.wait()
-
     async def next_batch(self, timeout: float | None = None) -> list[Any] | None:
         """Everything produced so far (at least one item), or None on timeout.
 
         The end of the stream is returned as the `END` sentinel; failures are raised.
         """
-        if not self.items:
+        while not self.items:
             self._ready.clear()
-            if not self.items:
-                try:
-                    await asyncio.wait_for(self._ready.wait(), timeout)
-                except asyncio.TimeoutError:
-                    return None
+            if self.items:
+                break
+            try:
+                await asyncio.wait_for(self._ready.wait(), timeout)
+            except asyncio.TimeoutError:
+                return None
         batch = []
         while self.items:
             item = self.items.popleft()

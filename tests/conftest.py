@@ -1,0 +1,43 @@
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.servers import CORTEX, start_neuron
+
+
+def make_tiny(out: Path, fmt: str, *extra: str) -> None:
+    """Models come from the real `cortex tiny-model` command, as users would make them."""
+    subprocess.run(CORTEX + ["tiny-model", str(out), "--format", fmt, *extra], check=True,
+                   capture_output=True)
+
+
+@pytest.fixture(scope="session")
+def models_dir(tmp_path_factory) -> Path:
+    d = tmp_path_factory.mktemp("models")
+    make_tiny(d / "tiny-gguf.gguf", "gguf")
+    make_tiny(d / "tiny-hf", "hf")
+    make_tiny(d / "tiny-short.gguf", "gguf", "--context", "64", "--seed", "7")
+    return d
+
+
+@pytest.fixture(scope="module")
+def neuron(tmp_path_factory, models_dir):
+    """One neuron per test module, both tiny models loaded."""
+    from tests.servers import http_json
+
+    proc = start_neuron(tmp_path_factory.mktemp("neuron"), models_dir, "--cpu-memory-mb", "4000")
+    try:
+        for model in ("tiny-gguf", "tiny-hf"):
+            status, body = http_json("POST", proc.url + "/models/load", {"model": model})
+            assert status == 200, body
+        yield proc
+    finally:
+        proc.terminate()
+
+
+def pytest_report_header(config):
+    return [f"python {sys.version.split()[0]}"]

@@ -1,0 +1,93 @@
+"""Real `cortex` processes on free loopback ports, waited on via /health and always stopped.
+
+Follows vllm's RemoteOpenAIServer: the tests drive exactly what users run.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+CORTEX = [sys.executable, "-m", "cortex_cli"]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def http_json(method: str, url: str, body: dict | None = None, timeout: float = 120) -> tuple[int, dict]:
+    """A plain HTTP call returning (status, parsed JSON); errors are returned, not raised."""
+    data = None if body is None else json.dumps(body).encode()
+    req = urllib.request.Request(url, data=data, method=method, headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as resp:
+            return resp.status, json.loads(resp.read() or b"{}")
+    except urllib.error.HTTPError as err:
+        return err.code, json.loads(err.read() or b"{}")
+
+
+class CortexProcess:
+    """A `cortex ...` subprocess with its log kept in a file for failure reports."""
+
+    def __init__(self, args: list[str], port: int, log_path: Path, env: dict | None = None):
+        self.port = port
+        self.url = f"http://127.0.0.1:{port}"
+        self.log_path = log_path
+        self._log = open(log_path, "wb")
+        self.proc = subprocess.Popen(CORTEX + args, stdout=self._log, stderr=subprocess.STDOUT,
+                                     env={**os.environ, **(env or {})})
+
+    def wait_healthy(self, timeout: float = 60) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"cortex exited with {self.proc.returncode}:\n{self.log()}")
+            try:
+                status, _ = http_json("GET", self.url + "/health", timeout=2)
+                if status == 200:
+                    return
+            except (OSError, ValueError):
+                pass
+            time.sleep(0.1)
+        raise TimeoutError(f"{self.url} not healthy after {timeout}s:\n{self.log()}")
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")[-5000:]
+
+    def terminate(self, timeout: float = 30) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self._log.close()
+        return self.proc.returncode
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+        self._log.close()
+
+
+def start_neuron(tmp: Path, models_dir: Path, *extra: str, name: str = "n1",
+                 env: dict | None = None) -> CortexProcess:
+    port = free_port()
+    args = ["neuron", "--listen", f"127.0.0.1:{port}", "--name", name, "--models-dir", str(models_dir),
+            *extra]
+    proc = CortexProcess(args, port, tmp / f"neuron-{name}-{port}.log",
+                         env={"CORTEX_FAULT_INJECTION": "1", **(env or {})})
+    proc.wait_healthy()
+    return proc

@@ -1,0 +1,142 @@
+"""Inference through a real neuron with both backends, using the official openai client."""
+
+from __future__ import annotations
+
+import json
+import urllib.request
+
+import openai
+import pytest
+
+from tests.servers import http_json
+
+BACKENDS = ["tiny-gguf", "tiny-hf"]
+
+
+@pytest.fixture(scope="module")
+def client(neuron):
+    return openai.OpenAI(base_url=neuron.url + "/v1", api_key="unused", max_retries=0)
+
+
+def raw_stream_lines(url: str, body: dict) -> list[str]:
+    req = urllib.request.Request(url, data=json.dumps(body).encode(), method="POST",
+                                 headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=60) as resp:
+        assert resp.headers["Content-Type"].startswith("text/event-stream")
+        return [line.decode() for line in resp.read().splitlines() if line.strip()]
+
+
+@pytest.mark.parametrize("model", BACKENDS)
+def test_chat_non_streaming(client, model):
+    resp = client.chat.completions.create(model=model, messages=[{"role": "user", "content": "hi"}],
+                                          max_tokens=12, seed=5, temperature=0.7)
+    choice = resp.choices[0]
+    assert choice.message.role == "assistant"
+    assert choice.finish_reason in ("length", "stop")
+    assert resp.usage.prompt_tokens > 5
+    assert 0 < resp.usage.completion_tokens <= 12
+    assert resp.model == model
+
+
+@pytest.mark.parametrize("model", BACKENDS)
+def test_same_seed_same_answer(client, model):
+    def ask(seed):
+        return client.chat.completions.create(
+            model=model, messages=[{"role": "user", "content": "say something"}], max_tokens=16,
+            seed=seed, temperature=1.0, logit_bias={"2": -100}).choices[0].message.content
+
+    assert ask(11) == ask(11)
+    assert len({ask(s) for s in (1, 2, 3)}) > 1, "different seeds should sample differently"
+
+
+@pytest.mark.parametrize("model", BACKENDS)
+def test_chat_streaming_matches_non_streaming(client, model):
+    kwargs = dict(model=model, messages=[{"role": "user", "content": "stream please"}], max_tokens=20,
+                  temperature=0, logit_bias={"2": -100})
+    full = client.chat.completions.create(**kwargs).choices[0].message.content
+    chunks = list(client.chat.completions.create(stream=True, stream_options={"include_usage": True},
+                                                 **kwargs))
+    streamed = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert streamed == full
+    assert chunks[-1].usage.completion_tokens == 20
+    assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "length"
+
+
+@pytest.mark.parametrize("model", BACKENDS)
+def test_stream_ends_with_usage_then_done(neuron, model):
+    lines = raw_stream_lines(neuron.url + "/v1/chat/completions", {
+        "model": model, "messages": [{"role": "user", "content": "x"}], "max_tokens": 3, "stream": True})
+    assert lines[-1] == "data: [DONE]"
+    usage_chunk = json.loads(lines[-2].removeprefix("data: "))
+    assert usage_chunk["choices"] == [] and usage_chunk["usage"]["completion_tokens"] <= 3
+
+
+@pytest.mark.parametrize("model", BACKENDS)
+def test_text_completion(client, model):
+    resp = client.completions.create(model=model, prompt="The quick brown fox", max_tokens=8, seed=1)
+    assert resp.object == "text_completion"
+    assert resp.usage.completion_tokens <= 8
+    streamed = list(client.completions.create(model=model, prompt="The quick brown fox", max_tokens=8,
+                                              seed=1, stream=True))
+    assert any(c.choices and c.choices[0].text for c in streamed)
+
+
+@pytest.mark.parametrize("model", BACKENDS)
+def test_scripted_output_and_stop_sequences(client, model):
+    """A tiny model can be made to say a chosen text; stop sequences cut it, in both modes."""
+    script = "alpha beta gamma delta"
+    said = client.chat.completions.create(model=model, messages=[{"role": "user", "content": "?"}],
+                                          extra_body={"cortex_script": script})
+    assert said.choices[0].message.content == script
+    assert said.choices[0].finish_reason == "stop"
+    cut = client.chat.completions.create(model=model, messages=[{"role": "user", "content": "?"}],
+                                         stop=["gam"], extra_body={"cortex_script": script})
+    assert cut.choices[0].message.content == "alpha beta "
+    stream = client.chat.completions.create(model=model, messages=[{"role": "user", "content": "?"}],
+                                            stop=["a d"], stream=True, extra_body={"cortex_script": script})
+    assert "".join(c.choices[0].delta.content or "" for c in stream if c.choices) == "alpha beta gamm"
+
+
+@pytest.mark.parametrize("model", BACKENDS)
+def test_multibyte_text_survives_token_splits(client, model):
+    script = "héllo wörld 日本 ✓"
+    stream = client.chat.completions.create(model=model, messages=[{"role": "user", "content": "?"}],
+                                            stream=True, extra_body={"cortex_script": script})
+    assert "".join(c.choices[0].delta.content or "" for c in stream if c.choices) == script
+
+
+@pytest.mark.parametrize("model", BACKENDS)
+def test_embeddings(client, model):
+    resp = client.embeddings.create(model=model, input=["hello", "world"])
+    assert len(resp.data) == 2
+    vec = resp.data[0].embedding
+    assert abs(sum(v * v for v in vec) - 1.0) < 1e-3
+    assert resp.usage.prompt_tokens >= 2
+
+
+def test_prompt_over_context_is_a_400(neuron):
+    status, body = http_json("POST", neuron.url + "/models/load", {"model": "tiny-short"})
+    ctx = body["context_size"]  # llama.cpp rounds small contexts up (to 256)
+    assert status == 200 and 64 <= ctx <= 256
+    status, body = http_json("POST", neuron.url + "/v1/chat/completions", {
+        "model": "tiny-short", "messages": [{"role": "user", "content": "word " * ctx}]})
+    assert status == 400
+    assert body["error"]["code"] == "context_length_exceeded"
+    assert str(ctx) in body["error"]["message"]
+
+
+def test_metrics_count_the_requests(neuron, client):
+    before = _counter(neuron, 'cortex_neuron_requests_total{endpoint="chat",model="tiny-gguf",status="ok"}')
+    for _ in range(3):
+        client.chat.completions.create(model="tiny-gguf", messages=[{"role": "user", "content": "m"}],
+                                       max_tokens=2)
+    after = _counter(neuron, 'cortex_neuron_requests_total{endpoint="chat",model="tiny-gguf",status="ok"}')
+    assert after - before == 3
+
+
+def _counter(neuron, series: str) -> float:
+    text = urllib.request.urlopen(neuron.url + "/metrics").read().decode()
+    for line in text.splitlines():
+        if line.startswith(series):
+            return float(line.split()[-1])
+    return 0.0
