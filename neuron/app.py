@@ -29,7 +29,8 @@ def create_app(config: NeuronConfig, *, devices: DeviceTable | None = None) -> w
     registry = Registry(devices, config.models_dir, faults, config.admission)
     app[REGISTRY] = registry
     app[ENGINE] = InferenceEngine(registry, faults)
-    app[METRICS] = NeuronMetrics(registry)
+    app[METRICS] = metrics = NeuronMetrics(registry)
+    registry.on_loaded = lambda entry: metrics.load_seconds.labels(entry.id).observe(entry.load_time_s)
     app[KEEPALIVE_S] = config.keepalive_s
     app[lifecycle_routes.FAULTS] = faults
     app[lifecycle_routes.NODE_NAME] = config.name

@@ -31,8 +31,6 @@ async def models(request: web.Request) -> web.Response:
 async def load(request: web.Request) -> web.Response:
     req = LoadRequest.from_dict(await read_json(request))
     entry = await request.app[REGISTRY].load(req)
-    if entry.load_time_s is not None:
-        request.app[METRICS].load_seconds.labels(entry.id).observe(entry.load_time_s)
     body = entry.info().to_dict()
     body["estimated_mb"] = round(entry.estimated_mb, 1)
     return json_response(body)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -69,6 +70,7 @@ class Registry:
         self.workers = {d: DeviceWorker(d) for d in devices.ids}
         self.models: dict[str, ModelEntry] = {}
         self.failures: dict[str, str] = {}  # last failed load or recovery, by model id
+        self.on_loaded: Callable[[ModelEntry], None] = lambda entry: None  # once per real load
 
     # -- queries -------------------------------------------------------------
     def list(self) -> list[ModelInfo]:
@@ -170,6 +172,7 @@ class Registry:
         entry.admission = Admission(entry.id, self._limits(entry.request))
         entry.status = "loaded"
         self._account(entry, +1)
+        self.on_loaded(entry)
         log.info("loaded %s in %.2fs, %.0f MiB", entry.id, entry.load_time_s, entry.memory_mb)
 
     def _open_on_device(self, entry: ModelEntry, spec: BackendSpec) -> tuple[Backend, float]:
