@@ -1,0 +1,75 @@
+"""Everything a client can get wrong gets a 4xx in the OpenAI envelope, and the neuron keeps serving."""
+
+from __future__ import annotations
+
+import urllib.request
+
+import pytest
+
+from tests.servers import http_json
+
+
+def raw(url: str, data: bytes, method: str = "POST") -> tuple[int, dict]:
+    import json
+
+    req = urllib.request.Request(url, data=data, method=method, headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=30) as resp:
+            return resp.status, json.loads(resp.read())
+    except urllib.error.HTTPError as err:
+        return err.code, json.loads(err.read())
+
+
+MSG = [{"role": "user", "content": "hi"}]
+
+CASES = [
+    ("/v1/chat/completions", b"{not json", 400, "invalid_json"),
+    ("/v1/chat/completions", b"", 400, "invalid_json"),
+    ("/v1/chat/completions", b"[1, 2]", 400, "invalid_body"),
+    ("/v1/chat/completions", {"messages": MSG}, 400, "missing_field"),
+    ("/v1/chat/completions", {"model": "tiny-gguf", "messages": MSG, "max_tokens": -5}, 400, "invalid_request"),
+    ("/v1/chat/completions", {"model": "tiny-gguf", "messages": MSG, "max_tokens": True}, 400, "invalid_request"),
+    ("/v1/chat/completions", {"model": "tiny-gguf", "messages": MSG, "temperature": "hot"}, 400, "invalid_request"),
+    ("/v1/chat/completions", {"model": "tiny-gguf", "messages": MSG, "temperature": 9}, 400, "invalid_request"),
+    ("/v1/chat/completions", {"model": "tiny-gguf", "messages": MSG, "n": 3}, 400, "invalid_request"),
+    ("/v1/chat/completions", {"model": "tiny-gguf", "messages": MSG, "stop": [1]}, 400, "invalid_request"),
+    ("/v1/chat/completions", {"model": "tiny-gguf", "messages": MSG, "stream": "yes"}, 400, "invalid_request"),
+    ("/v1/chat/completions", {"model": "tiny-gguf", "messages": "hi"}, 400, "invalid_request"),
+    ("/v1/chat/completions", {"model": "tiny-gguf", "messages": [{"role": "wizard", "content": "x"}]}, 400,
+     "invalid_request"),
+    ("/v1/chat/completions", {"model": "tiny-gguf", "messages": [{"role": "user", "content": [
+        {"type": "image_url", "image_url": {"url": "data:x"}}]}]}, 400, "unsupported_content"),
+    ("/v1/chat/completions", {"model": "tiny-gguf", "messages": MSG, "tools": [{"type": "function"}]}, 400,
+     "invalid_request"),
+    ("/v1/chat/completions", {"model": "ghost", "messages": MSG}, 404, "model_not_found"),
+    ("/v1/completions", {"model": "tiny-gguf", "prompt": 42}, 400, "invalid_request"),
+    ("/v1/completions", {"model": "tiny-gguf", "prompt": "x", "logit_bias": {"abc": 1}}, 400, "invalid_request"),
+    ("/v1/embeddings", {"model": "tiny-gguf", "input": []}, 400, "invalid_request"),
+    ("/v1/embeddings", {"model": "tiny-gguf"}, 400, "invalid_request"),
+    ("/models/load", {"model": 12}, 400, "invalid_request"),
+    ("/models/unload", {"model": "ghost"}, 404, "model_not_found"),
+    ("/no/such/route", {}, 404, "not_found"),
+]
+
+
+@pytest.mark.parametrize("path, body, status, code", CASES, ids=[f"{c[0]}-{i}" for i, c in enumerate(CASES)])
+def test_bad_input_gets_a_clear_4xx(neuron, path, body, status, code):
+    import json
+
+    data = body if isinstance(body, bytes) else json.dumps(body).encode()
+    got, resp = raw(neuron.url + path, data)
+    assert got == status, resp
+    err = resp["error"]
+    assert err["code"] == code and isinstance(err["message"], str) and err["message"]
+    assert "Traceback" not in err["message"]
+
+
+def test_wrong_method_is_a_405_envelope(neuron):
+    status, body = raw(neuron.url + "/v1/chat/completions", None, method="GET")
+    assert status == 405 and body["error"]["code"] == "method_not_allowed"
+
+
+def test_still_serving_after_bad_input(neuron):
+    status, body = http_json("POST", neuron.url + "/v1/chat/completions",
+                             {"model": "tiny-gguf", "messages": MSG, "max_tokens": 2})
+    assert status == 200 and body["choices"][0]["message"]["role"] == "assistant"
