@@ -22,7 +22,7 @@ $(VENV)/.dev-installed: pyproject.toml | $(BIN)/python
 	touch $@
 
 serve: $(VENV)/.serve-installed
-	$(BIN)/cortex serve
+	$(BIN)/cortex neuron --listen 127.0.0.1:13131 --demo
 
 test: $(VENV)/.dev-installed
 	$(BIN)/pytest -m "not slow and not gpu" $(PYTEST_ARGS)

@@ -169,7 +169,7 @@ class Registry:
         entry.backend = backend
         entry.memory_mb = measured if measured >= 0.5 * entry.estimated_mb else entry.estimated_mb
         entry.load_time_s = round(time.monotonic() - started, 3)
-        entry.admission = Admission(entry.id, self._limits(entry.request))
+        entry.admission = Admission(entry.id, self._limits(entry))
         entry.status = "loaded"
         self._account(entry, +1)
         self.on_loaded(entry)
@@ -184,10 +184,13 @@ class Registry:
             raise RuntimeError("injected load failure (CORTEX_FAULT_INJECTION)")
         return backend, _memory_probe(self.devices, entry.devices) - before
 
-    def _limits(self, req: LoadRequest) -> AdmissionLimits:
-        d = self.default_limits
+    def _limits(self, entry: ModelEntry) -> AdmissionLimits:
+        req, d = entry.request, self.default_limits
+        in_flight = req.max_in_flight or max(d.max_in_flight, req.parallel)
+        if entry.backend_name == "llama.cpp":
+            in_flight = 1  # one llama.cpp context holds one sequence; interleaving would corrupt it
         return AdmissionLimits(
-            max_in_flight=req.max_in_flight or max(d.max_in_flight, req.parallel),
+            max_in_flight=in_flight,
             max_queue_depth=d.max_queue_depth if req.max_queue_depth is None else req.max_queue_depth,
             max_wait_s=d.max_wait_s if req.max_wait_s is None else req.max_wait_s,
         )

@@ -140,3 +140,11 @@ def _counter(neuron, series: str) -> float:
         if line.startswith(series):
             return float(line.split()[-1])
     return 0.0
+
+
+def test_both_backends_decode_the_same_greedy_tokens(client):
+    """The GGUF and HF tiny models hold the same weights; greedy decoding must agree."""
+    answers = {model: client.chat.completions.create(
+        model=model, messages=[{"role": "user", "content": "compare"}], max_tokens=24, temperature=0,
+        logit_bias={"0": -100, "2": -100}).choices[0].message.content for model in BACKENDS}
+    assert answers["tiny-gguf"] == answers["tiny-hf"], answers

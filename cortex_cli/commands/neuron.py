@@ -17,8 +17,10 @@ import click
               "[default: available RAM].")
 @click.option("--config", "config_path", type=click.Path(dir_okay=False, path_type=Path),
               help="neuron.toml; flags override it.")
+@click.option("--demo", is_flag=True, help="With no model in the models dir, write the random-weight "
+              "demo model cortex-tiny there and load it, so a first request gets an answer.")
 @click.option("--log-level", default="info", type=click.Choice(["debug", "info", "warning", "error"]))
-def neuron(listen, name, gpus, models_dir, cpu_memory_mb, config_path, log_level) -> None:
+def neuron(listen, name, gpus, models_dir, cpu_memory_mb, config_path, demo, log_level) -> None:
     """Serve the models on this machine's GPUs (or CPU) to the gateway."""
     from cortex_cli.logs import setup_logging
     from neuron.config import ConfigError, NeuronConfig, config_from_file, parse_gpus, parse_listen
@@ -35,6 +37,11 @@ def neuron(listen, name, gpus, models_dir, cpu_memory_mb, config_path, log_level
         config.cpu_memory_mb = cpu_memory_mb or config.cpu_memory_mb
     except ConfigError as exc:
         raise click.UsageError(str(exc)) from None
+    if demo:
+        from neuron.demo import ensure_demo_model
+
+        if (demo_id := ensure_demo_model(config.models_dir)) is not None:
+            config.preload.append({"model": demo_id})
     from neuron.app import run
 
     try:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from collections.abc import Iterator
 
 from neuron.backends.base import Backend, BackendSpec, BackendUnavailable, forced_sequence_check
@@ -36,6 +37,10 @@ class TorchBackend(Backend):
         self.torch = torch
         gpus = [int(d.split(":")[1]) for d in spec.devices if d.startswith("cuda:")]
         self.device = torch.device(f"cuda:{gpus[0]}" if gpus else "cpu")
+        if not gpus:
+            # Leave a core to the event loop: intra-op threads spinning on every core starve
+            # the server that streams the tokens (llama.cpp's default does the same).
+            torch.set_num_threads(max(1, (os.cpu_count() or 2) - 1))
         load_kwargs = _placement_kwargs(torch, gpus)
         if spec.gguf_file:
             load_kwargs["gguf_file"] = spec.gguf_file
