@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from cortex_cli.commands.neuron import neuron
+from cortex_cli.commands.serve import serve
 from cortex_cli.commands.tiny_model import tiny_model
 
 
@@ -15,4 +16,5 @@ def cli() -> None:
 
 
 cli.add_command(neuron)
+cli.add_command(serve)
 cli.add_command(tiny_model)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 
 from neuron.errors import ApiError
@@ -150,10 +151,19 @@ def default_context(path: Path) -> int:
 
 
 def gguf_metadata(path: Path) -> dict:
-    """Scalar metadata of a GGUF file (arrays such as the vocabulary are skipped)."""
+    """Scalar metadata of a GGUF file (arrays such as the vocabulary are skipped).
+
+    Cached by the file's identity: the gateway's poller asks for estimates every few seconds.
+    """
+    st = path.stat()
+    return _gguf_metadata(str(path), st.st_mtime_ns, st.st_size)
+
+
+@lru_cache(maxsize=256)
+def _gguf_metadata(path: str, _mtime_ns: int, _size: int) -> dict:
     import gguf
 
-    reader = gguf.GGUFReader(str(path), "r")
+    reader = gguf.GGUFReader(path, "r")
     out = {}
     for key, field in reader.fields.items():
         if key.startswith("tokenizer.ggml.") and key not in ("tokenizer.ggml.model",):

@@ -7,7 +7,7 @@ import time
 from aiohttp import web
 
 from neuron.api import LoadRequest, UnloadRequest, req_str, require_object
-from neuron.catalog import scan
+from neuron.catalog import estimate_mb, scan
 from neuron.errors import ApiError, bad_request, json_response
 from neuron.faults import FAULT_KINDS, FaultInjector
 from neuron.openai_routes import METRICS, REGISTRY, read_json
@@ -19,7 +19,10 @@ FAULTS = web.AppKey("faults", FaultInjector)
 
 async def available(request: web.Request) -> web.Response:
     registry = request.app[REGISTRY]
-    return json_response({"models": [r.to_dict() for r in scan(registry.models_dir)]})
+    on_cpu = registry.devices.ids == ["cpu"]
+    models = [{**r.to_dict(), "estimated_mb": round(estimate_mb(r, None, on_cpu), 1)}
+              for r in scan(registry.models_dir)]
+    return json_response({"models": models})
 
 
 async def models(request: web.Request) -> web.Response:

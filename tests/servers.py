@@ -91,3 +91,31 @@ def start_neuron(tmp: Path, models_dir: Path, *extra: str, name: str = "n1",
                          env={"CORTEX_FAULT_INJECTION": "1", **(env or {})})
     proc.wait_healthy()
     return proc
+
+
+def start_gateway(tmp: Path, neurons: dict[str, str], *, models_toml: str = "", extra_toml: str = "",
+                  wait: bool = True) -> CortexProcess:
+    """`cortex serve` over the given neurons (name -> URL), from a written cortex.toml."""
+    port, metrics_port = free_port(), free_port()
+    lines = [f'models_config = "models.toml"' if models_toml else "", "[gateway]",
+             f'listen = "127.0.0.1:{port}"', f'metrics_listen = "127.0.0.1:{metrics_port}"',
+             "poll_interval_s = 0.5", "down_after = 2", "keepalive_s = 0.5", extra_toml]
+    for name, url in neurons.items():
+        lines += ["[[neurons]]", f'name = "{name}"', f'endpoint = "{url}"']
+    (tmp / "cortex.toml").write_text("\n".join(lines) + "\n")
+    if models_toml:
+        (tmp / "models.toml").write_text(models_toml)
+    proc = CortexProcess(["serve", "--config", str(tmp / "cortex.toml")], port, tmp / f"gateway-{port}.log")
+    proc.metrics_url = f"http://127.0.0.1:{metrics_port}/metrics"
+    if wait:
+        proc.wait_healthy()
+    return proc
+
+
+def metric(proc: CortexProcess, series: str) -> float:
+    """The value of one Prometheus series (exact name and labels), 0 when absent."""
+    text = urllib.request.urlopen(getattr(proc, "metrics_url", proc.url + "/metrics")).read().decode()
+    for line in text.splitlines():
+        if line.startswith(series + " "):
+            return float(line.split()[-1])
+    return 0.0

@@ -1,0 +1,63 @@
+"""`cortex serve`: the gateway."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import click
+
+DEFAULT_CONFIG = Path("~/.cortex/cortex.toml")
+
+
+def locate_config(given: Path | None) -> Path | None:
+    """--config, else $CORTEX_CONFIG, else ~/.cortex/cortex.toml if it exists; None: embedded default."""
+    if given is not None:
+        return given
+    if env := os.environ.get("CORTEX_CONFIG"):
+        return Path(env)
+    default = DEFAULT_CONFIG.expanduser()
+    return default if default.exists() else None
+
+
+@click.command()
+@click.option("--config", "config_path", type=click.Path(dir_okay=False, path_type=Path),
+              help="cortex.toml [default: $CORTEX_CONFIG or ~/.cortex/cortex.toml; without one, serve on "
+                   "127.0.0.1:31313 with a local neuron].")
+@click.option("--listen", metavar="HOST:PORT", help="Override [gateway] listen.")
+@click.option("--log-level", default="info", type=click.Choice(["debug", "info", "warning", "error"]))
+def serve(config_path, listen, log_level) -> None:
+    """One OpenAI-compatible API over every neuron in the fleet."""
+    from cortex_cli.logs import setup_logging
+    from cortex_gateway.config import load_config
+    from neuron.config import ConfigError, parse_listen
+
+    setup_logging(log_level)
+    path = locate_config(config_path)
+    try:
+        config = load_config(path) if path else None
+        listen_at = parse_listen(listen, "--listen") if listen else None
+    except ConfigError as exc:
+        raise click.ClickException(str(exc)) from None
+    local = None
+    if config is None:
+        from cortex_gateway.embedded import LocalNeuron, embedded_config
+
+        local = LocalNeuron()
+        config = embedded_config(local)
+    if listen_at:
+        config.host, config.port = listen_at
+    from cortex_gateway.server import run
+
+    try:
+        if local is not None:
+            local.wait_ready()
+            click.echo(f"serving on http://{config.host}:{config.port}/v1 (demo model: cortex-tiny)", err=True)
+        run(config)
+    except OSError as exc:
+        raise click.ClickException(f"cannot listen on {config.host}:{config.port}: {exc.strerror}") from None
+    except RuntimeError as exc:
+        raise click.ClickException(str(exc)) from None
+    finally:
+        if local is not None:
+            local.stop()

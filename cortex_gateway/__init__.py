@@ -1,0 +1,1 @@
+"""cortex serve: one OpenAI- and Anthropic-compatible API over a fleet of neurons."""

@@ -1,0 +1,145 @@
+"""The admin API the CLI drives: fleet status, load, unload, pin, unpin.
+
+Behind the admin key when one is configured (`[auth] admin_keys`).
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+
+from aiohttp import web
+
+from cortex_gateway.config import set_pin
+from cortex_gateway.errors import upstream_error
+from cortex_gateway.fleet import Node
+from cortex_gateway.routes import FLEET, LIFECYCLE
+from neuron.api import parse_devices, req_str, require_object
+from neuron.client import NeuronError
+from neuron.errors import ApiError, bad_request, json_response
+from neuron.openai_routes import read_json
+
+log = logging.getLogger(__name__)
+ADMIN_KEYS = web.AppKey("admin_keys", tuple)
+
+
+def presented_key(request: web.Request) -> str | None:
+    auth = request.headers.get("Authorization", "")
+    if auth.lower().startswith("bearer "):
+        return auth[7:].strip()
+    return request.headers.get("x-api-key")
+
+
+def key_matches(key: str | None, keys: tuple[str, ...]) -> bool:
+    """Constant-time comparison against every configured key."""
+    if key is None:
+        return False
+    found = False
+    for candidate in keys:
+        found |= hmac.compare_digest(key.encode(), candidate.encode())
+    return found
+
+
+@web.middleware
+async def admin_auth(request: web.Request, handler):
+    keys = request.app[ADMIN_KEYS]
+    if keys and request.path.startswith("/admin") and not key_matches(presented_key(request), keys):
+        raise ApiError(401, "authentication_error", "the admin API needs an admin key: send "
+                       "Authorization: Bearer KEY (cortex takes it from --admin-key or CORTEX_ADMIN_KEY)",
+                       code="invalid_admin_key")
+    return await handler(request)
+
+
+def _node_status(node: Node, fleet) -> dict:
+    models = []
+    for model, info in node.models.items():
+        use = fleet.use(node.name, model)
+        models.append({**info, "gateway_in_flight": use.in_flight, "queued": node.queue_load(model),
+                       "last_used": use.last_used or None})
+    return {"name": node.name, "endpoint": node.endpoint, "healthy": node.healthy, "failures": node.failures,
+            "last_error": node.last_error or None, "devices": node.health.get("devices", []),
+            "uptime_s": node.health.get("uptime_s"), "models": models,
+            "decode_tps": {m["id"]: m.get("decode_tps") for m in node.health.get("models", [])}}
+
+
+async def status(request: web.Request) -> web.Response:
+    fleet, lifecycle = request.app[FLEET], request.app[LIFECYCLE]
+    return json_response({
+        "nodes": [_node_status(n, fleet) for n in fleet.nodes.values()],
+        "pins": {m: sorted(n) for m, n in lifecycle.pins.items() if n},
+        "strategy": lifecycle.config.strategy,
+        "events": list(fleet.events)[-50:],
+    })
+
+
+def _target(request_body) -> tuple[dict, str, str]:
+    data = require_object(request_body)
+    return data, req_str(data, "node"), req_str(data, "model")
+
+
+def _node(request: web.Request, name: str) -> Node:
+    node = request.app[FLEET].nodes.get(name)
+    if node is None:
+        known = ", ".join(request.app[FLEET].nodes) or "none"
+        raise ApiError(404, "not_found_error", f"no node named {name!r}; the nodes are: {known}",
+                       code="node_not_found", param="node")
+    return node
+
+
+async def load(request: web.Request) -> web.Response:
+    data, node_name, model = _target(await read_json(request))
+    node = _node(request, node_name)
+    lifecycle = request.app[LIFECYCLE]
+    model = lifecycle.config.resolve_alias(model)
+    backend = data.get("backend")
+    if backend is not None and backend not in ("auto", "torch", "llama.cpp"):
+        raise bad_request("backend: expected auto, torch or llama.cpp", param="backend")
+    try:
+        info = await lifecycle.load(node, model, devices=parse_devices(data.get("devices")), backend=backend)
+    except NeuronError as err:
+        raise upstream_error(err) from err
+    if data.get("pin"):
+        _pin(request, node.name, model, True)
+    return json_response({"node": node.name, "model": model, **info})
+
+
+async def unload(request: web.Request) -> web.Response:
+    _, node_name, model = _target(await read_json(request))
+    node = _node(request, node_name)
+    try:
+        result = await request.app[LIFECYCLE].unload(node, request.app[LIFECYCLE].config.resolve_alias(model))
+    except NeuronError as err:
+        raise upstream_error(err) from err
+    request.app[FLEET].event("unload", node=node.name, model=model)
+    return json_response({"node": node.name, **result})
+
+
+async def pin(request: web.Request) -> web.Response:
+    _, node_name, model = _target(await read_json(request))
+    _pin(request, _node(request, node_name).name, model, True)
+    return json_response({"node": node_name, "model": model, "pinned": True})
+
+
+async def unpin(request: web.Request) -> web.Response:
+    _, node_name, model = _target(await read_json(request))
+    _pin(request, _node(request, node_name).name, model, False)
+    return json_response({"node": node_name, "model": model, "pinned": False})
+
+
+def _pin(request: web.Request, node: str, model: str, pinned: bool) -> None:
+    """Record the pin in memory and, when there is a models file, in it (comments kept)."""
+    lifecycle = request.app[LIFECYCLE]
+    nodes = lifecycle.pins.setdefault(model, set())
+    (nodes.add if pinned else nodes.discard)(node)
+    path = lifecycle.config.models_path
+    if path is not None:
+        set_pin(path, model, node, pinned)
+    request.app[FLEET].event("pin" if pinned else "unpin", node=node, model=model)
+
+
+def add_routes(app: web.Application) -> None:
+    app.router.add_get("/admin/status", status)
+    app.router.add_post("/admin/load", load)
+    app.router.add_post("/admin/unload", unload)
+    app.router.add_post("/admin/pin", pin)
+    app.router.add_post("/admin/unpin", unpin)

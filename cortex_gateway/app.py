@@ -1,0 +1,62 @@
+"""The gateway's aiohttp applications: `create_app(config)` (API) and `create_metrics_app`."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+
+import aiohttp
+from aiohttp import web
+
+from cortex_gateway import admin, routes
+from cortex_gateway.config import GatewayConfig
+from cortex_gateway.errors import error_middleware
+from cortex_gateway.fleet import Fleet
+from cortex_gateway.lifecycle import Lifecycle
+from cortex_gateway.metrics import GatewayMetrics
+from cortex_gateway.routes import FLEET, KEEPALIVE_S, LIFECYCLE, METRICS, SESSION
+
+log = logging.getLogger("cortex.gateway")
+
+
+def create_app(config: GatewayConfig, *, session: aiohttp.ClientSession | None = None,
+               metrics: GatewayMetrics | None = None) -> web.Application:
+    app = web.Application(middlewares=[error_middleware, admin.admin_auth], client_max_size=64 * 2**20)
+    app[METRICS] = metrics or GatewayMetrics()
+    app[KEEPALIVE_S] = config.keepalive_s
+    app[admin.ADMIN_KEYS] = config.admin_keys
+    app.cleanup_ctx.append(_fleet_ctx(config, session))
+    routes.add_routes(app)
+    admin.add_routes(app)
+    return app
+
+
+def _fleet_ctx(config: GatewayConfig, given: aiohttp.ClientSession | None):
+    async def ctx(app: web.Application):
+        # Many small requests to few hosts: keep connections open, no per-host cap below our concurrency.
+        session = given or aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0, limit_per_host=0),
+                                                 timeout=aiohttp.ClientTimeout(total=None, sock_connect=5))
+        fleet = Fleet(config.neurons, session, down_after=config.down_after)
+        app[SESSION], app[FLEET] = session, fleet
+        app[LIFECYCLE] = Lifecycle(config, fleet, app[METRICS])
+        app[METRICS].watch_fleet(fleet)
+        await fleet.poll_all()
+        poller = asyncio.create_task(fleet.run_poller(config.poll_interval_s))
+        yield
+        poller.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await poller
+        if given is None:
+            await session.close()
+
+    return ctx
+
+
+def create_metrics_app(metrics: GatewayMetrics) -> web.Application:
+    async def serve_metrics(_request: web.Request) -> web.Response:
+        return web.Response(body=metrics.render(), headers={"Content-Type": "text/plain; version=0.0.4"})
+
+    app = web.Application()
+    app.router.add_get("/metrics", serve_metrics)
+    return app

@@ -1,0 +1,222 @@
+"""Gateway configuration: `cortex.toml` and the models file it names.
+
+Locating, reading and validating are separate steps. Every error names the
+file, the key and what was expected. Writes (a pin, a new neuron) go through
+tomlkit, so the user's comments and layout survive, and land atomically.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import tomlkit
+
+from neuron.config import ConfigError, parse_listen, read_toml
+
+STRATEGIES = ("lru", "priority")
+_URL = re.compile(r"^https?://[^/\s]+(/.*)?$")
+_NAME = re.compile(r"^[A-Za-z0-9][\w.-]*$")
+
+
+@dataclass
+class NeuronSpec:
+    name: str
+    endpoint: str
+
+
+@dataclass
+class ModelProfile:
+    id: str
+    path: str | None = None
+    source: str | None = None
+    backend: str = "auto"
+    pinned_on: list[str] = field(default_factory=list)
+    priority: int = 100
+    devices: list = field(default_factory=list)
+    context_size: int | None = None
+
+    @property
+    def load_target(self) -> str:
+        """What to ask a neuron to load: a path, a hub id, or the id in its models dir."""
+        return self.path or self.source or self.id
+
+    def load_spec(self) -> dict:
+        spec = {"model": self.load_target, "backend": self.backend}
+        if self.devices:
+            spec["devices"] = self.devices
+        if self.context_size:
+            spec["context_size"] = self.context_size
+        return spec
+
+
+@dataclass
+class GatewayConfig:
+    host: str = "0.0.0.0"
+    port: int = 31313
+    metrics_host: str = "0.0.0.0"
+    metrics_port: int = 31314
+    neurons: list[NeuronSpec] = field(default_factory=list)
+    strategy: str = "lru"
+    models: dict[str, ModelProfile] = field(default_factory=dict)
+    aliases: dict[str, str] = field(default_factory=dict)
+    poll_interval_s: float = 2.0
+    down_after: int = 3
+    load_timeout_s: float = 600.0
+    keepalive_s: float = 10.0
+    admin_keys: tuple[str, ...] = ()
+    config_path: Path | None = None
+    models_path: Path | None = None
+
+    def resolve_alias(self, model: str) -> str:
+        return self.aliases.get(model, model)
+
+
+def _where(path: Path, section: str, key: str) -> str:
+    return f"{path}: {section}.{key}" if section else f"{path}: {key}"
+
+
+def _get(table: dict, key: str, kind, path: Path, section: str, expected: str, default=None):
+    value = table.get(key, default)
+    if value is None:
+        return default
+    bad_bool = isinstance(value, bool) and kind is not bool
+    if bad_bool or not isinstance(value, kind):
+        raise ConfigError(f"{_where(path, section, key)}: expected {expected}, got {value!r}")
+    return value
+
+
+def load_config(path: Path) -> GatewayConfig:
+    """Read and validate `cortex.toml` (and its models file)."""
+    data = read_toml(path)
+    cfg = GatewayConfig(config_path=path)
+    gw = _get(data, "gateway", dict, path, "", "a [gateway] table", {})
+    if (listen := _get(gw, "listen", str, path, "[gateway]", "HOST:PORT")) is not None:
+        cfg.host, cfg.port = parse_listen(listen, _where(path, "[gateway]", "listen"))
+    if (listen := _get(gw, "metrics_listen", str, path, "[gateway]", "HOST:PORT")) is not None:
+        cfg.metrics_host, cfg.metrics_port = parse_listen(listen, _where(path, "[gateway]", "metrics_listen"))
+    for key in ("poll_interval_s", "load_timeout_s", "keepalive_s"):
+        value = _get(gw, key, (int, float), path, "[gateway]", "a number of seconds")
+        if value is not None:
+            if value <= 0:
+                raise ConfigError(f"{_where(path, '[gateway]', key)}: must be > 0, got {value!r}")
+            setattr(cfg, key, float(value))
+    cfg.down_after = _get(gw, "down_after", int, path, "[gateway]", "a number of polls", cfg.down_after)
+    cfg.neurons = _neurons(data.get("neurons", []), path)
+    eviction = _get(data, "eviction", dict, path, "", "an [eviction] table", {})
+    cfg.strategy = _get(eviction, "strategy", str, path, "[eviction]", "lru or priority", "lru")
+    if cfg.strategy not in STRATEGIES:
+        raise ConfigError(f"{_where(path, '[eviction]', 'strategy')}: expected \"lru\" or \"priority\", "
+                          f"got {cfg.strategy!r}")
+    auth = _get(data, "auth", dict, path, "", "an [auth] table", {})
+    admin_keys = _get(auth, "admin_keys", list, path, "[auth]", "a list of keys", [])
+    if not all(isinstance(k, str) and len(k) >= 8 for k in admin_keys):
+        raise ConfigError(f"{_where(path, '[auth]', 'admin_keys')}: expected strings of at least 8 characters")
+    cfg.admin_keys = tuple(admin_keys)
+    models_file = _get(data, "models_config", str, path, "", "a path to the models file")
+    if models_file:
+        cfg.models_path = (path.parent / models_file).resolve()
+        cfg.models, cfg.aliases = load_models_file(cfg.models_path)
+    return cfg
+
+
+def _neurons(items, path: Path) -> list[NeuronSpec]:
+    if not isinstance(items, list):
+        raise ConfigError(f"{path}: neurons: expected [[neurons]] tables")
+    out, seen = [], set()
+    for i, item in enumerate(items):
+        where = f"[[neurons]] #{i + 1}"
+        if not isinstance(item, dict):
+            raise ConfigError(f"{path}: {where}: expected a table with name and endpoint")
+        name = _get(item, "name", str, path, where, "a node name")
+        endpoint = _get(item, "endpoint", str, path, where, "an http(s) URL")
+        if not name or not _NAME.match(name):
+            raise ConfigError(f"{_where(path, where, 'name')}: expected a name of letters, digits, -, _ or .")
+        if not endpoint or not _URL.match(endpoint):
+            raise ConfigError(f"{_where(path, where, 'endpoint')}: expected an http(s) URL such as "
+                              f"http://10.0.0.5:13131, got {endpoint!r}")
+        if name in seen:
+            raise ConfigError(f"{_where(path, where, 'name')}: {name!r} is used by another neuron")
+        seen.add(name)
+        out.append(NeuronSpec(name, endpoint.rstrip("/")))
+    return out
+
+
+def load_models_file(path: Path) -> tuple[dict[str, ModelProfile], dict[str, str]]:
+    data = read_toml(path)
+    models: dict[str, ModelProfile] = {}
+    items = data.get("models", [])
+    if not isinstance(items, list):
+        raise ConfigError(f"{path}: models: expected [[models]] tables")
+    for i, item in enumerate(items):
+        profile = _profile(item, path, f"[[models]] #{i + 1}")
+        if profile.id in models:
+            raise ConfigError(f"{path}: [[models]] #{i + 1}.id: {profile.id!r} is defined twice")
+        models[profile.id] = profile
+    aliases = _get(data, "aliases", dict, path, "", "an [aliases] table", {})
+    for alias, target in aliases.items():
+        if not isinstance(target, str):
+            raise ConfigError(f"{_where(path, '[aliases]', alias)}: expected a model id, got {target!r}")
+    return models, dict(aliases)
+
+
+def _profile(item, path: Path, where: str) -> ModelProfile:
+    if not isinstance(item, dict):
+        raise ConfigError(f"{path}: {where}: expected a table")
+    model_id = _get(item, "id", str, path, where, "a model id")
+    if not model_id:
+        raise ConfigError(f"{_where(path, where, 'id')}: required")
+    backend = _get(item, "backend", str, path, where, "auto, torch or llama.cpp", "auto")
+    if backend not in ("auto", "torch", "llama.cpp"):
+        raise ConfigError(f"{_where(path, where, 'backend')}: expected auto, torch or llama.cpp, got {backend!r}")
+    pinned = _get(item, "pinned_on", list, path, where, "a list of node names", [])
+    if not all(isinstance(p, str) for p in pinned):
+        raise ConfigError(f"{_where(path, where, 'pinned_on')}: expected a list of node names")
+    return ModelProfile(
+        id=model_id, path=_get(item, "path", str, path, where, "a path"),
+        source=_get(item, "source", str, path, where, "a hub id such as org/name"), backend=backend,
+        pinned_on=list(pinned), priority=_get(item, "priority", int, path, where, "an integer", 100),
+        devices=list(_get(item, "devices", list, path, where, "a list of device indices", [])),
+        context_size=_get(item, "context_size", int, path, where, "a number of tokens"),
+    )
+
+
+def write_atomically(path: Path, text: str) -> None:
+    """Write to a temporary file beside `path`, then rename over it: never a half-written config."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        if path.exists():
+            os.chmod(tmp, path.stat().st_mode & 0o777)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def set_pin(models_path: Path, model_id: str, node: str, pinned: bool) -> None:
+    """Add or remove `node` in the model's `pinned_on`, keeping every comment in the file."""
+    doc = tomlkit.parse(models_path.read_text()) if models_path.exists() else tomlkit.document()
+    tables = doc.get("models")
+    if tables is None:
+        tables = tomlkit.aot()
+        doc["models"] = tables
+    table = next((t for t in tables if t.get("id") == model_id), None)
+    if table is None:
+        if not pinned:
+            return
+        table = tomlkit.table()
+        table["id"] = model_id
+        tables.append(table)
+    current = [str(n) for n in table.get("pinned_on", [])]
+    wanted = sorted(set(current) | {node}) if pinned else [n for n in current if n != node]
+    if wanted != current:
+        table["pinned_on"] = wanted
+    write_atomically(models_path, tomlkit.dumps(doc))

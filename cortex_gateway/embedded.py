@@ -1,0 +1,66 @@
+"""The embedded default: no config file, so serve on loopback with a local neuron of our own.
+
+The neuron runs as a child process, so a backend crash cannot take the gateway down.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+
+from cortex_gateway.config import GatewayConfig, NeuronSpec
+
+log = logging.getLogger(__name__)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class LocalNeuron:
+    """`cortex neuron --demo` on a free loopback port, stopped with the gateway."""
+
+    def __init__(self, models_dir: str | None = None):
+        self.port = _free_port()
+        self.endpoint = f"http://127.0.0.1:{self.port}"
+        args = [sys.executable, "-m", "cortex_cli", "neuron", "--listen", f"127.0.0.1:{self.port}",
+                "--name", "local", "--demo"]
+        if models_dir:
+            args += ["--models-dir", models_dir]
+        log.info("starting a local neuron on %s", self.endpoint)
+        self.proc = subprocess.Popen(args, env=os.environ.copy())
+
+    def wait_ready(self, timeout: float = 120) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"the local neuron exited with status {self.proc.returncode}; see its log above")
+            try:
+                with urllib.request.urlopen(self.endpoint + "/models", timeout=2) as resp:
+                    if b'"loaded"' in resp.read():
+                        return
+            except OSError:
+                pass
+            time.sleep(0.2)
+        raise RuntimeError(f"the local neuron did not become ready in {timeout:g}s")
+
+    def stop(self, timeout: float = 30) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+
+
+def embedded_config(neuron: LocalNeuron) -> GatewayConfig:
+    return GatewayConfig(host="127.0.0.1", port=31313, metrics_host="127.0.0.1", metrics_port=31314,
+                         neurons=[NeuronSpec("local", neuron.endpoint)], poll_interval_s=1.0)

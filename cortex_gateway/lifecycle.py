@@ -1,0 +1,176 @@
+"""Getting a model onto a node: cold loads (single-flight), evictions, admin load/unload.
+
+The decisions come from `routing` and `eviction` (pure); this module carries
+them out against the neurons and keeps the fleet's view current.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+from cortex_gateway.config import GatewayConfig
+from cortex_gateway.errors import no_capacity, unknown_model
+from cortex_gateway.fleet import Fleet, Node
+from cortex_gateway.metrics import GatewayMetrics
+from cortex_gateway.routing import NodeView, loading_on, next_victim, plan_cold_load, route_loaded
+from neuron.client import NeuronError
+
+log = logging.getLogger(__name__)
+MAX_EXTRA_EVICTIONS = 8
+
+
+class Lifecycle:
+    def __init__(self, config: GatewayConfig, fleet: Fleet, metrics: GatewayMetrics):
+        self.config = config
+        self.fleet = fleet
+        self.metrics = metrics
+        self.pins: dict[str, set[str]] = {m: set(p.pinned_on) for m, p in config.models.items()}
+        self._loads: dict[str, asyncio.Future] = {}
+
+    # -- snapshot for the pure deciders ------------------------------------------
+    def view(self, node: Node) -> NodeView:
+        loaded = {m: float(i.get("memory_mb", 0.0)) for m, i in node.models.items() if i.get("status") == "loaded"}
+        loading = frozenset(m for m, i in node.models.items() if i.get("status") in ("loading", "recovering"))
+        busy, last_used = {}, {}
+        for m in node.models:
+            use = self.fleet.use(node.name, m)
+            busy[m] = use.in_flight + node.queue_load(m)
+            last_used[m] = use.last_used
+        available = {m: float(a.get("estimated_mb", a.get("size_mb", 0.0))) for m, a in node.available.items()}
+        return NodeView(node.name, node.healthy, node.free_mb, loaded, loading, available, busy, last_used)
+
+    def snapshot(self) -> list[NodeView]:
+        return [self.view(n) for n in self.fleet.nodes.values()]
+
+    def priorities(self) -> dict[str, int]:
+        return {m: p.priority for m, p in self.config.models.items()}
+
+    def known(self, model: str) -> bool:
+        if model in self.config.models:
+            return True
+        return any(model in n.models or model in n.available for n in self.fleet.nodes.values())
+
+    # -- requests ------------------------------------------------------------------
+    async def node_for(self, model: str, exclude: frozenset[str] = frozenset()) -> tuple[Node, bool]:
+        """A healthy node with `model` loaded, cold-loading it if needed; (node, was_cold)."""
+        if not self.known(model):
+            raise unknown_model(model)
+        name = route_loaded(model, self.snapshot(), exclude)
+        if name is not None:
+            return self.fleet.nodes[name], False
+        pending = self._loads.get(model)
+        if pending is None:
+            pending = asyncio.get_running_loop().create_future()
+            self._loads[model] = pending
+            asyncio.get_running_loop().create_task(self._cold_load(model, exclude, pending))
+        try:
+            node = await asyncio.wait_for(asyncio.shield(pending), self.config.load_timeout_s)
+        except asyncio.TimeoutError:
+            raise no_capacity(f"loading model {model!r} took longer than {self.config.load_timeout_s:g}s; "
+                              "retry shortly", retry_after=10) from None
+        return node, True
+
+    async def _cold_load(self, model: str, exclude: frozenset[str], done: asyncio.Future) -> None:
+        try:
+            node = await self._place(model, exclude)
+        except BaseException as exc:  # noqa: BLE001 - delivered to every waiter
+            if not done.done():
+                done.set_exception(exc)
+            done.exception()  # mark retrieved: waiters may all have timed out
+        else:
+            if not done.done():
+                done.set_result(node)
+        finally:
+            self._loads.pop(model, None)
+
+    async def _place(self, model: str, exclude: frozenset[str]) -> Node:
+        snapshot = self.snapshot()
+        if (busy_node := loading_on(model, snapshot)) is not None:
+            return await self._await_loading(self.fleet.nodes[busy_node], model)
+        profile = self.config.models.get(model)
+        plans = plan_cold_load(
+            model, snapshot, strategy=self.config.strategy, preferred=list(profile.pinned_on) if profile else [],
+            loadable_anywhere=bool(profile and (profile.path or profile.source)), pinned=self.pins,
+            priorities=self.priorities(), exclude=exclude)
+        if not self.fleet.healthy_nodes():
+            raise no_capacity("no healthy neuron is available; check `cortex status`", retry_after=5)
+        last_error = f"no healthy node can hold model {model!r}: every candidate is full of pinned or busy models"
+        for plan in plans:
+            node = self.fleet.nodes[plan.node]
+            try:
+                for victim in plan.evict:
+                    await self.evict(node, victim)
+                return await self._load_with_evictions(node, model)
+            except NeuronError as err:
+                last_error = f"{node.name}: {err.message}"
+                if err.unreachable:
+                    self.fleet.mark_failed(node, err.message)
+                log.warning("cold load of %s on %s failed: %s", model, node.name, err.message)
+        raise no_capacity(last_error, retry_after=10)
+
+    async def _load_with_evictions(self, node: Node, model: str) -> Node:
+        """Load; when the node says it lacks memory, evict one more model and retry."""
+        for _ in range(MAX_EXTRA_EVICTIONS + 1):
+            try:
+                await self.load(node, model, cold=True)
+                return node
+            except NeuronError as err:
+                if err.code != "insufficient_memory":
+                    raise
+                victim = next_victim(model, self.view(node), strategy=self.config.strategy, pinned=self.pins,
+                                     priorities=self.priorities())
+                if victim is None:
+                    raise
+                await self.evict(node, victim)
+        raise NeuronError(507, "insufficient_memory", f"model {model!r} does not fit on {node.name}")
+
+    async def _await_loading(self, node: Node, model: str) -> Node:
+        deadline = time.monotonic() + self.config.load_timeout_s
+        while time.monotonic() < deadline:
+            await self.fleet.poll_node(node)
+            status = node.models.get(model, {}).get("status")
+            if status == "loaded":
+                return node
+            if status is None:
+                break
+            await asyncio.sleep(0.2)
+        return await self._load_with_evictions(node, model)
+
+    # -- actions (also the admin API's) ---------------------------------------------
+    def spec_for(self, model: str, devices: list | None = None, backend: str | None = None) -> dict:
+        profile = self.config.models.get(model)
+        spec = profile.load_spec() if profile else {"model": model}
+        if devices:
+            spec["devices"] = devices
+        if backend:
+            spec["backend"] = backend
+        return spec
+
+    async def load(self, node: Node, model: str, *, cold: bool = False, devices=None, backend=None) -> dict:
+        started = time.monotonic()
+        info = await node.client.load(self.spec_for(model, devices, backend), timeout=self.config.load_timeout_s)
+        seconds = time.monotonic() - started
+        node.models[info["id"]] = info
+        if info["id"] != model:  # loaded by path: remember it under the gateway's name too
+            node.models[model] = info
+        self.fleet.use(node.name, model).last_used = time.time()
+        if cold:
+            self.metrics.cold_starts.labels(model, node.name).inc()
+            self.metrics.cold_start_seconds.labels(model, node.name).observe(seconds)
+        self.fleet.event("load", node=node.name, model=model, seconds=round(seconds, 2),
+                         memory_mb=info.get("memory_mb"))
+        await self.fleet.poll_node(node)
+        return info
+
+    async def evict(self, node: Node, model: str) -> None:
+        await self.unload(node, model)
+        self.metrics.evictions.labels(model, node.name, self.config.strategy).inc()
+        self.fleet.event("evict", node=node.name, model=model, strategy=self.config.strategy)
+
+    async def unload(self, node: Node, model: str) -> dict:
+        result = await node.client.unload(model)
+        node.models.pop(model, None)
+        await self.fleet.poll_node(node)
+        return result

@@ -1,0 +1,63 @@
+"""The gateway's Prometheus metrics, on a registry of its own, served on the metrics port."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily
+
+from neuron.metrics import LATENCY_BUCKETS, LOAD_BUCKETS, TTFT_BUCKETS
+
+TPS_BUCKETS = (1, 2, 5, 10, 20, 35, 50, 75, 100, 150, 250, 500, 1000, 2500, 5000)
+
+
+class GatewayMetrics:
+    def __init__(self):
+        self.registry = r = CollectorRegistry()
+        labels = ["model", "node"]
+        self.requests = Counter("cortex_requests", "Requests served", [*labels, "endpoint", "status"], registry=r)
+        self.errors = Counter("cortex_errors", "Failed requests by error type", [*labels, "type"], registry=r)
+        self.tokens = Counter("cortex_tokens", "Tokens", [*labels, "kind"], registry=r)
+        self.ttft = Histogram("cortex_time_to_first_token_seconds", "Time to first token", labels,
+                              buckets=TTFT_BUCKETS, registry=r)
+        self.tps = Histogram("cortex_tokens_per_second", "Completion tokens per second of decode", labels,
+                             buckets=TPS_BUCKETS, registry=r)
+        self.latency = Histogram("cortex_request_duration_seconds", "Total request latency", labels,
+                                 buckets=LATENCY_BUCKETS, registry=r)
+        self.cold_starts = Counter("cortex_cold_starts", "Models loaded on demand", labels, registry=r)
+        self.cold_start_seconds = Histogram("cortex_cold_start_seconds", "Load time of cold starts", labels,
+                                            buckets=LOAD_BUCKETS, registry=r)
+        self.evictions = Counter("cortex_evictions", "Models evicted to make room", [*labels, "strategy"],
+                                 registry=r)
+        self.queue_wait = Histogram("cortex_queue_wait_seconds", "Time a request waited for its model",
+                                    ["model"], buckets=LATENCY_BUCKETS, registry=r)
+        self.retries = Counter("cortex_retries", "Requests retried on another node", ["model"], registry=r)
+
+    def watch_fleet(self, fleet) -> None:
+        self.registry.register(_FleetCollector(fleet))
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+class _FleetCollector:
+    """Per node and device gauges, read from the fleet at scrape time."""
+
+    def __init__(self, fleet):
+        self.fleet = fleet
+
+    def collect(self):
+        up = GaugeMetricFamily("cortex_node_up", "1 when the node answers its polls", labels=["node"])
+        loaded = GaugeMetricFamily("cortex_node_models_loaded", "Models loaded", labels=["node"])
+        in_flight = GaugeMetricFamily("cortex_node_in_flight", "Requests in flight through the gateway",
+                                      labels=["node"])
+        used = GaugeMetricFamily("cortex_device_memory_used_mb", "Device memory used", labels=["node", "device"])
+        free = GaugeMetricFamily("cortex_device_memory_free_mb", "Device memory free", labels=["node", "device"])
+        for node in self.fleet.nodes.values():
+            up.add_metric([node.name], 1.0 if node.healthy else 0.0)
+            loaded.add_metric([node.name], sum(1 for m in node.models.values() if m.get("status") == "loaded"))
+            in_flight.add_metric([node.name], sum(u.in_flight for (n, _), u in self.fleet.usage.items()
+                                                  if n == node.name))
+            for dev in node.health.get("devices", []):
+                used.add_metric([node.name, dev["id"]], dev.get("used_mb", 0.0))
+                free.add_metric([node.name, dev["id"]], dev.get("free_mb", 0.0))
+        yield from (up, loaded, in_flight, used, free)

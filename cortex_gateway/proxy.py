@@ -1,0 +1,160 @@
+"""Relaying a request to a neuron: body bytes in, bytes or SSE chunks out, as they arrive.
+
+The gateway reads only what it needs: the usage of the answer (for metrics)
+and when the first content arrived. A node that fails before answering raises
+`RetryElsewhere`; one that fails mid-stream ends the client's stream with an
+error event the client can see.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import aiohttp
+import orjson
+from aiohttp import web
+
+from cortex_gateway.fleet import Node
+from neuron.errors import ApiError
+from neuron.sse import DONE, SSE_HEADERS, error_event
+
+JSON_HEADERS = {"Content-Type": "application/json"}
+# Neuron answers that mean "not here after all": try another node.
+RETRYABLE_CODES = {"model_recovering", "model_not_found", "model_unloading", "model_loading"}
+_USAGE = b'"usage":{'
+
+
+class RetryElsewhere(Exception):
+    """The node failed before any byte reached the client."""
+
+    def __init__(self, message: str, unreachable: bool):
+        super().__init__(message)
+        self.unreachable = unreachable
+
+
+@dataclass
+class Record:
+    """What one request did, for metrics."""
+
+    model: str
+    endpoint: str
+    started: float
+    node: str = ""
+    first_token_at: float | None = None
+    finished_at: float | None = None
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    status: int = 200
+    error_type: str | None = None
+
+    def take_usage(self, usage: dict | None) -> None:
+        if isinstance(usage, dict):
+            self.prompt_tokens = int(usage.get("prompt_tokens") or 0)
+            self.completion_tokens = int(usage.get("completion_tokens") or 0)
+
+
+async def _send(session: aiohttp.ClientSession, node: Node, path: str, body: bytes) -> aiohttp.ClientResponse:
+    try:
+        resp = await session.post(node.endpoint + path, data=body, headers={**JSON_HEADERS, **node.client.headers})
+    except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+        raise RetryElsewhere(f"{node.name}: {exc.__class__.__name__} {exc}", unreachable=True) from exc
+    if resp.status in (404, 503):
+        raw = await resp.read()
+        code = _error_code(raw)
+        if code in RETRYABLE_CODES:
+            resp.release()
+            raise RetryElsewhere(f"{node.name}: {code}", unreachable=False)
+        resp._cortex_body = raw  # already read; relayed as it is
+    return resp
+
+
+def _error_code(raw: bytes) -> str | None:
+    try:
+        err = orjson.loads(raw).get("error")
+        return err.get("code") if isinstance(err, dict) else None
+    except (orjson.JSONDecodeError, AttributeError):
+        return None
+
+
+async def relay_json(session, node: Node, path: str, body: bytes, rec: Record) -> web.Response:
+    resp = await _send(session, node, path, body)
+    try:
+        raw = getattr(resp, "_cortex_body", None) or await resp.read()
+    except (aiohttp.ClientError, OSError) as exc:
+        raise RetryElsewhere(f"{node.name}: {exc}", unreachable=True) from exc
+    finally:
+        resp.release()
+    rec.status = resp.status
+    rec.first_token_at = rec.finished_at = time.perf_counter()
+    if resp.status == 200:
+        try:
+            rec.take_usage(orjson.loads(raw).get("usage"))
+        except (orjson.JSONDecodeError, AttributeError):
+            pass
+    else:
+        rec.error_type = _error_type(raw)
+    return web.Response(body=raw, status=resp.status, headers=JSON_HEADERS)
+
+
+def _error_type(raw: bytes) -> str:
+    try:
+        return str(orjson.loads(raw)["error"]["type"])
+    except (orjson.JSONDecodeError, KeyError, TypeError):
+        return "upstream_error"
+
+
+async def open_upstream_stream(session, node: Node, path: str, body: bytes) -> aiohttp.ClientResponse:
+    """Start the upstream stream; failures before its first byte raise `RetryElsewhere`."""
+    return await _send(session, node, path, body)
+
+
+class ClientGone(Exception):
+    """The client closed its connection; the upstream request is dropped with it."""
+
+
+async def relay_stream(upstream: aiohttp.ClientResponse, client: web.StreamResponse, rec: Record) -> None:
+    """Copy the upstream SSE bytes to the client chunk by chunk, noting TTFT and usage."""
+    tail = b""
+    try:
+        async for chunk in upstream.content.iter_any():
+            if rec.first_token_at is None and b'"content":"' in chunk:
+                rec.first_token_at = time.perf_counter()
+            await _write(client, chunk)
+            tail = (tail + chunk)[-4096:]
+        if not tail.rstrip().endswith(b"[DONE]"):
+            raise aiohttp.ClientPayloadError("upstream stream ended without [DONE]")
+        rec.finished_at = time.perf_counter()
+        rec.take_usage(_usage_from_tail(tail))
+    except (aiohttp.ClientError, OSError) as exc:
+        rec.status, rec.error_type = 502, "upstream_failed"
+        err = ApiError(502, "api_error", f"the node {rec.node} failed mid-stream ({exc.__class__.__name__}); "
+                       "the answer is incomplete, retry the request", code="upstream_failed")
+        await _write(client, error_event(err) + DONE)
+    finally:
+        upstream.release()
+
+
+async def _write(client: web.StreamResponse, data: bytes) -> None:
+    try:
+        await client.write(data)
+    except (ConnectionResetError, ConnectionError) as exc:
+        raise ClientGone() from exc
+
+
+def _usage_from_tail(tail: bytes) -> dict | None:
+    at = tail.rfind(_USAGE)
+    if at < 0:
+        return None
+    start = tail.rfind(b"data: ", 0, at)
+    end = tail.find(b"\n", at)
+    try:
+        return orjson.loads(tail[start + 6:end if end > 0 else None]).get("usage")
+    except (orjson.JSONDecodeError, AttributeError):
+        return None
+
+
+async def open_client_stream(request: web.Request) -> web.StreamResponse:
+    resp = web.StreamResponse(headers=SSE_HEADERS)
+    await resp.prepare(request)
+    return resp

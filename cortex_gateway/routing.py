@@ -1,0 +1,90 @@
+"""Where a request goes: pure functions of a fleet snapshot, no I/O.
+
+A loaded model goes to the least busy healthy node that has it. A model loaded
+nowhere gets a cold-load plan: the candidate nodes in order (nodes its profile
+names first, then nodes where it fits without evicting, then by free memory),
+each with the models to evict there first.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from cortex_gateway.eviction import Resident, choose_victims, eviction_order
+
+
+@dataclass(frozen=True)
+class NodeView:
+    name: str
+    healthy: bool
+    free_mb: float
+    loaded: dict[str, float] = field(default_factory=dict)  # model -> memory_mb, status loaded
+    loading: frozenset[str] = frozenset()
+    available: dict[str, float] = field(default_factory=dict)  # model -> estimated MiB to load it
+    busy: dict[str, int] = field(default_factory=dict)  # model -> in flight + queued
+    last_used: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class LoadPlan:
+    node: str
+    need_mb: float
+    evict: tuple[str, ...] = ()
+
+
+def route_loaded(model: str, nodes: list[NodeView], exclude: frozenset[str] = frozenset()) -> str | None:
+    """The least busy healthy node where `model` is loaded, or None."""
+    have = [n for n in nodes if n.healthy and model in n.loaded and n.name not in exclude]
+    if not have:
+        return None
+    return min(have, key=lambda n: (n.busy.get(model, 0), n.name)).name
+
+
+def loading_on(model: str, nodes: list[NodeView]) -> str | None:
+    return next((n.name for n in nodes if n.healthy and model in n.loading), None)
+
+
+def plan_cold_load(
+    model: str,
+    nodes: list[NodeView],
+    *,
+    strategy: str,
+    preferred: list[str],
+    loadable_anywhere: bool,
+    pinned: dict[str, set[str]],
+    priorities: dict[str, int],
+    exclude: frozenset[str] = frozenset(),
+) -> list[LoadPlan]:
+    """Feasible places to load `model`, best first; empty when no node can take it.
+
+    `loadable_anywhere` is true when the model's profile names a path or hub
+    source, so nodes that do not list it can still be asked.
+    """
+    plans = []
+    for node in nodes:
+        if not node.healthy or node.name in exclude:
+            continue
+        if model not in node.available and not loadable_anywhere:
+            continue
+        need = node.available.get(model, 0.0)
+        victims = choose_victims(_residents(node, pinned, priorities), need - node.free_mb, strategy)
+        if victims is None:
+            continue
+        plans.append(LoadPlan(node.name, need, tuple(v.model for v in victims)))
+    rank = {name: i for i, name in enumerate(preferred)}
+    free = {n.name: n.free_mb for n in nodes}
+    return sorted(plans, key=lambda p: (rank.get(p.node, len(rank)), len(p.evict) > 0, -free[p.node], p.node))
+
+
+def next_victim(model: str, node: NodeView, *, strategy: str, pinned: dict[str, set[str]],
+                priorities: dict[str, int]) -> str | None:
+    """One more model to evict when the node refused a load for memory despite the estimate."""
+    order = eviction_order(_residents(node, pinned, priorities, skip=model), strategy)
+    return order[0].model if order else None
+
+
+def _residents(node: NodeView, pinned: dict[str, set[str]], priorities: dict[str, int],
+               skip: str | None = None) -> list[Resident]:
+    return [Resident(m, mem, node.last_used.get(m, 0.0), priorities.get(m, 100),
+                     node.name in pinned.get(m, set()), node.busy.get(m, 0) > 0)
+            for m, mem in node.loaded.items() if m != skip]
