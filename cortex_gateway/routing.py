@@ -2,7 +2,8 @@
 
 A loaded model goes to the least busy healthy node that has it. A model loaded
 nowhere gets a cold-load plan: the candidate nodes in order (nodes its profile
-names first, then nodes where it fits without evicting, then by free memory),
+names first, then nodes that hold it locally, then nodes where it fits without
+evicting, then by free memory),
 each with the models to evict there first.
 """
 
@@ -72,8 +73,14 @@ def plan_cold_load(
             continue
         plans.append(LoadPlan(node.name, need, tuple(v.model for v in victims)))
     rank = {name: i for i, name in enumerate(preferred)}
-    free = {n.name: n.free_mb for n in nodes}
-    return sorted(plans, key=lambda p: (rank.get(p.node, len(rank)), len(p.evict) > 0, -free[p.node], p.node))
+    by_name = {n.name: n for n in nodes}
+
+    def order(p: LoadPlan):
+        node = by_name[p.node]
+        # Profile nodes, then nodes holding the model locally, then no eviction, then most free memory.
+        return rank.get(p.node, len(rank)), model not in node.available, len(p.evict) > 0, -node.free_mb, p.node
+
+    return sorted(plans, key=order)
 
 
 def next_victim(model: str, node: NodeView, *, strategy: str, pinned: dict[str, set[str]],
