@@ -22,7 +22,7 @@ $(VENV)/.dev-installed: pyproject.toml | $(BIN)/python
 	touch $@
 
 serve: $(VENV)/.serve-installed
-	$(BIN)/cortex neuron --listen 127.0.0.1:13131 --demo
+	$(BIN)/cortex serve
 
 test: $(VENV)/.dev-installed
 	$(BIN)/pytest -m "not slow and not gpu" $(PYTEST_ARGS)
@@ -32,6 +32,7 @@ test-slow: $(VENV)/.dev-installed
 
 bench: $(VENV)/.dev-installed
 	$(BIN)/python benchmarks/stream_decode.py
+	$(BIN)/python benchmarks/gateway_overhead.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info

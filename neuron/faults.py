@@ -6,7 +6,8 @@ Enabled only when the neuron starts with CORTEX_FAULT_INJECTION=1; then
   `after_tokens` tokens (the model is poisoned and recovered);
 - `load_error`: the next load of the model fails halfway, after the weights are in memory;
 - `slow`: each token of the next `count` inferences takes `delay_ms` longer (a slow or
-  stuck device), so tests can hold requests in flight without racing the clock.
+  stuck device), so tests can hold requests in flight without racing the clock;
+- `slow_load`: the next load of the model takes `delay_ms` longer (a big model from a slow disk).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from dataclasses import dataclass
 
 from neuron.generation import DeviceFault
 
-FAULT_KINDS = ("device_error", "load_error", "slow")
+FAULT_KINDS = ("device_error", "load_error", "slow", "slow_load")
 ENV_SWITCH = "CORTEX_FAULT_INJECTION"
 
 

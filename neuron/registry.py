@@ -178,6 +178,8 @@ class Registry:
     def _open_on_device(self, entry: ModelEntry, spec: BackendSpec) -> tuple[Backend, float]:
         cls = backend_class(entry.backend_name)
         before = _memory_probe(self.devices, entry.devices)
+        if slow := self.faults.take(entry.id, "slow_load"):
+            time.sleep(slow.delay_ms / 1000)
         backend = cls(spec)
         if self.faults.take(entry.id, "load_error"):
             backend.close()

@@ -25,8 +25,9 @@ def locate_config(given: Path | None) -> Path | None:
               help="cortex.toml [default: $CORTEX_CONFIG or ~/.cortex/cortex.toml; without one, serve on "
                    "127.0.0.1:31313 with a local neuron].")
 @click.option("--listen", metavar="HOST:PORT", help="Override [gateway] listen.")
+@click.option("--metrics-listen", metavar="HOST:PORT", help="Override [gateway] metrics_listen.")
 @click.option("--log-level", default="info", type=click.Choice(["debug", "info", "warning", "error"]))
-def serve(config_path, listen, log_level) -> None:
+def serve(config_path, listen, metrics_listen, log_level) -> None:
     """One OpenAI-compatible API over every neuron in the fleet."""
     from cortex_cli.logs import setup_logging
     from cortex_gateway.config import load_config
@@ -37,6 +38,7 @@ def serve(config_path, listen, log_level) -> None:
     try:
         config = load_config(path) if path else None
         listen_at = parse_listen(listen, "--listen") if listen else None
+        metrics_at = parse_listen(metrics_listen, "--metrics-listen") if metrics_listen else None
     except ConfigError as exc:
         raise click.ClickException(str(exc)) from None
     local = None
@@ -47,6 +49,8 @@ def serve(config_path, listen, log_level) -> None:
         config = embedded_config(local)
     if listen_at:
         config.host, config.port = listen_at
+    if metrics_at:
+        config.metrics_host, config.metrics_port = metrics_at
     from cortex_gateway.server import run
 
     try:
