@@ -42,8 +42,8 @@ def key_matches(key: str | None, keys: tuple[str, ...]) -> bool:
 
 @web.middleware
 async def admin_auth(request: web.Request, handler):
-    keys = request.app[ADMIN_KEYS]
-    if keys and request.path.startswith("/admin") and not key_matches(presented_key(request), keys):
+    keys = request.config_dict[ADMIN_KEYS]
+    if keys and not key_matches(presented_key(request), keys):
         raise ApiError(401, "authentication_error", "the admin API needs an admin key: send "
                        "Authorization: Bearer KEY (cortex takes it from --admin-key or CORTEX_ADMIN_KEY)",
                        code="invalid_admin_key")
@@ -63,7 +63,7 @@ def _node_status(node: Node, fleet) -> dict:
 
 
 async def status(request: web.Request) -> web.Response:
-    fleet, lifecycle = request.app[FLEET], request.app[LIFECYCLE]
+    fleet, lifecycle = request.config_dict[FLEET], request.config_dict[LIFECYCLE]
     return json_response({
         "nodes": [_node_status(n, fleet) for n in fleet.nodes.values()],
         "pins": {m: sorted(n) for m, n in lifecycle.pins.items() if n},
@@ -78,9 +78,9 @@ def _target(request_body) -> tuple[dict, str, str]:
 
 
 def _node(request: web.Request, name: str) -> Node:
-    node = request.app[FLEET].nodes.get(name)
+    node = request.config_dict[FLEET].nodes.get(name)
     if node is None:
-        known = ", ".join(request.app[FLEET].nodes) or "none"
+        known = ", ".join(request.config_dict[FLEET].nodes) or "none"
         raise ApiError(404, "not_found_error", f"no node named {name!r}; the nodes are: {known}",
                        code="node_not_found", param="node")
     return node
@@ -89,7 +89,7 @@ def _node(request: web.Request, name: str) -> Node:
 async def load(request: web.Request) -> web.Response:
     data, node_name, model = _target(await read_json(request))
     node = _node(request, node_name)
-    lifecycle = request.app[LIFECYCLE]
+    lifecycle = request.config_dict[LIFECYCLE]
     model = lifecycle.config.resolve_alias(model)
     backend = data.get("backend")
     if backend is not None and backend not in ("auto", "torch", "llama.cpp"):
@@ -107,10 +107,10 @@ async def unload(request: web.Request) -> web.Response:
     _, node_name, model = _target(await read_json(request))
     node = _node(request, node_name)
     try:
-        result = await request.app[LIFECYCLE].unload(node, request.app[LIFECYCLE].config.resolve_alias(model))
+        result = await request.config_dict[LIFECYCLE].unload(node, request.config_dict[LIFECYCLE].config.resolve_alias(model))
     except NeuronError as err:
         raise upstream_error(err) from err
-    request.app[FLEET].event("unload", node=node.name, model=model)
+    request.config_dict[FLEET].event("unload", node=node.name, model=model)
     return json_response({"node": node.name, **result})
 
 
@@ -128,18 +128,21 @@ async def unpin(request: web.Request) -> web.Response:
 
 def _pin(request: web.Request, node: str, model: str, pinned: bool) -> None:
     """Record the pin in memory and, when there is a models file, in it (comments kept)."""
-    lifecycle = request.app[LIFECYCLE]
+    lifecycle = request.config_dict[LIFECYCLE]
     nodes = lifecycle.pins.setdefault(model, set())
     (nodes.add if pinned else nodes.discard)(node)
     path = lifecycle.config.models_path
     if path is not None:
         set_pin(path, model, node, pinned)
-    request.app[FLEET].event("pin" if pinned else "unpin", node=node, model=model)
+    request.config_dict[FLEET].event("pin" if pinned else "unpin", node=node, model=model)
 
 
 def add_routes(app: web.Application) -> None:
-    app.router.add_get("/admin/status", status)
-    app.router.add_post("/admin/load", load)
-    app.router.add_post("/admin/unload", unload)
-    app.router.add_post("/admin/pin", pin)
-    app.router.add_post("/admin/unpin", unpin)
+    """Mount the admin API under /admin, its key check applying to it alone (not the hot path)."""
+    admin = web.Application(middlewares=[admin_auth])
+    admin.router.add_get("/status", status)
+    admin.router.add_post("/load", load)
+    admin.router.add_post("/unload", unload)
+    admin.router.add_post("/pin", pin)
+    admin.router.add_post("/unpin", unpin)
+    app.add_subapp("/admin", admin)

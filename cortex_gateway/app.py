@@ -22,7 +22,7 @@ log = logging.getLogger("cortex.gateway")
 
 def create_app(config: GatewayConfig, *, session: aiohttp.ClientSession | None = None,
                metrics: GatewayMetrics | None = None) -> web.Application:
-    app = web.Application(middlewares=[error_middleware, admin.admin_auth], client_max_size=64 * 2**20)
+    app = web.Application(middlewares=[error_middleware], client_max_size=64 * 2**20)
     app[METRICS] = metrics or GatewayMetrics()
     app[KEEPALIVE_S] = config.keepalive_s
     app[admin.ADMIN_KEYS] = config.admin_keys

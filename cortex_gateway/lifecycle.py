@@ -53,13 +53,27 @@ class Lifecycle:
         return any(model in n.models or model in n.available for n in self.fleet.nodes.values())
 
     # -- requests ------------------------------------------------------------------
+    def route_now(self, model: str, exclude: frozenset[str] = frozenset()) -> Node | None:
+        """The hot path: a node that has `model` loaded, decided without awaiting anything.
+
+        Only nodes holding the model are looked at, so the cost does not grow with the fleet's catalogue.
+        """
+        views = []
+        for node in self.fleet.nodes.values():
+            info = node.models.get(model)
+            if info is not None and info.get("status") == "loaded" and node.healthy:
+                busy = self.fleet.use(node.name, model).in_flight + node.queue_load(model)
+                views.append(NodeView(node.name, True, 0.0, {model: 0.0}, busy={model: busy}))
+        name = route_loaded(model, views, exclude)
+        return None if name is None else self.fleet.nodes[name]
+
     async def node_for(self, model: str, exclude: frozenset[str] = frozenset()) -> tuple[Node, bool]:
         """A healthy node with `model` loaded, cold-loading it if needed; (node, was_cold)."""
+        node = self.route_now(model, exclude)
+        if node is not None:
+            return node, False
         if not self.known(model):
             raise unknown_model(model)
-        name = route_loaded(model, self.snapshot(), exclude)
-        if name is not None:
-            return self.fleet.nodes[name], False
         pending = self._loads.get(model)
         if pending is None:
             pending = asyncio.get_running_loop().create_future()

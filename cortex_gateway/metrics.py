@@ -32,11 +32,43 @@ class GatewayMetrics:
                                     ["model"], buckets=LATENCY_BUCKETS, registry=r)
         self.retries = Counter("cortex_retries", "Requests retried on another node", ["model"], registry=r)
 
+        self._children: dict[tuple, object] = {}
+        self._series: dict[tuple[str, str], _Series] = {}
+
+    # prometheus_client's labels() takes a lock and builds a key on every call; per request
+    # that is measurable at gateway rates, so children are looked up once and kept.
+    def child(self, metric, *labels: str):
+        key = (id(metric), *labels)
+        found = self._children.get(key)
+        if found is None:
+            found = self._children[key] = metric.labels(*labels)
+        return found
+
+    def series(self, model: str, node: str) -> "_Series":
+        found = self._series.get((model, node))
+        if found is None:
+            found = self._series[(model, node)] = _Series(self, model, node)
+        return found
+
+    def observe_wait(self, model: str, seconds: float) -> None:
+        self.child(self.queue_wait, model).observe(seconds)
+
     def watch_fleet(self, fleet) -> None:
         self.registry.register(_FleetCollector(fleet))
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+
+class _Series:
+    """The per-(model, node) children a finished request updates."""
+
+    def __init__(self, m: GatewayMetrics, model: str, node: str):
+        self.latency = m.latency.labels(model, node)
+        self.ttft = m.ttft.labels(model, node)
+        self.tps = m.tps.labels(model, node)
+        self.prompt_tokens = m.tokens.labels(model, node, "prompt")
+        self.completion_tokens = m.tokens.labels(model, node, "completion")
 
 
 class _FleetCollector:

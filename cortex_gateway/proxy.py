@@ -115,13 +115,14 @@ class ClientGone(Exception):
 
 async def relay_stream(upstream: aiohttp.ClientResponse, client: web.StreamResponse, rec: Record) -> None:
     """Copy the upstream SSE bytes to the client chunk by chunk, noting TTFT and usage."""
-    tail = b""
+    previous = last = b""
     try:
         async for chunk in upstream.content.iter_any():
             if rec.first_token_at is None and b'"content":"' in chunk:
                 rec.first_token_at = time.perf_counter()
             await _write(client, chunk)
-            tail = (tail + chunk)[-4096:]
+            previous, last = last, chunk
+        tail = previous[-4096:] + last
         if not tail.rstrip().endswith(b"[DONE]"):
             raise aiohttp.ClientPayloadError("upstream stream ended without [DONE]")
         rec.finished_at = time.perf_counter()

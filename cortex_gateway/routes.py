@@ -108,11 +108,13 @@ async def _serve(request, path, data, body, requested, stream, rec: Record) -> w
     client_stream: web.StreamResponse | None = None
     exclude: frozenset[str] = frozenset()
     for attempt in (0, 1):
-        placing = asyncio.ensure_future(lifecycle.node_for(rec.model, exclude))
         try:
-            if stream and not placing.done():
-                client_stream = await _keepalive_until(request, placing, client_stream)
-            node, cold = await placing
+            node = lifecycle.route_now(rec.model, exclude)
+            if node is None:  # cold: a load (or a wait for one) first
+                placing = asyncio.ensure_future(lifecycle.node_for(rec.model, exclude))
+                if stream:
+                    client_stream = await _keepalive_until(request, placing, client_stream)
+                node, _ = await placing
         except ApiError as err:
             rec.status, rec.error_type = err.status, err.type
             if client_stream is None:
@@ -120,7 +122,7 @@ async def _serve(request, path, data, body, requested, stream, rec: Record) -> w
             await client_stream.write(error_event(err) + DONE)
             return client_stream
         if attempt == 0:
-            app[METRICS].queue_wait.labels(rec.model).observe(time.perf_counter() - rec.started)
+            app[METRICS].observe_wait(rec.model, time.perf_counter() - rec.started)
         rec.node = node.name
         upstream_id = node.models.get(rec.model, {}).get("id", rec.model)
         payload = _upstream_body(data, body, requested, upstream_id)
@@ -187,18 +189,18 @@ async def _keepalive_until(request, placing: asyncio.Future, client_stream):
 
 def _observe(metrics: GatewayMetrics, rec: Record) -> None:
     node = rec.node or "none"
-    metrics.requests.labels(rec.model, node, rec.endpoint, str(rec.status)).inc()
+    metrics.child(metrics.requests, rec.model, node, rec.endpoint, str(rec.status)).inc()
     if rec.error_type:
-        metrics.errors.labels(rec.model, node, rec.error_type).inc()
+        metrics.child(metrics.errors, rec.model, node, rec.error_type).inc()
         return
-    metrics.latency.labels(rec.model, node).observe(time.perf_counter() - rec.started)
-    metrics.tokens.labels(rec.model, node, "prompt").inc(rec.prompt_tokens)
-    metrics.tokens.labels(rec.model, node, "completion").inc(rec.completion_tokens)
+    series = metrics.series(rec.model, node)
+    series.latency.observe(time.perf_counter() - rec.started)
+    series.prompt_tokens.inc(rec.prompt_tokens)
+    series.completion_tokens.inc(rec.completion_tokens)
     if rec.first_token_at is not None and rec.endpoint != "embeddings":
-        metrics.ttft.labels(rec.model, node).observe(rec.first_token_at - rec.started)
+        series.ttft.observe(rec.first_token_at - rec.started)
         if rec.finished_at and rec.completion_tokens > 1 and rec.finished_at > rec.first_token_at:
-            rate = (rec.completion_tokens - 1) / (rec.finished_at - rec.first_token_at)
-            metrics.tps.labels(rec.model, node).observe(rate)
+            series.tps.observe((rec.completion_tokens - 1) / (rec.finished_at - rec.first_token_at))
 
 
 KEEPALIVE_S = web.AppKey("keepalive_s", float)
