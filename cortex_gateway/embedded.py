@@ -26,7 +26,11 @@ def _free_port() -> int:
 
 
 class LocalNeuron:
-    """`cortex neuron --demo` on a free loopback port, stopped with the gateway."""
+    """`cortex neuron --demo` on a free loopback port, stopped with the gateway.
+
+    `--demo` serves cortex-tiny only while the models directory holds no other model; a
+    preloaded demo model that is still loading when the first request comes is waited for.
+    """
 
     def __init__(self, models_dir: str | None = None):
         self.port = _free_port()
@@ -44,8 +48,8 @@ class LocalNeuron:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"the local neuron exited with status {self.proc.returncode}; see its log above")
             try:
-                with urllib.request.urlopen(self.endpoint + "/models", timeout=2) as resp:
-                    if b'"loaded"' in resp.read():
+                with urllib.request.urlopen(self.endpoint + "/health", timeout=2) as resp:
+                    if resp.status == 200:
                         return
             except OSError:
                 pass

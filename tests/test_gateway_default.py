@@ -21,11 +21,11 @@ def test_embedded_default_serves_cortex_tiny(tmp_path):
     try:
         proc.wait_healthy(timeout=120)
         client = openai.OpenAI(base_url=proc.url + "/v1", api_key="unused", max_retries=0)
-        models = {m.id: m for m in client.models.list().data}
-        assert models["cortex-tiny"].model_extra["loaded_on"] == ["local"]
         resp = client.chat.completions.create(model="cortex-tiny", messages=[{"role": "user", "content": "hi"}],
                                               max_tokens=5)
         assert resp.usage.completion_tokens > 0
+        models = {m.id: m for m in client.models.list().data}
+        assert models["cortex-tiny"].model_extra["loaded_on"] == ["local"]
         assert (tmp_path / "models" / "cortex-tiny.gguf").exists()
         assert "random weights" in proc.log()
         assert proc.terminate() == 0

@@ -56,7 +56,7 @@ def serve(config_path, listen, metrics_listen, log_level) -> None:
     try:
         if local is not None:
             local.wait_ready()
-            click.echo(f"serving on http://{config.host}:{config.port}/v1 (demo model: cortex-tiny)", err=True)
+            click.echo(f"serving on http://{config.host}:{config.port}/v1 with a local neuron", err=True)
         run(config)
     except OSError as exc:
         raise click.ClickException(f"cannot listen on {config.host}:{config.port}: {exc.strerror}") from None
