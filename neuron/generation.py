@@ -26,6 +26,7 @@ class Delta:
 
     text: str
     finish_reason: str | None = None
+    stop_sequence: str | None = None  # which stop sequence ended the text, if one did
 
 
 @dataclass
@@ -43,14 +44,16 @@ class StopMatcher:
         self.stops = [s for s in stops if s]
         self.hold = max((len(s) for s in self.stops), default=0)
         self.pending = ""
+        self.matched: str | None = None
 
     def feed(self, text: str) -> tuple[str, bool]:
         """Return (text safe to emit, stopped)."""
         if not self.stops:
             return text, False
         self.pending += text
-        cut = min((i for i in (self.pending.find(s) for s in self.stops) if i >= 0), default=-1)
-        if cut >= 0:
+        hits = [(i, s) for s in self.stops if (i := self.pending.find(s)) >= 0]
+        if hits:
+            cut, self.matched = min(hits)
             out, self.pending = self.pending[:cut], ""
             return out, True
         keep = self._partial_suffix_len()
@@ -129,4 +132,4 @@ def stream_text(
         if tail:
             yield Delta(tail)
     stats.finished_at = clock()
-    yield Delta("", finish)
+    yield Delta("", finish, stopper.matched)

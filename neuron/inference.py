@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from neuron.chat_template import TemplateError, render_chat
 from neuron.errors import ApiError
@@ -29,7 +29,7 @@ class Generation:
     started: float
     registry: Registry
     finish_reason: str | None = None
-    text_parts: list[str] = field(default_factory=list)
+    stop_sequence: str | None = None
 
     async def batches(self, keepalive_s: float | None = None) -> AsyncIterator[list[Delta] | None]:
         """Lists of deltas as they come; None after `keepalive_s` of silence (time for a ping)."""
@@ -43,7 +43,7 @@ class Generation:
                 deltas = batch[:-1] if done else batch
                 for d in deltas:
                     if d.finish_reason:
-                        self.finish_reason = d.finish_reason
+                        self.finish_reason, self.stop_sequence = d.finish_reason, d.stop_sequence
                 if deltas:
                     yield deltas
                 if done:
@@ -78,8 +78,9 @@ class InferenceEngine:
         if not backend.chat_template:
             raise ApiError(400, "invalid_request_error", f"model {entry.id!r} has no chat template; use "
                            "/v1/completions with a raw prompt", code="no_chat_template")
+        tools = None if req.tool_choice == "none" else req.tools
         try:
-            return render_chat(backend.chat_template, req.messages, tools=req.tools,
+            return render_chat(backend.chat_template, req.messages, tools=tools,
                                bos_token=backend.bos_token, eos_token=backend.eos_token)
         except TemplateError as exc:
             raise ApiError(400, "invalid_request_error", str(exc), code="template_error",

@@ -13,6 +13,7 @@ from neuron.metrics import NeuronMetrics
 from neuron.openai_schema import InferenceRequest, parse_chat, parse_completion, parse_embedding_input
 from neuron.registry import Registry
 from neuron.sse import DONE, KEEPALIVE, ChunkFramer, error_event, open_stream, usage_dict
+from neuron.tool_calls import ToolCallParser, parse_all
 
 ENGINE = web.AppKey("engine", InferenceEngine)
 REGISTRY = web.AppKey("registry", Registry)
@@ -44,33 +45,56 @@ async def _complete(request: web.Request, req: InferenceRequest, chat: bool) -> 
     endpoint = "chat" if chat else "completions"
     async with entry.admission.slot():
         gen = await app[ENGINE].start(entry, req)
+        parser = _tool_parser(req) if chat else None
         if req.stream:
-            resp = await _stream(request, gen, ChunkFramer(entry.id, chat))
+            resp = await _stream(request, gen, ChunkFramer(entry.id, chat), parser)
         else:
-            resp = json_response(await _collect(gen, ChunkFramer(entry.id, chat)))
+            resp = json_response(await _collect(gen, ChunkFramer(entry.id, chat), parser))
     s = gen.stats
     app[METRICS].observe_generation(entry.id, endpoint, s.prompt_tokens, s.completion_tokens, gen.ttft_s,
                                     time.perf_counter() - gen.started)
     return resp
 
 
-async def _collect(gen: Generation, framer: ChunkFramer) -> dict:
+def _tool_parser(req: InferenceRequest) -> ToolCallParser | None:
+    if not req.tools or req.tool_choice == "none":
+        return None
+    return ToolCallParser({t["function"]["name"] for t in req.tools})
+
+
+def _finish_reason(gen: Generation, parser: ToolCallParser | None) -> str:
+    if parser is not None and parser.calls and gen.finish_reason == "stop":
+        return "tool_calls"
+    return gen.finish_reason or "stop"
+
+
+async def _collect(gen: Generation, framer: ChunkFramer, parser: ToolCallParser | None) -> dict:
     parts = []
     async for batch in gen.batches():
         parts.extend(d.text for d in batch)
     text = "".join(parts)
     s = gen.stats
     if framer.chat:
-        choice = {"index": 0, "message": {"role": "assistant", "content": text},
-                  "finish_reason": gen.finish_reason, "logprobs": None}
+        message = {"role": "assistant", "content": text}
+        if parser is not None:
+            content, calls = parse_all(text, parser.tool_names)
+            parser.calls = calls
+            message["content"] = content or (None if calls else "")
+            if calls:
+                message["tool_calls"] = [{"id": c.id, "type": "function",
+                                          "function": {"name": c.name, "arguments": c.arguments}} for c in calls]
+        choice = {"index": 0, "message": message, "finish_reason": _finish_reason(gen, parser),
+                  "stop_reason": gen.stop_sequence, "logprobs": None}
     else:
-        choice = {"index": 0, "text": text, "finish_reason": gen.finish_reason, "logprobs": None}
+        choice = {"index": 0, "text": text, "finish_reason": gen.finish_reason, "stop_reason": gen.stop_sequence,
+                  "logprobs": None}
     return {"id": framer.id, "object": "chat.completion" if framer.chat else "text_completion",
             "created": framer.created, "model": framer.model, "choices": [choice],
             "usage": usage_dict(s.prompt_tokens, s.completion_tokens)}
 
 
-async def _stream(request: web.Request, gen: Generation, framer: ChunkFramer) -> web.StreamResponse:
+async def _stream(request: web.Request, gen: Generation, framer: ChunkFramer,
+                  parser: ToolCallParser | None) -> web.StreamResponse:
     resp = await open_stream(request)
     try:
         await resp.write(framer.role())
@@ -78,9 +102,12 @@ async def _stream(request: web.Request, gen: Generation, framer: ChunkFramer) ->
             if batch is None:
                 await resp.write(KEEPALIVE)
                 continue
-            await resp.write(b"".join(framer.text(d.text) for d in batch if d.text))
+            text = "".join(d.text for d in batch)
+            await resp.write(_frame(framer, parser, *(parser.feed(text) if parser else (text, []))))
+        if parser is not None:
+            await resp.write(_frame(framer, parser, *parser.finish()))
         s = gen.stats
-        await resp.write(framer.finish(gen.finish_reason or "stop")
+        await resp.write(framer.finish(_finish_reason(gen, parser), gen.stop_sequence)
                          + framer.usage(s.prompt_tokens, s.completion_tokens) + DONE)
     except ApiError as err:
         # Headers are gone: the client learns of the failure from an error event.
@@ -88,6 +115,14 @@ async def _stream(request: web.Request, gen: Generation, framer: ChunkFramer) ->
     except (ConnectionResetError, ConnectionError):
         pass  # the client left; `batches` has already told the decode loop to stop
     return resp
+
+
+def _frame(framer: ChunkFramer, parser: ToolCallParser | None, text: str, calls: list) -> bytes:
+    out = framer.text(text) if text else b""
+    if calls:
+        first = len(parser.calls) - len(calls)
+        out += b"".join(framer.tool_call(first + i, c) for i, c in enumerate(calls))
+    return out
 
 
 async def embeddings(request: web.Request) -> web.Response:

@@ -62,9 +62,20 @@ class ChunkFramer:
     def delta(self, delta: dict) -> bytes:
         return b"data: " + self._head + b'"delta":' + orjson.dumps(delta) + b',"finish_reason":null}]}\n\n'
 
-    def finish(self, reason: str) -> bytes:
+    def finish(self, reason: str, stop_sequence: str | None = None) -> bytes:
         body = b'"delta":{}' if self.chat else b'"text":"","logprobs":null'
-        return b"data: " + self._head + body + b',"finish_reason":' + orjson.dumps(reason) + b"}]}\n\n"
+        # stop_reason: the matched stop string, as vLLM reports it (clients may ignore it).
+        return (b"data: " + self._head + body + b',"finish_reason":' + orjson.dumps(reason)
+                + b',"stop_reason":' + orjson.dumps(stop_sequence) + b"}]}\n\n")
+
+    def tool_call(self, index: int, call, piece: int = 24) -> bytes:
+        """A tool call as OpenAI streams it: id and name first, then the arguments in pieces."""
+        head = {"index": index, "id": call.id, "type": "function", "function": {"name": call.name, "arguments": ""}}
+        parts = [self.delta({"tool_calls": [head]})]
+        for i in range(0, len(call.arguments), piece):
+            chunk = {"index": index, "function": {"arguments": call.arguments[i:i + piece]}}
+            parts.append(self.delta({"tool_calls": [chunk]}))
+        return b"".join(parts)
 
     def usage(self, prompt: int, completion: int) -> bytes:
         return event({"id": self.id, "object": "chat.completion.chunk" if self.chat else "text_completion",

@@ -148,3 +148,56 @@ def test_both_backends_decode_the_same_greedy_tokens(client):
         model=model, messages=[{"role": "user", "content": "compare"}], max_tokens=24, temperature=0,
         logit_bias={"0": -100, "2": -100}).choices[0].message.content for model in BACKENDS}
     assert answers["tiny-gguf"] == answers["tiny-hf"], answers
+
+
+WEATHER_TOOL = {"type": "function", "function": {"name": "get_weather", "description": "Weather in a city",
+                                                 "parameters": {"type": "object", "properties": {
+                                                     "city": {"type": "string"}}}}}
+TWO_CALLS = ('Let me check. <tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n</tool_call>'
+             '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Tokyo, with a rather long name"}}\n'
+             '</tool_call>')
+
+
+@pytest.mark.parametrize("model", BACKENDS)
+def test_tool_calls_parsed_non_streaming(client, model):
+    resp = client.chat.completions.create(model=model, messages=[{"role": "user", "content": "weather?"}],
+                                          tools=[WEATHER_TOOL], extra_body={"cortex_script": TWO_CALLS})
+    choice = resp.choices[0]
+    assert choice.finish_reason == "tool_calls"
+    assert choice.message.content == "Let me check. "
+    calls = choice.message.tool_calls
+    assert [c.function.name for c in calls] == ["get_weather", "get_weather"]
+    assert [json.loads(c.function.arguments)["city"] for c in calls] == ["Paris", "Tokyo, with a rather long name"]
+    assert calls[0].id != calls[1].id
+
+
+@pytest.mark.parametrize("model", BACKENDS)
+def test_tool_calls_streamed_in_pieces(client, model):
+    stream = client.chat.completions.create(model=model, messages=[{"role": "user", "content": "weather?"}],
+                                            tools=[WEATHER_TOOL], stream=True, extra_body={"cortex_script": TWO_CALLS})
+    text, calls, finish, pieces = "", {}, None, 0
+    for chunk in stream:
+        if not chunk.choices:
+            continue
+        delta = chunk.choices[0].delta
+        text += delta.content or ""
+        for tc in delta.tool_calls or []:
+            entry = calls.setdefault(tc.index, {"name": "", "arguments": ""})
+            entry["name"] += (tc.function.name or "") if tc.function else ""
+            entry["arguments"] += (tc.function.arguments or "") if tc.function else ""
+            pieces += 1
+        finish = chunk.choices[0].finish_reason or finish
+    assert text == "Let me check. " and finish == "tool_calls"
+    assert [json.loads(c["arguments"])["city"] for c in calls.values()] == ["Paris", "Tokyo, with a rather long name"]
+    assert pieces > 4, "arguments arrive in several pieces"
+
+
+def test_json_object_answer_is_a_tool_call_only_for_known_tools(client):
+    script = '{"name": "get_weather", "parameters": {"city": "Oslo"}}'
+    resp = client.chat.completions.create(model="tiny-gguf", messages=[{"role": "user", "content": "?"}],
+                                          tools=[WEATHER_TOOL], extra_body={"cortex_script": script})
+    assert json.loads(resp.choices[0].message.tool_calls[0].function.arguments) == {"city": "Oslo"}
+    other = '{"name": "launch_rockets", "arguments": {}}'
+    resp = client.chat.completions.create(model="tiny-gguf", messages=[{"role": "user", "content": "?"}],
+                                          tools=[WEATHER_TOOL], extra_body={"cortex_script": other})
+    assert resp.choices[0].message.content == other and not resp.choices[0].message.tool_calls

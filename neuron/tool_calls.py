@@ -1,0 +1,123 @@
+"""Parsing a model's tool calls out of its text, streaming or not.
+
+Two output forms are understood, the ones open chat templates teach:
+- `<tool_call>{"name": ..., "arguments": {...}}</tool_call>` (Qwen, Hermes), anywhere in
+  the text, any number of times;
+- the whole answer being one JSON object `{"name": ..., "arguments"|"parameters": {...}}`
+  (Llama 3.x style), recognised only when the name is one of the request's tools.
+Text outside tool calls streams as it comes; only a possible partial `<tool_call>` is
+held back, as stop sequences are.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from dataclasses import dataclass
+
+OPEN, CLOSE = "<tool_call>", "</tool_call>"
+
+
+@dataclass
+class ToolCall:
+    name: str
+    arguments: str  # JSON text, as the OpenAI dialect carries it
+    id: str = ""
+
+    def __post_init__(self):
+        self.id = self.id or f"call_{uuid.uuid4().hex[:24]}"
+
+
+def _as_call(text: str, tool_names: set[str]) -> ToolCall | None:
+    try:
+        obj = json.loads(text)
+    except ValueError:
+        return None
+    if not isinstance(obj, dict) or not isinstance(obj.get("name"), str):
+        return None
+    args = obj.get("arguments", obj.get("parameters", {}))
+    if isinstance(args, str):  # some models emit the arguments already encoded
+        try:
+            args = json.loads(args)
+        except ValueError:
+            return None
+    if not isinstance(args, dict):
+        return None
+    if tool_names and obj["name"] not in tool_names:
+        return None
+    return ToolCall(obj["name"], json.dumps(args, ensure_ascii=False))
+
+
+class ToolCallParser:
+    """Feed text deltas; get back text to emit and tool calls as they complete."""
+
+    def __init__(self, tool_names: set[str]):
+        self.tool_names = tool_names
+        self.pending = ""  # text not yet emitted (a partial tag, or a tool call body)
+        self.inside = False
+        self.maybe_json = None  # None: undecided; True: the answer began with "{"
+        self.calls: list[ToolCall] = []
+
+    def feed(self, text: str) -> tuple[str, list[ToolCall]]:
+        self.pending += text
+        if self.maybe_json is None:
+            stripped = self.pending.lstrip()
+            if not stripped:
+                return "", []
+            self.maybe_json = stripped.startswith("{")
+        if self.maybe_json:
+            return "", []  # decided at the end: a bare JSON answer is all or nothing
+        return self._scan()
+
+    def _scan(self) -> tuple[str, list[ToolCall]]:
+        out, calls = [], []
+        while True:
+            if self.inside:
+                end = self.pending.find(CLOSE)
+                if end < 0:
+                    return "".join(out), calls
+                body, self.pending = self.pending[:end], self.pending[end + len(CLOSE):]
+                self.inside = False
+                call = _as_call(body.strip(), self.tool_names)
+                if call is None:
+                    out.append(OPEN + body + CLOSE)  # not a valid call: it was text after all
+                else:
+                    calls.append(call)
+                    self.calls.append(call)
+                continue
+            start = self.pending.find(OPEN)
+            if start >= 0:
+                out.append(self.pending[:start])
+                self.pending = self.pending[start + len(OPEN):]
+                self.inside = True
+                continue
+            keep = _partial_tag_suffix(self.pending)
+            out.append(self.pending[: len(self.pending) - keep])
+            self.pending = self.pending[len(self.pending) - keep:]
+            return "".join(out), calls
+
+    def finish(self) -> tuple[str, list[ToolCall]]:
+        """Flush at the end of generation: an unfinished tool call is returned as text."""
+        rest, self.pending = self.pending, ""
+        if self.maybe_json:
+            call = _as_call(rest.strip(), self.tool_names)
+            if call is not None:
+                self.calls.append(call)
+                return "", [call]
+            return rest, []
+        return (OPEN + rest) if self.inside else rest, []
+
+
+def _partial_tag_suffix(text: str) -> int:
+    for n in range(min(len(text), len(OPEN) - 1), 0, -1):
+        if OPEN.startswith(text[-n:]):
+            return n
+    return 0
+
+
+def parse_all(text: str, tool_names: set[str]) -> tuple[str, list[ToolCall]]:
+    """Non-streaming: the content left and the tool calls found."""
+    parser = ToolCallParser(tool_names)
+    head, calls = parser.feed(text)
+    tail, more = parser.finish()
+    return head + tail, calls + more
