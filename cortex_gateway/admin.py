@@ -21,6 +21,8 @@ from neuron.openai_routes import read_json
 
 log = logging.getLogger(__name__)
 ADMIN_KEYS = web.AppKey("admin_keys", tuple)
+API_KEYS = web.AppKey("api_keys", tuple)
+OPEN_PATHS = ("/health",)
 
 
 def presented_key(request: web.Request) -> str | None:
@@ -41,8 +43,20 @@ def key_matches(key: str | None, keys: tuple[str, ...]) -> bool:
 
 
 @web.middleware
+async def api_auth(request: web.Request, handler):
+    """With `[auth] keys`, every route but /health needs one (the admin API checks its own)."""
+    keys = request.app[API_KEYS]
+    if keys and request.path not in OPEN_PATHS and not request.path.startswith("/admin"):
+        if not key_matches(presented_key(request), keys):
+            raise ApiError(401, "authentication_error", "a valid API key is required: send it as "
+                           "Authorization: Bearer KEY or x-api-key: KEY", code="invalid_api_key")
+    return await handler(request)
+
+
+@web.middleware
 async def admin_auth(request: web.Request, handler):
-    keys = request.config_dict[ADMIN_KEYS]
+    # Admin keys when configured; otherwise the API keys, so a keyed gateway never has an open admin API.
+    keys = request.config_dict[ADMIN_KEYS] or request.config_dict[API_KEYS]
     if keys and not key_matches(presented_key(request), keys):
         raise ApiError(401, "authentication_error", "the admin API needs an admin key: send "
                        "Authorization: Bearer KEY (cortex takes it from --admin-key or CORTEX_ADMIN_KEY)",

@@ -10,6 +10,7 @@ import aiohttp
 from aiohttp import web
 
 from cortex_gateway import admin, routes
+from cortex_gateway.anthropic import handlers as anthropic
 from cortex_gateway.config import GatewayConfig
 from cortex_gateway.errors import error_middleware
 from cortex_gateway.fleet import Fleet
@@ -22,12 +23,14 @@ log = logging.getLogger("cortex.gateway")
 
 def create_app(config: GatewayConfig, *, session: aiohttp.ClientSession | None = None,
                metrics: GatewayMetrics | None = None) -> web.Application:
-    app = web.Application(middlewares=[error_middleware], client_max_size=64 * 2**20)
+    app = web.Application(middlewares=[error_middleware, admin.api_auth], client_max_size=64 * 2**20)
     app[METRICS] = metrics or GatewayMetrics()
     app[KEEPALIVE_S] = config.keepalive_s
     app[admin.ADMIN_KEYS] = config.admin_keys
+    app[admin.API_KEYS] = config.api_keys
     app.cleanup_ctx.append(_fleet_ctx(config, session))
     routes.add_routes(app)
+    anthropic.add_routes(app)
     admin.add_routes(app)
     return app
 

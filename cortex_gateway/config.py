@@ -67,6 +67,7 @@ class GatewayConfig:
     down_after: int = 3
     load_timeout_s: float = 600.0
     keepalive_s: float = 10.0
+    api_keys: tuple[str, ...] = ()
     admin_keys: tuple[str, ...] = ()
     config_path: Path | None = None
     models_path: Path | None = None
@@ -112,10 +113,11 @@ def load_config(path: Path) -> GatewayConfig:
         raise ConfigError(f"{_where(path, '[eviction]', 'strategy')}: expected \"lru\" or \"priority\", "
                           f"got {cfg.strategy!r}")
     auth = _get(data, "auth", dict, path, "", "an [auth] table", {})
-    admin_keys = _get(auth, "admin_keys", list, path, "[auth]", "a list of keys", [])
-    if not all(isinstance(k, str) and len(k) >= 8 for k in admin_keys):
-        raise ConfigError(f"{_where(path, '[auth]', 'admin_keys')}: expected strings of at least 8 characters")
-    cfg.admin_keys = tuple(admin_keys)
+    for key, attr in (("keys", "api_keys"), ("admin_keys", "admin_keys")):
+        values = _get(auth, key, list, path, "[auth]", "a list of keys", [])
+        if not all(isinstance(k, str) and len(k) >= 8 for k in values):
+            raise ConfigError(f"{_where(path, '[auth]', key)}: expected strings of at least 8 characters")
+        setattr(cfg, attr, tuple(values))
     models_file = _get(data, "models_config", str, path, "", "a path to the models file")
     if models_file:
         cfg.models_path = (path.parent / models_file).resolve()

@@ -77,7 +77,8 @@ def _error_code(raw: bytes) -> str | None:
         return None
 
 
-async def relay_json(session, node: Node, path: str, body: bytes, rec: Record) -> web.Response:
+async def fetch_json(session, node: Node, path: str, body: bytes, rec: Record) -> tuple[int, bytes]:
+    """Send a non-streaming request and read the whole answer (status, raw body)."""
     resp = await _send(session, node, path, body)
     try:
         raw = getattr(resp, "_cortex_body", None) or await resp.read()
@@ -93,15 +94,19 @@ async def relay_json(session, node: Node, path: str, body: bytes, rec: Record) -
         except (orjson.JSONDecodeError, AttributeError):
             pass
     else:
-        rec.error_type = _error_type(raw)
-    return web.Response(body=raw, status=resp.status, headers=JSON_HEADERS)
+        rec.error_type = upstream_api_error(resp.status, raw).type
+    return resp.status, raw
 
 
-def _error_type(raw: bytes) -> str:
+def upstream_api_error(status: int, raw: bytes) -> ApiError:
+    """The neuron's OpenAI error envelope as an ApiError, so any dialect can render it."""
     try:
-        return str(orjson.loads(raw)["error"]["type"])
-    except (orjson.JSONDecodeError, KeyError, TypeError):
-        return "upstream_error"
+        err = orjson.loads(raw)["error"]
+        return ApiError(status, str(err.get("type") or "api_error"), str(err.get("message") or ""),
+                        code=err.get("code"), param=err.get("param"),
+                        retry_after=5 if status in (429, 503) else None)
+    except (orjson.JSONDecodeError, KeyError, TypeError, AttributeError):
+        return ApiError(status, "api_error", raw[:200].decode(errors="replace"), code="upstream_error")
 
 
 async def open_upstream_stream(session, node: Node, path: str, body: bytes) -> aiohttp.ClientResponse:
@@ -113,6 +118,12 @@ class ClientGone(Exception):
     """The client closed its connection; the upstream request is dropped with it."""
 
 
+def mid_stream_failure(rec: Record, exc: BaseException) -> ApiError:
+    rec.status, rec.error_type = 502, "upstream_failed"
+    return ApiError(502, "api_error", f"the node {rec.node} failed mid-stream ({exc.__class__.__name__}); "
+                    "the answer is incomplete, retry the request", code="upstream_failed")
+
+
 async def relay_stream(upstream: aiohttp.ClientResponse, client: web.StreamResponse, rec: Record) -> None:
     """Copy the upstream SSE bytes to the client chunk by chunk, noting TTFT and usage."""
     previous = last = b""
@@ -120,7 +131,7 @@ async def relay_stream(upstream: aiohttp.ClientResponse, client: web.StreamRespo
         async for chunk in upstream.content.iter_any():
             if rec.first_token_at is None and b'"content":"' in chunk:
                 rec.first_token_at = time.perf_counter()
-            await _write(client, chunk)
+            await write(client, chunk)
             previous, last = last, chunk
         tail = previous[-4096:] + last
         if not tail.rstrip().endswith(b"[DONE]"):
@@ -128,15 +139,12 @@ async def relay_stream(upstream: aiohttp.ClientResponse, client: web.StreamRespo
         rec.finished_at = time.perf_counter()
         rec.take_usage(_usage_from_tail(tail))
     except (aiohttp.ClientError, OSError) as exc:
-        rec.status, rec.error_type = 502, "upstream_failed"
-        err = ApiError(502, "api_error", f"the node {rec.node} failed mid-stream ({exc.__class__.__name__}); "
-                       "the answer is incomplete, retry the request", code="upstream_failed")
-        await _write(client, error_event(err) + DONE)
+        await write(client, error_event(mid_stream_failure(rec, exc)) + DONE)
     finally:
         upstream.release()
 
 
-async def _write(client: web.StreamResponse, data: bytes) -> None:
+async def write(client: web.StreamResponse, data: bytes) -> None:
     try:
         await client.write(data)
     except (ConnectionResetError, ConnectionError) as exc:

@@ -12,8 +12,8 @@ from aiohttp import web
 from cortex_gateway.fleet import Fleet, Node
 from cortex_gateway.lifecycle import Lifecycle
 from cortex_gateway.metrics import GatewayMetrics
-from cortex_gateway.proxy import (ClientGone, Record, RetryElsewhere, open_client_stream, open_upstream_stream,
-                                  relay_json, relay_stream)
+from cortex_gateway.proxy import (JSON_HEADERS, ClientGone, Record, RetryElsewhere, fetch_json, open_client_stream,
+                                  open_upstream_stream, relay_stream, upstream_api_error)
 from neuron.errors import ApiError, bad_request, json_response
 from neuron.sse import DONE, KEEPALIVE, error_event
 
@@ -88,21 +88,44 @@ def _upstream_body(data: dict, body: bytes, requested: str, upstream_id: str) ->
     return orjson.dumps({**data, "model": upstream_id})
 
 
+class OpenAIDialect:
+    """Pass-through: the neurons speak OpenAI, so bytes go back as they came."""
+
+    keepalive = KEEPALIVE
+
+    def error_event(self, err: ApiError) -> bytes:
+        return error_event(err) + DONE
+
+    def json_response(self, status: int, raw: bytes) -> web.Response:
+        return web.Response(body=raw, status=status, headers=JSON_HEADERS)
+
+    async def relay(self, upstream, client_stream: web.StreamResponse, rec: Record) -> None:
+        await relay_stream(upstream, client_stream, rec)
+
+
+OPENAI = OpenAIDialect()
+
+
 def make_inference_handler(path: str, endpoint: str):
     async def handler(request: web.Request) -> web.StreamResponse:
         body = await request.read()
         data, requested, stream = _parse_head(body)
-        rec = Record(model=request.app[LIFECYCLE].config.resolve_alias(requested), endpoint=endpoint,
-                     started=time.perf_counter())
-        try:
-            return await _serve(request, path, data, body, requested, stream, rec)
-        finally:
-            _observe(request.app[METRICS], rec)
+        return await serve_inference(request, path, endpoint, data, body, requested, stream, OPENAI)
 
     return handler
 
 
-async def _serve(request, path, data, body, requested, stream, rec: Record) -> web.StreamResponse:
+async def serve_inference(request, path, endpoint, data, body, requested, stream, dialect) -> web.StreamResponse:
+    """Place the request on a node (cold-loading if needed), relay it in `dialect`, record metrics."""
+    rec = Record(model=request.app[LIFECYCLE].config.resolve_alias(requested), endpoint=endpoint,
+                 started=time.perf_counter())
+    try:
+        return await _serve(request, path, data, body, requested, stream, rec, dialect)
+    finally:
+        _observe(request.app[METRICS], rec)
+
+
+async def _serve(request, path, data, body, requested, stream, rec: Record, dialect) -> web.StreamResponse:
     app = request.app
     lifecycle, fleet = app[LIFECYCLE], app[FLEET]
     client_stream: web.StreamResponse | None = None
@@ -113,13 +136,13 @@ async def _serve(request, path, data, body, requested, stream, rec: Record) -> w
             if node is None:  # cold: a load (or a wait for one) first
                 placing = asyncio.ensure_future(lifecycle.node_for(rec.model, exclude))
                 if stream:
-                    client_stream = await _keepalive_until(request, placing, client_stream)
+                    client_stream = await _keepalive_until(request, placing, client_stream, dialect)
                 node, _ = await placing
         except ApiError as err:
             rec.status, rec.error_type = err.status, err.type
             if client_stream is None:
                 raise
-            await client_stream.write(error_event(err) + DONE)
+            await client_stream.write(dialect.error_event(err))
             return client_stream
         if attempt == 0:
             app[METRICS].observe_wait(rec.model, time.perf_counter() - rec.started)
@@ -131,13 +154,13 @@ async def _serve(request, path, data, body, requested, stream, rec: Record) -> w
         use.last_used = time.time()
         try:
             if not stream:
-                return await relay_json(app[SESSION], node, path, payload, rec)
+                return dialect.json_response(*await fetch_json(app[SESSION], node, path, payload, rec))
             upstream = await open_upstream_stream(app[SESSION], node, path, payload)
             if upstream.status != 200:
-                return await _stream_refused(upstream, client_stream, rec)
+                return await _stream_refused(upstream, client_stream, rec, dialect)
             client_stream = client_stream or await open_client_stream(request)
             try:
-                await relay_stream(upstream, client_stream, rec)
+                await dialect.relay(upstream, client_stream, rec)
             except ClientGone:
                 rec.status, rec.error_type = 499, "client_closed"
             return client_stream
@@ -150,7 +173,7 @@ async def _serve(request, path, data, body, requested, stream, rec: Record) -> w
                 rec.status, rec.error_type = 502, "upstream_unavailable"
                 if client_stream is None:
                     raise err from None
-                await client_stream.write(error_event(err) + DONE)
+                await client_stream.write(dialect.error_event(err))
                 return client_stream
             app[METRICS].retries.labels(rec.model).inc()
         finally:
@@ -165,26 +188,27 @@ def _node_failed(app, node: Node, model: str, exc: RetryElsewhere) -> None:
     node.models.pop(model, None)
 
 
-async def _stream_refused(upstream, client_stream, rec: Record) -> web.StreamResponse:
+async def _stream_refused(upstream, client_stream, rec: Record, dialect) -> web.StreamResponse:
     """The node answered the stream request with an error before streaming: pass it on."""
     raw = getattr(upstream, "_cortex_body", None) or await upstream.read()
     upstream.release()
-    rec.status = upstream.status
+    err = upstream_api_error(upstream.status, raw)
+    rec.status, rec.error_type = upstream.status, err.type
     if client_stream is None:
-        return web.Response(body=raw, status=upstream.status, headers={"Content-Type": "application/json"})
-    await client_stream.write(b"data: " + raw + b"\n\n" + DONE)
+        return dialect.json_response(upstream.status, raw)
+    await client_stream.write(dialect.error_event(err))
     return client_stream
 
 
-async def _keepalive_until(request, placing: asyncio.Future, client_stream):
-    """While a cold load runs, keep a streaming client's connection alive with SSE comments."""
+async def _keepalive_until(request, placing: asyncio.Future, client_stream, dialect):
+    """While a cold load runs, keep a streaming client's connection alive (SSE comments or pings)."""
     interval = request.app[KEEPALIVE_S]
     while True:
         done, _ = await asyncio.wait({placing}, timeout=interval)
         if done:
             return client_stream
         client_stream = client_stream or await open_client_stream(request)
-        await client_stream.write(KEEPALIVE)
+        await client_stream.write(dialect.keepalive)
 
 
 def _observe(metrics: GatewayMetrics, rec: Record) -> None:

@@ -42,9 +42,9 @@ async def serve(config: GatewayConfig) -> None:
 
 
 def _warn_if_open(config: GatewayConfig) -> None:
-    if config.host not in ("127.0.0.1", "localhost", "::1") and not config.admin_keys:
-        log.warning("listening on %s with no admin key: anyone who can reach port %d can load and unload "
-                    "models; set [auth] admin_keys", config.host, config.port)
+    if config.host not in ("127.0.0.1", "localhost", "::1") and not (config.admin_keys or config.api_keys):
+        log.warning("listening on %s with no keys: anyone who can reach port %d can use every model and "
+                    "load and unload them; set [auth] keys and admin_keys", config.host, config.port)
 
 
 def run(config: GatewayConfig) -> None:

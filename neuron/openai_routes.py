@@ -137,7 +137,18 @@ async def embeddings(request: web.Request) -> web.Response:
                           "usage": {"prompt_tokens": tokens, "total_tokens": tokens}})
 
 
+async def tokenize(request: web.Request) -> web.Response:
+    """Count a chat request's prompt tokens with the model's own template and tokenizer."""
+    app = request.app
+    req = parse_chat(await read_json(request))
+    entry = app[REGISTRY].ready(req.model)
+    engine = app[ENGINE]
+    tokens = await engine.tokenize(entry, engine.prompt_text(entry, req))
+    return json_response({"model": entry.id, "count": len(tokens)})
+
+
 def add_routes(app: web.Application) -> None:
+    app.router.add_post("/tokenize", tokenize)
     app.router.add_post("/v1/chat/completions", chat_completions)
     app.router.add_post("/v1/completions", completions)
     app.router.add_post("/v1/embeddings", embeddings)

@@ -1,0 +1,58 @@
+"""OpenAI chat completion -> Anthropic message (non-streaming), and the shared mappings."""
+
+from __future__ import annotations
+
+import json
+import uuid
+
+
+def message_id() -> str:
+    return f"msg_{uuid.uuid4().hex[:24]}"
+
+
+def tool_use_id(openai_id: str | None) -> str:
+    """Anthropic ids start with toolu_; keep the OpenAI id inside so tool results map back."""
+    if openai_id and openai_id.startswith("toolu_"):
+        return openai_id
+    return f"toolu_{openai_id or uuid.uuid4().hex[:24]}"
+
+
+def openai_call_id(anthropic_id: str | None) -> str | None:
+    return anthropic_id[len("toolu_"):] if anthropic_id and anthropic_id.startswith("toolu_") else anthropic_id
+
+
+def stop_reason(finish_reason: str | None, matched: str | None, stops: list[str]) -> tuple[str, str | None]:
+    """(stop_reason, stop_sequence) for an OpenAI finish_reason."""
+    if finish_reason == "length":
+        return "max_tokens", None
+    if finish_reason == "tool_calls":
+        return "tool_use", None
+    if isinstance(matched, str) and matched in stops:
+        return "stop_sequence", matched
+    return "end_turn", None
+
+
+def parse_input(arguments: str) -> dict:
+    """Tool arguments as an object; text that is not a JSON object is kept, not lost."""
+    try:
+        value = json.loads(arguments or "{}")
+    except ValueError:
+        return {"_raw_arguments": arguments}
+    return value if isinstance(value, dict) else {"_value": value}
+
+
+def to_anthropic(resp: dict, model: str, stops: list[str]) -> dict:
+    choice = (resp.get("choices") or [{}])[0]
+    message = choice.get("message") or {}
+    content = []
+    if message.get("content"):
+        content.append({"type": "text", "text": message["content"]})
+    for call in message.get("tool_calls") or []:
+        fn = call.get("function") or {}
+        content.append({"type": "tool_use", "id": tool_use_id(call.get("id")), "name": fn.get("name", ""),
+                        "input": parse_input(fn.get("arguments", "{}"))})
+    reason, sequence = stop_reason(choice.get("finish_reason"), choice.get("stop_reason"), stops)
+    usage = resp.get("usage") or {}
+    return {"id": message_id(), "type": "message", "role": "assistant", "model": model, "content": content,
+            "stop_reason": reason, "stop_sequence": sequence,
+            "usage": {"input_tokens": usage.get("prompt_tokens", 0), "output_tokens": usage.get("completion_tokens", 0)}}

@@ -1,0 +1,121 @@
+"""OpenAI chat completion chunks -> the Anthropic streaming event sequence.
+
+message_start, then for each content block content_block_start, its deltas
+(text_delta or input_json_delta) and content_block_stop, then message_delta
+(stop_reason, usage) and message_stop. Blocks never interleave: a chunk that
+carries text and a tool call closes the text block before opening the tool's;
+parallel tool calls become consecutive tool_use blocks; arguments that arrive
+in many pieces stream as many input_json_delta events of one block.
+"""
+
+from __future__ import annotations
+
+import orjson
+
+from cortex_gateway.anthropic.translate_response import message_id, stop_reason, tool_use_id
+
+PING = b'event: ping\ndata: {"type": "ping"}\n\n'
+
+
+def sse(event: str, data: dict) -> bytes:
+    return b"event: " + event.encode() + b"\ndata: " + orjson.dumps(data) + b"\n\n"
+
+
+class StreamTranslator:
+    def __init__(self, model: str, stops: list[str]):
+        self.model = model
+        self.stops = stops
+        self.id = message_id()
+        self.block = -1  # index of the open block, -1 when none
+        self.block_kind: str | None = None
+        self.tool_blocks: dict[int, int] = {}  # OpenAI tool index -> our block index
+        self.current_tool: int | None = None
+        self.finish_reason: str | None = None
+        self.matched: str | None = None
+        self.usage = {"input_tokens": 0, "output_tokens": 0}
+        self.started = False
+
+    def start(self) -> bytes:
+        self.started = True
+        return sse("message_start", {"type": "message_start", "message": {
+            "id": self.id, "type": "message", "role": "assistant", "model": self.model, "content": [],
+            "stop_reason": None, "stop_sequence": None, "usage": dict(self.usage)}})
+
+    def feed(self, chunk: dict) -> bytes:
+        out = [] if self.started else [self.start()]
+        if isinstance(chunk.get("usage"), dict):
+            self.usage = {"input_tokens": chunk["usage"].get("prompt_tokens", 0),
+                          "output_tokens": chunk["usage"].get("completion_tokens", 0)}
+        for choice in chunk.get("choices") or []:
+            delta = choice.get("delta") or {}
+            if delta.get("content"):
+                out.append(self._text(delta["content"]))
+            for call in delta.get("tool_calls") or []:
+                out.append(self._tool(call))
+            if choice.get("finish_reason"):
+                self.finish_reason = choice["finish_reason"]
+                self.matched = choice.get("stop_reason")
+        return b"".join(out)
+
+    def _open(self, kind: str, block: dict) -> bytes:
+        out = self._close()
+        self.block += 1
+        self.block_kind = kind
+        return out + sse("content_block_start", {"type": "content_block_start", "index": self.block,
+                                                 "content_block": block})
+
+    def _close(self) -> bytes:
+        if self.block_kind is None:
+            return b""
+        self.block_kind, self.current_tool = None, None
+        return sse("content_block_stop", {"type": "content_block_stop", "index": self.block})
+
+    def _text(self, text: str) -> bytes:
+        out = b"" if self.block_kind == "text" else self._open("text", {"type": "text", "text": ""})
+        return out + sse("content_block_delta", {"type": "content_block_delta", "index": self.block,
+                                                 "delta": {"type": "text_delta", "text": text}})
+
+    def _tool(self, call: dict) -> bytes:
+        index = call.get("index", 0)
+        fn = call.get("function") or {}
+        out = b""
+        if index not in self.tool_blocks:
+            out = self._open("tool_use", {"type": "tool_use", "id": tool_use_id(call.get("id")),
+                                          "name": fn.get("name", ""), "input": {}})
+            self.tool_blocks[index] = self.block
+            self.current_tool = index
+        elif index != self.current_tool:
+            return b""  # a late piece for a closed block cannot be placed; OpenAI streams calls in order
+        if fn.get("arguments"):
+            out += sse("content_block_delta", {"type": "content_block_delta", "index": self.block,
+                                               "delta": {"type": "input_json_delta", "partial_json": fn["arguments"]}})
+        return out
+
+    def finish(self) -> bytes:
+        out = [] if self.started else [self.start()]
+        out.append(self._close())
+        reason, sequence = stop_reason(self.finish_reason, self.matched, self.stops)
+        if self.tool_blocks and reason == "end_turn":
+            reason = "tool_use"
+        out.append(sse("message_delta", {"type": "message_delta",
+                                         "delta": {"stop_reason": reason, "stop_sequence": sequence},
+                                         "usage": dict(self.usage)}))
+        out.append(sse("message_stop", {"type": "message_stop"}))
+        return b"".join(out)
+
+
+class SSEReader:
+    """Splits upstream bytes into the `data:` payloads of complete SSE events."""
+
+    def __init__(self):
+        self.buffer = b""
+
+    def feed(self, chunk: bytes) -> list[bytes]:
+        self.buffer += chunk
+        *events, self.buffer = self.buffer.split(b"\n\n")
+        out = []
+        for event in events:
+            for line in event.split(b"\n"):
+                if line.startswith(b"data:"):
+                    out.append(line[5:].strip())
+        return out
