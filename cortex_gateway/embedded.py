@@ -19,10 +19,23 @@ from cortex_gateway.config import GatewayConfig, NeuronSpec
 log = logging.getLogger(__name__)
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A port nothing listens on now, on loopback."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def stop_process(proc: subprocess.Popen, timeout: float = 30) -> int:
+    """SIGTERM (graceful: the process finishes its requests), then SIGKILL after `timeout`."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    return proc.returncode
 
 
 class LocalNeuron:
@@ -33,7 +46,7 @@ class LocalNeuron:
     """
 
     def __init__(self, models_dir: str | None = None):
-        self.port = _free_port()
+        self.port = free_port()
         self.endpoint = f"http://127.0.0.1:{self.port}"
         args = [sys.executable, "-m", "cortex_cli", "neuron", "--listen", f"127.0.0.1:{self.port}",
                 "--name", "local", "--demo"]
@@ -57,12 +70,7 @@ class LocalNeuron:
         raise RuntimeError(f"the local neuron did not become ready in {timeout:g}s")
 
     def stop(self, timeout: float = 30) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
+        stop_process(self.proc, timeout)
 
 
 def embedded_config(neuron: LocalNeuron) -> GatewayConfig:

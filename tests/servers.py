@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
-import socket
 import subprocess
 import sys
 import time
@@ -16,13 +14,9 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+from cortex_gateway.embedded import free_port, stop_process  # noqa: F401 - re-exported for tests
+
 CORTEX = [sys.executable, "-m", "cortex_cli"]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def http_json(method: str, url: str, body: dict | None = None, timeout: float = 120) -> tuple[int, dict]:
@@ -65,13 +59,7 @@ class CortexProcess:
         return self.log_path.read_text(errors="replace")[-5000:]
 
     def terminate(self, timeout: float = 30) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_process(self.proc, timeout)
         self._log.close()
         return self.proc.returncode
 
