@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 # an unpinned torch pulls a multi-GB CUDA build.
 TORCH_PIN ?= torch==2.13.0
 
-.PHONY: serve test test-slow bench clean
+.PHONY: serve test test-slow bench clean shells
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -24,7 +24,19 @@ $(VENV)/.dev-installed: pyproject.toml | $(BIN)/python
 serve: $(VENV)/.serve-installed
 	$(BIN)/cortex serve
 
-test: $(VENV)/.dev-installed
+# zsh and fish let the completion tests ask real shells; installed where apt-get can (as root),
+# otherwise those tests are skipped and say why.
+shells:
+	@missing=""; for s in zsh fish; do command -v $$s >/dev/null || missing="$$missing $$s"; done; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    echo "installing$$missing for the completion tests"; \
+	    (timeout 300 apt-get update -qq && timeout 300 apt-get install -y -qq $$missing) >/dev/null 2>&1 \
+	      || echo "could not install$$missing: their completion tests will be skipped"; \
+	  else echo "$$missing not installed: their completion tests will be skipped"; fi; \
+	fi
+
+test: $(VENV)/.dev-installed shells
 	$(BIN)/pytest -m "not slow and not gpu" $(PYTEST_ARGS)
 
 test-slow: $(VENV)/.dev-installed

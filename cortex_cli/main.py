@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import click
 
+from cortex_cli.commands.completion import completion
+from cortex_cli.commands.load import load, unload
 from cortex_cli.commands.neuron import neuron
 from cortex_cli.commands.serve import serve
+from cortex_cli.commands.status import models, status
 from cortex_cli.commands.tiny_model import tiny_model
+from cortex_cli.commands.top import top
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -15,6 +19,12 @@ def cli() -> None:
     """Run your own LLMs on several GPU machines."""
 
 
-cli.add_command(neuron)
 cli.add_command(serve)
+cli.add_command(neuron)
+cli.add_command(status)
+cli.add_command(models)
+cli.add_command(load)
+cli.add_command(unload)
+cli.add_command(top)
+cli.add_command(completion)
 cli.add_command(tiny_model)

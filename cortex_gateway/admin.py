@@ -13,7 +13,7 @@ from aiohttp import web
 from cortex_gateway.config import set_pin
 from cortex_gateway.errors import upstream_error
 from cortex_gateway.fleet import Node
-from cortex_gateway.routes import FLEET, LIFECYCLE
+from cortex_gateway.routes import FLEET, LIFECYCLE, METRICS
 from neuron.api import parse_devices, req_str, require_object
 from neuron.client import NeuronError
 from neuron.errors import ApiError, bad_request, json_response
@@ -72,16 +72,20 @@ def _node_status(node: Node, fleet) -> dict:
                        "last_used": use.last_used or None})
     return {"name": node.name, "endpoint": node.endpoint, "healthy": node.healthy, "failures": node.failures,
             "last_error": node.last_error or None, "devices": node.health.get("devices", []),
-            "uptime_s": node.health.get("uptime_s"), "models": models,
+            "uptime_s": node.health.get("uptime_s"), "models": models, "available": sorted(node.available),
             "decode_tps": {m["id"]: m.get("decode_tps") for m in node.health.get("models", [])}}
 
 
 async def status(request: web.Request) -> web.Response:
+    """Everything the operator tools show; `?refresh=1` polls every node first (for progress displays)."""
     fleet, lifecycle = request.config_dict[FLEET], request.config_dict[LIFECYCLE]
+    if request.query.get("refresh"):
+        await fleet.poll_all()
     return json_response({
         "nodes": [_node_status(n, fleet) for n in fleet.nodes.values()],
         "pins": {m: sorted(n) for m, n in lifecycle.pins.items() if n},
         "strategy": lifecycle.config.strategy,
+        "stats": request.config_dict[METRICS].recent.all(),
         "events": list(fleet.events)[-50:],
     })
 
@@ -111,6 +115,10 @@ async def load(request: web.Request) -> web.Response:
     try:
         info = await lifecycle.load(node, model, devices=parse_devices(data.get("devices")), backend=backend)
     except NeuronError as err:
+        if err.code == "model_not_found":
+            raise ApiError(404, "not_found_error", f"model {model!r} is not available on node {node.name!r}; "
+                           "`cortex models` lists where each model can load", code="model_not_found",
+                           param="model") from err
         raise upstream_error(err) from err
     if data.get("pin"):
         _pin(request, node.name, model, True)

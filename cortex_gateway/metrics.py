@@ -5,6 +5,7 @@ from __future__ import annotations
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily
 
+from cortex_gateway.recent import RecentStats
 from neuron.metrics import LATENCY_BUCKETS, LOAD_BUCKETS, TTFT_BUCKETS
 
 TPS_BUCKETS = (1, 2, 5, 10, 20, 35, 50, 75, 100, 150, 250, 500, 1000, 2500, 5000)
@@ -32,6 +33,7 @@ class GatewayMetrics:
                                     ["model"], buckets=LATENCY_BUCKETS, registry=r)
         self.retries = Counter("cortex_retries", "Requests retried on another node", ["model"], registry=r)
 
+        self.recent = RecentStats()
         self._children: dict[tuple, object] = {}
         self._series: dict[tuple[str, str], _Series] = {}
 

@@ -216,15 +216,20 @@ def _observe(metrics: GatewayMetrics, rec: Record) -> None:
     metrics.child(metrics.requests, rec.model, node, rec.endpoint, str(rec.status)).inc()
     if rec.error_type:
         metrics.child(metrics.errors, rec.model, node, rec.error_type).inc()
+        metrics.recent.record(rec.model, None, None, ok=False)
         return
     series = metrics.series(rec.model, node)
     series.latency.observe(time.perf_counter() - rec.started)
     series.prompt_tokens.inc(rec.prompt_tokens)
     series.completion_tokens.inc(rec.completion_tokens)
+    ttft = tps = None
     if rec.first_token_at is not None and rec.endpoint != "embeddings":
-        series.ttft.observe(rec.first_token_at - rec.started)
+        ttft = rec.first_token_at - rec.started
+        series.ttft.observe(ttft)
         if rec.finished_at and rec.completion_tokens > 1 and rec.finished_at > rec.first_token_at:
-            series.tps.observe((rec.completion_tokens - 1) / (rec.finished_at - rec.first_token_at))
+            tps = (rec.completion_tokens - 1) / (rec.finished_at - rec.first_token_at)
+            series.tps.observe(tps)
+    metrics.recent.record(rec.model, ttft, tps, ok=True)
 
 
 KEEPALIVE_S = web.AppKey("keepalive_s", float)

@@ -143,6 +143,7 @@ class ModelInfo:
     path: str = ""
     load_time_s: float | None = None
     spec: dict | None = None
+    phase: str = ""
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -43,6 +43,7 @@ class ModelEntry:
     load_time_s: float | None = None
     admission: Admission | None = None
     decode_tps: float = 0.0
+    phase: str = "queued"  # what a load is doing now, for progress displays
     last_error: str | None = None
     ready: asyncio.Future | None = field(default=None, repr=False)
 
@@ -51,7 +52,7 @@ class ModelEntry:
             id=self.id, backend=self.backend_name, status=self.status, devices=self.devices,
             memory_mb=round(self.memory_mb, 1),
             context_size=self.backend.context_size if self.backend else (self.request.context_size or 0),
-            path=self.ref.path, load_time_s=self.load_time_s, spec=self.request.to_dict(),
+            path=self.ref.path, load_time_s=self.load_time_s, spec=self.request.to_dict(), phase=self.phase,
         )
 
     def record_decode_rate(self, tokens: int, seconds: float) -> None:
@@ -170,20 +171,23 @@ class Registry:
         entry.memory_mb = measured if measured >= 0.5 * entry.estimated_mb else entry.estimated_mb
         entry.load_time_s = round(time.monotonic() - started, 3)
         entry.admission = Admission(entry.id, self._limits(entry))
-        entry.status = "loaded"
+        entry.status, entry.phase = "loaded", "ready"
         self._account(entry, +1)
         self.on_loaded(entry)
         log.info("loaded %s in %.2fs, %.0f MiB", entry.id, entry.load_time_s, entry.memory_mb)
 
     def _open_on_device(self, entry: ModelEntry, spec: BackendSpec) -> tuple[Backend, float]:
+        entry.phase = f"importing {entry.backend_name}"
         cls = backend_class(entry.backend_name)
         before = _memory_probe(self.devices, entry.devices)
+        entry.phase = f"reading {entry.ref.size_mb:.0f} MiB of weights onto {', '.join(entry.devices)}"
         if slow := self.faults.take(entry.id, "slow_load"):
             time.sleep(slow.delay_ms / 1000)
         backend = cls(spec)
         if self.faults.take(entry.id, "load_error"):
             backend.close()
             raise RuntimeError("injected load failure (CORTEX_FAULT_INJECTION)")
+        entry.phase = "measuring memory"
         return backend, _memory_probe(self.devices, entry.devices) - before
 
     def _limits(self, entry: ModelEntry) -> AdmissionLimits:

@@ -1,0 +1,55 @@
+"""`cortex status` and `cortex models`: what the fleet is doing, as tables or JSON."""
+
+from __future__ import annotations
+
+import json
+
+import click
+
+from cortex_cli.options import admin_key_option, gateway_option, run
+
+
+@click.command()
+@gateway_option
+@admin_key_option
+@click.option("--json", "as_json", is_flag=True, help="Print the gateway's status as JSON, for scripts.")
+def status(gateway, admin_key, as_json) -> None:
+    """Nodes (health, devices, memory) and models (where, status, pinned, in flight)."""
+    from rich.console import Console
+
+    from cortex_cli.client import AdminClient
+    from cortex_cli.render import models_table, nodes_table
+
+    async def fetch():
+        async with AdminClient(gateway, admin_key) as client:
+            return await client.status()
+
+    data = run(fetch())
+    if as_json:
+        click.echo(json.dumps(data, indent=2))
+        return
+    console = Console()
+    console.print(nodes_table(data))
+    console.print(models_table(data))
+
+
+@click.command()
+@gateway_option
+@admin_key_option
+@click.option("--json", "as_json", is_flag=True, help="Print the catalogue as JSON.")
+def models(gateway, admin_key, as_json) -> None:
+    """The merged catalogue: every model any node has loaded or can load."""
+    from rich.console import Console
+
+    from cortex_cli.client import AdminClient
+    from cortex_cli.render import catalogue_table
+
+    async def fetch():
+        async with AdminClient(gateway, admin_key) as client:
+            return await client.models()
+
+    data = run(fetch())
+    if as_json:
+        click.echo(json.dumps(data, indent=2))
+    else:
+        Console().print(catalogue_table(data))

@@ -1,0 +1,60 @@
+"""Options shared by the operator commands, and dynamic shell completion of node and model names."""
+
+from __future__ import annotations
+
+import asyncio
+
+import click
+
+gateway_option = click.option("--gateway", envvar="CORTEX_GATEWAY", default="http://127.0.0.1:31313",
+                              show_default=True, help="Gateway URL (or CORTEX_GATEWAY).")
+admin_key_option = click.option("--admin-key", envvar="CORTEX_ADMIN_KEY", default=None,
+                                help="Admin key (or CORTEX_ADMIN_KEY).")
+
+
+def _status_quietly(ctx: click.Context) -> dict | None:
+    """The gateway's status for completion; None (offer nothing) when it cannot be reached fast."""
+    from cortex_cli.client import AdminClient, admin_key, gateway_url
+
+    params = ctx.params if ctx else {}
+
+    async def fetch():
+        async with AdminClient(gateway_url(params.get("gateway")), admin_key(params.get("admin_key"))) as c:
+            return await c.status(timeout=1.5)
+
+    try:
+        return asyncio.run(fetch())
+    except Exception:  # noqa: BLE001 - completion must never print an error into the shell
+        return None
+
+
+def complete_node(ctx, _param, incomplete: str) -> list[str]:
+    status = _status_quietly(ctx)
+    names = [n["name"] for n in status["nodes"]] if status else []
+    return [n for n in names if n.startswith(incomplete)]
+
+
+def complete_model(ctx, _param, incomplete: str) -> list[str]:
+    status = _status_quietly(ctx)
+    if not status:
+        return []
+    node = ctx.params.get("node") if ctx else None
+    names = set()
+    for n in status["nodes"]:
+        if node and n["name"] != node:
+            continue
+        names.update(m["id"] for m in n["models"])
+        names.update(n.get("available", []))
+    return sorted(m for m in names if m.startswith(incomplete))
+
+
+def run(coro):
+    """Run one admin call for a command, turning failures into one clear line and a non-zero exit."""
+    from cortex_cli.client import AdminError, GatewayUnreachable
+
+    try:
+        return asyncio.run(coro)
+    except GatewayUnreachable as exc:
+        raise click.ClickException(str(exc)) from None
+    except AdminError as exc:
+        raise click.ClickException(exc.message) from None

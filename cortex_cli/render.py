@@ -1,0 +1,81 @@
+"""Rich tables for the operator commands (the TUI draws its own widgets from the same data)."""
+
+from __future__ import annotations
+
+import time
+
+from rich.console import Group
+from rich.table import Table
+from rich.text import Text
+
+
+def memory_bar(used: float, total: float, width: int = 16) -> Text:
+    frac = 0.0 if total <= 0 else min(1.0, used / total)
+    filled = round(frac * width)
+    colour = "green" if frac < 0.7 else "yellow" if frac < 0.9 else "red"
+    bar = Text("█" * filled, style=colour) + Text("░" * (width - filled), style="dim")
+    return bar + Text(f" {used / 1024:.1f}/{total / 1024:.1f} GiB")
+
+
+def ago(ts: float | None) -> str:
+    if not ts:
+        return "never"
+    seconds = max(0, time.time() - ts)
+    if seconds < 60:
+        return f"{seconds:.0f}s ago"
+    if seconds < 3600:
+        return f"{seconds / 60:.0f}m ago"
+    return f"{seconds / 3600:.1f}h ago"
+
+
+def nodes_table(status: dict) -> Table:
+    table = Table(title="Nodes", title_justify="left", expand=False)
+    for col in ("node", "health", "endpoint", "devices", "models loaded"):
+        table.add_column(col)
+    for node in status["nodes"]:
+        health = Text("up", style="bold green") if node["healthy"] else Text("down", style="bold red")
+        devices = Group(*[Text(f"{d['id']} ") + memory_bar(d.get("used_mb", 0), d.get("total_mb", 0))
+                          for d in node["devices"]]) if node["devices"] else Text("-", style="dim")
+        loaded = [m["id"] for m in node["models"] if m.get("status") == "loaded"]
+        table.add_row(node["name"], health, node["endpoint"], devices, ", ".join(loaded) or "-")
+    return table
+
+
+def model_rows(status: dict) -> list[dict]:
+    """One row per (model, node) where a model is loaded or loading, with the gateway's figures."""
+    pins = status.get("pins", {})
+    stats = status.get("stats", {})
+    rows = []
+    for node in status["nodes"]:
+        for m in node["models"]:
+            s = stats.get(m["id"], {})
+            rows.append({
+                "model": m["id"], "node": node["name"], "status": m.get("status", "?"),
+                "pinned": node["name"] in pins.get(m["id"], []), "in_flight": m.get("gateway_in_flight", 0),
+                "queue": m.get("queued", 0), "memory_mb": m.get("memory_mb", 0.0),
+                "tok_s": node.get("decode_tps", {}).get(m["id"]) or s.get("tokens_per_s"),
+                "ttft_p50_s": s.get("ttft_p50_s"), "req_min": s.get("requests_per_min", 0),
+                "last_used": m.get("last_used"),
+            })
+    return rows
+
+
+def models_table(status: dict) -> Table:
+    table = Table(title="Models", title_justify="left")
+    for col in ("model", "node", "status", "pinned", "in flight", "memory", "last used"):
+        table.add_column(col)
+    for r in model_rows(status):
+        style = {"loaded": "green", "loading": "yellow", "recovering": "yellow", "poisoned": "red"}.get(r["status"])
+        table.add_row(r["model"], r["node"], Text(r["status"], style=style or ""), "yes" if r["pinned"] else "",
+                      str(r["in_flight"]), f"{r['memory_mb']:.0f} MiB", ago(r["last_used"]))
+    return table
+
+
+def catalogue_table(models: list[dict]) -> Table:
+    table = Table(title="Catalogue", title_justify="left")
+    for col in ("model", "loaded on", "loadable on", "pinned on", "alias of"):
+        table.add_column(col)
+    for m in models:
+        table.add_row(m["id"], ", ".join(m.get("loaded_on", [])) or "-", ", ".join(m.get("loadable_on", [])) or "-",
+                      ", ".join(m.get("pinned_on", [])), m.get("alias_of", ""))
+    return table
