@@ -5,11 +5,11 @@ Behind the admin key when one is configured (`[auth] admin_keys`).
 
 from __future__ import annotations
 
-import hmac
 import logging
 
 from aiohttp import web
 
+from cortex_gateway.auth import admin_auth
 from cortex_gateway.config import set_pin
 from cortex_gateway.errors import upstream_error
 from cortex_gateway.fleet import Node
@@ -20,50 +20,6 @@ from neuron.errors import ApiError, bad_request, json_response
 from neuron.openai_routes import read_json
 
 log = logging.getLogger(__name__)
-ADMIN_KEYS = web.AppKey("admin_keys", tuple)
-API_KEYS = web.AppKey("api_keys", tuple)
-OPEN_PATHS = ("/health",)
-
-
-def presented_key(request: web.Request) -> str | None:
-    auth = request.headers.get("Authorization", "")
-    if auth.lower().startswith("bearer "):
-        return auth[7:].strip()
-    return request.headers.get("x-api-key")
-
-
-def key_matches(key: str | None, keys: tuple[str, ...]) -> bool:
-    """Constant-time comparison against every configured key."""
-    if key is None:
-        return False
-    found = False
-    for candidate in keys:
-        found |= hmac.compare_digest(key.encode(), candidate.encode())
-    return found
-
-
-@web.middleware
-async def api_auth(request: web.Request, handler):
-    """With `[auth] keys`, every route but /health needs one (the admin API checks its own)."""
-    keys = request.app[API_KEYS]
-    if keys and request.path not in OPEN_PATHS and not request.path.startswith("/admin"):
-        if not key_matches(presented_key(request), keys):
-            raise ApiError(401, "authentication_error", "a valid API key is required: send it as "
-                           "Authorization: Bearer KEY or x-api-key: KEY", code="invalid_api_key")
-    return await handler(request)
-
-
-@web.middleware
-async def admin_auth(request: web.Request, handler):
-    # Admin keys when configured; otherwise the API keys, so a keyed gateway never has an open admin API.
-    keys = request.config_dict[ADMIN_KEYS] or request.config_dict[API_KEYS]
-    if keys and not key_matches(presented_key(request), keys):
-        raise ApiError(401, "authentication_error", "the admin API needs an admin key: send "
-                       "Authorization: Bearer KEY (cortex takes it from --admin-key or CORTEX_ADMIN_KEY)",
-                       code="invalid_admin_key")
-    return await handler(request)
-
-
 def _node_status(node: Node, fleet) -> dict:
     models = []
     for model, info in node.models.items():

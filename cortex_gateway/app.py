@@ -11,6 +11,7 @@ from aiohttp import web
 
 from cortex_gateway import admin, routes
 from cortex_gateway.anthropic import handlers as anthropic
+from cortex_gateway.auth import AUTH, LIMITER, KeyLimiter, api_auth
 from cortex_gateway.config import GatewayConfig
 from cortex_gateway.errors import error_middleware
 from cortex_gateway.fleet import Fleet
@@ -23,11 +24,11 @@ log = logging.getLogger("cortex.gateway")
 
 def create_app(config: GatewayConfig, *, session: aiohttp.ClientSession | None = None,
                metrics: GatewayMetrics | None = None) -> web.Application:
-    app = web.Application(middlewares=[error_middleware, admin.api_auth], client_max_size=64 * 2**20)
+    app = web.Application(middlewares=[error_middleware, api_auth], client_max_size=64 * 2**20)
     app[METRICS] = metrics or GatewayMetrics()
     app[KEEPALIVE_S] = config.keepalive_s
-    app[admin.ADMIN_KEYS] = config.admin_keys
-    app[admin.API_KEYS] = config.api_keys
+    app[AUTH] = config.auth
+    app[LIMITER] = KeyLimiter(config.auth)
     app.cleanup_ctx.append(_fleet_ctx(config, session))
     routes.add_routes(app)
     anthropic.add_routes(app)

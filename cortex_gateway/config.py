@@ -15,6 +15,7 @@ from pathlib import Path
 
 import tomlkit
 
+from cortex_gateway.auth import AuthSettings
 from neuron.config import ConfigError, parse_listen, read_toml
 
 STRATEGIES = ("lru", "priority")
@@ -26,6 +27,7 @@ _NAME = re.compile(r"^[A-Za-z0-9][\w.-]*$")
 class NeuronSpec:
     name: str
     endpoint: str
+    token: str | None = None  # the neuron's shared token, sent as a bearer token
 
 
 @dataclass
@@ -67,10 +69,10 @@ class GatewayConfig:
     down_after: int = 3
     load_timeout_s: float = 600.0
     keepalive_s: float = 10.0
-    api_keys: tuple[str, ...] = ()
-    admin_keys: tuple[str, ...] = ()
+    auth: AuthSettings = field(default_factory=AuthSettings)
     config_path: Path | None = None
     models_path: Path | None = None
+    keys_path: Path | None = None
 
     def resolve_alias(self, model: str) -> str:
         return self.aliases.get(model, model)
@@ -106,18 +108,17 @@ def load_config(path: Path) -> GatewayConfig:
                 raise ConfigError(f"{_where(path, '[gateway]', key)}: must be > 0, got {value!r}")
             setattr(cfg, key, float(value))
     cfg.down_after = _get(gw, "down_after", int, path, "[gateway]", "a number of polls", cfg.down_after)
-    cfg.neurons = _neurons(data.get("neurons", []), path)
+    neuron_token = _get(gw, "neuron_token", str, path, "[gateway]", "a token for every neuron")
+    cfg.neurons = _neurons(data.get("neurons", []), path, neuron_token)
     eviction = _get(data, "eviction", dict, path, "", "an [eviction] table", {})
     cfg.strategy = _get(eviction, "strategy", str, path, "[eviction]", "lru or priority", "lru")
     if cfg.strategy not in STRATEGIES:
         raise ConfigError(f"{_where(path, '[eviction]', 'strategy')}: expected \"lru\" or \"priority\", "
                           f"got {cfg.strategy!r}")
     auth = _get(data, "auth", dict, path, "", "an [auth] table", {})
-    for key, attr in (("keys", "api_keys"), ("admin_keys", "admin_keys")):
-        values = _get(auth, key, list, path, "[auth]", "a list of keys", [])
-        if not all(isinstance(k, str) and len(k) >= 8 for k in values):
-            raise ConfigError(f"{_where(path, '[auth]', key)}: expected strings of at least 8 characters")
-        setattr(cfg, attr, tuple(values))
+    cfg.auth = _auth(auth, path)
+    if keys_file := auth.get("keys_file"):
+        cfg.keys_path = (path.parent / keys_file).expanduser()
     models_file = _get(data, "models_config", str, path, "", "a path to the models file")
     if models_file:
         cfg.models_path = (path.parent / models_file).resolve()
@@ -125,7 +126,43 @@ def load_config(path: Path) -> GatewayConfig:
     return cfg
 
 
-def _neurons(items, path: Path) -> list[NeuronSpec]:
+def _auth(auth: dict, path: Path) -> AuthSettings:
+    lists = {}
+    for key in ("keys", "admin_keys"):
+        values = _get(auth, key, list, path, "[auth]", "a list of keys", [])
+        if not all(isinstance(k, str) and len(k) >= 8 for k in values):
+            raise ConfigError(f"{_where(path, '[auth]', key)}: expected strings of at least 8 characters")
+        lists[key] = list(values)
+    if keys_file := _get(auth, "keys_file", str, path, "[auth]", "a path to a file of keys"):
+        lists["keys"] += read_keys_file((path.parent / keys_file).expanduser(), path)
+    limits = {k: _get(auth, k, int, path, "[auth]", "a whole number (0: no limit)", 0)
+              for k in ("requests_per_minute", "max_concurrent")}
+    if any(v < 0 for v in limits.values()):
+        raise ConfigError(f"{path}: [auth]: requests_per_minute and max_concurrent must be >= 0")
+    return AuthSettings(tuple(lists["keys"]), tuple(lists["admin_keys"]), **limits)
+
+
+def read_keys_file(keys_path: Path, config_path: Path) -> list[str]:
+    """One key per line; blank lines and # comments are skipped."""
+    try:
+        lines = keys_path.read_text().splitlines()
+    except OSError as exc:
+        raise ConfigError(f"{config_path}: [auth].keys_file: cannot read {keys_path} ({exc.strerror})") from None
+    keys = [line.split("#", 1)[0].strip() for line in lines]
+    keys = [k for k in keys if k]
+    short = [i + 1 for i, k in enumerate(keys) if len(k) < 8]
+    if short:
+        raise ConfigError(f"{keys_path}: key #{short[0]} is shorter than 8 characters")
+    return keys
+
+
+def files_readable_by_others(config: "GatewayConfig") -> list[Path]:
+    """Config files holding secrets whose mode lets group or others read them."""
+    paths = [p for p in (config.config_path, config.keys_path) if p is not None and p.exists()]
+    return [p for p in paths if p.stat().st_mode & 0o077]
+
+
+def _neurons(items, path: Path, default_token: str | None = None) -> list[NeuronSpec]:
     if not isinstance(items, list):
         raise ConfigError(f"{path}: neurons: expected [[neurons]] tables")
     out, seen = [], set()
@@ -143,7 +180,8 @@ def _neurons(items, path: Path) -> list[NeuronSpec]:
         if name in seen:
             raise ConfigError(f"{_where(path, where, 'name')}: {name!r} is used by another neuron")
         seen.add(name)
-        out.append(NeuronSpec(name, endpoint.rstrip("/")))
+        token = _get(item, "token", str, path, where, "the neuron's token") or default_token
+        out.append(NeuronSpec(name, endpoint.rstrip("/"), token))
     return out
 
 

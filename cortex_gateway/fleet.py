@@ -60,9 +60,8 @@ class Usage:
 
 
 class Fleet:
-    def __init__(self, specs: list[NeuronSpec], session: aiohttp.ClientSession, *, down_after: int = 3,
-                 token: str | None = None):
-        self.nodes = {s.name: Node(s.name, s.endpoint, NeuronClient(s.endpoint, session, token)) for s in specs}
+    def __init__(self, specs: list[NeuronSpec], session: aiohttp.ClientSession, *, down_after: int = 3):
+        self.nodes = {s.name: Node(s.name, s.endpoint, NeuronClient(s.endpoint, session, s.token)) for s in specs}
         self.down_after = down_after
         self.usage: dict[tuple[str, str], Usage] = collections.defaultdict(Usage)
         self.events: collections.deque[dict] = collections.deque(maxlen=200)

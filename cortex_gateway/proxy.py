@@ -56,7 +56,7 @@ class Record:
 
 async def _send(session: aiohttp.ClientSession, node: Node, path: str, body: bytes) -> aiohttp.ClientResponse:
     try:
-        resp = await session.post(node.endpoint + path, data=body, headers={**JSON_HEADERS, **node.client.headers})
+        resp = await session.post(node.endpoint + path, data=body, headers=node.client.json_headers)
     except (aiohttp.ClientError, OSError, TimeoutError) as exc:
         raise RetryElsewhere(f"{node.name}: {exc.__class__.__name__} {exc}", unreachable=True) from exc
     if resp.status in (404, 503):

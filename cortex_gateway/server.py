@@ -9,7 +9,7 @@ import signal
 from aiohttp import web
 
 from cortex_gateway.app import create_app, create_metrics_app
-from cortex_gateway.config import GatewayConfig
+from cortex_gateway.config import GatewayConfig, files_readable_by_others
 from cortex_gateway.metrics import GatewayMetrics
 
 log = logging.getLogger("cortex.gateway")
@@ -42,7 +42,12 @@ async def serve(config: GatewayConfig) -> None:
 
 
 def _warn_if_open(config: GatewayConfig) -> None:
-    if config.host not in ("127.0.0.1", "localhost", "::1") and not (config.admin_keys or config.api_keys):
+    has_keys = bool(config.auth.keys or config.auth.admin_keys)
+    if has_keys:
+        for path in files_readable_by_others(config):
+            log.warning("%s holds keys and is readable by other users (mode %o); chmod 600 %s",
+                        path, path.stat().st_mode & 0o777, path)
+    if config.host not in ("127.0.0.1", "localhost", "::1") and not has_keys:
         log.warning("listening on %s with no keys: anyone who can reach port %d can use every model and "
                     "load and unload them; set [auth] keys and admin_keys", config.host, config.port)
 

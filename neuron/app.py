@@ -10,6 +10,7 @@ from aiohttp import web
 
 from neuron import lifecycle_routes, openai_routes
 from neuron.api import LoadRequest
+from neuron.auth import TOKEN, token_auth
 from neuron.config import NeuronConfig
 from neuron.devices import DeviceTable
 from neuron.errors import ApiError, error_middleware
@@ -23,7 +24,9 @@ log = logging.getLogger("cortex.neuron")
 
 
 def create_app(config: NeuronConfig, *, devices: DeviceTable | None = None) -> web.Application:
-    app = web.Application(middlewares=[error_middleware], client_max_size=int(config.max_body_mb * 2**20))
+    app = web.Application(middlewares=[error_middleware, token_auth],
+                          client_max_size=int(config.max_body_mb * 2**20))
+    app[TOKEN] = config.token
     faults = FaultInjector(injection_enabled())
     devices = devices or DeviceTable(config.gpus, config.cpu_memory_mb)
     registry = Registry(devices, config.models_dir, faults, config.admission)
@@ -72,9 +75,10 @@ def run(config: NeuronConfig) -> None:
         uvloop.install()
     except ImportError:
         pass
-    if config.host not in ("127.0.0.1", "localhost", "::1"):
-        log.warning("listening on %s:%d: anyone who can reach this port can load models and run "
-                    "inference; put it on a private network or behind the gateway", config.host, config.port)
+    if config.host not in ("127.0.0.1", "localhost", "::1") and not config.token:
+        log.warning("listening on %s:%d with no token: anyone who can reach this port can load models and "
+                    "run inference; set --token (or CORTEX_NEURON_TOKEN) and give the gateway the same",
+                    config.host, config.port)
     app = create_app(config)
     log.info("neuron %s on http://%s:%d, models from %s", config.name, config.host, config.port,
              config.models_dir)

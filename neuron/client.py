@@ -32,6 +32,7 @@ class NeuronClient:
         self.endpoint = endpoint.rstrip("/")
         self.session = session
         self.headers = {"Authorization": f"Bearer {token}"} if token else {}
+        self.json_headers = {"Content-Type": "application/json", **self.headers}  # built once, sent per request
 
     async def _call(self, method: str, path: str, body: Any = None, timeout: float = 10.0) -> dict:
         data = None if body is None else orjson.dumps(body)

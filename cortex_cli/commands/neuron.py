@@ -17,10 +17,12 @@ import click
               "[default: available RAM].")
 @click.option("--config", "config_path", type=click.Path(dir_okay=False, path_type=Path),
               help="neuron.toml; flags override it.")
+@click.option("--token", envvar="CORTEX_NEURON_TOKEN", help="Shared token the gateway must send "
+              "(or CORTEX_NEURON_TOKEN); every route but /health needs it.")
 @click.option("--demo", is_flag=True, help="With no model in the models dir, write the random-weight "
               "demo model cortex-tiny there and load it, so a first request gets an answer.")
 @click.option("--log-level", default="info", type=click.Choice(["debug", "info", "warning", "error"]))
-def neuron(listen, name, gpus, models_dir, cpu_memory_mb, config_path, demo, log_level) -> None:
+def neuron(listen, name, gpus, models_dir, cpu_memory_mb, config_path, token, demo, log_level) -> None:
     """Serve the models on this machine's GPUs (or CPU) to the gateway."""
     from cortex_cli.logs import setup_logging
     from neuron.config import ConfigError, NeuronConfig, config_from_file, parse_gpus, parse_listen
@@ -35,6 +37,7 @@ def neuron(listen, name, gpus, models_dir, cpu_memory_mb, config_path, demo, log
         config.name = name or config.name
         config.models_dir = models_dir or config.models_dir
         config.cpu_memory_mb = cpu_memory_mb or config.cpu_memory_mb
+        config.token = token or config.token
     except ConfigError as exc:
         raise click.UsageError(str(exc)) from None
     if demo:

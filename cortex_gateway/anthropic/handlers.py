@@ -95,7 +95,7 @@ async def count_tokens(request: web.Request) -> web.Response:
     upstream_id = node.models.get(model, {}).get("id", model)
     payload = orjson.dumps({**body, "model": upstream_id, "stream": False})
     async with request.app[SESSION].post(node.endpoint + "/tokenize", data=payload,
-                                         headers={"Content-Type": "application/json", **node.client.headers}) as resp:
+                                         headers=node.client.json_headers) as resp:
         raw = await resp.read()
         if resp.status != 200:
             raise upstream_api_error(resp.status, raw)
