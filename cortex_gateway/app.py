@@ -12,6 +12,7 @@ from aiohttp import web
 from cortex_gateway import admin, routes
 from cortex_gateway.anthropic import handlers as anthropic
 from cortex_gateway.auth import AUTH, LIMITER, KeyLimiter, api_auth
+from neuron.body_limits import body_limits
 from cortex_gateway.config import GatewayConfig
 from cortex_gateway.errors import error_middleware
 from cortex_gateway.fleet import Fleet
@@ -24,7 +25,9 @@ log = logging.getLogger("cortex.gateway")
 
 def create_app(config: GatewayConfig, *, session: aiohttp.ClientSession | None = None,
                metrics: GatewayMetrics | None = None) -> web.Application:
-    app = web.Application(middlewares=[error_middleware, api_auth], client_max_size=64 * 2**20)
+    max_bytes = int(config.max_body_mb * 2**20)
+    app = web.Application(middlewares=[error_middleware, api_auth, body_limits(max_bytes, config.body_timeout_s)],
+                          client_max_size=max_bytes)
     app[METRICS] = metrics or GatewayMetrics()
     app[KEEPALIVE_S] = config.keepalive_s
     app[AUTH] = config.auth
@@ -39,8 +42,10 @@ def create_app(config: GatewayConfig, *, session: aiohttp.ClientSession | None =
 def _fleet_ctx(config: GatewayConfig, given: aiohttp.ClientSession | None):
     async def ctx(app: web.Application):
         # Many small requests to few hosts: keep connections open, no per-host cap below our concurrency.
+        # sock_read bounds the silence of a hung neuron mid-answer; there is no total: answers can be long.
+        timeout = aiohttp.ClientTimeout(total=None, sock_connect=5, sock_read=config.upstream_read_timeout_s)
         session = given or aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0, limit_per_host=0),
-                                                 timeout=aiohttp.ClientTimeout(total=None, sock_connect=5))
+                                                 timeout=timeout)
         fleet = Fleet(config.neurons, session, down_after=config.down_after)
         app[SESSION], app[FLEET] = session, fleet
         app[LIFECYCLE] = Lifecycle(config, fleet, app[METRICS])

@@ -69,6 +69,9 @@ class GatewayConfig:
     down_after: int = 3
     load_timeout_s: float = 600.0
     keepalive_s: float = 10.0
+    max_body_mb: float = 32.0
+    body_timeout_s: float = 30.0
+    upstream_read_timeout_s: float = 600.0  # a neuron silent this long mid-answer (or for a whole non-streaming answer) fails the request
     auth: AuthSettings = field(default_factory=AuthSettings)
     config_path: Path | None = None
     models_path: Path | None = None
@@ -101,7 +104,8 @@ def load_config(path: Path) -> GatewayConfig:
         cfg.host, cfg.port = parse_listen(listen, _where(path, "[gateway]", "listen"))
     if (listen := _get(gw, "metrics_listen", str, path, "[gateway]", "HOST:PORT")) is not None:
         cfg.metrics_host, cfg.metrics_port = parse_listen(listen, _where(path, "[gateway]", "metrics_listen"))
-    for key in ("poll_interval_s", "load_timeout_s", "keepalive_s"):
+    for key in ("poll_interval_s", "load_timeout_s", "keepalive_s", "max_body_mb", "body_timeout_s",
+                "upstream_read_timeout_s"):
         value = _get(gw, key, (int, float), path, "[gateway]", "a number of seconds")
         if value is not None:
             if value <= 0:

@@ -11,6 +11,7 @@ from aiohttp import web
 from neuron import lifecycle_routes, openai_routes
 from neuron.api import LoadRequest
 from neuron.auth import TOKEN, token_auth
+from neuron.body_limits import body_limits
 from neuron.config import NeuronConfig
 from neuron.devices import DeviceTable
 from neuron.errors import ApiError, error_middleware
@@ -24,8 +25,9 @@ log = logging.getLogger("cortex.neuron")
 
 
 def create_app(config: NeuronConfig, *, devices: DeviceTable | None = None) -> web.Application:
-    app = web.Application(middlewares=[error_middleware, token_auth],
-                          client_max_size=int(config.max_body_mb * 2**20))
+    max_bytes = int(config.max_body_mb * 2**20)
+    app = web.Application(middlewares=[error_middleware, token_auth, body_limits(max_bytes, config.body_timeout_s)],
+                          client_max_size=max_bytes)
     app[TOKEN] = config.token
     faults = FaultInjector(injection_enabled())
     devices = devices or DeviceTable(config.gpus, config.cpu_memory_mb)

@@ -36,6 +36,7 @@ class NeuronConfig:
     keepalive_s: float = 10.0
     shutdown_grace_s: float = 30.0
     max_body_mb: float = 64.0
+    body_timeout_s: float = 30.0  # a client must send its whole body within this
     token: str = field(default_factory=lambda: os.environ.get("CORTEX_NEURON_TOKEN", ""))
 
     def __post_init__(self):
@@ -95,7 +96,7 @@ def config_from_file(path: Path) -> NeuronConfig:
         cfg.models_dir = (path.parent / Path(models_dir).expanduser()).resolve()
     cfg.cpu_memory_mb = _expect(node, "cpu_memory_mb", (int, float), where, "a number of MiB")
     cfg.token = _expect(node, "token", str, where, "a string") or cfg.token
-    for key in ("keepalive_s", "shutdown_grace_s", "max_body_mb"):
+    for key in ("keepalive_s", "shutdown_grace_s", "max_body_mb", "body_timeout_s"):
         if (v := _expect(node, key, (int, float), where, "a number")) is not None:
             setattr(cfg, key, float(v))
     cfg.admission = _admission(data.get("admission", {}), f"{path}: [admission]")

@@ -87,7 +87,8 @@ def start_gateway(tmp: Path, neurons: dict[str, str], *, models_toml: str = "", 
     port, metrics_port = free_port(), free_port()
     lines = [f'models_config = "models.toml"' if models_toml else "", "[gateway]",
              f'listen = "127.0.0.1:{port}"', f'metrics_listen = "127.0.0.1:{metrics_port}"',
-             "poll_interval_s = 0.5", "down_after = 2", "keepalive_s = 0.5", extra_toml]
+             "poll_interval_s = 0.5", "down_after = 2", "keepalive_s = 0.5"]
+    lines.append(extra_toml)  # lands in [gateway] unless it opens a table of its own
     for name, url in neurons.items():
         lines += ["[[neurons]]", f'name = "{name}"', f'endpoint = "{url}"']
     (tmp / "cortex.toml").write_text("\n".join(lines) + "\n")
