@@ -46,7 +46,7 @@ def _fleet_ctx(config: GatewayConfig, given: aiohttp.ClientSession | None):
         timeout = aiohttp.ClientTimeout(total=None, sock_connect=5, sock_read=config.upstream_read_timeout_s)
         session = given or aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0, limit_per_host=0),
                                                  timeout=timeout)
-        fleet = Fleet(config.neurons, session, down_after=config.down_after)
+        fleet = Fleet(config.neurons, session, down_after=config.down_after, poll_timeout=config.poll_timeout_s)
         app[SESSION], app[FLEET] = session, fleet
         app[LIFECYCLE] = Lifecycle(config, fleet, app[METRICS])
         app[METRICS].watch_fleet(fleet)

@@ -66,6 +66,7 @@ class GatewayConfig:
     models: dict[str, ModelProfile] = field(default_factory=dict)
     aliases: dict[str, str] = field(default_factory=dict)
     poll_interval_s: float = 2.0
+    poll_timeout_s: float = 5.0  # a neuron that does not answer a poll within this has failed it
     down_after: int = 3
     load_timeout_s: float = 600.0
     keepalive_s: float = 10.0
@@ -104,7 +105,7 @@ def load_config(path: Path) -> GatewayConfig:
         cfg.host, cfg.port = parse_listen(listen, _where(path, "[gateway]", "listen"))
     if (listen := _get(gw, "metrics_listen", str, path, "[gateway]", "HOST:PORT")) is not None:
         cfg.metrics_host, cfg.metrics_port = parse_listen(listen, _where(path, "[gateway]", "metrics_listen"))
-    for key in ("poll_interval_s", "load_timeout_s", "keepalive_s", "max_body_mb", "body_timeout_s",
+    for key in ("poll_interval_s", "poll_timeout_s", "load_timeout_s", "keepalive_s", "max_body_mb", "body_timeout_s",
                 "upstream_read_timeout_s"):
         value = _get(gw, key, (int, float), path, "[gateway]", "a number of seconds")
         if value is not None:

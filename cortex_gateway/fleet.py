@@ -60,9 +60,11 @@ class Usage:
 
 
 class Fleet:
-    def __init__(self, specs: list[NeuronSpec], session: aiohttp.ClientSession, *, down_after: int = 3):
+    def __init__(self, specs: list[NeuronSpec], session: aiohttp.ClientSession, *, down_after: int = 3,
+                 poll_timeout: float = 5.0):
         self.nodes = {s.name: Node(s.name, s.endpoint, NeuronClient(s.endpoint, session, s.token)) for s in specs}
         self.down_after = down_after
+        self.poll_timeout = poll_timeout
         self.usage: dict[tuple[str, str], Usage] = collections.defaultdict(Usage)
         self.events: collections.deque[dict] = collections.deque(maxlen=200)
         self.polled = asyncio.Event()  # set after the first full poll
@@ -79,8 +81,9 @@ class Fleet:
 
     async def poll_node(self, node: Node) -> None:
         try:
+            t = self.poll_timeout
             health, models, available = await asyncio.gather(
-                node.client.health(), node.client.models(), node.client.available())
+                node.client.health(t), node.client.models(t), node.client.available(t))
         except NeuronError as err:
             self._failed(node, err.message)
             return

@@ -71,8 +71,8 @@ class CortexProcess:
 
 
 def start_neuron(tmp: Path, models_dir: Path, *extra: str, name: str = "n1",
-                 env: dict | None = None) -> CortexProcess:
-    port = free_port()
+                 env: dict | None = None, port: int | None = None) -> CortexProcess:
+    port = port or free_port()
     args = ["neuron", "--listen", f"127.0.0.1:{port}", "--name", name, "--models-dir", str(models_dir),
             *extra]
     proc = CortexProcess(args, port, tmp / f"neuron-{name}-{port}.log",
@@ -82,9 +82,9 @@ def start_neuron(tmp: Path, models_dir: Path, *extra: str, name: str = "n1",
 
 
 def start_gateway(tmp: Path, neurons: dict[str, str], *, models_toml: str = "", extra_toml: str = "",
-                  wait: bool = True) -> CortexProcess:
+                  wait: bool = True, port: int | None = None) -> CortexProcess:
     """`cortex serve` over the given neurons (name -> URL), from a written cortex.toml."""
-    port, metrics_port = free_port(), free_port()
+    port, metrics_port = port or free_port(), free_port()
     lines = [f'models_config = "models.toml"' if models_toml else "", "[gateway]",
              f'listen = "127.0.0.1:{port}"', f'metrics_listen = "127.0.0.1:{metrics_port}"',
              "poll_interval_s = 0.5", "down_after = 2", "keepalive_s = 0.5"]
