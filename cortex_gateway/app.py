@@ -26,8 +26,10 @@ log = logging.getLogger("cortex.gateway")
 def create_app(config: GatewayConfig, *, session: aiohttp.ClientSession | None = None,
                metrics: GatewayMetrics | None = None) -> web.Application:
     max_bytes = int(config.max_body_mb * 2**20)
-    app = web.Application(middlewares=[error_middleware, api_auth, body_limits(max_bytes, config.body_timeout_s)],
-                          client_max_size=max_bytes)
+    middlewares = [error_middleware, body_limits(max_bytes, config.body_timeout_s)]
+    if config.auth.keys:
+        middlewares.insert(1, api_auth)  # keys checked before a body is read; no layer at all without keys
+    app = web.Application(middlewares=middlewares, client_max_size=max_bytes)
     app[METRICS] = metrics or GatewayMetrics()
     app[KEEPALIVE_S] = config.keepalive_s
     app[AUTH] = config.auth

@@ -24,9 +24,12 @@ def body_limits(max_bytes: int, read_timeout_s: float):
             if declared is not None and declared > max_bytes:
                 raise ApiError(413, "invalid_request_error", f"request body of {declared} bytes is over the "
                                f"limit of {max_bytes} bytes", code="request_too_large")
+            if request.content.is_eof():
+                return await handler(request)  # already all here: no deadline needed
             try:
-                await asyncio.wait_for(request.read(), read_timeout_s)
-            except asyncio.TimeoutError:
+                async with asyncio.timeout(read_timeout_s):  # no task per request, unlike wait_for
+                    await request.read()
+            except TimeoutError:
                 raise ApiError(408, "invalid_request_error", f"the request body did not arrive within "
                                f"{read_timeout_s:g}s", code="request_timeout") from None
         return await handler(request)

@@ -9,7 +9,7 @@ import time
 import openai
 import pytest
 
-from tests.servers import http_json, metric, start_gateway, start_neuron
+from tests.servers import NO_EOS, http_json, metric, start_gateway, start_neuron
 from tests.test_neuron_lifecycle import StreamReader, wait_for
 
 FAST = "poll_timeout_s = 1\nupstream_read_timeout_s = 2"
@@ -116,7 +116,7 @@ def test_sigterm_to_the_gateway_lets_streams_finish(tmp_path, models_dir):
         http_json("POST", neuron.url + "/debug/faults", {"model": "tiny-gguf", "fault": "slow", "delay_ms": 30,
                                                          "count": 3})
         body = {"model": "tiny-gguf", "messages": [{"role": "user", "content": "x"}], "max_tokens": 40,
-                "logit_bias": {"2": -100}}
+                "logit_bias": NO_EOS}
         streams = [StreamReader(gateway.url + "/v1/chat/completions", body) for _ in range(3)]
         for s in streams:
             assert s.first_chunk.wait(30)

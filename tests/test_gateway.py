@@ -11,7 +11,7 @@ import openai
 import pytest
 
 from tests.conftest import make_tiny
-from tests.servers import free_port, http_json, metric, start_gateway, start_neuron
+from tests.servers import NO_EOS, free_port, http_json, metric, start_gateway, start_neuron
 
 MODELS_TOML = """\
 # profiles for the test fleet
@@ -108,7 +108,7 @@ def test_metrics_match_the_requests_made(fleet, client):
     series = 'cortex_requests_total{endpoint="chat",model="alpha",node="n1",status="200"}'
     tokens = 'cortex_tokens_total{kind="completion",model="alpha",node="n1"}'
     before, before_tokens = metric(gateway, series), metric(gateway, tokens)
-    made = [ask(client, "alpha", max_tokens=5, logit_bias={"2": -100}) for _ in range(4)]
+    made = [ask(client, "alpha", max_tokens=5, logit_bias=NO_EOS) for _ in range(4)]
     assert metric(gateway, series) == before + 4
     assert metric(gateway, tokens) == before_tokens + sum(r.usage.completion_tokens for r in made)
     assert metric(gateway, 'cortex_node_up{node="n1"}') == 1.0

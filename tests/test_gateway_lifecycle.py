@@ -6,7 +6,7 @@ import openai
 import pytest
 
 from tests.conftest import make_tiny
-from tests.servers import http_json, metric, start_gateway, start_neuron
+from tests.servers import NO_EOS, http_json, metric, start_gateway, start_neuron
 
 # Three tiny GGUFs of about 33 MiB each (estimate) on an 80 MiB CPU budget: two fit, never three.
 BUDGET = "80"
@@ -98,7 +98,7 @@ def test_neuron_killed_mid_stream_then_served_elsewhere(tmp_path, three_models):
         http_json("POST", n1.url + "/debug/faults", {"model": "m1", "fault": "slow", "delay_ms": 100})
         client = openai.OpenAI(base_url=gateway.url + "/v1", api_key="unused", max_retries=0)
         stream = client.chat.completions.create(model="m1", messages=[{"role": "user", "content": "x"}],
-                                                max_tokens=100, stream=True, logit_bias={"2": -100})
+                                                max_tokens=100, stream=True, logit_bias=NO_EOS)
         got_text = False
         with pytest.raises(openai.APIError) as err:
             for chunk in stream:

@@ -8,7 +8,7 @@ import urllib.request
 import openai
 import pytest
 
-from tests.servers import http_json
+from tests.servers import NO_EOS, http_json
 
 BACKENDS = ["tiny-gguf", "tiny-hf"]
 
@@ -43,7 +43,7 @@ def test_same_seed_same_answer(client, model):
     def ask(seed):
         return client.chat.completions.create(
             model=model, messages=[{"role": "user", "content": "say something"}], max_tokens=16,
-            seed=seed, temperature=1.0, logit_bias={"2": -100}).choices[0].message.content
+            seed=seed, temperature=1.0, logit_bias=NO_EOS).choices[0].message.content
 
     assert ask(11) == ask(11)
     assert len({ask(s) for s in (1, 2, 3)}) > 1, "different seeds should sample differently"
@@ -52,7 +52,7 @@ def test_same_seed_same_answer(client, model):
 @pytest.mark.parametrize("model", BACKENDS)
 def test_chat_streaming_matches_non_streaming(client, model):
     kwargs = dict(model=model, messages=[{"role": "user", "content": "stream please"}], max_tokens=20,
-                  temperature=0, logit_bias={"2": -100})
+                  temperature=0, logit_bias=NO_EOS)
     full = client.chat.completions.create(**kwargs).choices[0].message.content
     chunks = list(client.chat.completions.create(stream=True, stream_options={"include_usage": True},
                                                  **kwargs))
@@ -146,7 +146,7 @@ def test_both_backends_decode_the_same_greedy_tokens(client):
     """The GGUF and HF tiny models hold the same weights; greedy decoding must agree."""
     answers = {model: client.chat.completions.create(
         model=model, messages=[{"role": "user", "content": "compare"}], max_tokens=24, temperature=0,
-        logit_bias={"0": -100, "2": -100}).choices[0].message.content for model in BACKENDS}
+        logit_bias=NO_EOS).choices[0].message.content for model in BACKENDS}
     assert answers["tiny-gguf"] == answers["tiny-hf"], answers
 
 

@@ -11,7 +11,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from tests.servers import http_json, start_neuron
+from tests.servers import NO_EOS, http_json, start_neuron
 
 
 def wait_for(predicate, timeout=30.0, what="condition"):
@@ -134,7 +134,7 @@ def test_admission_queue_full_and_wait_timeout(fresh_neuron):
     assert status == 200
     arm(fresh_neuron, model="tiny-gguf", fault="slow", delay_ms=100, count=1)
     running = StreamReader(url + "/v1/chat/completions", chat_body("tiny-gguf", max_tokens=60,
-                                                                  logit_bias={"2": -100}))
+                                                                  logit_bias=NO_EOS))
     running.first_chunk.wait(30)
     wait_for(lambda: health_model(fresh_neuron, "tiny-gguf")["in_flight"] == 1, what="one in flight")
     queued = StreamReader(url + "/v1/chat/completions", chat_body("tiny-gguf", max_tokens=2))
@@ -156,7 +156,7 @@ def test_admission_wait_is_bounded(fresh_neuron):
     http_json("POST", url + "/models/load", {"model": "tiny-gguf", "max_in_flight": 1, "max_wait_s": 0.3})
     arm(fresh_neuron, model="tiny-gguf", fault="slow", delay_ms=100, count=1)
     running = StreamReader(url + "/v1/chat/completions", chat_body("tiny-gguf", max_tokens=30,
-                                                                  logit_bias={"2": -100}))
+                                                                  logit_bias=NO_EOS))
     running.first_chunk.wait(30)
     status, body = http_json("POST", url + "/v1/chat/completions", chat_body("tiny-gguf"))
     assert status == 503 and body["error"]["code"] == "queue_timeout"
@@ -168,7 +168,7 @@ def test_device_fault_poisons_then_recovers(fresh_neuron, model):
     url = fresh_neuron.url
     assert http_json("POST", url + "/models/load", {"model": model})[0] == 200
     arm(fresh_neuron, model=model, fault="device_error", after_tokens=3)
-    stream = StreamReader(url + "/v1/chat/completions", chat_body(model, max_tokens=50, logit_bias={"2": -100}))
+    stream = StreamReader(url + "/v1/chat/completions", chat_body(model, max_tokens=50, logit_bias=NO_EOS))
     stream.join()
     error_events = [json.loads(l[6:]) for l in stream.lines if l.startswith("data: {\"error\"")]
     assert error_events and error_events[0]["error"]["code"] == "model_recovering"
@@ -204,7 +204,7 @@ def test_sigterm_lets_streams_finish_then_exits_zero(tmp_path, models_dir):
         http_json("POST", proc.url + "/models/load", {"model": "tiny-gguf"})
         arm(proc, model="tiny-gguf", fault="slow", delay_ms=40, count=2)
         streams = [StreamReader(proc.url + "/v1/chat/completions",
-                                chat_body("tiny-gguf", max_tokens=25, logit_bias={"2": -100})) for _ in range(2)]
+                                chat_body("tiny-gguf", max_tokens=25, logit_bias=NO_EOS)) for _ in range(2)]
         for s in streams:
             s.first_chunk.wait(30)
         proc.proc.send_signal(signal.SIGTERM)

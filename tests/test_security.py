@@ -9,7 +9,7 @@ import anthropic
 import openai
 import pytest
 
-from tests.servers import CortexProcess, free_port, http_json, start_gateway, start_neuron
+from tests.servers import NO_EOS, CortexProcess, free_port, http_json, start_gateway, start_neuron
 
 KEY, OTHER, ADMIN, TOKEN = "user-key-0001", "user-key-0002", "admin-key-0001", "neuron-token-01"
 
@@ -104,7 +104,7 @@ def test_concurrent_requests_per_key(secured):
 
     def slow():
         for _ in client.chat.completions.create(model="tiny-gguf", messages=[{"role": "user", "content": "x"}],
-                                                max_tokens=40, stream=True, logit_bias={"2": -100}):
+                                                max_tokens=40, stream=True, logit_bias=NO_EOS):
             started.set()
 
     t = threading.Thread(target=slow)

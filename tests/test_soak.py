@@ -16,12 +16,12 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from tests.servers import http_json, start_gateway, start_neuron
+from tests.servers import NO_EOS, http_json, start_gateway, start_neuron
 
 SECONDS = float(os.environ.get("CORTEX_SOAK_SECONDS", "120"))
 CLIENTS = int(os.environ.get("CORTEX_SOAK_CLIENTS", "24"))
 BODY = {"model": "tiny-gguf", "messages": [{"role": "user", "content": "soak"}], "max_tokens": 32,
-        "stream": True, "logit_bias": {"2": -100}}
+        "stream": True, "logit_bias": NO_EOS}
 
 
 def rss_mb(pid: int) -> float:
