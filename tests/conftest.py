@@ -39,5 +39,17 @@ def neuron(tmp_path_factory, models_dir):
         proc.terminate()
 
 
+@pytest.fixture()
+def one_node(tmp_path, models_dir):
+    """A gateway over one neuron ("n1"); both stopped however the test left them."""
+    from tests.servers import start_gateway
+
+    neuron = start_neuron(tmp_path, models_dir, name="n1")
+    gateway = start_gateway(tmp_path, {"n1": neuron.url})
+    yield gateway, neuron
+    gateway.kill()
+    neuron.kill()
+
+
 def pytest_report_header(config):
     return [f"python {sys.version.split()[0]}"]

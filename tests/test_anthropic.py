@@ -193,20 +193,15 @@ def test_overloaded_when_no_node_is_healthy(tmp_path):
         gateway.terminate()
 
 
-def test_mid_stream_failure_is_an_error_event(tmp_path, models_dir):
-    neuron = start_neuron(tmp_path, models_dir, name="dying")
-    gateway = start_gateway(tmp_path, {"dying": neuron.url})
-    try:
-        c = anthropic.Anthropic(base_url=gateway.url, api_key="x", max_retries=0)
-        http_json("POST", gateway.url + "/admin/load", {"node": "dying", "model": "tiny-gguf"})
-        http_json("POST", neuron.url + "/debug/faults", {"model": "tiny-gguf", "fault": "slow", "delay_ms": 100})
-        with pytest.raises(anthropic.APIStatusError) as err:
-            with c.messages.stream(model="tiny-gguf", max_tokens=100, messages=user("x"),
-                                   extra_body={"cortex_script": "word " * 60}) as s:
-                for i, _ in enumerate(s.text_stream):
-                    if i == 1:
-                        neuron.kill()
-        assert "mid-stream" in str(err.value)
-    finally:
-        gateway.terminate()
-        neuron.kill()
+def test_mid_stream_failure_is_an_error_event(one_node):
+    gateway, neuron = one_node
+    c = anthropic.Anthropic(base_url=gateway.url, api_key="x", max_retries=0)
+    http_json("POST", gateway.url + "/admin/load", {"node": "n1", "model": "tiny-gguf"})
+    http_json("POST", neuron.url + "/debug/faults", {"model": "tiny-gguf", "fault": "slow", "delay_ms": 100})
+    with pytest.raises(anthropic.APIStatusError) as err:
+        with c.messages.stream(model="tiny-gguf", max_tokens=100, messages=user("x"),
+                               extra_body={"cortex_script": "word " * 60}) as s:
+            for i, _ in enumerate(s.text_stream):
+                if i == 1:
+                    neuron.kill()
+    assert "mid-stream" in str(err.value)

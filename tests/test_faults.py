@@ -108,26 +108,21 @@ def test_load_that_fails_halfway_leaves_nothing_behind(tmp_path, models_dir):
         neuron.terminate()
 
 
-def test_sigterm_to_the_gateway_lets_streams_finish(tmp_path, models_dir):
-    neuron = start_neuron(tmp_path, models_dir, name="n1")
-    gateway = start_gateway(tmp_path, {"n1": neuron.url})
-    try:
-        http_json("POST", gateway.url + "/admin/load", {"node": "n1", "model": "tiny-gguf"})
-        http_json("POST", neuron.url + "/debug/faults", {"model": "tiny-gguf", "fault": "slow", "delay_ms": 30,
-                                                         "count": 3})
-        body = {"model": "tiny-gguf", "messages": [{"role": "user", "content": "x"}], "max_tokens": 40,
-                "logit_bias": NO_EOS}
-        streams = [StreamReader(gateway.url + "/v1/chat/completions", body) for _ in range(3)]
-        for s in streams:
-            assert s.first_chunk.wait(30)
-        gateway.proc.send_signal(signal.SIGTERM)
-        for s in streams:
-            s.join()
-            assert s.error is None and s.lines[-1] == "data: [DONE]"
-            assert json.loads(s.lines[-2][6:])["usage"]["completion_tokens"] == 40
-        assert gateway.proc.wait(30) == 0
-        with pytest.raises(openai.APIConnectionError):
-            openai.OpenAI(base_url=gateway.url + "/v1", api_key="x", max_retries=0).models.list()
-    finally:
-        gateway.kill()
-        neuron.terminate()
+def test_sigterm_to_the_gateway_lets_streams_finish(one_node):
+    gateway, neuron = one_node
+    http_json("POST", gateway.url + "/admin/load", {"node": "n1", "model": "tiny-gguf"})
+    http_json("POST", neuron.url + "/debug/faults", {"model": "tiny-gguf", "fault": "slow", "delay_ms": 30,
+                                                     "count": 3})
+    body = {"model": "tiny-gguf", "messages": [{"role": "user", "content": "x"}], "max_tokens": 40,
+            "logit_bias": NO_EOS}
+    streams = [StreamReader(gateway.url + "/v1/chat/completions", body) for _ in range(3)]
+    for s in streams:
+        assert s.first_chunk.wait(30)
+    gateway.proc.send_signal(signal.SIGTERM)
+    for s in streams:
+        s.join()
+        assert s.error is None and s.lines[-1] == "data: [DONE]"
+        assert json.loads(s.lines[-2][6:])["usage"]["completion_tokens"] == 40
+    assert gateway.proc.wait(30) == 0
+    with pytest.raises(openai.APIConnectionError):
+        openai.OpenAI(base_url=gateway.url + "/v1", api_key="x", max_retries=0).models.list()

@@ -7,7 +7,8 @@ import time
 
 import click
 
-from cortex_cli.options import admin_key_option, complete_model, complete_node, gateway_option, run
+from cortex_cli.commands.status import fetch
+from cortex_cli.options import admin_key_option, complete_model, complete_node, gateway_option
 
 
 def _devices(value: str | None) -> list[int] | None:
@@ -57,14 +58,8 @@ async def _phase(client, node: str, model: str) -> str | None:
 @admin_key_option
 def load(node, model, pin, devices, backend, gateway, admin_key) -> None:
     """Load MODEL on NODE and report its measured memory and load time."""
-    from cortex_cli.client import AdminClient
-
-    async def go():
-        async with AdminClient(gateway, admin_key) as client:
-            return await _load_with_progress(client, node, model, pin=pin, devices=_devices(devices),
-                                             backend=backend)
-
-    info, seconds = run(go())
+    info, seconds = fetch(gateway, admin_key, lambda client: _load_with_progress(
+        client, node, model, pin=pin, devices=_devices(devices), backend=backend))
     devices_text = ", ".join(info.get("devices", []))
     click.echo(f"loaded {info['model']} on {info['node']} ({info.get('backend')}, {devices_text}): "
                f"{info.get('memory_mb', 0):.0f} MiB in {info.get('load_time_s') or seconds:.2f}s"
@@ -78,11 +73,5 @@ def load(node, model, pin, devices, backend, gateway, admin_key) -> None:
 @admin_key_option
 def unload(node, model, gateway, admin_key) -> None:
     """Unload MODEL from NODE (after its in-flight requests finish)."""
-    from cortex_cli.client import AdminClient
-
-    async def go():
-        async with AdminClient(gateway, admin_key) as client:
-            return await client.unload(node, model)
-
-    run(go())
+    fetch(gateway, admin_key, lambda client: client.unload(node, model))
     click.echo(f"unloaded {model} from {node}")

@@ -9,6 +9,17 @@ import click
 from cortex_cli.options import admin_key_option, gateway_option, run
 
 
+def fetch(gateway: str, admin_key: str | None, call):
+    """One admin call (`call(client)`), failures turned into one line and a non-zero exit."""
+    from cortex_cli.client import AdminClient
+
+    async def go():
+        async with AdminClient(gateway, admin_key) as client:
+            return await call(client)
+
+    return run(go())
+
+
 @click.command()
 @gateway_option
 @admin_key_option
@@ -17,14 +28,9 @@ def status(gateway, admin_key, as_json) -> None:
     """Nodes (health, devices, memory) and models (where, status, pinned, in flight)."""
     from rich.console import Console
 
-    from cortex_cli.client import AdminClient
     from cortex_cli.render import models_table, nodes_table
 
-    async def fetch():
-        async with AdminClient(gateway, admin_key) as client:
-            return await client.status()
-
-    data = run(fetch())
+    data = fetch(gateway, admin_key, lambda client: client.status())
     if as_json:
         click.echo(json.dumps(data, indent=2))
         return
@@ -41,14 +47,9 @@ def models(gateway, admin_key, as_json) -> None:
     """The merged catalogue: every model any node has loaded or can load."""
     from rich.console import Console
 
-    from cortex_cli.client import AdminClient
     from cortex_cli.render import catalogue_table
 
-    async def fetch():
-        async with AdminClient(gateway, admin_key) as client:
-            return await client.models()
-
-    data = run(fetch())
+    data = fetch(gateway, admin_key, lambda client: client.models())
     if as_json:
         click.echo(json.dumps(data, indent=2))
     else:
