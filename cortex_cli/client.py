@@ -40,7 +40,7 @@ class AdminClient:
         self.headers = {"Authorization": f"Bearer {key}"} if key else {}
         self._session = session
 
-    async def __aenter__(self) -> "AdminClient":
+    async def __aenter__(self) -> AdminClient:
         if self._session is None:
             self._session = aiohttp.ClientSession()
             self._owned = True
@@ -58,7 +58,7 @@ class AdminClient:
                 timeout=aiohttp.ClientTimeout(total=timeout),
             ) as resp:
                 raw = await resp.read()
-        except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
+        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
             raise GatewayUnreachable(f"cannot reach the gateway at {self.url} ({exc.__class__.__name__}); "
                                      "is `cortex serve` running? (--gateway or CORTEX_GATEWAY)") from exc
         try:

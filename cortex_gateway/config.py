@@ -161,7 +161,7 @@ def read_keys_file(keys_path: Path, config_path: Path) -> list[str]:
     return keys
 
 
-def files_readable_by_others(config: "GatewayConfig") -> list[Path]:
+def files_readable_by_others(config: GatewayConfig) -> list[Path]:
     """Config files holding secrets whose mode lets group or others read them."""
     paths = [p for p in (config.config_path, config.keys_path) if p is not None and p.exists()]
     return [p for p in paths if p.stat().st_mode & 0o077]

@@ -81,7 +81,7 @@ class Lifecycle:
             asyncio.get_running_loop().create_task(self._cold_load(model, exclude, pending))
         try:
             node = await asyncio.wait_for(asyncio.shield(pending), self.config.load_timeout_s)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             raise no_capacity(f"loading model {model!r} took longer than {self.config.load_timeout_s:g}s; "
                               "retry shortly", retry_after=10) from None
         return node, True

@@ -46,7 +46,7 @@ class GatewayMetrics:
             found = self._children[key] = metric.labels(*labels)
         return found
 
-    def series(self, model: str, node: str) -> "_Series":
+    def series(self, model: str, node: str) -> _Series:
         found = self._series.get((model, node))
         if found is None:
             found = self._series[(model, node)] = _Series(self, model, node)

@@ -55,7 +55,7 @@ class Admission:
         self._waiters.append(waiter)
         try:
             await asyncio.wait_for(asyncio.shield(waiter), self.limits.max_wait_s)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             self._abandon(waiter)
             raise ApiError(503, "overloaded_error",
                            f"model {self.model!r} did not free a slot within {self.limits.max_wait_s:g}s "

@@ -78,7 +78,7 @@ class LoadRequest:
     max_wait_s: float | None = None
 
     @classmethod
-    def from_dict(cls, body: Any) -> "LoadRequest":
+    def from_dict(cls, body: Any) -> LoadRequest:
         data = require_object(body)
         backend = data.get("backend") or "auto"
         if backend not in BACKENDS:
@@ -126,7 +126,7 @@ class UnloadRequest:
     model: str
 
     @classmethod
-    def from_dict(cls, body: Any) -> "UnloadRequest":
+    def from_dict(cls, body: Any) -> UnloadRequest:
         return cls(model=req_str(require_object(body), "model"))
 
 

@@ -121,7 +121,7 @@ class StreamJob:
                 break
             try:
                 await asyncio.wait_for(self._ready.wait(), timeout)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 return None
         batch = []
         while self.items:

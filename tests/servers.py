@@ -88,7 +88,7 @@ def start_gateway(tmp: Path, neurons: dict[str, str], *, models_toml: str = "", 
                   wait: bool = True, port: int | None = None) -> CortexProcess:
     """`cortex serve` over the given neurons (name -> URL), from a written cortex.toml."""
     port, metrics_port = port or free_port(), free_port()
-    lines = [f'models_config = "models.toml"' if models_toml else "", "[gateway]",
+    lines = ['models_config = "models.toml"' if models_toml else "", "[gateway]",
              f'listen = "127.0.0.1:{port}"', f'metrics_listen = "127.0.0.1:{metrics_port}"',
              "poll_interval_s = 0.5", "down_after = 2", "keepalive_s = 0.5"]
     lines.append(extra_toml)  # lands in [gateway] unless it opens a table of its own
