@@ -3,11 +3,12 @@
 Goal (issue 2): streamed rate >= 0.95 x raw. Also shows llama-cpp-python's own
 `create_completion(stream=True)`, whose per-token re-detokenisation we avoid.
 
-    python benchmarks/stream_decode.py [--tokens 512] [--runs 3]
+    python benchmarks/stream_decode.py [--tokens 512] [--runs 5]
 
 Decode rate = (tokens - 1) / (time of last token - time of first token), so
 prompt processing is excluded on both sides. The raw baseline drives
-`Llama.generate` in this process with no detokenisation at all.
+`Llama.generate` in this process with no detokenisation at all; raw and streamed decodes are
+interleaved in pairs and the ratio is the median of the pairs' ratios.
 """
 
 from __future__ import annotations
@@ -42,82 +43,96 @@ def rate(times: list[float]) -> float:
     return (len(times) - 1) / (times[-1] - times[0])
 
 
-def raw_llama(path: Path, n: int, runs: int) -> tuple[float, float]:
-    from llama_cpp import Llama
+class RawLlama:
+    """The raw baseline: `Llama.generate` in this process, no detokenisation at all."""
 
-    from neuron.chat_template import render_chat
+    def __init__(self, path: Path):
+        from llama_cpp import Llama, LogitsProcessorList
 
-    llm = Llama(model_path=str(path), n_ctx=2048, verbose=False)
-    prompt = render_chat(llm.metadata["tokenizer.chat_template"], PROMPT)
-    tokens = llm.tokenize(prompt.encode(), add_bos=False, special=True)
-    eos = llm.token_eos()
-    raw, lib_stream = [], []
-    for _ in range(runs):
+        from neuron.chat_template import render_chat
+
+        self.llm = Llama(model_path=str(path), n_ctx=2048, verbose=False)
+        self.prompt = render_chat(self.llm.metadata["tokenizer.chat_template"], PROMPT)
+        self.tokens = self.llm.tokenize(self.prompt.encode(), add_bos=False, special=True)
+        self.ends = [self.llm.token_eos(), 0]
+
+        def ban(_ids, scores):
+            scores[self.ends] = -float("inf")
+            return scores
+
+        self.processors = LogitsProcessorList([ban])
+
+    def rate(self, n: int) -> float:
         times = []
-        for tok in llm.generate(tokens, temp=0, logits_processor=_ban(eos)):
+        for _tok in self.llm.generate(self.tokens, temp=0, logits_processor=self.processors):
             times.append(time.perf_counter())
             if len(times) == n:
                 break
-        raw.append(rate(times))
-        times = [time.perf_counter() for _ in llm.create_completion(
-            prompt, max_tokens=n, temperature=0, stream=True, logit_bias={eos: -100.0})]
-        lib_stream.append(rate(times))
-    llm.close()
-    return statistics.median(raw), statistics.median(lib_stream)
+        return rate(times)
+
+    def library_stream_rate(self, n: int) -> float:
+        """llama-cpp-python's own streaming, for comparison."""
+        times = [time.perf_counter() for _ in self.llm.create_completion(
+            self.prompt, max_tokens=n, temperature=0, stream=True, logit_bias={t: -100.0 for t in self.ends})]
+        return rate(times)
 
 
-def _ban(eos):
-    from llama_cpp import LogitsProcessorList
+class RawTorch:
+    """The raw torch baseline: our torch backend's decode loop, in this process."""
 
-    def ban(_ids, scores):
-        scores[eos] = -float("inf")
-        return scores
+    def __init__(self, path: Path):
+        from neuron.backends.base import BackendSpec
+        from neuron.backends.torch_hf import TorchBackend
+        from neuron.chat_template import render_chat
+        from neuron.openai_schema import SamplingParams
 
-    return LogitsProcessorList([ban])
+        self.backend = TorchBackend(BackendSpec(path, "hf", ["cpu"]))
+        self.tokens = self.backend.tokenize(render_chat(self.backend.chat_template, PROMPT))
+        self.params = SamplingParams(temperature=0, logit_bias={t: -100.0 for t in self.backend._end_ids})
 
-
-def raw_torch(path: Path, n: int, runs: int) -> float:
-    from neuron.backends.base import BackendSpec
-    from neuron.backends.torch_hf import TorchBackend
-    from neuron.chat_template import render_chat
-    from neuron.openai_schema import SamplingParams
-
-    b = TorchBackend(BackendSpec(path, "hf", ["cpu"]))
-    tokens = b.tokenize(render_chat(b.chat_template, PROMPT))
-    params = SamplingParams(temperature=0, logit_bias={t: -100.0 for t in b._end_ids})
-    rates = []
-    for _ in range(runs):
+    def rate(self, n: int) -> float:
         times = []
-        for _tok in b.generate_tokens(tokens, params):
+        for _tok in self.backend.generate_tokens(self.tokens, self.params):
             times.append(time.perf_counter())
             if len(times) == n:
                 break
-        rates.append(rate(times))
-    return statistics.median(rates)
+        return rate(times)
+
+    def library_stream_rate(self, n: int) -> None:
+        return None
 
 
-def streamed(url: str, model: str, n: int, runs: int, eos_ids: list[int]) -> float:
+def streamed_once(url: str, model: str, n: int) -> float:
     body = {"model": model, "messages": PROMPT, "max_tokens": n, "temperature": 0, "stream": True,
-            "logit_bias": {str(t): -100 for t in eos_ids}}
-    rates = []
+            "logit_bias": {"0": -100, "2": -100}}
+    req = urllib.request.Request(url + "/v1/chat/completions", data=json.dumps(body).encode(), method="POST")
+    times = []
+    with urllib.request.urlopen(req) as resp:
+        for line in resp:
+            if line.startswith(b'data: {"id"') and b'"content":"' in line and b'"role"' not in line:
+                times.append(time.perf_counter())
+    return rate(times)
+
+
+def measure(raw, url: str, model: str, n: int, runs: int) -> tuple[float, float, float]:
+    """Interleaved raw/streamed pairs: the machine's speed drifts between runs more than the
+    neuron's overhead, so each pair is measured back to back and the ratio is the median of pairs."""
+    raws, ours = [], []
     for _ in range(runs):
-        req = urllib.request.Request(url + "/v1/chat/completions", data=json.dumps(body).encode(), method="POST")
-        times = []
-        with urllib.request.urlopen(req) as resp:
-            for line in resp:
-                if line.startswith(b'data: {"id"') and b'"content":"' in line and b'"role"' not in line:
-                    times.append(time.perf_counter())
-        rates.append(rate(times))
-    return statistics.median(rates)
+        raws.append(raw.rate(n))
+        ours.append(streamed_once(url, model, n))
+    ratio = statistics.median(o / r for o, r in zip(ours, raws))
+    return statistics.median(raws), statistics.median(ours), ratio
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--tokens", type=int, default=512)
-    ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--runs", type=int, default=5)
     args = ap.parse_args()
-    table = Table(title=f"Streamed decode vs raw backend ({args.tokens} tokens, median of {args.runs})")
-    for col in ("model", "raw tok/s", "neuron SSE tok/s", "ratio", "llama-cpp-python stream=True tok/s"):
+    table = Table(title=f"Streamed decode vs raw backend ({args.tokens} tokens, {args.runs} interleaved pairs)")
+    for col in ("model", "raw tok/s (median)", "neuron SSE tok/s (median)", "ratio (median of pairs)",
+                "llama-cpp-python stream=True tok/s"):
         table.add_column(col, justify="right")
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
@@ -132,16 +147,11 @@ def main() -> None:
                 console.log(f"{name}: dim {dim}, {layers} layers; loading")
                 status, info = http_json("POST", neuron.url + "/models/load", {"model": name})
                 assert status == 200, info
-                if fmt == "gguf":
-                    raw, lib = raw_llama(models / f"{name}.gguf", args.tokens, args.runs)
-                    eos = [2]
-                else:
-                    raw, lib = raw_torch(models / name, args.tokens, args.runs), None
-                    eos = [0, 2]
-                console.log(f"{name}: raw {raw:.0f} tok/s; streaming through the neuron")
-                ours = streamed(neuron.url, name, args.tokens, args.runs, eos)
-                table.add_row(name, f"{raw:.0f}", f"{ours:.0f}", f"{ours / raw:.3f}",
-                              "-" if lib is None else f"{lib:.0f}")
+                baseline = RawLlama(models / f"{name}.gguf") if fmt == "gguf" else RawTorch(models / name)
+                console.log(f"{name}: {args.runs} interleaved pairs of raw and streamed decodes")
+                raw, ours, ratio = measure(baseline, neuron.url, name, args.tokens, args.runs)
+                lib = baseline.library_stream_rate(args.tokens)
+                table.add_row(name, f"{raw:.0f}", f"{ours:.0f}", f"{ratio:.3f}", "-" if lib is None else f"{lib:.0f}")
                 http_json("POST", neuron.url + "/models/unload", {"model": name})
         finally:
             neuron.terminate()

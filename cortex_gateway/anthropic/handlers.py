@@ -94,11 +94,15 @@ async def count_tokens(request: web.Request) -> web.Response:
     node, _ = await lifecycle.node_for(model)
     upstream_id = node.models.get(model, {}).get("id", model)
     payload = orjson.dumps({**body, "model": upstream_id, "stream": False})
-    async with request.app[SESSION].post(node.endpoint + "/tokenize", data=payload,
-                                         headers=node.client.json_headers) as resp:
-        raw = await resp.read()
-        if resp.status != 200:
-            raise upstream_api_error(resp.status, raw)
+    try:
+        async with request.app[SESSION].post(node.endpoint + "/tokenize", data=payload,
+                                             headers=node.client.json_headers) as resp:
+            raw = await resp.read()
+    except (aiohttp.ClientError, OSError) as exc:
+        raise ApiError(502, "api_error", f"node {node.name} failed while counting tokens "
+                       f"({exc.__class__.__name__}); retry", code="upstream_unavailable", retry_after=2) from exc
+    if resp.status != 200:
+        raise upstream_api_error(resp.status, raw)
     return web.json_response({"input_tokens": orjson.loads(raw)["count"]})
 
 
