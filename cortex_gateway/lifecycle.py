@@ -110,7 +110,7 @@ class Lifecycle:
             priorities=self.priorities(), exclude=exclude)
         if not self.fleet.healthy_nodes():
             raise no_capacity("no healthy neuron is available; check `cortex status`", retry_after=5)
-        last_error = f"no healthy node can hold model {model!r}: every candidate is full of pinned or busy models"
+        last_error = self._why_unplaceable(model, snapshot, exclude)
         for plan in plans:
             node = self.fleet.nodes[plan.node]
             try:
@@ -123,6 +123,14 @@ class Lifecycle:
                     self.fleet.mark_failed(node, err.message)
                 log.warning("cold load of %s on %s failed: %s", model, node.name, err.message)
         raise no_capacity(last_error, retry_after=10)
+
+    def _why_unplaceable(self, model: str, snapshot: list[NodeView], exclude: frozenset[str]) -> str:
+        offering = [n.name for n in snapshot if n.healthy and n.name not in exclude and model in n.available]
+        if not offering:
+            failed = f" ({', '.join(sorted(exclude))} failed just now)" if exclude else ""
+            return f"no healthy node can load model {model!r} now{failed}; check `cortex status`"
+        return (f"no room for model {model!r} on {', '.join(offering)}: every candidate is full of "
+                "pinned or busy models")
 
     async def _load_with_evictions(self, node: Node, model: str) -> Node:
         """Load; when the node says it lacks memory, evict one more model and retry."""

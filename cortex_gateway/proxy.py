@@ -28,9 +28,16 @@ _USAGE = b'"usage":{'
 class RetryElsewhere(Exception):
     """The node failed before any byte reached the client."""
 
-    def __init__(self, message: str, unreachable: bool):
+    def __init__(self, message: str, unreachable: bool, code: str | None = None):
         super().__init__(message)
         self.unreachable = unreachable
+        self.code = code
+
+    @property
+    def node_unusable(self) -> bool:
+        """True when the retry must avoid this node; False when only our view of it was stale
+        (the model was unloaded there behind our back), so it may load the model again."""
+        return self.unreachable or self.code == "model_recovering"
 
 
 @dataclass
@@ -64,7 +71,7 @@ async def _send(session: aiohttp.ClientSession, node: Node, path: str, body: byt
         code = _error_code(raw)
         if code in RETRYABLE_CODES:
             resp.release()
-            raise RetryElsewhere(f"{node.name}: {code}", unreachable=False)
+            raise RetryElsewhere(f"{node.name}: {code}", unreachable=False, code=code)
         resp._cortex_body = raw  # already read; relayed as it is
     return resp
 

@@ -166,7 +166,8 @@ async def _serve(request, path, data, body, requested, stream, rec: Record, dial
             return client_stream
         except RetryElsewhere as exc:
             _node_failed(app, node, rec.model, exc)
-            exclude = exclude | {node.name}
+            if exc.node_unusable:
+                exclude = exclude | {node.name}
             if attempt == 1:
                 err = ApiError(502, "api_error", f"the model's node failed before answering ({exc}); "
                                "retry shortly", code="upstream_unavailable", retry_after=2)

@@ -116,3 +116,16 @@ def test_neuron_killed_mid_stream_then_served_elsewhere(tmp_path, three_models):
         gateway.terminate()
         n2.terminate()
         n1.kill()
+
+
+def test_model_unloaded_behind_the_gateways_back_is_loaded_again(tmp_path, three_models):
+    """A stale view ("loaded on n1") must not make the only node that can serve the model off-limits."""
+    neuron, gateway = small_fleet(tmp_path, three_models, "lru")
+    try:
+        use(gateway, "m1")
+        assert http_json("POST", neuron.url + "/models/unload", {"model": "m1"})[0] == 200  # directly, not via the gateway
+        use(gateway, "m1")  # the gateway still believes m1 is on n1: the neuron says no, and it loads it again
+        assert "m1" in loaded(neuron)
+    finally:
+        gateway.terminate()
+        neuron.terminate()
