@@ -10,15 +10,13 @@ flight; beyond either, 429 with Retry-After.
 
 from __future__ import annotations
 
-import hmac
 import time
 from dataclasses import dataclass, field
 
 from aiohttp import web
 
+from neuron.auth import OPEN_PATHS, key_matches, presented_key
 from neuron.errors import ApiError
-
-OPEN_PATHS = frozenset({"/health"})
 
 
 @dataclass(frozen=True)
@@ -30,25 +28,6 @@ class AuthSettings:
 
 
 AUTH = web.AppKey("auth", AuthSettings)
-
-
-def presented_key(request: web.Request) -> str | None:
-    auth = request.headers.get("Authorization", "")
-    if auth[:7].lower() == "bearer ":
-        return auth[7:].strip()
-    return request.headers.get("x-api-key")
-
-
-def key_matches(key: str | None, keys: tuple[str, ...]) -> str | None:
-    """The configured key that `key` equals, compared in constant time against all of them."""
-    if key is None:
-        return None
-    found = None
-    encoded = key.encode()
-    for candidate in keys:
-        if hmac.compare_digest(encoded, candidate.encode()):
-            found = candidate
-    return found
 
 
 @dataclass
