@@ -16,7 +16,7 @@ import orjson
 from aiohttp import web
 
 from cortex_gateway.fleet import Node
-from neuron.errors import ApiError
+from neuron.errors import ApiError, error_from_envelope
 from neuron.sse import DONE, SSE_HEADERS, error_event
 
 JSON_HEADERS = {"Content-Type": "application/json"}
@@ -67,28 +67,19 @@ async def _send(session: aiohttp.ClientSession, node: Node, path: str, body: byt
     except (aiohttp.ClientError, OSError, TimeoutError) as exc:
         raise RetryElsewhere(f"{node.name}: {exc.__class__.__name__} {exc}", unreachable=True) from exc
     if resp.status in (404, 503):
-        raw = await resp.read()
-        code = _error_code(raw)
+        # Read now to see the code; aiohttp keeps the body, so whoever relays it reads it again.
+        code = error_from_envelope(resp.status, await resp.read()).code
         if code in RETRYABLE_CODES:
             resp.release()
             raise RetryElsewhere(f"{node.name}: {code}", unreachable=False, code=code)
-        resp._cortex_body = raw  # already read; relayed as it is
     return resp
-
-
-def _error_code(raw: bytes) -> str | None:
-    try:
-        err = orjson.loads(raw).get("error")
-        return err.get("code") if isinstance(err, dict) else None
-    except (orjson.JSONDecodeError, AttributeError):
-        return None
 
 
 async def fetch_json(session, node: Node, path: str, body: bytes, rec: Record) -> tuple[int, bytes]:
     """Send a non-streaming request and read the whole answer (status, raw body)."""
     resp = await _send(session, node, path, body)
     try:
-        raw = getattr(resp, "_cortex_body", None) or await resp.read()
+        raw = await resp.read()
     except (aiohttp.ClientError, OSError) as exc:
         raise RetryElsewhere(f"{node.name}: {exc}", unreachable=True) from exc
     finally:
@@ -107,13 +98,9 @@ async def fetch_json(session, node: Node, path: str, body: bytes, rec: Record) -
 
 def upstream_api_error(status: int, raw: bytes) -> ApiError:
     """The neuron's OpenAI error envelope as an ApiError, so any dialect can render it."""
-    try:
-        err = orjson.loads(raw)["error"]
-        return ApiError(status, str(err.get("type") or "api_error"), str(err.get("message") or ""),
-                        code=err.get("code"), param=err.get("param"),
-                        retry_after=5 if status in (429, 503) else None)
-    except (orjson.JSONDecodeError, KeyError, TypeError, AttributeError):
-        return ApiError(status, "api_error", raw[:200].decode(errors="replace"), code="upstream_error")
+    err = error_from_envelope(status, raw)
+    err.retry_after = 5 if status in (429, 503) else None
+    return err
 
 
 async def open_upstream_stream(session, node: Node, path: str, body: bytes) -> aiohttp.ClientResponse:

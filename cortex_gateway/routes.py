@@ -191,7 +191,7 @@ def _node_failed(app, node: Node, model: str, exc: RetryElsewhere) -> None:
 
 async def _stream_refused(upstream, client_stream, rec: Record, dialect) -> web.StreamResponse:
     """The node answered the stream request with an error before streaming: pass it on."""
-    raw = getattr(upstream, "_cortex_body", None) or await upstream.read()
+    raw = await upstream.read()
     upstream.release()
     err = upstream_api_error(upstream.status, raw)
     rec.status, rec.error_type = upstream.status, err.type

@@ -11,6 +11,8 @@ from typing import Any
 import aiohttp
 import orjson
 
+from neuron.errors import error_from_envelope
+
 
 class NeuronError(Exception):
     """The neuron answered with an error, or could not be reached (status 0)."""
@@ -42,13 +44,11 @@ class NeuronClient:
                 timeout=aiohttp.ClientTimeout(total=timeout),
             ) as resp:
                 raw = await resp.read()
-                payload = _parse(raw)
                 if resp.status >= 400:
-                    err = payload.get("error") if isinstance(payload.get("error"), dict) else {}
-                    raise NeuronError(resp.status, err.get("code") or "upstream_error",
-                                      err.get("message") or raw[:200].decode(errors="replace"),
-                                      err.get("type") or "server_error")
-                return payload
+                    err = error_from_envelope(resp.status, raw)
+                    raise NeuronError(resp.status, err.code or "upstream_error",
+                                      err.message or raw[:200].decode(errors="replace"), err.type)
+                return _parse(raw)
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
             raise NeuronError(0, "node_unreachable", f"{self.endpoint}: {exc.__class__.__name__} {exc}") from exc
 

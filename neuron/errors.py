@@ -45,6 +45,22 @@ class ApiError(Exception):
         return {"Retry-After": str(max(1, round(self.retry_after)))}
 
 
+def error_from_envelope(status: int, raw: bytes) -> ApiError:
+    """Read an OpenAI error envelope back into an ApiError (the inverse of `envelope`).
+
+    A body that is not one becomes an `api_error` carrying its first 200 bytes, so nothing about
+    the failure is lost.
+    """
+    try:
+        err = orjson.loads(raw)["error"]
+    except (orjson.JSONDecodeError, KeyError, TypeError):
+        err = None
+    if not isinstance(err, dict):
+        return ApiError(status, "api_error", raw[:200].decode(errors="replace"), code="upstream_error")
+    return ApiError(status, str(err.get("type") or "api_error"), str(err.get("message") or ""),
+                    code=err.get("code"), param=err.get("param"))
+
+
 def bad_request(message: str, *, param: str | None = None, code: str = "invalid_request") -> ApiError:
     return ApiError(400, "invalid_request_error", message, code=code, param=param)
 
