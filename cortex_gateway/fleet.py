@@ -85,7 +85,7 @@ class Fleet:
             health, models, available = await asyncio.gather(
                 node.client.health(t), node.client.models(t), node.client.available(t))
         except NeuronError as err:
-            self._failed(node, err.message)
+            self.mark_failed(node, err.message)
             return
         node.health = health
         node.models = {m["id"]: m for m in models}
@@ -95,16 +95,13 @@ class Fleet:
             node.healthy = True
             self.event("node_up", node=node.name)
 
-    def _failed(self, node: Node, message: str) -> None:
+    def mark_failed(self, node: Node, message: str) -> None:
+        """A poll or a request could not reach the node; `down_after` in a row mark it down."""
         node.failures += 1
         node.last_error = message
         if node.healthy and node.failures >= self.down_after:
             node.healthy = False
             self.event("node_down", node=node.name, reason=message)
-
-    def mark_failed(self, node: Node, message: str) -> None:
-        """A request could not reach the node: count it like a failed poll."""
-        self._failed(node, message)
 
     async def poll_all(self) -> None:
         await asyncio.gather(*(self.poll_node(n) for n in self.nodes.values()))

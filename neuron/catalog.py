@@ -136,8 +136,7 @@ def _gguf_kv_mb(path: Path, context_size: int | None) -> float:
     heads = meta.get(f"{arch}.attention.head_count", 1) or 1
     kv_heads = meta.get(f"{arch}.attention.head_count_kv", heads)
     head_dim = meta.get(f"{arch}.embedding_length", 0) // heads
-    ctx = context_size or min(meta.get(f"{arch}.context_length", 2048), DEFAULT_MAX_CONTEXT)
-    return _kv_mb(layers, kv_heads, head_dim, ctx, 2)
+    return _kv_mb(layers, kv_heads, head_dim, context_size or default_context(path), 2)
 
 
 def default_context(path: Path) -> int:
