@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 # an unpinned torch pulls a multi-GB CUDA build.
 TORCH_PIN ?= torch==2.13.0
 
-.PHONY: serve test test-slow bench clean shells
+.PHONY: serve test test-slow lint bench clean shells
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -36,7 +36,12 @@ shells:
 	  else echo "$$missing not installed: their completion tests will be skipped"; fi; \
 	fi
 
-test: $(VENV)/.dev-installed shells
+# ruff (pyflakes, pycodestyle, import order, bugbear) on the whole tree; the import boundary
+# between the gateway and the neuron's engine is checked by tests/test_boundary.py.
+lint: $(VENV)/.dev-installed
+	$(BIN)/ruff check .
+
+test: $(VENV)/.dev-installed shells lint
 	$(BIN)/pytest -m "not slow and not gpu" $(PYTEST_ARGS)
 
 test-slow: $(VENV)/.dev-installed

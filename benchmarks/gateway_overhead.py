@@ -28,7 +28,7 @@ from rich.table import Table
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from tests.servers import CORTEX, free_port, http_json  # noqa: E402
+from tests.helpers import CORTEX, free_port, http_json  # noqa: E402
 
 console = Console(width=150)
 BODY = {"model": "fake", "messages": [{"role": "user", "content": "hello"}], "max_tokens": 16}
@@ -136,7 +136,7 @@ def main() -> None:
         d, g = pct(lat_d, q), pct(lat_g, q)
         table.add_row(f"latency p{q} (ms)", f"{d:.3f}", f"{g:.3f}", f"+{g - d:.3f} ms", "< 1 ms" if q == 50 else "",
                       "")
-    for (kind, d, g, b), goal in zip(rows, ("0.4", "0.6")):
+    for (kind, d, g, b), goal in zip(rows, ("0.4", "0.6"), strict=True):
         table.add_row(f"req/s, 32 clients, {kind}", f"{d:.0f}", f"{g:.0f}", f"{g / d:.3f}", f">= {goal}",
                       f"{b:.0f} ({b / d:.3f})")
     console.print(table)

@@ -27,7 +27,7 @@ from rich.console import Console
 from rich.table import Table
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from tests.servers import CORTEX, http_json, start_neuron  # noqa: E402
+from tests.helpers import CORTEX, http_json, start_neuron  # noqa: E402
 
 console = Console()
 PROMPT = [{"role": "user", "content": "Tell me a long story about the fleet."}]
@@ -49,7 +49,7 @@ class RawLlama:
     def __init__(self, path: Path):
         from llama_cpp import Llama, LogitsProcessorList
 
-        from neuron.chat_template import render_chat
+        from neuron.engine.chat_template import render_chat
 
         self.llm = Llama(model_path=str(path), n_ctx=2048, verbose=False)
         self.prompt = render_chat(self.llm.metadata["tokenizer.chat_template"], PROMPT)
@@ -81,9 +81,9 @@ class RawTorch:
     """The raw torch baseline: our torch backend's decode loop, in this process."""
 
     def __init__(self, path: Path):
-        from neuron.backends.base import BackendSpec
-        from neuron.backends.torch_hf import TorchBackend
-        from neuron.chat_template import render_chat
+        from neuron.engine.backends.base import BackendSpec
+        from neuron.engine.backends.torch_hf import TorchBackend
+        from neuron.engine.chat_template import render_chat
         from neuron.openai_schema import SamplingParams
 
         self.backend = TorchBackend(BackendSpec(path, "hf", ["cpu"]))
@@ -121,7 +121,7 @@ def measure(raw, url: str, model: str, n: int, runs: int) -> tuple[float, float,
     for _ in range(runs):
         raws.append(raw.rate(n))
         ours.append(streamed_once(url, model, n))
-    ratio = statistics.median(o / r for o, r in zip(ours, raws))
+    ratio = statistics.median(o / r for o, r in zip(ours, raws, strict=True))
     return statistics.median(raws), statistics.median(ours), ratio
 
 

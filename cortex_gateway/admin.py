@@ -11,25 +11,27 @@ from aiohttp import web
 
 from cortex_gateway.auth import admin_auth
 from cortex_gateway.config import set_pin
-from cortex_gateway.errors import upstream_error
 from cortex_gateway.fleet import Node
-from cortex_gateway.routes import FLEET, LIFECYCLE, METRICS
-from neuron.api import parse_devices, req_str, require_object
+from cortex_gateway.state import FLEET, LIFECYCLE, METRICS
 from neuron.client import NeuronError
-from neuron.errors import ApiError, bad_request, json_response
-from neuron.openai_routes import read_json
+from neuron.errors import ApiError, bad_request
+from neuron.fields import req_str, require_object
+from neuron.http import json_response, read_json
+from neuron.protocol import BACKENDS, parse_devices
 
 log = logging.getLogger(__name__)
+
+
 def _node_status(node: Node, fleet) -> dict:
     models = []
     for model, info in node.models.items():
-        use = fleet.use(node.name, model)
-        models.append({**info, "gateway_in_flight": use.in_flight, "queued": node.queue_load(model),
-                       "last_used": use.last_used or None})
+        usage = fleet.usage_of(node.name, model)
+        models.append({**info.to_dict(), "gateway_in_flight": usage.in_flight,
+                       "queued": node.polled_load(model), "last_used": usage.last_used or None})
     return {"name": node.name, "endpoint": node.endpoint, "healthy": node.healthy, "failures": node.failures,
-            "last_error": node.last_error or None, "devices": node.health.get("devices", []),
-            "uptime_s": node.health.get("uptime_s"), "models": models, "available": sorted(node.available),
-            "decode_tps": {m["id"]: m.get("decode_tps") for m in node.health.get("models", [])}}
+            "last_error": node.last_error or None, "devices": [d.to_dict() for d in node.health.devices],
+            "uptime_s": node.health.uptime_s or None, "models": models,
+            "available": sorted(node.available), "decode_tps": {m.id: m.decode_tps for m in node.health.models}}
 
 
 async def status(request: web.Request) -> web.Response:
@@ -66,8 +68,8 @@ async def load(request: web.Request) -> web.Response:
     lifecycle = request.config_dict[LIFECYCLE]
     model = lifecycle.config.resolve_alias(model)
     backend = data.get("backend")
-    if backend is not None and backend not in ("auto", "torch", "llama.cpp"):
-        raise bad_request("backend: expected auto, torch or llama.cpp", param="backend")
+    if backend is not None and backend not in BACKENDS:
+        raise bad_request(f"backend: expected one of {', '.join(BACKENDS)}", param="backend")
     try:
         info = await lifecycle.load(node, model, devices=parse_devices(data.get("devices")), backend=backend)
     except NeuronError as err:
@@ -75,19 +77,20 @@ async def load(request: web.Request) -> web.Response:
             raise ApiError(404, "not_found_error", f"model {model!r} is not available on node {node.name!r}; "
                            "`cortex models` lists where each model can load", code="model_not_found",
                            param="model") from err
-        raise upstream_error(err) from err
+        raise err.for_client() from err
     if data.get("pin"):
         _pin(request, node.name, model, True)
-    return json_response({"node": node.name, "model": model, **info})
+    return json_response({"node": node.name, "model": model, **info.to_dict()})
 
 
 async def unload(request: web.Request) -> web.Response:
     _, node_name, model = _target(await read_json(request))
     node = _node(request, node_name)
+    lifecycle = request.config_dict[LIFECYCLE]
     try:
-        result = await request.config_dict[LIFECYCLE].unload(node, request.config_dict[LIFECYCLE].config.resolve_alias(model))
+        result = await lifecycle.unload(node, lifecycle.config.resolve_alias(model))
     except NeuronError as err:
-        raise upstream_error(err) from err
+        raise err.for_client() from err
     request.config_dict[FLEET].event("unload", node=node.name, model=model)
     return json_response({"node": node.name, **result})
 

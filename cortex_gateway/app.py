@@ -9,16 +9,17 @@ import logging
 import aiohttp
 from aiohttp import web
 
-from cortex_gateway import admin, routes
+from cortex_gateway import admin, catalogue, openai
 from cortex_gateway.anthropic import handlers as anthropic
 from cortex_gateway.auth import AUTH, LIMITER, KeyLimiter, api_auth
-from neuron.body_limits import body_limits
 from cortex_gateway.config import GatewayConfig
-from cortex_gateway.errors import error_middleware
+from cortex_gateway.errors import renderer_for
 from cortex_gateway.fleet import Fleet
 from cortex_gateway.lifecycle import Lifecycle
 from cortex_gateway.metrics import GatewayMetrics
-from cortex_gateway.routes import FLEET, KEEPALIVE_S, LIFECYCLE, METRICS, SESSION
+from cortex_gateway.state import FLEET, KEEPALIVE_S, LIFECYCLE, METRICS, SESSION
+from neuron.errors import error_middleware
+from neuron.http import body_limits
 
 log = logging.getLogger("cortex.gateway")
 
@@ -26,7 +27,7 @@ log = logging.getLogger("cortex.gateway")
 def create_app(config: GatewayConfig, *, session: aiohttp.ClientSession | None = None,
                metrics: GatewayMetrics | None = None) -> web.Application:
     max_bytes = int(config.max_body_mb * 2**20)
-    middlewares = [error_middleware, body_limits(max_bytes, config.body_timeout_s)]
+    middlewares = [error_middleware(renderer_for, "gateway"), body_limits(max_bytes, config.body_timeout_s)]
     if config.auth.keys:
         middlewares.insert(1, api_auth)  # keys checked before a body is read; no layer at all without keys
     app = web.Application(middlewares=middlewares, client_max_size=max_bytes)
@@ -35,7 +36,8 @@ def create_app(config: GatewayConfig, *, session: aiohttp.ClientSession | None =
     app[AUTH] = config.auth
     app[LIMITER] = KeyLimiter(config.auth)
     app.cleanup_ctx.append(_fleet_ctx(config, session))
-    routes.add_routes(app)
+    catalogue.add_routes(app)
+    openai.add_routes(app)
     anthropic.add_routes(app)
     admin.add_routes(app)
     return app

@@ -72,7 +72,8 @@ class GatewayConfig:
     keepalive_s: float = 10.0
     max_body_mb: float = 32.0
     body_timeout_s: float = 30.0
-    upstream_read_timeout_s: float = 600.0  # a neuron silent this long mid-answer (or for a whole non-streaming answer) fails the request
+    # a neuron silent this long mid-answer (or for a whole non-streaming answer) fails the request
+    upstream_read_timeout_s: float = 600.0
     auth: AuthSettings = field(default_factory=AuthSettings)
     config_path: Path | None = None
     models_path: Path | None = None

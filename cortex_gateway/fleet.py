@@ -2,7 +2,8 @@
 
 A node that fails `down_after` polls in a row is marked down; it is up again
 on its first good answer. The gateway also counts its own in-flight requests
-and last use per (node, model): those are exact, while polled figures lag.
+and last use per (node, model): those are exact, while polled figures lag by
+up to a poll interval, so nothing that must be right (eviction) decides on them.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import aiohttp
 
 from cortex_gateway.config import NeuronSpec
 from neuron.client import NeuronClient, NeuronError
+from neuron.protocol import AvailableModel, Health, ModelInfo, ModelState
 
 log = logging.getLogger(__name__)
 
@@ -28,33 +30,30 @@ class Node:
     client: NeuronClient
     healthy: bool = False
     failures: int = 0
-    health: dict = field(default_factory=dict)
-    models: dict[str, dict] = field(default_factory=dict)  # loaded (any status), by id
-    available: dict[str, dict] = field(default_factory=dict)  # in its models dir, by id
+    health: Health = field(default_factory=Health)
+    models: dict[str, ModelInfo] = field(default_factory=dict)  # loaded (any state), by id
+    available: dict[str, AvailableModel] = field(default_factory=dict)  # in its models dir, by id
     last_error: str = ""
-    polled_at: float = 0.0
 
-    @property
-    def free_mb(self) -> float:
-        return sum(d.get("free_mb", 0.0) for d in self.health.get("devices", []))
+    def has_loaded(self, model: str) -> bool:
+        info = self.models.get(model)
+        return info is not None and info.status == ModelState.LOADED
 
-    @property
-    def total_mb(self) -> float:
-        return sum(d.get("total_mb", 0.0) for d in self.health.get("devices", []))
+    def upstream_id(self, model: str) -> str:
+        """The id the node knows `model` by (a model loaded by path is listed under the gateway's name too)."""
+        info = self.models.get(model)
+        return info.id if info is not None else model
 
-    def loaded(self, model: str) -> bool:
-        return self.models.get(model, {}).get("status") == "loaded"
-
-    def queue_load(self, model: str) -> int:
-        """In-flight plus queued on the node for this model, as last polled."""
-        for m in self.health.get("models", []):
-            if m.get("id") == model:
-                return int(m.get("in_flight", 0)) + int(m.get("queue_depth", 0))
-        return 0
+    def polled_load(self, model: str) -> int:
+        """In flight plus queued on the node for this model at the last poll: a hint, seconds old."""
+        load = self.health.load_of(model)
+        return load.in_flight + load.queue_depth if load else 0
 
 
 @dataclass
 class Usage:
+    """The gateway's own, exact count for one (node, model)."""
+
     in_flight: int = 0
     last_used: float = 0.0
 
@@ -67,7 +66,6 @@ class Fleet:
         self.poll_timeout = poll_timeout
         self.usage: dict[tuple[str, str], Usage] = collections.defaultdict(Usage)
         self.events: collections.deque[dict] = collections.deque(maxlen=200)
-        self.polled = asyncio.Event()  # set after the first full poll
 
     def event(self, kind: str, **details) -> None:
         self.events.append({"time": time.time(), "kind": kind, **details})
@@ -76,8 +74,11 @@ class Fleet:
     def healthy_nodes(self) -> list[Node]:
         return [n for n in self.nodes.values() if n.healthy]
 
-    def use(self, node: str, model: str) -> Usage:
+    def usage_of(self, node: str, model: str) -> Usage:
         return self.usage[(node, model)]
+
+    def in_flight_on(self, node: str) -> int:
+        return sum(u.in_flight for (n, _), u in self.usage.items() if n == node)
 
     async def poll_node(self, node: Node) -> None:
         try:
@@ -88,9 +89,9 @@ class Fleet:
             self.mark_failed(node, err.message)
             return
         node.health = health
-        node.models = {m["id"]: m for m in models}
-        node.available = {m["id"]: m for m in available}
-        node.failures, node.polled_at = 0, time.monotonic()
+        node.models = {m.id: m for m in models}
+        node.available = {m.id: m for m in available}
+        node.failures = 0
         if not node.healthy:
             node.healthy = True
             self.event("node_up", node=node.name)
@@ -105,7 +106,6 @@ class Fleet:
 
     async def poll_all(self) -> None:
         await asyncio.gather(*(self.poll_node(n) for n in self.nodes.values()))
-        self.polled.set()
 
     async def run_poller(self, interval: float) -> None:
         while True:

@@ -14,8 +14,9 @@ from cortex_gateway.config import GatewayConfig
 from cortex_gateway.errors import no_capacity, unknown_model
 from cortex_gateway.fleet import Fleet, Node
 from cortex_gateway.metrics import GatewayMetrics
-from cortex_gateway.routing import NodeView, loading_on, next_victim, plan_cold_load, route_loaded
+from cortex_gateway.router import NodeView, loading_on, next_victim, plan_cold_load, route_loaded
 from neuron.client import NeuronError
+from neuron.protocol import ModelInfo, ModelState
 
 log = logging.getLogger(__name__)
 MAX_EXTRA_EVICTIONS = 8
@@ -30,16 +31,23 @@ class Lifecycle:
         self._loads: dict[str, asyncio.Future] = {}
 
     # -- snapshot for the pure deciders ------------------------------------------
-    def view(self, node: Node) -> NodeView:
-        loaded = {m: float(i.get("memory_mb", 0.0)) for m, i in node.models.items() if i.get("status") == "loaded"}
-        loading = frozenset(m for m, i in node.models.items() if i.get("status") in ("loading", "recovering"))
+    def view(self, node: Node, refused: frozenset[str] = frozenset()) -> NodeView:
+        """The node as the pure deciders see it.
+
+        A model counts as busy for eviction only by the gateway's own exact in-flight count, or
+        when the node has just refused to unload it (`refused`): a polled figure can be a poll
+        interval old and would protect a model whose requests finished long ago. The node itself
+        refuses to evict a model busy with requests from elsewhere (`unload` with `if_idle`).
+        """
+        loaded = {m: i.memory_mb for m, i in node.models.items() if i.status == ModelState.LOADED}
+        loading = frozenset(m for m, i in node.models.items() if i.status.pending)
         busy, last_used = {}, {}
         for m in node.models:
-            use = self.fleet.use(node.name, m)
-            busy[m] = use.in_flight + node.queue_load(m)
-            last_used[m] = use.last_used
-        available = {m: float(a.get("estimated_mb", a.get("size_mb", 0.0))) for m, a in node.available.items()}
-        return NodeView(node.name, node.healthy, node.free_mb, loaded, loading, available, busy, last_used)
+            usage = self.fleet.usage_of(node.name, m)
+            busy[m] = usage.in_flight + (1 if m in refused else 0)
+            last_used[m] = usage.last_used
+        available = {m: a.need_mb for m, a in node.available.items()}
+        return NodeView(node.name, node.healthy, node.health.free_mb, loaded, loading, available, busy, last_used)
 
     def snapshot(self) -> list[NodeView]:
         return [self.view(n) for n in self.fleet.nodes.values()]
@@ -53,25 +61,25 @@ class Lifecycle:
         return any(model in n.models or model in n.available for n in self.fleet.nodes.values())
 
     # -- requests ------------------------------------------------------------------
-    def route_now(self, model: str, exclude: frozenset[str] = frozenset()) -> Node | None:
+    def loaded_node(self, model: str, exclude: frozenset[str] = frozenset()) -> Node | None:
         """The hot path: a node that has `model` loaded, decided without awaiting anything.
 
         Only nodes holding the model are looked at, so the cost does not grow with the fleet's catalogue.
         """
         views = []
         for node in self.fleet.nodes.values():
-            info = node.models.get(model)
-            if info is not None and info.get("status") == "loaded" and node.healthy:
-                busy = self.fleet.use(node.name, model).in_flight + node.queue_load(model)
+            if node.healthy and node.has_loaded(model):
+                # For choosing among nodes a seconds-old hint of others' load is good enough.
+                busy = self.fleet.usage_of(node.name, model).in_flight + node.polled_load(model)
                 views.append(NodeView(node.name, True, 0.0, {model: 0.0}, busy={model: busy}))
         name = route_loaded(model, views, exclude)
         return None if name is None else self.fleet.nodes[name]
 
-    async def node_for(self, model: str, exclude: frozenset[str] = frozenset()) -> tuple[Node, bool]:
-        """A healthy node with `model` loaded, cold-loading it if needed; (node, was_cold)."""
-        node = self.route_now(model, exclude)
+    async def node_for(self, model: str, exclude: frozenset[str] = frozenset()) -> Node:
+        """A healthy node with `model` loaded, cold-loading it if needed."""
+        node = self.loaded_node(model, exclude)
         if node is not None:
-            return node, False
+            return node
         if not self.known(model):
             raise unknown_model(model)
         pending = self._loads.get(model)
@@ -84,7 +92,7 @@ class Lifecycle:
         except TimeoutError:
             raise no_capacity(f"loading model {model!r} took longer than {self.config.load_timeout_s:g}s; "
                               "retry shortly", retry_after=10) from None
-        return node, True
+        return node
 
     async def _cold_load(self, model: str, exclude: frozenset[str], done: asyncio.Future) -> None:
         try:
@@ -114,8 +122,7 @@ class Lifecycle:
         for plan in plans:
             node = self.fleet.nodes[plan.node]
             try:
-                for victim in plan.evict:
-                    await self.evict(node, victim)
+                await self._evict_all(node, model, plan.evict)
                 return await self._load_with_evictions(node, model)
             except NeuronError as err:
                 last_error = f"{node.name}: {err.message}"
@@ -132,6 +139,27 @@ class Lifecycle:
         return (f"no room for model {model!r} on {', '.join(offering)}: every candidate is full of "
                 "pinned or busy models")
 
+    async def _evict_all(self, node: Node, model: str, victims: tuple[str, ...]) -> None:
+        """Evict the plan's victims; one the node finds busy is replaced by the next in eviction order."""
+        refused: set[str] = set()
+        queue = list(victims)
+        while queue:
+            victim = queue.pop(0)
+            try:
+                await self.evict(node, victim)
+            except NeuronError as err:
+                if err.code != "model_busy" or len(refused) >= MAX_EXTRA_EVICTIONS:
+                    raise
+                refused.add(victim)
+                replacement = self._next_victim(node, model, frozenset(refused) | set(queue))
+                if replacement is None:
+                    raise
+                queue.append(replacement)
+
+    def _next_victim(self, node: Node, model: str, keep: frozenset[str] = frozenset()) -> str | None:
+        return next_victim(model, self.view(node, keep), strategy=self.config.strategy, pinned=self.pins,
+                           priorities=self.priorities())
+
     async def _load_with_evictions(self, node: Node, model: str) -> Node:
         """Load; when the node says it lacks memory, evict one more model and retry."""
         for _ in range(MAX_EXTRA_EVICTIONS + 1):
@@ -141,22 +169,22 @@ class Lifecycle:
             except NeuronError as err:
                 if err.code != "insufficient_memory":
                     raise
-                victim = next_victim(model, self.view(node), strategy=self.config.strategy, pinned=self.pins,
-                                     priorities=self.priorities())
+                victim = self._next_victim(node, model)
                 if victim is None:
                     raise
-                await self.evict(node, victim)
-        raise NeuronError(507, "insufficient_memory", f"model {model!r} does not fit on {node.name}")
+                await self._evict_all(node, model, (victim,))
+        raise NeuronError(507, "insufficient_memory", f"model {model!r} does not fit on {node.name}",
+                          code="insufficient_memory")
 
     async def _await_loading(self, node: Node, model: str) -> Node:
         deadline = time.monotonic() + self.config.load_timeout_s
         while time.monotonic() < deadline:
             await self.fleet.poll_node(node)
-            status = node.models.get(model, {}).get("status")
-            if status == "loaded":
-                return node
-            if status is None:
+            info = node.models.get(model)
+            if info is None:
                 break
+            if info.status == ModelState.LOADED:
+                return node
             await asyncio.sleep(0.2)
         return await self._load_with_evictions(node, model)
 
@@ -170,29 +198,30 @@ class Lifecycle:
             spec["backend"] = backend
         return spec
 
-    async def load(self, node: Node, model: str, *, cold: bool = False, devices=None, backend=None) -> dict:
+    async def load(self, node: Node, model: str, *, cold: bool = False, devices=None, backend=None) -> ModelInfo:
         started = time.monotonic()
         info = await node.client.load(self.spec_for(model, devices, backend), timeout=self.config.load_timeout_s)
         seconds = time.monotonic() - started
-        node.models[info["id"]] = info
-        if info["id"] != model:  # loaded by path: remember it under the gateway's name too
+        node.models[info.id] = info
+        if info.id != model:  # loaded by path: remember it under the gateway's name too
             node.models[model] = info
-        self.fleet.use(node.name, model).last_used = time.time()
+        self.fleet.usage_of(node.name, model).last_used = time.time()
         if cold:
             self.metrics.cold_starts.labels(model, node.name).inc()
             self.metrics.cold_start_seconds.labels(model, node.name).observe(seconds)
         self.fleet.event("load", node=node.name, model=model, seconds=round(seconds, 2),
-                         memory_mb=info.get("memory_mb"))
+                         memory_mb=info.memory_mb)
         await self.fleet.poll_node(node)
         return info
 
     async def evict(self, node: Node, model: str) -> None:
-        await self.unload(node, model)
+        """Unload a model to make room, unless the node finds it busy (NeuronError model_busy)."""
+        await self.unload(node, model, if_idle=True)
         self.metrics.evictions.labels(model, node.name, self.config.strategy).inc()
         self.fleet.event("evict", node=node.name, model=model, strategy=self.config.strategy)
 
-    async def unload(self, node: Node, model: str) -> dict:
-        result = await node.client.unload(model)
+    async def unload(self, node: Node, model: str, *, if_idle: bool = False) -> dict:
+        result = await node.client.unload(model, if_idle=if_idle)
         node.models.pop(model, None)
         await self.fleet.poll_node(node)
         return result

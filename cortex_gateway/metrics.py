@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import time
+from dataclasses import dataclass
+
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily
 
@@ -9,6 +12,30 @@ from cortex_gateway.recent import RecentStats
 from neuron.metrics import LATENCY_BUCKETS, LOAD_BUCKETS, TTFT_BUCKETS
 
 TPS_BUCKETS = (1, 2, 5, 10, 20, 35, 50, 75, 100, 150, 250, 500, 1000, 2500, 5000)
+
+
+@dataclass
+class RequestRecord:
+    """What one inference request did, filled in as it goes and observed once when it ends."""
+
+    model: str
+    endpoint: str
+    started: float
+    node: str = ""
+    first_token_at: float | None = None
+    finished_at: float | None = None
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    status: int = 200
+    error_type: str | None = None
+
+    def take_usage(self, usage: dict | None) -> None:
+        if isinstance(usage, dict):
+            self.prompt_tokens = int(usage.get("prompt_tokens") or 0)
+            self.completion_tokens = int(usage.get("completion_tokens") or 0)
+
+    def failed(self, status: int, error_type: str) -> None:
+        self.status, self.error_type = status, error_type
 
 
 class GatewayMetrics:
@@ -55,6 +82,26 @@ class GatewayMetrics:
     def observe_wait(self, model: str, seconds: float) -> None:
         self.child(self.queue_wait, model).observe(seconds)
 
+    def observe(self, rec: RequestRecord) -> None:
+        node = rec.node or "none"
+        self.child(self.requests, rec.model, node, rec.endpoint, str(rec.status)).inc()
+        if rec.error_type:
+            self.child(self.errors, rec.model, node, rec.error_type).inc()
+            self.recent.record(rec.model, None, None, ok=False)
+            return
+        series = self.series(rec.model, node)
+        series.latency.observe(time.perf_counter() - rec.started)
+        series.prompt_tokens.inc(rec.prompt_tokens)
+        series.completion_tokens.inc(rec.completion_tokens)
+        ttft = tps = None
+        if rec.first_token_at is not None and rec.endpoint != "embeddings":
+            ttft = rec.first_token_at - rec.started
+            series.ttft.observe(ttft)
+            if rec.finished_at and rec.completion_tokens > 1 and rec.finished_at > rec.first_token_at:
+                tps = (rec.completion_tokens - 1) / (rec.finished_at - rec.first_token_at)
+                series.tps.observe(tps)
+        self.recent.record(rec.model, ttft, tps, ok=True)
+
     def watch_fleet(self, fleet) -> None:
         self.registry.register(_FleetCollector(fleet))
 
@@ -88,10 +135,9 @@ class _FleetCollector:
         free = GaugeMetricFamily("cortex_device_memory_free_mb", "Device memory free", labels=["node", "device"])
         for node in self.fleet.nodes.values():
             up.add_metric([node.name], 1.0 if node.healthy else 0.0)
-            loaded.add_metric([node.name], sum(1 for m in node.models.values() if m.get("status") == "loaded"))
-            in_flight.add_metric([node.name], sum(u.in_flight for (n, _), u in self.fleet.usage.items()
-                                                  if n == node.name))
-            for dev in node.health.get("devices", []):
-                used.add_metric([node.name, dev["id"]], dev.get("used_mb", 0.0))
-                free.add_metric([node.name, dev["id"]], dev.get("free_mb", 0.0))
+            loaded.add_metric([node.name], sum(1 for m in node.models if node.has_loaded(m)))
+            in_flight.add_metric([node.name], self.fleet.in_flight_on(node.name))
+            for dev in node.health.devices:
+                used.add_metric([node.name, dev.id], dev.used_mb)
+                free.add_metric([node.name, dev.id], dev.free_mb)
         yield from (up, loaded, in_flight, used, free)

@@ -9,13 +9,13 @@ error event the client can see.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
 
 import aiohttp
 import orjson
 from aiohttp import web
 
 from cortex_gateway.fleet import Node
+from cortex_gateway.metrics import RequestRecord
 from neuron.errors import ApiError, error_from_envelope
 from neuron.sse import DONE, SSE_HEADERS, error_event
 
@@ -40,27 +40,6 @@ class RetryElsewhere(Exception):
         return self.unreachable or self.code == "model_recovering"
 
 
-@dataclass
-class Record:
-    """What one request did, for metrics."""
-
-    model: str
-    endpoint: str
-    started: float
-    node: str = ""
-    first_token_at: float | None = None
-    finished_at: float | None = None
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    status: int = 200
-    error_type: str | None = None
-
-    def take_usage(self, usage: dict | None) -> None:
-        if isinstance(usage, dict):
-            self.prompt_tokens = int(usage.get("prompt_tokens") or 0)
-            self.completion_tokens = int(usage.get("completion_tokens") or 0)
-
-
 async def _send(session: aiohttp.ClientSession, node: Node, path: str, body: bytes) -> aiohttp.ClientResponse:
     try:
         resp = await session.post(node.endpoint + path, data=body, headers=node.client.json_headers)
@@ -75,7 +54,7 @@ async def _send(session: aiohttp.ClientSession, node: Node, path: str, body: byt
     return resp
 
 
-async def fetch_json(session, node: Node, path: str, body: bytes, rec: Record) -> tuple[int, bytes]:
+async def fetch_json(session, node: Node, path: str, body: bytes, rec: RequestRecord) -> tuple[int, bytes]:
     """Send a non-streaming request and read the whole answer (status, raw body)."""
     resp = await _send(session, node, path, body)
     try:
@@ -92,15 +71,8 @@ async def fetch_json(session, node: Node, path: str, body: bytes, rec: Record) -
         except (orjson.JSONDecodeError, AttributeError):
             pass
     else:
-        rec.error_type = upstream_api_error(resp.status, raw).type
+        rec.error_type = error_from_envelope(resp.status, raw).type
     return resp.status, raw
-
-
-def upstream_api_error(status: int, raw: bytes) -> ApiError:
-    """The neuron's OpenAI error envelope as an ApiError, so any dialect can render it."""
-    err = error_from_envelope(status, raw)
-    err.retry_after = 5 if status in (429, 503) else None
-    return err
 
 
 async def open_upstream_stream(session, node: Node, path: str, body: bytes) -> aiohttp.ClientResponse:
@@ -112,13 +84,13 @@ class ClientGone(Exception):
     """The client closed its connection; the upstream request is dropped with it."""
 
 
-def mid_stream_failure(rec: Record, exc: BaseException) -> ApiError:
-    rec.status, rec.error_type = 502, "upstream_failed"
+def mid_stream_failure(rec: RequestRecord, exc: BaseException) -> ApiError:
+    rec.failed(502, "upstream_failed")
     return ApiError(502, "api_error", f"the node {rec.node} failed mid-stream ({exc.__class__.__name__}); "
                     "the answer is incomplete, retry the request", code="upstream_failed")
 
 
-async def relay_stream(upstream: aiohttp.ClientResponse, client: web.StreamResponse, rec: Record) -> None:
+async def relay_stream(upstream: aiohttp.ClientResponse, client: web.StreamResponse, rec: RequestRecord) -> None:
     """Copy the upstream SSE bytes to the client chunk by chunk, noting TTFT and usage."""
     previous = last = b""
     try:

@@ -9,25 +9,26 @@ import time
 from aiohttp import web
 
 from neuron import lifecycle_routes, openai_routes
-from neuron.api import LoadRequest
 from neuron.auth import TOKEN, token_auth
-from neuron.body_limits import body_limits
 from neuron.config import NeuronConfig
 from neuron.devices import DeviceTable
-from neuron.errors import ApiError, error_middleware
-from neuron.faults import FaultInjector, injection_enabled
-from neuron.inference import InferenceEngine
+from neuron.engine.faults import FaultInjector, injection_enabled
+from neuron.engine.inference import InferenceEngine
+from neuron.engine.registry import Registry
+from neuron.errors import ApiError, error_middleware, render_openai
+from neuron.http import body_limits
 from neuron.metrics import NeuronMetrics
-from neuron.openai_routes import ENGINE, KEEPALIVE_S, METRICS, REGISTRY
-from neuron.registry import Registry
+from neuron.protocol import LoadRequest
+from neuron.state import ENGINE, FAULTS, KEEPALIVE_S, METRICS, NODE_NAME, REGISTRY, STARTED_AT
 
 log = logging.getLogger("cortex.neuron")
 
 
 def create_app(config: NeuronConfig, *, devices: DeviceTable | None = None) -> web.Application:
     max_bytes = int(config.max_body_mb * 2**20)
-    app = web.Application(middlewares=[error_middleware, token_auth, body_limits(max_bytes, config.body_timeout_s)],
-                          client_max_size=max_bytes)
+    middlewares = [error_middleware(lambda _path: render_openai, "neuron"), token_auth,
+                   body_limits(max_bytes, config.body_timeout_s)]
+    app = web.Application(middlewares=middlewares, client_max_size=max_bytes)
     app[TOKEN] = config.token
     faults = FaultInjector(injection_enabled())
     devices = devices or DeviceTable(config.gpus, config.cpu_memory_mb)
@@ -37,9 +38,9 @@ def create_app(config: NeuronConfig, *, devices: DeviceTable | None = None) -> w
     app[METRICS] = metrics = NeuronMetrics(registry)
     registry.on_loaded = lambda entry: metrics.load_seconds.labels(entry.id).observe(entry.load_time_s)
     app[KEEPALIVE_S] = config.keepalive_s
-    app[lifecycle_routes.FAULTS] = faults
-    app[lifecycle_routes.NODE_NAME] = config.name
-    app[lifecycle_routes.STARTED_AT] = time.monotonic()
+    app[FAULTS] = faults
+    app[NODE_NAME] = config.name
+    app[STARTED_AT] = time.monotonic()
     openai_routes.add_routes(app)
     lifecycle_routes.add_routes(app, faults.enabled)
     app.cleanup_ctx.append(_lifetime(config))

@@ -1,7 +1,9 @@
 """Async client of the neuron's lifecycle API, used by the gateway and the CLI.
 
-It raises `NeuronError` carrying the neuron's own error fields, so callers can
-act on the code (`insufficient_memory`, `model_not_found`) without parsing text.
+Answers come back as the node protocol's types (`neuron.protocol`). Failures
+raise `NeuronError`, an `ApiError` carrying the neuron's own fields, so callers
+act on the code (`insufficient_memory`, `model_busy`) without parsing text and
+can re-raise it to their own clients as it is.
 """
 
 from __future__ import annotations
@@ -11,22 +13,28 @@ from typing import Any
 import aiohttp
 import orjson
 
-from neuron.errors import error_from_envelope
+from neuron.errors import ApiError, error_from_envelope
+from neuron.protocol import AvailableModel, Health, ModelInfo
 
 
-class NeuronError(Exception):
+class NeuronError(ApiError):
     """The neuron answered with an error, or could not be reached (status 0)."""
-
-    def __init__(self, status: int, code: str, message: str, type: str = "server_error"):
-        super().__init__(message)
-        self.status = status
-        self.code = code
-        self.message = message
-        self.type = type
 
     @property
     def unreachable(self) -> bool:
         return self.status == 0
+
+    def for_client(self) -> ApiError:
+        """The error to pass on to whoever asked us: the neuron's own, or a 502 when it was unreachable."""
+        if not self.unreachable:
+            return self
+        return ApiError(502, "api_error", f"the node serving this model is unreachable: {self.message}",
+                        code="upstream_unreachable")
+
+    @classmethod
+    def from_api_error(cls, err: ApiError) -> NeuronError:
+        return cls(err.status, err.type, err.message, code=err.code or "upstream_error", param=err.param,
+                   retry_after=err.retry_after)
 
 
 class NeuronClient:
@@ -45,27 +53,28 @@ class NeuronClient:
             ) as resp:
                 raw = await resp.read()
                 if resp.status >= 400:
-                    err = error_from_envelope(resp.status, raw)
-                    raise NeuronError(resp.status, err.code or "upstream_error",
-                                      err.message or raw[:200].decode(errors="replace"), err.type)
+                    raise NeuronError.from_api_error(error_from_envelope(resp.status, raw))
                 return _parse(raw)
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
-            raise NeuronError(0, "node_unreachable", f"{self.endpoint}: {exc.__class__.__name__} {exc}") from exc
+            raise NeuronError(0, "api_error", f"{self.endpoint}: {exc.__class__.__name__} {exc}",
+                              code="node_unreachable") from exc
 
-    async def health(self, timeout: float = 5.0) -> dict:
-        return await self._call("GET", "/health", timeout=timeout)
+    async def health(self, timeout: float = 5.0) -> Health:
+        return Health.from_dict(await self._call("GET", "/health", timeout=timeout))
 
-    async def models(self, timeout: float = 5.0) -> list[dict]:
-        return (await self._call("GET", "/models", timeout=timeout))["models"]
+    async def models(self, timeout: float = 5.0) -> list[ModelInfo]:
+        return [ModelInfo.from_dict(m) for m in (await self._call("GET", "/models", timeout=timeout)).get("models", [])]
 
-    async def available(self, timeout: float = 5.0) -> list[dict]:
-        return (await self._call("GET", "/models/available", timeout=timeout))["models"]
+    async def available(self, timeout: float = 5.0) -> list[AvailableModel]:
+        answer = await self._call("GET", "/models/available", timeout=timeout)
+        return [AvailableModel.from_dict(m) for m in answer.get("models", [])]
 
-    async def load(self, spec: dict, timeout: float = 600.0) -> dict:
-        return await self._call("POST", "/models/load", spec, timeout=timeout)
+    async def load(self, spec: dict, timeout: float = 600.0) -> ModelInfo:
+        return ModelInfo.from_dict(await self._call("POST", "/models/load", spec, timeout=timeout))
 
-    async def unload(self, model: str, timeout: float = 120.0) -> dict:
-        return await self._call("POST", "/models/unload", {"model": model}, timeout=timeout)
+    async def unload(self, model: str, *, if_idle: bool = False, timeout: float = 120.0) -> dict:
+        body = {"model": model, "if_idle": True} if if_idle else {"model": model}
+        return await self._call("POST", "/models/unload", body, timeout=timeout)
 
 
 def _parse(raw: bytes) -> dict:

@@ -10,9 +10,16 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from neuron.admission import AdmissionLimits
-
 DEFAULT_PORT = 13131
+
+
+@dataclass(frozen=True)
+class AdmissionLimits:
+    """Per-model admission: how many run at once, how many may queue, how long one may wait."""
+
+    max_in_flight: int = 1
+    max_queue_depth: int = 32
+    max_wait_s: float = 60.0
 
 
 class ConfigError(ValueError):

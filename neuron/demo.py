@@ -22,7 +22,7 @@ def ensure_demo_model(models_dir: Path) -> str | None:
         return None
     if DEMO_ID in ids:
         return DEMO_ID
-    from neuron.tiny_model import write_tiny_model
+    from neuron.tiny.model import write_tiny_model
 
     path = write_tiny_model(models_dir / f"{DEMO_ID}.gguf", "gguf")
     log.warning("no model in %s: serving the demo model %s (random weights, gibberish answers). "

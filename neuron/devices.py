@@ -4,25 +4,10 @@ from __future__ import annotations
 
 import logging
 import os
-from dataclasses import asdict, dataclass
+
+from neuron.protocol import DeviceInfo
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class Device:
-    id: str  # "cuda:N" or "cpu"
-    kind: str  # "cuda" | "cpu"
-    index: int
-    name: str
-    total_mb: float
-    free_mb: float
-    used_mb: float
-    utilization: float | None = None
-    temperature: float | None = None
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 def available_ram_mb() -> float:
@@ -59,12 +44,12 @@ class Nvml:
     def count(self) -> int:
         return self.pynvml.nvmlDeviceGetCount() if self.available else 0
 
-    def read(self, index: int) -> Device:
+    def read(self, index: int) -> DeviceInfo:
         nv = self.pynvml
         handle = nv.nvmlDeviceGetHandleByIndex(index)
         mem = nv.nvmlDeviceGetMemoryInfo(handle)
         name = nv.nvmlDeviceGetName(handle)
-        return Device(
+        return DeviceInfo(
             id=f"cuda:{index}", kind="cuda", index=index,
             name=name.decode() if isinstance(name, bytes) else name,
             total_mb=mem.total / 2**20, free_mb=mem.free / 2**20, used_mb=mem.used / 2**20,
@@ -107,14 +92,14 @@ class DeviceTable:
     def ids(self) -> list[str]:
         return [f"cuda:{i}" for i in self.gpu_indices] or ["cpu"]
 
-    def snapshot(self) -> list[Device]:
+    def snapshot(self) -> list[DeviceInfo]:
         if self.gpu_indices:
             return [self.nvml.read(i) for i in self.gpu_indices]
         return [self.cpu_device()]
 
-    def cpu_device(self) -> Device:
+    def cpu_device(self) -> DeviceInfo:
         used = self.cpu_used_mb
-        return Device(id="cpu", kind="cpu", index=0, name=f"CPU ({os.cpu_count()} cores)",
+        return DeviceInfo(id="cpu", kind="cpu", index=0, name=f"CPU ({os.cpu_count()} cores)",
                       total_mb=round(self.cpu_budget_mb, 1), free_mb=round(max(0.0, self.cpu_budget_mb - used), 1),
                       used_mb=round(used, 1))
 

@@ -7,6 +7,7 @@ by matching message text: the type and code travel with the exception.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
 import orjson
 from aiohttp import web
@@ -45,20 +46,23 @@ class ApiError(Exception):
         return {"Retry-After": str(max(1, round(self.retry_after)))}
 
 
-def error_from_envelope(status: int, raw: bytes) -> ApiError:
+def error_from_envelope(status: int, raw: bytes, retry_after: float | None = None) -> ApiError:
     """Read an OpenAI error envelope back into an ApiError (the inverse of `envelope`).
 
     A body that is not one becomes an `api_error` carrying its first 200 bytes, so nothing about
-    the failure is lost.
+    the failure is lost. Busy answers (429, 503) keep a Retry-After, 5 s unless one is given.
     """
+    if retry_after is None and status in (429, 503):
+        retry_after = 5
     try:
         err = orjson.loads(raw)["error"]
     except (orjson.JSONDecodeError, KeyError, TypeError):
         err = None
     if not isinstance(err, dict):
-        return ApiError(status, "api_error", raw[:200].decode(errors="replace"), code="upstream_error")
+        return ApiError(status, "api_error", raw[:200].decode(errors="replace"), code="upstream_error",
+                        retry_after=retry_after)
     return ApiError(status, str(err.get("type") or "api_error"), str(err.get("message") or ""),
-                    code=err.get("code"), param=err.get("param"))
+                    code=err.get("code"), param=err.get("param"), retry_after=retry_after)
 
 
 def bad_request(message: str, *, param: str | None = None, code: str = "invalid_request") -> ApiError:
@@ -73,27 +77,33 @@ def from_http_exception(exc: web.HTTPException) -> ApiError:
     return ApiError(exc.status, type_, exc.reason or "request rejected", code=code)
 
 
-def json_response(data, status: int = 200, headers: dict | None = None) -> web.Response:
-    return web.Response(body=orjson.dumps(data), status=status, headers=headers,
-                        content_type="application/json")
+Renderer = Callable[[ApiError], web.Response]
 
 
 def render_openai(err: ApiError) -> web.Response:
-    return json_response(err.envelope(), err.status, err.headers())
+    return web.Response(body=orjson.dumps(err.envelope()), status=err.status, headers=err.headers(),
+                        content_type="application/json")
 
 
-@web.middleware
-async def error_middleware(request: web.Request, handler):
-    """Every failure leaves as an OpenAI envelope; unexpected ones are logged, not leaked."""
-    try:
-        return await handler(request)
-    except ApiError as err:
-        return render_openai(err)
-    except web.HTTPException as exc:
-        if exc.status < 400:
-            raise
-        return render_openai(from_http_exception(exc))
-    except Exception:
-        log.exception("unhandled error on %s %s", request.method, request.path)
-        return render_openai(ApiError(500, "server_error", "internal error; see the neuron's log",
-                                      code="internal_error"))
+def error_middleware(renderer_for: Callable[[str], Renderer], server: str):
+    """Every failure leaves in the envelope of its route's dialect; unexpected ones are logged, not leaked.
+
+    `renderer_for(path)` is given by each app factory, so a dialect is chosen by the app that
+    serves it, never by a module global that another package changes.
+    """
+    @web.middleware
+    async def middleware(request: web.Request, handler):
+        try:
+            return await handler(request)
+        except ApiError as err:
+            return renderer_for(request.path)(err)
+        except web.HTTPException as exc:
+            if exc.status < 400:
+                raise
+            return renderer_for(request.path)(from_http_exception(exc))
+        except Exception:
+            log.exception("unhandled error on %s %s", request.method, request.path)
+            err = ApiError(500, "server_error", f"internal error; see the {server}'s log", code="internal_error")
+            return renderer_for(request.path)(err)
+
+    return middleware

@@ -6,58 +6,50 @@ import time
 
 from aiohttp import web
 
-from neuron.api import LoadRequest, UnloadRequest, req_str, require_object
 from neuron.catalog import estimate_mb, scan
-from neuron.errors import ApiError, bad_request, json_response
-from neuron.faults import FAULT_KINDS, FaultInjector
-from neuron.openai_routes import METRICS, REGISTRY, read_json
-
-STARTED_AT = web.AppKey("started_at", float)
-NODE_NAME = web.AppKey("node_name", str)
-FAULTS = web.AppKey("faults", FaultInjector)
+from neuron.engine.faults import FAULT_KINDS
+from neuron.errors import ApiError, bad_request
+from neuron.fields import req_str, require_object
+from neuron.http import json_response, read_json
+from neuron.protocol import AvailableModel, Health, LoadRequest, ModelLoad, UnloadRequest
+from neuron.state import FAULTS, METRICS, NODE_NAME, REGISTRY, STARTED_AT
 
 
 async def available(request: web.Request) -> web.Response:
     registry = request.app[REGISTRY]
     on_cpu = registry.devices.ids == ["cpu"]
-    models = [{**r.to_dict(), "estimated_mb": round(estimate_mb(r, None, on_cpu), 1)}
+    models = [AvailableModel(r.id, r.format, r.path, round(r.size_mb, 2), round(estimate_mb(r, None, on_cpu), 1))
               for r in scan(registry.models_dir)]
-    return json_response({"models": models})
+    return json_response({"models": [m.to_dict() for m in models]})
 
 
 async def models(request: web.Request) -> web.Response:
     registry = request.app[REGISTRY]
-    return json_response({"models": [m.to_dict() for m in registry.list()],
+    return json_response({"models": [m.info().to_dict() for m in registry.models.values()],
                           "failures": registry.failures})
 
 
 async def load(request: web.Request) -> web.Response:
     req = LoadRequest.from_dict(await read_json(request))
     entry = await request.app[REGISTRY].load(req)
-    body = entry.info().to_dict()
-    body["estimated_mb"] = round(entry.estimated_mb, 1)
-    return json_response(body)
+    return json_response(entry.info().to_dict())
 
 
 async def unload(request: web.Request) -> web.Response:
     req = UnloadRequest.from_dict(await read_json(request))
-    entry = await request.app[REGISTRY].unload(req.model)
+    entry = await request.app[REGISTRY].unload(req.model, if_idle=req.if_idle)
     return json_response({"id": entry.id, "status": "unloaded"})
 
 
 async def health(request: web.Request) -> web.Response:
     app = request.app
     registry = app[REGISTRY]
-    models = []
-    for m in registry.models.values():
-        adm = m.admission
-        models.append({"id": m.id, "status": m.status, "in_flight": adm.in_flight if adm else 0,
-                       "queue_depth": adm.queue_depth if adm else 0, "decode_tps": round(m.decode_tps, 2),
-                       "memory_mb": round(m.memory_mb, 1)})
-    return json_response({
-        "status": "ok", "name": app[NODE_NAME], "uptime_s": round(time.monotonic() - app[STARTED_AT], 3),
-        "devices": [d.to_dict() for d in registry.devices.snapshot()], "models": models,
-    })
+    models = [ModelLoad(m.id, m.status, m.admission.in_flight if m.admission else 0,
+                        m.admission.queue_depth if m.admission else 0, round(m.decode_tps, 2), round(m.memory_mb, 1))
+              for m in registry.models.values()]
+    health = Health("ok", app[NODE_NAME], round(time.monotonic() - app[STARTED_AT], 3),
+                    registry.devices.snapshot(), models)
+    return json_response(health.to_dict())
 
 
 async def metrics(request: web.Request) -> web.Response:

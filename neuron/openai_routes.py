@@ -4,31 +4,15 @@ from __future__ import annotations
 
 import time
 
-import orjson
 from aiohttp import web
 
-from neuron.errors import ApiError, bad_request, json_response
-from neuron.inference import Generation, InferenceEngine
-from neuron.metrics import NeuronMetrics
+from neuron.engine.inference import Generation
+from neuron.engine.tool_calls import ToolCallParser, parse_all
+from neuron.errors import ApiError
+from neuron.http import json_response, read_json
 from neuron.openai_schema import InferenceRequest, parse_chat, parse_completion, parse_embedding_input
-from neuron.registry import Registry
 from neuron.sse import DONE, KEEPALIVE, ChunkFramer, error_event, open_stream, usage_dict
-from neuron.tool_calls import ToolCallParser, parse_all
-
-ENGINE = web.AppKey("engine", InferenceEngine)
-REGISTRY = web.AppKey("registry", Registry)
-METRICS = web.AppKey("metrics", NeuronMetrics)
-KEEPALIVE_S = web.AppKey("keepalive_s", float)
-
-
-async def read_json(request: web.Request):
-    body = await request.read()
-    if not body:
-        raise bad_request("request body: expected JSON, got an empty body", code="invalid_json")
-    try:
-        return orjson.loads(body)
-    except orjson.JSONDecodeError as exc:
-        raise bad_request(f"request body is not valid JSON: {exc}", code="invalid_json") from None
+from neuron.state import ENGINE, KEEPALIVE_S, METRICS, REGISTRY
 
 
 async def chat_completions(request: web.Request) -> web.StreamResponse:
@@ -41,7 +25,7 @@ async def completions(request: web.Request) -> web.StreamResponse:
 
 async def _complete(request: web.Request, req: InferenceRequest, chat: bool) -> web.StreamResponse:
     app = request.app
-    entry = app[REGISTRY].ready(req.model)
+    entry = app[REGISTRY].require_loaded(req.model)
     endpoint = "chat" if chat else "completions"
     async with entry.admission.slot():
         gen = await app[ENGINE].start(entry, req)
@@ -128,7 +112,7 @@ def _frame(framer: ChunkFramer, parser: ToolCallParser | None, text: str, calls:
 async def embeddings(request: web.Request) -> web.Response:
     app = request.app
     model, texts = parse_embedding_input(await read_json(request))
-    entry = app[REGISTRY].ready(model)
+    entry = app[REGISTRY].require_loaded(model)
     async with entry.admission.slot():
         vectors, tokens = await app[ENGINE].embed(entry, texts)
     data = [{"object": "embedding", "index": i, "embedding": v} for i, v in enumerate(vectors)]
@@ -141,7 +125,7 @@ async def tokenize(request: web.Request) -> web.Response:
     """Count a chat request's prompt tokens with the model's own template and tokenizer."""
     app = request.app
     req = parse_chat(await read_json(request))
-    entry = app[REGISTRY].ready(req.model)
+    entry = app[REGISTRY].require_loaded(req.model)
     engine = app[ENGINE]
     tokens = await engine.tokenize(entry, engine.prompt_text(entry, req))
     return json_response({"model": entry.id, "count": len(tokens)})

@@ -9,8 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from neuron.api import opt_float, opt_int, req_str, require_object
 from neuron.errors import bad_request
+from neuron.fields import opt_float, opt_int, req_str, require_object
 
 MAX_STOP_SEQUENCES = 16
 CHAT_ROLES = ("system", "developer", "user", "assistant", "tool")

@@ -1,18 +1,11 @@
 from __future__ import annotations
 
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from tests.servers import CORTEX, start_neuron
-
-
-def make_tiny(out: Path, fmt: str, *extra: str) -> None:
-    """Models come from the real `cortex tiny-model` command, as users would make them."""
-    subprocess.run(CORTEX + ["tiny-model", str(out), "--format", fmt, *extra], check=True,
-                   capture_output=True)
+from tests.helpers import make_tiny, start_neuron
 
 
 @pytest.fixture(scope="session")
@@ -27,7 +20,7 @@ def models_dir(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def neuron(tmp_path_factory, models_dir):
     """One neuron per test module, both tiny models loaded."""
-    from tests.servers import http_json
+    from tests.helpers import http_json
 
     proc = start_neuron(tmp_path_factory.mktemp("neuron"), models_dir, "--cpu-memory-mb", "4000")
     try:
@@ -42,7 +35,7 @@ def neuron(tmp_path_factory, models_dir):
 @pytest.fixture()
 def one_node(tmp_path, models_dir):
     """A gateway over one neuron ("n1"); both stopped however the test left them."""
-    from tests.servers import start_gateway
+    from tests.helpers import start_gateway
 
     neuron = start_neuron(tmp_path, models_dir, name="n1")
     gateway = start_gateway(tmp_path, {"n1": neuron.url})

@@ -7,7 +7,7 @@ import threading
 import anthropic
 import pytest
 
-from tests.servers import http_json, start_gateway, start_neuron
+from tests.helpers import http_json, start_gateway, start_neuron
 
 KEY = "test-key-123456"
 WEATHER = {"name": "get_weather", "description": "Current weather in a city",
@@ -142,7 +142,8 @@ def test_error_types(stack, client):
     assert err.value.body["error"]["type"] == "authentication_error"
     with pytest.raises(anthropic.NotFoundError) as err:
         client.messages.create(model="no-such-model", max_tokens=5, messages=user("x"))
-    assert err.value.body == {"type": "error", "error": {"type": "not_found_error", "message": err.value.body["error"]["message"]}}
+    message = err.value.body["error"]["message"]
+    assert err.value.body == {"type": "error", "error": {"type": "not_found_error", "message": message}}
     with pytest.raises(anthropic.BadRequestError) as err:
         client.messages.create(model="tiny-gguf", max_tokens=5, messages=[{"role": "system", "content": "x"}])
     assert err.value.body["error"]["type"] == "invalid_request_error"
@@ -172,7 +173,7 @@ def test_rate_limit_error_when_the_queue_is_full(stack, client):
 
 
 def test_overloaded_when_no_node_is_healthy(tmp_path):
-    from tests.servers import free_port
+    from tests.helpers import free_port
 
     gateway = start_gateway(tmp_path, {"ghost": f"http://127.0.0.1:{free_port()}"}, wait=False,
                             models_toml='[[models]]\nid = "m"\npath = "/nowhere/m.gguf"\n')

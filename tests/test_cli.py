@@ -9,7 +9,7 @@ import pytest
 from click.testing import CliRunner
 
 from cortex_cli.main import cli
-from tests.servers import free_port, http_json, start_gateway, start_neuron
+from tests.helpers import free_port, http_json, start_gateway, start_neuron
 
 MODELS_TOML = "# fleet models, hand-written\n[[models]]\nid = \"tiny-gguf\"  # keep this comment\npriority = 10\n"
 

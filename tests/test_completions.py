@@ -13,7 +13,7 @@ from click.testing import CliRunner
 
 from cortex_cli.commands.completion import SHELLS
 from cortex_cli.main import cli
-from tests.servers import free_port, start_gateway, start_neuron
+from tests.helpers import free_port, start_gateway, start_neuron
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = str(Path(sys.executable).parent)

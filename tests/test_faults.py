@@ -9,7 +9,7 @@ import time
 import openai
 import pytest
 
-from tests.servers import NO_EOS, http_json, metric, start_gateway, start_neuron
+from tests.helpers import NO_EOS, http_json, metric, start_gateway, start_neuron
 from tests.test_neuron_lifecycle import StreamReader, wait_for
 
 FAST = "poll_timeout_s = 1\nupstream_read_timeout_s = 2"

@@ -9,8 +9,7 @@ from concurrent.futures import ThreadPoolExecutor
 import openai
 import pytest
 
-from tests.conftest import make_tiny
-from tests.servers import NO_EOS, free_port, http_json, metric, start_gateway, start_neuron
+from tests.helpers import NO_EOS, free_port, http_json, make_tiny, metric, start_gateway, start_neuron
 
 MODELS_TOML = """\
 # profiles for the test fleet
@@ -166,7 +165,7 @@ def test_no_healthy_node_is_a_503_with_retry_after(tmp_path):
 def test_bad_config_names_file_and_key(tmp_path):
     import subprocess
 
-    from tests.servers import CORTEX
+    from tests.helpers import CORTEX
 
     (tmp_path / "cortex.toml").write_text('[eviction]\nstrategy = "fifo"\n')
     result = subprocess.run(CORTEX + ["serve", "--config", str(tmp_path / "cortex.toml")], capture_output=True,

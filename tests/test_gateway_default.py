@@ -8,8 +8,7 @@ import urllib.request
 
 import openai
 
-from tests.conftest import make_tiny
-from tests.servers import CortexProcess, free_port, http_json, start_gateway, start_neuron
+from tests.helpers import CortexProcess, free_port, http_json, make_tiny, start_gateway, start_neuron
 
 
 def test_embedded_default_serves_cortex_tiny(tmp_path):

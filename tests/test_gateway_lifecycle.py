@@ -5,8 +5,7 @@ from __future__ import annotations
 import openai
 import pytest
 
-from tests.conftest import make_tiny
-from tests.servers import NO_EOS, http_json, metric, start_gateway, start_neuron
+from tests.helpers import NO_EOS, http_json, make_tiny, metric, start_gateway, start_neuron
 
 # Three tiny GGUFs of about 33 MiB each (estimate) on an 80 MiB CPU budget: two fit, never three.
 BUDGET = "80"
@@ -123,7 +122,8 @@ def test_model_unloaded_behind_the_gateways_back_is_loaded_again(tmp_path, three
     neuron, gateway = small_fleet(tmp_path, three_models, "lru")
     try:
         use(gateway, "m1")
-        assert http_json("POST", neuron.url + "/models/unload", {"model": "m1"})[0] == 200  # directly, not via the gateway
+        # directly, not via the gateway
+        assert http_json("POST", neuron.url + "/models/unload", {"model": "m1"})[0] == 200
         use(gateway, "m1")  # the gateway still believes m1 is on n1: the neuron says no, and it loads it again
         assert "m1" in loaded(neuron)
     finally:

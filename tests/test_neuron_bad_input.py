@@ -6,7 +6,7 @@ import urllib.request
 
 import pytest
 
-from tests.servers import http_json
+from tests.helpers import http_json
 
 
 def raw(url: str, data: bytes, method: str = "POST") -> tuple[int, dict]:

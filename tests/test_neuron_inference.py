@@ -8,7 +8,7 @@ import urllib.request
 import openai
 import pytest
 
-from tests.servers import NO_EOS, http_json
+from tests.helpers import NO_EOS, http_json
 
 BACKENDS = ["tiny-gguf", "tiny-hf"]
 

@@ -11,7 +11,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from tests.servers import NO_EOS, http_json, start_neuron
+from tests.helpers import NO_EOS, http_json, start_neuron
 
 
 def wait_for(predicate, timeout=30.0, what="condition"):
@@ -170,7 +170,7 @@ def test_device_fault_poisons_then_recovers(fresh_neuron, model):
     arm(fresh_neuron, model=model, fault="device_error", after_tokens=3)
     stream = StreamReader(url + "/v1/chat/completions", chat_body(model, max_tokens=50, logit_bias=NO_EOS))
     stream.join()
-    error_events = [json.loads(l[6:]) for l in stream.lines if l.startswith("data: {\"error\"")]
+    error_events = [json.loads(line[6:]) for line in stream.lines if line.startswith("data: {\"error\"")]
     assert error_events and error_events[0]["error"]["code"] == "model_recovering"
     assert stream.lines[-1] == "data: [DONE]"
     seen = set()
@@ -217,3 +217,21 @@ def test_sigterm_lets_streams_finish_then_exits_zero(tmp_path, models_dir):
         assert "unloading 1 model(s)" in proc.log()
     finally:
         proc.kill()
+
+
+def test_unload_if_idle_refuses_a_busy_model_and_frees_an_idle_one(fresh_neuron):
+    """The gateway's evictor unloads with if_idle: the neuron alone knows every request in flight."""
+    url = fresh_neuron.url
+    assert http_json("POST", url + "/models/load", {"model": "tiny-gguf"})[0] == 200
+    arm(fresh_neuron, model="tiny-gguf", fault="slow", delay_ms=100, count=1)
+    running = StreamReader(url + "/v1/chat/completions", chat_body("tiny-gguf", max_tokens=30, logit_bias=NO_EOS))
+    running.first_chunk.wait(30)
+    status, body = http_json("POST", url + "/models/unload", {"model": "tiny-gguf", "if_idle": True})
+    assert status == 409 and body["error"]["code"] == "model_busy", body
+    assert models(fresh_neuron)["tiny-gguf"]["status"] == "loaded"
+    running.join()
+    assert running.lines[-1] == "data: [DONE]", "the busy model kept serving"
+    status, body = http_json("POST", url + "/models/unload", {"model": "tiny-gguf", "if_idle": True})
+    assert status == 200 and "tiny-gguf" not in models(fresh_neuron)
+    status, body = http_json("POST", url + "/models/unload", {"model": "x", "if_idle": "yes"})
+    assert status == 400 and body["error"]["param"] == "if_idle"

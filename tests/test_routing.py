@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import pytest
 
-from cortex_gateway.config import ConfigError, load_config, set_pin
-from cortex_gateway.eviction import Resident, choose_victims
-from cortex_gateway.routing import NodeView, next_victim, plan_cold_load, route_loaded
+from cortex_gateway.config import ConfigError, GatewayConfig, NeuronSpec, load_config, set_pin
+from cortex_gateway.evictor import Resident, choose_victims
+from cortex_gateway.fleet import Fleet
+from cortex_gateway.lifecycle import Lifecycle
+from cortex_gateway.metrics import GatewayMetrics
+from cortex_gateway.router import NodeView, next_victim, plan_cold_load, route_loaded
+from neuron.protocol import AvailableModel, DeviceInfo, Health, ModelInfo, ModelLoad
 
 
 def R(model, mem=10.0, used=0.0, prio=100, pinned=False, busy=False):
@@ -44,6 +48,24 @@ def test_route_loaded_picks_least_busy_healthy_node():
 def plan(model, nodes, **kw):
     args = dict(strategy="lru", preferred=[], loadable_anywhere=False, pinned={}, priorities={})
     return [(p.node, p.evict) for p in plan_cold_load(model, nodes, **{**args, **kw})]
+
+
+def test_a_stale_poll_does_not_make_an_idle_model_busy():
+    """A poll taken while m2 answered still says m2 is in flight; the gateway, with nothing in flight,
+    must evict m2 (least recently used), not m1. The bug: the polled figure counted as busy."""
+    spec = NeuronSpec("n1", "http://127.0.0.1:9")
+    fleet = Fleet([spec], session=None)
+    node = fleet.nodes["n1"]
+    node.healthy = True
+    node.health = Health(devices=[DeviceInfo("cpu", total_mb=80, free_mb=14)],
+                         models=[ModelLoad("m1"), ModelLoad("m2", in_flight=1)])
+    node.models = {m: ModelInfo(m, memory_mb=33) for m in ("m1", "m2")}
+    node.available = {m: AvailableModel(m, estimated_mb=33) for m in ("m1", "m2", "m3")}
+    fleet.usage_of("n1", "m2").last_used, fleet.usage_of("n1", "m1").last_used = 1.0, 2.0
+    lifecycle = Lifecycle(GatewayConfig(neurons=[spec]), fleet, GatewayMetrics())
+    assert plan("m3", lifecycle.snapshot()) == [("n1", ("m2",))]
+    fleet.usage_of("n1", "m2").in_flight = 1  # the gateway's own count is exact: then m2 is busy
+    assert plan("m3", lifecycle.snapshot()) == [("n1", ("m1",))]
 
 
 def test_cold_load_prefers_nodes_that_fit_then_free_memory():

@@ -9,7 +9,7 @@ import anthropic
 import openai
 import pytest
 
-from tests.servers import NO_EOS, CortexProcess, free_port, http_json, start_gateway, start_neuron
+from tests.helpers import NO_EOS, CortexProcess, free_port, http_json, start_gateway, start_neuron
 
 KEY, OTHER, ADMIN, TOKEN = "user-key-0001", "user-key-0002", "admin-key-0001", "neuron-token-01"
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from tests.servers import NO_EOS, http_json, start_gateway, start_neuron
+from tests.helpers import NO_EOS, http_json, start_gateway, start_neuron
 
 SECONDS = float(os.environ.get("CORTEX_SOAK_SECONDS", "120"))
 CLIENTS = int(os.environ.get("CORTEX_SOAK_CLIENTS", "24"))
@@ -38,7 +38,7 @@ async def one_request(session, url: str) -> str:
             if resp.status != 200:
                 return f"http {resp.status}"
             text = (await resp.read()).decode()
-    except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+    except (TimeoutError, aiohttp.ClientError) as exc:
         return f"client {exc.__class__.__name__}"
     if '"error"' in text:
         err = json.loads(next(line[6:] for line in text.splitlines() if line.startswith('data: {"error"')))["error"]

@@ -97,7 +97,8 @@ def test_missing_max_tokens_is_required():
 @pytest.mark.parametrize("choice, stops, expected", [
     ({"message": {"content": "hi"}, "finish_reason": "stop"}, [],
      ([{"type": "text", "text": "hi"}], "end_turn", None)),
-    ({"message": {"content": "hi"}, "finish_reason": "length"}, [], ([{"type": "text", "text": "hi"}], "max_tokens", None)),
+    ({"message": {"content": "hi"}, "finish_reason": "length"}, [],
+     ([{"type": "text", "text": "hi"}], "max_tokens", None)),
     ({"message": {"content": "hi"}, "finish_reason": "stop", "stop_reason": "END"}, ["END"],
      ([{"type": "text", "text": "hi"}], "stop_sequence", "END")),
     ({"message": {"content": None, "tool_calls": [
@@ -190,8 +191,9 @@ def test_parallel_tool_calls_with_arguments_in_many_pieces():
     chunks += [delta(tool_calls=[tc(1, "c1", "g", args1[:5])]), delta(tool_calls=[tc(1, args=args1[5:])])]
     chunks += [{"choices": [{"index": 0, "delta": {}, "finish_reason": "tool_calls"}]}]
     evts = run_stream(chunks)
-    assert assemble(evts) == [{"type": "tool_use", "id": "toolu_c0", "name": "f", "input": {"city": "Paris", "days": 3}},
-                              {"type": "tool_use", "id": "toolu_c1", "name": "g", "input": {"city": "Tokyo"}}]
+    assert assemble(evts) == [
+        {"type": "tool_use", "id": "toolu_c0", "name": "f", "input": {"city": "Paris", "days": 3}},
+        {"type": "tool_use", "id": "toolu_c1", "name": "g", "input": {"city": "Tokyo"}}]
     assert sum(1 for e, d in evts if e == "content_block_delta" and d["index"] == 0) == len(range(0, len(args0), 3))
 
 

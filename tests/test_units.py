@@ -8,13 +8,13 @@ import subprocess
 
 import pytest
 
-from neuron.admission import Admission, AdmissionLimits
-from neuron.chat_template import CHATML_TOOLS_TEMPLATE, render_chat
-from neuron.config import ConfigError, config_from_file
+from neuron.config import AdmissionLimits, ConfigError, config_from_file
+from neuron.engine.admission import Admission
+from neuron.engine.chat_template import CHATML_TOOLS_TEMPLATE, render_chat
+from neuron.engine.generation import StopMatcher
 from neuron.errors import ApiError
-from neuron.generation import StopMatcher
 from neuron.openai_schema import parse_chat
-from tests.servers import CORTEX
+from tests.helpers import CORTEX
 
 
 def feed_all(stops, pieces):
@@ -87,7 +87,8 @@ def test_chat_template_renders_tools_and_tool_calls():
         {"role": "system", "content": "be brief"},
         {"role": "user", "content": [{"type": "text", "text": "weather?"}]},
         {"role": "assistant", "content": None, "tool_calls": [
-            {"id": "c1", "type": "function", "function": {"name": "get_weather", "arguments": "{\"city\": \"Paris\"}"}}]},
+            {"id": "c1", "type": "function",
+             "function": {"name": "get_weather", "arguments": "{\"city\": \"Paris\"}"}}]},
         {"role": "tool", "tool_call_id": "c1", "content": "sunny"},
     ]}).messages
     tools = [{"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object"}}}]

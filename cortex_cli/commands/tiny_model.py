@@ -22,7 +22,7 @@ def tiny_model(out, fmt, layers, dim, vocab, seed, context) -> None:
     The weights are random: it answers gibberish, quickly. It exists so tests
     and first runs have a real model without downloading one.
     """
-    from neuron.tiny_model import TinySpec, write_tiny_model
+    from neuron.tiny.model import TinySpec, write_tiny_model
 
     spec = TinySpec(layers=layers, dim=dim, vocab=vocab, seed=seed, context=context)
     try:

@@ -7,7 +7,16 @@ from textual.app import App, ComposeResult
 from textual.widgets import DataTable, Footer, Header, Input, RichLog
 
 from cortex_cli.client import AdminClient, AdminError, GatewayUnreachable
-from cortex_cli.top.data import COLUMNS, SORT_KEYS, Row, event_line, filter_rows, format_row, rows_from_status, sort_rows
+from cortex_cli.top.data import (
+    COLUMNS,
+    SORT_KEYS,
+    Row,
+    event_line,
+    filter_rows,
+    format_row,
+    rows_from_status,
+    sort_rows,
+)
 from cortex_cli.top.widgets import ConfirmScreen, NodesPanel
 
 

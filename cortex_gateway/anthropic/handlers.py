@@ -12,10 +12,12 @@ from cortex_gateway.anthropic.errors import error_event, render_anthropic
 from cortex_gateway.anthropic.translate_request import to_openai
 from cortex_gateway.anthropic.translate_response import to_anthropic
 from cortex_gateway.anthropic.translate_stream import PING, SSEReader, StreamTranslator
-from cortex_gateway.errors import RENDERERS
-from cortex_gateway.proxy import Record, mid_stream_failure, upstream_api_error, write
-from cortex_gateway.routes import LIFECYCLE, SESSION, serve_inference
-from neuron.errors import ApiError, bad_request
+from cortex_gateway.dispatch import InferenceCall, dispatch
+from cortex_gateway.metrics import RequestRecord
+from cortex_gateway.proxy import mid_stream_failure, write
+from cortex_gateway.state import LIFECYCLE, SESSION
+from neuron.errors import ApiError, error_from_envelope
+from neuron.http import parse_json
 
 
 class AnthropicDialect:
@@ -30,11 +32,11 @@ class AnthropicDialect:
 
     def json_response(self, status: int, raw: bytes) -> web.Response:
         if status != 200:
-            return render_anthropic(upstream_api_error(status, raw))
+            return render_anthropic(error_from_envelope(status, raw))
         return web.Response(body=orjson.dumps(to_anthropic(orjson.loads(raw), self.model, self.stops)),
                             content_type="application/json")
 
-    async def relay(self, upstream, client_stream: web.StreamResponse, rec: Record) -> None:
+    async def relay(self, upstream, client_stream: web.StreamResponse, rec: RequestRecord) -> None:
         translator = StreamTranslator(self.model, self.stops)
         reader = SSEReader()
         await write(client_stream, translator.start())
@@ -49,8 +51,8 @@ class AnthropicDialect:
                         return
                     event = orjson.loads(data)
                     if "error" in event:  # the neuron failed mid-stream and said so
-                        err = upstream_api_error(502, data)
-                        rec.status, rec.error_type = 502, err.type
+                        err = error_from_envelope(502, data)
+                        rec.failed(502, err.type)
                         await write(client_stream, error_event(err))
                         return
                     if rec.first_token_at is None and _has_output(event):
@@ -70,18 +72,15 @@ def _has_output(event: dict) -> bool:
 
 async def _read_body(request: web.Request):
     raw = await request.read()
-    try:
-        return orjson.loads(raw) if raw else None
-    except orjson.JSONDecodeError as exc:
-        raise bad_request(f"request body is not valid JSON: {exc}", code="invalid_json") from None
+    return parse_json(raw) if raw else None  # an empty body gets to_openai's error, which names the fields
 
 
 async def messages(request: web.Request) -> web.StreamResponse:
     body = to_openai(await _read_body(request))
-    stream = bool(body.get("stream"))
     dialect = AnthropicDialect(body["model"], body.get("stop", []))
-    return await serve_inference(request, "/v1/chat/completions", "messages", body, orjson.dumps(body),
-                                 body["model"], stream, dialect)
+    call = InferenceCall("/v1/chat/completions", "messages", body["model"], body, orjson.dumps(body),
+                         bool(body.get("stream")))
+    return await dispatch(request, call, dialect)
 
 
 async def count_tokens(request: web.Request) -> web.Response:
@@ -91,9 +90,8 @@ async def count_tokens(request: web.Request) -> web.Response:
     body = to_openai(data)
     lifecycle = request.app[LIFECYCLE]
     model = lifecycle.config.resolve_alias(body["model"])
-    node, _ = await lifecycle.node_for(model)
-    upstream_id = node.models.get(model, {}).get("id", model)
-    payload = orjson.dumps({**body, "model": upstream_id, "stream": False})
+    node = await lifecycle.node_for(model)
+    payload = orjson.dumps({**body, "model": node.upstream_id(model), "stream": False})
     try:
         async with request.app[SESSION].post(node.endpoint + "/tokenize", data=payload,
                                              headers=node.client.json_headers) as resp:
@@ -102,11 +100,10 @@ async def count_tokens(request: web.Request) -> web.Response:
         raise ApiError(502, "api_error", f"node {node.name} failed while counting tokens "
                        f"({exc.__class__.__name__}); retry", code="upstream_unavailable", retry_after=2) from exc
     if resp.status != 200:
-        raise upstream_api_error(resp.status, raw)
+        raise error_from_envelope(resp.status, raw)
     return web.json_response({"input_tokens": orjson.loads(raw)["count"]})
 
 
 def add_routes(app: web.Application) -> None:
-    RENDERERS["/v1/messages"] = render_anthropic
     app.router.add_post("/v1/messages", messages)
     app.router.add_post("/v1/messages/count_tokens", count_tokens)

@@ -10,8 +10,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from neuron.api import opt_float, opt_int, require_object
 from neuron.errors import bad_request
+from neuron.fields import opt_float, opt_int, require_object
 
 
 def to_openai(body: Any) -> dict:

@@ -17,10 +17,6 @@ def tool_use_id(openai_id: str | None) -> str:
     return f"toolu_{openai_id or uuid.uuid4().hex[:24]}"
 
 
-def openai_call_id(anthropic_id: str | None) -> str | None:
-    return anthropic_id[len("toolu_"):] if anthropic_id and anthropic_id.startswith("toolu_") else anthropic_id
-
-
 def stop_reason(finish_reason: str | None, matched: str | None, stops: list[str]) -> tuple[str, str | None]:
     """(stop_reason, stop_sequence) for an OpenAI finish_reason."""
     if finish_reason == "length":
@@ -55,4 +51,5 @@ def to_anthropic(resp: dict, model: str, stops: list[str]) -> dict:
     usage = resp.get("usage") or {}
     return {"id": message_id(), "type": "message", "role": "assistant", "model": model, "content": content,
             "stop_reason": reason, "stop_sequence": sequence,
-            "usage": {"input_tokens": usage.get("prompt_tokens", 0), "output_tokens": usage.get("completion_tokens", 0)}}
+            "usage": {"input_tokens": usage.get("prompt_tokens", 0),
+                      "output_tokens": usage.get("completion_tokens", 0)}}

@@ -10,13 +10,13 @@ import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 
-from neuron.chat_template import TemplateError, render_chat
+from neuron.engine.chat_template import TemplateError, render_chat
+from neuron.engine.faults import FaultInjector
+from neuron.engine.generation import Delta, DeviceFault, GenerationStats, stream_text
+from neuron.engine.registry import ModelEntry, Registry
+from neuron.engine.worker import END, StreamJob
 from neuron.errors import ApiError
-from neuron.faults import FaultInjector
-from neuron.generation import Delta, DeviceFault, GenerationStats, stream_text
 from neuron.openai_schema import InferenceRequest
-from neuron.registry import ModelEntry, Registry
-from neuron.worker import END, StreamJob
 
 
 @dataclass

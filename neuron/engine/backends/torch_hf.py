@@ -12,9 +12,9 @@ import logging
 import os
 from collections.abc import Iterator
 
-from neuron.backends.base import Backend, BackendSpec, BackendUnavailable, forced_sequence_check
+from neuron.engine.backends.base import Backend, BackendSpec, BackendUnavailable, forced_sequence_check
 from neuron.openai_schema import SamplingParams
-from neuron.tiny_model import TINY_MARKER_KEY
+from neuron.tiny.model import TINY_MARKER_KEY
 
 log = logging.getLogger(__name__)
 

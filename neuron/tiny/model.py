@@ -15,8 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
-from neuron.chat_template import CHATML_TOOLS_TEMPLATE
-from neuron.tiny_tokenizer import BOS_TOKEN, EOS_TOKEN, train_tokenizer, vocab_tables
+from neuron.engine.chat_template import CHATML_TOOLS_TEMPLATE
+from neuron.tiny.tokenizer import BOS_TOKEN, EOS_TOKEN, train_tokenizer, vocab_tables
 
 # Marks a model as ours, so the neuron can enable test-only behaviour (scripted
 # output) on tiny models and never on a real one.

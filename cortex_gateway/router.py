@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from cortex_gateway.eviction import Resident, choose_victims, eviction_order
+from cortex_gateway.evictor import Resident, choose_victims, eviction_order
 
 
 @dataclass(frozen=True)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from neuron.backends.base import Backend, BackendSpec, BackendUnavailable
+from neuron.engine.backends.base import Backend, BackendSpec, BackendUnavailable
 from neuron.errors import ApiError
 
 
@@ -21,11 +21,11 @@ def choose_backend(requested: str, model_format: str) -> str:
 def backend_class(name: str) -> type[Backend]:
     """The backend's class, with its library imported (so a load's memory probe excludes it)."""
     if name == "llama.cpp":
-        from neuron.backends.llamacpp import LlamaCppBackend, _import_llama
+        from neuron.engine.backends.llamacpp import LlamaCppBackend, _import_llama
 
         _import_llama()
         return LlamaCppBackend
-    from neuron.backends.torch_hf import TorchBackend, _import_torch
+    from neuron.engine.backends.torch_hf import TorchBackend, _import_torch
 
     _import_torch()
     return TorchBackend

@@ -16,14 +16,15 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from neuron.admission import Admission, AdmissionLimits
-from neuron.api import LoadRequest, ModelInfo
-from neuron.backends import Backend, BackendSpec, BackendUnavailable, backend_class, choose_backend
 from neuron.catalog import ModelRef, estimate_mb, resolve
+from neuron.config import AdmissionLimits
 from neuron.devices import DeviceTable, process_rss_mb
+from neuron.engine.admission import Admission
+from neuron.engine.backends import Backend, BackendSpec, BackendUnavailable, backend_class, choose_backend
+from neuron.engine.faults import FaultInjector
+from neuron.engine.worker import DeviceWorker
 from neuron.errors import ApiError
-from neuron.faults import FaultInjector
-from neuron.worker import DeviceWorker
+from neuron.protocol import LoadRequest, ModelInfo, ModelState
 
 log = logging.getLogger(__name__)
 UNLOAD_DRAIN_S = 30.0
@@ -36,7 +37,7 @@ class ModelEntry:
     ref: ModelRef
     backend_name: str
     devices: list[str]
-    status: str = "loading"
+    status: ModelState = ModelState.LOADING
     backend: Backend | None = None
     memory_mb: float = 0.0
     estimated_mb: float = 0.0
@@ -44,7 +45,6 @@ class ModelEntry:
     admission: Admission | None = None
     decode_tps: float = 0.0
     phase: str = "queued"  # what a load is doing now, for progress displays
-    last_error: str | None = None
     ready: asyncio.Future | None = field(default=None, repr=False)
 
     def info(self) -> ModelInfo:
@@ -53,6 +53,7 @@ class ModelEntry:
             memory_mb=round(self.memory_mb, 1),
             context_size=self.backend.context_size if self.backend else (self.request.context_size or 0),
             path=self.ref.path, load_time_s=self.load_time_s, spec=self.request.to_dict(), phase=self.phase,
+            estimated_mb=round(self.estimated_mb, 1),
         )
 
     def record_decode_rate(self, tokens: int, seconds: float) -> None:
@@ -74,23 +75,20 @@ class Registry:
         self.on_loaded: Callable[[ModelEntry], None] = lambda entry: None  # once per real load
 
     # -- queries -------------------------------------------------------------
-    def list(self) -> list[ModelInfo]:
-        return [m.info() for m in self.models.values()]
-
     def worker_for(self, entry: ModelEntry) -> DeviceWorker:
         return self.workers[entry.devices[0]]
 
-    def ready(self, model_id: str) -> ModelEntry:
+    def require_loaded(self, model_id: str) -> ModelEntry:
         """The loaded model, or the error a client should see."""
         entry = self.models.get(model_id)
         if entry is None:
             raise ApiError(404, "not_found_error",
                            f"model {model_id!r} is not loaded on this node; POST /models/load first",
                            code="model_not_found", param="model")
-        if entry.status in ("poisoned", "recovering"):
+        if entry.status in (ModelState.POISONED, ModelState.RECOVERING):
             raise ApiError(503, "overloaded_error", f"model {model_id!r} hit a device error and is being "
                            "reloaded; retry shortly", code="model_recovering", retry_after=5)
-        if entry.status != "loaded":
+        if entry.status != ModelState.LOADED:
             raise ApiError(503, "overloaded_error", f"model {model_id!r} is {entry.status}; retry shortly",
                            code=f"model_{entry.status}", retry_after=2)
         return entry
@@ -145,7 +143,7 @@ class Registry:
     def _check_fits(self, entry: ModelEntry) -> None:
         free = sum(self.devices.free_mb(d) for d in entry.devices)
         free -= sum(m.estimated_mb for m in self.models.values()
-                    if m.status == "loading" and set(m.devices) & set(entry.devices))
+                    if m.status == ModelState.LOADING and set(m.devices) & set(entry.devices))
         if entry.estimated_mb > free:
             raise ApiError(507, "insufficient_memory",
                            f"model {entry.id!r} needs about {entry.estimated_mb:.0f} MiB on "
@@ -171,7 +169,7 @@ class Registry:
         entry.memory_mb = measured if measured >= 0.5 * entry.estimated_mb else entry.estimated_mb
         entry.load_time_s = round(time.monotonic() - started, 3)
         entry.admission = Admission(entry.id, self._limits(entry))
-        entry.status, entry.phase = "loaded", "ready"
+        entry.status, entry.phase = ModelState.LOADED, "ready"
         self._account(entry, +1)
         self.on_loaded(entry)
         log.info("loaded %s in %.2fs, %.0f MiB", entry.id, entry.load_time_s, entry.memory_mb)
@@ -206,17 +204,24 @@ class Registry:
             self.devices.cpu_used_mb = max(0.0, self.devices.cpu_used_mb + sign * entry.memory_mb)
 
     # -- unload and recovery -------------------------------------------------------
-    async def unload(self, model_id: str) -> ModelEntry:
+    async def unload(self, model_id: str, *, if_idle: bool = False) -> ModelEntry:
+        """Drain and free a model; with `if_idle`, refuse one that has requests in flight or queued.
+
+        The check and the state change happen with no await between them, so no request can be
+        admitted to a model the gateway is evicting as idle."""
         entry = self.models.get(model_id)
         if entry is None:
             raise ApiError(404, "not_found_error", f"model {model_id!r} is not loaded on this node",
                            code="model_not_found", param="model")
-        if entry.status in ("loading", "recovering"):
+        if entry.status.pending:
             raise ApiError(409, "invalid_request_error", f"model {model_id!r} is {entry.status}; "
                            "unload it once that finishes", code=f"model_{entry.status}", retry_after=2)
-        if entry.status == "unloading":
+        if entry.status == ModelState.UNLOADING:
             return entry
-        entry.status = "unloading"
+        if if_idle and entry.admission and (entry.admission.in_flight or entry.admission.queue_depth):
+            raise ApiError(409, "invalid_request_error", f"model {model_id!r} has requests in flight or queued; "
+                           "not unloaded", code="model_busy", retry_after=1)
+        entry.status = ModelState.UNLOADING
         await self._drain(entry)
         await self._close(entry)
         self.models.pop(model_id, None)
@@ -239,15 +244,14 @@ class Registry:
 
     def poison(self, entry: ModelEntry, exc: BaseException) -> None:
         """Mark a model that hit a device error and start reloading it in the background."""
-        if entry.status != "loaded":
+        if entry.status != ModelState.LOADED:
             return
         log.error("device error on %s: %s; reloading it", entry.id, exc)
-        entry.status = "poisoned"
-        entry.last_error = str(exc)
+        entry.status = ModelState.POISONED
         asyncio.get_running_loop().create_task(self._recover(entry))
 
     async def _recover(self, entry: ModelEntry) -> None:
-        entry.status = "recovering"
+        entry.status = ModelState.RECOVERING
         await self._drain(entry)
         await self._close(entry)
         try:

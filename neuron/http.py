@@ -1,19 +1,40 @@
-"""Bounds on what a client can make a server read: body size and the time to send it.
+"""The HTTP edge both servers share: the one JSON body reader, JSON answers, and body bounds.
 
-Shared by the neuron and the gateway. The body is read here, once, under a
-deadline; handlers get aiohttp's cached copy. A declared Content-Length over
-the limit is refused before a byte is read; a body that turns out longer is cut
+The body is read once, in `body_limits`, under a deadline; handlers then get
+aiohttp's cached copy through `read_json`. A declared Content-Length over the
+limit is refused before a byte is read; a body that turns out longer is cut
 off at the limit by aiohttp. JSON nesting is bounded by orjson (1024 levels),
-whose refusal the handlers turn into a 400.
+whose refusal becomes a 400.
 """
 
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
+import orjson
 from aiohttp import web
 
-from neuron.errors import ApiError
+from neuron.errors import ApiError, bad_request
+
+
+def parse_json(body: bytes) -> Any:
+    """A request body as JSON, or the 400 that says what is wrong with it."""
+    if not body:
+        raise bad_request("request body: expected JSON, got an empty body", code="invalid_json")
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise bad_request(f"request body is not valid JSON: {exc}", code="invalid_json") from None
+
+
+async def read_json(request: web.Request) -> Any:
+    return parse_json(await request.read())
+
+
+def json_response(data, status: int = 200, headers: dict | None = None) -> web.Response:
+    return web.Response(body=orjson.dumps(data), status=status, headers=headers,
+                        content_type="application/json")
 
 
 def body_limits(max_bytes: int, read_timeout_s: float):

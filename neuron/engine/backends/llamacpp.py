@@ -14,11 +14,11 @@ from collections.abc import Iterator
 
 import numpy as np
 
-from neuron.backends.base import Backend, BackendSpec, BackendUnavailable, forced_sequence_check
 from neuron.catalog import default_context
-from neuron.generation import ByteDetokenizer
+from neuron.engine.backends.base import Backend, BackendSpec, BackendUnavailable, forced_sequence_check
+from neuron.engine.generation import ByteDetokenizer
 from neuron.openai_schema import SamplingParams
-from neuron.tiny_model import TINY_MARKER_KEY
+from neuron.tiny.model import TINY_MARKER_KEY
 
 log = logging.getLogger(__name__)
 

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
-from neuron.generation import Detokenizer
+from neuron.engine.generation import Detokenizer
 from neuron.openai_schema import SamplingParams
 
 
@@ -23,9 +23,8 @@ class BackendSpec:
     format: str  # "gguf" | "hf"
     devices: list[str]  # "cpu" or "cuda:N"
     context_size: int | None = None
-    parallel: int = 1
+    parallel: int = 1  # sequences decoded at once (continuous batching)
     gguf_file: str | None = None  # for torch loading a GGUF inside a directory
-    extra: dict = field(default_factory=dict)
 
 
 class Backend(ABC):

@@ -17,7 +17,7 @@ import threading
 import time
 from dataclasses import dataclass
 
-from neuron.generation import DeviceFault
+from neuron.engine.generation import DeviceFault
 
 FAULT_KINDS = ("device_error", "load_error", "slow", "slow_load")
 ENV_SWITCH = "CORTEX_FAULT_INJECTION"

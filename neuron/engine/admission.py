@@ -8,16 +8,9 @@ from __future__ import annotations
 import asyncio
 import collections
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
 
+from neuron.config import AdmissionLimits
 from neuron.errors import ApiError
-
-
-@dataclass(frozen=True)
-class AdmissionLimits:
-    max_in_flight: int = 1
-    max_queue_depth: int = 32
-    max_wait_s: float = 60.0
 
 
 class Admission:

@@ -22,6 +22,12 @@ CORTEX = [sys.executable, "-m", "cortex_cli"]
 NO_EOS = {"0": -100, "2": -100}
 
 
+def make_tiny(out: Path, fmt: str, *extra: str) -> None:
+    """Models come from the real `cortex tiny-model` command, as users would make them."""
+    subprocess.run(CORTEX + ["tiny-model", str(out), "--format", fmt, *extra], check=True,
+                   capture_output=True)
+
+
 def http_json(method: str, url: str, body: dict | None = None, timeout: float = 120) -> tuple[int, dict]:
     """A plain HTTP call returning (status, parsed JSON); errors are returned, not raised."""
     data = None if body is None else json.dumps(body).encode()

@@ -1,0 +1,55 @@
+"""What the fleet offers: the merged `/v1/models` and the gateway's `/health`."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from cortex_gateway.fleet import Fleet
+from cortex_gateway.lifecycle import Lifecycle
+from cortex_gateway.state import FLEET, LIFECYCLE
+from neuron.http import json_response
+
+
+def catalogue(fleet: Fleet, lifecycle: Lifecycle) -> list[dict]:
+    """Every model any node has loaded or can load, plus the profiles and aliases."""
+    entries: dict[str, dict] = {}
+
+    def entry(model: str) -> dict:
+        return entries.setdefault(model, {"id": model, "object": "model", "created": 0, "owned_by": "cortex",
+                                          "loaded_on": [], "loadable_on": [], "pinned_on": []})
+
+    for node in fleet.nodes.values():
+        for model in node.models:
+            if node.has_loaded(model):
+                entry(model)["loaded_on"].append(node.name)
+        for model in node.available:
+            entry(model)["loadable_on"].append(node.name)
+    config = lifecycle.config
+    for model, profile in config.models.items():
+        e = entry(model)
+        if profile.path or profile.source:
+            e["loadable_on"] = sorted(set(e["loadable_on"]) | set(fleet.nodes))
+    for model, nodes in lifecycle.pins.items():
+        if nodes:
+            entry(model)["pinned_on"] = sorted(nodes)
+    for alias, target in config.aliases.items():
+        entries[alias] = {**entry(target), "id": alias, "alias_of": target}
+    return sorted(entries.values(), key=lambda e: e["id"])
+
+
+async def list_models(request: web.Request) -> web.Response:
+    app = request.app
+    return json_response({"object": "list", "data": catalogue(app[FLEET], app[LIFECYCLE])})
+
+
+async def health(request: web.Request) -> web.Response:
+    fleet = request.app[FLEET]
+    total, healthy = len(fleet.nodes), len(fleet.healthy_nodes())
+    status = "ok" if total and healthy == total else "degraded" if healthy else "down"
+    return json_response({"status": status, "nodes": {"healthy": healthy, "total": total}},
+                         status=503 if status == "down" else 200)
+
+
+def add_routes(app: web.Application) -> None:
+    app.router.add_get("/v1/models", list_models)
+    app.router.add_get("/health", health)

@@ -1,0 +1,174 @@
+"""One inference request through the fleet: place it, relay it, retry it once, record it.
+
+Every public dialect (OpenAI, Anthropic, and those to come) hands `dispatch` an
+`InferenceCall` in the neurons' OpenAI dialect plus a `Dialect` that says how
+to answer its own clients: keep-alive bytes, error events, whole answers and
+the relay of a stream. Placement, the retry on another node before the first
+byte, keep-alives during a cold load and metrics are written once, here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass
+from typing import Protocol
+
+import aiohttp
+import orjson
+from aiohttp import web
+
+from cortex_gateway.fleet import Node
+from cortex_gateway.metrics import RequestRecord
+from cortex_gateway.proxy import ClientGone, RetryElsewhere, fetch_json, open_client_stream, open_upstream_stream
+from cortex_gateway.state import FLEET, KEEPALIVE_S, LIFECYCLE, METRICS, SESSION
+from neuron.errors import ApiError, error_from_envelope
+
+
+class Dialect(Protocol):
+    """How a public API answers its clients; the neurons always speak OpenAI."""
+
+    keepalive: bytes  # written to a waiting stream while a cold load runs
+
+    def error_event(self, err: ApiError) -> bytes:
+        """The bytes that end a stream whose headers are already sent."""
+
+    def json_response(self, status: int, raw: bytes) -> web.Response:
+        """A whole (non-streaming) neuron answer, or its error, in this dialect."""
+
+    async def relay(self, upstream: aiohttp.ClientResponse, client_stream: web.StreamResponse,
+                    rec: RequestRecord) -> None:
+        """Copy (translating if need be) the neuron's SSE stream to the client, noting TTFT and usage."""
+
+
+@dataclass
+class InferenceCall:
+    """A request in the neurons' dialect: where it goes and what it carries."""
+
+    path: str  # the neuron route, e.g. /v1/chat/completions
+    endpoint: str  # the metrics label: chat, completions, embeddings, messages
+    model: str  # as the client named it (maybe an alias)
+    data: dict
+    body: bytes  # `data` as sent by the client: passed through untouched when it can be
+    stream: bool
+
+    def body_for(self, upstream_id: str) -> bytes:
+        """Pass the bytes through unless the node knows the model by another name."""
+        if self.model == upstream_id:
+            return self.body
+        return orjson.dumps({**self.data, "model": upstream_id})
+
+
+async def dispatch(request: web.Request, call: InferenceCall, dialect: Dialect) -> web.StreamResponse:
+    """Place the request on a node (cold-loading if needed), relay it in `dialect`, record metrics."""
+    app = request.app
+    rec = RequestRecord(model=app[LIFECYCLE].config.resolve_alias(call.model), endpoint=call.endpoint,
+                        started=time.perf_counter())
+    try:
+        return await _attempts(request, call, rec, dialect)
+    finally:
+        app[METRICS].observe(rec)
+
+
+async def _attempts(request: web.Request, call: InferenceCall, rec: RequestRecord,
+                    dialect: Dialect) -> web.StreamResponse:
+    """At most two tries: a node that fails before the first byte is dropped and the request goes elsewhere."""
+    app = request.app
+    client_stream: web.StreamResponse | None = None
+    exclude: frozenset[str] = frozenset()
+    for attempt in (0, 1):
+        try:
+            node, client_stream = await _place(request, call, rec.model, exclude, client_stream, dialect)
+        except ApiError as err:
+            return await _fail(rec, err, client_stream, dialect)
+        if attempt == 0:
+            app[METRICS].observe_wait(rec.model, time.perf_counter() - rec.started)
+        rec.node = node.name
+        try:
+            return await _forward(request, call, node, rec, client_stream, dialect)
+        except RetryElsewhere as exc:
+            _forget_failed(app, node, rec.model, exc)
+            if exc.node_unusable:
+                exclude = exclude | {node.name}
+            if attempt == 1:
+                err = ApiError(502, "api_error", f"the model's node failed before answering ({exc}); "
+                               "retry shortly", code="upstream_unavailable", retry_after=2)
+                return await _fail(rec, err, client_stream, dialect, status_type="upstream_unavailable")
+            app[METRICS].retries.labels(rec.model).inc()
+    raise AssertionError("unreachable")
+
+
+async def _place(request, call: InferenceCall, model: str, exclude: frozenset[str], client_stream,
+                 dialect: Dialect) -> tuple[Node, web.StreamResponse | None]:
+    """A node with the model loaded; a cold load first if there is none, with keep-alives for streams."""
+    lifecycle = request.app[LIFECYCLE]
+    node = lifecycle.loaded_node(model, exclude)
+    if node is None:
+        placing = asyncio.ensure_future(lifecycle.node_for(model, exclude))
+        if call.stream:
+            client_stream = await _keepalive_until(request, placing, client_stream, dialect)
+        node = await placing
+    return node, client_stream
+
+
+async def _forward(request, call: InferenceCall, node: Node, rec: RequestRecord, client_stream,
+                   dialect: Dialect) -> web.StreamResponse:
+    app = request.app
+    payload = call.body_for(node.upstream_id(rec.model))
+    usage = app[FLEET].usage_of(node.name, rec.model)
+    usage.in_flight += 1
+    usage.last_used = time.time()
+    try:
+        if not call.stream:
+            return dialect.json_response(*await fetch_json(app[SESSION], node, call.path, payload, rec))
+        upstream = await open_upstream_stream(app[SESSION], node, call.path, payload)
+        if upstream.status != 200:
+            return await _stream_refused(upstream, client_stream, rec, dialect)
+        client_stream = client_stream or await open_client_stream(request)
+        try:
+            await dialect.relay(upstream, client_stream, rec)
+        except ClientGone:
+            rec.failed(499, "client_closed")
+        return client_stream
+    finally:
+        usage.in_flight -= 1
+
+
+async def _fail(rec: RequestRecord, err: ApiError, client_stream, dialect: Dialect,
+                status_type: str | None = None) -> web.StreamResponse:
+    """Raise the error for the middleware to render, or end a stream already open with it."""
+    rec.failed(err.status, status_type or err.type)
+    if client_stream is None:
+        raise err
+    await client_stream.write(dialect.error_event(err))
+    return client_stream
+
+
+def _forget_failed(app, node: Node, model: str, exc: RetryElsewhere) -> None:
+    """Forget the model there until the next poll says otherwise, so the retry goes elsewhere."""
+    if exc.unreachable:
+        app[FLEET].mark_failed(node, str(exc))
+    node.models.pop(model, None)
+
+
+async def _stream_refused(upstream, client_stream, rec: RequestRecord, dialect: Dialect) -> web.StreamResponse:
+    """The node answered the stream request with an error before streaming: pass it on."""
+    raw = await upstream.read()
+    upstream.release()
+    err = error_from_envelope(upstream.status, raw)
+    rec.failed(upstream.status, err.type)
+    if client_stream is None:
+        return dialect.json_response(upstream.status, raw)
+    await client_stream.write(dialect.error_event(err))
+    return client_stream
+
+
+async def _keepalive_until(request, placing: asyncio.Future, client_stream, dialect: Dialect):
+    """While a cold load runs, keep a streaming client's connection alive (SSE comments or pings)."""
+    interval = request.app[KEEPALIVE_S]
+    while True:
+        done, _ = await asyncio.wait({placing}, timeout=interval)
+        if done:
+            return client_stream
+        client_stream = client_stream or await open_client_stream(request)
+        await client_stream.write(dialect.keepalive)

@@ -1,0 +1,16 @@
+"""The keys under which `cortex_gateway.app.create_app` keeps the gateway's parts, for its handlers."""
+
+from __future__ import annotations
+
+import aiohttp
+from aiohttp import web
+
+from cortex_gateway.fleet import Fleet
+from cortex_gateway.lifecycle import Lifecycle
+from cortex_gateway.metrics import GatewayMetrics
+
+FLEET = web.AppKey("fleet", Fleet)
+LIFECYCLE = web.AppKey("lifecycle", Lifecycle)
+METRICS = web.AppKey("metrics", GatewayMetrics)
+SESSION = web.AppKey("session", aiohttp.ClientSession)
+KEEPALIVE_S = web.AppKey("keepalive_s", float)

@@ -1,0 +1,241 @@
+"""The node protocol: what the neuron's lifecycle API takes and answers, as types.
+
+The neuron builds its answers from these and the gateway and the CLI read them
+back with `from_dict`, so neither side handles raw dicts or spells a model's
+state as a string. Requests validate strictly (errors name the field); answers
+read leniently (a newer neuron may add fields). Free of heavy imports: the
+gateway imports this module.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import asdict, dataclass, field
+from enum import StrEnum
+from typing import Any, TypeVar
+
+from neuron.errors import bad_request
+from neuron.fields import opt_float, opt_int, req_str, require_object, require_type
+
+BACKENDS = ("auto", "torch", "llama.cpp")
+T = TypeVar("T")
+
+
+class ModelState(StrEnum):
+    """Where a model is in its lifecycle on one node (see neuron.engine.registry)."""
+
+    LOADING = "loading"
+    LOADED = "loaded"
+    POISONED = "poisoned"
+    RECOVERING = "recovering"
+    UNLOADING = "unloading"
+
+    @property
+    def pending(self) -> bool:
+        """A load is under way: it will be loaded (or gone) soon, so wait rather than load again."""
+        return self in (ModelState.LOADING, ModelState.RECOVERING)
+
+
+def _read(cls: type[T], data: Any) -> T:
+    """Build an answer type from a wire dict, ignoring fields this version does not know."""
+    if not isinstance(data, dict):
+        data = {}
+    known = {f.name for f in dataclasses.fields(cls)}
+    return cls(**{k: v for k, v in data.items() if k in known})
+
+
+@dataclass
+class LoadRequest:
+    """POST /models/load: everything but `model` is optional."""
+
+    model: str
+    backend: str = "auto"
+    devices: list[str] = field(default_factory=list)
+    context_size: int | None = None
+    parallel: int = 1
+    max_in_flight: int | None = None
+    max_queue_depth: int | None = None
+    max_wait_s: float | None = None
+
+    @classmethod
+    def from_dict(cls, body: Any) -> LoadRequest:
+        data = require_object(body)
+        backend = data.get("backend") or "auto"
+        if backend not in BACKENDS:
+            raise bad_request(f"backend: expected one of {', '.join(BACKENDS)}, got {backend!r}", param="backend")
+        return cls(
+            model=req_str(data, "model"),
+            backend=backend,
+            devices=parse_devices(data.get("devices")),
+            context_size=opt_int(data, "context_size", minimum=16, maximum=1 << 22),
+            parallel=opt_int(data, "parallel", minimum=1, maximum=256) or 1,
+            max_in_flight=opt_int(data, "max_in_flight", minimum=1, maximum=4096),
+            max_queue_depth=opt_int(data, "max_queue_depth", minimum=0, maximum=1 << 16),
+            max_wait_s=opt_float(data, "max_wait_s", minimum=0, maximum=3600),
+        )
+
+    def to_dict(self) -> dict:
+        return {k: v for k, v in asdict(self).items() if v is not None}
+
+
+def parse_devices(value: Any) -> list[str]:
+    """Devices as GPU indices (0, "1", "cuda:1") or "cpu"; normalised to "cuda:N" / "cpu"."""
+    if value is None:
+        return []
+    require_type(value, list, "devices", "a list of device indices or ids")
+    out = []
+    for i, item in enumerate(value):
+        if isinstance(item, bool) or not isinstance(item, (int, str)):
+            raise bad_request(f"devices[{i}]: expected a GPU index or 'cpu'", param="devices")
+        out.append(normalise_device_id(item, f"devices[{i}]"))
+    return out
+
+
+def normalise_device_id(item: int | str, where: str = "device") -> str:
+    text = str(item).strip().lower()
+    if text == "cpu":
+        return "cpu"
+    text = text.removeprefix("cuda:").removeprefix("gpu")
+    if not text.isdigit():
+        raise bad_request(f"{where}: expected a GPU index (0, 1, cuda:1) or 'cpu', got {item!r}", param="devices")
+    return f"cuda:{int(text)}"
+
+
+@dataclass
+class UnloadRequest:
+    """POST /models/unload. With `if_idle`, a model with requests in flight or queued is refused
+    (409 model_busy) instead of drained: the gateway's evictor asks this way, so the neuron, which
+    alone knows every request, decides whether a model is busy at the moment it matters."""
+
+    model: str
+    if_idle: bool = False
+
+    @classmethod
+    def from_dict(cls, body: Any) -> UnloadRequest:
+        data = require_object(body)
+        if_idle = data.get("if_idle", False)
+        if not isinstance(if_idle, bool):
+            raise bad_request("if_idle: expected true or false", param="if_idle")
+        return cls(model=req_str(data, "model"), if_idle=if_idle)
+
+
+@dataclass
+class ModelInfo:
+    """One model loaded on a node: an entry of GET /models, and the answer of POST /models/load."""
+
+    id: str
+    backend: str = ""
+    status: ModelState = ModelState.LOADED
+    devices: list[str] = field(default_factory=list)
+    memory_mb: float = 0.0
+    context_size: int = 0
+    path: str = ""
+    load_time_s: float | None = None
+    spec: dict | None = None
+    phase: str = ""
+    estimated_mb: float | None = None
+
+    def __post_init__(self):
+        self.status = ModelState(self.status)
+
+    @classmethod
+    def from_dict(cls, data: Any) -> ModelInfo:
+        return _read(cls, data)
+
+    def to_dict(self) -> dict:
+        return {k: v for k, v in asdict(self).items() if v is not None or k == "load_time_s"}
+
+
+@dataclass
+class AvailableModel:
+    """A model the node can load from its models directory: an entry of GET /models/available."""
+
+    id: str
+    format: str = ""
+    path: str = ""
+    size_mb: float = 0.0
+    estimated_mb: float = 0.0
+
+    @property
+    def need_mb(self) -> float:
+        return self.estimated_mb or self.size_mb
+
+    @classmethod
+    def from_dict(cls, data: Any) -> AvailableModel:
+        return _read(cls, data)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class DeviceInfo:
+    """One device of a node, as GET /health reports it."""
+
+    id: str  # "cuda:N" or "cpu"
+    kind: str = "cpu"  # "cuda" | "cpu"
+    index: int = 0
+    name: str = ""
+    total_mb: float = 0.0
+    free_mb: float = 0.0
+    used_mb: float = 0.0
+    utilization: float | None = None
+    temperature: float | None = None
+
+    @classmethod
+    def from_dict(cls, data: Any) -> DeviceInfo:
+        return _read(cls, data)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class ModelLoad:
+    """How busy one loaded model is right now, as GET /health reports it."""
+
+    id: str
+    status: ModelState = ModelState.LOADED
+    in_flight: int = 0
+    queue_depth: int = 0
+    decode_tps: float = 0.0
+    memory_mb: float = 0.0
+
+    def __post_init__(self):
+        self.status = ModelState(self.status)
+
+    @classmethod
+    def from_dict(cls, data: Any) -> ModelLoad:
+        return _read(cls, data)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class Health:
+    """GET /health: the node, its devices and the load on each model."""
+
+    status: str = "ok"
+    name: str = ""
+    uptime_s: float = 0.0
+    devices: list[DeviceInfo] = field(default_factory=list)
+    models: list[ModelLoad] = field(default_factory=list)
+
+    @property
+    def free_mb(self) -> float:
+        return sum(d.free_mb for d in self.devices)
+
+    def load_of(self, model: str) -> ModelLoad | None:
+        return next((m for m in self.models if m.id == model), None)
+
+    @classmethod
+    def from_dict(cls, data: Any) -> Health:
+        health = _read(cls, data)
+        health.devices = [DeviceInfo.from_dict(d) for d in health.devices or []]
+        health.models = [ModelLoad.from_dict(m) for m in health.models or []]
+        return health
+
+    def to_dict(self) -> dict:
+        return {"status": self.status, "name": self.name, "uptime_s": self.uptime_s,
+                "devices": [d.to_dict() for d in self.devices], "models": [m.to_dict() for m in self.models]}

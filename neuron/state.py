@@ -1,0 +1,18 @@
+"""The keys under which `neuron.app.create_app` keeps one node's parts, for its route handlers."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from neuron.engine.faults import FaultInjector
+from neuron.engine.inference import InferenceEngine
+from neuron.engine.registry import Registry
+from neuron.metrics import NeuronMetrics
+
+ENGINE = web.AppKey("engine", InferenceEngine)
+REGISTRY = web.AppKey("registry", Registry)
+METRICS = web.AppKey("metrics", NeuronMetrics)
+FAULTS = web.AppKey("faults", FaultInjector)
+KEEPALIVE_S = web.AppKey("keepalive_s", float)
+NODE_NAME = web.AppKey("node_name", str)
+STARTED_AT = web.AppKey("started_at", float)

@@ -1,0 +1,1 @@
+"""`cortex tiny-model`: small random-weight Llama models with a real tokenizer and chat template."""
