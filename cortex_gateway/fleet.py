@@ -108,9 +108,10 @@ class Fleet:
         await asyncio.gather(*(self.poll_node(n) for n in self.nodes.values()))
 
     async def run_poller(self, interval: float) -> None:
+        """Poll every `interval` seconds; the app polls once before serving, so this waits first."""
         while True:
+            await asyncio.sleep(interval)
             try:
                 await self.poll_all()
             except Exception:  # noqa: BLE001 - the poller must outlive any one bad answer
                 log.exception("poll failed")
-            await asyncio.sleep(interval)
