@@ -126,8 +126,7 @@ async def tokenize(request: web.Request) -> web.Response:
     app = request.app
     req = parse_chat(await read_json(request))
     entry = app[REGISTRY].require_loaded(req.model)
-    engine = app[ENGINE]
-    tokens = await engine.tokenize(entry, engine.prompt_text(entry, req))
+    tokens = await app[ENGINE].prompt_tokens(entry, req)
     return json_response({"model": entry.id, "count": len(tokens)})
 
 

@@ -6,13 +6,22 @@ getting tokens out of a model for a request lives here.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import AsyncIterator, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
-from neuron.engine.chat_template import TemplateError, render_chat
 from neuron.engine.faults import FaultInjector
 from neuron.engine.generation import Delta, DeviceFault, GenerationStats, stream_text
+from neuron.engine.prompt import (
+    Segment,
+    check_bounds,
+    check_chars,
+    context_exceeded,
+    prompt_segments,
+    tokenize_segments,
+)
 from neuron.engine.registry import ModelEntry, Registry
 from neuron.engine.worker import END, StreamJob
 from neuron.errors import ApiError
@@ -70,36 +79,32 @@ class InferenceEngine:
     def __init__(self, registry: Registry, faults: FaultInjector):
         self.registry = registry
         self.faults = faults
+        # Prompts are rendered and tokenised here, not on a device thread (which would stall every
+        # model sharing the device) nor on the event loop. Two threads: one long prompt (bounded by
+        # `check_bounds`) does not hold up the others.
+        self.tokenizer_pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="tokenizer")
 
-    def prompt_text(self, entry: ModelEntry, req: InferenceRequest) -> str:
-        if req.prompt is not None:
-            return req.prompt
-        backend = entry.backend
-        if not backend.chat_template:
-            raise ApiError(400, "invalid_request_error", f"model {entry.id!r} has no chat template; use "
-                           "/v1/completions with a raw prompt", code="no_chat_template")
-        tools = None if req.tool_choice == "none" else req.tools
-        try:
-            return render_chat(backend.chat_template, req.messages, tools=tools,
-                               bos_token=backend.bos_token, eos_token=backend.eos_token)
-        except TemplateError as exc:
-            raise ApiError(400, "invalid_request_error", str(exc), code="template_error",
-                           param="messages") from exc
+    def close(self) -> None:
+        self.tokenizer_pool.shutdown(wait=False, cancel_futures=True)
 
-    async def tokenize(self, entry: ModelEntry, text: str) -> list[int]:
+    async def prompt_tokens(self, entry: ModelEntry, req: InferenceRequest) -> list[int]:
+        """The request's prompt as tokens: bounded first, client text never parsed as control tokens."""
         backend = entry.backend
-        return await self.registry.worker_for(entry).call(lambda: backend.tokenize(text))
+        check_bounds(req, backend.context_size, entry.id)
+
+        def work() -> list[int]:
+            return tokenize_segments(backend, prompt_segments(backend, req, entry.id))
+
+        return await asyncio.get_running_loop().run_in_executor(self.tokenizer_pool, work)
 
     async def start(self, entry: ModelEntry, req: InferenceRequest) -> Generation:
         """Tokenise, check the context, and start decoding. Call inside an admission slot."""
         started = time.perf_counter()
-        prompt = await self.tokenize(entry, self.prompt_text(entry, req))
+        prompt = await self.prompt_tokens(entry, req)
         ctx = entry.backend.context_size
         if len(prompt) >= ctx:
-            raise ApiError(400, "invalid_request_error",
-                           f"the prompt is {len(prompt)} tokens but model {entry.id!r} has a context of "
-                           f"{ctx}; shorten the prompt or load the model with a larger context_size",
-                           code="context_length_exceeded", param="messages" if req.messages else "prompt")
+            raise context_exceeded(f"the prompt is {len(prompt)} tokens but model {entry.id!r} has a context of "
+                                   f"{ctx}", "messages" if req.messages else "prompt")
         max_new = min(req.sampling.max_tokens or ctx, ctx - len(prompt))
         forced = await self._forced_tokens(entry, req)
         stats = GenerationStats(prompt_tokens=len(prompt))
@@ -127,12 +132,16 @@ class InferenceEngine:
             raise ApiError(400, "invalid_request_error", "cortex_script is a test feature of "
                            "`cortex tiny-model` models only", code="script_not_allowed", param="cortex_script")
         backend = entry.backend
-        tokens = await self.tokenize(entry, req.script + backend.eos_token)
-        return tokens
+        segments = [Segment(req.script + backend.eos_token, True)]  # scripts may name control tokens
+        return await asyncio.get_running_loop().run_in_executor(
+            self.tokenizer_pool, tokenize_segments, backend, segments)
 
     async def embed(self, entry: ModelEntry, texts: list[str]) -> tuple[list[list[float]], int]:
         backend = entry.backend
-        counts = await self.registry.worker_for(entry).call(lambda: [len(backend.tokenize(t)) for t in texts])
+        for i, text in enumerate(texts):
+            check_chars(len(text), backend.context_size, entry.id, f"input[{i}]")
+        counts = await asyncio.get_running_loop().run_in_executor(
+            self.tokenizer_pool, lambda: [len(backend.tokenize(t, special=False)) for t in texts])
         too_long = [i for i, n in enumerate(counts) if n >= backend.context_size]
         if too_long:
             raise ApiError(400, "invalid_request_error", f"input[{too_long[0]}] is longer than the model's "

@@ -36,8 +36,11 @@ class Backend(ABC):
     is_tiny: bool = False  # test-only behaviour (scripted output) is allowed on tiny models alone
 
     @abstractmethod
-    def tokenize(self, text: str) -> list[int]:
-        """Tokenise with special tokens parsed (the chat template emits them as text)."""
+    def tokenize(self, text: str, special: bool = True) -> list[int]:
+        """Tokenise, with control tokens parsed (`special`, for template markup) or kept as text.
+
+        Called from the engine's tokenizer threads while the device thread decodes: it must
+        only read the model's vocabulary."""
 
     @abstractmethod
     def generate_tokens(self, prompt: list[int], params: SamplingParams,

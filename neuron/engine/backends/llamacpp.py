@@ -69,8 +69,9 @@ class LlamaCppBackend(Backend):
             return ""
         return self.llm._model.detokenize([token], special=True).decode("utf-8", errors="replace")
 
-    def tokenize(self, text: str) -> list[int]:
-        return self.llm.tokenize(text.encode("utf-8"), add_bos=False, special=True)
+    def tokenize(self, text: str, special: bool = True) -> list[int]:
+        # llama_tokenize reads only the vocabulary: safe beside a decode on the device thread.
+        return self.llm.tokenize(text.encode("utf-8"), add_bos=False, special=special)
 
     def is_end(self, token: int) -> bool:
         return bool(self.llama_cpp.llama_vocab_is_eog(self._vocab, token))

@@ -29,6 +29,22 @@ def _import_torch():
     return torch, transformers
 
 
+def _encoders(tokenizer) -> dict[bool, object | None]:
+    """Two copies of the fast tokenizer for encoding, one parsing control tokens and one not.
+
+    Copies, because the tokenizer threads encode while the device thread decodes with the
+    original, and the switch between the two modes is a mutation that Rust's borrow checks
+    refuse under concurrent use ("Already borrowed")."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is None:
+        return {True: None, False: None}
+    from tokenizers import Tokenizer
+
+    special, plain = Tokenizer.from_str(backend.to_str()), Tokenizer.from_str(backend.to_str())
+    special.encode_special_tokens, plain.encode_special_tokens = False, True
+    return {True: special, False: plain}
+
+
 class TorchBackend(Backend):
     name = "torch"
 
@@ -54,9 +70,13 @@ class TorchBackend(Backend):
         self.eos_token = self.tokenizer.eos_token or ""
         self.is_tiny = bool(getattr(config, TINY_MARKER_KEY, False)) or _config_flag(spec)
         self._end_ids = _end_token_ids(self.model, self.tokenizer)
+        self._encoders = _encoders(self.tokenizer)
 
-    def tokenize(self, text: str) -> list[int]:
-        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+    def tokenize(self, text: str, special: bool = True) -> list[int]:
+        encoder = self._encoders[special]
+        if encoder is None:  # a slow (pure Python) tokenizer: no separate copies to be had
+            return self.tokenizer(text, add_special_tokens=False, split_special_tokens=not special)["input_ids"]
+        return encoder.encode(text, add_special_tokens=False).ids
 
     def is_end(self, token: int) -> bool:
         return token in self._end_ids
