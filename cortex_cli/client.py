@@ -3,26 +3,39 @@
 from __future__ import annotations
 
 import os
+import re
 from typing import Any
 
 import aiohttp
 import orjson
 
+from neuron.errors import ApiError, error_from_envelope
+
 DEFAULT_GATEWAY = "http://127.0.0.1:31313"
+# A status of a thousand nodes is a few MiB; a bigger answer is not a gateway's.
+MAX_REPLY_BYTES = 16 * 2**20
+# C0 and C1 controls: ESC starts the sequences that clear a screen, write the clipboard or
+# forge hyperlinks; a name from the fleet must not reach the terminal with them.
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 
 
 class GatewayUnreachable(Exception):
     """No answer from the gateway at all."""
 
 
-class AdminError(Exception):
-    """The gateway answered with an error; `message` is its own words."""
+class AdminError(ApiError):
+    """The gateway answered with an error (its own words in `message`), or with something no gateway sends."""
 
-    def __init__(self, status: int, code: str | None, message: str):
-        super().__init__(message)
-        self.status = status
-        self.code = code
-        self.message = message
+
+def printable(value: Any) -> Any:
+    """Every string in a JSON value, keys too, with control characters removed."""
+    if isinstance(value, str):
+        return _CONTROL.sub("", value)
+    if isinstance(value, dict):
+        return {printable(k): printable(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [printable(v) for v in value]
+    return value
 
 
 def gateway_url(given: str | None = None) -> str:
@@ -56,19 +69,31 @@ class AdminClient:
                 headers={**self.headers, "Content-Type": "application/json"},
                 timeout=aiohttp.ClientTimeout(total=timeout),
             ) as resp:
-                raw = await resp.read()
+                raw = await self._read_bounded(resp)
+                status = resp.status
         except (TimeoutError, aiohttp.ClientError, OSError) as exc:
             raise GatewayUnreachable(f"cannot reach the gateway at {self.url} ({exc.__class__.__name__}); "
                                      "is `cortex serve` running? (--gateway or CORTEX_GATEWAY)") from exc
+        if status >= 400:
+            err = error_from_envelope(status, raw)
+            raise AdminError(status, err.type, printable(err.message) or f"HTTP {status}", code=err.code)
         try:
-            data = orjson.loads(raw) if raw else {}
+            return printable(orjson.loads(raw) if raw else {})
         except orjson.JSONDecodeError:
-            data = {}
-        if resp.status >= 400:
-            err = data.get("error") if isinstance(data, dict) else None
-            err = err if isinstance(err, dict) else {}
-            raise AdminError(resp.status, err.get("code"), err.get("message") or f"HTTP {resp.status}")
-        return data
+            raise self._not_a_gateway("its answer is not JSON") from None
+
+    async def _read_bounded(self, resp: aiohttp.ClientResponse) -> bytes:
+        chunks, size = [], 0
+        async for chunk in resp.content.iter_chunked(1 << 16):
+            size += len(chunk)
+            if size > MAX_REPLY_BYTES:
+                raise self._not_a_gateway(f"its answer is over {MAX_REPLY_BYTES >> 20} MiB")
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    def _not_a_gateway(self, why: str) -> AdminError:
+        return AdminError(502, "api_error", f"{self.url} does not answer like a cortex gateway: {why}; "
+                          "check --gateway (or CORTEX_GATEWAY)", code="bad_reply")
 
     async def status(self, refresh: bool = False, timeout: float = 10.0) -> dict:
         return await self._call("GET", "/admin/status" + ("?refresh=1" if refresh else ""), timeout=timeout)

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import re
+from collections.abc import Callable
+from typing import Any
 
 import click
 
@@ -28,10 +31,21 @@ def _status_quietly(ctx: click.Context) -> dict | None:
         return None
 
 
+# What a completion may offer: a name with a space, a newline, a glob or `$(...)` in it could change
+# what the shell runs or completes, so such names are simply not offered.
+_SAFE_WORD = re.compile(r"^[A-Za-z0-9._:/@+=-]+$")
+
+
+def _offer(names, incomplete: str) -> list[str]:
+    return sorted({n for n in names if isinstance(n, str) and _SAFE_WORD.match(n) and n.startswith(incomplete)})
+
+
 def complete_node(ctx, _param, incomplete: str) -> list[str]:
     status = _status_quietly(ctx)
-    names = [n["name"] for n in status["nodes"]] if status else []
-    return [n for n in names if n.startswith(incomplete)]
+    try:
+        return _offer((n["name"] for n in status["nodes"]) if status else [], incomplete)
+    except (KeyError, TypeError):
+        return []
 
 
 def complete_model(ctx, _param, incomplete: str) -> list[str]:
@@ -40,12 +54,15 @@ def complete_model(ctx, _param, incomplete: str) -> list[str]:
         return []
     node = ctx.params.get("node") if ctx else None
     names = set()
-    for n in status["nodes"]:
-        if node and n["name"] != node:
-            continue
-        names.update(m["id"] for m in n["models"])
-        names.update(n.get("available", []))
-    return sorted(m for m in names if m.startswith(incomplete))
+    try:
+        for n in status["nodes"]:
+            if node and n["name"] != node:
+                continue
+            names.update(m["id"] for m in n["models"])
+            names.update(n.get("available", []))
+    except (KeyError, TypeError):
+        return []
+    return _offer(names, incomplete)
 
 
 def run(coro):
@@ -58,3 +75,12 @@ def run(coro):
         raise click.ClickException(str(exc)) from None
     except AdminError as exc:
         raise click.ClickException(exc.message) from None
+
+
+def show(render: Callable[[], Any]) -> Any:
+    """Render an answer; one of an unexpected shape is one clear line, not a traceback."""
+    try:
+        return render()
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise click.ClickException(f"the gateway's answer has an unexpected shape ({exc.__class__.__name__}: "
+                                   f"{exc}); are the CLI and the gateway the same version?") from None

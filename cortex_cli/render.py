@@ -9,6 +9,11 @@ from rich.table import Table
 from rich.text import Text
 
 
+def plain(value) -> Text:
+    """A value from the fleet as literal text: `[bold]` or `[/]` in a model name is not markup."""
+    return Text(str(value))
+
+
 def memory_bar(used: float, total: float, width: int = 16) -> Text:
     frac = 0.0 if total <= 0 else min(1.0, used / total)
     filled = round(frac * width)
@@ -34,10 +39,10 @@ def nodes_table(status: dict) -> Table:
         table.add_column(col)
     for node in status["nodes"]:
         health = Text("up", style="bold green") if node["healthy"] else Text("down", style="bold red")
-        devices = Group(*[Text(f"{d['id']} ") + memory_bar(d.get("used_mb", 0), d.get("total_mb", 0))
+        devices = Group(*[plain(f"{d['id']} ") + memory_bar(d.get("used_mb", 0), d.get("total_mb", 0))
                           for d in node["devices"]]) if node["devices"] else Text("-", style="dim")
         loaded = [m["id"] for m in node["models"] if m.get("status") == "loaded"]
-        table.add_row(node["name"], health, node["endpoint"], devices, ", ".join(loaded) or "-")
+        table.add_row(plain(node["name"]), health, plain(node["endpoint"]), devices, plain(", ".join(loaded) or "-"))
     return table
 
 
@@ -66,7 +71,8 @@ def models_table(status: dict) -> Table:
         table.add_column(col)
     for r in model_rows(status):
         style = {"loaded": "green", "loading": "yellow", "recovering": "yellow", "poisoned": "red"}.get(r["status"])
-        table.add_row(r["model"], r["node"], Text(r["status"], style=style or ""), "yes" if r["pinned"] else "",
+        table.add_row(plain(r["model"]), plain(r["node"]), Text(r["status"], style=style or ""),
+                      "yes" if r["pinned"] else "",
                       str(r["in_flight"]), f"{r['memory_mb']:.0f} MiB", ago(r["last_used"]))
     return table
 
@@ -76,6 +82,7 @@ def catalogue_table(models: list[dict]) -> Table:
     for col in ("model", "loaded on", "loadable on", "pinned on", "alias of"):
         table.add_column(col)
     for m in models:
-        table.add_row(m["id"], ", ".join(m.get("loaded_on", [])) or "-", ", ".join(m.get("loadable_on", [])) or "-",
-                      ", ".join(m.get("pinned_on", [])), m.get("alias_of", ""))
+        table.add_row(*(plain(cell) for cell in (
+            m["id"], ", ".join(m.get("loaded_on", [])) or "-", ", ".join(m.get("loadable_on", [])) or "-",
+            ", ".join(m.get("pinned_on", [])), m.get("alias_of", ""))))
     return table

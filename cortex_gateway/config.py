@@ -57,9 +57,9 @@ class ModelProfile:
 
 @dataclass
 class GatewayConfig:
-    host: str = "0.0.0.0"
+    host: str = "127.0.0.1"  # loopback unless the config says otherwise
     port: int = 31313
-    metrics_host: str = "0.0.0.0"
+    metrics_host: str = "127.0.0.1"  # the metrics port has no keys
     metrics_port: int = 31314
     neurons: list[NeuronSpec] = field(default_factory=list)
     strategy: str = "lru"
@@ -74,6 +74,8 @@ class GatewayConfig:
     body_timeout_s: float = 30.0
     # a neuron silent this long mid-answer (or for a whole non-streaming answer) fails the request
     upstream_read_timeout_s: float = 600.0
+    idle_timeout_s: float = 30.0  # a connection with no request in progress (or a half-sent head) this long is closed
+    max_connections_per_client: int = 256
     auth: AuthSettings = field(default_factory=AuthSettings)
     config_path: Path | None = None
     models_path: Path | None = None
@@ -107,13 +109,15 @@ def load_config(path: Path) -> GatewayConfig:
     if (listen := _get(gw, "metrics_listen", str, path, "[gateway]", "HOST:PORT")) is not None:
         cfg.metrics_host, cfg.metrics_port = parse_listen(listen, _where(path, "[gateway]", "metrics_listen"))
     for key in ("poll_interval_s", "poll_timeout_s", "load_timeout_s", "keepalive_s", "max_body_mb", "body_timeout_s",
-                "upstream_read_timeout_s"):
+                "upstream_read_timeout_s", "idle_timeout_s"):
         value = _get(gw, key, (int, float), path, "[gateway]", "a number of seconds")
         if value is not None:
             if value <= 0:
                 raise ConfigError(f"{_where(path, '[gateway]', key)}: must be > 0, got {value!r}")
             setattr(cfg, key, float(value))
     cfg.down_after = _get(gw, "down_after", int, path, "[gateway]", "a number of polls", cfg.down_after)
+    cfg.max_connections_per_client = _get(gw, "max_connections_per_client", int, path, "[gateway]",
+                                          "a number of connections", cfg.max_connections_per_client)
     neuron_token = _get(gw, "neuron_token", str, path, "[gateway]", "a token for every neuron")
     cfg.neurons = _neurons(data.get("neurons", []), path, neuron_token)
     eviction = _get(data, "eviction", dict, path, "", "an [eviction] table", {})

@@ -48,15 +48,17 @@ class InferenceCall:
     path: str  # the neuron route, e.g. /v1/chat/completions
     endpoint: str  # the metrics label: chat, completions, embeddings, messages
     model: str  # as the client named it (maybe an alias)
-    data: dict
-    body: bytes  # `data` as sent by the client: passed through untouched when it can be
+    body: bytes  # what the neuron gets: the client's own bytes when they can pass through untouched
     stream: bool
 
     def body_for(self, upstream_id: str) -> bytes:
-        """Pass the bytes through unless the node knows the model by another name."""
+        """The body, re-encoded only when the node knows the model by another name (an alias, a path).
+
+        The parsed request is not kept while the answer streams: a large body would otherwise hold
+        its whole object tree in memory for the length of the request."""
         if self.model == upstream_id:
             return self.body
-        return orjson.dumps({**self.data, "model": upstream_id})
+        return orjson.dumps({**orjson.loads(self.body), "model": upstream_id})
 
 
 async def dispatch(request: web.Request, call: InferenceCall, dialect: Dialect) -> web.StreamResponse:

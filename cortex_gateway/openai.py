@@ -46,7 +46,7 @@ def read_call(path: str, endpoint: str, body: bytes) -> InferenceCall:
         raise bad_request("model: required, a model id from GET /v1/models", param="model", code="missing_field")
     if stream is not None and not isinstance(stream, bool):
         raise bad_request("stream: expected true or false", param="stream")
-    return InferenceCall(path, endpoint, model, data, body, bool(stream))
+    return InferenceCall(path, endpoint, model, body, bool(stream))
 
 
 def inference_handler(path: str, endpoint: str):

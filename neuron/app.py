@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import signal
 import time
 
 from aiohttp import web
 
 from neuron import lifecycle_routes, openai_routes
 from neuron.auth import TOKEN, token_auth
-from neuron.config import NeuronConfig
+from neuron.config import LOOPBACK, NeuronConfig
+from neuron.connections import GuardedSite, quiet_parser_errors, raise_descriptor_limit
 from neuron.devices import DeviceTable
 from neuron.engine.faults import FaultInjector, injection_enabled
 from neuron.engine.inference import InferenceEngine
@@ -32,7 +34,7 @@ def create_app(config: NeuronConfig, *, devices: DeviceTable | None = None) -> w
     app[TOKEN] = config.token
     faults = FaultInjector(injection_enabled())
     devices = devices or DeviceTable(config.gpus, config.cpu_memory_mb)
-    registry = Registry(devices, config.models_dir, faults, config.admission)
+    registry = Registry(devices, config.models_dir, faults, config.admission, tuple(config.model_roots))
     app[REGISTRY] = registry
     app[ENGINE] = InferenceEngine(registry, faults)
     app[METRICS] = metrics = NeuronMetrics(registry)
@@ -55,6 +57,7 @@ def _lifetime(config: NeuronConfig):
         if task:
             task.cancel()
         log.info("unloading %d model(s)", len(registry.models))
+        app[ENGINE].close()
         await registry.close()
         registry.devices.close()
 
@@ -78,12 +81,28 @@ def run(config: NeuronConfig) -> None:
         uvloop.install()
     except ImportError:
         pass
-    if config.host not in ("127.0.0.1", "localhost", "::1") and not config.token:
-        log.warning("listening on %s:%d with no token: anyone who can reach this port can load models and "
-                    "run inference; set --token (or CORTEX_NEURON_TOKEN) and give the gateway the same",
-                    config.host, config.port)
-    app = create_app(config)
-    log.info("neuron %s on http://%s:%d, models from %s", config.name, config.host, config.port,
-             config.models_dir)
-    web.run_app(app, host=config.host, port=config.port, shutdown_timeout=config.shutdown_grace_s,
-                print=None, access_log=None, handle_signals=True)
+    if config.private_network and not config.token and config.host not in LOOPBACK:
+        log.warning("listening on %s:%d with no token (--private-network): anyone who can reach this port "
+                    "can load models and run inference", config.host, config.port)
+    asyncio.run(serve(config))
+
+
+async def serve(config: NeuronConfig) -> None:
+    """Serve until a signal; then stop accepting, let requests finish (bounded), unload everything."""
+    raise_descriptor_limit()
+    quiet_parser_errors()
+    runner = web.AppRunner(create_app(config), access_log=None, handle_signals=False,
+                           shutdown_timeout=config.shutdown_grace_s, keepalive_timeout=config.idle_timeout_s)
+    await runner.setup()
+    try:
+        await GuardedSite(runner, config.host, config.port, per_client=config.max_connections_per_client).start()
+        log.info("neuron %s on http://%s:%d, models from %s", config.name, config.host, config.port,
+                 config.models_dir)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await stop.wait()
+        log.info("stopping: finishing in-flight requests")
+    finally:
+        await runner.cleanup()

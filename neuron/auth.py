@@ -30,7 +30,8 @@ def key_matches(key: str | None, keys: tuple[str, ...]) -> str | None:
     if key is None:
         return None
     found = None
-    encoded = key.encode()
+    # aiohttp hands header bytes that are not UTF-8 over as surrogates: compare them, never crash.
+    encoded = key.encode("utf-8", "surrogateescape")
     for candidate in keys:
         if hmac.compare_digest(encoded, candidate.encode()):
             found = candidate

@@ -1,11 +1,19 @@
-"""What a neuron can load: its models directory, local paths, and Hugging Face hub ids.
+"""What a neuron can load: its models directory, files under its model roots, and hub ids.
 
-Also sizes a model before loading it, so a load that cannot fit is refused
-before anything is allocated.
+A path is loaded only when it resolves (symlinks followed) inside the models
+directory or a configured model root: an open port must not be a way to make
+the node read any file it can. A path outside, a missing file and a file that
+is no model get the same 404, so answers do not reveal what exists; answers
+show paths relative to their root, never absolute ones. A model loaded by a
+path outside the models directory gets the id `file:RELATIVE/PATH`, which no
+catalogue id can take (`scan` skips names with a colon), so it cannot shadow
+a catalogue model. Also sizes a model before loading it, so a load that
+cannot fit is refused before anything is allocated.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 from dataclasses import dataclass
@@ -31,27 +39,26 @@ class ModelRef:
     path: str  # local path, or a hub id when `remote`
     size_mb: float
     remote: bool = False
-
-    def to_dict(self) -> dict:
-        return {"id": self.id, "format": self.format, "path": self.path, "size_mb": round(self.size_mb, 2)}
+    shown_path: str = ""  # relative to its root: what clients may see
 
 
 def scan(models_dir: Path) -> list[ModelRef]:
     """Every loadable model directly inside `models_dir`, sorted by id."""
     if not models_dir.is_dir():
         return []
-    refs = [ref for entry in sorted(models_dir.iterdir()) if (ref := _ref_for(entry)) is not None]
+    refs = [ref for entry in sorted(models_dir.iterdir())
+            if ":" not in entry.name and (ref := _ref_for(entry, entry.name)) is not None]
     return sorted(refs, key=lambda r: r.id)
 
 
-def _ref_for(path: Path) -> ModelRef | None:
+def _ref_for(path: Path, shown: str) -> ModelRef | None:
     if path.is_file() and path.suffix == ".gguf":
         stem = path.stem
         if re.search(r"-\d+-of-\d+$", stem) and not _SPLIT_GGUF.search(stem):
             return None  # later parts of a split GGUF: llama.cpp opens them through the first
-        return ModelRef(_SPLIT_GGUF.sub("", stem), "gguf", str(path), _size_mb(path))
+        return ModelRef(_SPLIT_GGUF.sub("", stem), "gguf", str(path), _size_mb(path), shown_path=shown)
     if path.is_dir() and (path / "config.json").is_file() and _weight_files(path):
-        return ModelRef(path.name, "hf", str(path), _size_mb(path))
+        return ModelRef(path.name, "hf", str(path), _size_mb(path), shown_path=shown)
     return None
 
 
@@ -68,24 +75,42 @@ def _size_mb(path: Path) -> float:
     return sum(p.stat().st_size for p in _weight_files(path)) / 2**20
 
 
-def resolve(name: str, models_dir: Path) -> ModelRef:
-    """An id in the models dir, a local path, or a hub id ("org/name")."""
+def resolve(name: str, models_dir: Path, roots: tuple[Path, ...] = ()) -> ModelRef:
+    """An id in the models dir, a path inside the models dir or a model root, or a hub id ("org/name")."""
     for ref in scan(models_dir):
         if ref.id == name:
             return ref
-    path = Path(name).expanduser()
-    if path.exists():
-        ref = _ref_for(path.resolve())
-        if ref is None:
-            raise ApiError(400, "invalid_request_error",
-                           f"{name}: not a model (expected a .gguf file or a Hugging Face directory "
-                           "with config.json and safetensors weights)", code="not_a_model", param="model")
+    if (ref := _path_ref(name, models_dir, roots)) is not None:
         return ref
-    if _HUB_ID.match(name) and not path.is_absolute():
-        return ModelRef(name, "hf", name, 0.0, remote=True)
+    if _HUB_ID.match(name):
+        return ModelRef(name, "hf", name, 0.0, remote=True, shown_path=name)
     raise ApiError(404, "not_found_error",
-                   f"model {name!r} is not in {models_dir} and is not a path; "
+                   f"model {name!r} is not in this node's models directory or model roots; "
                    "GET /models/available lists what this node can load", code="model_not_found", param="model")
+
+
+def _path_ref(name: str, models_dir: Path, roots: tuple[Path, ...]) -> ModelRef | None:
+    """A model at a path that resolves inside an allowed root; None for anything else, alike."""
+    try:
+        candidate = Path(name).expanduser()
+        resolved = (candidate if candidate.is_absolute() else models_dir / candidate).resolve()
+    except (OSError, RuntimeError, ValueError):  # a symlink loop, a NUL byte
+        return None
+    for root in (models_dir, *roots):
+        try:
+            relative = resolved.relative_to(root.resolve())
+        except (OSError, ValueError):
+            continue
+        if not relative.parts:
+            return None
+        ref = _ref_for(resolved, relative.as_posix())
+        if ref is None:
+            return None
+        if root == models_dir and len(relative.parts) == 1:
+            return ref  # the catalogue model itself, under its own id
+        return dataclasses.replace(ref, id="file:" + relative.with_suffix("").as_posix()
+                                   if ref.format == "gguf" else "file:" + relative.as_posix())
+    return None
 
 
 def estimate_mb(ref: ModelRef, context_size: int | None, on_cpu: bool) -> float:

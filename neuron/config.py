@@ -32,7 +32,7 @@ def default_models_dir() -> Path:
 
 @dataclass
 class NeuronConfig:
-    host: str = "0.0.0.0"
+    host: str = "127.0.0.1"  # loopback unless told otherwise: an open neuron runs anyone's requests
     port: int = DEFAULT_PORT
     name: str = ""
     gpus: list[int] | None = None
@@ -44,11 +44,39 @@ class NeuronConfig:
     shutdown_grace_s: float = 30.0
     max_body_mb: float = 64.0
     body_timeout_s: float = 30.0  # a client must send its whole body within this
+    idle_timeout_s: float = 30.0  # a connection with no request in progress (or a half-sent head) this long is closed
+    # The gateway is one client with many streams: its cap is generous.
+    max_connections_per_client: int = 1024
     token: str = field(default_factory=lambda: os.environ.get("CORTEX_NEURON_TOKEN", ""))
+    model_roots: list[Path] = field(default_factory=list)  # loads by path are allowed under these (and models_dir)
+    private_network: bool = False  # the operator's word that only trusted machines reach a tokenless port
 
     def __post_init__(self):
         if not self.name:
             self.name = os.uname().nodename
+
+
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
+
+def check_exposure(config: NeuronConfig) -> None:
+    """Refuse to listen beyond loopback with no token, unless the operator says the network is private."""
+    if config.host in LOOPBACK or config.host.startswith("127.") or config.token or config.private_network:
+        return
+    raise ConfigError(f"refusing to listen on {config.host}:{config.port} with no token: anyone who can reach "
+                      "that port could load models and run inference. Set a token (--token-file, "
+                      "CORTEX_NEURON_TOKEN or [neuron] token) and give the gateway the same, or pass "
+                      "--private-network if only trusted machines can reach this port")
+
+
+def read_token_file(path: Path, where: str) -> str:
+    try:
+        token = path.expanduser().read_text().strip()
+    except OSError as exc:
+        raise ConfigError(f"{where}: cannot read {path} ({exc.strerror})") from None
+    if not token:
+        raise ConfigError(f"{where}: {path} is empty")
+    return token
 
 
 def parse_listen(value: str, where: str) -> tuple[str, int]:
@@ -103,7 +131,16 @@ def config_from_file(path: Path) -> NeuronConfig:
         cfg.models_dir = (path.parent / Path(models_dir).expanduser()).resolve()
     cfg.cpu_memory_mb = _expect(node, "cpu_memory_mb", (int, float), where, "a number of MiB")
     cfg.token = _expect(node, "token", str, where, "a string") or cfg.token
-    for key in ("keepalive_s", "shutdown_grace_s", "max_body_mb", "body_timeout_s"):
+    if (token_file := _expect(node, "token_file", str, where, "a path")) is not None:
+        cfg.token = read_token_file(path.parent / token_file, f"{where}.token_file")
+    roots = _expect(node, "model_roots", list, where, "a list of paths") or []
+    if not all(isinstance(r, str) for r in roots):
+        raise ConfigError(f"{where}.model_roots: expected a list of paths, got {roots!r}")
+    cfg.model_roots = [(path.parent / Path(r).expanduser()).resolve() for r in roots]
+    cfg.max_connections_per_client = (_expect(node, "max_connections_per_client", int, where, "an integer")
+                                      or cfg.max_connections_per_client)
+    cfg.private_network = bool(_expect(node, "private_network", bool, where, "true or false"))
+    for key in ("keepalive_s", "shutdown_grace_s", "max_body_mb", "body_timeout_s", "idle_timeout_s"):
         if (v := _expect(node, key, (int, float), where, "a number")) is not None:
             setattr(cfg, key, float(v))
     cfg.admission = _admission(data.get("admission", {}), f"{path}: [admission]")

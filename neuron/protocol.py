@@ -87,7 +87,9 @@ def parse_devices(value: Any) -> list[str]:
     for i, item in enumerate(value):
         if isinstance(item, bool) or not isinstance(item, (int, str)):
             raise bad_request(f"devices[{i}]: expected a GPU index or 'cpu'", param="devices")
-        out.append(normalise_device_id(item, f"devices[{i}]"))
+        device = normalise_device_id(item, f"devices[{i}]")
+        if device not in out:  # ["cpu", "cpu"] is one device, not two budgets
+            out.append(device)
     return out
 
 

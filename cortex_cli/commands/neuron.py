@@ -8,7 +8,8 @@ import click
 
 
 @click.command()
-@click.option("--listen", metavar="HOST:PORT", help="Address to serve on [default: 0.0.0.0:13131].")
+@click.option("--listen", metavar="HOST:PORT", help="Address to serve on [default: 127.0.0.1:13131]. "
+              "Beyond loopback a token is required, or --private-network.")
 @click.option("--name", help="Node name shown by the gateway [default: hostname].")
 @click.option("--gpus", metavar="0,1", help="GPU indices this daemon owns [default: all].")
 @click.option("--models-dir", type=click.Path(file_okay=False, path_type=Path),
@@ -17,17 +18,35 @@ import click
               "[default: available RAM].")
 @click.option("--config", "config_path", type=click.Path(dir_okay=False, path_type=Path),
               help="neuron.toml; flags override it.")
-@click.option("--token", envvar="CORTEX_NEURON_TOKEN", help="Shared token the gateway must send "
-              "(or CORTEX_NEURON_TOKEN); every route but /health needs it.")
+@click.option("--token", envvar="CORTEX_NEURON_TOKEN", help="Shared token the gateway must send; every "
+              "route but /health needs it. Prefer CORTEX_NEURON_TOKEN or --token-file: a flag shows in ps.")
+@click.option("--token-file", type=click.Path(dir_okay=False, path_type=Path),
+              help="Read the shared token from this file (keep it readable by this user only).")
+@click.option("--model-root", "model_roots", multiple=True, type=click.Path(file_okay=False, path_type=Path),
+              help="Another directory loads by path may read from (repeatable); the models dir always is one.")
+@click.option("--private-network", is_flag=True, help="Allow listening beyond loopback with no token: "
+              "only trusted machines can reach this port.")
 @click.option("--demo", is_flag=True, help="With no model in the models dir, write the random-weight "
               "demo model cortex-tiny there and load it, so a first request gets an answer.")
 @click.option("--log-level", default="info", type=click.Choice(["debug", "info", "warning", "error"]))
-def neuron(listen, name, gpus, models_dir, cpu_memory_mb, config_path, token, demo, log_level) -> None:
+def neuron(listen, name, gpus, models_dir, cpu_memory_mb, config_path, token, token_file, model_roots,
+           private_network, demo, log_level) -> None:
     """Serve the models on this machine's GPUs (or CPU) to the gateway."""
     from cortex_cli.logs import setup_logging
-    from neuron.config import ConfigError, NeuronConfig, config_from_file, parse_gpus, parse_listen
+    from neuron.config import (
+        ConfigError,
+        NeuronConfig,
+        check_exposure,
+        config_from_file,
+        parse_gpus,
+        parse_listen,
+        read_token_file,
+    )
 
     setup_logging(log_level)
+    if token and click.get_current_context().get_parameter_source("token").name == "COMMANDLINE":
+        click.echo("warning: --token is visible to every user of this machine in ps; prefer "
+                   "CORTEX_NEURON_TOKEN or --token-file", err=True)
     try:
         config = config_from_file(config_path) if config_path else NeuronConfig()
         if listen:
@@ -38,6 +57,11 @@ def neuron(listen, name, gpus, models_dir, cpu_memory_mb, config_path, token, de
         config.models_dir = models_dir or config.models_dir
         config.cpu_memory_mb = cpu_memory_mb or config.cpu_memory_mb
         config.token = token or config.token
+        if token_file is not None:
+            config.token = read_token_file(token_file, "--token-file")
+        config.model_roots += [p.resolve() for p in model_roots]
+        config.private_network = private_network or config.private_network
+        check_exposure(config)
     except ConfigError as exc:
         raise click.UsageError(str(exc)) from None
     if demo:

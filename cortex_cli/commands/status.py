@@ -6,7 +6,7 @@ import json
 
 import click
 
-from cortex_cli.options import admin_key_option, gateway_option, run
+from cortex_cli.options import admin_key_option, gateway_option, run, show
 
 
 def fetch(gateway: str, admin_key: str | None, call):
@@ -35,8 +35,9 @@ def status(gateway, admin_key, as_json) -> None:
         click.echo(json.dumps(data, indent=2))
         return
     console = Console()
-    console.print(nodes_table(data))
-    console.print(models_table(data))
+    tables = show(lambda: (nodes_table(data), models_table(data)))
+    for table in tables:
+        console.print(table)
 
 
 @click.command()
@@ -53,4 +54,4 @@ def models(gateway, admin_key, as_json) -> None:
     if as_json:
         click.echo(json.dumps(data, indent=2))
     else:
-        Console().print(catalogue_table(data))
+        Console().print(show(lambda: catalogue_table(data)))

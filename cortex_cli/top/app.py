@@ -145,14 +145,14 @@ class TopApp(App):
 
     @work(group="actions")
     async def run_action_on(self, verb: str, row: Row, call) -> None:
-        self.notify(f"{verb} {row.model} on {row.node}...")
+        self.notify(f"{verb} {row.model} on {row.node}...", markup=False)
         try:
             async with self.client() as client:
                 await call(client, row)
         except (GatewayUnreachable, AdminError) as exc:
-            self.notify(f"{verb} failed: {exc}", severity="error", timeout=8)
+            self.notify(f"{verb} failed: {exc}", severity="error", timeout=8, markup=False)
         else:
-            self.notify(f"{verb} {row.model} on {row.node}: done")
+            self.notify(f"{verb} {row.model} on {row.node}: done", markup=False)
         self.refresh_data()
 
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from rich.text import Text
+
 from cortex_cli.render import model_rows
 
 SORT_KEYS = ("model", "node", "status", "in_flight", "tok_s", "req_min", "memory_mb")
@@ -55,7 +57,12 @@ def filter_rows(rows: list[Row], text: str) -> list[Row]:
     return [r for r in rows if text in r.model.lower() or text in r.node.lower() or text in r.status]
 
 
-def format_row(r: Row) -> tuple[str, ...]:
+def format_row(r: Row) -> tuple[Text, ...]:
+    """Cells as literal Text: Textual reads a plain string cell as markup, and names come from the fleet."""
+    return tuple(Text(cell) for cell in _cells(r))
+
+
+def _cells(r: Row) -> tuple[str, ...]:
     return (r.model, r.node, r.status, "pin" if r.pinned else "", str(r.in_flight), str(r.queue),
             "-" if r.tok_s is None else f"{r.tok_s:.0f}",
             "-" if r.ttft_p50_s is None else f"{r.ttft_p50_s * 1000:.0f} ms", str(r.req_min),

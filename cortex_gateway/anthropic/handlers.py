@@ -76,11 +76,16 @@ async def _read_body(request: web.Request):
 
 
 async def messages(request: web.Request) -> web.StreamResponse:
-    body = to_openai(await _read_body(request))
-    dialect = AnthropicDialect(body["model"], body.get("stop", []))
-    call = InferenceCall("/v1/chat/completions", "messages", body["model"], body, orjson.dumps(body),
-                         bool(body.get("stream")))
+    call, dialect = _translated_call(await _read_body(request))
     return await dispatch(request, call, dialect)
+
+
+def _translated_call(data) -> tuple[InferenceCall, AnthropicDialect]:
+    """Translate, keeping only the bytes: neither parsed form lives on while the answer streams."""
+    body = to_openai(data)
+    dialect = AnthropicDialect(body["model"], body.get("stop", []))
+    return InferenceCall("/v1/chat/completions", "messages", body["model"], orjson.dumps(body),
+                         bool(body.get("stream"))), dialect
 
 
 async def count_tokens(request: web.Request) -> web.Response:

@@ -28,6 +28,7 @@ from neuron.protocol import LoadRequest, ModelInfo, ModelState
 
 log = logging.getLogger(__name__)
 UNLOAD_DRAIN_S = 30.0
+MAX_FAILURES = 64
 
 
 @dataclass
@@ -46,13 +47,14 @@ class ModelEntry:
     decode_tps: float = 0.0
     phase: str = "queued"  # what a load is doing now, for progress displays
     ready: asyncio.Future | None = field(default=None, repr=False)
+    load_error: ApiError | None = field(default=None, repr=False)
 
     def info(self) -> ModelInfo:
         return ModelInfo(
             id=self.id, backend=self.backend_name, status=self.status, devices=self.devices,
             memory_mb=round(self.memory_mb, 1),
             context_size=self.backend.context_size if self.backend else (self.request.context_size or 0),
-            path=self.ref.path, load_time_s=self.load_time_s, spec=self.request.to_dict(), phase=self.phase,
+            path=self.ref.shown_path, load_time_s=self.load_time_s, spec=self.request.to_dict(), phase=self.phase,
             estimated_mb=round(self.estimated_mb, 1),
         )
 
@@ -64,14 +66,15 @@ class ModelEntry:
 
 class Registry:
     def __init__(self, devices: DeviceTable, models_dir: Path, faults: FaultInjector,
-                 default_limits: AdmissionLimits):
+                 default_limits: AdmissionLimits, model_roots: tuple[Path, ...] = ()):
         self.devices = devices
         self.models_dir = models_dir
+        self.model_roots = model_roots
         self.faults = faults
         self.default_limits = default_limits
         self.workers = {d: DeviceWorker(d) for d in devices.ids}
         self.models: dict[str, ModelEntry] = {}
-        self.failures: dict[str, str] = {}  # last failed load or recovery, by model id
+        self.failures: dict[str, str] = {}  # last failed load or recovery, by model id; the newest MAX_FAILURES
         self.on_loaded: Callable[[ModelEntry], None] = lambda entry: None  # once per real load
 
     # -- queries -------------------------------------------------------------
@@ -95,12 +98,14 @@ class Registry:
 
     # -- load ------------------------------------------------------------------
     async def load(self, req: LoadRequest) -> ModelEntry:
-        ref = resolve(req.model, self.models_dir)
+        ref = resolve(req.model, self.models_dir, self.model_roots)
         existing = self.models.get(ref.id)
         if existing is not None:
+            _check_same_backend(existing, req)
             if existing.ready is not None and not existing.ready.done():
                 await asyncio.shield(existing.ready)  # single-flight: join the load in progress
-                return self.models.get(ref.id) or self._raise_failed(ref.id)
+                if existing.load_error is not None:
+                    raise existing.load_error  # every joiner gets the load's own error
             return existing
         entry = self._plan(req, ref)
         self.models[entry.id] = entry
@@ -109,16 +114,29 @@ class Registry:
             await self._open(entry)
         except BaseException as exc:
             self.models.pop(entry.id, None)
-            self.failures[entry.id] = str(exc)
+            entry.load_error = exc if isinstance(exc, ApiError) else ApiError(
+                500, "server_error", f"loading {entry.id!r} was interrupted", code="load_failed")
+            self._record_failure(entry.id, str(exc))
             entry.ready.set_result(None)
             raise
         entry.ready.set_result(None)
         self.failures.pop(entry.id, None)
         return entry
 
-    def _raise_failed(self, model_id: str):
-        raise ApiError(500, "server_error", f"loading {model_id!r} failed: {self.failures.get(model_id)}",
-                       code="load_failed")
+    def _record_failure(self, model_id: str, message: str) -> None:
+        """Keep the newest MAX_FAILURES: a client sending bad loads must not grow /models forever."""
+        self.failures.pop(model_id, None)
+        self.failures[model_id] = self.redact(message)[:500]
+        while len(self.failures) > MAX_FAILURES:
+            self.failures.pop(next(iter(self.failures)))
+
+    def redact(self, text: str) -> str:
+        """Show paths relative to their root: clients never see where the node keeps its files."""
+        labels = [(self.models_dir, "<models>"), *((r, f"<root{i}>") for i, r in enumerate(self.model_roots))]
+        for root, label in labels:
+            for form in {str(root), str(root.resolve())}:
+                text = text.replace(form, label)
+        return text
 
     def _plan(self, req: LoadRequest, ref: ModelRef) -> ModelEntry:
         backend_name = choose_backend(req.backend, ref.format)
@@ -163,7 +181,7 @@ class Registry:
             raise
         except Exception as exc:
             log.exception("load of %s failed", entry.id)
-            raise ApiError(422, "invalid_request_error", f"loading {entry.id!r} failed: {exc}",
+            raise ApiError(422, "invalid_request_error", f"loading {entry.id!r} failed: {self.redact(str(exc))}",
                            code="load_failed") from exc
         entry.backend = backend
         entry.memory_mb = measured if measured >= 0.5 * entry.estimated_mb else entry.estimated_mb
@@ -258,7 +276,7 @@ class Registry:
             await self._open(entry)
         except Exception as exc:  # noqa: BLE001 - recorded; the model is left unloaded
             log.error("reload of %s failed: %s; it is now unloaded", entry.id, exc)
-            self.failures[entry.id] = f"recovery failed: {exc}"
+            self._record_failure(entry.id, f"recovery failed: {exc}")
             self.models.pop(entry.id, None)
 
     async def close(self) -> None:
@@ -269,6 +287,12 @@ class Registry:
             self.models.pop(model_id, None)
         for worker in self.workers.values():
             worker.stop()
+
+
+def _check_same_backend(existing: ModelEntry, req: LoadRequest) -> None:
+    if req.backend not in ("auto", existing.backend_name):
+        raise ApiError(409, "invalid_request_error", f"model {existing.id!r} is loaded with {existing.backend_name}; "
+                       f"unload it first to load it with {req.backend}", code="backend_mismatch", param="backend")
 
 
 def _backend_spec(entry: ModelEntry) -> BackendSpec:
