@@ -10,6 +10,7 @@ import os
 import socket
 import subprocess
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import pytest
 
@@ -194,3 +195,9 @@ def test_the_token_flag_warns_that_ps_shows_it(tmp_path):
         assert "--token is visible to every user of this machine in ps" in proc.log()
     finally:
         proc.terminate()
+
+
+def test_the_open_file_limit_is_raised_to_the_hard_limit(strict):
+    limits = Path(f"/proc/{strict.proc.pid}/limits").read_text()
+    soft, hard = next(line.split()[3:5] for line in limits.splitlines() if line.startswith("Max open files"))
+    assert soft == hard or int(soft) >= 1 << 20, limits
