@@ -74,7 +74,7 @@ async def _collect(gen: Generation, framer: ChunkFramer, parser: ToolCallParser 
                   "logprobs": None}
     return {"id": framer.id, "object": "chat.completion" if framer.chat else "text_completion",
             "created": framer.created, "model": framer.model, "choices": [choice],
-            "usage": usage_dict(s.prompt_tokens, s.completion_tokens)}
+            "usage": usage_dict(s.prompt_tokens, s.completion_tokens, s.cached_tokens)}
 
 
 async def _stream(request: web.Request, gen: Generation, framer: ChunkFramer,
@@ -92,7 +92,7 @@ async def _stream(request: web.Request, gen: Generation, framer: ChunkFramer,
             await resp.write(_frame(framer, parser, *parser.finish()))
         s = gen.stats
         await resp.write(framer.finish(_finish_reason(gen, parser), gen.stop_sequence)
-                         + framer.usage(s.prompt_tokens, s.completion_tokens) + DONE)
+                         + framer.usage(s.prompt_tokens, s.completion_tokens, s.cached_tokens) + DONE)
     except ApiError as err:
         # Headers are gone: the client learns of the failure from an error event.
         await resp.write(error_event(err) + DONE)

@@ -52,7 +52,7 @@ class LoadRequest:
     backend: str = "auto"
     devices: list[str] = field(default_factory=list)
     context_size: int | None = None
-    parallel: int = 1
+    parallel: int | None = None  # decoding slots; None: the backend's default for the device
     max_in_flight: int | None = None
     max_queue_depth: int | None = None
     max_wait_s: float | None = None
@@ -68,7 +68,7 @@ class LoadRequest:
             backend=backend,
             devices=parse_devices(data.get("devices")),
             context_size=opt_int(data, "context_size", minimum=16, maximum=1 << 22),
-            parallel=opt_int(data, "parallel", minimum=1, maximum=256) or 1,
+            parallel=opt_int(data, "parallel", minimum=1, maximum=256),
             max_in_flight=opt_int(data, "max_in_flight", minimum=1, maximum=4096),
             max_queue_depth=opt_int(data, "max_queue_depth", minimum=0, maximum=1 << 16),
             max_wait_s=opt_float(data, "max_wait_s", minimum=0, maximum=3600),

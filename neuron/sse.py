@@ -77,11 +77,13 @@ class ChunkFramer:
             parts.append(self.delta({"tool_calls": [chunk]}))
         return b"".join(parts)
 
-    def usage(self, prompt: int, completion: int) -> bytes:
+    def usage(self, prompt: int, completion: int, cached: int = 0) -> bytes:
         return event({"id": self.id, "object": "chat.completion.chunk" if self.chat else "text_completion",
                       "created": self.created, "model": self.model, "choices": [],
-                      "usage": usage_dict(prompt, completion)})
+                      "usage": usage_dict(prompt, completion, cached)})
 
 
-def usage_dict(prompt: int, completion: int) -> dict:
-    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+def usage_dict(prompt: int, completion: int, cached: int = 0) -> dict:
+    """OpenAI's usage, with the prompt tokens whose computation was reused (prefix cache) as cached_tokens."""
+    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion,
+            "prompt_tokens_details": {"cached_tokens": cached}}

@@ -153,7 +153,8 @@ def test_error_types(stack, client):
 
 def test_rate_limit_error_when_the_queue_is_full(stack, client):
     gateway, neuron = stack
-    assert http_json("POST", neuron.url + "/models/load", {"model": "tiny-short", "max_queue_depth": 0})[0] == 200
+    load = {"model": "tiny-short", "max_in_flight": 1, "max_queue_depth": 0}  # one slot, no queue
+    assert http_json("POST", neuron.url + "/models/load", load)[0] == 200
     http_json("POST", neuron.url + "/debug/faults", {"model": "tiny-short", "fault": "slow", "delay_ms": 100})
     started = threading.Event()
 

@@ -57,6 +57,15 @@ class FaultInjector:
             armed.count -= 1
             return armed
 
+    def for_batch(self, model: str) -> dict:
+        """The faults armed for one batched inference, as the batcher applies them per token."""
+        out = {}
+        if (slow := self.take(model, "slow")) is not None:
+            out["delay_s"] = slow.delay_ms / 1000
+        if (fault := self.take(model, "device_error")) is not None:
+            out["fail_after"] = fault.after_tokens
+        return out
+
     def wrap_tokens(self, model: str, tokens):
         """Apply the faults armed for this inference to its token iterator."""
         if (slow := self.take(model, "slow")) is not None:

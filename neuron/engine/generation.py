@@ -33,6 +33,7 @@ class Delta:
 class GenerationStats:
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    cached_tokens: int = 0  # prompt tokens whose KV was reused, not recomputed
     first_token_at: float | None = None
     finished_at: float | None = None
 
@@ -96,6 +97,44 @@ class ByteDetokenizer:
         return self.decoder.decode(b"", final=True)
 
 
+class TextAssembler:
+    """One generation's tokens pushed in one at a time, text deltas out: detokenising, stop
+    sequences, the end token and the length limit. Batched decoding feeds one per step; a
+    backend's token iterator goes through `stream_text`."""
+
+    def __init__(self, detok: Detokenizer, is_end: Callable[[int], bool], params: SamplingParams, max_new: int,
+                 stats: GenerationStats, clock: Callable[[], float]):
+        self.detok, self.is_end, self.max_new, self.stats, self.clock = detok, is_end, max_new, stats, clock
+        self.stopper = StopMatcher(params.stop)
+        self.finish_reason = "length"
+        self.matched_stop = False
+
+    def feed(self, token: int) -> tuple[Delta | None, bool]:
+        """(text to emit or None, whether generation is over). The end token is not counted."""
+        if self.stats.first_token_at is None:
+            self.stats.first_token_at = self.clock()
+        if self.is_end(token):
+            self.finish_reason = "stop"
+            return None, True
+        self.stats.completion_tokens += 1
+        text, self.matched_stop = self.stopper.feed(self.detok.step(token))
+        if self.matched_stop:
+            self.finish_reason = "stop"
+        done = self.matched_stop or self.stats.completion_tokens >= self.max_new
+        return (Delta(text) if text else None), done
+
+    def finish(self) -> list[Delta]:
+        """What is held back, then the final delta with the finish reason."""
+        out = []
+        if not self.matched_stop:
+            tail = self.stopper.flush() + self.detok.flush()
+            if tail:
+                out.append(Delta(tail))
+        self.stats.finished_at = self.clock()
+        out.append(Delta("", self.finish_reason, self.stopper.matched))
+        return out
+
+
 def stream_text(
     tokens: Iterator[int],
     detok: Detokenizer,
@@ -110,26 +149,11 @@ def stream_text(
     `tokens` must be lazy: a token is sampled only when asked for, so stopping
     here stops the backend.
     """
-    stopper = StopMatcher(params.stop)
-    finish, matched_stop = "length", False
+    text = TextAssembler(detok, is_end, params, max_new, stats, clock)
     for token in tokens:
-        if stats.first_token_at is None:
-            stats.first_token_at = clock()
-        if is_end(token):
-            finish = "stop"
+        delta, done = text.feed(token)
+        if delta is not None:
+            yield delta
+        if done:
             break
-        stats.completion_tokens += 1
-        text, matched_stop = stopper.feed(detok.step(token))
-        if text:
-            yield Delta(text)
-        if matched_stop:
-            finish = "stop"
-            break
-        if stats.completion_tokens >= max_new:
-            break
-    if not matched_stop:
-        tail = stopper.flush() + detok.flush()
-        if tail:
-            yield Delta(tail)
-    stats.finished_at = clock()
-    yield Delta("", finish, stopper.matched)
+    yield from text.finish()

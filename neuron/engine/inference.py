@@ -12,8 +12,9 @@ from collections.abc import AsyncIterator, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
+from neuron.engine.backends.llamacpp_batch import BatchRequest
 from neuron.engine.faults import FaultInjector
-from neuron.engine.generation import Delta, DeviceFault, GenerationStats, stream_text
+from neuron.engine.generation import Delta, DeviceFault, GenerationStats, TextAssembler, stream_text
 from neuron.engine.prompt import (
     Segment,
     check_bounds,
@@ -23,7 +24,7 @@ from neuron.engine.prompt import (
     tokenize_segments,
 )
 from neuron.engine.registry import ModelEntry, Registry
-from neuron.engine.worker import END, StreamJob
+from neuron.engine.worker import END, Channel
 from neuron.errors import ApiError
 from neuron.openai_schema import InferenceRequest
 
@@ -33,7 +34,7 @@ class Generation:
     """A request admitted and running; iterate `batches()` for its deltas."""
 
     entry: ModelEntry
-    job: StreamJob
+    job: Channel
     stats: GenerationStats
     started: float
     registry: Registry
@@ -108,9 +109,16 @@ class InferenceEngine:
         max_new = min(req.sampling.max_tokens or ctx, ctx - len(prompt))
         forced = await self._forced_tokens(entry, req)
         stats = GenerationStats(prompt_tokens=len(prompt))
-        job = self.registry.worker_for(entry).stream(
-            lambda: self._generate(entry, prompt, req, max_new, stats, forced))
-        return Generation(entry, job, stats, started, self.registry)
+        worker = self.registry.worker_for(entry)
+        backend = entry.backend
+        if backend.batcher is None:
+            job = worker.stream(lambda: self._generate(entry, prompt, req, max_new, stats, forced))
+            return Generation(entry, job, stats, started, self.registry)
+        channel = Channel(asyncio.get_running_loop())
+        text = TextAssembler(backend.detokenizer(), backend.is_end, req.sampling, max_new, stats, time.perf_counter)
+        backend.batcher.submit(BatchRequest(prompt, req.sampling, forced, text, channel,
+                                            **self.faults.for_batch(entry.id)), worker)
+        return Generation(entry, channel, stats, started, self.registry)
 
     def _generate(self, entry, prompt, req, max_new, stats, forced) -> Iterator[Delta]:
         backend = entry.backend

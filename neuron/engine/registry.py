@@ -208,9 +208,11 @@ class Registry:
 
     def _limits(self, entry: ModelEntry) -> AdmissionLimits:
         req, d = entry.request, self.default_limits
-        in_flight = req.max_in_flight or max(d.max_in_flight, req.parallel)
-        if entry.backend_name == "llama.cpp":
-            in_flight = 1  # one llama.cpp context holds one sequence; interleaving would corrupt it
+        slots = getattr(entry.backend, "slots", None)
+        if slots:  # a batching backend: as many run as it has slots, the rest queue here
+            in_flight = min(req.max_in_flight or slots, slots)
+        else:
+            in_flight = req.max_in_flight or max(d.max_in_flight, req.parallel or 1)
         return AdmissionLimits(
             max_in_flight=in_flight,
             max_queue_depth=d.max_queue_depth if req.max_queue_depth is None else req.max_queue_depth,

@@ -53,57 +53,35 @@ def _set_exception(fut: asyncio.Future, exc: BaseException) -> None:
         fut.set_exception(exc)
 
 
-class StreamJob:
-    """A generator run on the device thread whose items are read on the event loop (`next_batch`).
+class Channel:
+    """Items produced on the device thread, read on the event loop (`next_batch`).
 
     Items cross threads through a deque; the loop is woken only when it is not
     already due to wake, so a fast decoder does not pay one wake-up per token.
+    The reader sets `cancelled` when it goes away; the producer checks it.
     """
 
-    def __init__(self, make_gen: Callable[[], Iterator[Any]], loop: asyncio.AbstractEventLoop):
-        self.make_gen = make_gen
+    def __init__(self, loop: asyncio.AbstractEventLoop):
         self.loop = loop
-        self.gen: Iterator[Any] | None = None
         self.items: collections.deque = collections.deque()
         self.cancelled = False
         self._wake_pending = False
         self._lock = threading.Lock()
         self._ready = asyncio.Event()
 
-    def run(self) -> bool:
-        """Advance the generator for one slice; True when it is finished."""
-        deadline = time.monotonic() + SLICE_SECONDS
-        try:
-            if self.gen is None:
-                self.gen = self.make_gen()
-            while not self.cancelled:
-                item = next(self.gen, _STOP)
-                if item is _STOP:
-                    self._push(_STOP)
-                    return True
-                self._push(item)
-                if time.monotonic() >= deadline:
-                    return False
-        except BaseException as exc:  # noqa: BLE001 - re-raised on the reading side
-            self._push(_Failure(exc))
-            return True
-        self._close_gen()
-        self._push(_STOP)
-        return True
-
-    def _close_gen(self) -> None:
-        if self.gen is not None:
-            close = getattr(self.gen, "close", None)
-            if close:
-                close()
-
-    def _push(self, item: Any) -> None:
+    def push(self, item: Any) -> None:
         with self._lock:
             self.items.append(item)
             if self._wake_pending:
                 return
             self._wake_pending = True
         self.loop.call_soon_threadsafe(self._wake)
+
+    def end(self) -> None:
+        self.push(_STOP)
+
+    def fail(self, exc: BaseException) -> None:
+        self.push(_Failure(exc))
 
     def _wake(self) -> None:
         with self._lock:
@@ -134,6 +112,42 @@ class StreamJob:
         return batch
 
 
+class StreamJob(Channel):
+    """A generator run on the device thread in slices, its items read through the channel."""
+
+    def __init__(self, make_gen: Callable[[], Iterator[Any]], loop: asyncio.AbstractEventLoop):
+        super().__init__(loop)
+        self.make_gen = make_gen
+        self.gen: Iterator[Any] | None = None
+
+    def run(self) -> bool:
+        """Advance the generator for one slice; True when it is finished."""
+        deadline = time.monotonic() + SLICE_SECONDS
+        try:
+            if self.gen is None:
+                self.gen = self.make_gen()
+            while not self.cancelled:
+                item = next(self.gen, _STOP)
+                if item is _STOP:
+                    self.end()
+                    return True
+                self.push(item)
+                if time.monotonic() >= deadline:
+                    return False
+        except BaseException as exc:  # noqa: BLE001 - re-raised on the reading side
+            self.fail(exc)
+            return True
+        self._close_gen()
+        self.end()
+        return True
+
+    def _close_gen(self) -> None:
+        if self.gen is not None:
+            close = getattr(self.gen, "close", None)
+            if close:
+                close()
+
+
 END = object()
 
 
@@ -162,6 +176,10 @@ class DeviceWorker:
         job = StreamJob(make_gen, asyncio.get_running_loop())
         self._queue.put(job)
         return job
+
+    def submit(self, job) -> None:
+        """Queue any job with a `run() -> finished` method (a batch scheduler's step loop)."""
+        self._queue.put(job)
 
     def stop(self, timeout: float = 5.0) -> None:
         self._queue.put(None)

@@ -23,7 +23,7 @@ class BackendSpec:
     format: str  # "gguf" | "hf"
     devices: list[str]  # "cpu" or "cuda:N"
     context_size: int | None = None
-    parallel: int = 1  # sequences decoded at once (continuous batching)
+    parallel: int | None = None  # sequences decoded at once (continuous batching); None: a default
     gguf_file: str | None = None  # for torch loading a GGUF inside a directory
 
 
@@ -42,11 +42,13 @@ class Backend(ABC):
         Called from the engine's tokenizer threads while the device thread decodes: it must
         only read the model's vocabulary."""
 
-    @abstractmethod
+    batcher = None  # a backend that batches requests itself (llama.cpp) schedules them through this
+
     def generate_tokens(self, prompt: list[int], params: SamplingParams,
                         forced: list[int] | None = None) -> Iterator[int]:
-        """Lazily sample tokens after `prompt`. With `forced`, emit exactly those tokens,
-        still running a real forward pass for each."""
+        """Lazily sample tokens after `prompt`, for a backend without a batcher. With `forced`,
+        emit exactly those tokens, still running a real forward pass for each."""
+        raise NotImplementedError
 
     @abstractmethod
     def detokenizer(self) -> Detokenizer:

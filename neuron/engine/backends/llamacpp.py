@@ -1,26 +1,28 @@
-"""The llama.cpp backend: GGUF files through llama-cpp-python's low-level generator.
+"""The llama.cpp backend: GGUF files, decoded with continuous batching (see `llamacpp_batch`).
 
-We drive `Llama.generate` token by token and detokenise each token once,
-instead of `create_completion(stream=True)`, which re-detokenises the whole
-output at every step. Prompt-prefix reuse in the KV cache comes from
-`generate` itself.
+The model is opened with llama-cpp-python's low-level API and gets one context
+of our own, holding `parallel` sequences in a unified KV cache; the `Llama`
+convenience class is used only for embeddings (a separate context in embedding
+mode over the same memory-mapped weights). Tokens are detokenised one at a
+time, once each.
 """
 
 from __future__ import annotations
 
+import ctypes
 import logging
+import os
 import random
-from collections.abc import Iterator
-
-import numpy as np
 
 from neuron.catalog import default_context
-from neuron.engine.backends.base import Backend, BackendSpec, BackendUnavailable, forced_sequence_check
+from neuron.engine.backends.base import Backend, BackendSpec, BackendUnavailable
+from neuron.engine.backends.llamacpp_batch import LlamaBatcher, bias_array
 from neuron.engine.generation import ByteDetokenizer
 from neuron.openai_schema import SamplingParams
 from neuron.tiny.model import TINY_MARKER_KEY
 
 log = logging.getLogger(__name__)
+PENALTY_LAST_N = 64  # llama-cpp-python's default window for repeat/presence/frequency penalties
 
 
 def _import_llama():
@@ -29,7 +31,21 @@ def _import_llama():
     except ImportError as exc:
         raise BackendUnavailable(
             "the llama.cpp backend needs llama-cpp-python: pip install 'cortex-fleet[llama]'") from exc
+    from llama_cpp._logger import set_verbose
+
+    set_verbose(False)  # llama.cpp's own log (every tensor, every graph) only at error level
     return llama_cpp
+
+
+def default_parallel(devices: list[str]) -> int:
+    """Slots when a load names none: 8 on a GPU, where a batch costs little more than one sequence;
+    4 on a CPU, where each sequence in a step costs real compute and more would only add latency."""
+    return 8 if any(d.startswith("cuda:") for d in devices) else 4
+
+
+def prefill_chunk(devices: list[str]) -> int:
+    """Prompt tokens per step: bounds how long running streams wait while a long prompt prefills."""
+    return 512 if any(d.startswith("cuda:") for d in devices) else 64
 
 
 class LlamaCppBackend(Backend):
@@ -37,105 +53,105 @@ class LlamaCppBackend(Backend):
 
     def __init__(self, spec: BackendSpec):
         llama_cpp = _import_llama()
+        from llama_cpp._internals import LlamaModel
+
         self.llama_cpp = llama_cpp
         self.spec = spec
-        self.llm = llama_cpp.Llama(model_path=str(spec.path), verbose=False, **self._placement(spec))
-        self._vocab = self.llm._model.vocab
-        meta = self.llm.metadata
-        self.context_size = self.llm.n_ctx()
+        self._model_params = self._placement(spec)
+        self.model = LlamaModel(path_model=str(spec.path), params=self._model_params, verbose=False)
+        self._vocab = self.model.vocab
+        self.n_vocab = self.model.n_vocab()
+        self.slots = spec.parallel or default_parallel(spec.devices)
+        chunk = prefill_chunk(spec.devices)
+        self.ctx = self._new_context(spec.context_size or default_context(spec.path), chunk + self.slots)
+        meta = self.model.metadata()
+        self.context_size = llama_cpp.llama_n_ctx(self.ctx)
         self.chat_template = meta.get("tokenizer.chat_template", "")
-        self.bos_token = self._special_text(self.llm.token_bos())
-        self.eos_token = self._special_text(self.llm.token_eos())
+        self.bos_token = self._special_text(self.model.token_bos())
+        self.eos_token = self._special_text(self.model.token_eos())
         self.is_tiny = str(meta.get(TINY_MARKER_KEY, "")).lower() == "true"
+        self.batcher = LlamaBatcher(llama_cpp, self.model, self.ctx, self.slots, chunk, self.make_sampler)
         self._embedder = None
 
-    def _placement(self, spec: BackendSpec) -> dict:
+    def _placement(self, spec: BackendSpec):
+        params = self.llama_cpp.llama_model_default_params()
         gpus = [int(d.split(":")[1]) for d in spec.devices if d.startswith("cuda:")]
-        n_ctx = spec.context_size or default_context(spec.path)
-        kwargs = {"n_ctx": n_ctx, "n_batch": min(512, n_ctx)}
-        if not gpus:
-            return {**kwargs, "n_gpu_layers": 0}
-        kwargs.update(n_gpu_layers=-1, main_gpu=gpus[0])
+        params.n_gpu_layers = -1 if gpus else 0
+        if gpus:
+            params.main_gpu = gpus[0]
         if len(gpus) > 1:
             # llama.cpp splits layers over all visible GPUs by these fractions: ours get equal shares.
-            split = [0.0] * (max(gpus) + 1)
+            self._split = (ctypes.c_float * self.llama_cpp.LLAMA_MAX_DEVICES)()
             for g in gpus:
-                split[g] = 1.0
-            kwargs["tensor_split"] = split
-        return kwargs
+                self._split[g] = 1.0
+            params.tensor_split = self._split
+        return params
+
+    def _new_context(self, n_ctx: int, n_batch: int):
+        lib = self.llama_cpp
+        params = lib.llama_context_default_params()
+        params.n_ctx, params.n_batch, params.n_ubatch = n_ctx, n_batch, n_batch  # one ubatch: a decode is atomic
+        params.n_seq_max, params.kv_unified = self.slots, True
+        # llama-cpp-python's defaults: half the cores decode, all of them prefill.
+        params.n_threads = max((os.cpu_count() or 2) // 2, 1)
+        params.n_threads_batch = os.cpu_count() or 1
+        ctx = lib.llama_init_from_model(self.model.model, params)
+        if not ctx:
+            raise RuntimeError("llama.cpp could not create a context (out of memory?)")
+        return ctx
+
+    def make_sampler(self, params: SamplingParams):
+        """The request's sampler chain, all in C: bias, penalties, then greedy or top-k/p, min-p, temperature."""
+        lib = self.llama_cpp
+        chain = lib.llama_sampler_chain_init(lib.llama_sampler_chain_default_params())
+        if params.logit_bias:
+            biases, count = bias_array(lib, params.logit_bias, self.n_vocab)
+            lib.llama_sampler_chain_add(chain, lib.llama_sampler_init_logit_bias(self.n_vocab, count, biases))
+        lib.llama_sampler_chain_add(chain, lib.llama_sampler_init_penalties(
+            self.n_vocab, PENALTY_LAST_N, params.repeat_penalty, params.frequency_penalty, params.presence_penalty))
+        if params.temperature == 0:
+            lib.llama_sampler_chain_add(chain, lib.llama_sampler_init_greedy())
+            return chain
+        seed = params.seed & 0xFFFFFFFF if params.seed is not None else random.getrandbits(32)
+        for sampler in (lib.llama_sampler_init_top_k(params.top_k), lib.llama_sampler_init_top_p(params.top_p, 1),
+                        lib.llama_sampler_init_min_p(params.min_p, 1), lib.llama_sampler_init_temp(params.temperature),
+                        lib.llama_sampler_init_dist(seed)):
+            lib.llama_sampler_chain_add(chain, sampler)
+        return chain
 
     def _special_text(self, token: int) -> str:
         if token < 0:
             return ""
-        return self.llm._model.detokenize([token], special=True).decode("utf-8", errors="replace")
+        return self.model.detokenize([token], special=True).decode("utf-8", errors="replace")
 
     def tokenize(self, text: str, special: bool = True) -> list[int]:
         # llama_tokenize reads only the vocabulary: safe beside a decode on the device thread.
-        return self.llm.tokenize(text.encode("utf-8"), add_bos=False, special=special)
+        return self.model.tokenize(text.encode("utf-8"), add_bos=False, special=special)
 
     def is_end(self, token: int) -> bool:
         return bool(self.llama_cpp.llama_vocab_is_eog(self._vocab, token))
 
     def detokenizer(self) -> ByteDetokenizer:
-        model = self.llm._model
+        model = self.model
         return ByteDetokenizer(lambda token: model.detokenize([token], special=False))
-
-    def generate_tokens(self, prompt: list[int], params: SamplingParams,
-                        forced: list[int] | None = None) -> Iterator[int]:
-        llm = self.llm
-        llm.set_seed(params.seed & 0xFFFFFFFF if params.seed is not None else random.getrandbits(32))
-        processors = self._processors(params, forced)
-        return llm.generate(
-            prompt, top_k=params.top_k, top_p=params.top_p, min_p=params.min_p, typical_p=1.0,
-            temp=params.temperature, repeat_penalty=params.repeat_penalty,
-            frequency_penalty=params.frequency_penalty, presence_penalty=params.presence_penalty,
-            logits_processor=self.llama_cpp.LogitsProcessorList(processors) if processors else None,
-        )
-
-    def _processors(self, params: SamplingParams, forced: list[int] | None) -> list:
-        processors = []
-        if params.logit_bias:
-            ids = np.array([t for t in params.logit_bias if 0 <= t < self.llm.n_vocab()], dtype=np.intc)
-            biases = np.array([params.logit_bias[int(t)] for t in ids], dtype=np.single)
-
-            def bias(_input_ids, scores):
-                scores[ids] += biases
-                return scores
-
-            processors.append(bias)
-        if forced is not None:
-            processors.append(_Forcer(forced))
-        return processors
 
     def embed(self, texts: list[str]) -> list[list[float]]:
         if self._embedder is None:
             # llama.cpp needs a context created in embedding mode. The weights are
             # memory-mapped, so on the CPU the second context shares their pages.
+            gpus = [int(d.split(":")[1]) for d in self.spec.devices if d.startswith("cuda:")]
             self._embedder = self.llama_cpp.Llama(
                 model_path=str(self.spec.path), embedding=True, verbose=False,
-                pooling_type=self.llama_cpp.LLAMA_POOLING_TYPE_MEAN, **self._placement(self.spec))
+                pooling_type=self.llama_cpp.LLAMA_POOLING_TYPE_MEAN, n_ctx=self.context_size,
+                n_batch=min(512, self.context_size), n_gpu_layers=-1 if gpus else 0, main_gpu=gpus[0] if gpus else 0)
         return [list(map(float, v)) for v in self._embedder.embed(texts, normalize=True)]
 
     def close(self) -> None:
-        for llm in (self._embedder, self.llm):
-            if llm is not None:
-                llm.close()
-        self._embedder = None
-
-
-class _Forcer:
-    """Logits processor that allows only the next scripted token."""
-
-    def __init__(self, forced: list[int]):
-        self.forced = forced
-        self.step = 0
-
-    def __call__(self, _input_ids, scores):
-        token = forced_sequence_check(self.forced, self.step)
-        self.step += 1
-        if token is not None:
-            keep = scores[token]
-            scores[:] = -np.inf
-            scores[token] = max(keep, 0.0)
-        return scores
-
+        self.batcher.close()
+        if self._embedder is not None:
+            self._embedder.close()
+            self._embedder = None
+        if self.ctx:
+            self.llama_cpp.llama_free(self.ctx)
+            self.ctx = None
+        self.model.close()
