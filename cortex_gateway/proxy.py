@@ -8,6 +8,7 @@ error event the client can see.
 
 from __future__ import annotations
 
+import re
 import time
 
 import aiohttp
@@ -23,6 +24,8 @@ JSON_HEADERS = {"Content-Type": "application/json"}
 # Neuron answers that mean "not here after all": try another node.
 RETRYABLE_CODES = {"model_recovering", "model_not_found", "model_unloading", "model_loading"}
 _USAGE = b'"usage":{'
+# Output, not the opening role chunk (whose content is ""): text, or the start of a tool call.
+FIRST_OUTPUT = re.compile(rb'"content":"[^"]|"tool_calls":\[')
 
 
 class RetryElsewhere(Exception):
@@ -95,7 +98,7 @@ async def relay_stream(upstream: aiohttp.ClientResponse, client: web.StreamRespo
     previous = last = b""
     try:
         async for chunk in upstream.content.iter_any():
-            if rec.first_token_at is None and b'"content":"' in chunk:
+            if rec.first_token_at is None and FIRST_OUTPUT.search(chunk):
                 rec.first_token_at = time.perf_counter()
             await write(client, chunk)
             previous, last = last, chunk

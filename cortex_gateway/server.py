@@ -23,7 +23,8 @@ async def serve(config: GatewayConfig) -> None:
     raise_descriptor_limit()
     quiet_parser_errors()
     api = web.AppRunner(create_app(config, metrics=metrics), access_log=None, handle_signals=False,
-                        shutdown_timeout=SHUTDOWN_GRACE_S, keepalive_timeout=config.idle_timeout_s)
+                        shutdown_timeout=SHUTDOWN_GRACE_S, keepalive_timeout=config.idle_timeout_s,
+                        handler_cancellation=True)  # a client that leaves cancels its upstream request
     scrape = web.AppRunner(create_metrics_app(metrics), access_log=None, handle_signals=False,
                            keepalive_timeout=config.idle_timeout_s)
     await api.setup()

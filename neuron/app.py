@@ -92,7 +92,8 @@ async def serve(config: NeuronConfig) -> None:
     raise_descriptor_limit()
     quiet_parser_errors()
     runner = web.AppRunner(create_app(config), access_log=None, handle_signals=False,
-                           shutdown_timeout=config.shutdown_grace_s, keepalive_timeout=config.idle_timeout_s)
+                           shutdown_timeout=config.shutdown_grace_s, keepalive_timeout=config.idle_timeout_s,
+                           handler_cancellation=True)  # a client that leaves stops its work, streaming or not
     await runner.setup()
     try:
         await GuardedSite(runner, config.host, config.port, per_client=config.max_connections_per_client).start()

@@ -113,10 +113,20 @@ def _path_ref(name: str, models_dir: Path, roots: tuple[Path, ...]) -> ModelRef 
     return None
 
 
-def estimate_mb(ref: ModelRef, context_size: int | None, on_cpu: bool) -> float:
-    """Weights + KV cache + overhead, in MiB; what the load will need on its devices."""
+def default_parallel(on_gpu: bool) -> int:
+    """Decoding slots when a load names none: 8 on a GPU, where a batch costs little more than one
+    sequence; 4 on a CPU, where each sequence in a step costs real compute and more only adds latency."""
+    return 8 if on_gpu else 4
+
+
+def estimate_mb(ref: ModelRef, context_size: int | None, on_cpu: bool, parallel: int | None = None) -> float:
+    """Weights + KV cache + overhead, in MiB; what the load will need on its devices.
+
+    llama.cpp allocates the KV cache of every slot up front (each may use the whole context), so a
+    GGUF's estimate counts `parallel` contexts; torch grows its cache per request."""
     if ref.format == "gguf":
-        weights, kv = ref.size_mb, _gguf_kv_mb(Path(ref.path), context_size)
+        slots = parallel or default_parallel(not on_cpu)
+        weights, kv = ref.size_mb, slots * _gguf_kv_mb(Path(ref.path), context_size)
     else:
         config = _hf_config(ref)
         weights = ref.size_mb * _dtype_growth(config, on_cpu)

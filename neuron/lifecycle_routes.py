@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 
 from aiohttp import web
@@ -31,25 +32,31 @@ async def models(request: web.Request) -> web.Response:
 
 async def load(request: web.Request) -> web.Response:
     req = LoadRequest.from_dict(await read_json(request))
-    entry = await request.app[REGISTRY].load(req)
+    # Shielded: a client that hangs up mid-load must not orphan weights half-way onto a device.
+    entry = await asyncio.shield(request.app[REGISTRY].load(req))
     return json_response(entry.info().to_dict())
 
 
 async def unload(request: web.Request) -> web.Response:
     req = UnloadRequest.from_dict(await read_json(request))
-    entry = await request.app[REGISTRY].unload(req.model, if_idle=req.if_idle)
+    entry = await asyncio.shield(request.app[REGISTRY].unload(req.model, if_idle=req.if_idle))
     return json_response({"id": entry.id, "status": "unloaded"})
 
 
 async def health(request: web.Request) -> web.Response:
     app = request.app
     registry = app[REGISTRY]
-    models = [ModelLoad(m.id, m.status, m.admission.in_flight if m.admission else 0,
-                        m.admission.queue_depth if m.admission else 0, round(m.decode_tps, 2), round(m.memory_mb, 1))
-              for m in registry.models.values()]
+    models = [_load_of(m) for m in registry.models.values()]
     health = Health("ok", app[NODE_NAME], round(time.monotonic() - app[STARTED_AT], 3),
                     registry.devices.snapshot(), models)
     return json_response(health.to_dict())
+
+
+def _load_of(entry) -> ModelLoad:
+    adm, batcher = entry.admission, getattr(entry.backend, "batcher", None)
+    return ModelLoad(entry.id, entry.status, adm.in_flight if adm else 0, adm.queue_depth if adm else 0,
+                     round(entry.decode_tps, 2), round(entry.memory_mb, 1),
+                     batcher.running() if batcher else 0, len(batcher.slots) if batcher else 0)
 
 
 async def metrics(request: web.Request) -> web.Response:

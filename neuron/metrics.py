@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 # Buckets wide enough for a 0.5B model on a GPU (milliseconds) and a 70B one on a CPU (minutes).
 LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
@@ -27,13 +27,16 @@ class NeuronMetrics:
         self.faults = Counter("cortex_neuron_device_faults", "Inferences that hit a device error", ["model"],
                               registry=r)
         self.uptime = Gauge("cortex_neuron_up", "1 while the neuron serves", registry=r)
+        self.queue_wait = Histogram("cortex_neuron_queue_wait_seconds", "Time a request waited for a slot",
+                                    ["model"], buckets=TTFT_BUCKETS, registry=r)
         self.uptime.set(1)
         r.register(_LiveCollector(registry_view))
 
     def observe_generation(self, model: str, endpoint: str, prompt: int, completion: int,
-                           ttft: float | None, seconds: float) -> None:
+                           ttft: float | None, seconds: float, cached: int = 0) -> None:
         self.requests.labels(model, endpoint, "ok").inc()
         self.tokens.labels(model, "prompt").inc(prompt)
+        self.tokens.labels(model, "cached").inc(cached)  # prompt tokens reused, not prefilled
         self.tokens.labels(model, "completion").inc(completion)
         if ttft is not None:
             self.ttft.labels(model).observe(ttft)
@@ -55,15 +58,22 @@ class _LiveCollector:
         queued = GaugeMetricFamily("cortex_neuron_queue_depth", "Requests waiting", labels=["model"])
         memory = GaugeMetricFamily("cortex_neuron_model_memory_mb", "Measured model memory", labels=["model"])
         tps = GaugeMetricFamily("cortex_neuron_decode_tokens_per_second", "Recent decode rate", labels=["model"])
+        running = GaugeMetricFamily("cortex_neuron_batch_running", "Sequences in the model's batch", labels=["model"])
+        slots = GaugeMetricFamily("cortex_neuron_batch_slots", "Sequences the batch can hold", labels=["model"])
+        steps = CounterMetricFamily("cortex_neuron_batch_steps", "Batched decode steps run", labels=["model"])
         for m in reg.models.values():
             adm = m.admission
             in_flight.add_metric([m.id], adm.in_flight if adm else 0)
             queued.add_metric([m.id], adm.queue_depth if adm else 0)
             memory.add_metric([m.id], m.memory_mb)
             tps.add_metric([m.id], m.decode_tps)
+            if (batcher := getattr(m.backend, "batcher", None)) is not None:
+                running.add_metric([m.id], batcher.running())
+                slots.add_metric([m.id], len(batcher.slots))
+                steps.add_metric([m.id], batcher.steps)
         dev_free = GaugeMetricFamily("cortex_neuron_device_free_mb", "Free device memory", labels=["device"])
         dev_total = GaugeMetricFamily("cortex_neuron_device_total_mb", "Device memory", labels=["device"])
         for d in reg.devices.snapshot():
             dev_free.add_metric([d.id], d.free_mb)
             dev_total.add_metric([d.id], d.total_mb)
-        yield from (in_flight, queued, memory, tps, dev_free, dev_total)
+        yield from (in_flight, queued, memory, tps, running, slots, steps, dev_free, dev_total)

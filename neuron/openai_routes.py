@@ -27,7 +27,9 @@ async def _complete(request: web.Request, req: InferenceRequest, chat: bool) -> 
     app = request.app
     entry = app[REGISTRY].require_loaded(req.model)
     endpoint = "chat" if chat else "completions"
+    queued_at = time.perf_counter()
     async with entry.admission.slot():
+        app[METRICS].queue_wait.labels(entry.id).observe(time.perf_counter() - queued_at)
         gen = await app[ENGINE].start(entry, req)
         parser = _tool_parser(req) if chat else None
         if req.stream:
@@ -36,7 +38,7 @@ async def _complete(request: web.Request, req: InferenceRequest, chat: bool) -> 
             resp = json_response(await _collect(gen, ChunkFramer(entry.id, chat), parser))
     s = gen.stats
     app[METRICS].observe_generation(entry.id, endpoint, s.prompt_tokens, s.completion_tokens, gen.ttft_s,
-                                    time.perf_counter() - gen.started)
+                                    time.perf_counter() - gen.started, s.cached_tokens)
     return resp
 
 

@@ -202,6 +202,8 @@ class ModelLoad:
     queue_depth: int = 0
     decode_tps: float = 0.0
     memory_mb: float = 0.0
+    running: int = 0  # sequences in the batch now (batching backends)
+    slots: int = 0  # sequences the batch can hold; 0 for a backend that does not batch
 
     def __post_init__(self):
         self.status = ModelState(self.status)

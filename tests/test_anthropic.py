@@ -131,7 +131,8 @@ def test_count_tokens_matches_the_models_own_count(client):
     messages = user("How many tokens is this sentence, exactly?")
     counted = client.messages.count_tokens(model="tiny-gguf", system="be brief", messages=messages)
     used = client.messages.create(model="tiny-gguf", max_tokens=1, system="be brief", messages=messages)
-    assert counted.input_tokens == used.usage.input_tokens > 10
+    # A prompt whose prefix the neuron had cached counts as cache reads, as Anthropic's API reports them.
+    assert counted.input_tokens == used.usage.input_tokens + (used.usage.cache_read_input_tokens or 0) > 10
 
 
 def test_error_types(stack, client):

@@ -111,7 +111,8 @@ def test_missing_max_tokens_is_required():
 def test_response_translation(choice, stops, expected):
     out = to_anthropic({"choices": [choice], "usage": {"prompt_tokens": 7, "completion_tokens": 3}}, "m", stops)
     assert (out["content"], out["stop_reason"], out["stop_sequence"]) == expected
-    assert out["usage"] == {"input_tokens": 7, "output_tokens": 3} and out["id"].startswith("msg_")
+    assert out["usage"] == {"input_tokens": 7, "output_tokens": 3, "cache_read_input_tokens": 0,
+                            "cache_creation_input_tokens": 0} and out["id"].startswith("msg_")
 
 
 def events(raw: bytes) -> list[tuple[str, dict]]:
@@ -167,7 +168,8 @@ def test_stream_event_sequence_for_text():
     assert [e for e, _ in evts] == ["message_start", "content_block_start", "content_block_delta",
                                     "content_block_delta", "content_block_stop", "message_delta", "message_stop"]
     assert evts[-2][1]["delta"] == {"stop_reason": "end_turn", "stop_sequence": None}
-    assert evts[-2][1]["usage"] == {"input_tokens": 5, "output_tokens": 2}
+    assert evts[-2][1]["usage"] == {"input_tokens": 5, "output_tokens": 2, "cache_read_input_tokens": 0,
+                                    "cache_creation_input_tokens": 0}
     assert assemble(evts) == [{"type": "text", "text": "Hello"}]
 
 
@@ -230,3 +232,11 @@ def test_sse_reader_handles_events_split_across_chunks():
 ])
 def test_error_types_map_by_status(status, our_type, expected):
     assert anthropic_type(ApiError(status, our_type, "m")) == expected
+
+
+def test_cached_prompt_tokens_are_anthropic_cache_reads():
+    from cortex_gateway.anthropic.translate_response import anthropic_usage
+
+    usage = {"prompt_tokens": 120, "completion_tokens": 4, "prompt_tokens_details": {"cached_tokens": 100}}
+    assert anthropic_usage(usage) == {"input_tokens": 20, "output_tokens": 4, "cache_read_input_tokens": 100,
+                                      "cache_creation_input_tokens": 0}

@@ -46,7 +46,8 @@ class AnthropicDialect:
                     if data == b"[DONE]":
                         rec.finished_at = time.perf_counter()
                         u = translator.usage
-                        rec.take_usage({"prompt_tokens": u["input_tokens"], "completion_tokens": u["output_tokens"]})
+                        rec.take_usage({"prompt_tokens": u["input_tokens"] + u.get("cache_read_input_tokens", 0),
+                                        "completion_tokens": u["output_tokens"]})
                         await write(client_stream, translator.finish())
                         return
                     event = orjson.loads(data)

@@ -51,5 +51,11 @@ def to_anthropic(resp: dict, model: str, stops: list[str]) -> dict:
     usage = resp.get("usage") or {}
     return {"id": message_id(), "type": "message", "role": "assistant", "model": model, "content": content,
             "stop_reason": reason, "stop_sequence": sequence,
-            "usage": {"input_tokens": usage.get("prompt_tokens", 0),
-                      "output_tokens": usage.get("completion_tokens", 0)}}
+            "usage": anthropic_usage(usage)}
+
+
+def anthropic_usage(usage: dict) -> dict:
+    """OpenAI usage in Anthropic's terms: input_tokens excludes the prompt tokens read from the cache."""
+    cached = int((usage.get("prompt_tokens_details") or {}).get("cached_tokens") or 0)
+    return {"input_tokens": usage.get("prompt_tokens", 0) - cached, "output_tokens": usage.get("completion_tokens", 0),
+            "cache_read_input_tokens": cached, "cache_creation_input_tokens": 0}

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import orjson
 
-from cortex_gateway.anthropic.translate_response import message_id, stop_reason, tool_use_id
+from cortex_gateway.anthropic.translate_response import anthropic_usage, message_id, stop_reason, tool_use_id
 
 PING = b'event: ping\ndata: {"type": "ping"}\n\n'
 
@@ -44,8 +44,7 @@ class StreamTranslator:
     def feed(self, chunk: dict) -> bytes:
         out = [] if self.started else [self.start()]
         if isinstance(chunk.get("usage"), dict):
-            self.usage = {"input_tokens": chunk["usage"].get("prompt_tokens", 0),
-                          "output_tokens": chunk["usage"].get("completion_tokens", 0)}
+            self.usage = anthropic_usage(chunk["usage"])
         for choice in chunk.get("choices") or []:
             delta = choice.get("delta") or {}
             if delta.get("content"):

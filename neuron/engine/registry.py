@@ -142,7 +142,7 @@ class Registry:
         backend_name = choose_backend(req.backend, ref.format)
         devices = self._choose_devices(req.devices)
         entry = ModelEntry(ref.id, req, ref, backend_name, devices)
-        entry.estimated_mb = estimate_mb(ref, req.context_size, devices == ["cpu"])
+        entry.estimated_mb = estimate_mb(ref, req.context_size, devices == ["cpu"], req.parallel)
         self._check_fits(entry)
         return entry
 

@@ -1,7 +1,7 @@
 """The llama.cpp backend: GGUF files, decoded with continuous batching (see `llamacpp_batch`).
 
 The model is opened with llama-cpp-python's low-level API and gets one context
-of our own, holding `parallel` sequences in a unified KV cache; the `Llama`
+of our own, holding `parallel` sequences in a unified KV cache of a context each; the `Llama`
 convenience class is used only for embeddings (a separate context in embedding
 mode over the same memory-mapped weights). Tokens are detokenised one at a
 time, once each.
@@ -14,7 +14,7 @@ import logging
 import os
 import random
 
-from neuron.catalog import default_context
+from neuron.catalog import default_context, default_parallel
 from neuron.engine.backends.base import Backend, BackendSpec, BackendUnavailable
 from neuron.engine.backends.llamacpp_batch import LlamaBatcher, bias_array
 from neuron.engine.generation import ByteDetokenizer
@@ -37,12 +37,6 @@ def _import_llama():
     return llama_cpp
 
 
-def default_parallel(devices: list[str]) -> int:
-    """Slots when a load names none: 8 on a GPU, where a batch costs little more than one sequence;
-    4 on a CPU, where each sequence in a step costs real compute and more would only add latency."""
-    return 8 if any(d.startswith("cuda:") for d in devices) else 4
-
-
 def prefill_chunk(devices: list[str]) -> int:
     """Prompt tokens per step: bounds how long running streams wait while a long prompt prefills."""
     return 512 if any(d.startswith("cuda:") for d in devices) else 64
@@ -61,11 +55,15 @@ class LlamaCppBackend(Backend):
         self.model = LlamaModel(path_model=str(spec.path), params=self._model_params, verbose=False)
         self._vocab = self.model.vocab
         self.n_vocab = self.model.n_vocab()
-        self.slots = spec.parallel or default_parallel(spec.devices)
+        on_gpu = any(d.startswith("cuda:") for d in spec.devices)
+        self.slots = spec.parallel or default_parallel(on_gpu)
         chunk = prefill_chunk(spec.devices)
-        self.ctx = self._new_context(spec.context_size or default_context(spec.path), chunk + self.slots)
+        per_sequence = spec.context_size or default_context(spec.path)
+        # One unified cache of a context per slot: any sequence may use a whole context, and cells a
+        # short one leaves free serve the others.
+        self.ctx = self._new_context(per_sequence * self.slots, chunk + self.slots)
         meta = self.model.metadata()
-        self.context_size = llama_cpp.llama_n_ctx(self.ctx)
+        self.context_size = llama_cpp.llama_n_ctx(self.ctx) // self.slots
         self.chat_template = meta.get("tokenizer.chat_template", "")
         self.bos_token = self._special_text(self.model.token_bos())
         self.eos_token = self._special_text(self.model.token_eos())

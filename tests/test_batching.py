@@ -1,0 +1,155 @@
+"""Continuous batching on a real neuron (llama.cpp, tiny GGUF): same answers in a batch, slots that free,
+prefill that does not stall the running streams, and clients that leave stopping their work."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+from cortex_gateway.proxy import FIRST_OUTPUT
+from tests.helpers import NO_EOS, http_json, start_neuron
+
+SLOTS = 8
+
+
+@pytest.fixture(scope="module")
+def batched(tmp_path_factory, models_dir):
+    proc = start_neuron(tmp_path_factory.mktemp("batched"), models_dir, "--cpu-memory-mb", "4000")
+    status, body = http_json("POST", proc.url + "/models/load", {"model": "tiny-gguf", "parallel": SLOTS})
+    assert status == 200, body
+    yield proc
+    proc.terminate()
+
+
+def chat(proc, content: str, **kw) -> dict:
+    body = {"model": "tiny-gguf", "messages": [{"role": "user", "content": content}], **kw}
+    status, answer = http_json("POST", proc.url + "/v1/chat/completions", body)
+    assert status == 200, answer
+    return answer
+
+
+def health(proc) -> dict:
+    return next(m for m in http_json("GET", proc.url + "/health")[1]["models"] if m["id"] == "tiny-gguf")
+
+
+def wait_for(predicate, what: str, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.05)
+
+
+def text(answer: dict) -> str:
+    return answer["choices"][0]["message"]["content"]
+
+
+PROMPTS = [f"tell me about the number {i} and its friends" for i in range(SLOTS)]
+
+
+def test_greedy_answers_are_the_same_alone_and_in_a_batch_of_8(batched):
+    greedy = {"max_tokens": 24, "temperature": 0, "logit_bias": NO_EOS}
+    alone = [text(chat(batched, p, **greedy)) for p in PROMPTS]
+    with ThreadPoolExecutor(SLOTS) as pool:
+        together = list(pool.map(lambda p: text(chat(batched, p, **greedy)), PROMPTS))
+    assert together == alone
+
+
+def test_a_seeded_request_gives_the_same_text_beside_others(batched):
+    seeded = {"max_tokens": 24, "temperature": 1.0, "seed": 1234, "logit_bias": NO_EOS}
+    alone = text(chat(batched, "a seeded story", **seeded))
+    others = {"max_tokens": 40, "temperature": 1.0, "logit_bias": NO_EOS}
+    with ThreadPoolExecutor(SLOTS) as pool:
+        noise = [pool.submit(chat, batched, p, **others) for p in PROMPTS[:5]]
+        beside = text(chat(batched, "a seeded story", **seeded))
+        for f in noise:
+            f.result()
+    assert beside == alone
+
+
+def stream(proc, content: str, max_tokens: int, leave_after: int | None = None) -> list[str]:
+    """Stream a chat; with `leave_after`, hang up after that many content chunks. Returns the data lines."""
+    body = {"model": "tiny-gguf", "messages": [{"role": "user", "content": content}], "stream": True,
+            "max_tokens": max_tokens, "logit_bias": NO_EOS}
+    req = urllib.request.Request(proc.url + "/v1/chat/completions", data=json.dumps(body).encode())
+    lines, chunks = [], 0
+    with urllib.request.urlopen(req, timeout=120) as resp:
+        for raw in resp:
+            line = raw.decode().strip()
+            if not line.startswith("data: "):
+                continue
+            lines.append(line)
+            chunks += bool(FIRST_OUTPUT.search(line.encode()))
+            if leave_after is not None and chunks >= leave_after:
+                return lines  # closing the response hangs up
+    return lines
+
+
+def test_32_mixed_streams_some_leaving_all_complete_and_every_slot_freed(batched):
+    def one(i: int):
+        leave = 3 if i % 4 == 3 else None
+        return leave, stream(batched, f"stream {i}", max_tokens=8 + (i % 5) * 12, leave_after=leave)
+
+    with ThreadPoolExecutor(32) as pool:
+        results = list(pool.map(one, range(32)))
+    for leave, lines in results:
+        if leave is None:
+            assert lines[-1] == "data: [DONE]" and '"usage"' in lines[-2], lines[-3:]
+            assert json.loads(lines[-3][6:])["choices"][0]["finish_reason"] == "length"
+    wait_for(lambda: health(batched)["in_flight"] == 0 and health(batched)["running"] == 0, "every slot free")
+
+
+def test_a_long_prompt_does_not_stall_the_running_streams(batched):
+    """Ordering, not timing: running streams get tokens while the long prompt is still prefilling."""
+    arrivals: dict[str, list[float]] = {}
+
+    def timed(name: str, content: str, max_tokens: int) -> None:
+        body = {"model": "tiny-gguf", "messages": [{"role": "user", "content": content}], "stream": True,
+                "max_tokens": max_tokens, "logit_bias": NO_EOS}
+        req = urllib.request.Request(batched.url + "/v1/chat/completions", data=json.dumps(body).encode())
+        stamps = arrivals.setdefault(name, [])
+        with urllib.request.urlopen(req, timeout=120) as resp:
+            for raw in resp:
+                if FIRST_OUTPUT.search(raw):
+                    stamps.append(time.monotonic())
+
+    # The tiny model decodes thousands of tokens a second: slow the seven streams (10 ms a token each)
+    # so that they are still running when the long prompt comes.
+    http_json("POST", batched.url + "/debug/faults", {"model": "tiny-gguf", "fault": "slow", "delay_ms": 10,
+                                                      "count": 7})
+    runners = [threading.Thread(target=timed, args=(f"s{i}", f"short {i}", 120)) for i in range(7)]
+    for t in runners:
+        t.start()
+    wait_for(lambda: all(len(arrivals.get(f"s{i}", [])) >= 2 for i in range(7)), "seven streams decoding")
+    sent = time.monotonic()
+    timed("long", "word " * 500, 4)  # about 1,500 tokens: two dozen prefill chunks
+    first_long = arrivals["long"][0]
+    for t in runners:
+        t.join(120)
+    during = [sum(sent < s < first_long for s in arrivals[f"s{i}"]) for i in range(7)]
+    assert min(during) >= 5, f"tokens each stream got while the long prompt prefilled: {during}"
+
+
+def test_a_client_that_leaves_frees_its_slot_streaming_or_not(batched):
+    http_json("POST", batched.url + "/debug/faults",
+              {"model": "tiny-gguf", "fault": "slow", "delay_ms": 50, "count": 2})
+    stream(batched, "leave me", max_tokens=400, leave_after=2)  # 400 tokens at 50 ms: 20 s if it ran on
+    body = json.dumps({"model": "tiny-gguf", "messages": [{"role": "user", "content": "x"}], "max_tokens": 400,
+                       "logit_bias": NO_EOS}).encode()
+    with pytest.raises(OSError):  # a non-streaming client that gives up after a second
+        urllib.request.urlopen(urllib.request.Request(batched.url + "/v1/chat/completions", data=body), timeout=1)
+    wait_for(lambda: health(batched)["in_flight"] == 0, "both abandoned requests to stop", timeout=15)
+
+
+def test_prefix_reuse_is_reported_as_cached_tokens(batched):
+    system = "You are a careful assistant. " * 20
+    first = chat(batched, "x", max_tokens=2, messages=[{"role": "system", "content": system},
+                                                       {"role": "user", "content": "first"}])
+    again = chat(batched, "x", max_tokens=2, messages=[{"role": "system", "content": system},
+                                                       {"role": "user", "content": "second"}])
+    assert first["usage"]["prompt_tokens_details"]["cached_tokens"] < 50
+    assert again["usage"]["prompt_tokens_details"]["cached_tokens"] >= 100, again["usage"]
