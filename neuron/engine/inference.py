@@ -12,7 +12,7 @@ from collections.abc import AsyncIterator, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
-from neuron.engine.backends.llamacpp_batch import BatchRequest
+from neuron.engine.batching import BatchRequest
 from neuron.engine.faults import FaultInjector
 from neuron.engine.generation import Delta, DeviceFault, GenerationStats, TextAssembler, stream_text
 from neuron.engine.prompt import (

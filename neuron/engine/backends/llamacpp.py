@@ -68,7 +68,7 @@ class LlamaCppBackend(Backend):
         self.bos_token = self._special_text(self.model.token_bos())
         self.eos_token = self._special_text(self.model.token_eos())
         self.is_tiny = str(meta.get(TINY_MARKER_KEY, "")).lower() == "true"
-        self.batcher = LlamaBatcher(llama_cpp, self.model, self.ctx, self.slots, chunk, self.make_sampler)
+        self.batcher = LlamaBatcher(llama_cpp, self.ctx, self.slots, chunk, self.make_sampler)
         self._embedder = None
 
     def _placement(self, spec: BackendSpec):

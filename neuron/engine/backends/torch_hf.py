@@ -12,7 +12,9 @@ import logging
 import os
 from collections.abc import Iterator
 
+from neuron.catalog import default_parallel
 from neuron.engine.backends.base import Backend, BackendSpec, BackendUnavailable, forced_sequence_check
+from neuron.engine.backends.torch_batch import TorchBatcher
 from neuron.openai_schema import SamplingParams
 from neuron.tiny.model import TINY_MARKER_KEY
 
@@ -71,6 +73,20 @@ class TorchBackend(Backend):
         self.is_tiny = bool(getattr(config, TINY_MARKER_KEY, False)) or _config_flag(spec)
         self._end_ids = _end_token_ids(self.model, self.tokenizer)
         self._encoders = _encoders(self.tokenizer)
+        self.slots = spec.parallel or default_parallel(bool(gpus))
+        self.batcher = TorchBatcher(self, self.slots, 512 if gpus else 64)
+
+    def new_cache(self, layers=None):
+        """A KV cache for this model, empty or from (keys, values) per layer."""
+        from transformers import DynamicCache
+
+        return DynamicCache(ddp_cache_data=layers, config=self.model.config)
+
+    def sampler(self, params: SamplingParams) -> TorchSampler:
+        torch = self.torch
+        gen = torch.Generator(device=self.device)
+        gen.manual_seed(params.seed % (2**63) if params.seed is not None else torch.seed())
+        return TorchSampler(torch, params, gen)
 
     def tokenize(self, text: str, special: bool = True) -> list[int]:
         encoder = self._encoders[special]
@@ -87,9 +103,7 @@ class TorchBackend(Backend):
     def generate_tokens(self, prompt: list[int], params: SamplingParams,
                         forced: list[int] | None = None) -> Iterator[int]:
         torch = self.torch
-        gen = torch.Generator(device=self.device)
-        gen.manual_seed(params.seed % (2**63) if params.seed is not None else torch.seed())
-        sampler = TorchSampler(torch, params, gen)
+        sampler = self.sampler(params)
         with torch.inference_mode():
             out = self.model(input_ids=torch.tensor([prompt], device=self.device), use_cache=True)
             step = 0
@@ -115,6 +129,7 @@ class TorchBackend(Backend):
         return vectors
 
     def close(self) -> None:
+        self.batcher.close()
         del self.model
         if self.device.type == "cuda":
             self.torch.cuda.empty_cache()
