@@ -36,6 +36,7 @@ from tests.helpers import CORTEX, free_port, http_json, start_neuron, stop_proce
 
 console = Console()
 SLOTS = 16
+CONTEXT = 2048  # per sequence, on both sides
 NO_EOS = {"0": -100, "2": -100}
 
 
@@ -58,8 +59,10 @@ def make_models(root: Path) -> dict[str, tuple[str, Path | None]]:
 
 
 async def one_stream(session: aiohttp.ClientSession, url: str, model: str, tokens: int, ban: dict) -> tuple:
+    # The same sampling on both sides: llama-server's own defaults, sent explicitly.
     body = {"model": model, "messages": [{"role": "user", "content": "Tell me a long story about the fleet."}],
-            "stream": True, "max_tokens": tokens, "temperature": 1.0, "logit_bias": ban}
+            "stream": True, "max_tokens": tokens, "temperature": 0.8, "top_k": 40, "top_p": 0.95, "min_p": 0.05,
+            "logit_bias": ban}
     started, first, count = time.perf_counter(), None, 0
     async with session.post(url + "/v1/chat/completions", json=body) as resp:
         async for line in resp.content:
@@ -105,7 +108,7 @@ def start_llama_server(binary: str, gguf: Path, log: Path) -> tuple[subprocess.P
     port = free_port()
     threads, batch_threads = max((os.cpu_count() or 2) // 2, 1), os.cpu_count() or 1  # the neuron's counts
     args = [binary, "-m", str(gguf), "--host", "127.0.0.1", "--port", str(port), "--parallel", str(SLOTS),
-            "--kv-unified", "-c", str(2048 * SLOTS), "-t", str(threads), "-tb", str(batch_threads),
+            "--kv-unified", "-c", str(CONTEXT * SLOTS), "-t", str(threads), "-tb", str(batch_threads),
             # Both models speak ChatML; llama-server's own Jinja cannot parse the tiny models' tool template.
             "--no-jinja", "--chat-template", "chatml"]
     proc = subprocess.Popen(args, stdout=open(log, "wb"), stderr=subprocess.STDOUT)
@@ -148,8 +151,8 @@ def main() -> None:
     try:
         for model, (backend, gguf) in models.items():
             console.log(f"loading {model} ({backend}, {SLOTS} slots)")
-            status, body = http_json("POST", neuron.url + "/models/load", {"model": model, "parallel": SLOTS,
-                                                                            "max_in_flight": SLOTS})
+            status, body = http_json("POST", neuron.url + "/models/load", {  # llama-server's per-slot context
+                "model": model, "parallel": SLOTS, "max_in_flight": SLOTS, "context_size": CONTEXT})
             assert status == 200, body
             ban = NO_EOS  # SmolLM2 numbers its end tokens as the tiny models do: 0 and 2
             ours = measure(neuron.url, model, levels, args.tokens, args.rounds, ban)

@@ -60,20 +60,27 @@ def model_rows(status: dict) -> list[dict]:
                 "queue": m.get("queued", 0), "memory_mb": m.get("memory_mb", 0.0),
                 "tok_s": node.get("decode_tps", {}).get(m["id"]) or s.get("tokens_per_s"),
                 "ttft_p50_s": s.get("ttft_p50_s"), "req_min": s.get("requests_per_min", 0),
-                "last_used": m.get("last_used"),
+                "last_used": m.get("last_used"), "slots": _slots_text(node.get("slots", {}).get(m["id"])),
             })
     return rows
 
 
+def _slots_text(slots: dict | None) -> str:
+    """Batch slots in use, e.g. "3/8"; "-" for a model whose backend does not batch."""
+    if not isinstance(slots, dict) or not slots.get("slots"):
+        return "-"
+    return f"{slots.get('running', 0)}/{slots['slots']}"
+
+
 def models_table(status: dict) -> Table:
     table = Table(title="Models", title_justify="left")
-    for col in ("model", "node", "status", "pinned", "in flight", "memory", "last used"):
+    for col in ("model", "node", "status", "pinned", "in flight", "slots", "memory", "last used"):
         table.add_column(col)
     for r in model_rows(status):
         style = {"loaded": "green", "loading": "yellow", "recovering": "yellow", "poisoned": "red"}.get(r["status"])
         table.add_row(plain(r["model"]), plain(r["node"]), Text(r["status"], style=style or ""),
                       "yes" if r["pinned"] else "",
-                      str(r["in_flight"]), f"{r['memory_mb']:.0f} MiB", ago(r["last_used"]))
+                      str(r["in_flight"]), r["slots"], f"{r['memory_mb']:.0f} MiB", ago(r["last_used"]))
     return table
 
 

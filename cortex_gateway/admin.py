@@ -31,7 +31,8 @@ def _node_status(node: Node, fleet) -> dict:
     return {"name": node.name, "endpoint": node.endpoint, "healthy": node.healthy, "failures": node.failures,
             "last_error": node.last_error or None, "devices": [d.to_dict() for d in node.health.devices],
             "uptime_s": node.health.uptime_s or None, "models": models,
-            "available": sorted(node.available), "decode_tps": {m.id: m.decode_tps for m in node.health.models}}
+            "available": sorted(node.available), "decode_tps": {m.id: m.decode_tps for m in node.health.models},
+            "slots": {m.id: {"running": m.running, "slots": m.slots} for m in node.health.models if m.slots}}
 
 
 async def status(request: web.Request) -> web.Response:

@@ -23,6 +23,7 @@ class Row:
     ttft_p50_s: float | None
     req_min: int
     memory_mb: float
+    slots: str = "-"  # batch slots in use, "3/8"
 
     @property
     def key(self) -> str:
@@ -32,7 +33,7 @@ class Row:
 def rows_from_status(status: dict) -> list[Row]:
     """Loaded (or loading) models per node, then models a node could load, as `available`."""
     rows = [Row(r["model"], r["node"], r["status"], r["pinned"], r["in_flight"], r["queue"], r["tok_s"],
-                r["ttft_p50_s"], r["req_min"], r["memory_mb"]) for r in model_rows(status)]
+                r["ttft_p50_s"], r["req_min"], r["memory_mb"], r["slots"]) for r in model_rows(status)]
     present = {(r.node, r.model) for r in rows}
     pins = status.get("pins", {})
     for node in status.get("nodes", []):
@@ -63,13 +64,13 @@ def format_row(r: Row) -> tuple[Text, ...]:
 
 
 def _cells(r: Row) -> tuple[str, ...]:
-    return (r.model, r.node, r.status, "pin" if r.pinned else "", str(r.in_flight), str(r.queue),
+    return (r.model, r.node, r.status, "pin" if r.pinned else "", str(r.in_flight), r.slots, str(r.queue),
             "-" if r.tok_s is None else f"{r.tok_s:.0f}",
             "-" if r.ttft_p50_s is None else f"{r.ttft_p50_s * 1000:.0f} ms", str(r.req_min),
             "-" if not r.memory_mb else f"{r.memory_mb:.0f} MiB")
 
 
-COLUMNS = ("model", "node", "status", "pinned", "in flight", "queue", "tok/s", "TTFT p50", "req/min", "memory")
+COLUMNS = ("model", "node", "status", "pinned", "in flight", "slots", "queue", "tok/s", "TTFT p50", "req/min", "memory")
 
 
 def event_line(event: dict) -> str:
