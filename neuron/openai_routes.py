@@ -6,12 +6,11 @@ import time
 
 from aiohttp import web
 
-from neuron.engine.inference import Generation
-from neuron.engine.tool_calls import ToolCallParser, parse_all
-from neuron.errors import ApiError
+from neuron.answers import Choice, collect_choices, stream_choices, usage_of
+from neuron.engine.tool_calls import ToolCallParser
 from neuron.http import json_response, read_json
 from neuron.openai_schema import InferenceRequest, parse_chat, parse_completion, parse_embedding_input
-from neuron.sse import DONE, KEEPALIVE, ChunkFramer, error_event, open_stream, usage_dict
+from neuron.sse import ChunkFramer
 from neuron.state import ENGINE, KEEPALIVE_S, METRICS, REGISTRY
 
 
@@ -26,19 +25,19 @@ async def completions(request: web.Request) -> web.StreamResponse:
 async def _complete(request: web.Request, req: InferenceRequest, chat: bool) -> web.StreamResponse:
     app = request.app
     entry = app[REGISTRY].require_loaded(req.model)
-    endpoint = "chat" if chat else "completions"
     queued_at = time.perf_counter()
     async with entry.admission.slot():
         app[METRICS].queue_wait.labels(entry.id).observe(time.perf_counter() - queued_at)
-        gen = await app[ENGINE].start(entry, req)
-        parser = _tool_parser(req) if chat else None
+        gens = await app[ENGINE].start(entry, req)
+        choices = [Choice(g, f, _tool_parser(req) if chat else None)
+                   for g, f in zip(gens, ChunkFramer.for_choices(entry.id, chat, len(gens)), strict=True)]
         if req.stream:
-            resp = await _stream(request, gen, ChunkFramer(entry.id, chat), parser)
+            resp = await stream_choices(request, choices, request.app[KEEPALIVE_S])
         else:
-            resp = json_response(await _collect(gen, ChunkFramer(entry.id, chat), parser))
-    s = gen.stats
-    app[METRICS].observe_generation(entry.id, endpoint, s.prompt_tokens, s.completion_tokens, gen.ttft_s,
-                                    time.perf_counter() - gen.started, s.cached_tokens)
+            resp = json_response(await collect_choices(choices))
+    prompt, completion, cached = usage_of(gens)
+    app[METRICS].observe_generation(entry.id, "chat" if chat else "completions", prompt, completion, gens[0].ttft_s,
+                                    time.perf_counter() - gens[0].started, cached)
     return resp
 
 
@@ -46,69 +45,6 @@ def _tool_parser(req: InferenceRequest) -> ToolCallParser | None:
     if not req.tools or req.tool_choice == "none":
         return None
     return ToolCallParser({t["function"]["name"] for t in req.tools})
-
-
-def _finish_reason(gen: Generation, parser: ToolCallParser | None) -> str:
-    if parser is not None and parser.calls and gen.finish_reason == "stop":
-        return "tool_calls"
-    return gen.finish_reason or "stop"
-
-
-async def _collect(gen: Generation, framer: ChunkFramer, parser: ToolCallParser | None) -> dict:
-    parts = []
-    async for batch in gen.batches():
-        parts.extend(d.text for d in batch)
-    text = "".join(parts)
-    s = gen.stats
-    if framer.chat:
-        message = {"role": "assistant", "content": text}
-        if parser is not None:
-            content, calls = parse_all(text, parser.tool_names)
-            parser.calls = calls
-            message["content"] = content or (None if calls else "")
-            if calls:
-                message["tool_calls"] = [{"id": c.id, "type": "function",
-                                          "function": {"name": c.name, "arguments": c.arguments}} for c in calls]
-        choice = {"index": 0, "message": message, "finish_reason": _finish_reason(gen, parser),
-                  "stop_reason": gen.stop_sequence, "logprobs": None}
-    else:
-        choice = {"index": 0, "text": text, "finish_reason": gen.finish_reason, "stop_reason": gen.stop_sequence,
-                  "logprobs": None}
-    return {"id": framer.id, "object": "chat.completion" if framer.chat else "text_completion",
-            "created": framer.created, "model": framer.model, "choices": [choice],
-            "usage": usage_dict(s.prompt_tokens, s.completion_tokens, s.cached_tokens)}
-
-
-async def _stream(request: web.Request, gen: Generation, framer: ChunkFramer,
-                  parser: ToolCallParser | None) -> web.StreamResponse:
-    resp = await open_stream(request)
-    try:
-        await resp.write(framer.role())
-        async for batch in gen.batches(request.app[KEEPALIVE_S]):
-            if batch is None:
-                await resp.write(KEEPALIVE)
-                continue
-            text = "".join(d.text for d in batch)
-            await resp.write(_frame(framer, parser, *(parser.feed(text) if parser else (text, []))))
-        if parser is not None:
-            await resp.write(_frame(framer, parser, *parser.finish()))
-        s = gen.stats
-        await resp.write(framer.finish(_finish_reason(gen, parser), gen.stop_sequence)
-                         + framer.usage(s.prompt_tokens, s.completion_tokens, s.cached_tokens) + DONE)
-    except ApiError as err:
-        # Headers are gone: the client learns of the failure from an error event.
-        await resp.write(error_event(err) + DONE)
-    except (ConnectionResetError, ConnectionError):
-        pass  # the client left; `batches` has already told the decode loop to stop
-    return resp
-
-
-def _frame(framer: ChunkFramer, parser: ToolCallParser | None, text: str, calls: list) -> bytes:
-    out = framer.text(text) if text else b""
-    if calls:
-        first = len(parser.calls) - len(calls)
-        out += b"".join(framer.tool_call(first + i, c) for i, c in enumerate(calls))
-    return out
 
 
 async def embeddings(request: web.Request) -> web.Response:

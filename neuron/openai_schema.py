@@ -13,12 +13,14 @@ from neuron.errors import bad_request
 from neuron.fields import opt_float, opt_int, req_str, require_object
 
 MAX_STOP_SEQUENCES = 16
+MAX_CHOICES = 16
 CHAT_ROLES = ("system", "developer", "user", "assistant", "tool")
 
 
 @dataclass
 class SamplingParams:
     max_tokens: int | None = None
+    n: int = 1  # choices: they share the prompt's computation where the backend can
     temperature: float = 1.0
     top_p: float = 1.0
     top_k: int = 0
@@ -48,11 +50,9 @@ def parse_sampling(data: dict) -> SamplingParams:
     max_tokens = opt_int(data, "max_completion_tokens", minimum=1)
     if max_tokens is None:
         max_tokens = opt_int(data, "max_tokens", minimum=1)
-    n = opt_int(data, "n", minimum=1)
-    if n not in (None, 1):
-        raise bad_request("n: only n=1 is supported; send several requests instead", param="n")
     return SamplingParams(
         max_tokens=max_tokens,
+        n=opt_int(data, "n", minimum=1, maximum=MAX_CHOICES) or 1,
         temperature=_default(opt_float(data, "temperature", minimum=0, maximum=2), 1.0),
         top_p=_default(opt_float(data, "top_p", minimum=0, maximum=1), 1.0),
         top_k=_default(opt_int(data, "top_k", minimum=0), 0),

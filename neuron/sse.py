@@ -40,16 +40,22 @@ def error_event(err: ApiError) -> bytes:
 class ChunkFramer:
     """Chunks of one chat or text completion stream."""
 
-    def __init__(self, model: str, chat: bool):
+    def __init__(self, model: str, chat: bool, index: int = 0, of: ChunkFramer | None = None):
         self.chat = chat
-        self.id = new_id("chatcmpl" if chat else "cmpl")
-        self.created = int(time.time())
+        self.id = of.id if of else new_id("chatcmpl" if chat else "cmpl")
+        self.created = of.created if of else int(time.time())
         self.model = model
         head = {"id": self.id, "object": "chat.completion.chunk" if chat else "text_completion",
                 "created": self.created, "model": model}
-        self._head = orjson.dumps(head)[:-1] + b',"choices":[{"index":0,'
+        self._head = orjson.dumps(head)[:-1] + b',"choices":[{"index":%d,' % index
         self._text_open = self._head + (b'"delta":{"content":' if chat else b'"text":')
         self._text_close = b'},"finish_reason":null}]}\n\n' if chat else b',"logprobs":null,"finish_reason":null}]}\n\n'
+
+    @classmethod
+    def for_choices(cls, model: str, chat: bool, n: int) -> list[ChunkFramer]:
+        """One framer per choice of a request: the same id and time, each with its own index."""
+        first = cls(model, chat)
+        return [first] + [cls(model, chat, i, of=first) for i in range(1, n)]
 
     def role(self) -> bytes:
         if not self.chat:

@@ -163,3 +163,30 @@ def test_prefix_reuse_is_reported_as_cached_tokens(batched):
                                                        {"role": "user", "content": "second"}])
     assert first["usage"]["prompt_tokens_details"]["cached_tokens"] < 50
     assert again["usage"]["prompt_tokens_details"]["cached_tokens"] >= 100, again["usage"]
+
+
+def test_n_choices_share_one_prompt_and_keep_their_own_seeds(batched):
+    greedy = {"max_tokens": 16, "temperature": 0, "logit_bias": NO_EOS}
+    one = text(chat(batched, "three ways", **greedy))
+    three = chat(batched, "three ways", n=3, **greedy)
+    # Greedy choices decode from the first choice's shared prompt cache: any fault in sharing shows here.
+    assert [c["index"] for c in three["choices"]] == [0, 1, 2]
+    assert [c["message"]["content"] for c in three["choices"]] == [one] * 3
+    assert three["usage"]["completion_tokens"] == 3 * 16
+    seeded = {"max_tokens": 16, "temperature": 1.0, "seed": 99, "logit_bias": NO_EOS}
+    first = text(chat(batched, "three ways", **seeded))
+    choices = [c["message"]["content"] for c in chat(batched, "three ways", n=3, **seeded)["choices"]]
+    assert choices[0] == first and len(set(choices)) == 3
+
+
+def test_n_choices_stream_with_their_indices(batched):
+    body = {"model": batched.model, "messages": [{"role": "user", "content": "two"}], "stream": True, "n": 2,
+            "max_tokens": 6, "logit_bias": NO_EOS}
+    req = urllib.request.Request(batched.url + "/v1/chat/completions", data=json.dumps(body).encode())
+    with urllib.request.urlopen(req, timeout=60) as resp:
+        events = [json.loads(line[6:]) for line in (raw.decode().strip() for raw in resp)
+                  if line.startswith("data: {")]
+    finishes = {e["choices"][0]["index"]: e["choices"][0]["finish_reason"] for e in events
+                if e["choices"] and e["choices"][0].get("finish_reason")}
+    assert finishes == {0: "length", 1: "length"}
+    assert events[-1]["usage"]["completion_tokens"] == 12

@@ -31,7 +31,7 @@ CASES = [
     ("/v1/chat/completions", {"model": "tiny-gguf", "messages": MSG, "max_tokens": True}, 400, "invalid_request"),
     ("/v1/chat/completions", {"model": "tiny-gguf", "messages": MSG, "temperature": "hot"}, 400, "invalid_request"),
     ("/v1/chat/completions", {"model": "tiny-gguf", "messages": MSG, "temperature": 9}, 400, "invalid_request"),
-    ("/v1/chat/completions", {"model": "tiny-gguf", "messages": MSG, "n": 3}, 400, "invalid_request"),
+    ("/v1/chat/completions", {"model": "tiny-gguf", "messages": MSG, "n": 17}, 400, "invalid_request"),
     ("/v1/chat/completions", {"model": "tiny-gguf", "messages": MSG, "stop": [1]}, 400, "invalid_request"),
     ("/v1/chat/completions", {"model": "tiny-gguf", "messages": MSG, "stream": "yes"}, 400, "invalid_request"),
     ("/v1/chat/completions", {"model": "tiny-gguf", "messages": "hi"}, 400, "invalid_request"),

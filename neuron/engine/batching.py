@@ -33,6 +33,7 @@ class BatchRequest:
     channel: Channel
     delay_s: float = 0.0  # injected slowness per token (fault injection)
     fail_after: int | None = None  # injected device fault after this many tokens
+    follows: BatchRequest | None = None  # another choice of the same request, whose prompt this one can share
 
 
 @dataclass

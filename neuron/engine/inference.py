@@ -7,6 +7,7 @@ getting tokens out of a model for a request lives here.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 from collections.abc import AsyncIterator, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -26,7 +27,7 @@ from neuron.engine.prompt import (
 from neuron.engine.registry import ModelEntry, Registry
 from neuron.engine.worker import END, Channel
 from neuron.errors import ApiError
-from neuron.openai_schema import InferenceRequest
+from neuron.openai_schema import InferenceRequest, SamplingParams
 
 
 @dataclass
@@ -98,8 +99,8 @@ class InferenceEngine:
 
         return await asyncio.get_running_loop().run_in_executor(self.tokenizer_pool, work)
 
-    async def start(self, entry: ModelEntry, req: InferenceRequest) -> Generation:
-        """Tokenise, check the context, and start decoding. Call inside an admission slot."""
+    async def start(self, entry: ModelEntry, req: InferenceRequest) -> list[Generation]:
+        """Tokenise, check the context, and start decoding `n` choices. Call inside an admission slot."""
         started = time.perf_counter()
         prompt = await self.prompt_tokens(entry, req)
         ctx = entry.backend.context_size
@@ -108,23 +109,32 @@ class InferenceEngine:
                                    f"{ctx}", "messages" if req.messages else "prompt")
         max_new = min(req.sampling.max_tokens or ctx, ctx - len(prompt))
         forced = await self._forced_tokens(entry, req)
-        stats = GenerationStats(prompt_tokens=len(prompt))
-        worker = self.registry.worker_for(entry)
-        backend = entry.backend
-        if backend.batcher is None:
-            job = worker.stream(lambda: self._generate(entry, prompt, req, max_new, stats, forced))
-            return Generation(entry, job, stats, started, self.registry)
-        channel = Channel(asyncio.get_running_loop())
-        text = TextAssembler(backend.detokenizer(), backend.is_end, req.sampling, max_new, stats, time.perf_counter)
-        backend.batcher.submit(BatchRequest(prompt, req.sampling, forced, text, channel,
-                                            **self.faults.for_batch(entry.id)), worker)
-        return Generation(entry, channel, stats, started, self.registry)
+        gens, leader = [], None
+        for choice in range(req.sampling.n):
+            params = _choice_params(req.sampling, choice)
+            stats = GenerationStats(prompt_tokens=len(prompt))
+            channel, leader = self._launch(entry, prompt, params, req, max_new, stats, forced, leader)
+            gens.append(Generation(entry, channel, stats, started, self.registry))
+        return gens
 
-    def _generate(self, entry, prompt, req, max_new, stats, forced) -> Iterator[Delta]:
+    def _launch(self, entry, prompt, params, req, max_new, stats, forced, leader):
+        """One choice on the device: a batched sequence (later choices share the first one's prompt) or a stream."""
+        worker, backend = self.registry.worker_for(entry), entry.backend
+        if backend.batcher is None:
+            job = worker.stream(lambda: self._generate(entry, prompt, params, max_new, stats, forced))
+            return job, None
+        channel = Channel(asyncio.get_running_loop())
+        text = TextAssembler(backend.detokenizer(), backend.is_end, params, max_new, stats, time.perf_counter)
+        request = BatchRequest(prompt, params, forced, text, channel, follows=leader,
+                               **self.faults.for_batch(entry.id))
+        backend.batcher.submit(request, worker)
+        return channel, leader or request
+
+    def _generate(self, entry, prompt, params, max_new, stats, forced) -> Iterator[Delta]:
         backend = entry.backend
-        tokens = self.faults.wrap_tokens(entry.id, backend.generate_tokens(prompt, req.sampling, forced))
+        tokens = self.faults.wrap_tokens(entry.id, backend.generate_tokens(prompt, params, forced))
         try:
-            yield from stream_text(tokens, backend.detokenizer(), backend.is_end, req.sampling,
+            yield from stream_text(tokens, backend.detokenizer(), backend.is_end, params,
                                    max_new, stats, time.perf_counter)
         except (DeviceFault, ApiError):
             raise
@@ -157,3 +167,10 @@ class InferenceEngine:
                            param="input")
         vectors = await self.registry.worker_for(entry).call(lambda: backend.embed(texts))
         return vectors, sum(counts)
+
+
+def _choice_params(params: SamplingParams, choice: int) -> SamplingParams:
+    """Choice i of a seeded request uses seed + i: choice 0 is what n=1 gives, and the choices differ."""
+    if choice == 0 or params.seed is None:
+        return params
+    return dataclasses.replace(params, seed=params.seed + choice)

@@ -34,6 +34,12 @@ class LlamaBatcher(BatchScheduler):
         self.batch = llama_cpp.llama_batch_init(chunk + slots, 0, 1)
 
     def _begin(self, req, free: list[Slot]) -> Sequence:
+        leader = self._prefilling_leader(req)
+        if leader is not None:  # another choice of a request still prefilling: wait, then copy its cache
+            slot = min(free, key=lambda s: s.last_used)
+            self.llama_cpp.llama_memory_seq_rm(self.memory, slot.seq_id, 0, -1)
+            slot.cached.clear()
+            return Sequence(req, slot, self.make_sampler(req.params), [], state=leader)
         slot = max(free, key=lambda s: (common_prefix(s.cached, req.prompt), -s.last_used))
         keep = min(common_prefix(slot.cached, req.prompt), len(req.prompt) - 1)  # the last one yields logits
         self.llama_cpp.llama_memory_seq_rm(self.memory, slot.seq_id, keep, -1)
@@ -41,7 +47,16 @@ class LlamaBatcher(BatchScheduler):
         req.text.stats.cached_tokens = keep
         return Sequence(req, slot, self.make_sampler(req.params), req.prompt[keep:])
 
+    def _prefilling_leader(self, req) -> Sequence | None:
+        if req.follows is None:
+            return None
+        return next((s.active for s in self.slots
+                     if s.active is not None and s.active.req is req.follows and s.active.pending), None)
+
     def _decode_and_sample(self, running: list[Sequence]) -> None:
+        for seq in running:  # a choice whose first choice left before sharing its prompt prefills on its own
+            if seq.state is not None and seq.state.slot.active is not seq.state:
+                seq.pending, seq.state = list(seq.req.prompt), None
         entries, ret = self._decode(running, with_prefill=True)
         if ret == 1:  # no room in the shared KV cache: give up idle slots' cached prefixes
             self._drop_idle_caches()
@@ -62,12 +77,24 @@ class LlamaBatcher(BatchScheduler):
                 seq.next_token = None
             else:  # a prefilling one: that much of its prompt is in
                 del seq.pending[:len(tokens)]
+                if not seq.pending:
+                    self._share_prompt(seq, running, index)
             if index >= 0:
                 self._sample(seq, index)
 
     def _decode(self, running: list[Sequence], with_prefill: bool):
         entries = self._fill_batch(running, with_prefill)
         return entries, self.llama_cpp.llama_decode(self.ctx, self.batch)
+
+    def _share_prompt(self, leader: Sequence, running: list[Sequence], index: int) -> None:
+        """The other choices of `leader`'s request get a copy of its prompt's cache and sample from its logits."""
+        for seq in running:
+            if seq.state is leader:
+                self.llama_cpp.llama_memory_seq_cp(self.memory, leader.slot.seq_id, seq.slot.seq_id, 0, -1)
+                seq.slot.cached = list(leader.slot.cached)
+                seq.req.text.stats.cached_tokens = len(seq.req.prompt)
+                seq.state = None
+                self._sample(seq, index)
 
     def _fill_batch(self, running: list[Sequence], with_prefill: bool) -> list[tuple[int, Sequence, list[int]]]:
         """Fill the llama_batch; per sequence: (batch index of its logits or -1, sequence, tokens added).
