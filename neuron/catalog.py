@@ -122,18 +122,19 @@ def default_parallel(on_gpu: bool) -> int:
 def estimate_mb(ref: ModelRef, context_size: int | None, on_cpu: bool, parallel: int | None = None) -> float:
     """Weights + KV cache + overhead, in MiB; what the load will need on its devices.
 
-    llama.cpp allocates the KV cache of every slot up front (each may use the whole context), so a
-    GGUF's estimate counts `parallel` contexts; torch grows its cache per request."""
+    Every slot may hold a whole context of KV cache (llama.cpp allocates them up front; torch's
+    batch and the caches its slots keep for prefix reuse grow to as much), so `parallel` contexts
+    are counted."""
+    slots = parallel or default_parallel(not on_cpu)
     if ref.format == "gguf":
-        slots = parallel or default_parallel(not on_cpu)
         weights, kv = ref.size_mb, slots * _gguf_kv_mb(Path(ref.path), context_size)
     else:
         config = _hf_config(ref)
         weights = ref.size_mb * _dtype_growth(config, on_cpu)
-        kv = _kv_mb(config.get("num_hidden_layers", 0), config.get("num_key_value_heads")
-                    or config.get("num_attention_heads", 0), _head_dim(config),
-                    context_size or min(config.get("max_position_embeddings", 2048), DEFAULT_MAX_CONTEXT),
-                    4 if on_cpu else 2)
+        kv = slots * _kv_mb(config.get("num_hidden_layers", 0), config.get("num_key_value_heads")
+                            or config.get("num_attention_heads", 0), _head_dim(config),
+                            context_size or min(config.get("max_position_embeddings", 2048), DEFAULT_MAX_CONTEXT),
+                            4 if on_cpu else 2)
     return weights + kv + OVERHEAD_MB
 
 

@@ -154,8 +154,6 @@ def test_a_client_that_leaves_frees_its_slot_streaming_or_not(batched):
 
 
 def test_prefix_reuse_is_reported_as_cached_tokens(batched):
-    if batched.model != "tiny-gguf":
-        pytest.skip("prefix reuse is llama.cpp's alone: the torch backend keeps no cache between requests")
     system = "You are a careful assistant. " * 20
     first = chat(batched, "x", max_tokens=2, messages=[{"role": "system", "content": system},
                                                        {"role": "user", "content": "first"}])

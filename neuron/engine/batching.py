@@ -42,6 +42,7 @@ class Slot:
     cached: list[int] = field(default_factory=list)  # tokens whose KV the slot holds, positions 0..n-1
     last_used: float = 0.0
     active: Sequence | None = None
+    kept: Any = None  # the backend's cache of `cached`, when it keeps one outside the batch (torch)
 
 
 @dataclass

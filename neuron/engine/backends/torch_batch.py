@@ -6,15 +6,18 @@ left-padded prompts. A new request is prefilled on its own, a bounded chunk per
 step (so the running rows are never stalled for long), then its cache joins the
 batch; a finished or abandoned row is dropped from it between steps, and
 padding every row no longer needs is cut away. Each row samples with its own
-sampler and seed. There is no prefix reuse on this backend (yet): a torch cache
-is per request.
+sampler and seed.
+
+Prefix reuse: a row that leaves the batch leaves its own cache with its slot;
+a new request takes the free slot whose tokens share the longest prefix with
+its prompt, keeps that much of the cache and prefills only the rest.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from neuron.engine.batching import BatchRequest, BatchScheduler, Sequence, Slot
+from neuron.engine.batching import BatchRequest, BatchScheduler, Sequence, Slot, common_prefix
 from neuron.engine.generation import DeviceFault
 
 
@@ -33,9 +36,17 @@ class TorchBatcher(BatchScheduler):
         self.mask = None  # [rows, length]: 1 for a real token, 0 for left padding
 
     def _begin(self, req: BatchRequest, free: list[Slot]) -> Sequence:
-        slot = min(free, key=lambda s: s.last_used)
-        req.text.stats.cached_tokens = 0
-        return Sequence(req, slot, self.backend.sampler(req.params), list(req.prompt), state=_Row(None))
+        slot = max(free, key=lambda s: (common_prefix(s.cached, req.prompt), -s.last_used))
+        keep = min(common_prefix(slot.cached, req.prompt), len(req.prompt) - 1) if slot.kept is not None else 0
+        row = _Row(None)
+        if keep > 0:
+            for layer in slot.kept.layers:
+                layer.keys, layer.values = layer.keys[:, :, :keep], layer.values[:, :, :keep]
+            row = _Row(slot.kept, keep)
+        slot.kept = None
+        del slot.cached[keep:]
+        req.text.stats.cached_tokens = keep
+        return Sequence(req, slot, self.backend.sampler(req.params), req.prompt[keep:], state=row)
 
     def _decode_and_sample(self, running: list[Sequence]) -> None:
         try:
@@ -58,6 +69,7 @@ class TorchBatcher(BatchScheduler):
             if row.cache is None:
                 row.cache = self.backend.new_cache()
             logits = self._forward(take, row)
+            seq.slot.cached.extend(take)
             del seq.pending[:len(take)]
             if not seq.pending:
                 self._join(seq)
@@ -83,6 +95,7 @@ class TorchBatcher(BatchScheduler):
         logits = out.logits[:, -1].float()
         for i, seq in enumerate(rows):
             seq.state.position += 1
+            seq.slot.cached.append(seq.next_token)
             self._sample(seq, logits[i])
 
     def _sample(self, seq: Sequence, logits) -> None:
@@ -113,9 +126,13 @@ class TorchBatcher(BatchScheduler):
         self.rows.append(seq)
 
     def _release(self, seq: Sequence) -> None:
-        if seq not in self.rows:
+        if seq not in self.rows:  # left while prefilling: what it prefilled stays with the slot
+            seq.slot.kept = seq.state.cache
+            if seq.slot.kept is None:
+                seq.slot.cached.clear()
             return
         index = self.rows.index(seq)
+        seq.slot.kept = self._row_cache(index)
         self.rows.pop(index)
         if not self.rows:
             self.cache = self.mask = None
@@ -124,6 +141,13 @@ class TorchBatcher(BatchScheduler):
         self.cache.batch_select_indices(keep)
         self.mask = self.mask[keep]
         self._trim_padding()
+
+    def _row_cache(self, index: int):
+        """One row of the batch as a cache of its own, without its left padding."""
+        pad = int((self.mask[index] == 0).sum())
+        return self.backend.new_cache([(layer.keys[index:index + 1, :, pad:].clone(),
+                                        layer.values[index:index + 1, :, pad:].clone())
+                                       for layer in self.cache.layers])
 
     def _trim_padding(self) -> None:
         """Cut the leading columns that are padding in every row (left by a row that left)."""
@@ -136,6 +160,8 @@ class TorchBatcher(BatchScheduler):
 
     def _reset(self) -> None:
         self.rows, self.cache, self.mask = [], None, None
+        for slot in self.slots:
+            slot.kept = None
 
 
 def _pad_left(torch, tensor, amount: int, dim: int = 2):
