@@ -198,3 +198,18 @@ def test_n_choices_stream_with_their_indices(batched):
                 if e["choices"] and e["choices"][0].get("finish_reason")}
     assert finishes == {0: "length", 1: "length"}
     assert events[-1]["usage"]["completion_tokens"] == 12
+
+
+def test_a_device_fault_fails_every_sequence_in_the_batch_then_the_model_recovers(batched):
+    """Kept last: it poisons the module's model (and waits for it to come back)."""
+    http_json("POST", batched.url + "/debug/faults", {"model": batched.model, "fault": "slow", "delay_ms": 20,
+                                                      "count": 4})
+    http_json("POST", batched.url + "/debug/faults", {"model": batched.model, "fault": "device_error",
+                                                      "after_tokens": 40})  # all four are running by then
+    with ThreadPoolExecutor(4) as pool:
+        streams = list(pool.map(lambda i: stream(batched, f"doomed {i}", max_tokens=200), range(4)))
+    for lines in streams:
+        errors = [json.loads(line[6:])["error"]["code"] for line in lines if line.startswith('data: {"error"')]
+        assert errors == ["model_recovering"] and lines[-1] == "data: [DONE]", lines[-3:]
+    wait_for(lambda: health(batched)["status"] == "loaded", "the model to be reloaded")
+    assert text(chat(batched, "alive again", max_tokens=3)) is not None
