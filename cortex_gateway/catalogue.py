@@ -4,9 +4,12 @@ from __future__ import annotations
 
 from aiohttp import web
 
+from cortex_gateway.anthropic.errors import render_anthropic
+from cortex_gateway.errors import unknown_model
 from cortex_gateway.fleet import Fleet
 from cortex_gateway.lifecycle import Lifecycle
 from cortex_gateway.state import FLEET, LIFECYCLE
+from neuron.errors import render_openai
 from neuron.http import json_response
 
 
@@ -39,7 +42,30 @@ def catalogue(fleet: Fleet, lifecycle: Lifecycle) -> list[dict]:
 
 async def list_models(request: web.Request) -> web.Response:
     app = request.app
-    return json_response({"object": "list", "data": catalogue(app[FLEET], app[LIFECYCLE])})
+    models = catalogue(app[FLEET], app[LIFECYCLE])
+    if _anthropic(request):  # the Anthropic SDK's models.list
+        data = [anthropic_model(m) for m in models]
+        return json_response({"data": data, "has_more": False, "first_id": data[0]["id"] if data else None,
+                              "last_id": data[-1]["id"] if data else None})
+    return json_response({"object": "list", "data": models})
+
+
+async def get_model(request: web.Request) -> web.Response:
+    """`models.retrieve` in both SDKs: the catalogue entry, in the dialect the request speaks."""
+    app, model_id = request.app, request.match_info["model"]
+    found = next((m for m in catalogue(app[FLEET], app[LIFECYCLE]) if m["id"] == model_id), None)
+    if found is None:
+        err = unknown_model(model_id)
+        return render_anthropic(err) if _anthropic(request) else render_openai(err)
+    return json_response(anthropic_model(found) if _anthropic(request) else found)
+
+
+def _anthropic(request: web.Request) -> bool:
+    return "anthropic-version" in request.headers
+
+
+def anthropic_model(entry: dict) -> dict:
+    return {"type": "model", "id": entry["id"], "display_name": entry["id"], "created_at": "1970-01-01T00:00:00Z"}
 
 
 async def health(request: web.Request) -> web.Response:
@@ -52,4 +78,5 @@ async def health(request: web.Request) -> web.Response:
 
 def add_routes(app: web.Application) -> None:
     app.router.add_get("/v1/models", list_models)
+    app.router.add_get("/v1/models/{model:.+}", get_model)
     app.router.add_get("/health", health)

@@ -68,6 +68,21 @@ def test_catalogue_merges_every_node_and_alias(client):
     assert models["gpt-test"].model_extra["alias_of"] == "alpha"
 
 
+def test_models_retrieve_in_both_sdks(fleet, client):
+    import anthropic
+
+    assert client.models.retrieve("shared").id == "shared"
+    with pytest.raises(openai.NotFoundError) as err:
+        client.models.retrieve("no-such-model")
+    assert err.value.body["code"] == "model_not_found"
+    claude = anthropic.Anthropic(base_url=fleet[0].url, api_key="unused", max_retries=0)
+    assert claude.models.retrieve("alpha").id == "alpha"
+    assert {"alpha", "beta", "shared"} <= {m.id for m in claude.models.list()}
+    with pytest.raises(anthropic.NotFoundError) as err:
+        claude.models.retrieve("no-such-model")
+    assert err.value.body["error"]["type"] == "not_found_error"
+
+
 def test_cold_load_on_the_node_that_has_the_model(fleet, client):
     gateway, _ = fleet
     before = metric(gateway, 'cortex_cold_starts_total{model="beta",node="n2"}')
