@@ -34,7 +34,7 @@ class NeuronError(ApiError):
     @classmethod
     def from_api_error(cls, err: ApiError) -> NeuronError:
         return cls(err.status, err.type, err.message, code=err.code or "upstream_error", param=err.param,
-                   retry_after=err.retry_after)
+                   retry_after=err.retry_after, details=err.details)
 
 
 class NeuronClient:

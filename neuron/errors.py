@@ -27,6 +27,7 @@ class ApiError(Exception):
         code: str | None = None,
         param: str | None = None,
         retry_after: float | None = None,
+        details: dict | None = None,
     ):
         super().__init__(message)
         self.status = status
@@ -35,10 +36,12 @@ class ApiError(Exception):
         self.code = code
         self.param = param
         self.retry_after = retry_after
+        self.details = details or {}  # figures another dialect needs to word the error its own way
 
     def envelope(self) -> dict:
         # Clients read body.error.message, so `error` is always an object, never a bare string.
-        return {"error": {"message": self.message, "type": self.type, "code": self.code, "param": self.param}}
+        return {"error": {"message": self.message, "type": self.type, "code": self.code, "param": self.param,
+                          **self.details}}
 
     def headers(self) -> dict[str, str]:
         if self.retry_after is None:
@@ -61,8 +64,9 @@ def error_from_envelope(status: int, raw: bytes, retry_after: float | None = Non
     if not isinstance(err, dict):
         return ApiError(status, "api_error", raw[:200].decode(errors="replace"), code="upstream_error",
                         retry_after=retry_after)
+    details = {k: v for k, v in err.items() if k not in ("message", "type", "code", "param")}
     return ApiError(status, str(err.get("type") or "api_error"), str(err.get("message") or ""),
-                    code=err.get("code"), param=err.get("param"), retry_after=retry_after)
+                    code=err.get("code"), param=err.get("param"), retry_after=retry_after, details=details)
 
 
 def bad_request(message: str, *, param: str | None = None, code: str = "invalid_request") -> ApiError:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import threading
 
 import anthropic
@@ -133,6 +134,17 @@ def test_count_tokens_matches_the_models_own_count(client):
     used = client.messages.create(model="tiny-gguf", max_tokens=1, system="be brief", messages=messages)
     # A prompt whose prefix the neuron had cached counts as cache reads, as Anthropic's API reports them.
     assert counted.input_tokens == used.usage.input_tokens + (used.usage.cache_read_input_tokens or 0) > 10
+
+
+def test_a_prompt_too_long_is_worded_as_anthropic_words_it(stack, client):
+    """Claude Code compacts its conversation when it reads this exact shape."""
+    _, neuron = stack
+    try:
+        with pytest.raises(anthropic.BadRequestError) as err:
+            client.messages.create(model="tiny-short", max_tokens=5, messages=user("many words " * 200))
+        assert re.fullmatch(r"prompt is too long: \d+ tokens > \d+ maximum", err.value.body["error"]["message"])
+    finally:  # the cold load gave it default limits; later tests load it with their own
+        http_json("POST", neuron.url + "/models/unload", {"model": "tiny-short"})
 
 
 def test_error_types(stack, client):

@@ -122,6 +122,8 @@ def test_prompt_over_context_is_a_400(neuron):
         "model": "tiny-short", "messages": [{"role": "user", "content": "word " * ctx}]})
     assert status == 400
     assert body["error"]["code"] == "context_length_exceeded"
+    # OpenAI's own wording, which client libraries match to recognise an overflow.
+    assert "maximum context length is" in body["error"]["message"]
     assert str(ctx) in body["error"]["message"]
 
 

@@ -22,7 +22,16 @@ def anthropic_type(err: ApiError) -> str:
 
 
 def envelope(err: ApiError) -> dict:
-    return {"type": "error", "error": {"type": anthropic_type(err), "message": err.message}}
+    return {"type": "error", "error": {"type": anthropic_type(err), "message": anthropic_message(err)}}
+
+
+def anthropic_message(err: ApiError) -> str:
+    """Anthropic's own wording where clients key on it: Claude Code compacts its context on
+    "prompt is too long: N tokens > M maximum"."""
+    tokens, maximum = err.details.get("tokens"), err.details.get("maximum")
+    if err.code == "context_length_exceeded" and isinstance(tokens, int) and isinstance(maximum, int):
+        return f"prompt is too long: {tokens} tokens > {maximum} maximum"
+    return err.message
 
 
 def render_anthropic(err: ApiError) -> web.Response:

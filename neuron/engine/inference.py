@@ -105,8 +105,7 @@ class InferenceEngine:
         prompt = await self.prompt_tokens(entry, req)
         ctx = entry.backend.context_size
         if len(prompt) >= ctx:
-            raise context_exceeded(f"the prompt is {len(prompt)} tokens but model {entry.id!r} has a context of "
-                                   f"{ctx}", "messages" if req.messages else "prompt")
+            raise context_exceeded(len(prompt), ctx, "messages" if req.messages else "prompt")
         max_new = min(req.sampling.max_tokens or ctx, ctx - len(prompt))
         forced = await self._forced_tokens(entry, req)
         gens, leader = [], None
@@ -162,9 +161,7 @@ class InferenceEngine:
             self.tokenizer_pool, lambda: [len(backend.tokenize(t, special=False)) for t in texts])
         too_long = [i for i, n in enumerate(counts) if n >= backend.context_size]
         if too_long:
-            raise ApiError(400, "invalid_request_error", f"input[{too_long[0]}] is longer than the model's "
-                           f"context of {backend.context_size} tokens", code="context_length_exceeded",
-                           param="input")
+            raise context_exceeded(counts[too_long[0]], backend.context_size, "input", f"input[{too_long[0]}]")
         vectors = await self.registry.worker_for(entry).call(lambda: backend.embed(texts))
         return vectors, sum(counts)
 

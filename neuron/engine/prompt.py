@@ -45,20 +45,25 @@ def check_bounds(req: InferenceRequest, context: int, model: str) -> None:
     """Refuse, cheaply and before any rendering, a request that cannot fit the context."""
     param = "messages" if req.messages is not None else "prompt"
     if req.messages is not None and len(req.messages) > context:
-        raise context_exceeded(f"the request has {len(req.messages)} messages but model {model!r} has a "
-                               f"context of {context} tokens, less than one per message", param)
+        raise context_exceeded(len(req.messages), context, param, f"at least one per message: "
+                               f"{len(req.messages)} messages")
     check_chars(_chars(req.messages) + _chars(req.tools) + len(req.prompt or ""), context, model, param)
 
 
 def check_chars(chars: int, context: int, model: str, param: str) -> None:
     if chars > context * MAX_CHARS_PER_TOKEN:
-        raise context_exceeded(f"the request has {chars} characters of text, more than model {model!r}'s "
-                               f"context of {context} tokens can hold", param)
+        raise context_exceeded(chars // MAX_CHARS_PER_TOKEN, context, param,
+                               f"at least: {chars} characters of text")
 
 
-def context_exceeded(detail: str, param: str) -> ApiError:
-    return ApiError(400, "invalid_request_error", f"{detail}; shorten the prompt or load the model with a "
-                    "larger context_size", code="context_length_exceeded", param=param)
+def context_exceeded(tokens: int, maximum: int, param: str, detail: str = "") -> ApiError:
+    """Worded as OpenAI words it: clients (litellm's fallbacks, LangChain's ContextOverflowError) match
+    on "maximum context length". The figures travel as details, for the Anthropic wording."""
+    more = f" ({detail})" if detail else ""
+    return ApiError(400, "invalid_request_error", f"This model's maximum context length is {maximum} tokens. "
+                    f"However, your messages resulted in {tokens} tokens{more}. Please reduce the length of "
+                    "the messages, or load the model with a larger context_size.", code="context_length_exceeded",
+                    param=param, details={"tokens": tokens, "maximum": maximum})
 
 
 def _chars(value: Any) -> int:
