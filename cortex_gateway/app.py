@@ -16,7 +16,7 @@ from cortex_gateway.config import GatewayConfig
 from cortex_gateway.errors import renderer_for
 from cortex_gateway.fleet import Fleet
 from cortex_gateway.lifecycle import Lifecycle
-from cortex_gateway.metrics import GatewayMetrics
+from cortex_gateway.metrics import GatewayMetrics, count_refusals
 from cortex_gateway.state import FLEET, KEEPALIVE_S, LIFECYCLE, METRICS, SESSION
 from neuron.errors import error_middleware
 from neuron.http import body_limits
@@ -27,11 +27,14 @@ log = logging.getLogger("cortex.gateway")
 def create_app(config: GatewayConfig, *, session: aiohttp.ClientSession | None = None,
                metrics: GatewayMetrics | None = None) -> web.Application:
     max_bytes = int(config.max_body_mb * 2**20)
-    middlewares = [error_middleware(renderer_for, "gateway"), body_limits(max_bytes, config.body_timeout_s)]
+    app_metrics = metrics or GatewayMetrics()
+    # Outermost, the refusal counter sees every answer, errors rendered by the middleware inside it included.
+    middlewares = [count_refusals(app_metrics), error_middleware(renderer_for, "gateway"),
+                   body_limits(max_bytes, config.body_timeout_s)]
     if config.auth.keys:
-        middlewares.insert(1, api_auth)  # keys checked before a body is read; no layer at all without keys
+        middlewares.insert(2, api_auth)  # keys checked before a body is read; no layer at all without keys
     app = web.Application(middlewares=middlewares, client_max_size=max_bytes)
-    app[METRICS] = metrics or GatewayMetrics()
+    app[METRICS] = app_metrics
     app[KEEPALIVE_S] = config.keepalive_s
     app[AUTH] = config.auth
     app[LIMITER] = KeyLimiter(config.auth)

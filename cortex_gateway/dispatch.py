@@ -19,7 +19,7 @@ import orjson
 from aiohttp import web
 
 from cortex_gateway.fleet import Node
-from cortex_gateway.metrics import RequestRecord
+from cortex_gateway.metrics import OBSERVED, RequestRecord
 from cortex_gateway.proxy import ClientGone, RetryElsewhere, fetch_json, open_client_stream, open_upstream_stream
 from cortex_gateway.state import FLEET, KEEPALIVE_S, LIFECYCLE, METRICS, SESSION
 from neuron.errors import ApiError, error_from_envelope
@@ -64,8 +64,12 @@ class InferenceCall:
 async def dispatch(request: web.Request, call: InferenceCall, dialect: Dialect) -> web.StreamResponse:
     """Place the request on a node (cold-loading if needed), relay it in `dialect`, record metrics."""
     app = request.app
-    rec = RequestRecord(model=app[LIFECYCLE].config.resolve_alias(call.model), endpoint=call.endpoint,
+    lifecycle = app[LIFECYCLE]
+    rec = RequestRecord(model=lifecycle.config.resolve_alias(call.model), endpoint=call.endpoint,
                         started=time.perf_counter())
+    if lifecycle.known(rec.model):
+        rec.label = rec.model
+    request[OBSERVED] = True
     try:
         return await _attempts(request, call, rec, dialect)
     finally:
@@ -84,7 +88,7 @@ async def _attempts(request: web.Request, call: InferenceCall, rec: RequestRecor
         except ApiError as err:
             return await _fail(rec, err, client_stream, dialect)
         if attempt == 0:
-            app[METRICS].observe_wait(rec.model, time.perf_counter() - rec.started)
+            app[METRICS].observe_wait(rec.label, time.perf_counter() - rec.started)
         rec.node = node.name
         try:
             return await _forward(request, call, node, rec, client_stream, dialect)
@@ -96,7 +100,7 @@ async def _attempts(request: web.Request, call: InferenceCall, rec: RequestRecor
                 err = ApiError(502, "api_error", f"the model's node failed before answering ({exc}); "
                                "retry shortly", code="upstream_unavailable", retry_after=2)
                 return await _fail(rec, err, client_stream, dialect, status_type="upstream_unavailable")
-            app[METRICS].retries.labels(rec.model).inc()
+            app[METRICS].retries.labels(rec.label).inc()
     raise AssertionError("unreachable")
 
 

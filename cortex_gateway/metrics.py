@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
+from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily
 
@@ -12,6 +13,16 @@ from cortex_gateway.recent import RecentStats
 from neuron.metrics import LATENCY_BUCKETS, LOAD_BUCKETS, TTFT_BUCKETS
 
 TPS_BUCKETS = (1, 2, 5, 10, 20, 35, 50, 75, 100, 150, 250, 500, 1000, 2500, 5000)
+
+
+UNKNOWN = "unknown"  # one label value for every model name the catalogue does not know: no unbounded series
+# Set on a request whose outcome dispatch recorded (aiohttp's typed request key where it has one).
+OBSERVED = web.RequestKey("observed", bool) if hasattr(web, "RequestKey") else "cortex.observed"
+# Inference routes, by the endpoint label their requests get.
+ENDPOINTS = {"/v1/chat/completions": "chat", "/v1/completions": "completions", "/v1/embeddings": "embeddings",
+             "/v1/messages": "messages"}
+_REFUSAL_TYPES = {401: "authentication_error", 403: "permission_error", 408: "request_timeout",
+                  413: "request_too_large", 429: "rate_limit_error"}
 
 
 @dataclass
@@ -28,6 +39,7 @@ class RequestRecord:
     completion_tokens: int = 0
     status: int = 200
     error_type: str | None = None
+    label: str = UNKNOWN  # the model as a metric label: the model when the catalogue knows it, else UNKNOWN
 
     def take_usage(self, usage: dict | None) -> None:
         if isinstance(usage, dict):
@@ -83,13 +95,13 @@ class GatewayMetrics:
         self.child(self.queue_wait, model).observe(seconds)
 
     def observe(self, rec: RequestRecord) -> None:
-        node = rec.node or "none"
-        self.child(self.requests, rec.model, node, rec.endpoint, str(rec.status)).inc()
+        node, model = rec.node or "none", rec.label
+        self.child(self.requests, model, node, rec.endpoint, str(rec.status)).inc()
         if rec.error_type:
-            self.child(self.errors, rec.model, node, rec.error_type).inc()
-            self.recent.record(rec.model, None, None, ok=False)
+            self.child(self.errors, model, node, rec.error_type).inc()
+            self.recent.record(model, None, None, ok=False)
             return
-        series = self.series(rec.model, node)
+        series = self.series(model, node)
         series.latency.observe(time.perf_counter() - rec.started)
         series.prompt_tokens.inc(rec.prompt_tokens)
         series.completion_tokens.inc(rec.completion_tokens)
@@ -100,7 +112,12 @@ class GatewayMetrics:
             if rec.finished_at and rec.completion_tokens > 1 and rec.finished_at > rec.first_token_at:
                 tps = (rec.completion_tokens - 1) / (rec.finished_at - rec.first_token_at)
                 series.tps.observe(tps)
-        self.recent.record(rec.model, ttft, tps, ok=True)
+        self.recent.record(model, ttft, tps, ok=True)
+
+    def observe_refusal(self, endpoint: str, status: int) -> None:
+        """A request refused before it reached the dispatcher (bad JSON, a bad field, a key, a limit)."""
+        self.child(self.requests, UNKNOWN, "none", endpoint, str(status)).inc()
+        self.child(self.errors, UNKNOWN, "none", _REFUSAL_TYPES.get(status, "invalid_request_error")).inc()
 
     def watch_fleet(self, fleet) -> None:
         self.registry.register(_FleetCollector(fleet))
@@ -141,3 +158,17 @@ class _FleetCollector:
                 used.add_metric([node.name, dev.id], dev.used_mb)
                 free.add_metric([node.name, dev.id], dev.free_mb)
         yield from (up, loaded, in_flight, used, free)
+
+
+def count_refusals(metrics: GatewayMetrics):
+    """Count inference requests that failed before the dispatcher recorded them, so none go uncounted."""
+
+    @web.middleware
+    async def middleware(request: web.Request, handler):
+        response = await handler(request)
+        endpoint = ENDPOINTS.get(request.path)
+        if endpoint is not None and response.status >= 400 and not request.get(OBSERVED):
+            metrics.observe_refusal(endpoint, response.status)
+        return response
+
+    return middleware

@@ -262,3 +262,25 @@ async def test_eviction_passes_over_a_model_the_node_finds_busy(neurons, gateway
     fake = await crowded_node(neurons, gateway, busy={"m2"})
     assert [(u["model"], u.get("if_idle")) for u in fake.unloads] == [("m2", True), ("m1", True)]
     assert set(fake.loaded) == {"m2", "m3"}
+
+
+# -- metrics of refused and unknown requests -------------------------------------------------------
+async def test_requests_refused_before_dispatch_are_counted(neurons, gateway):
+    gw = await gateway(await neurons.start("n1", loaded={"m": 100}))
+    resp = await gw.client.post("/v1/messages", data=b"{not json", headers={"Content-Type": "application/json"})
+    assert resp.status == 400
+    resp = await gw.client.post("/v1/chat/completions", json={"messages": []})  # no model
+    assert resp.status == 400
+    assert gw.metric('cortex_requests_total{endpoint="messages",model="unknown",node="none",status="400"}') == 1
+    assert gw.metric('cortex_requests_total{endpoint="chat",model="unknown",node="none",status="400"}') == 1
+
+
+async def test_a_model_name_the_catalogue_does_not_know_is_one_label(neurons, gateway):
+    """Any client can send any name: as labels they would make unbounded series."""
+    gw = await gateway(await neurons.start("n1", loaded={"m": 100}))
+    for name in ("made-up-1", "made-up-2"):
+        resp = await gw.client.post("/v1/chat/completions", json=body(name, stream=False))
+        assert resp.status == 404
+    text = gw.metrics.render().decode()
+    assert "made-up" not in text
+    assert gw.metric('cortex_requests_total{endpoint="chat",model="unknown",node="none",status="404"}') == 2
