@@ -136,6 +136,14 @@ def test_count_tokens_matches_the_models_own_count(client):
     assert counted.input_tokens == used.usage.input_tokens + (used.usage.cache_read_input_tokens or 0) > 10
 
 
+def test_a_system_message_inside_the_conversation_is_answered(client):
+    """Claude Code's first request carries one; it used to be refused."""
+    messages = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"},
+                {"role": "system", "content": "answer briefly"}, {"role": "user", "content": "go on"}]
+    answer = client.messages.create(model="tiny-gguf", max_tokens=4, messages=messages)
+    assert answer.role == "assistant" and answer.usage.output_tokens > 0
+
+
 def test_a_prompt_too_long_is_worded_as_anthropic_words_it(stack, client):
     """Claude Code compacts its conversation when it reads this exact shape."""
     _, neuron = stack
@@ -158,7 +166,7 @@ def test_error_types(stack, client):
     message = err.value.body["error"]["message"]
     assert err.value.body == {"type": "error", "error": {"type": "not_found_error", "message": message}}
     with pytest.raises(anthropic.BadRequestError) as err:
-        client.messages.create(model="tiny-gguf", max_tokens=5, messages=[{"role": "system", "content": "x"}])
+        client.messages.create(model="tiny-gguf", max_tokens=5, messages=[{"role": "robot", "content": "x"}])
     assert err.value.body["error"]["type"] == "invalid_request_error"
     status, body = http_json("POST", gateway.url + "/v1/messages", {"model": "tiny-gguf", "messages": user("x")})
     assert status == 401  # no key: refused before the body is looked at

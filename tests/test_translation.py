@@ -25,6 +25,12 @@ def req(**kw):
     ({"messages": [{"role": "user", "content": "hi"}],
       "system": [{"type": "text", "text": "a"}, {"type": "text", "text": "b"}]},
      {"messages": [{"role": "system", "content": "a\nb"}, {"role": "user", "content": "hi"}]}),
+    # A system message inside the conversation (as Claude Code sends them) stays where it was sent.
+    ({"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yes"},
+                   {"role": "system", "content": [{"type": "text", "text": "be brief"}]},
+                   {"role": "user", "content": "go"}]},
+     {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yes"},
+                   {"role": "system", "content": "be brief"}, {"role": "user", "content": "go"}]}),
     ({"messages": [{"role": "user", "content": [{"type": "text", "text": "a"}, {"type": "text", "text": "b"}]}]},
      {"messages": [{"role": "user", "content": "ab"}]}),
     ({"messages": [{"role": "user", "content": [
@@ -76,7 +82,8 @@ def test_request_translation(anthropic_req, expected):
 
 @pytest.mark.parametrize("bad, where", [
     ({"messages": []}, "messages"),
-    ({"messages": [{"role": "system", "content": "x"}]}, "messages[0].role"),
+    ({"messages": [{"role": "robot", "content": "x"}]}, "messages[0].role"),
+    ({"messages": [{"role": "system", "content": 3}]}, "messages[0].content"),
     ({"messages": [{"role": "user", "content": [{"type": "document"}]}]}, "messages[0].content[0]"),
     ({"messages": [{"role": "user", "content": "x"}], "tools": [{"type": "web_search_20250305", "name": "s"}]},
      "server tool"),

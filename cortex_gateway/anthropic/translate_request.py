@@ -47,14 +47,15 @@ def to_openai(body: Any) -> dict:
     return out
 
 
-def system_messages(system: Any) -> list[dict]:
+def system_messages(system: Any, where: str = "system") -> list[dict]:
+    """`system` (or a system message's content) as OpenAI system messages: a string or text blocks."""
     if system is None or system == "":
         return []
     if isinstance(system, str):
         return [{"role": "system", "content": system}]
     if isinstance(system, list):
-        return [{"role": "system", "content": "\n".join(_text_of(b, f"system[{i}]") for i, b in enumerate(system))}]
-    raise bad_request("system: expected a string or a list of text blocks", param="system")
+        return [{"role": "system", "content": "\n".join(_text_of(b, f"{where}[{i}]") for i, b in enumerate(system))}]
+    raise bad_request(f"{where}: expected a string or a list of text blocks", param="system")
 
 
 def _text_of(block: Any, where: str) -> str:
@@ -69,9 +70,13 @@ def convert_messages(messages: Any) -> list[dict]:
     out: list[dict] = []
     for i, msg in enumerate(messages):
         where = f"messages[{i}]"
-        if not isinstance(msg, dict) or msg.get("role") not in ("user", "assistant"):
-            raise bad_request(f"{where}.role: expected \"user\" or \"assistant\"", param="messages")
+        if not isinstance(msg, dict) or msg.get("role") not in ("user", "assistant", "system"):
+            raise bad_request(f"{where}.role: expected \"user\", \"assistant\" or \"system\"", param="messages")
         content = msg.get("content")
+        if msg["role"] == "system":
+            # A system message inside the conversation (Claude Code sends them): kept where it was sent.
+            out.extend(system_messages(content, f"{where}.content"))
+            continue
         if isinstance(content, str):
             out.append({"role": msg["role"], "content": content})
         elif isinstance(content, list):
