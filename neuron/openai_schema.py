@@ -44,6 +44,8 @@ class InferenceRequest:
     tool_choice: Any = None
     # Test-only: honoured by tiny models alone (see neuron.scripted).
     script: str | None = None
+    # Continue the last (assistant) message instead of opening a new turn: Anthropic's prefill.
+    continue_final: bool = False
 
 
 def parse_sampling(data: dict) -> SamplingParams:
@@ -105,6 +107,7 @@ def parse_chat(body: Any) -> InferenceRequest:
         tools=parse_tools(data.get("tools")),
         tool_choice=data.get("tool_choice"),
         script=_opt_script(data),
+        continue_final=_continue_final(data),
     )
 
 
@@ -223,3 +226,15 @@ def parse_tools(value: Any) -> list[dict] | None:
         out.append({"type": "function", "function": {
             "name": fn["name"], "description": fn.get("description") or "", "parameters": params}})
     return out or None
+
+
+def _continue_final(data: dict) -> bool:
+    """`continue_final_message` (vLLM's name): continue the last message, which must be the assistant's."""
+    value = data.get("continue_final_message", False)
+    if not isinstance(value, bool):
+        raise bad_request("continue_final_message: expected true or false", param="continue_final_message")
+    messages = data.get("messages")
+    if value and not (isinstance(messages, list) and messages and isinstance(messages[-1], dict)
+                      and messages[-1].get("role") == "assistant"):
+        raise bad_request("continue_final_message: the last message must be the assistant's", param="messages")
+    return value

@@ -136,6 +136,16 @@ def test_count_tokens_matches_the_models_own_count(client):
     assert counted.input_tokens == used.usage.input_tokens + (used.usage.cache_read_input_tokens or 0) > 10
 
 
+def test_an_assistant_prefill_is_continued(client):
+    messages = [{"role": "user", "content": "Tell me a story"}, {"role": "assistant", "content": "Once upon"}]
+    answer = client.messages.create(model="tiny-gguf", max_tokens=4, messages=messages)
+    plain = client.messages.create(model="tiny-gguf", max_tokens=4, messages=messages[:1])
+    # The prefill is part of the prompt (that no end-of-turn closes it is checked token by token in
+    # tests/test_prompt.py): the request is answered, with more prompt tokens than the question alone.
+    assert answer.usage.input_tokens + (answer.usage.cache_read_input_tokens or 0) > \
+        plain.usage.input_tokens + (plain.usage.cache_read_input_tokens or 0)
+
+
 def test_a_system_message_inside_the_conversation_is_answered(client):
     """Claude Code's first request carries one; it used to be refused."""
     messages = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"},

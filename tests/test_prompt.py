@@ -84,3 +84,14 @@ def test_bounds_refuse_before_rendering(messages, chars):
         check_bounds(req, context=64, model="m")
     assert err.value.status == 400 and err.value.code == "context_length_exceeded"
     check_bounds(chat({"role": "user", "content": "x" * 100}), context=64, model="m")
+
+
+def test_an_assistant_prefill_is_continued_not_closed(backend):
+    messages = [{"role": "user", "content": "Say something"}, {"role": "assistant", "content": "Once upon"}]
+    closed = prompt_tokens(backend, chat(*messages))
+    continued = prompt_tokens(backend, chat(*messages, continue_final_message=True))
+    im_end, = backend.tokenize("<|im_end|>", special=True)
+    tail = backend.tokenize("Once upon", special=False)
+    assert continued[-len(tail):] == tail and continued.count(im_end) == closed.count(im_end) - 1
+    with pytest.raises(ApiError):
+        chat({"role": "user", "content": "x"}, continue_final_message=True)  # nothing to continue

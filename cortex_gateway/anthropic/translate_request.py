@@ -44,6 +44,10 @@ def to_openai(body: Any) -> dict:
         out["stream_options"] = {"include_usage": True}
     if isinstance(data.get("cortex_script"), str):
         out["cortex_script"] = data["cortex_script"]  # test-only, honoured by tiny models alone
+    last = out["messages"][-1]
+    if last["role"] == "assistant" and isinstance(last.get("content"), str) and last["content"] \
+            and not last.get("tool_calls"):
+        out["continue_final_message"] = True  # a prefill: the answer continues it, as Anthropic's API does
     return out
 
 

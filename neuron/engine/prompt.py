@@ -82,12 +82,17 @@ def chat_segments(backend, req: InferenceRequest, model: str) -> list[Segment]:
         raise ApiError(400, "invalid_request_error", f"model {model!r} has no chat template; use "
                        "/v1/completions with a raw prompt", code="no_chat_template")
     tools = None if req.tool_choice == "none" else req.tools
+    prefill = req.continue_final and bool(req.messages[-1].get("content"))
     try:
         rendered = render_chat(backend.chat_template, [_mark_message(m) for m in req.messages],
-                               tools=_mark_tools(tools), bos_token=backend.bos_token, eos_token=backend.eos_token)
+                               tools=_mark_tools(tools), bos_token=backend.bos_token, eos_token=backend.eos_token,
+                               add_generation_prompt=not prefill)
     except TemplateError as exc:
         raise ApiError(400, "invalid_request_error", str(exc), code="template_error", param="messages") from exc
     segments = split_marked(rendered)
+    if prefill and segments:
+        while segments and segments[-1].special:  # the template's end-of-turn after the prefill: cut
+            segments.pop()
     if segments is None:
         # The template cut or reordered a client string: fall back to parsing the whole prompt.
         log.warning("model %s: its chat template splits message text; control tokens typed by users "
