@@ -14,10 +14,7 @@ from __future__ import annotations
 
 import os
 import threading
-import time
 from dataclasses import dataclass
-
-from neuron.engine.generation import DeviceFault
 
 FAULT_KINDS = ("device_error", "load_error", "slow", "slow_load")
 ENV_SWITCH = "CORTEX_FAULT_INJECTION"
@@ -65,26 +62,3 @@ class FaultInjector:
         if (fault := self.take(model, "device_error")) is not None:
             out["fail_after"] = fault.after_tokens
         return out
-
-    def wrap_tokens(self, model: str, tokens):
-        """Apply the faults armed for this inference to its token iterator."""
-        if (slow := self.take(model, "slow")) is not None:
-            tokens = _delayed(tokens, slow.delay_ms / 1000)
-        if (fault := self.take(model, "device_error")) is not None:
-            tokens = fail_after(tokens, fault.after_tokens)
-        return tokens
-
-
-def _delayed(tokens, delay_s: float):
-    for token in tokens:
-        time.sleep(delay_s)
-        yield token
-
-
-def fail_after(tokens, after: int):
-    """Wrap a token iterator so it raises a device fault after `after` tokens."""
-    for i, token in enumerate(tokens):
-        if i >= after:
-            raise DeviceFault("injected device fault (CORTEX_FAULT_INJECTION)")
-        yield token
-    raise DeviceFault("injected device fault (CORTEX_FAULT_INJECTION)")

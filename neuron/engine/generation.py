@@ -9,7 +9,7 @@ a small held-back tail: the cost per token is constant.
 from __future__ import annotations
 
 import codecs
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -99,8 +99,7 @@ class ByteDetokenizer:
 
 class TextAssembler:
     """One generation's tokens pushed in one at a time, text deltas out: detokenising, stop
-    sequences, the end token and the length limit. Batched decoding feeds one per step; a
-    backend's token iterator goes through `stream_text`."""
+    sequences, the end token and the length limit. The batch scheduler feeds it one token per step."""
 
     def __init__(self, detok: Detokenizer, is_end: Callable[[int], bool], params: SamplingParams, max_new: int,
                  stats: GenerationStats, clock: Callable[[], float]):
@@ -134,26 +133,3 @@ class TextAssembler:
         out.append(Delta("", self.finish_reason, self.stopper.matched))
         return out
 
-
-def stream_text(
-    tokens: Iterator[int],
-    detok: Detokenizer,
-    is_end: Callable[[int], bool],
-    params: SamplingParams,
-    max_new: int,
-    stats: GenerationStats,
-    clock: Callable[[], float],
-) -> Iterator[Delta]:
-    """Turn a backend's token iterator into text deltas with stop and length handling.
-
-    `tokens` must be lazy: a token is sampled only when asked for, so stopping
-    here stops the backend.
-    """
-    text = TextAssembler(detok, is_end, params, max_new, stats, clock)
-    for token in tokens:
-        delta, done = text.feed(token)
-        if delta is not None:
-            yield delta
-        if done:
-            break
-    yield from text.finish()

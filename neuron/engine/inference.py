@@ -9,13 +9,13 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from neuron.engine.batching import BatchRequest
 from neuron.engine.faults import FaultInjector
-from neuron.engine.generation import Delta, DeviceFault, GenerationStats, TextAssembler, stream_text
+from neuron.engine.generation import Delta, DeviceFault, GenerationStats, TextAssembler
 from neuron.engine.prompt import (
     Segment,
     check_bounds,
@@ -117,29 +117,14 @@ class InferenceEngine:
         return gens
 
     def _launch(self, entry, prompt, params, req, max_new, stats, forced, leader):
-        """One choice on the device: a batched sequence (later choices share the first one's prompt) or a stream."""
-        worker, backend = self.registry.worker_for(entry), entry.backend
-        if backend.batcher is None:
-            job = worker.stream(lambda: self._generate(entry, prompt, params, max_new, stats, forced))
-            return job, None
+        """One choice as a sequence of the model's batch; later choices share the first one's prompt."""
+        backend = entry.backend
         channel = Channel(asyncio.get_running_loop())
         text = TextAssembler(backend.detokenizer(), backend.is_end, params, max_new, stats, time.perf_counter)
         request = BatchRequest(prompt, params, forced, text, channel, follows=leader,
                                **self.faults.for_batch(entry.id))
-        backend.batcher.submit(request, worker)
+        backend.batcher.submit(request, self.registry.worker_for(entry))
         return channel, leader or request
-
-    def _generate(self, entry, prompt, params, max_new, stats, forced) -> Iterator[Delta]:
-        backend = entry.backend
-        tokens = self.faults.wrap_tokens(entry.id, backend.generate_tokens(prompt, params, forced))
-        try:
-            yield from stream_text(tokens, backend.detokenizer(), backend.is_end, params,
-                                   max_new, stats, time.perf_counter)
-        except (DeviceFault, ApiError):
-            raise
-        except (RuntimeError, OSError) as exc:
-            # An error from inside torch or llama.cpp mid-decode: the device state is suspect.
-            raise DeviceFault(str(exc)) from exc
 
     async def _forced_tokens(self, entry: ModelEntry, req: InferenceRequest) -> list[int] | None:
         """Scripted output, for tests: tiny models only, never a real model."""

@@ -208,8 +208,8 @@ class Registry:
 
     def _limits(self, entry: ModelEntry) -> AdmissionLimits:
         req, d = entry.request, self.default_limits
-        slots = getattr(entry.backend, "slots", None)
-        if slots:  # a batching backend: as many run as it has slots, the rest queue here
+        slots = entry.backend.slots
+        if slots:  # as many run as the batch has slots, the rest queue here
             in_flight = min(req.max_in_flight or slots, slots)
         else:
             in_flight = req.max_in_flight or max(d.max_in_flight, req.parallel or 1)

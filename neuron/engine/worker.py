@@ -3,11 +3,12 @@
 CUDA contexts and llama.cpp contexts are not safe to drive from several
 threads, and a long forward pass must never block the event loop. So every
 load, forward pass and unload for a device runs on that device's thread, fed
-through a job queue; the asyncio side awaits futures or reads a stream.
+through a job queue; the asyncio side awaits futures or reads a `Channel`.
 
-Streaming jobs are generators run in slices, so two models sharing a device
-interleave instead of one waiting for the other's whole answer. An exception
-in a job fails that job only: the thread and the other devices keep running.
+A model's batch scheduler is a job that runs in slices, so two models sharing
+a device interleave step by step instead of one waiting for the other. An
+exception in a job fails that job only: the thread and the other devices keep
+running.
 """
 
 from __future__ import annotations
@@ -17,13 +18,12 @@ import collections
 import logging
 import queue
 import threading
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 log = logging.getLogger(__name__)
 
-SLICE_SECONDS = 0.02  # a streaming job yields the device to waiting jobs after this long
+SLICE_SECONDS = 0.02  # a sliced job (a batch scheduler) yields the device to waiting jobs after this long
 _STOP = object()
 
 
@@ -112,42 +112,6 @@ class Channel:
         return batch
 
 
-class StreamJob(Channel):
-    """A generator run on the device thread in slices, its items read through the channel."""
-
-    def __init__(self, make_gen: Callable[[], Iterator[Any]], loop: asyncio.AbstractEventLoop):
-        super().__init__(loop)
-        self.make_gen = make_gen
-        self.gen: Iterator[Any] | None = None
-
-    def run(self) -> bool:
-        """Advance the generator for one slice; True when it is finished."""
-        deadline = time.monotonic() + SLICE_SECONDS
-        try:
-            if self.gen is None:
-                self.gen = self.make_gen()
-            while not self.cancelled:
-                item = next(self.gen, _STOP)
-                if item is _STOP:
-                    self.end()
-                    return True
-                self.push(item)
-                if time.monotonic() >= deadline:
-                    return False
-        except BaseException as exc:  # noqa: BLE001 - re-raised on the reading side
-            self.fail(exc)
-            return True
-        self._close_gen()
-        self.end()
-        return True
-
-    def _close_gen(self) -> None:
-        if self.gen is not None:
-            close = getattr(self.gen, "close", None)
-            if close:
-                close()
-
-
 END = object()
 
 
@@ -157,7 +121,7 @@ class _Failure:
 
 
 class DeviceWorker:
-    """The thread that owns one device. `primary` jobs are FIFO; streams are time-sliced."""
+    """The thread that owns one device. Calls are FIFO; batch schedulers are time-sliced."""
 
     def __init__(self, device_id: str):
         self.device_id = device_id
@@ -170,12 +134,6 @@ class DeviceWorker:
         job = _CallJob(fn, asyncio.get_running_loop())
         self._queue.put(job)
         return await job.future
-
-    def stream(self, make_gen: Callable[[], Iterator[Any]]) -> StreamJob:
-        """Start a generator on the device thread; read it with `async for` or `next_batch`."""
-        job = StreamJob(make_gen, asyncio.get_running_loop())
-        self._queue.put(job)
-        return job
 
     def submit(self, job) -> None:
         """Queue any job with a `run() -> finished` method (a batch scheduler's step loop)."""
@@ -198,8 +156,8 @@ class DeviceWorker:
             if not finished:
                 self._requeue(job)
 
-    def _requeue(self, job: StreamJob) -> None:
-        # Keep running the stream while nothing else waits: no queue round trip per slice.
+    def _requeue(self, job) -> None:
+        # Keep running the job while nothing else waits: no queue round trip per slice.
         while self._queue.empty():
             if job.run():
                 return

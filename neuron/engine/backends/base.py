@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 from neuron.engine.generation import Detokenizer
-from neuron.openai_schema import SamplingParams
 
 
 class BackendUnavailable(RuntimeError):
@@ -42,13 +40,8 @@ class Backend(ABC):
         Called from the engine's tokenizer threads while the device thread decodes: it must
         only read the model's vocabulary."""
 
-    batcher = None  # a backend that batches requests itself (llama.cpp) schedules them through this
-
-    def generate_tokens(self, prompt: list[int], params: SamplingParams,
-                        forced: list[int] | None = None) -> Iterator[int]:
-        """Lazily sample tokens after `prompt`, for a backend without a batcher. With `forced`,
-        emit exactly those tokens, still running a real forward pass for each."""
-        raise NotImplementedError
+    batcher = None  # the model's BatchScheduler (neuron.engine.batching): every request runs through it
+    slots = 0  # sequences the batcher decodes together
 
     @abstractmethod
     def detokenizer(self) -> Detokenizer:

@@ -102,6 +102,7 @@ class TorchBackend(Backend):
 
     def generate_tokens(self, prompt: list[int], params: SamplingParams,
                         forced: list[int] | None = None) -> Iterator[int]:
+        """One sequence decoded alone, outside the batcher: the raw baseline of benchmarks/stream_decode.py."""
         torch = self.torch
         sampler = self.sampler(params)
         with torch.inference_mode():
