@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import signal
 
 from aiohttp import web
 
 from cortex_gateway.app import create_app, create_metrics_app
 from cortex_gateway.config import GatewayConfig, files_readable_by_others
 from cortex_gateway.metrics import GatewayMetrics
-from neuron.connections import GuardedSite, quiet_parser_errors, raise_descriptor_limit
+from neuron.connections import GuardedSite, quiet_parser_errors, raise_descriptor_limit, wait_for_stop_signal
 
 log = logging.getLogger("cortex.gateway")
 SHUTDOWN_GRACE_S = 30.0
@@ -36,11 +35,7 @@ async def serve(config: GatewayConfig) -> None:
         _warn_if_open(config)
         log.info("gateway on http://%s:%d (metrics on :%d/metrics), %d neuron(s), eviction %s",
                  config.host, config.port, config.metrics_port, len(config.neurons), config.strategy)
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stop.set)
-        await stop.wait()
+        await wait_for_stop_signal()
         log.info("stopping: finishing in-flight requests")
     finally:
         await scrape.cleanup()

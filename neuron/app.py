@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import signal
 import time
 
 from aiohttp import web
@@ -12,7 +11,7 @@ from aiohttp import web
 from neuron import lifecycle_routes, openai_routes
 from neuron.auth import TOKEN, token_auth
 from neuron.config import LOOPBACK, NeuronConfig
-from neuron.connections import GuardedSite, quiet_parser_errors, raise_descriptor_limit
+from neuron.connections import GuardedSite, quiet_parser_errors, raise_descriptor_limit, wait_for_stop_signal
 from neuron.devices import DeviceTable
 from neuron.engine.faults import FaultInjector, injection_enabled
 from neuron.engine.inference import InferenceEngine
@@ -99,11 +98,7 @@ async def serve(config: NeuronConfig) -> None:
         await GuardedSite(runner, config.host, config.port, per_client=config.max_connections_per_client).start()
         log.info("neuron %s on http://%s:%d, models from %s", config.name, config.host, config.port,
                  config.models_dir)
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stop.set)
-        await stop.wait()
+        await wait_for_stop_signal()
         log.info("stopping: finishing in-flight requests")
     finally:
         await runner.cleanup()

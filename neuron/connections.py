@@ -1,4 +1,5 @@
-"""Bounds on connections, shared by the neuron and the gateway: how long, how many, how many at all.
+"""Bounds on connections, shared by the neuron and the gateway: how long, how many, how many at all;
+and the wait for the signal that ends both.
 
 Found by probing: aiohttp keeps a connection that sends nothing, or sends its
 headers a byte a second, for an hour (its default keep-alive timeout), and
@@ -17,6 +18,7 @@ import asyncio
 import collections
 import logging
 import resource
+import signal
 
 from aiohttp import web
 
@@ -39,6 +41,15 @@ def quiet_parser_errors() -> None:
     server_log = logging.getLogger("aiohttp.server")
     if not any(isinstance(f, _OneLineParserErrors) for f in server_log.filters):
         server_log.addFilter(_OneLineParserErrors())
+
+
+async def wait_for_stop_signal() -> None:
+    """Return on SIGTERM or SIGINT; both servers then stop accepting and drain (bounded)."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
 
 
 def raise_descriptor_limit() -> int:
