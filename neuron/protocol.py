@@ -12,13 +12,12 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import asdict, dataclass, field
 from enum import StrEnum
-from typing import Any, TypeVar
+from typing import Any, Self
 
 from neuron.errors import bad_request
 from neuron.fields import opt_float, opt_int, req_str, require_object, require_type
 
 BACKENDS = ("auto", "torch", "llama.cpp")
-T = TypeVar("T")
 
 
 class ModelState(StrEnum):
@@ -36,12 +35,19 @@ class ModelState(StrEnum):
         return self in (ModelState.LOADING, ModelState.RECOVERING)
 
 
-def _read(cls: type[T], data: Any) -> T:
-    """Build an answer type from a wire dict, ignoring fields this version does not know."""
-    if not isinstance(data, dict):
-        data = {}
-    known = {f.name for f in dataclasses.fields(cls)}
-    return cls(**{k: v for k, v in data.items() if k in known})
+class _Answer:
+    """A wire answer: built from a dict leniently (fields this version does not know are ignored,
+    since a newer neuron may add some), sent as `asdict`."""
+
+    @classmethod
+    def from_dict(cls, data: Any) -> Self:
+        if not isinstance(data, dict):
+            data = {}
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+    def to_dict(self) -> dict:
+        return asdict(self)
 
 
 @dataclass
@@ -122,7 +128,7 @@ class UnloadRequest:
 
 
 @dataclass
-class ModelInfo:
+class ModelInfo(_Answer):
     """One model loaded on a node: an entry of GET /models, and the answer of POST /models/load."""
 
     id: str
@@ -140,16 +146,12 @@ class ModelInfo:
     def __post_init__(self):
         self.status = ModelState(self.status)
 
-    @classmethod
-    def from_dict(cls, data: Any) -> ModelInfo:
-        return _read(cls, data)
-
     def to_dict(self) -> dict:
         return {k: v for k, v in asdict(self).items() if v is not None or k == "load_time_s"}
 
 
 @dataclass
-class AvailableModel:
+class AvailableModel(_Answer):
     """A model the node can load from its models directory: an entry of GET /models/available."""
 
     id: str
@@ -162,16 +164,9 @@ class AvailableModel:
     def need_mb(self) -> float:
         return self.estimated_mb or self.size_mb
 
-    @classmethod
-    def from_dict(cls, data: Any) -> AvailableModel:
-        return _read(cls, data)
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
 
 @dataclass
-class DeviceInfo:
+class DeviceInfo(_Answer):
     """One device of a node, as GET /health reports it."""
 
     id: str  # "cuda:N" or "cpu"
@@ -184,16 +179,9 @@ class DeviceInfo:
     utilization: float | None = None
     temperature: float | None = None
 
-    @classmethod
-    def from_dict(cls, data: Any) -> DeviceInfo:
-        return _read(cls, data)
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
 
 @dataclass
-class ModelLoad:
+class ModelLoad(_Answer):
     """How busy one loaded model is right now, as GET /health reports it."""
 
     id: str
@@ -208,16 +196,9 @@ class ModelLoad:
     def __post_init__(self):
         self.status = ModelState(self.status)
 
-    @classmethod
-    def from_dict(cls, data: Any) -> ModelLoad:
-        return _read(cls, data)
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
 
 @dataclass
-class Health:
+class Health(_Answer):
     """GET /health: the node, its devices and the load on each model."""
 
     status: str = "ok"
@@ -235,11 +216,7 @@ class Health:
 
     @classmethod
     def from_dict(cls, data: Any) -> Health:
-        health = _read(cls, data)
+        health = super().from_dict(data)
         health.devices = [DeviceInfo.from_dict(d) for d in health.devices or []]
         health.models = [ModelLoad.from_dict(m) for m in health.models or []]
         return health
-
-    def to_dict(self) -> dict:
-        return {"status": self.status, "name": self.name, "uptime_s": self.uptime_s,
-                "devices": [d.to_dict() for d in self.devices], "models": [m.to_dict() for m in self.models]}
