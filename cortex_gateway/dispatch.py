@@ -67,12 +67,13 @@ async def dispatch(request: web.Request, call: InferenceCall, dialect: Dialect) 
     lifecycle = app[LIFECYCLE]
     rec = RequestRecord(model=lifecycle.config.resolve_alias(call.model), endpoint=call.endpoint,
                         started=time.perf_counter())
-    if lifecycle.known(rec.model):
-        rec.label = rec.model
     request[OBSERVED] = True
     try:
         return await _attempts(request, call, rec, dialect)
     finally:
+        # A placed request's model is known; only one that never reached a node asks the catalogue.
+        if not rec.node and lifecycle.known(rec.model):
+            rec.label = rec.model
         app[METRICS].observe(rec)
 
 
@@ -87,9 +88,9 @@ async def _attempts(request: web.Request, call: InferenceCall, rec: RequestRecor
             node, client_stream = await _place(request, call, rec.model, exclude, client_stream, dialect)
         except ApiError as err:
             return await _fail(rec, err, client_stream, dialect)
+        rec.node, rec.label = node.name, rec.model
         if attempt == 0:
             app[METRICS].observe_wait(rec.label, time.perf_counter() - rec.started)
-        rec.node = node.name
         try:
             return await _forward(request, call, node, rec, client_stream, dialect)
         except RetryElsewhere as exc:
