@@ -56,6 +56,11 @@ class Sequence:
     state: Any = None  # the backend's own (a torch row's cache)
 
 
+def prefill_chunk(on_gpu: bool) -> int:
+    """Prompt tokens per step: bounds how long running streams wait while a long prompt prefills."""
+    return 512 if on_gpu else 64
+
+
 def common_prefix(a: list[int], b: list[int]) -> int:
     n = min(len(a), len(b))
     for i in range(n):

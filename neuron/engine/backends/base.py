@@ -25,6 +25,11 @@ class BackendSpec:
     gguf_file: str | None = None  # for torch loading a GGUF inside a directory
 
 
+def gpu_indices(devices: list[str]) -> list[int]:
+    """The CUDA indices among a load's devices ("cuda:N"); empty on the CPU."""
+    return [int(d.split(":")[1]) for d in devices if d.startswith("cuda:")]
+
+
 class Backend(ABC):
     name: str = ""
     context_size: int = 0

@@ -15,8 +15,9 @@ import os
 import random
 
 from neuron.catalog import default_context, default_parallel
-from neuron.engine.backends.base import Backend, BackendSpec, BackendUnavailable
+from neuron.engine.backends.base import Backend, BackendSpec, BackendUnavailable, gpu_indices
 from neuron.engine.backends.llamacpp_batch import LlamaBatcher, bias_array
+from neuron.engine.batching import prefill_chunk
 from neuron.engine.generation import ByteDetokenizer
 from neuron.openai_schema import SamplingParams
 from neuron.tiny.model import TINY_MARKER_KEY
@@ -37,11 +38,6 @@ def _import_llama():
     return llama_cpp
 
 
-def prefill_chunk(devices: list[str]) -> int:
-    """Prompt tokens per step: bounds how long running streams wait while a long prompt prefills."""
-    return 512 if any(d.startswith("cuda:") for d in devices) else 64
-
-
 class LlamaCppBackend(Backend):
     name = "llama.cpp"
 
@@ -51,13 +47,13 @@ class LlamaCppBackend(Backend):
 
         self.llama_cpp = llama_cpp
         self.spec = spec
-        self._model_params = self._placement(spec)
+        self.gpus = gpu_indices(spec.devices)
+        self._model_params = self._placement()
         self.model = LlamaModel(path_model=str(spec.path), params=self._model_params, verbose=False)
         self._vocab = self.model.vocab
         self.n_vocab = self.model.n_vocab()
-        on_gpu = any(d.startswith("cuda:") for d in spec.devices)
-        self.slots = spec.parallel or default_parallel(on_gpu)
-        chunk = prefill_chunk(spec.devices)
+        self.slots = spec.parallel or default_parallel(bool(self.gpus))
+        chunk = prefill_chunk(bool(self.gpus))
         per_sequence = spec.context_size or default_context(spec.path)
         # One unified cache of a context per slot: any sequence may use a whole context, and cells a
         # short one leaves free serve the others.
@@ -71,9 +67,9 @@ class LlamaCppBackend(Backend):
         self.batcher = LlamaBatcher(llama_cpp, self.ctx, self.slots, chunk, self.make_sampler)
         self._embedder = None
 
-    def _placement(self, spec: BackendSpec):
+    def _placement(self):
         params = self.llama_cpp.llama_model_default_params()
-        gpus = [int(d.split(":")[1]) for d in spec.devices if d.startswith("cuda:")]
+        gpus = self.gpus
         params.n_gpu_layers = -1 if gpus else 0
         if gpus:
             params.main_gpu = gpus[0]
@@ -137,11 +133,11 @@ class LlamaCppBackend(Backend):
         if self._embedder is None:
             # llama.cpp needs a context created in embedding mode. The weights are
             # memory-mapped, so on the CPU the second context shares their pages.
-            gpus = [int(d.split(":")[1]) for d in self.spec.devices if d.startswith("cuda:")]
             self._embedder = self.llama_cpp.Llama(
                 model_path=str(self.spec.path), embedding=True, verbose=False,
                 pooling_type=self.llama_cpp.LLAMA_POOLING_TYPE_MEAN, n_ctx=self.context_size,
-                n_batch=min(512, self.context_size), n_gpu_layers=-1 if gpus else 0, main_gpu=gpus[0] if gpus else 0)
+                n_batch=min(512, self.context_size), n_gpu_layers=-1 if self.gpus else 0,
+                main_gpu=self.gpus[0] if self.gpus else 0)
         return [list(map(float, v)) for v in self._embedder.embed(texts, normalize=True)]
 
     def close(self) -> None:

@@ -13,8 +13,9 @@ import os
 from collections.abc import Iterator
 
 from neuron.catalog import default_parallel
-from neuron.engine.backends.base import Backend, BackendSpec, BackendUnavailable, forced_sequence_check
+from neuron.engine.backends.base import Backend, BackendSpec, BackendUnavailable, forced_sequence_check, gpu_indices
 from neuron.engine.backends.torch_batch import TorchBatcher
+from neuron.engine.batching import prefill_chunk
 from neuron.openai_schema import SamplingParams
 from neuron.tiny.model import TINY_MARKER_KEY
 
@@ -53,7 +54,7 @@ class TorchBackend(Backend):
     def __init__(self, spec: BackendSpec):
         torch, transformers = _import_torch()
         self.torch = torch
-        gpus = [int(d.split(":")[1]) for d in spec.devices if d.startswith("cuda:")]
+        gpus = gpu_indices(spec.devices)
         self.device = torch.device(f"cuda:{gpus[0]}" if gpus else "cpu")
         if not gpus:
             # Leave a core to the event loop: intra-op threads spinning on every core starve
@@ -74,7 +75,7 @@ class TorchBackend(Backend):
         self._end_ids = _end_token_ids(self.model, self.tokenizer)
         self._encoders = _encoders(self.tokenizer)
         self.slots = spec.parallel or default_parallel(bool(gpus))
-        self.batcher = TorchBatcher(self, self.slots, 512 if gpus else 64)
+        self.batcher = TorchBatcher(self, self.slots, prefill_chunk(bool(gpus)))
 
     def new_cache(self, layers=None):
         """A KV cache for this model, empty or from (keys, values) per layer."""
