@@ -8,7 +8,7 @@ import time
 
 from aiohttp import web
 
-from neuron import lifecycle_routes, openai_routes
+from neuron import embedding_routes, lifecycle_routes, openai_routes
 from neuron.auth import TOKEN, token_auth
 from neuron.config import LOOPBACK, NeuronConfig
 from neuron.connections import GuardedSite, quiet_parser_errors, raise_descriptor_limit, wait_for_stop_signal
@@ -43,6 +43,7 @@ def create_app(config: NeuronConfig, *, devices: DeviceTable | None = None) -> w
     app[NODE_NAME] = config.name
     app[STARTED_AT] = time.monotonic()
     openai_routes.add_routes(app)
+    embedding_routes.add_routes(app)
     lifecycle_routes.add_routes(app, faults.enabled)
     app.cleanup_ctx.append(_lifetime(config))
     return app

@@ -1,4 +1,4 @@
-"""The neuron's OpenAI-dialect inference routes: chat, completions, embeddings."""
+"""The neuron's OpenAI-dialect inference routes: chat and completions (embeddings: `embedding_routes`)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from aiohttp import web
 from neuron.answers import Choice, collect_choices, stream_choices, usage_of
 from neuron.engine.tool_calls import ToolCallParser
 from neuron.http import json_response, read_json
-from neuron.openai_schema import InferenceRequest, parse_chat, parse_completion, parse_embedding_input
+from neuron.openai_schema import InferenceRequest, parse_chat, parse_completion
 from neuron.sse import ChunkFramer
 from neuron.state import ENGINE, KEEPALIVE_S, METRICS, REGISTRY
 
@@ -47,18 +47,6 @@ def _tool_parser(req: InferenceRequest) -> ToolCallParser | None:
     return ToolCallParser({t["function"]["name"] for t in req.tools})
 
 
-async def embeddings(request: web.Request) -> web.Response:
-    app = request.app
-    model, texts = parse_embedding_input(await read_json(request))
-    entry = app[REGISTRY].require_loaded(model)
-    async with entry.admission.slot():
-        vectors, tokens = await app[ENGINE].embed(entry, texts)
-    data = [{"object": "embedding", "index": i, "embedding": v} for i, v in enumerate(vectors)]
-    app[METRICS].tokens.labels(entry.id, "prompt").inc(tokens)
-    return json_response({"object": "list", "data": data, "model": entry.id,
-                          "usage": {"prompt_tokens": tokens, "total_tokens": tokens}})
-
-
 async def tokenize(request: web.Request) -> web.Response:
     """Count a chat request's prompt tokens with the model's own template and tokenizer."""
     app = request.app
@@ -72,4 +60,3 @@ def add_routes(app: web.Application) -> None:
     app.router.add_post("/tokenize", tokenize)
     app.router.add_post("/v1/chat/completions", chat_completions)
     app.router.add_post("/v1/completions", completions)
-    app.router.add_post("/v1/embeddings", embeddings)
