@@ -17,7 +17,16 @@ from aiohttp import web
 from neuron.engine.inference import Generation
 from neuron.engine.tool_calls import ToolCallParser, parse_all
 from neuron.errors import ApiError
-from neuron.sse import DONE, KEEPALIVE, ChunkFramer, error_event, open_stream, usage_dict
+from neuron.sse import (
+    DONE,
+    KEEPALIVE,
+    PROMPT_TOKENS_HEADER,
+    ChunkFramer,
+    completion_logprobs,
+    error_event,
+    open_stream,
+    usage_dict,
+)
 
 
 @dataclass
@@ -49,27 +58,33 @@ async def collect_choices(choices: list[Choice]) -> dict:
 
 
 async def _collect(choice: Choice, index: int) -> dict:
-    parts = []
+    parts, entries, asked = [], [], False
     async for batch in choice.gen.batches():
-        parts.extend(d.text for d in batch)
+        for d in batch:
+            parts.append(d.text)
+            if d.logprobs is not None:
+                asked = True
+                entries.extend(d.logprobs)
     text, gen, parser = "".join(parts), choice.gen, choice.parser
     if not choice.framer.chat:
         return {"index": index, "text": text, "finish_reason": gen.finish_reason, "stop_reason": gen.stop_sequence,
-                "logprobs": None}
+                "logprobs": completion_logprobs(entries) if asked else None}
     message = {"role": "assistant", "content": text}
     if parser is not None:
-        content, calls = parse_all(text, parser.tool_names)
+        content, calls = parse_all(text, parser.tool_names, parser.max_calls)
         parser.calls = calls
         message["content"] = content or (None if calls else "")
         if calls:
             message["tool_calls"] = [{"id": c.id, "type": "function",
                                       "function": {"name": c.name, "arguments": c.arguments}} for c in calls]
     return {"index": index, "message": message, "finish_reason": choice.finish_reason,
-            "stop_reason": gen.stop_sequence, "logprobs": None}
+            "stop_reason": gen.stop_sequence, "logprobs": {"content": entries, "refusal": None} if asked else None}
 
 
-async def stream_choices(request: web.Request, choices: list[Choice], keepalive_s: float) -> web.StreamResponse:
-    resp = await open_stream(request)
+async def stream_choices(request: web.Request, choices: list[Choice], keepalive_s: float,
+                         include_usage: bool) -> web.StreamResponse:
+    prompt_tokens = str(choices[0].gen.stats.prompt_tokens)
+    resp = await open_stream(request, {PROMPT_TOKENS_HEADER: prompt_tokens})
     lock = asyncio.Lock()  # one SSE event at a time, whichever choice it is from
 
     async def write(data: bytes) -> None:
@@ -88,7 +103,7 @@ async def stream_choices(request: web.Request, choices: list[Choice], keepalive_
                 pump.cancel()
         prompt, completion, cached = usage_of([c.gen for c in choices])
         await write(b"".join(c.framer.finish(c.finish_reason, c.gen.stop_sequence) for c in choices)
-                    + choices[0].framer.usage(prompt, completion, cached) + DONE)
+                    + choices[0].framer.usage(prompt, completion, cached, include_usage) + DONE)
     except ApiError as err:
         # Headers are gone: the client learns of the failure from an error event.
         await write(error_event(err) + DONE)
@@ -100,18 +115,26 @@ async def stream_choices(request: web.Request, choices: list[Choice], keepalive_
 async def _pump(choice: Choice, write, keepalive_s: float | None) -> None:
     """Write one choice's text as it comes; the first choice also keeps the connection alive."""
     framer, parser = choice.framer, choice.parser
+    held: list[dict] | None = None  # logprob entries of tokens whose text the tool-call parser holds back
     async for batch in choice.gen.batches(keepalive_s):
         if batch is None:
             await write(KEEPALIVE)
             continue
         text = "".join(d.text for d in batch)
-        await write(_frame(framer, parser, *(parser.feed(text) if parser else (text, []))))
+        for d in batch:
+            if d.logprobs is not None:
+                held = (held or []) + d.logprobs
+        text, calls = parser.feed(text) if parser else (text, [])
+        await write(_frame(framer, parser, text, calls, held if text else None))
+        if text:
+            held = None
     if parser is not None:
-        await write(_frame(framer, parser, *parser.finish()))
+        await write(_frame(framer, parser, *parser.finish(), held))
 
 
-def _frame(framer: ChunkFramer, parser: ToolCallParser | None, text: str, calls: list) -> bytes:
-    out = framer.text(text) if text else b""
+def _frame(framer: ChunkFramer, parser: ToolCallParser | None, text: str, calls: list,
+           logprobs: list[dict] | None = None) -> bytes:
+    out = framer.text(text, logprobs) if text else b""
     if calls:
         first = len(parser.calls) - len(calls)
         out += b"".join(framer.tool_call(first + i, c) for i, c in enumerate(calls))

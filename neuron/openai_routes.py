@@ -32,7 +32,7 @@ async def _complete(request: web.Request, req: InferenceRequest, chat: bool) -> 
         choices = [Choice(g, f, _tool_parser(req) if chat else None)
                    for g, f in zip(gens, ChunkFramer.for_choices(entry.id, chat, len(gens)), strict=True)]
         if req.stream:
-            resp = await stream_choices(request, choices, request.app[KEEPALIVE_S])
+            resp = await stream_choices(request, choices, request.app[KEEPALIVE_S], req.include_usage)
         else:
             resp = json_response(await collect_choices(choices))
     prompt, completion, cached = usage_of(gens)
@@ -42,9 +42,9 @@ async def _complete(request: web.Request, req: InferenceRequest, chat: bool) -> 
 
 
 def _tool_parser(req: InferenceRequest) -> ToolCallParser | None:
-    if not req.tools or req.tool_choice == "none":
+    if not req.tools or req.tool_choice.mode == "none":
         return None
-    return ToolCallParser({t["function"]["name"] for t in req.tools})
+    return ToolCallParser({t["function"]["name"] for t in req.tools}, max_calls=None if req.parallel_tool_calls else 1)
 
 
 async def tokenize(request: web.Request) -> web.Response:

@@ -11,9 +11,12 @@ from typing import Any
 
 from neuron.errors import bad_request
 from neuron.fields import opt_float, opt_int, req_str, require_object
+from neuron.openai_fields import CHAT, COMPLETIONS
+from neuron.openai_output import OutputFormat, ToolChoice, parse_response_format, parse_tool_choice, parse_tools
 
 MAX_STOP_SEQUENCES = 16
 MAX_CHOICES = 16
+MAX_TOP_LOGPROBS = 20
 CHAT_ROLES = ("system", "developer", "user", "assistant", "tool")
 
 
@@ -31,6 +34,7 @@ class SamplingParams:
     presence_penalty: float = 0.0
     frequency_penalty: float = 0.0
     repeat_penalty: float = 1.0
+    logprobs: int | None = None  # None: no logprobs; else how many alternatives per token (0-20)
 
 
 @dataclass
@@ -41,7 +45,10 @@ class InferenceRequest:
     messages: list[dict] | None = None
     prompt: str | None = None
     tools: list[dict] | None = None
-    tool_choice: Any = None
+    tool_choice: ToolChoice = field(default_factory=ToolChoice)
+    parallel_tool_calls: bool = True
+    output_format: OutputFormat | None = None
+    include_usage: bool = False  # stream_options.include_usage: a usage chunk before [DONE]
     # Test-only: honoured by tiny models alone (see neuron.scripted).
     script: str | None = None
     # Continue the last (assistant) message instead of opening a new turn: Anthropic's prefill.
@@ -64,8 +71,15 @@ def parse_sampling(data: dict) -> SamplingParams:
         logit_bias=parse_logit_bias(data.get("logit_bias")),
         presence_penalty=_default(opt_float(data, "presence_penalty", minimum=-2, maximum=2), 0.0),
         frequency_penalty=_default(opt_float(data, "frequency_penalty", minimum=-2, maximum=2), 0.0),
-        repeat_penalty=_default(opt_float(data, "repeat_penalty", minimum=0, maximum=10), 1.0),
+        repeat_penalty=_repeat_penalty(data),
     )
+
+
+def _repeat_penalty(data: dict) -> float:
+    value = opt_float(data, "repeat_penalty", minimum=0, maximum=10)
+    if value is None:
+        value = opt_float(data, "repetition_penalty", minimum=0, maximum=10)
+    return _default(value, 1.0)
 
 
 def _default(value, fallback):
@@ -99,13 +113,21 @@ def parse_logit_bias(value: Any) -> dict[int, float]:
 
 def parse_chat(body: Any) -> InferenceRequest:
     data = require_object(body)
+    CHAT.check(data)
+    _check_modalities(data.get("modalities"))
+    tools = parse_tools(data.get("tools"))
+    sampling = parse_sampling(data)
+    sampling.logprobs = _chat_logprobs(data)
     return InferenceRequest(
         model=req_str(data, "model"),
         stream=_parse_bool(data, "stream"),
-        sampling=parse_sampling(data),
+        sampling=sampling,
         messages=parse_messages(data.get("messages")),
-        tools=parse_tools(data.get("tools")),
-        tool_choice=data.get("tool_choice"),
+        tools=tools,
+        tool_choice=parse_tool_choice(data.get("tool_choice"), tools),
+        parallel_tool_calls=_parse_bool(data, "parallel_tool_calls", True),
+        output_format=parse_response_format(data.get("response_format")),
+        include_usage=_include_usage(data),
         script=_opt_script(data),
         continue_final=_continue_final(data),
     )
@@ -113,19 +135,50 @@ def parse_chat(body: Any) -> InferenceRequest:
 
 def parse_completion(body: Any) -> InferenceRequest:
     data = require_object(body)
+    COMPLETIONS.check(data)
     prompt = data.get("prompt")
     if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], str):
         prompt = prompt[0]
     if not isinstance(prompt, str):
         raise bad_request("prompt: expected a string (one prompt per request)", param="prompt")
+    sampling = parse_sampling(data)
+    best_of = opt_int(data, "best_of", minimum=1)
+    if best_of is not None and best_of not in (1, sampling.n):
+        raise bad_request(f"best_of: {best_of} is not supported; ask for n choices and pick yourself",
+                          param="best_of")
+    sampling.logprobs = opt_int(data, "logprobs", minimum=0, maximum=5)
     return InferenceRequest(model=req_str(data, "model"), stream=_parse_bool(data, "stream"),
-                            sampling=parse_sampling(data), prompt=prompt, script=_opt_script(data))
+                            sampling=sampling, prompt=prompt, include_usage=_include_usage(data),
+                            script=_opt_script(data))
 
 
-def _parse_bool(data: dict, key: str) -> bool:
-    value = data.get(key, False)
-    if value is None:
+def _chat_logprobs(data: dict) -> int | None:
+    top = opt_int(data, "top_logprobs", minimum=0, maximum=MAX_TOP_LOGPROBS)
+    if not _parse_bool(data, "logprobs"):
+        if top:
+            raise bad_request("top_logprobs: needs logprobs: true", param="top_logprobs")
+        return None
+    return top or 0
+
+
+def _include_usage(data: dict) -> bool:
+    options = data.get("stream_options")
+    if options is None:
         return False
+    if not isinstance(options, dict):
+        raise bad_request("stream_options: expected an object", param="stream_options")
+    return _parse_bool(options, "include_usage")
+
+
+def _check_modalities(value: Any) -> None:
+    if value is not None and value != ["text"]:
+        raise bad_request(f'modalities: only ["text"] is available here, got {value!r}', param="modalities")
+
+
+def _parse_bool(data: dict, key: str, default: bool = False) -> bool:
+    value = data.get(key, default)
+    if value is None:
+        return default
     if not isinstance(value, bool):
         raise bad_request(f"{key}: expected true or false", param=key)
     return value
@@ -195,24 +248,6 @@ def _parse_tool_calls(calls: Any, where: str) -> list[dict]:
         out.append({"id": call.get("id"), "type": "function",
                     "function": {"name": fn["name"], "arguments": args or "{}"}})
     return out
-
-
-def parse_tools(value: Any) -> list[dict] | None:
-    if value is None:
-        return None
-    if not isinstance(value, list):
-        raise bad_request("tools: expected a list of tools", param="tools")
-    out = []
-    for i, tool in enumerate(value):
-        fn = tool.get("function") if isinstance(tool, dict) else None
-        if not isinstance(fn, dict) or not isinstance(fn.get("name"), str) or not fn["name"]:
-            raise bad_request(f"tools[{i}].function.name: required", param="tools")
-        params = fn.get("parameters", {"type": "object", "properties": {}})
-        if not isinstance(params, dict):
-            raise bad_request(f"tools[{i}].function.parameters: expected a JSON schema object", param="tools")
-        out.append({"type": "function", "function": {
-            "name": fn["name"], "description": fn.get("description") or "", "parameters": params}})
-    return out or None
 
 
 def _continue_final(data: dict) -> bool:

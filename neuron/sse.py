@@ -17,14 +17,19 @@ from neuron.errors import ApiError
 KEEPALIVE = b": keep-alive\n\n"
 DONE = b"data: [DONE]\n\n"
 SSE_HEADERS = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+# The prompt's token count, known before the first byte: the Anthropic dialect's message_start carries it.
+PROMPT_TOKENS_HEADER = "X-Cortex-Prompt-Tokens"
+# Usage as an SSE comment, sent on every stream: clients skip comments, so a client that did not ask for
+# a usage chunk (stream_options.include_usage) gets none, while the gateway still reads it for metrics.
+USAGE_COMMENT = b": cortex-usage "
 
 
 def new_id(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex[:24]}"
 
 
-async def open_stream(request: web.Request) -> web.StreamResponse:
-    resp = web.StreamResponse(headers=SSE_HEADERS)
+async def open_stream(request: web.Request, headers: dict[str, str] | None = None) -> web.StreamResponse:
+    resp = web.StreamResponse(headers={**SSE_HEADERS, **(headers or {})})
     await resp.prepare(request)
     return resp
 
@@ -62,8 +67,15 @@ class ChunkFramer:
             return b""
         return b"data: " + self._head + b'"delta":{"role":"assistant","content":""},"finish_reason":null}]}\n\n'
 
-    def text(self, text: str) -> bytes:
-        return b"data: " + self._text_open + orjson.dumps(text) + self._text_close
+    def text(self, text: str, logprobs: list[dict] | None = None) -> bytes:
+        if logprobs is None:
+            return b"data: " + self._text_open + orjson.dumps(text) + self._text_close
+        if self.chat:
+            shaped = {"content": logprobs, "refusal": None}
+            close = b'},"logprobs":' + orjson.dumps(shaped) + b',"finish_reason":null}]}\n\n'
+        else:
+            close = b',"logprobs":' + orjson.dumps(completion_logprobs(logprobs)) + b',"finish_reason":null}]}\n\n'
+        return b"data: " + self._text_open + orjson.dumps(text) + close
 
     def delta(self, delta: dict) -> bytes:
         return b"data: " + self._head + b'"delta":' + orjson.dumps(delta) + b',"finish_reason":null}]}\n\n'
@@ -83,8 +95,12 @@ class ChunkFramer:
             parts.append(self.delta({"tool_calls": [chunk]}))
         return b"".join(parts)
 
-    def usage(self, prompt: int, completion: int, cached: int = 0) -> bytes:
-        return event({"id": self.id, "object": "chat.completion.chunk" if self.chat else "text_completion",
+    def usage(self, prompt: int, completion: int, cached: int = 0, chunk: bool = True) -> bytes:
+        """The usage comment, and the usage chunk when the client asked for it."""
+        comment = USAGE_COMMENT + orjson.dumps(usage_dict(prompt, completion, cached)) + b"\n\n"
+        if not chunk:
+            return comment
+        return comment + event({"id": self.id, "object": "chat.completion.chunk" if self.chat else "text_completion",
                       "created": self.created, "model": self.model, "choices": [],
                       "usage": usage_dict(prompt, completion, cached)})
 
@@ -93,3 +109,14 @@ def usage_dict(prompt: int, completion: int, cached: int = 0) -> dict:
     """OpenAI's usage, with the prompt tokens whose computation was reused (prefix cache) as cached_tokens."""
     return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion,
             "prompt_tokens_details": {"cached_tokens": cached}}
+
+
+def completion_logprobs(entries: list[dict], offset: int = 0) -> dict:
+    """The legacy completions shape (tokens, token_logprobs, top_logprobs, text_offset) from chat entries."""
+    offsets = []
+    for entry in entries:
+        offsets.append(offset)
+        offset += len(entry["token"])
+    return {"tokens": [e["token"] for e in entries], "token_logprobs": [e["logprob"] for e in entries],
+            "top_logprobs": [{t["token"]: t["logprob"] for t in e["top_logprobs"]} for e in entries],
+            "text_offset": offsets}

@@ -63,11 +63,17 @@ def test_chat_streaming_matches_non_streaming(client, model):
 
 
 @pytest.mark.parametrize("model", BACKENDS)
-def test_stream_ends_with_usage_then_done(neuron, model):
-    lines = raw_stream_lines(neuron.url + "/v1/chat/completions", {
-        "model": model, "messages": [{"role": "user", "content": "x"}], "max_tokens": 3, "stream": True})
-    assert lines[-1] == "data: [DONE]"
-    usage_chunk = json.loads(lines[-2].removeprefix("data: "))
+def test_stream_usage_chunk_only_when_asked(neuron, model):
+    """A usage chunk (choices: []) only with stream_options.include_usage; the usage comment always (clients
+    skip comments; the gateway reads it for metrics)."""
+    body = {"model": model, "messages": [{"role": "user", "content": "x"}], "max_tokens": 3, "stream": True}
+    plain = raw_stream_lines(neuron.url + "/v1/chat/completions", body)
+    asked = raw_stream_lines(neuron.url + "/v1/chat/completions",
+                             {**body, "stream_options": {"include_usage": True}})
+    assert plain[-1] == asked[-1] == "data: [DONE]"
+    assert not any('"choices":[]' in line for line in plain)
+    assert plain[-2].startswith(": cortex-usage ")
+    usage_chunk = json.loads(asked[-2].removeprefix("data: "))
     assert usage_chunk["choices"] == [] and usage_chunk["usage"]["completion_tokens"] <= 3
 
 

@@ -34,6 +34,12 @@ class BatchRequest:
     delay_s: float = 0.0  # injected slowness per token (fault injection)
     fail_after: int | None = None  # injected device fault after this many tokens
     follows: BatchRequest | None = None  # another choice of the same request, whose prompt this one can share
+    constraint: Any = None  # a TokenConstraint (neuron.engine.constraints): the grammar the output must match
+
+    @property
+    def wants_logits(self) -> bool:
+        """The step's logits are needed outside the sampler: for logprobs, or to mask them."""
+        return self.params.logprobs is not None or self.constraint is not None
 
 
 @dataclass
@@ -151,7 +157,7 @@ class BatchScheduler:
             seq = self._begin(req, free)
             seq.slot.active = seq
 
-    def _emit(self, seq: Sequence, token: int) -> None:
+    def _emit(self, seq: Sequence, token: int, logprob=None) -> None:
         """A token sampled for `seq`: its text goes out; the sequence ends or feeds it next step."""
         req = seq.req
         seq.generated += 1
@@ -159,7 +165,7 @@ class BatchScheduler:
             time.sleep(req.delay_s)
         if req.fail_after is not None and seq.generated > req.fail_after:
             raise DeviceFault("injected device fault (CORTEX_FAULT_INJECTION)")
-        delta, done = req.text.feed(token)
+        delta, done = req.text.feed(token, logprob)
         if delta is not None:
             req.channel.push(delta)
         if done:

@@ -13,6 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
+from neuron.engine.logprobs import TokenLogprob, chat_entry
 from neuron.openai_schema import SamplingParams
 
 
@@ -27,6 +28,7 @@ class Delta:
     text: str
     finish_reason: str | None = None
     stop_sequence: str | None = None  # which stop sequence ended the text, if one did
+    logprobs: list[dict] | None = None  # OpenAI chat logprob entries of the tokens behind `text`
 
 
 @dataclass
@@ -102,13 +104,15 @@ class TextAssembler:
     sequences, the end token and the length limit. The batch scheduler feeds it one token per step."""
 
     def __init__(self, detok: Detokenizer, is_end: Callable[[int], bool], params: SamplingParams, max_new: int,
-                 stats: GenerationStats, clock: Callable[[], float]):
+                 stats: GenerationStats, clock: Callable[[], float], piece: Callable[[int], bytes] | None = None):
         self.detok, self.is_end, self.max_new, self.stats, self.clock = detok, is_end, max_new, stats, clock
         self.stopper = StopMatcher(params.stop)
         self.finish_reason = "length"
         self.matched_stop = False
+        self.piece = piece  # a token's bytes, for logprob entries; None when the request asked for none
+        self.logprobs: list[dict] = []  # entries of tokens whose text is still held back
 
-    def feed(self, token: int) -> tuple[Delta | None, bool]:
+    def feed(self, token: int, logprob: TokenLogprob | None = None) -> tuple[Delta | None, bool]:
         """(text to emit or None, whether generation is over). The end token is not counted."""
         if self.stats.first_token_at is None:
             self.stats.first_token_at = self.clock()
@@ -116,11 +120,17 @@ class TextAssembler:
             self.finish_reason = "stop"
             return None, True
         self.stats.completion_tokens += 1
+        if logprob is not None and self.piece is not None:
+            self.logprobs.append(chat_entry(logprob, self.piece))
         text, self.matched_stop = self.stopper.feed(self.detok.step(token))
         if self.matched_stop:
             self.finish_reason = "stop"
         done = self.matched_stop or self.stats.completion_tokens >= self.max_new
-        return (Delta(text) if text else None), done
+        return (self._delta(text) if text else None), done
+
+    def _delta(self, text: str, finish: str | None = None, stop: str | None = None) -> Delta:
+        entries, self.logprobs = self.logprobs, []
+        return Delta(text, finish, stop, entries if self.piece is not None else None)
 
     def finish(self) -> list[Delta]:
         """What is held back, then the final delta with the finish reason."""
@@ -128,8 +138,8 @@ class TextAssembler:
         if not self.matched_stop:
             tail = self.stopper.flush() + self.detok.flush()
             if tail:
-                out.append(Delta(tail))
+                out.append(self._delta(tail))
         self.stats.finished_at = self.clock()
-        out.append(Delta("", self.finish_reason, self.stopper.matched))
+        out.append(self._delta("", self.finish_reason, self.stopper.matched))
         return out
 

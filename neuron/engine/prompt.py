@@ -81,7 +81,7 @@ def chat_segments(backend, req: InferenceRequest, model: str) -> list[Segment]:
     if not backend.chat_template:
         raise ApiError(400, "invalid_request_error", f"model {model!r} has no chat template; use "
                        "/v1/completions with a raw prompt", code="no_chat_template")
-    tools = None if req.tool_choice == "none" else req.tools
+    tools = None if req.tool_choice.mode == "none" else req.tools
     prefill = req.continue_final and bool(req.messages[-1].get("content"))
     try:
         rendered = render_chat(backend.chat_template, [_mark_message(m) for m in req.messages],

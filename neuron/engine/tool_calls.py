@@ -51,8 +51,9 @@ def _as_call(text: str, tool_names: set[str]) -> ToolCall | None:
 class ToolCallParser:
     """Feed text deltas; get back text to emit and tool calls as they complete."""
 
-    def __init__(self, tool_names: set[str]):
+    def __init__(self, tool_names: set[str], max_calls: int | None = None):
         self.tool_names = tool_names
+        self.max_calls = max_calls  # parallel_tool_calls false: 1; calls beyond it are dropped
         self.pending = ""  # text not yet emitted (a partial tag, or a tool call body)
         self.inside = False
         self.maybe_json = None  # None: undecided; True: the answer began with "{"
@@ -81,7 +82,7 @@ class ToolCallParser:
                 call = _as_call(body.strip(), self.tool_names)
                 if call is None:
                     out.append(OPEN + body + CLOSE)  # not a valid call: it was text after all
-                else:
+                elif self._room():
                     calls.append(call)
                     self.calls.append(call)
                 continue
@@ -95,6 +96,9 @@ class ToolCallParser:
             out.append(self.pending[: len(self.pending) - keep])
             self.pending = self.pending[len(self.pending) - keep:]
             return "".join(out), calls
+
+    def _room(self) -> bool:
+        return self.max_calls is None or len(self.calls) < self.max_calls
 
     def finish(self) -> tuple[str, list[ToolCall]]:
         """Flush at the end of generation: an unfinished tool call is returned as text."""
@@ -115,9 +119,9 @@ def _partial_tag_suffix(text: str) -> int:
     return 0
 
 
-def parse_all(text: str, tool_names: set[str]) -> tuple[str, list[ToolCall]]:
+def parse_all(text: str, tool_names: set[str], max_calls: int | None = None) -> tuple[str, list[ToolCall]]:
     """Non-streaming: the content left and the tool calls found."""
-    parser = ToolCallParser(tool_names)
+    parser = ToolCallParser(tool_names, max_calls)
     head, calls = parser.feed(text)
     tail, more = parser.finish()
     return head + tail, calls + more

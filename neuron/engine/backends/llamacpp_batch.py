@@ -20,16 +20,19 @@ from __future__ import annotations
 
 import ctypes
 
+import numpy as np
+
 from neuron.engine.batching import BatchScheduler, Sequence, Slot, common_prefix
 from neuron.engine.generation import DeviceFault
+from neuron.engine.logprobs import logprob_of
 
 
 class LlamaBatcher(BatchScheduler):
     """The scheduler of one model's llama.cpp context."""
 
-    def __init__(self, llama_cpp, ctx, slots: int, chunk: int, make_sampler):
+    def __init__(self, llama_cpp, ctx, slots: int, chunk: int, make_sampler, n_vocab: int):
         super().__init__(slots, chunk)
-        self.llama_cpp, self.ctx, self.make_sampler = llama_cpp, ctx, make_sampler
+        self.llama_cpp, self.ctx, self.make_sampler, self.n_vocab = llama_cpp, ctx, make_sampler, n_vocab
         self.memory = llama_cpp.llama_get_memory(ctx)
         self.batch = llama_cpp.llama_batch_init(chunk + slots, 0, 1)
 
@@ -131,12 +134,22 @@ class LlamaBatcher(BatchScheduler):
                 slot.cached.clear()
 
     def _sample(self, seq: Sequence, index: int) -> None:
+        req, lib = seq.req, self.llama_cpp
+        logits = raw = None
+        if req.wants_logits:  # the step's logits, in place: the sampler reads them from here
+            logits = np.ctypeslib.as_array(lib.llama_get_logits_ith(self.ctx, index), shape=(self.n_vocab,))
+            raw = logits.copy() if req.params.logprobs is not None and req.constraint is not None else logits
         token = self.forced_token(seq)
         if token is None:
-            token = self.llama_cpp.llama_sampler_sample(seq.sampler, self.ctx, index)
+            if req.constraint is not None:
+                req.constraint.mask(logits)
+            token = lib.llama_sampler_sample(seq.sampler, self.ctx, index)
+            if req.constraint is not None:
+                req.constraint.accept(token)
         else:
-            self.llama_cpp.llama_sampler_accept(seq.sampler, token)
-        self._emit(seq, token)
+            lib.llama_sampler_accept(seq.sampler, token)
+        logprob = logprob_of(raw, token, req.params.logprobs) if req.params.logprobs is not None else None
+        self._emit(seq, token, logprob)
 
     def _release(self, seq: Sequence) -> None:
         self.llama_cpp.llama_sampler_free(seq.sampler)

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 from neuron.engine.batching import BatchRequest, BatchScheduler, Sequence, Slot, common_prefix
 from neuron.engine.generation import DeviceFault
+from neuron.engine.logprobs import logprob_of
 
 
 @dataclass
@@ -99,11 +100,27 @@ class TorchBatcher(BatchScheduler):
             self._sample(seq, logits[i])
 
     def _sample(self, seq: Sequence, logits) -> None:
+        req, raw = seq.req, logits
         token = self.forced_token(seq)
         if token is None:
+            if req.constraint is not None:
+                logits = self._masked(logits, req.constraint)
             token = seq.sampler.sample(logits)
+            if req.constraint is not None:
+                req.constraint.accept(token)
         seq.sampler.seen(token)
-        self._emit(seq, token)
+        # From the model's own distribution, before any mask (masked_fill left `raw` as it was).
+        logprob = logprob_of(raw.cpu().numpy(), token, req.params.logprobs) if req.params.logprobs is not None else None
+        self._emit(seq, token, logprob)
+
+    def _masked(self, logits, constraint):
+        """The logits with every token the grammar forbids at -inf (the raw ones kept for logprobs)."""
+        torch = self.torch
+        allowed = torch.from_numpy(constraint.allowed()).to(logits.device)
+        if allowed.numel() < logits.numel():
+            allowed = torch.cat([allowed, torch.zeros(logits.numel() - allowed.numel(), dtype=torch.bool,
+                                                      device=logits.device)])
+        return logits.masked_fill(~allowed[:logits.numel()], float("-inf"))
 
     def _join(self, seq: Sequence) -> None:
         """Add a prefilled sequence's cache to the batch as one more row, left-padding whichever is shorter."""
