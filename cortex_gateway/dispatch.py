@@ -94,6 +94,7 @@ async def _attempts(request: web.Request, call: InferenceCall, rec: RequestRecor
         try:
             return await _forward(request, call, node, rec, client_stream, dialect)
         except RetryElsewhere as exc:
+            client_stream = exc.client_stream or client_stream
             _forget_failed(app, node, rec.model, exc)
             if exc.node_unusable:
                 exclude = exclude | {node.name}
@@ -128,7 +129,7 @@ async def _forward(request, call: InferenceCall, node: Node, rec: RequestRecord,
     try:
         if not call.stream:
             return dialect.json_response(*await fetch_json(app[SESSION], node, call.path, payload, rec))
-        upstream = await open_upstream_stream(app[SESSION], node, call.path, payload)
+        upstream, client_stream = await _open_upstream(request, node, call.path, payload, client_stream, dialect)
         if upstream.status != 200:
             return await _stream_refused(upstream, client_stream, rec, dialect)
         client_stream = client_stream or await open_client_stream(request)
@@ -168,6 +169,21 @@ async def _stream_refused(upstream, client_stream, rec: RequestRecord, dialect: 
         return dialect.json_response(upstream.status, raw)
     await client_stream.write(dialect.error_event(err))
     return client_stream
+
+
+async def _open_upstream(request, node: Node, path: str, payload: bytes, client_stream, dialect: Dialect):
+    """The neuron's stream, once its headers come: while its queue or a long prompt's tokenising holds them
+    back, a client that waits a keep-alive interval gets keep-alives (its stream opens early, so an error
+    after that point arrives as an error event rather than a status)."""
+    opening = asyncio.ensure_future(open_upstream_stream(request.app[SESSION], node, path, payload))
+    try:
+        client_stream = await _keepalive_until(request, opening, client_stream, dialect)
+        return await opening, client_stream
+    except RetryElsewhere as exc:
+        exc.client_stream = client_stream
+        raise
+    finally:
+        opening.cancel()  # a no-op once done; stops the upstream request if the client left meanwhile
 
 
 async def _keepalive_until(request, placing: asyncio.Future, client_stream, dialect: Dialect):

@@ -18,7 +18,7 @@ from aiohttp import web
 from cortex_gateway.fleet import Node
 from cortex_gateway.metrics import RequestRecord
 from neuron.errors import ApiError, error_from_envelope
-from neuron.sse import DONE, SSE_HEADERS, error_event
+from neuron.sse import DONE, SSE_HEADERS, USAGE_COMMENT, error_event
 
 JSON_HEADERS = {"Content-Type": "application/json"}
 # Neuron answers that mean "not here after all": try another node.
@@ -35,6 +35,7 @@ class RetryElsewhere(Exception):
         super().__init__(message)
         self.unreachable = unreachable
         self.code = code
+        self.client_stream: web.StreamResponse | None = None  # opened for keep-alives while it was tried
 
     @property
     def node_unusable(self) -> bool:
@@ -121,6 +122,14 @@ async def write(client: web.StreamResponse, data: bytes) -> None:
 
 
 def _usage_from_tail(tail: bytes) -> dict | None:
+    """The neuron's usage comment (sent on every stream), else a usage chunk (another OpenAI server)."""
+    at = tail.rfind(USAGE_COMMENT)
+    if at >= 0:
+        end = tail.find(b"\n", at)
+        try:
+            return orjson.loads(tail[at + len(USAGE_COMMENT):end if end > 0 else None])
+        except orjson.JSONDecodeError:
+            return None
     at = tail.rfind(_USAGE)
     if at < 0:
         return None

@@ -40,7 +40,7 @@ class NeuronConfig:
     cpu_memory_mb: float | None = None
     admission: AdmissionLimits = field(default_factory=AdmissionLimits)
     preload: list[dict] = field(default_factory=list)
-    keepalive_s: float = 10.0
+    keepalive_s: float = 5.0
     shutdown_grace_s: float = 30.0
     max_body_mb: float = 64.0
     body_timeout_s: float = 30.0  # a client must send its whole body within this

@@ -9,7 +9,8 @@ import pytest
 from cortex_gateway.anthropic.errors import anthropic_type
 from cortex_gateway.anthropic.translate_request import to_openai
 from cortex_gateway.anthropic.translate_response import to_anthropic
-from cortex_gateway.anthropic.translate_stream import SSEReader, StreamTranslator
+from cortex_gateway.anthropic.translate_stream import StreamTranslator
+from cortex_gateway.sse_reader import SSEReader
 from neuron.errors import ApiError
 
 BASE = {"model": "m", "max_tokens": 10}
@@ -226,7 +227,7 @@ def test_empty_stream_is_still_a_whole_message():
 def test_sse_reader_handles_events_split_across_chunks():
     reader = SSEReader()
     assert reader.feed(b'data: {"a"') == []
-    assert reader.feed(b': 1}\n\n: keep-alive\n\ndata: [DO') == [b'{"a": 1}']
+    assert reader.feed(b': 1}\n\n: keep-alive\n\ndata: [DO') == [b'{"a": 1}', b": keep-alive"]
     assert reader.feed(b"NE]\n\n") == [b"[DONE]"]
 
 

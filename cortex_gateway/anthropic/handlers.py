@@ -11,13 +11,15 @@ from aiohttp import web
 from cortex_gateway.anthropic.errors import error_event, render_anthropic
 from cortex_gateway.anthropic.translate_request import to_openai
 from cortex_gateway.anthropic.translate_response import to_anthropic
-from cortex_gateway.anthropic.translate_stream import PING, SSEReader, StreamTranslator
+from cortex_gateway.anthropic.translate_stream import PING, StreamTranslator
 from cortex_gateway.dispatch import InferenceCall, dispatch
 from cortex_gateway.metrics import RequestRecord
 from cortex_gateway.proxy import mid_stream_failure, write
+from cortex_gateway.sse_reader import SSEReader, is_keepalive
 from cortex_gateway.state import LIFECYCLE, SESSION
 from neuron.errors import ApiError, error_from_envelope
 from neuron.http import parse_json
+from neuron.sse import PROMPT_TOKENS_HEADER
 
 
 class AnthropicDialect:
@@ -37,12 +39,16 @@ class AnthropicDialect:
                             content_type="application/json")
 
     async def relay(self, upstream, client_stream: web.StreamResponse, rec: RequestRecord) -> None:
-        translator = StreamTranslator(self.model, self.stops)
+        translator = StreamTranslator(self.model, self.stops, _prompt_tokens(upstream))
         reader = SSEReader()
         await write(client_stream, translator.start())
         try:
             async for chunk in upstream.content.iter_any():
                 for data in reader.feed(chunk):
+                    if data.startswith(b":"):  # a comment: a keep-alive becomes a ping, usage comes as a chunk
+                        if is_keepalive(data):
+                            await write(client_stream, PING)
+                        continue
                     if data == b"[DONE]":
                         rec.finished_at = time.perf_counter()
                         u = translator.usage
@@ -64,6 +70,14 @@ class AnthropicDialect:
             await write(client_stream, error_event(mid_stream_failure(rec, exc)))
         finally:
             upstream.release()
+
+
+def _prompt_tokens(upstream) -> int:
+    """The prompt's size as the neuron counted it, sent before the answer, for message_start."""
+    try:
+        return int(upstream.headers.get(PROMPT_TOKENS_HEADER, 0))
+    except ValueError:
+        return 0
 
 
 def _has_output(event: dict) -> bool:

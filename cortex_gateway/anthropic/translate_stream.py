@@ -22,7 +22,7 @@ def sse(event: str, data: dict) -> bytes:
 
 
 class StreamTranslator:
-    def __init__(self, model: str, stops: list[str]):
+    def __init__(self, model: str, stops: list[str], prompt_tokens: int = 0):
         self.model = model
         self.stops = stops
         self.id = message_id()
@@ -32,7 +32,8 @@ class StreamTranslator:
         self.current_tool: int | None = None
         self.finish_reason: str | None = None
         self.matched: str | None = None
-        self.usage = {"input_tokens": 0, "output_tokens": 0}
+        # Until the final usage splits off what the prefix cache served, the whole prompt counts as input.
+        self.usage = {"input_tokens": prompt_tokens, "output_tokens": 0}
         self.started = False
 
     def start(self) -> bytes:
@@ -101,20 +102,3 @@ class StreamTranslator:
                                          "usage": dict(self.usage)}))
         out.append(sse("message_stop", {"type": "message_stop"}))
         return b"".join(out)
-
-
-class SSEReader:
-    """Splits upstream bytes into the `data:` payloads of complete SSE events."""
-
-    def __init__(self):
-        self.buffer = b""
-
-    def feed(self, chunk: bytes) -> list[bytes]:
-        self.buffer += chunk
-        *events, self.buffer = self.buffer.split(b"\n\n")
-        out = []
-        for event in events:
-            for line in event.split(b"\n"):
-                if line.startswith(b"data:"):
-                    out.append(line[5:].strip())
-        return out
