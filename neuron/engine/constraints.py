@@ -16,10 +16,13 @@ What a request constrains:
   its arguments valid against the tool's schema (the form `tool_calls` parses);
 - both a format and tools left to the model (`auto`): either of the two.
 
-An object schema with `properties` and no `additionalProperties` is closed
-(no other keys), as OpenAI's strict mode and llama.cpp's grammar converter
-treat it: otherwise a weak model may invent keys forever. A schema that wants
-other keys says `additionalProperties: true`.
+A weak model may never stop on its own: invent keys forever, or digits. So
+an object schema with `properties` and no `additionalProperties` is closed (no
+other keys), as OpenAI's strict mode and llama.cpp's grammar converter treat
+it; integers and numbers without bounds stay within ±(2^53 - 1), and numbers
+get at most 9 decimal places unless the schema sets `multipleOf`. A schema that
+wants other keys says `additionalProperties: true`. Strings and arrays are
+bounded only by their own maxLength / maxItems, and by max_tokens.
 """
 
 from __future__ import annotations
@@ -36,6 +39,8 @@ from neuron.openai_schema import InferenceRequest
 
 # Compact JSON: one space after ':' and ',' and none elsewhere, so a weak model cannot wander in whitespace.
 _JSON_STYLE = {"whitespace_flexible": False, "key_separator": ": ", "item_separator": ", "}
+SAFE_INTEGER = 2**53 - 1  # JavaScript's Number.MAX_SAFE_INTEGER: what clients parse without loss
+NUMBER_STEP = 1e-9  # at most 9 decimal places (llguidance takes steps down to 1e-10)
 
 
 def grammar_for(req: InferenceRequest) -> str | None:
@@ -60,23 +65,34 @@ def _tool_call_rule(tools: list[dict]) -> str:
 
 
 def _styled(schema: dict) -> str:
-    out = closed_objects(copy.deepcopy(schema))
+    out = bounded(copy.deepcopy(schema))
     out["x-guidance"] = {**_JSON_STYLE, **(schema.get("x-guidance") or {})}
     return json.dumps(out)
 
 
-def closed_objects(schema):
-    """In place, and returned: `additionalProperties: false` on every object schema that lists properties
-    and says nothing of others."""
+def bounded(schema):
+    """In place, and returned: the schema with the limits a weak model needs to finish (see the module doc).
+
+    Objects that list properties and say nothing of others are closed; integers and numbers without
+    bounds stay within JavaScript's safe integer range, and numbers without `multipleOf` get at most
+    9 decimal places. Each of these only narrows the schema: what it allows still validates."""
     if isinstance(schema, dict):
         if isinstance(schema.get("properties"), dict) and "additionalProperties" not in schema \
                 and "patternProperties" not in schema:
             schema["additionalProperties"] = False
+        kinds = schema.get("type") if isinstance(schema.get("type"), list) else [schema.get("type")]
+        if "integer" in kinds or "number" in kinds:
+            if "maximum" not in schema and "exclusiveMaximum" not in schema:
+                schema["maximum"] = SAFE_INTEGER
+            if "minimum" not in schema and "exclusiveMinimum" not in schema:
+                schema["minimum"] = -SAFE_INTEGER
+        if "number" in kinds and "multipleOf" not in schema:
+            schema["multipleOf"] = NUMBER_STEP
         for value in schema.values():
-            closed_objects(value)
+            bounded(value)
     elif isinstance(schema, list):
         for value in schema:
-            closed_objects(value)
+            bounded(value)
     return schema
 
 
