@@ -17,7 +17,9 @@ from cortex_gateway.errors import renderer_for
 from cortex_gateway.fleet import Fleet
 from cortex_gateway.lifecycle import Lifecycle
 from cortex_gateway.metrics import GatewayMetrics, count_refusals
-from cortex_gateway.state import FLEET, KEEPALIVE_S, LIFECYCLE, METRICS, SESSION
+from cortex_gateway.responses import handlers as responses
+from cortex_gateway.responses.store import ResponseStore
+from cortex_gateway.state import FLEET, KEEPALIVE_S, LIFECYCLE, METRICS, RESPONSE_STORE, SESSION
 from neuron.errors import error_middleware
 from neuron.http import body_limits
 
@@ -38,10 +40,12 @@ def create_app(config: GatewayConfig, *, session: aiohttp.ClientSession | None =
     app[KEEPALIVE_S] = config.keepalive_s
     app[AUTH] = config.auth
     app[LIMITER] = KeyLimiter(config.auth)
+    app[RESPONSE_STORE] = ResponseStore(config.responses_store_max, config.responses_store_ttl_s)
     app.cleanup_ctx.append(_fleet_ctx(config, session))
     catalogue.add_routes(app)
     openai.add_routes(app)
     anthropic.add_routes(app)
+    responses.add_routes(app)
     admin.add_routes(app)
     return app
 

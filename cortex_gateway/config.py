@@ -69,13 +69,15 @@ class GatewayConfig:
     poll_timeout_s: float = 5.0  # a neuron that does not answer a poll within this has failed it
     down_after: int = 3
     load_timeout_s: float = 600.0
-    keepalive_s: float = 10.0
+    keepalive_s: float = 5.0
     max_body_mb: float = 32.0
     body_timeout_s: float = 30.0
     # a neuron silent this long mid-answer (or for a whole non-streaming answer) fails the request
     upstream_read_timeout_s: float = 600.0
     idle_timeout_s: float = 30.0  # a connection with no request in progress (or a half-sent head) this long is closed
     max_connections_per_client: int = 256
+    responses_store_max: int = 1000  # stored Responses (previous_response_id, GET); 0 keeps none
+    responses_store_ttl_s: float = 3600.0  # a stored response is forgotten this long after it was made
     auth: AuthSettings = field(default_factory=AuthSettings)
     config_path: Path | None = None
     models_path: Path | None = None
@@ -109,7 +111,7 @@ def load_config(path: Path) -> GatewayConfig:
     if (listen := _get(gw, "metrics_listen", str, path, "[gateway]", "HOST:PORT")) is not None:
         cfg.metrics_host, cfg.metrics_port = parse_listen(listen, _where(path, "[gateway]", "metrics_listen"))
     for key in ("poll_interval_s", "poll_timeout_s", "load_timeout_s", "keepalive_s", "max_body_mb", "body_timeout_s",
-                "upstream_read_timeout_s", "idle_timeout_s"):
+                "upstream_read_timeout_s", "idle_timeout_s", "responses_store_ttl_s"):
         value = _get(gw, key, (int, float), path, "[gateway]", "a number of seconds")
         if value is not None:
             if value <= 0:
@@ -118,6 +120,11 @@ def load_config(path: Path) -> GatewayConfig:
     cfg.down_after = _get(gw, "down_after", int, path, "[gateway]", "a number of polls", cfg.down_after)
     cfg.max_connections_per_client = _get(gw, "max_connections_per_client", int, path, "[gateway]",
                                           "a number of connections", cfg.max_connections_per_client)
+    cfg.responses_store_max = _get(gw, "responses_store_max", int, path, "[gateway]",
+                                   "a number of responses (0: keep none)", cfg.responses_store_max)
+    if cfg.responses_store_max < 0:
+        raise ConfigError(f"{_where(path, '[gateway]', 'responses_store_max')}: must be >= 0, "
+                          f"got {cfg.responses_store_max!r}")
     neuron_token = _get(gw, "neuron_token", str, path, "[gateway]", "a token for every neuron")
     cfg.neurons = _neurons(data.get("neurons", []), path, neuron_token)
     eviction = _get(data, "eviction", dict, path, "", "an [eviction] table", {})

@@ -8,9 +8,11 @@ from aiohttp import web
 from cortex_gateway.fleet import Fleet
 from cortex_gateway.lifecycle import Lifecycle
 from cortex_gateway.metrics import GatewayMetrics
+from cortex_gateway.responses.store import ResponseStore
 
 FLEET = web.AppKey("fleet", Fleet)
 LIFECYCLE = web.AppKey("lifecycle", Lifecycle)
 METRICS = web.AppKey("metrics", GatewayMetrics)
 SESSION = web.AppKey("session", aiohttp.ClientSession)
 KEEPALIVE_S = web.AppKey("keepalive_s", float)
+RESPONSE_STORE = web.AppKey("response_store", ResponseStore)  # stored responses, for previous_response_id

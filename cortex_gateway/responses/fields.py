@@ -1,0 +1,62 @@
+"""What `POST /v1/responses` does with every field the official SDK can send (see `neuron.field_policy`).
+
+A test walks `openai.types.responses.response_create_params.ResponseCreateParamsBase`
+against these rules, so a field the SDK grows cannot pass through unnoticed.
+"""
+
+from __future__ import annotations
+
+from neuron.field_policy import FieldPolicy, honoured, ignored, refused
+
+_NOT_HERE = "has no meaning on a self-hosted model"
+_CACHE = "prefix reuse is automatic, per slot (input_tokens_details.cached_tokens)"
+
+RESPONSES = FieldPolicy("OpenAI responses", {
+    "model": honoured(),
+    "input": honoured("a string, or messages (text parts), function_call and function_call_output items; "
+                      "image, file and audio parts, item references and non-function tool items are refused "
+                      "naming them; reasoning items are accepted and dropped (these models do not reason)"),
+    "instructions": honoured("a system message first; not carried over by previous_response_id, as at OpenAI"),
+    "previous_response_id": honoured("the stored conversation is prepended; unknown or expired: 404 "
+                                     "previous_response_not_found"),
+    "store": honoured("default true: kept in the gateway's memory, bounded by [gateway] responses_store_max "
+                      "and responses_store_ttl_s"),
+    "stream": honoured("the full Responses event sequence"),
+    "max_output_tokens": honoured("max_tokens; reaching it gives status incomplete"),
+    "temperature": honoured(),
+    "top_p": honoured(),
+    "tools": honoured("function tools; other tool types are refused naming the type"),
+    "tool_choice": honoured("auto, none, required, a function, allowed_tools listing functions; other tool "
+                            "types are refused"),
+    "parallel_tool_calls": honoured(),
+    "text": honoured("format text, json_object or json_schema (response_format); verbosity is ignored"),
+    "top_logprobs": honoured("0-20, with logprobs on the output text"),
+    "include": honoured("message.output_text.logprobs gives logprobs; the other values ask for outputs of "
+                        "tools or reasoning that do not exist here, so they add nothing"),
+    "truncation": honoured('"disabled" (the default); "auto" is refused: the input is never cut'),
+    "metadata": honoured("echoed in the response (up to 16 string pairs)"),
+    "reasoning": ignored("these models do not reason: there is no effort to set and no summary to give "
+                         "(reasoning_tokens is 0); accepted so reasoning-model clients work unchanged"),
+    "user": ignored(_NOT_HERE + " (no per-user abuse tracking); echoed"),
+    "safety_identifier": ignored(_NOT_HERE + " (no per-user abuse tracking); echoed"),
+    "prompt_cache_key": ignored(_CACHE + "; echoed"),
+    "prompt_cache_options": ignored(_CACHE),
+    "prompt_cache_retention": ignored(_CACHE),
+    "service_tier": ignored(_NOT_HERE + " (one tier)"),
+    "stream_options": ignored("include_obfuscation: no obfuscation padding is added to events"),
+    "max_tool_calls": ignored("limits calls to built-in tools, and there are none here (function calls are "
+                              "the client's to run)"),
+    "access_programs": ignored(_NOT_HERE + " (OpenAI's domain access programs)"),
+    "image": ignored("image context options; these models read no images (input_image parts are refused)"),
+    "background": refused("background responses are not supported; stream the response to see it progress"),
+    "background_options": refused("goes with background, which is not supported"),
+    "conversation": refused("the Conversations API is not available; chain responses with "
+                            "previous_response_id"),
+    "context_management": refused("server-side compaction is not available; keep the input within the "
+                                  "model's context"),
+    "moderation": refused("there is no moderation model here; moderate input and output yourself"),
+    "prompt": refused("stored prompt templates are not available; send input and instructions"),
+    "cortex_script": honoured("test-only: forces the output of `cortex tiny-model` models; refused on others"),
+})
+
+POLICIES = [RESPONSES]

@@ -1,0 +1,204 @@
+"""`/v1/responses`: create (through the dispatcher, by translation), retrieve, delete, list input items.
+
+A created response goes through the same `dispatch` as every dialect, with a
+`ResponsesDialect` that translates the neuron's chat answer (whole or streamed)
+into a Response and keeps it in the store when the request asked to (`store`,
+true by default), before the client sees its last byte, so a follow-up sent at
+once finds it. With API keys configured, a stored response belongs to the key
+that made it: another key gets the same 404 as for an id that never existed.
+"""
+
+from __future__ import annotations
+
+import time
+
+import aiohttp
+import orjson
+from aiohttp import web
+
+from cortex_gateway.auth import AUTH
+from cortex_gateway.dispatch import InferenceCall, dispatch
+from cortex_gateway.metrics import RequestRecord
+from cortex_gateway.proxy import mid_stream_failure, write
+from cortex_gateway.responses.fields import RESPONSES
+from cortex_gateway.responses.store import ResponseStore, StoredResponse
+from cortex_gateway.responses.translate_request import Translated, previous_id, to_chat
+from cortex_gateway.responses.translate_response import ResponseHead, to_response
+from cortex_gateway.responses.translate_stream import StreamTranslator
+from cortex_gateway.sse_reader import SSEReader, is_keepalive
+from cortex_gateway.state import RESPONSE_STORE
+from neuron.auth import key_matches, presented_key
+from neuron.errors import ApiError, bad_request, error_from_envelope, render_openai
+from neuron.fields import require_object
+from neuron.http import json_response, read_json
+from neuron.sse import KEEPALIVE
+
+# The neuron names chat fields; a Responses client knows them by these names.
+_CLIENT_PARAMS = {"messages": "input", "max_tokens": "max_output_tokens", "response_format": "text.format"}
+
+
+class ResponsesDialect:
+    """One request's Response: its head, its stream's state, and where it is kept when done."""
+
+    keepalive = KEEPALIVE  # SSE comments: the SDK skips them
+
+    def __init__(self, translated: Translated, store: ResponseStore, owner: str | None):
+        self.head = ResponseHead(translated.echo)
+        self.store = store
+        self.owner = owner
+        # Only what a stored response needs is held while the answer runs; nothing when store is false.
+        self.kept = (translated.input_items, translated.conversation) if translated.echo["store"] else None
+        self.translator = StreamTranslator(self.head)
+
+    def error_event(self, err: ApiError) -> bytes:
+        return self.translator.fail(_for_client(err))
+
+    def json_response(self, status: int, raw: bytes) -> web.Response:
+        if status != 200:
+            return render_openai(_for_client(error_from_envelope(status, raw)))
+        response = to_response(orjson.loads(raw), self.head)
+        self._keep(response)
+        return json_response(response)
+
+    async def relay(self, upstream: aiohttp.ClientResponse, client_stream: web.StreamResponse,
+                    rec: RequestRecord) -> None:
+        reader = SSEReader()
+        await write(client_stream, self.translator.start())
+        try:
+            async for chunk in upstream.content.iter_any():
+                for data in reader.feed(chunk):
+                    if data.startswith(b":"):  # a comment: keep-alives (a long prefill) are passed on
+                        if is_keepalive(data):
+                            await write(client_stream, KEEPALIVE)
+                    elif data == b"[DONE]":
+                        await self._finish(client_stream, rec)
+                        return
+                    elif not await self._feed(orjson.loads(data), data, client_stream, rec):
+                        return
+            raise aiohttp.ClientPayloadError("upstream stream ended without [DONE]")
+        except (aiohttp.ClientError, OSError, orjson.JSONDecodeError) as exc:
+            await write(client_stream, self.translator.fail(mid_stream_failure(rec, exc)))
+        finally:
+            upstream.release()
+
+    async def _feed(self, event: dict, raw: bytes, client_stream: web.StreamResponse, rec: RequestRecord) -> bool:
+        """Translate one chunk; False when it was the neuron's error, which ends the stream."""
+        if "error" in event:  # the neuron failed mid-stream and said so
+            err = error_from_envelope(502, raw)
+            rec.failed(502, err.type)
+            await write(client_stream, self.translator.fail(_for_client(err)))
+            return False
+        if rec.first_token_at is None and _has_output(event):
+            rec.first_token_at = time.perf_counter()
+        await write(client_stream, self.translator.feed(event))
+        return True
+
+    async def _finish(self, client_stream: web.StreamResponse, rec: RequestRecord) -> None:
+        rec.finished_at = time.perf_counter()
+        rec.take_usage(self.translator.usage)
+        tail = self.translator.finish()
+        self._keep(self.translator.final)  # before the client reads response.completed and sends its next turn
+        await write(client_stream, tail)
+
+    def _keep(self, response: dict | None) -> None:
+        if self.kept is None or response is None:
+            return
+        input_items, conversation = self.kept
+        self.store.put(response["id"], StoredResponse(response, input_items, conversation + response["output"],
+                                                      self.owner))
+
+
+def _has_output(event: dict) -> bool:
+    return any((c.get("delta") or {}).get("content") or (c.get("delta") or {}).get("tool_calls")
+               for c in event.get("choices") or [])
+
+
+def _for_client(err: ApiError) -> ApiError:
+    """A neuron error, with the parameter it names called by its Responses name."""
+    err.param = _CLIENT_PARAMS.get(err.param, err.param)
+    return err
+
+
+async def create(request: web.Request) -> web.StreamResponse:
+    data = require_object(await read_json(request))
+    RESPONSES.check(data)
+    translated = to_chat(data, _history(request, previous_id(data)))
+    body = translated.body
+    call = InferenceCall("/v1/chat/completions", "responses", body["model"], orjson.dumps(body),
+                         bool(body.get("stream")))
+    return await dispatch(request, call, ResponsesDialect(translated, request.app[RESPONSE_STORE], _owner(request)))
+
+
+def _history(request: web.Request, response_id: str | None) -> list[dict]:
+    """The conversation `previous_response_id` continues: every earlier input and output item."""
+    if response_id is None:
+        return []
+    entry = _lookup(request, response_id)
+    if entry is None:
+        raise ApiError(404, "invalid_request_error", f"Previous response with id '{response_id}' not found.",
+                       code="previous_response_not_found", param="previous_response_id")
+    return entry.conversation
+
+
+def _owner(request: web.Request) -> str | None:
+    """The API key of the request (the auth middleware has checked it), None on a gateway without keys."""
+    keys = request.app[AUTH].keys
+    return key_matches(presented_key(request), keys) if keys else None
+
+
+def _lookup(request: web.Request, response_id: str) -> StoredResponse | None:
+    entry = request.app[RESPONSE_STORE].get(response_id)
+    return entry if entry is not None and entry.owner == _owner(request) else None
+
+
+def _stored(request: web.Request) -> StoredResponse:
+    response_id = request.match_info["response_id"]
+    entry = _lookup(request, response_id)
+    if entry is None:
+        raise _not_found(response_id)
+    return entry
+
+
+def _not_found(response_id: str) -> ApiError:
+    return ApiError(404, "invalid_request_error", f"Response with id '{response_id}' not found.",
+                    code="response_not_found")
+
+
+async def retrieve(request: web.Request) -> web.Response:
+    if request.query.get("stream", "false").lower() not in ("false", "0"):
+        raise bad_request("stream: a stored response cannot be replayed as a stream here; GET it without "
+                          "stream", param="stream")
+    return json_response(_stored(request).response)
+
+
+async def delete(request: web.Request) -> web.Response:
+    response_id = _stored(request).response["id"]
+    request.app[RESPONSE_STORE].delete(response_id)
+    return json_response({"id": response_id, "object": "response", "deleted": True})
+
+
+async def input_items(request: web.Request) -> web.Response:
+    """One page of a stored response's own input items (newest first unless order=asc), as OpenAI pages them."""
+    items = _stored(request).input_items
+    order, after = request.query.get("order", "desc"), request.query.get("after")
+    if order not in ("asc", "desc"):
+        raise bad_request('order: expected "asc" or "desc"', param="order")
+    limit = request.query.get("limit", "20")
+    if not limit.isdigit() or not 1 <= int(limit) <= 100:
+        raise bad_request("limit: expected an integer from 1 to 100", param="limit")
+    items = items if order == "asc" else items[::-1]
+    if after is not None:
+        ids = [item["id"] for item in items]
+        if after not in ids:
+            raise bad_request(f"after: no input item of this response has the id {after!r}", param="after")
+        items = items[ids.index(after) + 1:]
+    page = items[:int(limit)]
+    return json_response({"object": "list", "data": page, "first_id": page[0]["id"] if page else None,
+                          "last_id": page[-1]["id"] if page else None, "has_more": len(items) > len(page)})
+
+
+def add_routes(app: web.Application) -> None:
+    app.router.add_post("/v1/responses", create)
+    app.router.add_get("/v1/responses/{response_id}", retrieve)
+    app.router.add_delete("/v1/responses/{response_id}", delete)
+    app.router.add_get("/v1/responses/{response_id}/input_items", input_items)

@@ -1,0 +1,239 @@
+"""Responses request -> chat completions request, plus the settings the Response object echoes.
+
+The field policy (`fields.py`) has already refused what cannot be honoured and
+let through what is ignored; here every honoured field is checked, with a 400
+naming it, and translated into the chat-completions fields the neurons accept.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from cortex_gateway.responses.input_items import normalize_input, to_messages
+from neuron.errors import bad_request
+from neuron.fields import opt_float, opt_int, require_type
+
+TOOL_CHOICES = ("auto", "none", "required")
+INCLUDABLE = ("file_search_call.results", "web_search_call.results", "web_search_call.action.sources",
+              "message.input_image.image_url", "computer_call_output.output.image_url",
+              "code_interpreter_call.outputs", "reasoning.encrypted_content", "message.output_text.logprobs")
+MAX_METADATA = 16
+
+
+@dataclass
+class Translated:
+    body: dict  # the chat completions request for the neuron
+    echo: dict  # the request's settings, as the Response object reports them
+    input_items: list[dict]  # this request's input, canonical
+    conversation: list[dict]  # the previous conversation (if any) and this input
+
+
+def previous_id(data: dict) -> str | None:
+    value = data.get("previous_response_id")
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value:
+        raise bad_request("previous_response_id: expected the id of a stored response", param="previous_response_id")
+    return value
+
+
+def to_chat(data: dict, history: list[dict]) -> Translated:
+    """Translate a request (already checked against the field policy); `history` is the previous conversation."""
+    model = data.get("model")
+    if not isinstance(model, str) or not model:
+        raise bad_request("model: required, a model id from GET /v1/models", param="model", code="missing_field")
+    if "input" not in data and not history:
+        raise bad_request("input: required, a string or a list of items", param="input", code="missing_field")
+    items = normalize_input(data["input"]) if data.get("input") is not None else []
+    conversation = history + items
+    messages = _instructions(data.get("instructions")) + to_messages(conversation)
+    if not messages:
+        raise bad_request("input: expected a string or a non-empty list of items", param="input")
+    body: dict[str, Any] = {"model": model, "messages": messages, **_sampling(data)}
+    tools = _tools(data.get("tools"))
+    choice, allowed = _tool_choice(data.get("tool_choice"), {t["function"]["name"] for t in tools})
+    if tools:
+        body["tools"] = [t for t in tools if allowed is None or t["function"]["name"] in allowed]
+    if choice is not None:
+        body["tool_choice"] = choice
+    if (parallel := data.get("parallel_tool_calls")) is not None:
+        body["parallel_tool_calls"] = require_type(parallel, bool, "parallel_tool_calls", "true or false")
+    text_format = _text_format(data.get("text"))
+    if text_format["type"] != "text":
+        body["response_format"] = _response_format(text_format)
+    top_logprobs = opt_int(data, "top_logprobs", minimum=0, maximum=20)
+    if top_logprobs is not None or "message.output_text.logprobs" in _include(data.get("include")):
+        body["logprobs"] = True
+        body["top_logprobs"] = top_logprobs or 0
+    if _stream(data):
+        body["stream"] = True
+        body["stream_options"] = {"include_usage": True}
+    if (script := data.get("cortex_script")) is not None:
+        body["cortex_script"] = require_type(script, str, "cortex_script", "a string")
+    return Translated(body, _echo(data, model, tools, text_format, top_logprobs), items, conversation)
+
+
+def wants_store(data: dict) -> bool:
+    """`store`, true unless the client says false (OpenAI's default)."""
+    value = data.get("store")
+    return value is None or require_type(value, bool, "store", "true or false")
+
+
+def _instructions(value: Any) -> list[dict]:
+    if value is None or value == "":
+        return []
+    return [{"role": "system", "content": require_type(value, str, "instructions", "a string")}]
+
+
+def _sampling(data: dict) -> dict:
+    out: dict[str, Any] = {}
+    if (max_tokens := opt_int(data, "max_output_tokens", minimum=1)) is not None:
+        out["max_tokens"] = max_tokens
+    if (temperature := opt_float(data, "temperature", minimum=0, maximum=2)) is not None:
+        out["temperature"] = temperature
+    if (top_p := opt_float(data, "top_p", minimum=0, maximum=1)) is not None:
+        out["top_p"] = top_p
+    truncation = data.get("truncation")
+    if truncation not in (None, "disabled"):
+        raise bad_request(f'truncation: {truncation!r} is not supported; the input is never cut here, so only '
+                          '"disabled" is (shorten the input yourself)', param="truncation")
+    return out
+
+
+def _stream(data: dict) -> bool:
+    value = data.get("stream")
+    return bool(value is not None and require_type(value, bool, "stream", "true or false"))
+
+
+def _tools(value: Any) -> list[dict]:
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        raise bad_request("tools: expected a list of tools", param="tools")
+    return [_function_tool(tool, f"tools[{i}]") for i, tool in enumerate(value)]
+
+
+def _function_tool(tool: Any, where: str) -> dict:
+    kind = tool.get("type") if isinstance(tool, dict) else None
+    if kind != "function":
+        raise bad_request(f"{where}: tool type {kind!r} is not available here; only function tools "
+                          "(type, name, description, parameters, strict) are", param="tools",
+                          code="unsupported_tool")
+    if not isinstance(tool.get("name"), str) or not tool["name"]:
+        raise bad_request(f"{where}.name: required", param="tools")
+    parameters = tool.get("parameters")
+    if parameters is not None and not isinstance(parameters, dict):
+        raise bad_request(f"{where}.parameters: expected a JSON schema object", param="tools")
+    if tool.get("defer_loading"):
+        raise bad_request(f"{where}.defer_loading: tool search is not available; send the tool without it",
+                          param="tools")
+    fn = {"name": tool["name"], "description": tool.get("description") or "",
+          "parameters": parameters or {"type": "object", "properties": {}}}
+    if tool.get("strict") is not None:
+        fn["strict"] = require_type(tool["strict"], bool, f"{where}.strict", "true or false")
+    return {"type": "function", "function": fn}
+
+
+def _tool_choice(value: Any, names: set[str]) -> tuple[Any, set[str] | None]:
+    """(the chat tool_choice, the tool names allowed_tools keeps, None for all)."""
+    if value is None or value in TOOL_CHOICES:
+        return value, None
+    kind = value.get("type") if isinstance(value, dict) else None
+    if kind == "function":
+        if value.get("name") not in names:
+            raise bad_request(f"tool_choice.name: {value.get('name')!r} is not one of the request's function tools",
+                              param="tool_choice")
+        return {"type": "function", "function": {"name": value["name"]}}, None
+    if kind == "allowed_tools":
+        return _allowed_tools(value, names)
+    if kind is None:
+        raise bad_request('tool_choice: expected "auto", "none", "required", {"type": "function", "name"} or '
+                          '{"type": "allowed_tools", ...}', param="tool_choice")
+    raise bad_request(f"tool_choice: tool type {kind!r} is not available here; only function tools are",
+                      param="tool_choice", code="unsupported_tool")
+
+
+def _allowed_tools(value: dict, names: set[str]) -> tuple[str, set[str]]:
+    mode, tools = value.get("mode"), value.get("tools")
+    if mode not in ("auto", "required"):
+        raise bad_request('tool_choice.mode: expected "auto" or "required"', param="tool_choice")
+    if not isinstance(tools, list):
+        raise bad_request("tool_choice.tools: expected a list of tools", param="tool_choice")
+    allowed = set()
+    for i, tool in enumerate(tools):
+        if not isinstance(tool, dict) or tool.get("type") != "function" or tool.get("name") not in names:
+            raise bad_request(f"tool_choice.tools[{i}]: expected {{\"type\": \"function\", \"name\"}} naming one "
+                              "of the request's function tools", param="tool_choice")
+        allowed.add(tool["name"])
+    return mode, allowed
+
+
+def _text_format(value: Any) -> dict:
+    if value is None:
+        return {"type": "text"}
+    if not isinstance(value, dict):
+        raise bad_request("text: expected an object with a format", param="text")
+    fmt = value.get("format") or {"type": "text"}
+    kind = fmt.get("type") if isinstance(fmt, dict) else None
+    if kind in ("text", "json_object"):
+        return {"type": kind}
+    if kind != "json_schema":
+        raise bad_request('text.format.type: expected "text", "json_object" or "json_schema"', param="text.format")
+    if not isinstance(fmt.get("name"), str) or not fmt["name"]:
+        raise bad_request("text.format.name: required for json_schema", param="text.format")
+    if not isinstance(fmt.get("schema"), dict):
+        raise bad_request("text.format.schema: required, a JSON schema object", param="text.format")
+    out = {"type": "json_schema", "name": fmt["name"], "schema": fmt["schema"],
+           "strict": require_type(fmt.get("strict", False), bool, "text.format.strict", "true or false")}
+    if isinstance(fmt.get("description"), str):
+        out["description"] = fmt["description"]
+    return out
+
+
+def _response_format(fmt: dict) -> dict:
+    if fmt["type"] == "json_object":
+        return {"type": "json_object"}
+    return {"type": "json_schema", "json_schema": {k: v for k, v in fmt.items() if k != "type"}}
+
+
+def _include(value: Any) -> list[str]:
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        raise bad_request("include: expected a list of strings", param="include")
+    for i, entry in enumerate(value):
+        if entry not in INCLUDABLE:
+            raise bad_request(f"include[{i}]: {entry!r} is not one of {', '.join(INCLUDABLE)}", param="include")
+    return value
+
+
+def _metadata(value: Any) -> dict:
+    if value is None:
+        return {}
+    if not isinstance(value, dict) or len(value) > MAX_METADATA:
+        raise bad_request(f"metadata: expected an object of at most {MAX_METADATA} pairs", param="metadata")
+    for key, item in value.items():
+        if len(key) > 64 or not isinstance(item, str) or len(item) > 512:
+            raise bad_request(f"metadata.{key[:64]}: keys are at most 64 characters and values strings of at "
+                              "most 512", param="metadata")
+    return value
+
+
+def _echo(data: dict, model: str, tools: list[dict], text_format: dict, top_logprobs: int | None) -> dict:
+    """The settings the Response object reports: what was asked, or the default that applied."""
+    return {
+        "model": model, "instructions": data.get("instructions"),
+        "previous_response_id": data.get("previous_response_id"),
+        "max_output_tokens": data.get("max_output_tokens"),
+        "temperature": data["temperature"] if data.get("temperature") is not None else 1.0,
+        "top_p": data["top_p"] if data.get("top_p") is not None else 1.0,
+        "tools": [{"type": "function", "strict": None, **t["function"]} for t in tools],
+        "tool_choice": data.get("tool_choice") or "auto",
+        "parallel_tool_calls": data.get("parallel_tool_calls") is not False,
+        "text": {"format": text_format}, "top_logprobs": top_logprobs or 0, "truncation": "disabled",
+        "store": wants_store(data), "metadata": _metadata(data.get("metadata")),
+        "reasoning": {"effort": None, "summary": None}, "background": False, "service_tier": "default",
+        "max_tool_calls": None, "user": data.get("user"), "safety_identifier": data.get("safety_identifier"),
+        "prompt_cache_key": data.get("prompt_cache_key"),
+    }
