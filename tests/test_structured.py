@@ -28,8 +28,8 @@ SCHEMAS = {
         "active": {"type": "boolean"}}},
     "arrays": {"type": "object", "required": ["tags", "matrix"], "properties": {
         "tags": {"type": "array", "items": WORD, "minItems": 1, "maxItems": 3},
-        "matrix": {"type": "array", "maxItems": 2, "items": {"type": "array", "maxItems": 2,
-                                                             "items": {"type": "integer", "minimum": -5, "maximum": 5}}}}},
+        "matrix": {"type": "array", "maxItems": 2, "items": {
+            "type": "array", "maxItems": 2, "items": {"type": "integer", "minimum": -5, "maximum": 5}}}}},
     "enums": {"type": "object", "required": ["color", "size", "fixed"], "properties": {
         "color": {"enum": ["red", "green", "blue"]}, "size": {"enum": [1, 2, 3, None]}, "fixed": {"const": "yes"}}},
     "numbers": {"type": "object", "required": ["ratio", "temp", "count"], "properties": {
@@ -37,7 +37,8 @@ SCHEMAS = {
         "temp": {"type": "number", "exclusiveMinimum": -40, "exclusiveMaximum": 60},
         "count": {"type": "integer", "minimum": 10, "maximum": 20}}},
     "union_and_refs": {"type": "object", "required": ["item"], "$defs": {"pet": {
-        "type": "object", "required": ["kind", "name"], "properties": {"kind": {"enum": ["cat", "dog"]}, "name": WORD}}},
+        "type": "object", "required": ["kind", "name"],
+        "properties": {"kind": {"enum": ["cat", "dog"]}, "name": WORD}}},
         "properties": {"item": {"anyOf": [{"$ref": "#/$defs/pet"}, {"type": "integer", "minimum": 0, "maximum": 9},
                                           {"type": "null"}]}}},
     "top_level_array": {"type": "array", "maxItems": 4, "items": {"type": "boolean"}},

@@ -9,6 +9,7 @@ import orjson
 from aiohttp import web
 
 from cortex_gateway.anthropic.errors import error_event, render_anthropic
+from cortex_gateway.anthropic.fields import COUNT_TOKENS
 from cortex_gateway.anthropic.translate_request import to_openai
 from cortex_gateway.anthropic.translate_response import to_anthropic
 from cortex_gateway.anthropic.translate_stream import PING, StreamTranslator
@@ -107,7 +108,7 @@ async def count_tokens(request: web.Request) -> web.Response:
     data = await _read_body(request)
     if isinstance(data, dict):
         data = {**data, "max_tokens": 1}  # count_tokens takes no max_tokens; the translator wants one
-    body = to_openai(data)
+    body = to_openai(data, COUNT_TOKENS)
     lifecycle = request.app[LIFECYCLE]
     model = lifecycle.config.resolve_alias(body["model"])
     node = await lifecycle.node_for(model)

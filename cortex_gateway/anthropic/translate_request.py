@@ -1,8 +1,9 @@
 """Anthropic Messages request -> OpenAI chat completion request.
 
 Every block type a client can send is either translated or refused with a 400
-naming where it was; nothing is silently dropped except `thinking` blocks and
-the `thinking` option, which models here cannot use.
+naming where it was, worded as Anthropic words it (clients key their fallbacks
+on the wording); every top-level field follows `fields.MESSAGES`. `thinking`
+blocks are dropped: models here cannot use an earlier turn's reasoning.
 """
 
 from __future__ import annotations
@@ -10,18 +11,23 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from cortex_gateway.anthropic.fields import MESSAGES
 from neuron.errors import bad_request
+from neuron.field_policy import FieldPolicy
 from neuron.fields import opt_float, opt_int, require_object
 
+BLOCK_TAGS = "'text', 'image', 'document', 'tool_use', 'tool_result', 'thinking', 'redacted_thinking'"
 
-def to_openai(body: Any) -> dict:
+
+def to_openai(body: Any, policy: FieldPolicy = MESSAGES) -> dict:
     data = require_object(body)
+    policy.check(data)
     model = data.get("model")
     if not isinstance(model, str) or not model:
-        raise bad_request("model: required", param="model", code="missing_field")
+        raise bad_request("model: Field required", param="model", code="missing_field")
     max_tokens = opt_int(data, "max_tokens", minimum=1)
     if max_tokens is None:
-        raise bad_request("max_tokens: required, an integer >= 1", param="max_tokens", code="missing_field")
+        raise bad_request("max_tokens: Field required (an integer >= 1)", param="max_tokens", code="missing_field")
     out: dict[str, Any] = {"model": model, "max_tokens": max_tokens,
                            "messages": system_messages(data.get("system")) + convert_messages(data.get("messages"))}
     for key in ("temperature", "top_p"):
@@ -39,6 +45,8 @@ def to_openai(body: Any) -> dict:
         out["tools"] = convert_tools(data["tools"])
     if data.get("tool_choice") is not None:
         out.update(convert_tool_choice(data["tool_choice"]))
+    if (fmt := output_format(data.get("output_config"))) is not None:
+        out["response_format"] = fmt
     if data.get("stream"):
         out["stream"] = True
         out["stream_options"] = {"include_usage": True}
@@ -49,6 +57,21 @@ def to_openai(body: Any) -> dict:
             and not last.get("tool_calls"):
         out["continue_final_message"] = True  # a prefill: the answer continues it, as Anthropic's API does
     return out
+
+
+def output_format(config: Any) -> dict | None:
+    """`output_config.format` ({type: json_schema, schema}) as OpenAI's response_format; `effort` is ignored."""
+    if config is None:
+        return None
+    if not isinstance(config, dict):
+        raise bad_request("output_config: Input should be a valid dictionary", param="output_config")
+    fmt = config.get("format")
+    if fmt is None:
+        return None
+    if not isinstance(fmt, dict) or fmt.get("type") != "json_schema" or not isinstance(fmt.get("schema"), dict):
+        raise bad_request("output_config.format: expected {\"type\": \"json_schema\", \"schema\": {...}}",
+                          param="output_config")
+    return {"type": "json_schema", "json_schema": {"name": "output", "schema": fmt["schema"], "strict": True}}
 
 
 def system_messages(system: Any, where: str = "system") -> list[dict]:
@@ -73,9 +96,9 @@ def convert_messages(messages: Any) -> list[dict]:
         raise bad_request("messages: expected a non-empty list", param="messages")
     out: list[dict] = []
     for i, msg in enumerate(messages):
-        where = f"messages[{i}]"
+        where = f"messages.{i}"
         if not isinstance(msg, dict) or msg.get("role") not in ("user", "assistant", "system"):
-            raise bad_request(f"{where}.role: expected \"user\", \"assistant\" or \"system\"", param="messages")
+            raise bad_request(f"{where}.role: Input should be 'user', 'assistant' or 'system'", param="messages")
         content = msg.get("content")
         if msg["role"] == "system":
             # A system message inside the conversation (Claude Code sends them): kept where it was sent.
@@ -86,7 +109,8 @@ def convert_messages(messages: Any) -> list[dict]:
         elif isinstance(content, list):
             out.extend(_assistant(content, where) if msg["role"] == "assistant" else _user(content, where))
         else:
-            raise bad_request(f"{where}.content: expected a string or a list of content blocks", param="messages")
+            raise bad_request(f"{where}.content: Input should be a valid string or a list of content blocks",
+                          param="messages")
     return out
 
 
@@ -105,8 +129,7 @@ def _assistant(blocks: list, where: str) -> list[dict]:
         elif kind in ("thinking", "redacted_thinking"):
             continue  # the model's earlier reasoning: nothing to send back to a model that cannot think
         else:
-            raise bad_request(f"{where}.content[{j}]: block type {kind!r} is not allowed in an assistant turn",
-                              param="messages")
+            raise _bad_block(kind, f"{where}.content.{j}")
     msg: dict = {"role": "assistant", "content": "".join(texts) or None}
     if calls:
         msg["tool_calls"] = calls
@@ -119,28 +142,28 @@ def _user(blocks: list, where: str) -> list[dict]:
     for j, block in enumerate(blocks):
         kind = block.get("type") if isinstance(block, dict) else None
         if kind == "text":
-            parts.append({"type": "text", "text": block.get("text", "")})
-        elif kind == "image":
-            parts.append({"type": "image_url", "image_url": {"url": _image_url(block, f"{where}.content[{j}]")}})
+            parts.append(block.get("text", ""))
         elif kind == "tool_result":
             tool_msgs.append({"role": "tool", "tool_call_id": block.get("tool_use_id"),
-                              "content": _tool_result_text(block, f"{where}.content[{j}]")})
+                              "content": _tool_result_text(block, f"{where}.content.{j}")})
+        elif kind in ("image", "document"):
+            raise bad_request(f"{where}.content.{j}: {kind} blocks are not supported: the models here read text "
+                              f"only. Send the {kind}'s content as text.", param="messages",
+                              code="unsupported_content")
+        elif kind in ("thinking", "redacted_thinking"):
+            continue
         else:
-            raise bad_request(f"{where}.content[{j}]: block type {kind!r} is not supported", param="messages")
+            raise _bad_block(kind, f"{where}.content.{j}")
     out = list(tool_msgs)
     if parts:
-        only_text = all(p["type"] == "text" for p in parts)
-        out.append({"role": "user", "content": "".join(p["text"] for p in parts) if only_text else parts})
+        out.append({"role": "user", "content": "".join(parts)})
     return out
 
 
-def _image_url(block: dict, where: str) -> str:
-    source = block.get("source")
-    if isinstance(source, dict) and source.get("type") == "base64":
-        return f"data:{source.get('media_type', 'image/png')};base64,{source.get('data', '')}"
-    if isinstance(source, dict) and source.get("type") == "url" and isinstance(source.get("url"), str):
-        return source["url"]
-    raise bad_request(f"{where}.source: expected a base64 or url image source", param="messages")
+def _bad_block(kind: Any, where: str):
+    """Anthropic's own wording for a block it does not know."""
+    return bad_request(f"{where}: Input tag {kind!r} found using 'type' does not match any of the expected tags: "
+                       f"{BLOCK_TAGS}", param="messages", code="unknown_block_type")
 
 
 def _tool_result_text(block: dict, where: str) -> str:
@@ -149,8 +172,9 @@ def _tool_result_text(block: dict, where: str) -> str:
         texts = []
         for k, part in enumerate(content):
             if not isinstance(part, dict) or part.get("type") != "text":
-                raise bad_request(f"{where}.content[{k}]: only text is supported inside tool_result",
-                                  param="messages")
+                kind = part.get("type") if isinstance(part, dict) else type(part).__name__
+                raise bad_request(f"{where}.content.{k}: {kind} blocks inside tool_result are not supported: the "
+                                  "models here read text only", param="messages", code="unsupported_content")
             texts.append(part.get("text", ""))
         content = "".join(texts)
     if not isinstance(content, str):

@@ -13,13 +13,16 @@ from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
+import numpy as np
+
+from neuron.embedding_schema import EmbeddingRequest
+from neuron.engine import embeddings
 from neuron.engine.batching import BatchRequest
 from neuron.engine.faults import FaultInjector
 from neuron.engine.generation import Delta, DeviceFault, GenerationStats, TextAssembler
 from neuron.engine.prompt import (
     Segment,
     check_bounds,
-    check_chars,
     context_exceeded,
     prompt_segments,
     tokenize_segments,
@@ -138,17 +141,10 @@ class InferenceEngine:
         return await asyncio.get_running_loop().run_in_executor(
             self.tokenizer_pool, tokenize_segments, backend, segments)
 
-    async def embed(self, entry: ModelEntry, texts: list[str]) -> tuple[list[list[float]], int]:
-        backend = entry.backend
-        for i, text in enumerate(texts):
-            check_chars(len(text), backend.context_size, entry.id, f"input[{i}]")
-        counts = await asyncio.get_running_loop().run_in_executor(
-            self.tokenizer_pool, lambda: [len(backend.tokenize(t, special=False)) for t in texts])
-        too_long = [i for i, n in enumerate(counts) if n >= backend.context_size]
-        if too_long:
-            raise context_exceeded(counts[too_long[0]], backend.context_size, "input", f"input[{too_long[0]}]")
-        vectors = await self.registry.worker_for(entry).call(lambda: backend.embed(texts))
-        return vectors, sum(counts)
+    async def embed(self, entry: ModelEntry, req: EmbeddingRequest) -> tuple[np.ndarray, int]:
+        """The request's vectors and the tokens read; see `neuron.engine.embeddings`."""
+        return await embeddings.embed(entry.backend, self.registry.worker_for(entry), self.tokenizer_pool,
+                                      entry.id, req)
 
 
 def _choice_params(params: SamplingParams, choice: int) -> SamplingParams:

@@ -24,7 +24,7 @@ from neuron.engine.backends import Backend, BackendSpec, BackendUnavailable, bac
 from neuron.engine.faults import FaultInjector
 from neuron.engine.worker import DeviceWorker
 from neuron.errors import ApiError
-from neuron.protocol import LoadRequest, ModelInfo, ModelState
+from neuron.protocol import LoadRequest, ModelInfo, ModelKind, ModelState
 
 log = logging.getLogger(__name__)
 UNLOAD_DRAIN_S = 30.0
@@ -55,7 +55,7 @@ class ModelEntry:
             memory_mb=round(self.memory_mb, 1),
             context_size=self.backend.context_size if self.backend else (self.request.context_size or 0),
             path=self.ref.shown_path, load_time_s=self.load_time_s, spec=self.request.to_dict(), phase=self.phase,
-            estimated_mb=round(self.estimated_mb, 1),
+            estimated_mb=round(self.estimated_mb, 1), kind=self.ref.kind,
         )
 
     def record_decode_rate(self, tokens: int, seconds: float) -> None:
@@ -81,13 +81,17 @@ class Registry:
     def worker_for(self, entry: ModelEntry) -> DeviceWorker:
         return self.workers[entry.devices[0]]
 
-    def require_loaded(self, model_id: str) -> ModelEntry:
-        """The loaded model, or the error a client should see."""
+    def require_loaded(self, model_id: str, *, embedding: bool = False) -> ModelEntry:
+        """The loaded model, or the error a client should see. Any model embeds; an embedding
+        model does nothing else."""
         entry = self.models.get(model_id)
         if entry is None:
             raise ApiError(404, "not_found_error",
                            f"model {model_id!r} is not loaded on this node; POST /models/load first",
                            code="model_not_found", param="model")
+        if not embedding and entry.ref.kind == ModelKind.EMBEDDING:
+            raise ApiError(400, "invalid_request_error", f"model {model_id!r} is an embedding model; use "
+                           "/v1/embeddings", code="embedding_model", param="model")
         if entry.status in (ModelState.POISONED, ModelState.RECOVERING):
             raise ApiError(503, "overloaded_error", f"model {model_id!r} hit a device error and is being "
                            "reloaded; retry shortly", code="model_recovering", retry_after=5)
@@ -194,7 +198,7 @@ class Registry:
 
     def _open_on_device(self, entry: ModelEntry, spec: BackendSpec) -> tuple[Backend, float]:
         entry.phase = f"importing {entry.backend_name}"
-        cls = backend_class(entry.backend_name)
+        cls = backend_class(entry.backend_name, entry.ref.kind)
         before = _memory_probe(self.devices, entry.devices)
         entry.phase = f"reading {entry.ref.size_mb:.0f} MiB of weights onto {', '.join(entry.devices)}"
         if slow := self.faults.take(entry.id, "slow_load"):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from neuron.engine.backends.base import Backend, BackendSpec, BackendUnavailable
 from neuron.errors import ApiError
+from neuron.protocol import ModelKind
 
 
 def choose_backend(requested: str, model_format: str) -> str:
@@ -18,16 +19,24 @@ def choose_backend(requested: str, model_format: str) -> str:
     return requested
 
 
-def backend_class(name: str) -> type[Backend]:
-    """The backend's class, with its library imported (so a load's memory probe excludes it)."""
+def backend_class(name: str, kind: ModelKind = ModelKind.GENERATION) -> type[Backend]:
+    """The backend's class, with its library imported (so a load's memory probe excludes it).
+
+    An embedding model opens with the backend's embedding class: on torch an encoder (`AutoModel`,
+    pooled per its sentence-transformers config), on llama.cpp an embedding context alone."""
     if name == "llama.cpp":
         from neuron.engine.backends.llamacpp import LlamaCppBackend, _import_llama
+        from neuron.engine.backends.llamacpp_embed import LlamaEmbeddingBackend
 
         _import_llama()
-        return LlamaCppBackend
+        return LlamaEmbeddingBackend if kind == ModelKind.EMBEDDING else LlamaCppBackend
     from neuron.engine.backends.torch_hf import TorchBackend, _import_torch
 
     _import_torch()
+    if kind == ModelKind.EMBEDDING:
+        from neuron.engine.backends.torch_encoder import TorchEncoderBackend
+
+        return TorchEncoderBackend
     return TorchBackend
 
 

@@ -6,6 +6,8 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 from neuron.engine.generation import Detokenizer
 
 
@@ -56,13 +58,42 @@ class Backend(ABC):
     def is_end(self, token: int) -> bool:
         """True for end-of-generation tokens."""
 
+    # Embeddings. Token ids a client may send are 0..vocab_size-1; vectors have embedding_dim values;
+    # matryoshka_dims says what they may be cut to (None: nothing; empty: any size), from the model's config.
+    vocab_size: int = 0
+    embedding_dim: int = 0
+    matryoshka_dims: tuple[int, ...] | None = None
+
+    def embedding_ids(self, ids: list[int]) -> list[int]:
+        """An input's content tokens framed as the model saw them in training (BOS; [CLS] ... [SEP])."""
+        return ids
+
     @abstractmethod
-    def embed(self, texts: list[str]) -> list[list[float]]:
-        """One pooled, L2-normalised vector per text."""
+    def embed(self, inputs: list[list[int]]) -> np.ndarray:
+        """One pooled vector per input (framed ids, within the context), float32 rows; normalised
+        as the model's own pipeline says (L2 for decoders)."""
 
     @abstractmethod
     def close(self) -> None:
         """Free the model's memory."""
+
+
+def split_frame(plain: list[int], full: list[int]) -> tuple[list[int], list[int]]:
+    """The special tokens a tokenizer puts before and after a text (BOS; [CLS] and [SEP]), from one
+    word encoded without them (`plain`) and with them (`full`)."""
+    for k in range(len(full) - len(plain) + 1):
+        if full[k:k + len(plain)] == plain:
+            return full[:k], full[k + len(plain):]
+    return [], []
+
+
+def matryoshka_from_config(config: dict) -> tuple[int, ...] | None:
+    """What a model's config.json says its vectors may be cut to, as vLLM reads it:
+    `matryoshka_dimensions` (those sizes only) or `is_matryoshka: true` (any size)."""
+    dims = config.get("matryoshka_dimensions")
+    if isinstance(dims, list) and dims and all(isinstance(d, int) and not isinstance(d, bool) for d in dims):
+        return tuple(sorted(set(dims)))
+    return () if config.get("is_matryoshka") is True else None
 
 
 def forced_sequence_check(forced: list[int] | None, step: int) -> int | None:

@@ -1,15 +1,15 @@
 """The llama.cpp backend: GGUF files, decoded with continuous batching (see `llamacpp_batch`).
 
 The model is opened with llama-cpp-python's low-level API and gets one context
-of our own, holding `parallel` sequences in a unified KV cache of a context each; the `Llama`
-convenience class is used only for embeddings (a separate context in embedding
-mode over the same memory-mapped weights). Tokens are detokenised one at a
-time, once each.
+of our own, holding `parallel` sequences in a unified KV cache of a context each; embeddings
+get a second context, in embedding mode, over the same weights (`llamacpp_embed`). Tokens are
+detokenised one at a time, once each.
 """
 
 from __future__ import annotations
 
 import ctypes
+import functools
 import logging
 import os
 import random
@@ -17,6 +17,7 @@ import random
 from neuron.catalog import default_context, default_parallel
 from neuron.engine.backends.base import Backend, BackendSpec, BackendUnavailable, gpu_indices
 from neuron.engine.backends.llamacpp_batch import LlamaBatcher, bias_array
+from neuron.engine.backends.llamacpp_embed import LlamaEmbedder, model_frame
 from neuron.engine.batching import prefill_chunk
 from neuron.engine.generation import ByteDetokenizer
 from neuron.openai_schema import SamplingParams
@@ -129,16 +130,28 @@ class LlamaCppBackend(Backend):
         model = self.model
         return ByteDetokenizer(lambda token: model.detokenize([token], special=False))
 
-    def embed(self, texts: list[str]) -> list[list[float]]:
+    # -- embeddings: mean pooling in a context of their own (see llamacpp_embed) -------------------
+    @property
+    def vocab_size(self) -> int:
+        return self.n_vocab
+
+    @property
+    def embedding_dim(self) -> int:
+        return self.llama_cpp.llama_model_n_embd(self.model.model)
+
+    @functools.cached_property
+    def _frame(self) -> tuple[list[int], list[int]]:
+        return model_frame(self.model)
+
+    def embedding_ids(self, ids: list[int]) -> list[int]:
+        prefix, suffix = self._frame
+        return prefix + ids + suffix
+
+    def embed(self, inputs: list[list[int]]):
         if self._embedder is None:
-            # llama.cpp needs a context created in embedding mode. The weights are
-            # memory-mapped, so on the CPU the second context shares their pages.
-            self._embedder = self.llama_cpp.Llama(
-                model_path=str(self.spec.path), embedding=True, verbose=False,
-                pooling_type=self.llama_cpp.LLAMA_POOLING_TYPE_MEAN, n_ctx=self.context_size,
-                n_batch=min(512, self.context_size), n_gpu_layers=-1 if self.gpus else 0,
-                main_gpu=self.gpus[0] if self.gpus else 0)
-        return [list(map(float, v)) for v in self._embedder.embed(texts, normalize=True)]
+            self._embedder = LlamaEmbedder(self.llama_cpp, self.model, self.context_size,
+                                           self.llama_cpp.LLAMA_POOLING_TYPE_MEAN)
+        return self._embedder.embed(inputs)
 
     def close(self) -> None:
         self.batcher.close()

@@ -7,6 +7,7 @@ the moment the consumer stops asking.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -119,22 +120,47 @@ class TorchBackend(Backend):
                 out = self.model(input_ids=torch.tensor([[token]], device=self.device),
                                  past_key_values=out.past_key_values, use_cache=True)
 
-    def embed(self, texts: list[str]) -> list[list[float]]:
+    # -- embeddings: mean of the last hidden state, L2-normalised --------------------------------
+    @property
+    def vocab_size(self) -> int:
+        return self.model.get_input_embeddings().num_embeddings
+
+    @property
+    def embedding_dim(self) -> int:
+        return self.model.config.hidden_size
+
+    @property
+    def matryoshka_dims(self) -> tuple[int, ...] | None:
+        return matryoshka_from_config(self.model.config.to_dict())
+
+    @functools.cached_property
+    def _frame(self) -> tuple[list[int], list[int]]:
+        return special_frame(self.tokenizer)
+
+    def embedding_ids(self, ids: list[int]) -> list[int]:
+        prefix, suffix = self._frame
+        return prefix + ids + suffix
+
+    def embed(self, inputs: list[list[int]]):
         torch = self.torch
-        vectors = []
+        rows = []
         with torch.inference_mode():
-            for text in texts:
-                ids = torch.tensor([self.tokenize(text) or [0]], device=self.device)
-                hidden = self.model(input_ids=ids, output_hidden_states=True).hidden_states[-1][0]
-                pooled = hidden.float().mean(dim=0)
-                vectors.append(torch.nn.functional.normalize(pooled, dim=0).tolist())
-        return vectors
+            for ids in inputs:  # one at a time: no padding to get wrong under a causal mask
+                out = self.model.base_model(input_ids=torch.tensor([ids], device=self.device), use_cache=False)
+                rows.append(torch.nn.functional.normalize(out.last_hidden_state[0].float().mean(dim=0), dim=0))
+        return torch.stack(rows).cpu().numpy()
 
     def close(self) -> None:
         self.batcher.close()
         del self.model
         if self.device.type == "cuda":
             self.torch.cuda.empty_cache()
+
+
+def special_frame(tokenizer) -> tuple[list[int], list[int]]:
+    """The special tokens the tokenizer puts before and after a text."""
+    return split_frame(tokenizer("a", add_special_tokens=False)["input_ids"],
+                       tokenizer("a", add_special_tokens=True)["input_ids"])
 
 
 def _placement_kwargs(torch, gpus: list[int]) -> dict:
