@@ -14,7 +14,15 @@ import os
 from collections.abc import Iterator
 
 from neuron.catalog import default_parallel
-from neuron.engine.backends.base import Backend, BackendSpec, BackendUnavailable, forced_sequence_check, gpu_indices
+from neuron.engine.backends.base import (
+    Backend,
+    BackendSpec,
+    BackendUnavailable,
+    forced_sequence_check,
+    gpu_indices,
+    matryoshka_from_config,
+    split_frame,
+)
 from neuron.engine.backends.torch_batch import TorchBatcher
 from neuron.engine.batching import prefill_chunk
 from neuron.openai_schema import SamplingParams
