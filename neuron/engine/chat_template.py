@@ -62,6 +62,19 @@ For each function call, return a json object with function name and arguments wi
 {% endif %}"""
 
 
+# Plain ChatML, with no tool support (as SmolLM2's): tools reach such models in cortex's generic format.
+CHATML_TEMPLATE = """\
+{%- for message in messages %}
+<|im_start|>{{ message.role }}
+{{ message.content }}<|im_end|>
+{% endfor %}
+{%- if add_generation_prompt %}
+<|im_start|>assistant
+{% endif %}"""
+
+TEMPLATES = {"chatml-tools": CHATML_TOOLS_TEMPLATE, "chatml": CHATML_TEMPLATE}
+
+
 class TemplateError(ValueError):
     """The model's chat template could not render these messages."""
 

@@ -18,6 +18,7 @@ import numpy as np
 from neuron.embedding_schema import EmbeddingRequest
 from neuron.engine import embeddings
 from neuron.engine.batching import BatchRequest
+from neuron.engine.constraints import check_grammar, grammar_for, new_constraint
 from neuron.engine.faults import FaultInjector
 from neuron.engine.generation import Delta, DeviceFault, GenerationStats, TextAssembler
 from neuron.engine.prompt import (
@@ -105,6 +106,7 @@ class InferenceEngine:
     async def start(self, entry: ModelEntry, req: InferenceRequest) -> list[Generation]:
         """Tokenise, check the context, and start decoding `n` choices. Call inside an admission slot."""
         started = time.perf_counter()
+        constraints = await self._constraints(entry, req)
         prompt = await self.prompt_tokens(entry, req)
         ctx = entry.backend.context_size
         if len(prompt) >= ctx:
@@ -115,19 +117,35 @@ class InferenceEngine:
         for choice in range(req.sampling.n):
             params = _choice_params(req.sampling, choice)
             stats = GenerationStats(prompt_tokens=len(prompt))
-            channel, leader = self._launch(entry, prompt, params, req, max_new, stats, forced, leader)
+            channel, leader = self._launch(entry, prompt, params, req, max_new, stats, forced, leader,
+                                           constraints[choice])
             gens.append(Generation(entry, channel, stats, started, self.registry))
         return gens
 
-    def _launch(self, entry, prompt, params, req, max_new, stats, forced, leader):
+    def _launch(self, entry, prompt, params, req, max_new, stats, forced, leader, constraint):
         """One choice as a sequence of the model's batch; later choices share the first one's prompt."""
         backend = entry.backend
         channel = Channel(asyncio.get_running_loop())
-        text = TextAssembler(backend.detokenizer(), backend.is_end, params, max_new, stats, time.perf_counter)
-        request = BatchRequest(prompt, params, forced, text, channel, follows=leader,
+        piece = backend.token_bytes if params.logprobs is not None else None
+        text = TextAssembler(backend.detokenizer(), backend.is_end, params, max_new, stats, time.perf_counter, piece)
+        request = BatchRequest(prompt, params, forced, text, channel, follows=leader, constraint=constraint,
                                **self.faults.for_batch(entry.id))
         backend.batcher.submit(request, self.registry.worker_for(entry))
         return channel, leader or request
+
+    async def _constraints(self, entry: ModelEntry, req: InferenceRequest) -> list:
+        """One grammar matcher per choice (None each when the output is free), built and checked on a
+        tokenizer thread: a large schema compiles in milliseconds, but not on the event loop."""
+        n = req.sampling.n
+        if req.output_format is None and not req.tool_choice.forced:
+            return [None] * n
+
+        def work() -> list:
+            grammar = grammar_for(req)
+            check_grammar(grammar, req)
+            return [new_constraint(entry.backend, grammar) for _ in range(n)]
+
+        return await asyncio.get_running_loop().run_in_executor(self.tokenizer_pool, work)
 
     async def _forced_tokens(self, entry: ModelEntry, req: InferenceRequest) -> list[int] | None:
         """Scripted output, for tests: tiny models only, never a real model."""

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from neuron.engine.chat_template import TemplateError, render_chat
+from neuron.engine.generic_tools import renders_tools, with_generic_tools
 from neuron.errors import ApiError
 from neuron.openai_schema import InferenceRequest
 
@@ -81,10 +82,12 @@ def chat_segments(backend, req: InferenceRequest, model: str) -> list[Segment]:
     if not backend.chat_template:
         raise ApiError(400, "invalid_request_error", f"model {model!r} has no chat template; use "
                        "/v1/completions with a raw prompt", code="no_chat_template")
-    tools = None if req.tool_choice.mode == "none" else req.tools
+    messages, tools = req.messages, None if req.tool_choice.mode == "none" else req.tools
+    if tools and not renders_tools(backend.chat_template, backend.bos_token, backend.eos_token):
+        messages, tools = with_generic_tools(messages, tools), None
     prefill = req.continue_final and bool(req.messages[-1].get("content"))
     try:
-        rendered = render_chat(backend.chat_template, [_mark_message(m) for m in req.messages],
+        rendered = render_chat(backend.chat_template, [_mark_message(m) for m in messages],
                                tools=_mark_tools(tools), bos_token=backend.bos_token, eos_token=backend.eos_token,
                                add_generation_prompt=not prefill)
     except TemplateError as exc:

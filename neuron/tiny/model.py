@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from neuron.engine.chat_template import CHATML_TOOLS_TEMPLATE
+from neuron.engine.chat_template import TEMPLATES
 from neuron.tiny.tokenizer import BOS_TOKEN, EOS_TOKEN, train_tokenizer, vocab_tables
 
 # Marks a model as ours, so the neuron can enable test-only behaviour (scripted
@@ -30,6 +30,11 @@ class TinySpec:
     vocab: int = 512
     seed: int = 0
     context: int = 2048
+    template: str = "chatml-tools"  # a key of chat_template.TEMPLATES: "chatml" has no tool support
+
+    @property
+    def chat_template(self) -> str:
+        return TEMPLATES[self.template]
 
     @property
     def heads(self) -> int:
@@ -143,7 +148,7 @@ def _write_gguf(out: Path, spec: TinySpec, tokenizer, weights) -> Path:
     writer.add_bos_token_id(tables.bos_id)
     writer.add_eos_token_id(tables.eos_id)
     writer.add_add_bos_token(False)
-    writer.add_chat_template(CHATML_TOOLS_TEMPLATE)
+    writer.add_chat_template(spec.chat_template)
     writer.add_bool(TINY_MARKER_KEY, True)
     for name, tensor in _gguf_tensors(spec, weights):
         writer.add_tensor(name, tensor)
@@ -177,7 +182,7 @@ def _write_hf(out: Path, spec: TinySpec, tokenizer, weights) -> Path:
     _write_json(out / "tokenizer_config.json", {
         "tokenizer_class": "PreTrainedTokenizerFast", "bos_token": BOS_TOKEN,
         "eos_token": EOS_TOKEN, "pad_token": BOS_TOKEN, "add_bos_token": False,
-        "model_max_length": spec.context, "chat_template": CHATML_TOOLS_TEMPLATE,
+        "model_max_length": spec.context, "chat_template": spec.chat_template,
     })
     save_file(weights, str(out / "model.safetensors"), metadata={"format": "pt"})
     return out

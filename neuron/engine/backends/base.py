@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import threading
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -101,3 +103,18 @@ def forced_sequence_check(forced: list[int] | None, step: int) -> int | None:
     if forced is None or step >= len(forced):
         return None
     return forced[step]
+
+
+class GuidanceTokenizer:
+    """Built on first use (it walks the whole vocabulary), once, whichever tokenizer thread asks first."""
+
+    def __init__(self, build: Callable[[], object]):
+        self._build = build
+        self._value = None
+        self._lock = threading.Lock()
+
+    def get(self):
+        with self._lock:
+            if self._value is None:
+                self._value = self._build()
+            return self._value

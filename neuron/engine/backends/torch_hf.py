@@ -18,6 +18,7 @@ from neuron.engine.backends.base import (
     Backend,
     BackendSpec,
     BackendUnavailable,
+    GuidanceTokenizer,
     forced_sequence_check,
     gpu_indices,
     matryoshka_from_config,
@@ -85,6 +86,8 @@ class TorchBackend(Backend):
         self._encoders = _encoders(self.tokenizer)
         self.slots = spec.parallel or default_parallel(bool(gpus))
         self.batcher = TorchBatcher(self, self.slots, prefill_chunk(bool(gpus)))
+        self.n_vocab = self.model.get_output_embeddings().out_features  # the logits' width (may pad the vocab)
+        self._guidance = GuidanceTokenizer(self._build_guidance)
 
     def new_cache(self, layers=None):
         """A KV cache for this model, empty or from (keys, values) per layer."""
@@ -106,6 +109,17 @@ class TorchBackend(Backend):
 
     def is_end(self, token: int) -> bool:
         return token in self._end_ids
+
+    def token_bytes(self, token: int) -> bytes:
+        return self.tokenizer.decode([token]).encode("utf-8")
+
+    def guidance_tokenizer(self):
+        return self._guidance.get()
+
+    def _build_guidance(self):
+        import llguidance.hf
+
+        return llguidance.hf.from_tokenizer(self.tokenizer, n_vocab=self.n_vocab)
 
     def detokenizer(self):
         return HFDetokenizer(self.tokenizer)
