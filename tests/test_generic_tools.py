@@ -18,7 +18,8 @@ from tests.helpers import http_json, make_tiny, smollm2_path, start_neuron
 PLAIN = ["plain-gguf", "plain-hf"]
 WEATHER = {"type": "function", "function": {
     "name": "get_weather", "description": "The current weather in a city",
-    "parameters": {"type": "object", "required": ["city"], "properties": {"city": {"type": "string", "maxLength": 12}}}}}
+    "parameters": {"type": "object", "required": ["city"],
+                   "properties": {"city": {"type": "string", "maxLength": 12}}}}}
 ASK = [{"role": "user", "content": "What is the weather in Paris?"}]
 
 
