@@ -18,6 +18,7 @@ MAX_STOP_SEQUENCES = 16
 MAX_CHOICES = 16
 MAX_TOP_LOGPROBS = 20
 CHAT_ROLES = ("system", "developer", "user", "assistant", "tool")
+MEDIA_PARTS = ("image_url", "input_audio", "file", "input_image", "input_file")
 
 
 @dataclass
@@ -203,7 +204,9 @@ def _parse_message(msg: Any, i: int) -> dict:
         raise bad_request(f"{where}: expected an object", param="messages")
     role = msg.get("role")
     if role not in CHAT_ROLES:
-        raise bad_request(f"{where}.role: expected one of {', '.join(CHAT_ROLES)}, got {role!r}", param="messages")
+        # OpenAI's own wording and code: clients match on them.
+        raise bad_request(f"Invalid value: {role!r}. Supported values are: 'system', 'developer', 'user', "
+                          f"'assistant', and 'tool'. ({where}.role)", param=f"{where}.role", code="invalid_value")
     out = {"role": "system" if role == "developer" else role,
            "content": message_text(msg.get("content"), where)}
     if role == "assistant" and msg.get("tool_calls"):
@@ -223,10 +226,15 @@ def message_text(content: Any, where: str) -> str:
         raise bad_request(f"{where}.content: expected a string or a list of content parts", param="messages")
     texts = []
     for j, part in enumerate(content):
-        if not isinstance(part, dict) or part.get("type") not in ("text", "input_text"):
-            kind = part.get("type") if isinstance(part, dict) else type(part).__name__
-            raise bad_request(f"{where}.content[{j}]: part type {kind!r} is not supported by this model; "
-                              "send text parts only", param="messages", code="unsupported_content")
+        kind = part.get("type") if isinstance(part, dict) else type(part).__name__
+        if kind in MEDIA_PARTS:
+            raise bad_request(f"Invalid content type. {kind} is only supported by certain models; the models here "
+                              f"read text only: send text parts. ({where}.content[{j}])",
+                              param=f"{where}.content[{j}].type", code="unsupported_content")
+        if kind not in ("text", "input_text"):
+            raise bad_request(f"Invalid value: {kind!r}. Supported values are: 'text', 'image_url', 'input_audio', "
+                              f"'file', and 'refusal'. ({where}.content[{j}].type)",
+                              param=f"{where}.content[{j}].type", code="invalid_value")
         if not isinstance(part.get("text"), str):
             raise bad_request(f"{where}.content[{j}].text: expected a string", param="messages")
         texts.append(part["text"])

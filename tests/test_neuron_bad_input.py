@@ -36,6 +36,15 @@ CASES = [
     ("/v1/chat/completions", {"model": "tiny-gguf", "messages": MSG, "stream": "yes"}, 400, "invalid_request"),
     ("/v1/chat/completions", {"model": "tiny-gguf", "messages": "hi"}, 400, "invalid_request"),
     ("/v1/chat/completions", {"model": "tiny-gguf", "messages": [{"role": "wizard", "content": "x"}]}, 400,
+     "invalid_value"),
+    ("/v1/chat/completions", {"model": "tiny-gguf", "messages": [{"role": "user", "content": [
+        {"type": "video", "video": {}}]}]}, 400, "invalid_value"),
+    ("/v1/chat/completions", {"model": "tiny-gguf", "messages": MSG, "temprature": 0.5}, 400, "unknown_parameter"),
+    ("/v1/chat/completions", {"model": "tiny-gguf", "messages": MSG, "audio": {"voice": "x"}}, 400,
+     "unsupported_parameter"),
+    ("/v1/chat/completions", {"model": "tiny-gguf", "messages": MSG, "response_format": {"type": "xml"}}, 400,
+     "invalid_request"),
+    ("/v1/chat/completions", {"model": "tiny-gguf", "messages": MSG, "top_logprobs": 21, "logprobs": True}, 400,
      "invalid_request"),
     ("/v1/chat/completions", {"model": "tiny-gguf", "messages": [{"role": "user", "content": [
         {"type": "image_url", "image_url": {"url": "data:x"}}]}]}, 400, "unsupported_content"),
