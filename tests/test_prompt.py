@@ -95,3 +95,23 @@ def test_an_assistant_prefill_is_continued_not_closed(backend):
     assert continued[-len(tail):] == tail and continued.count(im_end) == closed.count(im_end) - 1
     with pytest.raises(ApiError):
         chat({"role": "user", "content": "x"}, continue_final_message=True)  # nothing to continue
+
+
+def test_torch_encoders_never_truncate_or_pad_a_prompt(tmp_path):
+    """A tokenizer.json may carry truncation or padding (sentence-transformers' do): the prompt copies drop them."""
+    from tokenizers import Tokenizer
+    from transformers import AutoTokenizer
+
+    from neuron.engine.backends.torch_hf import _encoders
+    from tests.helpers import make_tiny
+
+    make_tiny(tmp_path / "m", "hf")
+    raw = Tokenizer.from_file(str(tmp_path / "m" / "tokenizer.json"))
+    raw.enable_truncation(8)
+    raw.enable_padding(length=64)
+    raw.save(str(tmp_path / "m" / "tokenizer.json"))
+    encoders = _encoders(AutoTokenizer.from_pretrained(str(tmp_path / "m")))
+    text = "the quick brown fox jumps over the lazy dog " * 5
+    for encoder in encoders.values():
+        ids = encoder.encode(text, add_special_tokens=False).ids
+        assert 8 < len(ids) < 64

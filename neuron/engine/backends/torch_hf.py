@@ -55,6 +55,9 @@ def _encoders(tokenizer) -> dict[bool, object | None]:
 
     special, plain = Tokenizer.from_str(backend.to_str()), Tokenizer.from_str(backend.to_str())
     special.encode_special_tokens, plain.encode_special_tokens = False, True
+    for copy in (special, plain):  # a tokenizer.json may carry truncation (MiniLM's: 128) or padding: a prompt
+        copy.no_truncation()       # must never be cut or padded silently; the context check bounds it
+        copy.no_padding()
     return {True: special, False: plain}
 
 
