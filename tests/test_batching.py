@@ -83,7 +83,7 @@ def test_a_seeded_request_gives_the_same_text_beside_others(batched):
 def stream(node: Node, content: str, max_tokens: int, leave_after: int | None = None) -> list[str]:
     """Stream a chat; with `leave_after`, hang up after that many content chunks. Returns the data lines."""
     body = {"model": node.model, "messages": [{"role": "user", "content": content}], "stream": True,
-            "max_tokens": max_tokens, "logit_bias": NO_EOS}
+            "max_tokens": max_tokens, "logit_bias": NO_EOS, "stream_options": {"include_usage": True}}
     req = urllib.request.Request(node.url + "/v1/chat/completions", data=json.dumps(body).encode())
     lines, chunks = [], 0
     with urllib.request.urlopen(req, timeout=120) as resp:
@@ -189,7 +189,7 @@ def test_n_choices_share_one_prompt_and_keep_their_own_seeds(batched):
 
 def test_n_choices_stream_with_their_indices(batched):
     body = {"model": batched.model, "messages": [{"role": "user", "content": "two"}], "stream": True, "n": 2,
-            "max_tokens": 6, "logit_bias": NO_EOS}
+            "max_tokens": 6, "logit_bias": NO_EOS, "stream_options": {"include_usage": True}}
     req = urllib.request.Request(batched.url + "/v1/chat/completions", data=json.dumps(body).encode())
     with urllib.request.urlopen(req, timeout=60) as resp:
         events = [json.loads(line[6:]) for line in (raw.decode().strip() for raw in resp)

@@ -47,7 +47,8 @@ class StreamReader:
         self.thread.start()
 
     def _run(self, url, body):
-        req = urllib.request.Request(url, data=json.dumps({**body, "stream": True}).encode(), method="POST")
+        body = {**body, "stream": True, "stream_options": {"include_usage": True}}
+        req = urllib.request.Request(url, data=json.dumps(body).encode(), method="POST")
         try:
             with urllib.request.urlopen(req, timeout=60) as resp:
                 for line in resp:
