@@ -145,7 +145,7 @@ def mask_rows(path: Path) -> list[tuple]:
             raise RuntimeError(f"llguidance refused the reference text: {matcher.get_error()}")
     rows.append(("torch (mask only)", "llguidance", (time.perf_counter() - started) / len(text_ids) * 1e3, None))
     if importlib.util.find_spec("xgrammar") is None:
-        console.log("[yellow]xgrammar not installed: its row is skipped (pip install --no-deps xgrammar apache-tvm-ffi)")
+        console.log("[yellow]xgrammar not installed: its row is skipped (make bench installs it)")
         return rows
     import xgrammar
 
