@@ -78,6 +78,8 @@ class FakeNeuron:
         self.busy: set[str] = set()  # an unload with if_idle is refused for these (409 model_busy)
         self.load_cue: Cue | None = None  # every load waits here
         self.stream_death: Cue | None = None  # the next stream waits here after two pieces, then dies
+        self.headers_cue: Cue | None = None  # the next stream waits here before its headers (a queue)
+        self.prefill_cue: Cue | None = None  # the next stream sends a keep-alive comment and waits here
         # Received.
         self.hits: collections.Counter[str] = collections.Counter()  # "GET /health" -> count
         self.loads: list[str] = []
@@ -90,6 +92,14 @@ class FakeNeuron:
     def hold_loads(self) -> Cue:
         self.load_cue = Cue()
         return self.load_cue
+
+    def hold_headers(self) -> Cue:
+        self.headers_cue = Cue()
+        return self.headers_cue
+
+    def hold_prefill(self) -> Cue:
+        self.prefill_cue = Cue()
+        return self.prefill_cue
 
     def die_mid_stream(self) -> Cue:
         self.stream_death = Cue()
@@ -116,7 +126,7 @@ class FakeNeuron:
 
     def release_all(self) -> None:
         """Let every held request go, so that a failed test still shuts down promptly."""
-        for cue in (self.load_cue, self.stream_death):
+        for cue in (self.load_cue, self.stream_death, self.headers_cue, self.prefill_cue):
             if cue is not None:
                 cue.release()
 
@@ -221,8 +231,15 @@ class FakeNeuron:
         return web.Response()  # never sent: the connection is gone
 
     async def _stream(self, request: web.Request, model: str) -> web.StreamResponse:
-        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        queue, self.headers_cue = self.headers_cue, None
+        if queue is not None:
+            await queue.hold()
+        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream", "X-Cortex-Prompt-Tokens": "3"})
         await resp.prepare(request)
+        prefill, self.prefill_cue = self.prefill_cue, None
+        if prefill is not None:  # as the neuron does while a long prompt prefills
+            await resp.write(b": keep-alive\n\n")
+            await prefill.hold()
         death, self.stream_death = self.stream_death, None
         for i, piece in enumerate(self.pieces()):
             if death is not None and i == 2:

@@ -191,6 +191,42 @@ async def test_stream_gets_keepalives_while_its_model_loads(neurons, gateway, ro
     assert fake.loads == ["m"]
 
 
+@ROUTES
+async def test_the_neurons_prefill_keepalives_reach_the_client(neurons, gateway, route):
+    """A long prompt prefills for a while; the neuron's `: keep-alive` arrives as the route's own keep-alive
+    (an Anthropic `ping`), or clients with stall detection give up (Claude Code saw a 53 s gap)."""
+    fake = await neurons.start("n1", loaded={"m": 100})
+    prefill = fake.hold_prefill()
+    resp = await open_stream(await gateway(fake), route)
+    await wait(prefill.arrived)
+    assert route.keepalive in await read_until(resp, route.keepalive)
+    prefill.release()
+    tail = await rest(resp)
+    assert b"hello" in tail and route.done in tail, tail
+
+
+@ROUTES
+async def test_a_stream_whose_headers_are_held_gets_keepalives(neurons, gateway, route):
+    """The neuron's queue or a long prompt's tokenising holds its headers back: the client still hears from us."""
+    fake = await neurons.start("n1", loaded={"m": 100})
+    queue = fake.hold_headers()
+    resp = await open_stream(await gateway(fake), route)
+    await wait(queue.arrived)
+    first = await next_event(resp)
+    assert first.startswith(route.keepalive), first
+    queue.release()
+    tail = await rest(resp)
+    assert b"hello" in tail and route.done in tail, tail
+
+
+async def test_anthropic_message_start_carries_the_prompt_size(neurons, gateway):
+    fake = await neurons.start("n1", loaded={"m": 100})
+    resp = await open_stream(await gateway(fake), ANTHROPIC)
+    start = await read_until(resp, b"message_start")
+    assert b'"input_tokens":3' in start, start
+    await rest(resp)
+
+
 async def test_concurrent_requests_for_a_cold_model_load_it_once(neurons, gateway):
     """Single flight: a second load of the same model would double its memory or fail for lack of it."""
     fake = await neurons.start("n1", available={"m": 100})
