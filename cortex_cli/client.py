@@ -113,5 +113,12 @@ class AdminClient:
     async def unload(self, node: str, model: str) -> dict:
         return await self._call("POST", "/admin/unload", {"node": node, "model": model}, timeout=300)
 
+    async def pull(self, source: str, node: str | None = None) -> dict:
+        body = {"source": source, **({"node": node} if node else {})}
+        return await self._call("POST", "/admin/pull", body, timeout=60)
+
+    async def delete(self, node: str, model: str) -> dict:
+        return await self._call("POST", "/admin/delete", {"node": node, "model": model}, timeout=120)
+
     async def pin(self, node: str, model: str, pinned: bool = True) -> dict:
         return await self._call("POST", "/admin/pin" if pinned else "/admin/unpin", {"node": node, "model": model})

@@ -7,6 +7,7 @@ import click
 from cortex_cli.commands.completion import completion
 from cortex_cli.commands.load import load, unload
 from cortex_cli.commands.neuron import neuron
+from cortex_cli.commands.pull import pull, rm
 from cortex_cli.commands.serve import serve
 from cortex_cli.commands.status import models, status
 from cortex_cli.commands.tiny_model import tiny_model
@@ -25,6 +26,8 @@ cli.add_command(status)
 cli.add_command(models)
 cli.add_command(load)
 cli.add_command(unload)
+cli.add_command(pull)
+cli.add_command(rm)
 cli.add_command(top)
 cli.add_command(completion)
 cli.add_command(tiny_model)

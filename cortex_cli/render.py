@@ -93,3 +93,31 @@ def catalogue_table(models: list[dict]) -> Table:
             m["id"], ", ".join(m.get("loaded_on", [])) or "-", ", ".join(m.get("loadable_on", [])) or "-",
             ", ".join(m.get("pinned_on", [])), m.get("alias_of", ""))))
     return table
+
+
+def disk_table(node: dict) -> Table:
+    """What is on one node's disk (its models directory), with sizes and whether each is loaded."""
+    loaded = {m.get("id") for m in node.get("models", [])}
+    table = Table(title=f"On {node['name']}'s disk", title_justify="left")
+    for col in ("model", "format", "size", "loaded"):
+        table.add_column(col)
+    total = 0.0
+    for model in node.get("disk", []):
+        total += model.get("size_mb", 0.0)
+        table.add_row(plain(model["id"]), plain(model.get("format", "")), f"{model.get('size_mb', 0) / 1024:.2f} GiB",
+                      "yes" if model["id"] in loaded else "")
+    table.caption = f"{len(node.get('disk', []))} models, {total / 1024:.2f} GiB"
+    return table
+
+
+def pulls_text(node: dict) -> Text:
+    """One line per pull running on a node (for status and top)."""
+    lines = Text()
+    for pull in node.get("pulls", []):
+        if pull.get("phase") in ("done",):
+            continue
+        total, done = pull.get("total_bytes") or 0, pull.get("done_bytes") or 0
+        share = f" {100 * done / total:.0f}%" if total else ""
+        lines.append(f"{pull.get('source')}: {pull.get('phase')}{share}"
+                     + (f" ({pull.get('error')})" if pull.get("error") else "") + "\n")
+    return lines

@@ -1,4 +1,4 @@
-"""The admin API the CLI drives: fleet status, load, unload, pin, unpin.
+"""The admin API the CLI drives: fleet status, load, unload, pin, unpin, pull, delete.
 
 Behind the admin key when one is configured (`[auth] admin_keys`).
 """
@@ -31,7 +31,9 @@ def _node_status(node: Node, fleet) -> dict:
     return {"name": node.name, "endpoint": node.endpoint, "healthy": node.healthy, "failures": node.failures,
             "last_error": node.last_error or None, "devices": [d.to_dict() for d in node.health.devices],
             "uptime_s": node.health.uptime_s or None, "models": models,
-            "available": sorted(node.available), "decode_tps": {m.id: m.decode_tps for m in node.health.models},
+            "available": sorted(node.available), "pulls": [p.to_dict() for p in node.pulls],
+            "disk": [m.to_dict() for m in sorted(node.available.values(), key=lambda m: m.id)],
+            "decode_tps": {m.id: m.decode_tps for m in node.health.models},
             "slots": {m.id: {"running": m.running, "slots": m.slots} for m in node.health.models if m.slots}}
 
 
@@ -119,6 +121,41 @@ def _pin(request: web.Request, node: str, model: str, pinned: bool) -> None:
     request.config_dict[FLEET].event("pin" if pinned else "unpin", node=node, model=model)
 
 
+async def pull(request: web.Request) -> web.Response:
+    """Start a pull on a node (the only node when none is named); the CLI follows it through /admin/status."""
+    data = require_object(await read_json(request))
+    source = req_str(data, "source")
+    node = _node(request, data["node"]) if data.get("node") else _only_node(request)
+    try:
+        state = await node.client.pull(source, wait=bool(data.get("wait")), timeout=24 * 3600)
+    except NeuronError as err:
+        raise err.for_client() from err
+    request.config_dict[FLEET].event("pull", node=node.name, source=source)
+    await request.config_dict[FLEET].poll_node(node)
+    return json_response({"node": node.name, **state.to_dict()}, status=200 if state.finished else 202)
+
+
+def _only_node(request: web.Request) -> Node:
+    nodes = list(request.config_dict[FLEET].nodes.values())
+    if len(nodes) != 1:
+        raise bad_request(f"node: required when the fleet has {len(nodes)} nodes ({', '.join(n.name for n in nodes)})",
+                          param="node", code="missing_field")
+    return nodes[0]
+
+
+async def delete(request: web.Request) -> web.Response:
+    """Delete a model from a node's disk; the node refuses one that is loaded."""
+    _, node_name, model = _target(await read_json(request))
+    node = _node(request, node_name)
+    try:
+        result = await node.client.delete(model)
+    except NeuronError as err:
+        raise err.for_client() from err
+    request.config_dict[FLEET].event("delete", node=node.name, model=model)
+    await request.config_dict[FLEET].poll_node(node)
+    return json_response({"node": node.name, **result})
+
+
 def add_routes(app: web.Application) -> None:
     """Mount the admin API under /admin, its key check applying to it alone (not the hot path)."""
     admin = web.Application(middlewares=[admin_auth])
@@ -127,4 +164,6 @@ def add_routes(app: web.Application) -> None:
     admin.router.add_post("/unload", unload)
     admin.router.add_post("/pin", pin)
     admin.router.add_post("/unpin", unpin)
+    admin.router.add_post("/pull", pull)
+    admin.router.add_post("/delete", delete)
     app.add_subapp("/admin", admin)

@@ -18,7 +18,7 @@ import aiohttp
 
 from cortex_gateway.config import NeuronSpec
 from neuron.client import NeuronClient, NeuronError
-from neuron.protocol import AvailableModel, Health, ModelInfo, ModelState
+from neuron.protocol import AvailableModel, Health, ModelInfo, ModelState, PullState
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +33,10 @@ class Node:
     health: Health = field(default_factory=Health)
     models: dict[str, ModelInfo] = field(default_factory=dict)  # loaded (any state), by id
     available: dict[str, AvailableModel] = field(default_factory=dict)  # in its models dir, by id
+    pulls: list[PullState] = field(default_factory=list)  # from the hub, running or lately ended
+    # The gateway's name -> the node's id, for models a profile loads by path or hub source (the node names
+    # them after their file); kept across polls, which list the node's ids only.
+    aliases: dict[str, str] = field(default_factory=dict)
     last_error: str = ""
 
     def has_loaded(self, model: str) -> bool:
@@ -83,13 +87,17 @@ class Fleet:
     async def poll_node(self, node: Node) -> None:
         try:
             t = self.poll_timeout
-            health, models, available = await asyncio.gather(
-                node.client.health(t), node.client.models(t), node.client.available(t))
+            health, (models, pulls), available = await asyncio.gather(
+                node.client.health(t), node.client.models_and_pulls(t), node.client.available(t))
         except NeuronError as err:
             self.mark_failed(node, err.message)
             return
         node.health = health
         node.models = {m.id: m for m in models}
+        for name, node_id in node.aliases.items():
+            if node_id in node.models:
+                node.models[name] = node.models[node_id]
+        node.pulls = pulls
         node.available = {m.id: m for m in available}
         node.failures = 0
         if not node.healthy:

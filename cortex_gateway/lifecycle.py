@@ -39,10 +39,13 @@ class Lifecycle:
         interval old and would protect a model whose requests finished long ago. The node itself
         refuses to evict a model busy with requests from elsewhere (`unload` with `if_idle`).
         """
-        loaded = {m: i.memory_mb for m, i in node.models.items() if i.status == ModelState.LOADED}
-        loading = frozenset(m for m, i in node.models.items() if i.status.pending)
+        # A model a profile loaded by path or source is listed under both names: count it once, by the
+        # gateway's (the name its pins, priority and in-flight counts are kept under).
+        models = {m: i for m, i in node.models.items() if m not in node.aliases.values() or m in node.aliases}
+        loaded = {m: i.memory_mb for m, i in models.items() if i.status == ModelState.LOADED}
+        loading = frozenset(m for m, i in models.items() if i.status.pending)
         busy, last_used = {}, {}
-        for m in node.models:
+        for m in models:
             usage = self.fleet.usage_of(node.name, m)
             busy[m] = usage.in_flight + (1 if m in refused else 0)
             last_used[m] = usage.last_used
@@ -203,8 +206,9 @@ class Lifecycle:
         info = await node.client.load(self.spec_for(model, devices, backend), timeout=self.config.load_timeout_s)
         seconds = time.monotonic() - started
         node.models[info.id] = info
-        if info.id != model:  # loaded by path: remember it under the gateway's name too
+        if info.id != model:  # loaded by path or hub source: remember it under the gateway's name too
             node.models[model] = info
+            node.aliases[model] = info.id
         self.fleet.usage_of(node.name, model).last_used = time.time()
         if cold:
             self.metrics.cold_starts.labels(model, node.name).inc()

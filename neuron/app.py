@@ -20,7 +20,8 @@ from neuron.errors import ApiError, error_middleware, render_openai
 from neuron.http import body_limits
 from neuron.metrics import NeuronMetrics
 from neuron.protocol import LoadRequest
-from neuron.state import ENGINE, FAULTS, KEEPALIVE_S, METRICS, NODE_NAME, REGISTRY, STARTED_AT
+from neuron.pulls.puller import Puller
+from neuron.state import ENGINE, FAULTS, KEEPALIVE_S, METRICS, NODE_NAME, PULLER, REGISTRY, STARTED_AT
 
 log = logging.getLogger("cortex.neuron")
 
@@ -35,6 +36,7 @@ def create_app(config: NeuronConfig, *, devices: DeviceTable | None = None) -> w
     devices = devices or DeviceTable(config.gpus, config.cpu_memory_mb)
     registry = Registry(devices, config.models_dir, faults, config.admission, tuple(config.model_roots))
     app[REGISTRY] = registry
+    app[PULLER] = registry.puller = Puller(config.models_dir, devices, on_cpu=devices.ids == ["cpu"])
     app[ENGINE] = InferenceEngine(registry, faults)
     app[METRICS] = metrics = NeuronMetrics(registry)
     registry.on_loaded = lambda entry: metrics.load_seconds.labels(entry.id).observe(entry.load_time_s)
@@ -58,6 +60,7 @@ def _lifetime(config: NeuronConfig):
             task.cancel()
         log.info("unloading %d model(s)", len(registry.models))
         app[ENGINE].close()
+        app[PULLER].close()
         await registry.close()
         registry.devices.close()
 

@@ -22,9 +22,9 @@ from pathlib import Path
 
 from neuron.errors import ApiError
 from neuron.protocol import ModelKind
+from neuron.pulls.sources import parse_source
 
 _SPLIT_GGUF = re.compile(r"-0*1-of-\d+$")
-_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 WEIGHT_SUFFIXES = (".safetensors", ".bin")
 # Compute buffers, scratch space, the CUDA context: measured overhead beyond weights and KV cache.
 OVERHEAD_MB = 32.0
@@ -60,7 +60,7 @@ def _ref_for(path: Path, shown: str) -> ModelRef | None:
         stem = path.stem
         if re.search(r"-\d+-of-\d+$", stem) and not _SPLIT_GGUF.search(stem):
             return None  # later parts of a split GGUF: llama.cpp opens them through the first
-        return ModelRef(_SPLIT_GGUF.sub("", stem), "gguf", str(path), _size_mb(path), shown_path=shown,
+        return ModelRef(gguf_id(path.name), "gguf", str(path), _size_mb(path), shown_path=shown,
                         kind=gguf_kind(path))
     if path.is_dir() and (path / "config.json").is_file() and _weight_files(path):
         return ModelRef(path.name, "hf", str(path), _size_mb(path), shown_path=shown, kind=hf_kind(path))
@@ -94,6 +94,11 @@ def gguf_kind(path: Path) -> ModelKind:
     return ModelKind.GENERATION
 
 
+def gguf_id(file_name: str) -> str:
+    """A GGUF file's id: its stem, without the part number of a split file's first part."""
+    return _SPLIT_GGUF.sub("", Path(file_name).stem)
+
+
 def _weight_files(path: Path) -> list[Path]:
     return [p for p in path.iterdir() if p.suffix in WEIGHT_SUFFIXES and p.is_file()]
 
@@ -114,8 +119,9 @@ def resolve(name: str, models_dir: Path, roots: tuple[Path, ...] = ()) -> ModelR
             return ref
     if (ref := _path_ref(name, models_dir, roots)) is not None:
         return ref
-    if _HUB_ID.match(name):
-        return ModelRef(name, "hf", name, 0.0, remote=True, shown_path=name)
+    if (source := parse_source(name)) is not None:  # on the hub: the registry pulls it first
+        return ModelRef(str(source), "gguf" if source.is_gguf else "hf", str(source), 0.0, remote=True,
+                        shown_path=str(source))
     raise ApiError(404, "not_found_error",
                    f"model {name!r} is not in this node's models directory or model roots; "
                    "GET /models/available lists what this node can load", code="model_not_found", param="model")
@@ -151,18 +157,19 @@ def default_parallel(on_gpu: bool) -> int:
     return 8 if on_gpu else 4
 
 
-def estimate_mb(ref: ModelRef, context_size: int | None, on_cpu: bool, parallel: int | None = None) -> float:
+def estimate_mb(ref: ModelRef, context_size: int | None, on_cpu: bool, parallel: int | None = None,
+                config: dict | None = None) -> float:
     """Weights + KV cache + overhead, in MiB; what the load will need on its devices.
 
     Every slot may hold a whole context of KV cache (llama.cpp allocates them up front; torch's
     batch and the caches its slots keep for prefix reuse grow to as much), so `parallel` contexts
-    are counted."""
+    are counted. `config` is a Hugging Face model's config.json when it is not on disk yet (a pull)."""
     # An embedding model keeps no cache between requests: one context stands for a batch's activations.
     slots = 1 if ref.kind == ModelKind.EMBEDDING else parallel or default_parallel(not on_cpu)
     if ref.format == "gguf":
         weights, kv = ref.size_mb, slots * _gguf_kv_mb(Path(ref.path), context_size)
     else:
-        config = _hf_config(ref)
+        config = config if config is not None else _hf_config(ref)
         weights = ref.size_mb * _dtype_growth(config, on_cpu)
         kv = slots * _kv_mb(config.get("num_hidden_layers", 0), config.get("num_key_value_heads")
                             or config.get("num_attention_heads", 0), _head_dim(config),

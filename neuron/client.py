@@ -14,7 +14,7 @@ import aiohttp
 import orjson
 
 from neuron.errors import ApiError, error_from_envelope
-from neuron.protocol import AvailableModel, Health, ModelInfo
+from neuron.protocol import AvailableModel, Health, ModelInfo, PullState
 
 
 class NeuronError(ApiError):
@@ -63,7 +63,20 @@ class NeuronClient:
         return Health.from_dict(await self._call("GET", "/health", timeout=timeout))
 
     async def models(self, timeout: float = 5.0) -> list[ModelInfo]:
-        return [ModelInfo.from_dict(m) for m in (await self._call("GET", "/models", timeout=timeout)).get("models", [])]
+        return (await self.models_and_pulls(timeout))[0]
+
+    async def models_and_pulls(self, timeout: float = 5.0) -> tuple[list[ModelInfo], list[PullState]]:
+        """GET /models: the loaded models, and the pulls from the hub running or lately ended."""
+        answer = await self._call("GET", "/models", timeout=timeout)
+        return ([ModelInfo.from_dict(m) for m in answer.get("models", [])],
+                [PullState.from_dict(p) for p in answer.get("pulls", []) if isinstance(p, dict) and "source" in p])
+
+    async def pull(self, source: str, *, wait: bool = False, timeout: float = 30.0) -> PullState:
+        return PullState.from_dict(await self._call("POST", "/models/pull", {"source": source, "wait": wait},
+                                                    timeout=timeout))
+
+    async def delete(self, model: str, timeout: float = 60.0) -> dict:
+        return await self._call("POST", "/models/delete", {"model": model}, timeout=timeout)
 
     async def available(self, timeout: float = 5.0) -> list[AvailableModel]:
         answer = await self._call("GET", "/models/available", timeout=timeout)

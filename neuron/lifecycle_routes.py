@@ -12,8 +12,9 @@ from neuron.engine.faults import FAULT_KINDS
 from neuron.errors import ApiError, bad_request
 from neuron.fields import req_str, require_object
 from neuron.http import json_response, read_json
-from neuron.protocol import AvailableModel, Health, LoadRequest, ModelLoad, UnloadRequest
-from neuron.state import FAULTS, METRICS, NODE_NAME, REGISTRY, STARTED_AT
+from neuron.protocol import AvailableModel, Health, LoadRequest, ModelLoad, PullRequest, UnloadRequest
+from neuron.pulls.disk import delete_model
+from neuron.state import FAULTS, METRICS, NODE_NAME, PULLER, REGISTRY, STARTED_AT
 
 
 async def available(request: web.Request) -> web.Response:
@@ -27,7 +28,29 @@ async def available(request: web.Request) -> web.Response:
 async def models(request: web.Request) -> web.Response:
     registry = request.app[REGISTRY]
     return json_response({"models": [m.info().to_dict() for m in registry.models.values()],
-                          "failures": registry.failures})
+                          "failures": registry.failures,
+                          "pulls": [p.to_dict() for p in request.app[PULLER].states()]})
+
+
+async def pull(request: web.Request) -> web.Response:
+    """Start (or join) a pull from the hub; with `wait`, answer when it is done (or has failed)."""
+    req = PullRequest.from_dict(await read_json(request))
+    puller = request.app[PULLER]
+    job = puller.start(req.source)
+    if req.wait:
+        await asyncio.shield(job.task)  # raises the pull's own error, rendered by the middleware
+    return json_response(job.state.to_dict(), status=200 if job.state.finished else 202)
+
+
+async def delete(request: web.Request) -> web.Response:
+    data = require_object(await read_json(request))
+    registry = request.app[REGISTRY]
+    ref = delete_model(registry.models_dir, req_str(data, "model"), set(registry.models))
+    return json_response({"id": ref.id, "deleted": True, "size_mb": round(ref.size_mb, 1)})
+
+
+async def pulls(request: web.Request) -> web.Response:
+    return json_response({"pulls": [p.to_dict() for p in request.app[PULLER].states()]})
 
 
 async def load(request: web.Request) -> web.Response:
@@ -87,6 +110,9 @@ def add_routes(app: web.Application, faults_enabled: bool) -> None:
     app.router.add_get("/models", models)
     app.router.add_post("/models/load", load)
     app.router.add_post("/models/unload", unload)
+    app.router.add_post("/models/pull", pull)
+    app.router.add_get("/models/pulls", pulls)
+    app.router.add_post("/models/delete", delete)
     app.router.add_get("/health", health)
     app.router.add_get("/metrics", metrics)
     if faults_enabled:

@@ -229,3 +229,50 @@ class Health(_Answer):
         health.devices = [DeviceInfo.from_dict(d) for d in health.devices or []]
         health.models = [ModelLoad.from_dict(m) for m in health.models or []]
         return health
+
+
+class PullPhase(StrEnum):
+    """Where a pull from the hub is (see neuron.pulls.puller)."""
+
+    CHECKING = "checking"  # reading the hub's metadata; refusing what cannot fit before a byte
+    DOWNLOADING = "downloading"
+    VERIFYING = "verifying"  # sha256 of every LFS file against the hub's
+    DONE = "done"
+    FAILED = "failed"
+
+
+@dataclass
+class PullState(_Answer):
+    """One pull of a model from the hub: an entry of GET /models/pulls (and of /models' `pulls`)."""
+
+    source: str
+    phase: PullPhase = PullPhase.CHECKING
+    id: str = ""  # the model's id on this node once known
+    done_bytes: int = 0
+    total_bytes: int = 0
+    files_done: int = 0
+    files_total: int = 0
+    rate_bps: float = 0.0
+    eta_s: float | None = None
+    error: str | None = None
+
+    def __post_init__(self):
+        self.phase = PullPhase(self.phase) if self.phase in tuple(PullPhase) else PullPhase.CHECKING
+
+    @property
+    def finished(self) -> bool:
+        return self.phase in (PullPhase.DONE, PullPhase.FAILED)
+
+
+@dataclass
+class PullRequest:
+    """POST /models/pull: start (or join) a pull; `wait` answers when it ends instead of at once."""
+
+    source: str
+    wait: bool = False
+
+    @classmethod
+    def from_dict(cls, body: Any) -> Self:
+        data = require_object(body)
+        wait = data.get("wait", False)
+        return cls(req_str(data, "source"), require_type(wait, bool, "wait", "true or false"))

@@ -8,6 +8,7 @@ from neuron.engine.faults import FaultInjector
 from neuron.engine.inference import InferenceEngine
 from neuron.engine.registry import Registry
 from neuron.metrics import NeuronMetrics
+from neuron.pulls.puller import Puller
 
 ENGINE = web.AppKey("engine", InferenceEngine)
 REGISTRY = web.AppKey("registry", Registry)
@@ -16,3 +17,4 @@ FAULTS = web.AppKey("faults", FaultInjector)
 KEEPALIVE_S = web.AppKey("keepalive_s", float)
 NODE_NAME = web.AppKey("node_name", str)
 STARTED_AT = web.AppKey("started_at", float)
+PULLER = web.AppKey("puller", Puller)

@@ -133,3 +133,14 @@ async def test_top_dashboard_keys_and_a_node_going_down(fleet):
         assert app.is_running
         await pilot.press("q")
     await asyncio.sleep(0)
+
+
+def test_top_shows_a_pull_under_way_and_a_failed_one():
+    from cortex_cli.top.data import rows_from_status
+
+    status = {"nodes": [{"name": "n1", "models": [], "available": [], "pulls": [
+        {"source": "o/r:Q4_K_M", "id": "r-q4_k_m", "phase": "downloading", "done_bytes": 25, "total_bytes": 100},
+        {"source": "o/gated", "phase": "failed", "error": "gated"},
+        {"source": "o/done", "id": "done", "phase": "done"}]}], "pins": {}}
+    rows = {r.model: r.status for r in rows_from_status(status)}
+    assert rows == {"r-q4_k_m": "pulling 25%", "o/gated": "failed"}

@@ -21,31 +21,41 @@ def _devices(value: str | None) -> list[int] | None:
 
 
 async def _load_with_progress(client, node: str, model: str, **kwargs) -> tuple[dict, float]:
-    """Start the load, and while it runs show elapsed time and the phase the neuron reports."""
-    from rich.console import Console
+    """Start the load, and while it runs show the phase the neuron reports; while the node pulls the model
+    from the hub first, a download bar (bytes, rate, time left)."""
+    from cortex_cli.commands.pull import progress_bar
 
-    console = Console(stderr=True)
     started = time.monotonic()
     task = asyncio.create_task(client.load(node, model, **kwargs))
-    with console.status(f"loading {model} on {node}") as spinner:
+    with progress_bar() as progress:
+        line = progress.add_task(f"loading {model} on {node}", total=None)
+        bars: dict[str, int] = {}
         while not task.done():
             await asyncio.wait({task}, timeout=0.5)
-            phase = await _phase(client, node, model)
-            spinner.update(f"loading {model} on {node}: {phase or 'starting'} ({time.monotonic() - started:.1f}s)")
+            phase, pulls = await _progress(client, node, model)
+            progress.update(line, description=f"loading {model} on {node}: {phase or 'starting'} "
+                                              f"({time.monotonic() - started:.1f}s)")
+            for pull in pulls:
+                bar = bars.setdefault(pull["source"], progress.add_task(f"pulling {pull['source']}", total=None))
+                progress.update(bar, total=pull.get("total_bytes") or None, completed=pull.get("done_bytes", 0),
+                                description=f"pulling {pull['source']}: {pull.get('phase')}")
     return task.result(), time.monotonic() - started
 
 
-async def _phase(client, node: str, model: str) -> str | None:
+async def _progress(client, node: str, model: str) -> tuple[str | None, list[dict]]:
+    """(the model's load phase, the node's pulls under way) from one status poll."""
     try:
         status = await client.status(refresh=True, timeout=2)
     except Exception:  # noqa: BLE001 - progress is best effort; the load itself reports errors
-        return None
+        return None, []
     for n in status["nodes"]:
         if n["name"] == node:
+            pulls = [p for p in n.get("pulls", []) if p.get("phase") not in ("done", "failed")]
             for m in n["models"]:
                 if m["id"] == model or m.get("path", "").endswith(model):
-                    return m.get("phase") or m.get("status")
-    return None
+                    return m.get("phase") or m.get("status"), pulls
+            return ("pulling from the hub" if pulls else None), pulls
+    return None, []
 
 
 @click.command()

@@ -44,12 +44,23 @@ def status(gateway, admin_key, as_json) -> None:
 @gateway_option
 @admin_key_option
 @click.option("--json", "as_json", is_flag=True, help="Print the catalogue as JSON.")
-def models(gateway, admin_key, as_json) -> None:
+@click.option("--disk", "disk_node", metavar="NODE", help="What is on NODE's disk, with sizes, instead.")
+def models(gateway, admin_key, as_json, disk_node) -> None:
     """The merged catalogue: every model any node has loaded or can load."""
     from rich.console import Console
 
-    from cortex_cli.render import catalogue_table
+    from cortex_cli.render import catalogue_table, disk_table
 
+    if disk_node:
+        status = fetch(gateway, admin_key, lambda client: client.status(refresh=True))
+        node = next((n for n in status["nodes"] if n["name"] == disk_node), None)
+        if node is None:
+            raise click.ClickException(f"no node named {disk_node!r}")
+        if as_json:
+            click.echo(json.dumps(node.get("disk", []), indent=2))
+        else:
+            Console().print(show(lambda: disk_table(node)))
+        return
     data = fetch(gateway, admin_key, lambda client: client.models())
     if as_json:
         click.echo(json.dumps(data, indent=2))

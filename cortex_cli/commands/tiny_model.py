@@ -18,7 +18,9 @@ import click
 @click.option("--context", type=click.IntRange(min=64), default=2048, show_default=True)
 @click.option("--template", type=click.Choice(["chatml-tools", "chatml"]), default="chatml-tools", show_default=True,
               help="Chat template: ChatML with Qwen-style tools, or plain ChatML (no tools, as SmolLM2's).")
-def tiny_model(out, fmt, layers, dim, vocab, seed, context, template) -> None:
+@click.option("--split-tensors", type=click.IntRange(min=0), default=0, metavar="N",
+              help="GGUF: write a split file (OUT-00001-of-0000K.gguf, ...) of at most N tensors per part.")
+def tiny_model(out, fmt, layers, dim, vocab, seed, context, template, split_tensors) -> None:
     """Write a deterministic random-weight Llama model (real tokenizer and chat template) to OUT.
 
     The weights are random: it answers gibberish, quickly. It exists so tests
@@ -26,7 +28,8 @@ def tiny_model(out, fmt, layers, dim, vocab, seed, context, template) -> None:
     """
     from neuron.tiny.model import TinySpec, write_tiny_model
 
-    spec = TinySpec(layers=layers, dim=dim, vocab=vocab, seed=seed, context=context, template=template)
+    spec = TinySpec(layers=layers, dim=dim, vocab=vocab, seed=seed, context=context, template=template,
+                    split_tensors=split_tensors)
     try:
         path = write_tiny_model(out, fmt, spec)
     except ValueError as exc:

@@ -41,7 +41,17 @@ def rows_from_status(status: dict) -> list[Row]:
             if (node["name"], model) not in present:
                 rows.append(Row(model, node["name"], "available", node["name"] in pins.get(model, []),
                                 0, 0, None, None, 0, 0.0))
+        rows.extend(_pull_row(node["name"], p) for p in node.get("pulls", []) if p.get("phase") != "done")
     return rows
+
+
+def _pull_row(node: str, pull: dict) -> Row:
+    """A pull from the hub under way (or failed), as a row: its progress in the status column."""
+    total, done = pull.get("total_bytes") or 0, pull.get("done_bytes") or 0
+    status = pull.get("phase", "pulling")
+    if status == "downloading" and total:
+        status = f"pulling {100 * done / total:.0f}%"
+    return Row(pull.get("id") or pull.get("source", "?"), node, status, False, 0, 0, None, None, 0, 0.0)
 
 
 def sort_rows(rows: list[Row], key: str) -> list[Row]:

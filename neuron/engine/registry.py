@@ -76,6 +76,7 @@ class Registry:
         self.models: dict[str, ModelEntry] = {}
         self.failures: dict[str, str] = {}  # last failed load or recovery, by model id; the newest MAX_FAILURES
         self.on_loaded: Callable[[ModelEntry], None] = lambda entry: None  # once per real load
+        self.puller = None  # neuron.pulls.Puller: a load of a hub source pulls it first
 
     # -- queries -------------------------------------------------------------
     def worker_for(self, entry: ModelEntry) -> DeviceWorker:
@@ -102,7 +103,7 @@ class Registry:
 
     # -- load ------------------------------------------------------------------
     async def load(self, req: LoadRequest) -> ModelEntry:
-        ref = resolve(req.model, self.models_dir, self.model_roots)
+        ref = await self._local_ref(req.model)
         existing = self.models.get(ref.id)
         if existing is not None:
             _check_same_backend(existing, req)
@@ -126,6 +127,17 @@ class Registry:
         entry.ready.set_result(None)
         self.failures.pop(entry.id, None)
         return entry
+
+    async def _local_ref(self, name: str) -> ModelRef:
+        """What `name` is on this disk; a hub source not pulled yet is pulled first (single-flight)."""
+        ref = resolve(name, self.models_dir, self.model_roots)
+        if not ref.remote:
+            return ref
+        if self.puller is None:
+            raise ApiError(400, "invalid_request_error", f"{name!r} is a hub source and this node pulls nothing; "
+                           "copy the model into its models directory", code="pulls_disabled", param="model")
+        local = self.puller.pulled_id(name) or await self.puller.pull(name)
+        return resolve(local, self.models_dir, self.model_roots)
 
     def _record_failure(self, model_id: str, message: str) -> None:
         """Keep the newest MAX_FAILURES: a client sending bad loads must not grow /models forever."""

@@ -31,6 +31,7 @@ class TinySpec:
     seed: int = 0
     context: int = 2048
     template: str = "chatml-tools"  # a key of chat_template.TEMPLATES: "chatml" has no tool support
+    split_tensors: int = 0  # GGUF only: a split file of at most this many tensors per part (0: one file)
 
     @property
     def chat_template(self) -> str:
@@ -127,7 +128,8 @@ def _write_gguf(out: Path, spec: TinySpec, tokenizer, weights) -> Path:
     out = out if out.suffix == ".gguf" else out.with_suffix(".gguf")
     out.parent.mkdir(parents=True, exist_ok=True)
     tables = vocab_tables(tokenizer)
-    writer = gguf.GGUFWriter(str(out), "llama")
+    # Split as llama.cpp's gguf-split does: OUT-00001-of-0000N.gguf and so on, opened through the first part.
+    writer = gguf.GGUFWriter(str(out), "llama", split_max_tensors=spec.split_tensors)
     writer.add_name(out.stem)
     writer.add_context_length(spec.context)
     writer.add_embedding_length(spec.dim)
@@ -156,7 +158,8 @@ def _write_gguf(out: Path, spec: TinySpec, tokenizer, weights) -> Path:
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file()
     writer.close()
-    return out
+    parts = sorted(out.parent.glob(f"{out.stem}-00001-of-*.gguf"))
+    return parts[0] if spec.split_tensors and parts else out
 
 
 def _write_hf(out: Path, spec: TinySpec, tokenizer, weights) -> Path:
