@@ -76,7 +76,14 @@ async def health(request: web.Request) -> web.Response:
                          status=503 if status == "down" else 200)
 
 
+async def root(_request: web.Request) -> web.Response:
+    """`GET /` (and HEAD): Claude Code and others check the base URL answers before they start."""
+    return json_response({"name": "cortex", "api": ["/v1/chat/completions", "/v1/completions", "/v1/embeddings",
+                                                    "/v1/messages", "/v1/responses", "/v1/models"]})
+
+
 def add_routes(app: web.Application) -> None:
+    app.router.add_get("/", root)
     app.router.add_get("/v1/models", list_models)
     app.router.add_get("/v1/models/{model:.+}", get_model)
     app.router.add_get("/health", health)

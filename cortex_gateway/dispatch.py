@@ -93,6 +93,8 @@ async def _attempts(request: web.Request, call: InferenceCall, rec: RequestRecor
             app[METRICS].observe_wait(rec.label, time.perf_counter() - rec.started)
         try:
             return await _forward(request, call, node, rec, client_stream, dialect)
+        except ApiError as err:  # the node's answer will not come (a non-streaming answer past its timeout)
+            return await _fail(rec, err, client_stream, dialect)
         except RetryElsewhere as exc:
             client_stream = exc.client_stream or client_stream
             _forget_failed(app, node, rec.model, exc)

@@ -8,6 +8,7 @@ error event the client can see.
 
 from __future__ import annotations
 
+import logging
 import re
 import time
 
@@ -20,6 +21,7 @@ from cortex_gateway.metrics import RequestRecord
 from neuron.errors import ApiError, error_from_envelope
 from neuron.sse import DONE, SSE_HEADERS, USAGE_COMMENT, error_event
 
+log = logging.getLogger(__name__)
 JSON_HEADERS = {"Content-Type": "application/json"}
 # Neuron answers that mean "not here after all": try another node.
 RETRYABLE_CODES = {"model_recovering", "model_not_found", "model_unloading", "model_loading"}
@@ -44,11 +46,29 @@ class RetryElsewhere(Exception):
         return self.unreachable or self.code == "model_recovering"
 
 
-async def _send(session: aiohttp.ClientSession, node: Node, path: str, body: bytes) -> aiohttp.ClientResponse:
-    try:
-        resp = await session.post(node.endpoint + path, data=body, headers=node.client.json_headers)
-    except (aiohttp.ClientError, OSError, TimeoutError) as exc:
-        raise RetryElsewhere(f"{node.name}: {exc.__class__.__name__} {exc}", unreachable=True) from exc
+async def _send(session: aiohttp.ClientSession, node: Node, path: str, body: bytes,
+                stream: bool = True) -> aiohttp.ClientResponse:
+    for fresh in (False, True):
+        try:
+            resp = await session.post(node.endpoint + path, data=body, headers=node.client.json_headers)
+            break
+        except aiohttp.ServerDisconnectedError as exc:
+            # Most often a pooled connection the node closed as idle just as we sent on it: nothing was
+            # processed. If the node answers its health check, once more on a fresh connection.
+            if not fresh and await _answers_health(node):
+                log.info("%s: connection closed before an answer (%s); sending again on a fresh one", node.name, exc)
+                continue
+            raise _unreachable(node, exc) from exc
+        except aiohttp.ServerTimeoutError as exc:
+            # Silent past upstream_read_timeout_s. A node that still answers its health check is busy with a
+            # long non-streaming answer, not hung: retrying elsewhere would only double the work.
+            if not stream and await _answers_health(node):
+                raise ApiError(504, "api_error", f"node {node.name} took longer than upstream_read_timeout_s to "
+                               "answer; stream long answers, or raise [gateway] upstream_read_timeout_s",
+                               code="upstream_timeout") from exc
+            raise _unreachable(node, exc) from exc
+        except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+            raise _unreachable(node, exc) from exc
     if resp.status in (404, 503):
         # Read now to see the code; aiohttp keeps the body, so whoever relays it reads it again.
         code = error_from_envelope(resp.status, await resp.read()).code
@@ -58,9 +78,23 @@ async def _send(session: aiohttp.ClientSession, node: Node, path: str, body: byt
     return resp
 
 
+async def _answers_health(node: Node) -> bool:
+    try:
+        await node.client.health(timeout=2.0)
+    except ApiError:
+        return False
+    return True
+
+
+def _unreachable(node: Node, exc: BaseException) -> RetryElsewhere:
+    log.warning("%s: request failed before an answer: %s %s; trying elsewhere", node.name,
+                exc.__class__.__name__, exc)
+    return RetryElsewhere(f"{node.name}: {exc.__class__.__name__} {exc}", unreachable=True)
+
+
 async def fetch_json(session, node: Node, path: str, body: bytes, rec: RequestRecord) -> tuple[int, bytes]:
     """Send a non-streaming request and read the whole answer (status, raw body)."""
-    resp = await _send(session, node, path, body)
+    resp = await _send(session, node, path, body, stream=False)
     try:
         raw = await resp.read()
     except (aiohttp.ClientError, OSError) as exc:

@@ -44,6 +44,8 @@ CHAT = FieldPolicy("OpenAI chat completions", {
     "top_logprobs": honoured("0-20"),
     "modalities": honoured('only ["text"]'),
     "continue_final_message": honoured("extension (vLLM): continue the last, assistant, message"),
+    "chat_template_kwargs": honoured("extension (vLLM): more variables for the chat template, such as Qwen3's "
+                                     "enable_thinking; strings in it are read as the client's text"),
     "metadata": ignored(_NOT_HERE + " (stored-completion tags)"),
     "store": ignored(_NOT_HERE + " (nothing is stored for distillation or evals)"),
     "service_tier": ignored(_NOT_HERE + " (one tier)"),

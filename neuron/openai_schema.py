@@ -50,6 +50,7 @@ class InferenceRequest:
     parallel_tool_calls: bool = True
     output_format: OutputFormat | None = None
     include_usage: bool = False  # stream_options.include_usage: a usage chunk before [DONE]
+    template_kwargs: dict = field(default_factory=dict)  # chat_template_kwargs: more template variables
     # Test-only: honoured by tiny models alone (see neuron.scripted).
     script: str | None = None
     # Continue the last (assistant) message instead of opening a new turn: Anthropic's prefill.
@@ -129,9 +130,26 @@ def parse_chat(body: Any) -> InferenceRequest:
         parallel_tool_calls=_parse_bool(data, "parallel_tool_calls", True),
         output_format=parse_response_format(data.get("response_format")),
         include_usage=_include_usage(data),
+        template_kwargs=_template_kwargs(data.get("chat_template_kwargs")),
         script=_opt_script(data),
         continue_final=_continue_final(data),
     )
+
+
+_TEMPLATE_OWN = {"messages", "tools", "bos_token", "eos_token", "add_generation_prompt", "raise_exception"}
+
+
+def _template_kwargs(value: Any) -> dict:
+    if value is None:
+        return {}
+    if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
+        raise bad_request("chat_template_kwargs: expected an object of template variables",
+                          param="chat_template_kwargs")
+    taken = sorted(_TEMPLATE_OWN & set(value))
+    if taken:
+        raise bad_request(f"chat_template_kwargs: {', '.join(taken)} are set by the request itself, not here",
+                          param="chat_template_kwargs")
+    return value
 
 
 def parse_completion(body: Any) -> InferenceRequest:

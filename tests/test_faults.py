@@ -58,6 +58,22 @@ def test_hung_neuron_times_out_goes_down_and_comes_back(pair):
     assert "node_down" in events and events[-1] == "node_up"
 
 
+def test_a_slow_but_healthy_node_gets_a_504_not_a_failover(tmp_path, models_dir):
+    """Silence past upstream_read_timeout_s from a node that still answers its health check is a long
+    non-streaming answer, not a hang: the client is told so (504), and the node stays up."""
+    neuron = start_neuron(tmp_path, models_dir, name="n1")
+    gateway = start_gateway(tmp_path, {"n1": neuron.url}, extra_toml=FAST)
+    try:
+        assert http_json("POST", gateway.url + "/admin/load", {"node": "n1", "model": "tiny-gguf"})[0] == 200
+        http_json("POST", neuron.url + "/debug/faults", {"model": "tiny-gguf", "fault": "slow", "delay_ms": 150})
+        status, body = chat(gateway, max_tokens=30, logit_bias=NO_EOS)
+        assert status == 504 and body["error"]["code"] == "upstream_timeout", body
+        assert healthy(gateway, "n1") and metric(gateway, 'cortex_retries_total{model="tiny-gguf"}') == 0
+    finally:
+        gateway.kill()
+        neuron.kill()
+
+
 def test_restarted_neuron_is_rediscovered(pair, models_dir):
     gateway, n1, _, tmp = pair
     assert http_json("POST", gateway.url + "/admin/load", {"node": "n1", "model": "tiny-hf"})[0] == 200

@@ -183,7 +183,8 @@ def test_a_cold_load_through_the_gateway_pulls_first_and_the_cli_pulls_with_prog
     neuron = start_neuron(tmp_path, tmp_path / "models", "--cpu-memory-mb", "4000",
                           env=hf_env(hub.url, tmp_path / "hf-home"))
     gateway = start_gateway(tmp_path, {"n1": neuron.url}, models_toml=(
-        '[[models]]\nid = "tiny-from-hub"\nsource = "cortex/tiny-GGUF:Q4_K_M"\n'))
+        '[[models]]\nid = "tiny-from-hub"\nsource = "cortex/tiny-GGUF:Q4_K_M"\n'
+        '[[models]]\nid = "tiny-split"\nsource = "cortex/split-GGUF:Q5_K_M"\n'))
     try:
         client = openai.OpenAI(base_url=gateway.url + "/v1", api_key="unused", max_retries=0)
         stream = client.chat.completions.create(model="tiny-from-hub", messages=[{"role": "user", "content": "hi"}],
@@ -195,6 +196,9 @@ def test_a_cold_load_through_the_gateway_pulls_first_and_the_cli_pulls_with_prog
         assert cli.returncode == 0, cli.stderr
         assert "pulled cortex/tiny-hf: model cortex--tiny-hf" in cli.stdout
         assert re.search(r"done .* [\d.]+/[\d.]+ [kMG]?B", cli.stderr), cli.stderr  # the progress bar's bytes
+        loaded = subprocess.run(CORTEX + ["load", "n1", "tiny-split", "--gateway", gateway.url], capture_output=True,
+                                text=True, timeout=300)
+        assert loaded.returncode == 0 and "loaded tiny-split on n1" in loaded.stdout, loaded.stderr
         disk = subprocess.run(CORTEX + ["models", "--disk", "n1", "--gateway", gateway.url], capture_output=True,
                               text=True, timeout=60)
         assert "cortex--tiny-hf" in disk.stdout and "tiny-Q4_K_M" in disk.stdout and "GiB" in disk.stdout

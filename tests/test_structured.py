@@ -216,3 +216,23 @@ def test_completion_logprobs_in_the_legacy_shape(client, model):
 def test_no_logprobs_unless_asked(client):
     resp = client.chat.completions.create(model="tiny-gguf", messages=HI, max_tokens=3)
     assert resp.choices[0].logprobs is None
+
+
+@pytest.mark.parametrize("model", BACKENDS)
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_tool_call_cut_by_max_tokens_is_a_call_not_markup(client, model, stream):
+    """OpenAI sends a cut-off call as tool_calls with the arguments it got and finish_reason length."""
+    script = '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris", "days": 3}}\n</tool_call>'
+    # 30 tokens of the tiny models' tokenizer end inside the arguments, after {"city": "Paris", "
+    kwargs = dict(model=model, messages=HI, tools=[WEATHER], max_tokens=30, extra_body={"cortex_script": script})
+    if stream:
+        chunks = [c for c in client.chat.completions.create(stream=True, **kwargs) if c.choices]
+        content = "".join(c.choices[0].delta.content or "" for c in chunks)
+        names = [t.function.name for c in chunks for t in c.choices[0].delta.tool_calls or [] if t.function.name]
+        finish = chunks[-1].choices[0].finish_reason
+    else:
+        choice = client.chat.completions.create(**kwargs).choices[0]
+        content, finish = choice.message.content or "", choice.finish_reason
+        names = [t.function.name for t in choice.message.tool_calls or []]
+    assert "<tool_call>" not in content and "name" not in content
+    assert names == ["get_weather"] and finish == "length"

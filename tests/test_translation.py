@@ -26,6 +26,11 @@ def req(**kw):
     ({"messages": [{"role": "user", "content": "hi"}],
       "system": [{"type": "text", "text": "a"}, {"type": "text", "text": "b"}]},
      {"messages": [{"role": "system", "content": "a\nb"}, {"role": "user", "content": "hi"}]}),
+    # Claude Code's per-session billing block is not instructions: dropped, so prefix reuse survives sessions.
+    ({"messages": [{"role": "user", "content": "hi"}],
+      "system": [{"type": "text", "text": "x-anthropic-billing-header: cc_version=2.1.197.1c6; cc_entrypoint=sdk-cli;"},
+                 {"type": "text", "text": "You are Claude Code."}]},
+     {"messages": [{"role": "system", "content": "You are Claude Code."}, {"role": "user", "content": "hi"}]}),
     # A system message inside the conversation (as Claude Code sends them) stays where it was sent.
     ({"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yes"},
                    {"role": "system", "content": [{"type": "text", "text": "be brief"}]},
@@ -95,6 +100,8 @@ def test_request_translation(anthropic_req, expected):
     ({"messages": [{"role": "user", "content": [{"type": "video"}]}]},
      "messages.0.content.0: Input tag 'video' found using 'type' does not match any of the expected tags"),
     ({"messages": [{"role": "user", "content": "x"}], "mcp_servers": [{"url": "https://x"}]}, "mcp_servers"),
+    ({"messages": [{"role": "assistant", "content": [{"type": "server_tool_use", "id": "s", "name": "web_search"}]}]},
+     "messages.0.content.0: server_tool_use blocks come from tools that run on Anthropic's service"),
     ({"messages": [{"role": "user", "content": "x"}], "frobnicate": 1},
      "Unrecognized request argument supplied: frobnicate"),
     ({"messages": [{"role": "user", "content": "x"}], "tools": [{"type": "web_search_20250305", "name": "s"}]},

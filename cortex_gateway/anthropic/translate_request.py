@@ -16,6 +16,10 @@ from neuron.errors import bad_request
 from neuron.field_policy import FieldPolicy
 from neuron.fields import opt_float, opt_int, require_object
 
+# Claude Code's first system block is billing metadata for Anthropic's service, and it changes every session
+# (`x-anthropic-billing-header: cc_version=2.1.197.<hash>; ...`): kept, it would open every prompt with
+# different text and defeat prefix reuse across sessions (a 70k-token prompt re-read each time).
+BILLING_HEADER = "x-anthropic-billing-header:"
 BLOCK_TAGS = "'text', 'image', 'document', 'tool_use', 'tool_result', 'thinking', 'redacted_thinking'"
 
 
@@ -81,7 +85,9 @@ def system_messages(system: Any, where: str = "system") -> list[dict]:
     if isinstance(system, str):
         return [{"role": "system", "content": system}]
     if isinstance(system, list):
-        return [{"role": "system", "content": "\n".join(_text_of(b, f"{where}[{i}]") for i, b in enumerate(system))}]
+        texts = [_text_of(b, f"{where}.{i}") for i, b in enumerate(system)]
+        kept = [t for t in texts if not t.startswith(BILLING_HEADER)]
+        return [{"role": "system", "content": "\n".join(kept)}] if kept else []
     raise bad_request(f"{where}: expected a string or a list of text blocks", param="system")
 
 
@@ -161,7 +167,13 @@ def _user(blocks: list, where: str) -> list[dict]:
 
 
 def _bad_block(kind: Any, where: str):
-    """Anthropic's own wording for a block it does not know."""
+    """Anthropic's own wording for a block it does not know; a clearer word for server-tool blocks, which a
+    conversation begun on Anthropic's service carries."""
+    if isinstance(kind, str) and (kind.startswith(("server_tool", "mcp_tool", "container")) or kind.endswith(
+            ("_tool_result", "search_result"))):
+        return bad_request(f"{where}: {kind} blocks come from tools that run on Anthropic's service, and they do not "
+                           "run here: drop these blocks, or pass what they found as text", param="messages",
+                           code="unsupported_content")
     return bad_request(f"{where}: Input tag {kind!r} found using 'type' does not match any of the expected tags: "
                        f"{BLOCK_TAGS}", param="messages", code="unknown_block_type")
 

@@ -105,12 +105,15 @@ def render_chat(
     bos_token: str = "",
     eos_token: str = "",
     add_generation_prompt: bool = True,
+    extra: dict | None = None,
 ) -> str:
-    """Render `messages` (OpenAI shape, text content) into the model's prompt string."""
+    """Render `messages` (OpenAI shape, text content) into the model's prompt string; `extra` are more
+    template variables (chat_template_kwargs)."""
     from jinja2.exceptions import TemplateError as JinjaError
 
     try:
         return _compile(template).render(
+            **(extra or {}),
             messages=messages,
             tools=tools or None,
             bos_token=bos_token,

@@ -89,7 +89,7 @@ def chat_segments(backend, req: InferenceRequest, model: str) -> list[Segment]:
     try:
         rendered = render_chat(backend.chat_template, [_mark_message(m) for m in messages],
                                tools=_mark_tools(tools), bos_token=backend.bos_token, eos_token=backend.eos_token,
-                               add_generation_prompt=not prefill)
+                               add_generation_prompt=not prefill, extra=_mark_all_strings(req.template_kwargs))
     except TemplateError as exc:
         raise ApiError(400, "invalid_request_error", str(exc), code="template_error", param="messages") from exc
     segments = split_marked(rendered)
@@ -147,6 +147,17 @@ def _mark_message(message: dict) -> dict:
 
 def _mark_tools(tools: list[dict] | None) -> list[dict] | None:
     return None if tools is None else [_mark_descriptions(t) for t in tools]
+
+
+def _mark_all_strings(value: Any) -> Any:
+    """Every string in chat_template_kwargs is the client's text (a template may print it into the prompt)."""
+    if isinstance(value, str):
+        return _mark(value)
+    if isinstance(value, dict):
+        return {k: _mark_all_strings(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_mark_all_strings(v) for v in value]
+    return value
 
 
 def _mark_descriptions(value: Any) -> Any:

@@ -12,6 +12,7 @@ held back, as stop sequences are.
 from __future__ import annotations
 
 import json
+import re
 import uuid
 from dataclasses import dataclass
 
@@ -101,7 +102,8 @@ class ToolCallParser:
         return self.max_calls is None or len(self.calls) < self.max_calls
 
     def finish(self) -> tuple[str, list[ToolCall]]:
-        """Flush at the end of generation: an unfinished tool call is returned as text."""
+        """Flush at the end of generation. A call cut off (by max_tokens) is still a call, with the
+        arguments it got, as OpenAI and Anthropic send one: the markup never reaches the client as text."""
         rest, self.pending = self.pending, ""
         if self.maybe_json:
             call = _as_call(rest.strip(), self.tool_names)
@@ -109,7 +111,34 @@ class ToolCallParser:
                 self.calls.append(call)
                 return "", [call]
             return rest, []
-        return (OPEN + rest) if self.inside else rest, []
+        if not self.inside:
+            return rest, []
+        call = _as_call(_without_partial_close(rest).strip(), self.tool_names) or _cut_call(rest, self.tool_names)
+        if call is None or not self._room():
+            return "", []
+        self.calls.append(call)
+        return "", [call]
+
+
+_NAME = re.compile(r'"name"\s*:\s*"([^"\\]+)"')
+_ARGS = re.compile(r'"(?:arguments|parameters)"\s*:\s*')
+
+
+def _without_partial_close(text: str) -> str:
+    """`text` without a trailing start of `</tool_call>` (the cut fell inside the closing tag)."""
+    for n in range(min(len(text), len(CLOSE)), 0, -1):
+        if CLOSE.startswith(text[-n:].lstrip()) and text[-n:].strip():
+            return text[:-n]
+    return text
+
+
+def _cut_call(body: str, tool_names: set[str]) -> ToolCall | None:
+    """A call whose JSON was cut off: its name, and the arguments' text as far as it got."""
+    name = _NAME.search(body)
+    if name is None or (tool_names and name.group(1) not in tool_names):
+        return None
+    args = _ARGS.search(body)
+    return ToolCall(name.group(1), body[args.end():].rstrip() if args else "")
 
 
 def _partial_tag_suffix(text: str) -> int:
