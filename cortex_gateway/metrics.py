@@ -137,6 +137,9 @@ class _Series:
         self.completion_tokens = m.tokens.labels(model, node, "completion")
 
 
+MIB = 2**20
+
+
 class _FleetCollector:
     """Per node and device gauges, read from the fleet at scrape time."""
 
@@ -148,16 +151,20 @@ class _FleetCollector:
         loaded = GaugeMetricFamily("cortex_node_models_loaded", "Models loaded", labels=["node"])
         in_flight = GaugeMetricFamily("cortex_node_in_flight", "Requests in flight through the gateway",
                                       labels=["node"])
-        used = GaugeMetricFamily("cortex_device_memory_used_mb", "Device memory used", labels=["node", "device"])
-        free = GaugeMetricFamily("cortex_device_memory_free_mb", "Device memory free", labels=["node", "device"])
+        # Base units, as Prometheus names them: bytes (the fleet's figures are MiB).
+        used = GaugeMetricFamily("cortex_device_memory_used_bytes", "Device memory used", labels=["node", "device"])
+        free = GaugeMetricFamily("cortex_device_memory_free_bytes", "Device memory free", labels=["node", "device"])
+        total = GaugeMetricFamily("cortex_device_memory_total_bytes", "Device memory in all",
+                                  labels=["node", "device"])
         for node in self.fleet.nodes.values():
             up.add_metric([node.name], 1.0 if node.healthy else 0.0)
             loaded.add_metric([node.name], sum(1 for m in node.models if node.has_loaded(m)))
             in_flight.add_metric([node.name], self.fleet.in_flight_on(node.name))
             for dev in node.health.devices:
-                used.add_metric([node.name, dev.id], dev.used_mb)
-                free.add_metric([node.name, dev.id], dev.free_mb)
-        yield from (up, loaded, in_flight, used, free)
+                used.add_metric([node.name, dev.id], dev.used_mb * MIB)
+                free.add_metric([node.name, dev.id], dev.free_mb * MIB)
+                total.add_metric([node.name, dev.id], dev.total_mb * MIB)
+        yield from (up, loaded, in_flight, used, free, total)
 
 
 def count_refusals(metrics: GatewayMetrics):

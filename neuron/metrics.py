@@ -11,6 +11,9 @@ TTFT_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 LOAD_BUCKETS = (0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
 
 
+MIB = 2**20  # the registry's figures are MiB; Prometheus wants bytes
+
+
 class NeuronMetrics:
     def __init__(self, registry_view):
         self.registry = CollectorRegistry()
@@ -56,7 +59,7 @@ class _LiveCollector:
         reg = self.view
         in_flight = GaugeMetricFamily("cortex_neuron_in_flight", "Requests running", labels=["model"])
         queued = GaugeMetricFamily("cortex_neuron_queue_depth", "Requests waiting", labels=["model"])
-        memory = GaugeMetricFamily("cortex_neuron_model_memory_mb", "Measured model memory", labels=["model"])
+        memory = GaugeMetricFamily("cortex_neuron_model_memory_bytes", "Measured model memory", labels=["model"])
         tps = GaugeMetricFamily("cortex_neuron_decode_tokens_per_second", "Recent decode rate", labels=["model"])
         running = GaugeMetricFamily("cortex_neuron_batch_running", "Sequences in the model's batch", labels=["model"])
         slots = GaugeMetricFamily("cortex_neuron_batch_slots", "Sequences the batch can hold", labels=["model"])
@@ -65,15 +68,15 @@ class _LiveCollector:
             adm = m.admission
             in_flight.add_metric([m.id], adm.in_flight if adm else 0)
             queued.add_metric([m.id], adm.queue_depth if adm else 0)
-            memory.add_metric([m.id], m.memory_mb)
+            memory.add_metric([m.id], m.memory_mb * MIB)
             tps.add_metric([m.id], m.decode_tps)
             if (batcher := getattr(m.backend, "batcher", None)) is not None:
                 running.add_metric([m.id], batcher.running())
                 slots.add_metric([m.id], len(batcher.slots))
                 steps.add_metric([m.id], batcher.steps)
-        dev_free = GaugeMetricFamily("cortex_neuron_device_free_mb", "Free device memory", labels=["device"])
-        dev_total = GaugeMetricFamily("cortex_neuron_device_total_mb", "Device memory", labels=["device"])
+        dev_free = GaugeMetricFamily("cortex_neuron_device_free_bytes", "Free device memory", labels=["device"])
+        dev_total = GaugeMetricFamily("cortex_neuron_device_total_bytes", "Device memory", labels=["device"])
         for d in reg.devices.snapshot():
-            dev_free.add_metric([d.id], d.free_mb)
-            dev_total.add_metric([d.id], d.total_mb)
+            dev_free.add_metric([d.id], d.free_mb * MIB)
+            dev_total.add_metric([d.id], d.total_mb * MIB)
         yield from (in_flight, queued, memory, tps, running, slots, steps, dev_free, dev_total)
