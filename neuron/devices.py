@@ -32,6 +32,7 @@ class Nvml:
 
     def __init__(self):
         self.available = False
+        self.why_not = ""  # why NVML is unavailable, for the error a user sees
         try:
             import pynvml
 
@@ -39,6 +40,7 @@ class Nvml:
             self.pynvml = pynvml
             self.available = True
         except Exception as exc:  # noqa: BLE001 - no driver, no library: a CPU-only node
+            self.why_not = f"{exc.__class__.__name__}: {exc}"
             log.info("NVML unavailable (%s); using the CPU device", exc.__class__.__name__)
 
     def count(self) -> int:
@@ -82,8 +84,14 @@ class DeviceTable:
         count = self.nvml.count()
         wanted = list(range(count)) if gpus is None else gpus
         missing = [g for g in wanted if g >= count]
-        if missing and count:
-            raise ValueError(f"--gpus: this machine has {count} GPU(s); no GPU {missing}")
+        if missing:  # asked for GPUs that are not there: say so, never fall back to the CPU silently
+            if not count:
+                why = f" (NVML: {self.nvml.why_not})" if self.nvml.why_not else ""
+                raise ValueError(f"--gpus {','.join(map(str, gpus))}: this machine has no NVIDIA GPU that NVML can "
+                                 f"see{why}; check the driver with nvidia-smi, or run without --gpus to serve on "
+                                 "the CPU")
+            raise ValueError(f"--gpus: this machine has {count} GPU(s) (0-{count - 1}); no GPU "
+                             f"{', '.join(map(str, missing))}")
         self.gpu_indices = [g for g in wanted if g < count]
         self.cpu_budget_mb = cpu_memory_mb if cpu_memory_mb else available_ram_mb()
         self.cpu_used_mb = 0.0  # maintained by the registry

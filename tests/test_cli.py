@@ -144,3 +144,17 @@ def test_top_shows_a_pull_under_way_and_a_failed_one():
         {"source": "o/done", "id": "done", "phase": "done"}]}], "pins": {}}
     rows = {r.model: r.status for r in rows_from_status(status)}
     assert rows == {"r-q4_k_m": "pulling 25%", "o/gated": "failed"}
+
+
+def test_neuron_with_gpus_the_machine_lacks_says_so_at_start(tmp_path):
+    """`--gpus 0,1` on a machine without them must not fall back to the CPU silently."""
+    import subprocess
+
+    from tests.helpers import CORTEX, free_port
+
+    # GPUs no machine has, so the test means the same with or without a GPU here.
+    result = subprocess.run(CORTEX + ["neuron", "--gpus", "97,98", "--listen", f"127.0.0.1:{free_port()}",
+                                      "--models-dir", str(tmp_path)], capture_output=True, text=True, timeout=60)
+    assert result.returncode != 0
+    assert "--gpus 97,98: this machine has no NVIDIA GPU" in result.stderr or "no GPU 97, 98" in result.stderr, \
+        result.stderr

@@ -14,8 +14,6 @@ from cortex_cli.options import admin_key_option, gateway_option
               help="Seconds between refreshes.")
 def top(gateway, admin_key, interval) -> None:
     """Live view of nodes, devices and models. Keys: s sort, / filter, l load, u unload, p pin, q quit."""
-    try:
-        from cortex_cli.top.app import make_top_app
-    except ImportError:
-        raise click.ClickException("cortex top needs textual: pip install 'cortex-fleet[tui]'") from None
+    from cortex_cli.top.app import make_top_app  # textual is a core dependency, imported only here
+
     make_top_app(gateway, admin_key, interval).run()
