@@ -11,19 +11,33 @@ from aiohttp import web
 
 from cortex_gateway import admin, catalogue, openai
 from cortex_gateway.anthropic import handlers as anthropic
-from cortex_gateway.auth import AUTH, LIMITER, KeyLimiter, api_auth
+from cortex_gateway.auth import AUTH, KEY_NAME, LIMITER, KeyLimiter, api_auth
 from cortex_gateway.config import GatewayConfig
 from cortex_gateway.errors import renderer_for
 from cortex_gateway.fleet import Fleet
 from cortex_gateway.lifecycle import Lifecycle
-from cortex_gateway.metrics import GatewayMetrics, count_refusals
+from cortex_gateway.metrics import RECORD, GatewayMetrics, count_refusals
 from cortex_gateway.responses import handlers as responses
 from cortex_gateway.responses.store import ResponseStore
 from cortex_gateway.state import FLEET, KEEPALIVE_S, LIFECYCLE, METRICS, RESPONSE_STORE, SESSION
+from neuron import request_context
 from neuron.errors import error_middleware
 from neuron.http import body_limits
+from neuron.request_context import access_log, request_id_middleware
 
 log = logging.getLogger("cortex.gateway")
+ACCESS_LOG = logging.getLogger("cortex.access")
+
+
+def access_details(request: web.Request) -> dict:
+    """What the access log adds from the request's record: model, node, tokens, timings, the key's name."""
+    rec = request.get(RECORD)
+    out = {"key": request.get(KEY_NAME)}
+    if rec is not None:
+        ttft = None if rec.first_token_at is None else round(rec.first_token_at - rec.started, 4)
+        out.update(model=rec.model, node=rec.node or None, endpoint=rec.endpoint, prompt_tokens=rec.prompt_tokens,
+                   completion_tokens=rec.completion_tokens, ttft_s=ttft, error=rec.error_type)
+    return out
 
 
 def create_app(config: GatewayConfig, *, session: aiohttp.ClientSession | None = None,
@@ -31,11 +45,14 @@ def create_app(config: GatewayConfig, *, session: aiohttp.ClientSession | None =
     max_bytes = int(config.max_body_mb * 2**20)
     app_metrics = metrics or GatewayMetrics()
     # Outermost, the refusal counter sees every answer, errors rendered by the middleware inside it included.
-    middlewares = [count_refusals(app_metrics), error_middleware(renderer_for, "gateway"),
-                   body_limits(max_bytes, config.body_timeout_s)]
+    # Outermost, the request id (every line and answer carries it) and the access log (one line per request,
+    # refusals included); then the refusal counter, which sees every answer the error middleware renders.
+    middlewares = [request_id_middleware, access_log(ACCESS_LOG, access_details), count_refusals(app_metrics),
+                   error_middleware(renderer_for, "gateway"), body_limits(max_bytes, config.body_timeout_s)]
     if config.auth.keys:
-        middlewares.insert(2, api_auth)  # keys checked before a body is read; no layer at all without keys
+        middlewares.insert(4, api_auth)  # keys checked before a body is read; no layer at all without keys
     app = web.Application(middlewares=middlewares, client_max_size=max_bytes)
+    request_context.install(app)
     app[METRICS] = app_metrics
     app[KEEPALIVE_S] = config.keepalive_s
     app[AUTH] = config.auth

@@ -10,6 +10,7 @@ flight; beyond either, 429 with Retry-After.
 
 from __future__ import annotations
 
+import hashlib
 import time
 from dataclasses import dataclass, field
 
@@ -25,9 +26,15 @@ class AuthSettings:
     admin_keys: tuple[str, ...] = ()
     requests_per_minute: int = 0  # per key; 0: no limit
     max_concurrent: int = 0  # per key; 0: no limit
+    names: dict[str, str] = field(default_factory=dict, hash=False)  # key -> its name (a keys-file comment)
+
+    def name_of(self, key: str) -> str:
+        """What logs show for a key: its name, else a short digest; never the key or a part of it."""
+        return self.names.get(key) or "key-" + hashlib.sha256(key.encode()).hexdigest()[:8]
 
 
 AUTH = web.AppKey("auth", AuthSettings)
+KEY_NAME = web.RequestKey("key_name", str) if hasattr(web, "RequestKey") else "cortex.key_name"
 
 
 @dataclass
@@ -80,6 +87,7 @@ async def api_auth(request: web.Request, handler):
     if key is None:
         raise ApiError(401, "authentication_error", "a valid API key is required: send it as "
                        "Authorization: Bearer KEY or x-api-key: KEY", code="invalid_api_key")
+    request[KEY_NAME] = settings.name_of(key)
     limiter = request.app[LIMITER]
     limiter.acquire(key)
     try:

@@ -150,27 +150,31 @@ def _auth(auth: dict, path: Path) -> AuthSettings:
         if not all(isinstance(k, str) and len(k) >= 8 for k in values):
             raise ConfigError(f"{_where(path, '[auth]', key)}: expected strings of at least 8 characters")
         lists[key] = list(values)
+    names: dict[str, str] = {}
     if keys_file := _get(auth, "keys_file", str, path, "[auth]", "a path to a file of keys"):
-        lists["keys"] += read_keys_file((path.parent / keys_file).expanduser(), path)
+        names = key_names((path.parent / keys_file).expanduser(), path)
+        lists["keys"] += list(names)
     limits = {k: _get(auth, k, int, path, "[auth]", "a whole number (0: no limit)", 0)
               for k in ("requests_per_minute", "max_concurrent")}
     if any(v < 0 for v in limits.values()):
         raise ConfigError(f"{path}: [auth]: requests_per_minute and max_concurrent must be >= 0")
-    return AuthSettings(tuple(lists["keys"]), tuple(lists["admin_keys"]), **limits)
+    return AuthSettings(tuple(lists["keys"]), tuple(lists["admin_keys"]), **limits,
+                        names={k: n for k, n in names.items() if n})
 
 
-def read_keys_file(keys_path: Path, config_path: Path) -> list[str]:
-    """One key per line; blank lines and # comments are skipped."""
+def key_names(keys_path: Path, config_path: Path) -> dict[str, str]:
+    """The keys of a keys file, each with its name: the comment on its line (`sk-...  # alice`), if any.
+    The name is what the access log shows for the key."""
     try:
         lines = keys_path.read_text().splitlines()
     except OSError as exc:
         raise ConfigError(f"{config_path}: [auth].keys_file: cannot read {keys_path} ({exc.strerror})") from None
-    keys = [line.split("#", 1)[0].strip() for line in lines]
-    keys = [k for k in keys if k]
-    short = [i + 1 for i, k in enumerate(keys) if len(k) < 8]
+    pairs = [(key.strip(), name.strip()) for key, _, name in (line.partition("#") for line in lines)]
+    pairs = [(k, n) for k, n in pairs if k]
+    short = [i + 1 for i, (k, _) in enumerate(pairs) if len(k) < 8]
     if short:
         raise ConfigError(f"{keys_path}: key #{short[0]} is shorter than 8 characters")
-    return keys
+    return dict(pairs)
 
 
 def files_readable_by_others(config: GatewayConfig) -> list[Path]:

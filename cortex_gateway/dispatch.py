@@ -19,7 +19,7 @@ import orjson
 from aiohttp import web
 
 from cortex_gateway.fleet import Node
-from cortex_gateway.metrics import OBSERVED, RequestRecord
+from cortex_gateway.metrics import OBSERVED, RECORD, RequestRecord
 from cortex_gateway.proxy import ClientGone, RetryElsewhere, fetch_json, open_client_stream, open_upstream_stream
 from cortex_gateway.state import FLEET, KEEPALIVE_S, LIFECYCLE, METRICS, SESSION
 from neuron.errors import ApiError, error_from_envelope
@@ -68,6 +68,7 @@ async def dispatch(request: web.Request, call: InferenceCall, dialect: Dialect) 
     rec = RequestRecord(model=lifecycle.config.resolve_alias(call.model), endpoint=call.endpoint,
                         started=time.perf_counter())
     request[OBSERVED] = True
+    request[RECORD] = rec
     try:
         return await _attempts(request, call, rec, dialect)
     finally:

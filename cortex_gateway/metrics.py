@@ -18,6 +18,7 @@ TPS_BUCKETS = (1, 2, 5, 10, 20, 35, 50, 75, 100, 150, 250, 500, 1000, 2500, 5000
 UNKNOWN = "unknown"  # one label value for every model name the catalogue does not know: no unbounded series
 # Set on a request whose outcome dispatch recorded (aiohttp's typed request key where it has one).
 OBSERVED = web.RequestKey("observed", bool) if hasattr(web, "RequestKey") else "cortex.observed"
+RECORD = web.RequestKey("record", object) if hasattr(web, "RequestKey") else "cortex.record"  # for the access log
 # Inference routes, by the endpoint label their requests get.
 ENDPOINTS = {"/v1/chat/completions": "chat", "/v1/completions": "completions", "/v1/embeddings": "embeddings",
              "/v1/messages": "messages", "/v1/responses": "responses"}

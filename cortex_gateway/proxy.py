@@ -19,6 +19,7 @@ from aiohttp import web
 from cortex_gateway.fleet import Node
 from cortex_gateway.metrics import RequestRecord
 from neuron.errors import ApiError, error_from_envelope
+from neuron.request_context import with_request_id
 from neuron.sse import DONE, SSE_HEADERS, USAGE_COMMENT, error_event
 
 log = logging.getLogger(__name__)
@@ -50,7 +51,8 @@ async def _send(session: aiohttp.ClientSession, node: Node, path: str, body: byt
                 stream: bool = True) -> aiohttp.ClientResponse:
     for fresh in (False, True):
         try:
-            resp = await session.post(node.endpoint + path, data=body, headers=node.client.json_headers)
+            headers = with_request_id(node.client.json_headers)  # the neuron logs under the client's request id
+            resp = await session.post(node.endpoint + path, data=body, headers=headers)
             break
         except aiohttp.ServerDisconnectedError as exc:
             # Most often a pooled connection the node closed as idle just as we sent on it: nothing was

@@ -8,7 +8,7 @@ import time
 
 from aiohttp import web
 
-from neuron import embedding_routes, lifecycle_routes, openai_routes
+from neuron import embedding_routes, lifecycle_routes, openai_routes, request_context
 from neuron.auth import TOKEN, token_auth
 from neuron.config import LOOPBACK, NeuronConfig
 from neuron.connections import GuardedSite, quiet_parser_errors, raise_descriptor_limit, wait_for_stop_signal
@@ -21,16 +21,25 @@ from neuron.http import body_limits
 from neuron.metrics import NeuronMetrics
 from neuron.protocol import LoadRequest
 from neuron.pulls.puller import Puller
-from neuron.state import ENGINE, FAULTS, KEEPALIVE_S, METRICS, NODE_NAME, PULLER, REGISTRY, STARTED_AT
+from neuron.request_context import access_log, request_id_middleware
+from neuron.state import ACCESS, ENGINE, FAULTS, KEEPALIVE_S, METRICS, NODE_NAME, PULLER, REGISTRY, STARTED_AT
 
 log = logging.getLogger("cortex.neuron")
+ACCESS_LOG = logging.getLogger("cortex.neuron.access")
+
+
+def access_details(request: web.Request) -> dict:
+    """The access log's model, tokens and time to first token, as the inference route left them."""
+    return dict(request.get(ACCESS) or {})
 
 
 def create_app(config: NeuronConfig, *, devices: DeviceTable | None = None) -> web.Application:
     max_bytes = int(config.max_body_mb * 2**20)
-    middlewares = [error_middleware(lambda _path: render_openai, "neuron"), token_auth,
+    middlewares = [request_id_middleware, access_log(ACCESS_LOG, access_details),
+                   error_middleware(lambda _path: render_openai, "neuron"), token_auth,
                    body_limits(max_bytes, config.body_timeout_s)]
     app = web.Application(middlewares=middlewares, client_max_size=max_bytes)
+    request_context.install(app)
     app[TOKEN] = config.token
     faults = FaultInjector(injection_enabled())
     devices = devices or DeviceTable(config.gpus, config.cpu_memory_mb)

@@ -15,6 +15,7 @@ import orjson
 
 from neuron.errors import ApiError, error_from_envelope
 from neuron.protocol import AvailableModel, Health, ModelInfo, PullState
+from neuron.request_context import with_request_id
 
 
 class NeuronError(ApiError):
@@ -48,7 +49,7 @@ class NeuronClient:
         data = None if body is None else orjson.dumps(body)
         try:
             async with self.session.request(
-                method, self.endpoint + path, data=data, headers=self.headers,
+                method, self.endpoint + path, data=data, headers=with_request_id(self.headers),
                 timeout=aiohttp.ClientTimeout(total=timeout),
             ) as resp:
                 raw = await resp.read()

@@ -11,7 +11,7 @@ from neuron.engine.tool_calls import ToolCallParser
 from neuron.http import json_response, read_json
 from neuron.openai_schema import InferenceRequest, parse_chat, parse_completion
 from neuron.sse import ChunkFramer
-from neuron.state import ENGINE, KEEPALIVE_S, METRICS, REGISTRY
+from neuron.state import ACCESS, ENGINE, KEEPALIVE_S, METRICS, REGISTRY
 
 
 async def chat_completions(request: web.Request) -> web.StreamResponse:
@@ -36,6 +36,8 @@ async def _complete(request: web.Request, req: InferenceRequest, chat: bool) -> 
         else:
             resp = json_response(await collect_choices(choices))
     prompt, completion, cached = usage_of(gens)
+    request[ACCESS] = {"model": entry.id, "prompt_tokens": prompt, "completion_tokens": completion,
+                       "ttft_s": None if gens[0].ttft_s is None else round(gens[0].ttft_s, 4)}
     app[METRICS].observe_generation(entry.id, "chat" if chat else "completions", prompt, completion, gens[0].ttft_s,
                                     time.perf_counter() - gens[0].started, cached)
     return resp

@@ -18,3 +18,4 @@ KEEPALIVE_S = web.AppKey("keepalive_s", float)
 NODE_NAME = web.AppKey("node_name", str)
 STARTED_AT = web.AppKey("started_at", float)
 PULLER = web.AppKey("puller", Puller)
+ACCESS = web.RequestKey("access", dict) if hasattr(web, "RequestKey") else "cortex.access"  # the access log's fields

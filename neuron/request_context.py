@@ -1,0 +1,140 @@
+"""Request ids that join the gateway's log lines to the neuron's, and the log formats of both servers.
+
+Every request gets an id: the client's `X-Request-ID` when it sends a sane one,
+else a new one. It is kept in a context variable for the request's task (and
+the tasks it starts), so every log line about the request carries it without
+being passed around; it is returned in the response headers of every dialect,
+and the gateway sends it on to the neuron, which logs under the same id.
+
+`--log-format json` writes one JSON object per line (time, level, logger,
+message, request_id, and what a line adds: model, node, status, durations).
+"""
+
+from __future__ import annotations
+
+import contextvars
+import logging
+import re
+import time
+import uuid
+
+import orjson
+from aiohttp import web
+
+HEADER = "X-Request-ID"
+_SANE = re.compile(r"^[A-Za-z0-9._:@/+=-]{1,128}$")  # no spaces, quotes or control characters: safe to log
+_current: contextvars.ContextVar[str | None] = contextvars.ContextVar("request_id", default=None)
+REQUEST_ID = web.RequestKey("request_id", str) if hasattr(web, "RequestKey") else "cortex.request_id"
+
+
+def current_request_id() -> str | None:
+    return _current.get()
+
+
+def new_request_id() -> str:
+    return f"req_{uuid.uuid4().hex[:24]}"
+
+
+@web.middleware
+async def request_id_middleware(request: web.Request, handler):
+    """Outermost: the id exists before anything can log or fail."""
+    given = request.headers.get(HEADER, "")
+    rid = given if _SANE.match(given) else new_request_id()
+    request[REQUEST_ID] = rid
+    token = _current.set(rid)
+    try:
+        return await handler(request)
+    finally:
+        _current.reset(token)
+
+
+async def add_request_id_header(request: web.Request, response: web.StreamResponse) -> None:
+    """on_response_prepare: every answer carries its id, streams and error envelopes included."""
+    rid = request.get(REQUEST_ID)
+    if rid and HEADER not in response.headers:
+        response.headers[HEADER] = rid
+
+
+def with_request_id(headers: dict[str, str]) -> dict[str, str]:
+    """`headers` plus the current request's id, for a call made on its behalf (the gateway to a neuron)."""
+    rid = _current.get()
+    return {**headers, HEADER: rid} if rid else headers
+
+
+def install(app: web.Application) -> None:
+    app.on_response_prepare.append(add_request_id_header)
+
+
+# -- log records ----------------------------------------------------------------------------
+_FIELDS = ("model", "node", "status", "method", "path", "prompt_tokens", "completion_tokens", "ttft_s",
+           "duration_s", "key", "endpoint", "error")
+
+
+class RequestIdFilter(logging.Filter):
+    """Puts the current request's id on every record (`-` outside a request)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not getattr(record, "request_id", None):
+            record.request_id = _current.get() or "-"
+        return True
+
+
+class TextFormatter(logging.Formatter):
+    """The default: human-readable, with the request id when there is one."""
+
+    def __init__(self, with_time: bool = True):
+        super().__init__("%(asctime)s %(levelname)s %(name)s: %(message)s" if with_time else "%(message)s")
+
+    def format(self, record: logging.LogRecord) -> str:
+        line = super().format(record)
+        rid = getattr(record, "request_id", "-")
+        return line if rid == "-" else f"{line} [{rid}]"
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line, for log shippers."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        out = {"time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + f".{int(record.msecs):03d}Z",
+               "level": record.levelname.lower(), "logger": record.name, "message": record.getMessage(),
+               "request_id": None if getattr(record, "request_id", "-") == "-" else record.request_id}
+        for name in _FIELDS:
+            if (value := getattr(record, name, None)) is not None:
+                out[name] = value
+        if record.exc_info:
+            out["exception"] = self.formatException(record.exc_info)
+        return orjson.dumps(out, default=str).decode()
+
+
+def access_log(logger: logging.Logger, details, quiet_paths: tuple[str, ...] = ("/health", "/metrics")):
+    """A middleware writing one line per request when it ends: method, path, status, duration, and what
+    `details(request)` adds (model, node, tokens, time to first token, key name). Never a body or a key.
+
+    Inside the error middleware's answer (so refusals are logged with their status), outside nothing that
+    could fail without a line."""
+
+    @web.middleware
+    async def middleware(request: web.Request, handler):
+        started = time.perf_counter()
+        status = 500
+        try:
+            response = await handler(request)
+            status = response.status
+            return response
+        except web.HTTPException as exc:
+            status = exc.status
+            raise
+        finally:
+            _log_access(logger, request, status, time.perf_counter() - started, details(request), quiet_paths)
+
+    return middleware
+
+
+def _log_access(logger, request, status: int, seconds: float, extra: dict, quiet_paths) -> None:
+    level = logging.DEBUG if request.path in quiet_paths else logging.INFO
+    if not logger.isEnabledFor(level):
+        return
+    fields = {"method": request.method, "path": request.path, "status": status, "duration_s": round(seconds, 4),
+              **{k: v for k, v in extra.items() if v is not None}}
+    words = " ".join(f"{k}={v}" for k, v in fields.items() if k not in ("method", "path", "status"))
+    logger.log(level, "%s %s %d %s", request.method, request.path, status, words, extra=fields)
