@@ -117,6 +117,9 @@ class AdminClient:
         body = {"source": source, **({"node": node} if node else {})}
         return await self._call("POST", "/admin/pull", body, timeout=60)
 
+    async def drain(self, node: str, draining: bool = True) -> dict:
+        return await self._call("POST", "/admin/drain" if draining else "/admin/undrain", {"node": node})
+
     async def delete(self, node: str, model: str) -> dict:
         return await self._call("POST", "/admin/delete", {"node": node, "model": model}, timeout=120)
 

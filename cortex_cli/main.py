@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from cortex_cli.commands.completion import completion
+from cortex_cli.commands.drain import drain, undrain
 from cortex_cli.commands.load import load, unload
 from cortex_cli.commands.neuron import neuron
 from cortex_cli.commands.pull import pull, rm
@@ -26,6 +27,8 @@ cli.add_command(status)
 cli.add_command(models)
 cli.add_command(load)
 cli.add_command(unload)
+cli.add_command(drain)
+cli.add_command(undrain)
 cli.add_command(pull)
 cli.add_command(rm)
 cli.add_command(top)

@@ -38,12 +38,21 @@ def nodes_table(status: dict) -> Table:
     for col in ("node", "health", "endpoint", "devices", "models loaded"):
         table.add_column(col)
     for node in status["nodes"]:
-        health = Text("up", style="bold green") if node["healthy"] else Text("down", style="bold red")
+        health = node_health(node)
         devices = Group(*[plain(f"{d['id']} ") + memory_bar(d.get("used_mb", 0), d.get("total_mb", 0))
                           for d in node["devices"]]) if node["devices"] else Text("-", style="dim")
         loaded = [m["id"] for m in node["models"] if m.get("status") == "loaded"]
         table.add_row(plain(node["name"]), health, plain(node["endpoint"]), devices, plain(", ".join(loaded) or "-"))
     return table
+
+
+def node_health(node: dict) -> Text:
+    """up / draining (with what is still in flight) / down."""
+    if not node["healthy"]:
+        return Text("down", style="bold red")
+    if node.get("draining"):
+        return Text(f"draining ({node.get('in_flight', 0)} in flight)", style="bold yellow")
+    return Text("up", style="bold green")
 
 
 def model_rows(status: dict) -> list[dict]:

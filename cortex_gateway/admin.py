@@ -28,7 +28,8 @@ def _node_status(node: Node, fleet) -> dict:
         usage = fleet.usage_of(node.name, model)
         models.append({**info.to_dict(), "gateway_in_flight": usage.in_flight,
                        "queued": node.polled_load(model), "last_used": usage.last_used or None})
-    return {"name": node.name, "endpoint": node.endpoint, "healthy": node.healthy, "failures": node.failures,
+    return {"name": node.name, "endpoint": node.endpoint, "healthy": node.healthy, "draining": node.draining,
+            "in_flight": fleet.in_flight_on(node.name), "failures": node.failures,
             "last_error": node.last_error or None, "devices": [d.to_dict() for d in node.health.devices],
             "uptime_s": node.health.uptime_s or None, "models": models,
             "available": sorted(node.available), "pulls": [p.to_dict() for p in node.pulls],
@@ -156,6 +157,23 @@ async def delete(request: web.Request) -> web.Response:
     return json_response({"node": node.name, **result})
 
 
+async def drain(request: web.Request) -> web.Response:
+    """No new placements on the node (requests and cold loads go elsewhere); what runs there finishes."""
+    return _set_draining(request, await read_json(request), True)
+
+
+async def undrain(request: web.Request) -> web.Response:
+    return _set_draining(request, await read_json(request), False)
+
+
+def _set_draining(request: web.Request, body, draining: bool) -> web.Response:
+    node = _node(request, req_str(require_object(body), "node"))
+    node.draining = draining
+    fleet = request.config_dict[FLEET]
+    fleet.event("drain" if draining else "undrain", node=node.name)
+    return json_response({"node": node.name, "draining": draining, "in_flight": fleet.in_flight_on(node.name)})
+
+
 def add_routes(app: web.Application) -> None:
     """Mount the admin API under /admin, its key check applying to it alone (not the hot path)."""
     admin = web.Application(middlewares=[admin_auth])
@@ -166,4 +184,6 @@ def add_routes(app: web.Application) -> None:
     admin.router.add_post("/unpin", unpin)
     admin.router.add_post("/pull", pull)
     admin.router.add_post("/delete", delete)
+    admin.router.add_post("/drain", drain)
+    admin.router.add_post("/undrain", undrain)
     app.add_subapp("/admin", admin)

@@ -37,6 +37,12 @@ class Node:
     # The gateway's name -> the node's id, for models a profile loads by path or hub source (the node names
     # them after their file); kept across polls, which list the node's ids only.
     aliases: dict[str, str] = field(default_factory=dict)
+    draining: bool = False  # `cortex drain`: no new placements; what runs there finishes
+
+    @property
+    def accepting(self) -> bool:
+        """Healthy and not draining: requests and cold loads may be placed here."""
+        return self.healthy and not self.draining
     last_error: str = ""
 
     def has_loaded(self, model: str) -> bool:

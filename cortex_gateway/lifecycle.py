@@ -50,7 +50,7 @@ class Lifecycle:
             busy[m] = usage.in_flight + (1 if m in refused else 0)
             last_used[m] = usage.last_used
         available = {m: a.need_mb for m, a in node.available.items()}
-        return NodeView(node.name, node.healthy, node.health.free_mb, loaded, loading, available, busy, last_used)
+        return NodeView(node.name, node.accepting, node.health.free_mb, loaded, loading, available, busy, last_used)
 
     def snapshot(self) -> list[NodeView]:
         return [self.view(n) for n in self.fleet.nodes.values()]
@@ -71,7 +71,7 @@ class Lifecycle:
         """
         views = []
         for node in self.fleet.nodes.values():
-            if node.healthy and node.has_loaded(model):
+            if node.accepting and node.has_loaded(model):
                 # For choosing among nodes a seconds-old hint of others' load is good enough.
                 busy = self.fleet.usage_of(node.name, model).in_flight + node.polled_load(model)
                 views.append(NodeView(node.name, True, 0.0, {model: 0.0}, busy={model: busy}))
@@ -138,7 +138,9 @@ class Lifecycle:
         offering = [n.name for n in snapshot if n.healthy and n.name not in exclude and model in n.available]
         if not offering:
             failed = f" ({', '.join(sorted(exclude))} failed just now)" if exclude else ""
-            return f"no healthy node can load model {model!r} now{failed}; check `cortex status`"
+            draining = sorted(n.name for n in self.fleet.nodes.values() if n.draining)
+            drained = f" ({', '.join(draining)} draining)" if draining else ""
+            return f"no healthy node can load model {model!r} now{failed}{drained}; check `cortex status`"
         return (f"no room for model {model!r} on {', '.join(offering)}: every candidate is full of "
                 "pinned or busy models")
 

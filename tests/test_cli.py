@@ -158,3 +158,19 @@ def test_neuron_with_gpus_the_machine_lacks_says_so_at_start(tmp_path):
     assert result.returncode != 0
     assert "--gpus 97,98: this machine has no NVIDIA GPU" in result.stderr or "no GPU 97, 98" in result.stderr, \
         result.stderr
+
+
+def test_drain_wait_status_and_undrain(fleet):
+    gateway, _, _ = fleet
+    drained = cortex("drain", "beast", "--wait", gateway=gateway)
+    assert drained.exit_code == 0 and "beast is draining" in drained.output and "ready for maintenance" in \
+        drained.output, drained.output
+    status = cortex("status", gateway=gateway)
+    assert "draining (0 in flight)" in status.output, status.output
+    refused = http_json("POST", gateway.url + "/v1/chat/completions",
+                        {"model": "tiny-gguf", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2})
+    assert refused[0] == 503 and "beast draining" in refused[1]["error"]["message"], refused
+    back = cortex("undrain", "beast", gateway=gateway)
+    assert back.exit_code == 0 and "takes new requests again" in back.output
+    status = cortex("status", "--json", gateway=gateway)
+    assert json.loads(status.output)["nodes"][0]["draining"] is False

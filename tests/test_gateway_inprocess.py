@@ -333,3 +333,28 @@ async def test_a_model_name_the_catalogue_does_not_know_is_one_label(neurons, ga
     text = gw.metrics.render().decode()
     assert "made-up" not in text
     assert gw.metric('cortex_requests_total{endpoint="chat",model="unknown",node="none",status="404"}') == 2
+
+
+async def test_a_drained_node_takes_nothing_new_and_finishes_what_it_has(neurons, gateway):
+    """`cortex drain`: an upgrade must not drop a request. What runs there finishes; new requests and cold
+    loads go elsewhere; undrained, it takes requests again."""
+    first = await neurons.start("n1", loaded={"m": 100}, available={"cold": 100})
+    second = await neurons.start("n2", loaded={"m": 100}, available={"cold": 100})
+    second.reported_in_flight["m"] = 5  # busier as polled: n1 is the one chosen while both take requests
+    gw = await gateway(first, second)
+    held = first.hold_prefill()  # a stream running on n1, held until the test lets it go on
+    running = await open_stream(gw, OPENAI)
+    await wait(held.arrived)
+    drained = await gw.client.post("/admin/drain", json={"node": "n1"})
+    assert (await drained.json()) == {"node": "n1", "draining": True, "in_flight": 1}
+    for _ in range(3):
+        assert (await complete(gw, "m"))["choices"][0]["message"]["content"] == "hello from n2"
+    assert (await complete(gw, "cold"))["choices"][0]["message"]["content"] == "hello from n2"
+    assert first.loads == [], "no cold load on a draining node"
+    status = await (await gw.client.get("/admin/status")).json()
+    assert next(n for n in status["nodes"] if n["name"] == "n1")["draining"] is True
+    held.release()
+    tail = await rest(running)
+    assert b'"content":"n1"' in tail and OPENAI.done in tail, "the request running there finished"
+    await gw.client.post("/admin/undrain", json={"node": "n1"})
+    assert (await complete(gw, "m"))["choices"][0]["message"]["content"] == "hello from n1"

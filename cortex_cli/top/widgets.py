@@ -22,8 +22,12 @@ class NodesPanel(Static):
         if unreachable:
             lines.append(Text(f"gateway unreachable: {unreachable} (retrying)", style="bold red"))
         for node in (status or {}).get("nodes", []):
-            health = Text(" up ", style="bold black on green") if node["healthy"] else \
-                Text(" down ", style="bold white on red")
+            if not node["healthy"]:
+                health = Text(" down ", style="bold white on red")
+            elif node.get("draining"):
+                health = Text(f" draining, {node.get('in_flight', 0)} in flight ", style="bold black on yellow")
+            else:
+                health = Text(" up ", style="bold black on green")
             head = Text(f"{node['name']:<12}") + health + Text(f"  {node['endpoint']}", style="dim")
             if not node["healthy"] and node.get("last_error"):
                 head += Text(f"  {node['last_error'][:60]}", style="red")
