@@ -77,7 +77,7 @@ def _fleet_ctx(config: GatewayConfig, given: aiohttp.ClientSession | None):
         fleet = Fleet(config.neurons, session, down_after=config.down_after, poll_timeout=config.poll_timeout_s)
         app[SESSION], app[FLEET] = session, fleet
         app[LIFECYCLE] = Lifecycle(config, fleet, app[METRICS])
-        app[METRICS].watch_fleet(fleet)
+        app[METRICS].watch_fleet(fleet, lambda: catalogue.catalogue(fleet, app[LIFECYCLE]), config.strategy)
         await fleet.poll_all()
         poller = asyncio.create_task(fleet.run_poller(config.poll_interval_s))
         yield

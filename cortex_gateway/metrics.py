@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from aiohttp import web
@@ -74,6 +75,8 @@ class GatewayMetrics:
         self.retries = Counter("cortex_retries", "Requests retried on another node", ["model"], registry=r)
 
         self.recent = RecentStats()
+        self._catalogue: Callable[[], list[dict]] = list  # set by watch_fleet
+        self._strategy = "lru"
         self._children: dict[tuple, object] = {}
         self._series: dict[tuple[str, str], _Series] = {}
 
@@ -120,11 +123,29 @@ class GatewayMetrics:
         self.child(self.requests, UNKNOWN, "none", endpoint, str(status)).inc()
         self.child(self.errors, UNKNOWN, "none", _REFUSAL_TYPES.get(status, "invalid_request_error")).inc()
 
-    def watch_fleet(self, fleet) -> None:
-        self.registry.register(_FleetCollector(fleet))
+    def watch_fleet(self, fleet, catalogue: Callable[[], list[dict]] = list, strategy: str = "lru") -> None:
+        """Gauges of the fleet read at scrape time. `catalogue` lists the models the gateway offers
+        (`cortex_gateway.catalogue.catalogue`), for the healthy nodes each has and the zero series below."""
+        self.registry.register(_FleetCollector(fleet, catalogue))
+        self._catalogue, self._strategy = catalogue, strategy
 
     def render(self) -> bytes:
+        self._zero_rare_events()
         return generate_latest(self.registry)
+
+    def _zero_rare_events(self) -> None:
+        """A zero series for every cold start, eviction and retry the catalogue allows, before the first one:
+        increase() cannot see the event that creates a series (it is born at 1), and these are rare enough
+        that the first one matters. Bounded by the catalogue: models times the nodes that have them."""
+        for entry in self._catalogue():
+            if "alias_of" in entry:
+                continue
+            model = entry["id"]
+            self.child(self.retries, model)
+            for node in entry["loadable_on"]:
+                self.child(self.cold_starts, model, node)
+            for node in entry["loaded_on"]:
+                self.child(self.evictions, model, node, self._strategy)
 
 
 class _Series:
@@ -142,13 +163,16 @@ MIB = 2**20
 
 
 class _FleetCollector:
-    """Per node and device gauges, read from the fleet at scrape time."""
+    """Per node, device and catalogue model gauges, read from the fleet at scrape time."""
 
-    def __init__(self, fleet):
+    def __init__(self, fleet, catalogue: Callable[[], list[dict]]):
         self.fleet = fleet
+        self.catalogue = catalogue
 
     def collect(self):
         up = GaugeMetricFamily("cortex_node_up", "1 when the node answers its polls", labels=["node"])
+        draining = GaugeMetricFamily("cortex_node_draining", "1 while the node is drained (cortex drain): it "
+                                     "takes no new requests", labels=["node"])
         loaded = GaugeMetricFamily("cortex_node_models_loaded", "Models loaded", labels=["node"])
         in_flight = GaugeMetricFamily("cortex_node_in_flight", "Requests in flight through the gateway",
                                       labels=["node"])
@@ -159,13 +183,26 @@ class _FleetCollector:
                                   labels=["node", "device"])
         for node in self.fleet.nodes.values():
             up.add_metric([node.name], 1.0 if node.healthy else 0.0)
+            draining.add_metric([node.name], 1.0 if node.draining else 0.0)
             loaded.add_metric([node.name], sum(1 for m in node.models if node.has_loaded(m)))
             in_flight.add_metric([node.name], self.fleet.in_flight_on(node.name))
             for dev in node.health.devices:
                 used.add_metric([node.name, dev.id], dev.used_mb * MIB)
                 free.add_metric([node.name, dev.id], dev.free_mb * MIB)
                 total.add_metric([node.name, dev.id], dev.total_mb * MIB)
-        yield from (up, loaded, in_flight, used, free, total)
+        yield from (up, draining, loaded, in_flight, used, free, total, self._healthy_nodes())
+
+    def _healthy_nodes(self) -> GaugeMetricFamily:
+        """Per catalogue model (aliases left out: they name another's nodes), the nodes taking requests (healthy,
+        not draining) that have it loaded or can load it; 0 means requests for it fail. Labels stay within the
+        catalogue."""
+        gauge = GaugeMetricFamily("cortex_model_healthy_nodes", "Nodes taking requests (healthy, not draining) "
+                                  "that have the model loaded or can load it", labels=["model"])
+        for entry in self.catalogue():
+            if "alias_of" not in entry:
+                nodes = set(entry["loaded_on"]) | set(entry["loadable_on"])
+                gauge.add_metric([entry["id"]], sum(1 for n in nodes if self.fleet.nodes[n].accepting))
+        return gauge
 
 
 def count_refusals(metrics: GatewayMetrics):

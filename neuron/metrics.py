@@ -27,8 +27,6 @@ class NeuronMetrics:
                                  buckets=LATENCY_BUCKETS, registry=r)
         self.load_seconds = Histogram("cortex_neuron_model_load_seconds", "Model load time", ["model"],
                                       buckets=LOAD_BUCKETS, registry=r)
-        self.faults = Counter("cortex_neuron_device_faults", "Inferences that hit a device error", ["model"],
-                              registry=r)
         self.uptime = Gauge("cortex_neuron_up", "1 while the neuron serves", registry=r)
         self.queue_wait = Histogram("cortex_neuron_queue_wait_seconds", "Time a request waited for a slot",
                                     ["model"], buckets=TTFT_BUCKETS, registry=r)
@@ -74,9 +72,25 @@ class _LiveCollector:
                 running.add_metric([m.id], batcher.running())
                 slots.add_metric([m.id], len(batcher.slots))
                 steps.add_metric([m.id], batcher.steps)
-        dev_free = GaugeMetricFamily("cortex_neuron_device_free_bytes", "Free device memory", labels=["device"])
-        dev_total = GaugeMetricFamily("cortex_neuron_device_total_bytes", "Device memory", labels=["device"])
+        dev_free = GaugeMetricFamily("cortex_neuron_device_memory_free_bytes", "Free device memory",
+                                     labels=["device"])
+        dev_total = GaugeMetricFamily("cortex_neuron_device_memory_total_bytes", "Device memory", labels=["device"])
         for d in reg.devices.snapshot():
             dev_free.add_metric([d.id], d.free_mb * MIB)
             dev_total.add_metric([d.id], d.total_mb * MIB)
-        yield from (in_flight, queued, memory, tps, running, slots, steps, dev_free, dev_total)
+        yield from (in_flight, queued, memory, tps, running, slots, steps, dev_free, dev_total, *_recoveries(reg))
+
+
+def _recoveries(reg):
+    """Device faults and poison recoveries, by model. A loaded model's series start at 0, so the first fault
+    is an increase Prometheus sees (a series born at 1 hides it from increase())."""
+    faults = CounterMetricFamily("cortex_neuron_device_faults", "Inferences that hit a device error",
+                                 labels=["model"])
+    recoveries = CounterMetricFamily("cortex_neuron_recoveries", "Reloads after a device error, by outcome "
+                                     "(failed: the model was left unloaded)", labels=["model", "outcome"])
+    models = set(reg.models) | set(reg.device_faults) | {m for m, _ in reg.recoveries}
+    for model in sorted(models):
+        faults.add_metric([model], reg.device_faults[model])
+        for outcome in ("reloaded", "failed"):
+            recoveries.add_metric([model, outcome], reg.recoveries[(model, outcome)])
+    return faults, recoveries

@@ -10,6 +10,7 @@ model unloaded rather than poisoned forever.
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 import time
 from collections.abc import Callable
@@ -75,6 +76,10 @@ class Registry:
         self.workers = {d: DeviceWorker(d) for d in devices.ids}
         self.models: dict[str, ModelEntry] = {}
         self.failures: dict[str, str] = {}  # last failed load or recovery, by model id; the newest MAX_FAILURES
+        # For the metrics, by model id, kept past an unload (counters never go back): inferences that hit a
+        # device error, and recoveries by outcome ("reloaded" or "failed", the model left unloaded).
+        self.device_faults: collections.Counter[str] = collections.Counter()
+        self.recoveries: collections.Counter[tuple[str, str]] = collections.Counter()
         self.on_loaded: Callable[[ModelEntry], None] = lambda entry: None  # once per real load
         self.puller = None  # neuron.pulls.Puller: a load of a hub source pulls it first
 
@@ -280,6 +285,7 @@ class Registry:
 
     def poison(self, entry: ModelEntry, exc: BaseException) -> None:
         """Mark a model that hit a device error and start reloading it in the background."""
+        self.device_faults[entry.id] += 1
         if entry.status != ModelState.LOADED:
             return
         log.error("device error on %s: %s; reloading it", entry.id, exc)
@@ -296,6 +302,9 @@ class Registry:
             log.error("reload of %s failed: %s; it is now unloaded", entry.id, exc)
             self._record_failure(entry.id, f"recovery failed: {exc}")
             self.models.pop(entry.id, None)
+            self.recoveries[(entry.id, "failed")] += 1
+        else:
+            self.recoveries[(entry.id, "reloaded")] += 1
 
     async def close(self) -> None:
         for model_id in list(self.models):
