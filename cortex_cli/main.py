@@ -10,6 +10,7 @@ from cortex_cli.commands.load import load, unload
 from cortex_cli.commands.neuron import neuron
 from cortex_cli.commands.pull import pull, rm
 from cortex_cli.commands.serve import serve
+from cortex_cli.commands.service import service
 from cortex_cli.commands.status import models, status
 from cortex_cli.commands.tiny_model import tiny_model
 from cortex_cli.commands.top import top
@@ -34,3 +35,4 @@ cli.add_command(rm)
 cli.add_command(top)
 cli.add_command(completion)
 cli.add_command(tiny_model)
+cli.add_command(service)
