@@ -29,16 +29,20 @@ $(VENV)/.dev-installed: pyproject.toml | $(BIN)/python
 serve: $(VENV)/.serve-installed
 	$(BIN)/cortex serve
 
-# zsh and fish let the completion tests ask real shells; installed where apt-get can (as root),
-# otherwise those tests are skipped and say why.
+# zsh and fish let the completion tests ask real shells, and Debian's prometheus (with promtool) lets
+# tests/test_prometheus.py scrape a real fleet and check deploy/prometheus's rules (each name is both
+# the command and its Debian package); installed where apt-get can (as root), otherwise those tests
+# are skipped and say why.
 shells:
-	@missing=""; for s in zsh fish; do command -v $$s >/dev/null || missing="$$missing $$s"; done; \
+	@missing=""; for s in zsh fish prometheus; do command -v $$s >/dev/null || missing="$$missing $$s"; done; \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
-	    echo "installing$$missing for the completion tests"; \
-	    (timeout 300 apt-get update -qq && timeout 300 apt-get install -y -qq $$missing) >/dev/null 2>&1 \
-	      || echo "could not install$$missing: their completion tests will be skipped"; \
-	  else echo "$$missing not installed: their completion tests will be skipped"; fi; \
+	    echo "installing$$missing for the completion and Prometheus tests"; \
+	    (timeout 300 apt-get update -qq && \
+	     DEBIAN_FRONTEND=noninteractive timeout 300 apt-get install -y -qq --no-install-recommends $$missing) \
+	       >/dev/null 2>&1 \
+	      || echo "could not install$$missing: the tests that need them will be skipped"; \
+	  else echo "$$missing not installed: the tests that need them will be skipped"; fi; \
 	fi
 
 # ruff (pyflakes, pycodestyle, import order, bugbear) on the whole tree; the import boundary
