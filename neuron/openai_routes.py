@@ -6,6 +6,7 @@ import time
 
 from aiohttp import web
 
+from neuron import engine_routes
 from neuron.answers import Choice, collect_choices, stream_choices, usage_of
 from neuron.engine.tool_calls import ToolCallParser
 from neuron.http import json_response, read_json
@@ -15,16 +16,20 @@ from neuron.state import ACCESS, ENGINE, KEEPALIVE_S, METRICS, REGISTRY
 
 
 async def chat_completions(request: web.Request) -> web.StreamResponse:
-    return await _complete(request, parse_chat(await read_json(request)), chat=True)
+    body = await read_json(request)
+    return await _complete(request, parse_chat(body), body, chat=True)
 
 
 async def completions(request: web.Request) -> web.StreamResponse:
-    return await _complete(request, parse_completion(await read_json(request)), chat=False)
+    body = await read_json(request)
+    return await _complete(request, parse_completion(body), body, chat=False)
 
 
-async def _complete(request: web.Request, req: InferenceRequest, chat: bool) -> web.StreamResponse:
+async def _complete(request: web.Request, req: InferenceRequest, body: dict, chat: bool) -> web.StreamResponse:
     app = request.app
     entry = app[REGISTRY].require_loaded(req.model)
+    if engine_routes.on_engine(entry):  # checked by our parser above; the engine does the rest
+        return await engine_routes.relay(request, entry, body, request.path, "chat" if chat else "completions")
     queued_at = time.perf_counter()
     async with entry.admission.slot():
         app[METRICS].queue_wait.labels(entry.id).observe(time.perf_counter() - queued_at)
@@ -52,8 +57,11 @@ def _tool_parser(req: InferenceRequest) -> ToolCallParser | None:
 async def tokenize(request: web.Request) -> web.Response:
     """Count a chat request's prompt tokens with the model's own template and tokenizer."""
     app = request.app
-    req = parse_chat(await read_json(request))
+    body = await read_json(request)
+    req = parse_chat(body)
     entry = app[REGISTRY].require_loaded(req.model)
+    if engine_routes.on_engine(entry):
+        return await engine_routes.count(request, entry, body)
     tokens = await app[ENGINE].prompt_tokens(entry, req)
     return json_response({"model": entry.id, "count": len(tokens)})
 

@@ -17,7 +17,9 @@ from typing import Any, Self
 from neuron.errors import bad_request
 from neuron.fields import opt_float, opt_int, req_str, require_object, require_type
 
-BACKENDS = ("auto", "torch", "llama.cpp")
+BACKENDS = ("auto", "torch", "llama.cpp", "llama-server", "vllm", "sglang")
+EXTERNAL_ENGINES = ("llama-server", "vllm", "sglang")  # run as child processes; `auto` never picks one
+MAX_ENGINE_ARGS = 64
 
 
 class ModelState(StrEnum):
@@ -69,6 +71,7 @@ class LoadRequest:
     max_in_flight: int | None = None
     max_queue_depth: int | None = None
     max_wait_s: float | None = None
+    engine_args: list[str] = field(default_factory=list)  # passed to an external engine's command line
 
     @classmethod
     def from_dict(cls, body: Any) -> LoadRequest:
@@ -85,10 +88,23 @@ class LoadRequest:
             max_in_flight=opt_int(data, "max_in_flight", minimum=1, maximum=4096),
             max_queue_depth=opt_int(data, "max_queue_depth", minimum=0, maximum=1 << 16),
             max_wait_s=opt_float(data, "max_wait_s", minimum=0, maximum=3600),
+            engine_args=_engine_args(data.get("engine_args"), backend),
         )
 
     def to_dict(self) -> dict:
-        return {k: v for k, v in asdict(self).items() if v is not None}
+        return {k: v for k, v in asdict(self).items() if v is not None and not (k == "engine_args" and not v)}
+
+
+def _engine_args(value: Any, backend: str) -> list[str]:
+    if value is None or value == []:
+        return []
+    if not isinstance(value, list) or not all(isinstance(v, str) and len(v) <= 4096 for v in value) \
+            or len(value) > MAX_ENGINE_ARGS:
+        raise bad_request(f"engine_args: expected a list of at most {MAX_ENGINE_ARGS} strings", param="engine_args")
+    if backend not in EXTERNAL_ENGINES:
+        raise bad_request(f"engine_args: only for an external engine backend ({', '.join(EXTERNAL_ENGINES)}), not "
+                          f"{backend}", param="engine_args")
+    return list(value)
 
 
 def parse_devices(value: Any) -> list[str]:

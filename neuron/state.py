@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import aiohttp
 from aiohttp import web
 
 from neuron.engine.faults import FaultInjector
@@ -18,4 +19,5 @@ KEEPALIVE_S = web.AppKey("keepalive_s", float)
 NODE_NAME = web.AppKey("node_name", str)
 STARTED_AT = web.AppKey("started_at", float)
 PULLER = web.AppKey("puller", Puller)
+ENGINE_SESSION = web.AppKey("engine_session", aiohttp.ClientSession)  # relays to external engines
 ACCESS = web.RequestKey("access", dict) if hasattr(web, "RequestKey") else "cortex.access"  # the access log's fields

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from cortex_gateway.embedded import free_port, stop_process  # noqa: F401 - re-exported for tests
 
+ROOT = Path(__file__).resolve().parent.parent
 CORTEX = [sys.executable, "-m", "cortex_cli"]
 # Ban both end-of-generation tokens of the tiny models (<|endoftext|> = 0, <|im_end|> = 2): llama.cpp
 # ends on either, so a test that counts tokens must ban both or flake at temperature > 0.

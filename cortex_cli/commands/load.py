@@ -63,7 +63,8 @@ async def _progress(client, node: str, model: str) -> tuple[str | None, list[dic
 @click.argument("model", shell_complete=complete_model)
 @click.option("--pin", is_flag=True, help="Never evict it from NODE; recorded in the models file.")
 @click.option("--devices", metavar="0,1", help="GPU indices on NODE to place it on.")
-@click.option("--backend", type=click.Choice(["auto", "torch", "llama.cpp"]), default=None)
+@click.option("--backend", type=click.Choice(["auto", "torch", "llama.cpp", "llama-server", "vllm", "sglang"]),
+              default=None)
 @gateway_option
 @admin_key_option
 def load(node, model, pin, devices, backend, gateway, admin_key) -> None:

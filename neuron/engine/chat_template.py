@@ -49,7 +49,10 @@ For each function call, return a json object with function name and arguments wi
 {% if message.content %}{{ message.content }}{% endif %}
 {%- for tc in message.tool_calls or [] %}
 <tool_call>
-{"name": {{ tc.function.name | tojson }}, "arguments": {{ tc.function.arguments }}}
+{"name": {{ tc.function.name | tojson }}, "arguments":
+{%- if tc.function.arguments is string %} {{ tc.function.arguments }}
+{%- else %} {{ tc.function.arguments | tojson }}
+{%- endif %}}
 </tool_call>
 {%- endfor %}<|im_end|>
 {% else %}

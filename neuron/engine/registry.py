@@ -25,7 +25,7 @@ from neuron.engine.backends import Backend, BackendSpec, BackendUnavailable, bac
 from neuron.engine.faults import FaultInjector
 from neuron.engine.worker import DeviceWorker
 from neuron.errors import ApiError
-from neuron.protocol import LoadRequest, ModelInfo, ModelKind, ModelState
+from neuron.protocol import EXTERNAL_ENGINES, LoadRequest, ModelInfo, ModelKind, ModelState
 
 log = logging.getLogger(__name__)
 UNLOAD_DRAIN_S = 30.0
@@ -48,6 +48,7 @@ class ModelEntry:
     decode_tps: float = 0.0
     phase: str = "queued"  # what a load is doing now, for progress displays
     ready: asyncio.Future | None = field(default=None, repr=False)
+    watcher: asyncio.Task | None = field(default=None, repr=False)  # an external engine's exit watch
     load_error: ApiError | None = field(default=None, repr=False)
 
     def info(self) -> ModelInfo:
@@ -82,6 +83,8 @@ class Registry:
         self.recoveries: collections.Counter[tuple[str, str]] = collections.Counter()
         self.on_loaded: Callable[[ModelEntry], None] = lambda entry: None  # once per real load
         self.puller = None  # neuron.pulls.Puller: a load of a hub source pulls it first
+        self.engines: dict[str, list[str]] = {}  # configured external engine commands, by name
+        self.engine_start_timeout_s = 900.0
 
     # -- queries -------------------------------------------------------------
     def worker_for(self, entry: ModelEntry) -> DeviceWorker:
@@ -195,7 +198,10 @@ class Registry:
         log.info("loading %s with %s on %s (about %.0f MiB)", entry.id, entry.backend_name,
                  ",".join(entry.devices), entry.estimated_mb)
         try:
-            backend, measured = await self.worker_for(entry).call(lambda: self._open_on_device(entry, spec))
+            if entry.backend_name in EXTERNAL_ENGINES:
+                backend, measured = await self._open_engine(entry, spec)
+            else:
+                backend, measured = await self.worker_for(entry).call(lambda: self._open_on_device(entry, spec))
         except BackendUnavailable as exc:
             raise ApiError(400, "invalid_request_error", str(exc), code="backend_unavailable") from exc
         except ApiError:
@@ -205,13 +211,42 @@ class Registry:
             raise ApiError(422, "invalid_request_error", f"loading {entry.id!r} failed: {self.redact(str(exc))}",
                            code="load_failed") from exc
         entry.backend = backend
-        entry.memory_mb = measured if measured >= 0.5 * entry.estimated_mb else entry.estimated_mb
+        if entry.backend_name in EXTERNAL_ENGINES:  # measured, not estimated: the engine's own processes
+            entry.memory_mb = measured
+            entry.watcher = asyncio.get_running_loop().create_task(self._watch_engine(entry, backend))
+        else:
+            entry.memory_mb = measured if measured >= 0.5 * entry.estimated_mb else entry.estimated_mb
         entry.load_time_s = round(time.monotonic() - started, 3)
         entry.admission = Admission(entry.id, self._limits(entry))
         entry.status, entry.phase = ModelState.LOADED, "ready"
         self._account(entry, +1)
         self.on_loaded(entry)
         log.info("loaded %s in %.2fs, %.0f MiB", entry.id, entry.load_time_s, entry.memory_mb)
+
+    async def _open_engine(self, entry: ModelEntry, spec: BackendSpec):
+        """An external engine, started on the event loop's thread (its death signal follows that thread)."""
+        from neuron.engine.engines.backend import start_engine
+
+        def phase(text: str) -> None:
+            entry.phase = text
+
+        engine = await start_engine(entry.backend_name, spec, entry.id,
+                                    configured=self.engines.get(entry.backend_name),
+                                    engine_args=entry.request.engine_args, log_dir=self.models_dir / ".engines",
+                                    start_timeout_s=self.engine_start_timeout_s, on_phase=phase)
+        entry.phase = "measuring memory"
+        measured = await asyncio.get_running_loop().run_in_executor(None, engine.memory_mb, self.devices.nvml)
+        return engine, measured
+
+    async def _watch_engine(self, entry: ModelEntry, engine) -> None:
+        from neuron.engine.engines.backend import watch
+        from neuron.engine.generation import DeviceFault
+
+        def died(reason: str) -> None:
+            if entry.backend is engine and entry.status == ModelState.LOADED:
+                self.poison(entry, DeviceFault(reason))
+
+        await watch(engine, died)
 
     def _open_on_device(self, entry: ModelEntry, spec: BackendSpec) -> tuple[Backend, float]:
         entry.phase = f"importing {entry.backend_name}"
@@ -275,7 +310,12 @@ class Registry:
 
     async def _close(self, entry: ModelEntry) -> None:
         backend, entry.backend = entry.backend, None
-        if backend is not None:
+        if entry.watcher is not None:
+            entry.watcher.cancel()
+            entry.watcher = None
+        if backend is not None and getattr(backend, "external", False):  # a process to stop, not a device job
+            await asyncio.get_running_loop().run_in_executor(None, backend.close)
+        elif backend is not None:
             try:
                 await self.worker_for(entry).call(backend.close)
             except Exception:  # noqa: BLE001 - a broken device may fail to free; we drop it anyway

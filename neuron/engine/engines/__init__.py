@@ -1,0 +1,1 @@
+"""External engines (llama-server, vLLM, SGLang) run by the neuron as child processes, one per model."""
