@@ -174,3 +174,25 @@ def test_no_engine_outlives_the_neuron_stopped_or_killed(tmp_path, engines, mode
             wait_for(lambda pids=pids: gone(*pids), timeout=40, what="the engine and its worker gone with the neuron")
         finally:
             proc.kill()
+
+
+def test_the_load_phase_says_the_engine_is_starting(tmp_path, engines, models_dir):
+    """A vLLM start can take minutes: until its health route answers, the load says what it waits for."""
+    import threading
+
+    slow = start_neuron(tmp_path, models_dir, "--config", str(engines / "neuron.toml"), name="slow",
+                        env={"FAKE_ENGINE_RECORD": str(engines / "records"), "FAKE_ENGINE_HEALTH_DELAY_S": "3"})
+    try:
+        done: list = []
+        thread = threading.Thread(target=lambda: done.append(load(slow, model="tiny-hf", backend="vllm")))
+        thread.start()
+
+        def phase() -> str:
+            models = http_json("GET", slow.url + "/models")[1]["models"]
+            return next((m.get("phase", "") for m in models if m["id"] == "tiny-hf"), "")
+
+        wait_for(lambda: "starting vllm (waiting for /health" in phase(), what="the starting phase")
+        thread.join(60)
+        assert done and done[0][0] == 200 and phase() == "ready"
+    finally:
+        slow.kill()
