@@ -5,6 +5,7 @@ The neuron runs as a child process, so a backend crash cannot take the gateway d
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import os
 import signal
@@ -38,6 +39,14 @@ def stop_process(proc: subprocess.Popen, timeout: float = 30) -> int:
     return proc.returncode
 
 
+def _stop_with_parent() -> None:
+    """In the child: SIGTERM (a graceful stop) when the gateway dies without stopping it (killed early, or -9)."""
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except OSError:
+        pass
+
+
 class LocalNeuron:
     """`cortex neuron --demo` on a free loopback port, stopped with the gateway.
 
@@ -54,7 +63,7 @@ class LocalNeuron:
         if models_dir:
             args += ["--models-dir", models_dir]
         log.info("starting a local neuron on %s", self.endpoint)
-        self.proc = subprocess.Popen(args, env=os.environ.copy())
+        self.proc = subprocess.Popen(args, env=os.environ.copy(), preexec_fn=_stop_with_parent)
 
     def wait_ready(self, timeout: float = 120) -> None:
         deadline = time.monotonic() + timeout

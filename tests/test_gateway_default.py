@@ -65,3 +65,25 @@ def test_streaming_client_gets_keepalives_during_a_cold_load(tmp_path):
     finally:
         gateway.terminate()
         neuron.terminate()
+
+
+def test_the_local_neuron_goes_with_a_gateway_killed_outright(tmp_path):
+    """kill -9 of `cortex serve` leaves no neuron behind: the kernel tells it to stop (PDEATHSIG)."""
+    import signal
+
+    import psutil
+
+    from tests.test_neuron_lifecycle import wait_for
+
+    port, metrics_port = free_port(), free_port()
+    env = {"HOME": str(tmp_path), "CORTEX_MODELS_DIR": str(tmp_path / "models"), "CORTEX_CONFIG": ""}
+    proc = CortexProcess(["serve", "--listen", f"127.0.0.1:{port}", "--metrics-listen",
+                          f"127.0.0.1:{metrics_port}"], port, tmp_path / "serve.log", env=env)
+    try:
+        proc.wait_healthy(timeout=120)
+        [neuron] = psutil.Process(proc.proc.pid).children()
+        os.kill(proc.proc.pid, signal.SIGKILL)
+        wait_for(lambda: not neuron.is_running() or neuron.status() == psutil.STATUS_ZOMBIE, timeout=40,
+                 what="the local neuron stopped")
+    finally:
+        proc.kill()
