@@ -57,18 +57,28 @@ async def relay_stream(request: web.Request, session: aiohttp.ClientSession, eng
     return out, usage, first
 
 
+async def _chunks(resp, out: web.StreamResponse, keepalive_s: float):
+    """The engine's bytes as they come; keep-alives to the client until the first (the engine is prefilling).
+    After that tokens flow, and chunks are read without a timer each (a task per chunk costs real CPU)."""
+    events = resp.content.iter_any().__aiter__()
+    while True:
+        try:
+            chunk = await asyncio.wait_for(events.__anext__(), keepalive_s)
+        except TimeoutError:
+            await out.write(KEEPALIVE)
+            continue
+        except StopAsyncIteration:
+            return
+        yield chunk
+        break
+    async for chunk in events:
+        yield chunk
+
+
 async def _pump(resp, out: web.StreamResponse, asked: bool, keepalive_s: float, started: float):
     usage, first, buffer = {}, None, b""
-    events = resp.content.iter_any().__aiter__()
     try:
-        while True:
-            try:
-                chunk = await asyncio.wait_for(events.__anext__(), keepalive_s)
-            except TimeoutError:
-                await out.write(KEEPALIVE)  # the engine is prefilling: the client hears from us
-                continue
-            except StopAsyncIteration:
-                break
+        async for chunk in _chunks(resp, out, keepalive_s):
             buffer += chunk
             *complete, buffer = buffer.split(b"\n\n")
             for event in complete:
