@@ -135,7 +135,8 @@ def measure_engine_backend(url: str, model: str, levels, tokens: int, rounds: in
     console.log(f"loading {model} with backend llama-server ({SLOTS} slots)")
     status, body = http_json("POST", url + "/models/load", {
         "model": model, "backend": "llama-server", "parallel": SLOTS, "max_in_flight": SLOTS,
-        "context_size": CONTEXT, "engine_args": ["--kv-unified", "-t", str(threads), "-tb", str(batch_threads)]})
+        "context_size": CONTEXT, "engine_args": ["--kv-unified", "-t", str(threads), "-tb", str(batch_threads),
+                                                   "--no-jinja", "--chat-template", "chatml"]})  # as raw above
     assert status == 200, body
     try:
         return measure(url, model, levels, tokens, rounds, ban)
