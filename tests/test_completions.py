@@ -63,7 +63,8 @@ def test_bash_commands_nodes_and_models(gateway):
     assert bash_complete(["cortex", "load", ""], env) == ["beast"]
     assert bash_complete(["cortex", "load", "beast", "tiny-"], env) == ["tiny-gguf", "tiny-hf", "tiny-short"]
     assert bash_complete(["cortex", "load", "beast", "tiny-h"], env) == ["tiny-hf"]
-    assert bash_complete(["cortex", "load", "--backend", ""], env) == ["auto", "torch", "llama.cpp"]
+    assert bash_complete(["cortex", "load", "--backend", ""], env) == ["auto", "torch", "llama.cpp", "llama-server",
+                                                                   "vllm", "sglang"]
 
 
 def test_bash_offers_nothing_when_the_gateway_is_down():
