@@ -8,6 +8,7 @@ error event the client can see.
 
 from __future__ import annotations
 
+import collections
 import logging
 import re
 import time
@@ -23,6 +24,9 @@ from neuron.request_context import with_request_id
 from neuron.sse import DONE, SSE_HEADERS, USAGE_COMMENT, error_event
 
 log = logging.getLogger(__name__)
+# The end of a stream kept for its usage and [DONE]. By bytes, not by chunks: on a busy machine the last
+# write (finish, usage, [DONE]) can arrive in several reads, and keeping two chunks lost the usage.
+TAIL_BYTES = 4096
 JSON_HEADERS = {"Content-Type": "application/json"}
 # Neuron answers that mean "not here after all": try another node.
 RETRYABLE_CODES = {"model_recovering", "model_not_found", "model_unloading", "model_loading"}
@@ -132,14 +136,18 @@ def mid_stream_failure(rec: RequestRecord, exc: BaseException) -> ApiError:
 
 async def relay_stream(upstream: aiohttp.ClientResponse, client: web.StreamResponse, rec: RequestRecord) -> None:
     """Copy the upstream SSE bytes to the client chunk by chunk, noting TTFT and usage."""
-    previous = last = b""
+    recent: collections.deque[bytes] = collections.deque()  # the last TAIL_BYTES or more, whatever the chunking
+    size = 0
     try:
         async for chunk in upstream.content.iter_any():
             if rec.first_token_at is None and FIRST_OUTPUT.search(chunk):
                 rec.first_token_at = time.perf_counter()
             await write(client, chunk)
-            previous, last = last, chunk
-        tail = previous[-4096:] + last
+            recent.append(chunk)
+            size += len(chunk)
+            while size - len(recent[0]) >= TAIL_BYTES:
+                size -= len(recent.popleft())
+        tail = b"".join(recent)
         if not tail.rstrip().endswith(b"[DONE]"):
             raise aiohttp.ClientPayloadError("upstream stream ended without [DONE]")
         rec.finished_at = time.perf_counter()

@@ -358,3 +358,36 @@ async def test_a_drained_node_takes_nothing_new_and_finishes_what_it_has(neurons
     assert b'"content":"n1"' in tail and OPENAI.done in tail, "the request running there finished"
     await gw.client.post("/admin/undrain", json={"node": "n1"})
     assert (await complete(gw, "m"))["choices"][0]["message"]["content"] == "hello from n1"
+
+
+async def test_the_usage_is_read_however_the_stream_s_end_is_split():
+    """On a busy machine the neuron's last write (finish, usage, [DONE]) arrives in many reads: the usage
+    must still count (keeping the last two reads lost it, seen once in the Prometheus test)."""
+    from cortex_gateway.metrics import RequestRecord
+    from cortex_gateway.proxy import relay_stream
+
+    end = (b'data: {"choices":[{"index":0,"delta":{},"finish_reason":"length"}]}\n\n'
+           b': cortex-usage {"prompt_tokens":5,"completion_tokens":8,"total_tokens":13}\n\ndata: [DONE]\n\n')
+    pieces = [b'data: {"choices":[{"index":0,"delta":{"content":"hi"}}]}\n\n'] + [end[i:i + 7]
+                                                                                  for i in range(0, len(end), 7)]
+
+    class Upstream:
+        class content:  # noqa: N801 - aiohttp's attribute name
+            @staticmethod
+            async def iter_any():
+                for piece in pieces:
+                    yield piece
+
+        def release(self):
+            pass
+
+    class Client:
+        def __init__(self):
+            self.sent = b""
+
+        async def write(self, data):
+            self.sent += data
+
+    client, rec = Client(), RequestRecord(model="m", endpoint="chat", started=0.0)
+    await relay_stream(Upstream(), client, rec)
+    assert client.sent == b"".join(pieces) and (rec.prompt_tokens, rec.completion_tokens) == (5, 8)
