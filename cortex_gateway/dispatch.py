@@ -115,6 +115,10 @@ async def _place(request, call: InferenceCall, model: str, exclude: frozenset[st
     lifecycle = request.app[LIFECYCLE]
     node = lifecycle.loaded_node(model, exclude)
     if node is None:
+        if call.path != "/v1/embeddings" and lifecycle.embedding_only(model):  # refused before loading it
+            raise ApiError(400, "invalid_request_error", f"model {model!r} is an embedding model: it serves "
+                           "/v1/embeddings only; pick a chat model from /v1/models", code="embedding_model",
+                           param="model")
         placing = asyncio.ensure_future(lifecycle.node_for(model, exclude))
         if call.stream:
             client_stream = await _keepalive_until(request, placing, client_stream, dialect)

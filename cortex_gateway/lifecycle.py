@@ -16,7 +16,7 @@ from cortex_gateway.fleet import Fleet, Node
 from cortex_gateway.metrics import GatewayMetrics
 from cortex_gateway.router import NodeView, loading_on, next_victim, plan_cold_load, route_loaded
 from neuron.client import NeuronError
-from neuron.protocol import ModelInfo, ModelState
+from neuron.protocol import ModelInfo, ModelKind, ModelState
 
 log = logging.getLogger(__name__)
 MAX_EXTRA_EVICTIONS = 8
@@ -62,6 +62,21 @@ class Lifecycle:
         if model in self.config.models:
             return True
         return any(model in n.models or model in n.available for n in self.fleet.nodes.values())
+
+    def embedding_only(self, model: str) -> bool:
+        """True when every node that lists `model` (loaded or on disk) says it only embeds.
+
+        Asked before a cold load so that a chat request for an embedding model is refused at
+        once, rather than after loading it (and perhaps evicting something busy to make room).
+        """
+        kinds = set()
+        for node in self.fleet.nodes.values():
+            info = node.models.get(node.aliases.get(model, model))
+            if info is not None:
+                kinds.add(info.kind)
+            if model in node.available:
+                kinds.add(node.available[model].kind)
+        return kinds == {ModelKind.EMBEDDING}
 
     # -- requests ------------------------------------------------------------------
     def loaded_node(self, model: str, exclude: frozenset[str] = frozenset()) -> Node | None:

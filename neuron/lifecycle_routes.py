@@ -20,8 +20,8 @@ from neuron.state import FAULTS, METRICS, NODE_NAME, PULLER, REGISTRY, STARTED_A
 async def available(request: web.Request) -> web.Response:
     registry = request.app[REGISTRY]
     on_cpu = registry.devices.ids == ["cpu"]
-    models = [AvailableModel(r.id, r.format, r.shown_path, round(r.size_mb, 2), round(estimate_mb(r, None, on_cpu), 1))
-              for r in scan(registry.models_dir)]
+    models = [AvailableModel(r.id, r.format, r.shown_path, round(r.size_mb, 2), round(estimate_mb(r, None, on_cpu), 1),
+                             r.kind) for r in scan(registry.models_dir)]
     return json_response({"models": [m.to_dict() for m in models]})
 
 

@@ -184,6 +184,10 @@ class AvailableModel(_Answer):
     path: str = ""
     size_mb: float = 0.0
     estimated_mb: float = 0.0
+    kind: ModelKind = ModelKind.GENERATION
+
+    def __post_init__(self):
+        self.kind = ModelKind(self.kind) if self.kind in tuple(ModelKind) else ModelKind.GENERATION
 
     @property
     def need_mb(self) -> float:

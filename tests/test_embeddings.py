@@ -11,6 +11,7 @@ import struct
 import typing
 from pathlib import Path
 
+import anthropic
 import numpy as np
 import openai
 import pytest
@@ -92,6 +93,7 @@ def node(tmp_path_factory, models_dir):
         (models / name).symlink_to(models_dir / name)
     if MINILM:
         (models / "minilm").symlink_to(MINILM)
+        (models / "minilm-cold").symlink_to(MINILM)  # never loaded: what a cold request meets
         linked_copy(MINILM, models / "minilm-mrl", {"matryoshka_dimensions": [128, 256]})
         write_bert_gguf(MINILM, models / "minilm-gguf.gguf")
     proc = start_neuron(root, models, "--cpu-memory-mb", "4000")
@@ -311,6 +313,28 @@ def test_through_the_gateway(tmp_path, node, client):
     try:
         through = openai.OpenAI(base_url=gateway.url + "/v1", api_key="unused", max_retries=0)
         np.testing.assert_allclose(vectors(through, model, PAIR), vectors(client, model, PAIR), atol=1e-7)
+    finally:
+        gateway.terminate()
+
+
+def test_chat_for_an_embedding_model_on_disk_is_refused_before_loading_it(tmp_path, node, minilm):
+    """The gateway knows the kind from the node's disk listing: no cold load, no eviction for it."""
+    status, body = http_json("GET", node.url + "/models/available")
+    assert {m["id"]: m["kind"] for m in body["models"]}["minilm-cold"] == "embedding"
+    gateway = start_gateway(tmp_path, {"n1": node.url})
+    try:
+        through = openai.OpenAI(base_url=gateway.url + "/v1", api_key="unused", max_retries=0)
+        with pytest.raises(openai.BadRequestError) as exc:
+            through.chat.completions.create(model="minilm-cold", messages=[{"role": "user", "content": "hi"}])
+        assert "'minilm-cold' is an embedding model: it serves /v1/embeddings only" in exc.value.message
+        claude = anthropic.Anthropic(base_url=gateway.url, api_key="unused", max_retries=0)
+        with pytest.raises(anthropic.BadRequestError) as exc:
+            claude.messages.create(model="minilm-cold", max_tokens=8, messages=[{"role": "user", "content": "hi"}])
+        assert exc.value.body["error"]["type"] == "invalid_request_error"
+        assert "embedding model" in exc.value.body["error"]["message"]
+        status, body = http_json("GET", node.url + "/models")
+        assert "minilm-cold" not in {m["id"] for m in body["models"]}
+        assert len(vectors(through, "minilm-cold", ["a"])[0]) == 384  # embeddings still cold-load it
     finally:
         gateway.terminate()
 
