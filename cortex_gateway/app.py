@@ -40,15 +40,19 @@ def access_details(request: web.Request) -> dict:
     return out
 
 
+# What Prometheus, load balancers and `cortex top` poll: logged at debug unless it fails.
+POLLED_PATHS = ("/health", "/metrics", "/admin/status")
+
+
 def create_app(config: GatewayConfig, *, session: aiohttp.ClientSession | None = None,
                metrics: GatewayMetrics | None = None) -> web.Application:
     max_bytes = int(config.max_body_mb * 2**20)
     app_metrics = metrics or GatewayMetrics()
-    # Outermost, the refusal counter sees every answer, errors rendered by the middleware inside it included.
     # Outermost, the request id (every line and answer carries it) and the access log (one line per request,
     # refusals included); then the refusal counter, which sees every answer the error middleware renders.
-    middlewares = [request_id_middleware, access_log(ACCESS_LOG, access_details), count_refusals(app_metrics),
-                   error_middleware(renderer_for, "gateway"), body_limits(max_bytes, config.body_timeout_s)]
+    middlewares = [request_id_middleware, access_log(ACCESS_LOG, access_details, POLLED_PATHS),
+                   count_refusals(app_metrics), error_middleware(renderer_for, "gateway"),
+                   body_limits(max_bytes, config.body_timeout_s)]
     if config.auth.keys:
         middlewares.insert(4, api_auth)  # keys checked before a body is read; no layer at all without keys
     app = web.Application(middlewares=middlewares, client_max_size=max_bytes)

@@ -45,9 +45,13 @@ def access_details(request: web.Request) -> dict:
     return dict(request.get(ACCESS) or {})
 
 
+# What the gateway polls every second or so: logged at debug unless it fails.
+POLLED_PATHS = ("/health", "/metrics", "/models", "/models/available", "/models/pulls")
+
+
 def create_app(config: NeuronConfig, *, devices: DeviceTable | None = None) -> web.Application:
     max_bytes = int(config.max_body_mb * 2**20)
-    middlewares = [request_id_middleware, access_log(ACCESS_LOG, access_details),
+    middlewares = [request_id_middleware, access_log(ACCESS_LOG, access_details, POLLED_PATHS),
                    error_middleware(lambda _path: render_openai, "neuron"), token_auth,
                    body_limits(max_bytes, config.body_timeout_s)]
     app = web.Application(middlewares=middlewares, client_max_size=max_bytes)

@@ -110,6 +110,9 @@ def access_log(logger: logging.Logger, details, quiet_paths: tuple[str, ...] = (
     """A middleware writing one line per request when it ends: method, path, status, duration, and what
     `details(request)` adds (model, node, tokens, time to first token, key name). Never a body or a key.
 
+    A successful GET of `quiet_paths` (the polls of the gateway, Prometheus and `cortex top`, several a
+    second for as long as the fleet runs) is logged at debug level: at info they would bury the requests.
+
     Inside the error middleware's answer (so refusals are logged with their status), outside nothing that
     could fail without a line."""
 
@@ -131,7 +134,8 @@ def access_log(logger: logging.Logger, details, quiet_paths: tuple[str, ...] = (
 
 
 def _log_access(logger, request, status: int, seconds: float, extra: dict, quiet_paths) -> None:
-    level = logging.DEBUG if request.path in quiet_paths else logging.INFO
+    routine = request.method in ("GET", "HEAD") and request.path in quiet_paths and status < 400
+    level = logging.DEBUG if routine else logging.INFO
     if not logger.isEnabledFor(level):
         return
     fields = {"method": request.method, "path": request.path, "status": status, "duration_s": round(seconds, 4),

@@ -121,3 +121,18 @@ def test_an_unsafe_client_id_is_replaced(stack):
     status, headers = call("GET", gateway.url + "/v1/models", {"X-Request-ID": "evil\" id",
                                                                "Authorization": f"Bearer {KEY}"})
     assert status == 200 and headers["X-Request-ID"].startswith("req_")
+
+
+def test_the_gateways_polls_stay_out_of_the_neurons_info_log(stack):
+    """The gateway polls each neuron every poll interval, forever: at info those lines would bury the
+    requests. A poll that fails is still an info line."""
+    gateway, neuron = stack
+    assert call("GET", neuron.url + "/models/available", {})[0] == 200  # routine, as the gateway's polls
+    status, _ = call("GET", neuron.url + "/models/nope", {})
+    assert status == 404
+    wait_until(lambda: any(line.get("path") == "/models/nope" for line in json_lines(neuron)),
+               what="the failed GET's access line")
+    routine = [line for line in json_lines(neuron)
+               if line.get("path") in ("/health", "/models", "/models/available") and line.get("status") == 200]
+    assert routine == [], routine[:3]
+    assert next(line for line in json_lines(neuron) if line.get("path") == "/models/nope")["level"] == "info"
