@@ -42,6 +42,10 @@ console = Console()
 SLOTS = 16
 CONTEXT = 2048  # per sequence, on both sides
 NO_EOS = {"0": -100, "2": -100}
+# A system message of our own: without one SmolLM2's template adds its default system prompt, which
+# raw llama-server's plain ChatML does not, and the two sides would time different prompts.
+MESSAGES = [{"role": "system", "content": "You are a storyteller."},
+            {"role": "user", "content": "Tell me a long story about the fleet."}]
 
 
 def make_models(root: Path) -> dict[str, tuple[str, Path | None]]:
@@ -64,9 +68,8 @@ def make_models(root: Path) -> dict[str, tuple[str, Path | None]]:
 
 async def one_stream(session: aiohttp.ClientSession, url: str, model: str, tokens: int, ban: dict) -> tuple:
     # The same sampling on both sides: llama-server's own defaults, sent explicitly.
-    body = {"model": model, "messages": [{"role": "user", "content": "Tell me a long story about the fleet."}],
-            "stream": True, "max_tokens": tokens, "temperature": 0.8, "top_k": 40, "top_p": 0.95, "min_p": 0.05,
-            "logit_bias": ban}
+    body = {"model": model, "messages": MESSAGES, "stream": True, "max_tokens": tokens, "temperature": 0.8,
+            "top_k": 40, "top_p": 0.95, "min_p": 0.05, "logit_bias": ban}
     started, first, count = time.perf_counter(), None, 0
     async with session.post(url + "/v1/chat/completions", json=body) as resp:
         async for line in resp.content:
@@ -88,7 +91,16 @@ async def level(url: str, model: str, clients: int, tokens: int, ban: dict) -> t
                                                                                int(len(ttfts) * 0.99))]
 
 
+def prompt_tokens(url: str, model: str) -> int:
+    """What the server counts for the benchmark's prompt: the sides must agree, or they time different work."""
+    status, body = http_json("POST", url + "/v1/chat/completions", {"model": model, "messages": MESSAGES,
+                                                                  "max_tokens": 1})
+    assert status == 200, body
+    return body["usage"]["prompt_tokens"]
+
+
 def measure(url: str, model: str, levels: list[int], tokens: int, rounds: int, ban: dict) -> dict[int, tuple]:
+    console.log(f"{model} @ {url.rsplit(':', 1)[1]}: the prompt is {prompt_tokens(url, model)} tokens")
     out = {}
     for clients in levels:
         runs = [asyncio.run(level(url, model, clients, tokens, ban)) for _ in range(rounds)]
