@@ -12,6 +12,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 
 from cortex_gateway.embedded import free_port, stop_process  # noqa: F401 - re-exported for tests
@@ -40,6 +41,23 @@ def http_json(method: str, url: str, body: dict | None = None, timeout: float = 
         return err.code, json.loads(err.read() or b"{}")
 
 
+def wait_serving(proc: subprocess.Popen, url: str, log: Callable[[], str], timeout: float,
+                 ready: Callable[[int, bytes], bool] = lambda status, _body: status == 200) -> None:
+    """Poll `url` until `ready(status, body)` holds; fail at once, with `log()`, if the process exits."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"the process that was to serve {url} exited with {proc.returncode}:\n{log()}")
+        try:
+            with urllib.request.urlopen(url, timeout=2) as resp:
+                if ready(resp.status, resp.read()):
+                    return
+        except OSError:  # not listening yet, or an error status (HTTPError)
+            pass
+        time.sleep(0.1)
+    raise TimeoutError(f"{url} not ready after {timeout}s:\n{log()}")
+
+
 class CortexProcess:
     """A `cortex ...` subprocess with its log kept in a file for failure reports."""
 
@@ -52,18 +70,7 @@ class CortexProcess:
                                      env={**os.environ, **(env or {})})
 
     def wait_healthy(self, timeout: float = 60) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"cortex exited with {self.proc.returncode}:\n{self.log_tail()}")
-            try:
-                status, _ = http_json("GET", self.url + "/health", timeout=2)
-                if status == 200:
-                    return
-            except (OSError, ValueError):
-                pass
-            time.sleep(0.1)
-        raise TimeoutError(f"{self.url} not healthy after {timeout}s:\n{self.log_tail()}")
+        wait_serving(self.proc, self.url + "/health", self.log_tail, timeout)
 
     def log(self) -> str:
         """The whole log: a check that a line is there (or is not) must not depend on how much came after it."""

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import yaml
 
-from tests.helpers import free_port, stop_process
+from tests.helpers import free_port, stop_process, wait_serving
 
 DEPLOY = Path(__file__).resolve().parent.parent / "deploy"
 SCRAPE_CONFIG = DEPLOY / "prometheus" / "prometheus.yml"
@@ -73,18 +73,7 @@ class Prometheus:
             stdout=self._log, stderr=subprocess.STDOUT)
 
     def wait_ready(self, timeout: float = 60) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"prometheus exited with {self.proc.returncode}:\n{self.log()}")
-            try:
-                with urllib.request.urlopen(self.url + "/-/ready", timeout=2) as resp:
-                    if resp.status == 200:
-                        return
-            except OSError:
-                pass
-            time.sleep(0.1)
-        raise TimeoutError(f"prometheus not ready after {timeout}s:\n{self.log()}")
+        wait_serving(self.proc, self.url + "/-/ready", self.log, timeout)
 
     def stop(self) -> None:
         stop_process(self.proc, timeout=20)

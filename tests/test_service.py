@@ -10,6 +10,7 @@ that starts the ExecStart= command line reads it back and runs it.
 
 from __future__ import annotations
 
+import json
 import os
 import pwd
 import shlex
@@ -26,7 +27,7 @@ from cortex_cli.service_plan import ServiceRequest, cortex_executable, plan_serv
 from cortex_cli.service_unit import UnitError, UnitSpec, exec_path, render_unit
 from cortex_gateway.server import SHUTDOWN_GRACE_S
 from neuron.config import NeuronConfig
-from tests.helpers import free_port, http_json, stop_process
+from tests.helpers import free_port, http_json, stop_process, wait_serving
 
 SYSTEMD_ANALYZE = shutil.which("systemd-analyze")
 needs_systemd = pytest.mark.skipif(SYSTEMD_ANALYZE is None, reason="systemd-analyze is not installed: "
@@ -320,19 +321,11 @@ def test_exec_start_runs_the_servers(tmp_path):
 
 
 def wait_healthy(proc: subprocess.Popen, url: str, log: Path) -> None:
-    import time
+    """Up, and for a gateway its one neuron seen healthy (a neuron's /health has no `nodes`)."""
+    def ready(status: int, body: bytes) -> bool:
+        return status == 200 and json.loads(body).get("nodes", {"healthy": 1})["healthy"] == 1
 
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        assert proc.poll() is None, log.read_text()
-        try:
-            status, body = http_json("GET", url + "/health", timeout=2)
-            if status == 200 and body.get("nodes", {"healthy": 1})["healthy"] == 1:
-                return
-        except (OSError, ValueError):
-            pass
-        time.sleep(0.1)
-    raise TimeoutError(f"{url} not healthy:\n{log.read_text()}")
+    wait_serving(proc, url + "/health", log.read_text, 60, ready)
 
 
 def test_install_writes_the_unit_atomically_and_says_what_to_run(tmp_path):
