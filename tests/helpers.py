@@ -30,10 +30,12 @@ def make_tiny(out: Path, fmt: str, *extra: str) -> None:
                    capture_output=True)
 
 
-def http_json(method: str, url: str, body: dict | None = None, timeout: float = 120) -> tuple[int, dict]:
+def http_json(method: str, url: str, body: dict | None = None, timeout: float = 120,
+              headers: dict | None = None) -> tuple[int, dict]:
     """A plain HTTP call returning (status, parsed JSON); errors are returned, not raised."""
     data = None if body is None else json.dumps(body).encode()
-    req = urllib.request.Request(url, data=data, method=method, headers={"Content-Type": "application/json"})
+    req = urllib.request.Request(url, data=data, method=method,
+                                 headers={"Content-Type": "application/json", **(headers or {})})
     try:
         with urllib.request.urlopen(req, timeout=timeout) as resp:
             return resp.status, json.loads(resp.read() or b"{}")

@@ -133,33 +133,33 @@ def gateway_requests(fleet: Fleet) -> float:
     return fleet.prometheus.values('sum(cortex_requests_total{job="cortex-gateway"})').get("", 0.0)
 
 
+def ok(answer: tuple[int, dict]) -> dict:
+    status, body = answer
+    assert status == 200, body
+    return body
+
+
 def device_faults(fleet: Fleet, count: int) -> None:
     """`count` device errors on n2's tiny-b (fault injection), each recovered before the next."""
     auth = {"Authorization": f"Bearer {TOKEN}"}
-    _post(fleet.n2.url + "/models/load", {"model": "tiny-b"}, auth)
+    ok(http_json("POST", fleet.n2.url + "/models/load", {"model": "tiny-b"}, headers=auth))
     # The fault counters start at 0 when the model loads; wait until Prometheus has that 0, or the first
     # fault would be the series' birth, which increase() cannot see.
     fleet.prometheus.wait_value('cortex_neuron_recoveries_total{node="n2", outcome="reloaded"}', {"tiny-b": 0.0},
                                 "model")
     client = fleet.client(fleet.n2.url, TOKEN)
+
+    def models() -> dict:
+        return ok(http_json("GET", fleet.n2.url + "/models", headers=auth))
+
     for _ in range(count):
-        _post(fleet.n2.url + "/debug/faults", {"model": "tiny-b", "fault": "device_error"}, auth)
+        ok(http_json("POST", fleet.n2.url + "/debug/faults", {"model": "tiny-b", "fault": "device_error"},
+                     headers=auth))
         with pytest.raises(openai.InternalServerError, match="model_recovering|device error"):
             client.chat.completions.create(model="tiny-b", messages=[{"role": "user", "content": "x"}], max_tokens=2)
-        fleet.prometheus.wait_for("tiny-b reloaded on n2", lambda: _get(fleet.n2.url + "/models", auth),
-                                  lambda body: [m["status"] for m in body["models"]] == ["loaded"])
+        fleet.prometheus.wait_for("tiny-b reloaded on n2", models, lambda body: [m["status"] for m in body["models"]]
+                                  == ["loaded"])
     fleet.sent["device_faults"] += count
-
-
-def _post(url: str, body: dict, headers: dict) -> dict:
-    req = urllib.request.Request(url, json.dumps(body).encode(), {"Content-Type": "application/json", **headers})
-    with urllib.request.urlopen(req, timeout=60) as resp:
-        return json.loads(resp.read())
-
-
-def _get(url: str, headers: dict) -> dict:
-    with urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=10) as resp:
-        return json.loads(resp.read())
 
 
 @pytest.fixture(scope="module")
