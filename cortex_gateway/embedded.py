@@ -9,22 +9,15 @@ import ctypes
 import logging
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
 import urllib.request
 
 from cortex_gateway.config import GatewayConfig, NeuronSpec
+from neuron.connections import free_port
 
 log = logging.getLogger(__name__)
-
-
-def free_port() -> int:
-    """A port nothing listens on now, on loopback."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def stop_process(proc: subprocess.Popen, timeout: float = 30) -> int:

@@ -10,6 +10,9 @@ headers a byte a second, for an hour (its default keep-alive timeout), and
 - at most `per_client` connections per client address: the rest are closed at
   once, before any byte is read;
 - the descriptor limit is raised to the hard limit at start-up.
+
+Also a free loopback port, for the child servers both sides start (the embedded
+neuron, an engine).
 """
 
 from __future__ import annotations
@@ -19,10 +22,18 @@ import collections
 import logging
 import resource
 import signal
+import socket
 
 from aiohttp import web
 
 log = logging.getLogger(__name__)
+
+
+def free_port() -> int:
+    """A port nothing listens on now, on loopback."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 class _OneLineParserErrors(logging.Filter):

@@ -14,13 +14,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import socket
 import time
 from pathlib import Path
 
 import aiohttp
 
 from neuron.catalog import default_context, default_parallel
+from neuron.connections import free_port
 from neuron.engine.backends.base import Backend, BackendSpec, gpu_indices
 from neuron.engine.engines.process import EngineProcess
 from neuron.engine.engines.specs import SPECS, EngineSpec, Launch
@@ -30,25 +30,18 @@ log = logging.getLogger(__name__)
 WATCH_S = 0.5
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 class ExternalEngine(Backend):
     """The neuron's view of one engine process: where it listens, what it holds, how to stop it."""
 
     external = True
 
-    def __init__(self, engine: EngineSpec, process: EngineProcess, port: int, spec: BackendSpec, model_id: str):
-        self.engine, self.process, self.port, self.model_id = engine, process, port, model_id
+    def __init__(self, engine: EngineSpec, process: EngineProcess, launch: Launch):
+        self.engine, self.process, self.port, self.model_id = engine, process, launch.port, launch.model_id
         self.name = engine.name
-        self.url = f"http://127.0.0.1:{port}"
-        gpus = gpu_indices(spec.devices)
-        self.slots = spec.parallel or default_parallel(bool(gpus))
-        self.context_size = spec.context_size or (default_context(spec.path) if spec.format == "gguf" else 0)
-        self.gpus = gpus
+        self.url = f"http://127.0.0.1:{launch.port}"
+        self.gpus = launch.gpus
+        self.slots = launch.parallel or default_parallel(bool(launch.gpus))
+        self.context_size = launch.context_size or 0
 
     def memory_mb(self, nvml) -> float:
         """What the engine uses now: its processes' GPU memory on a GPU, their resident memory on the CPU."""
@@ -94,7 +87,7 @@ async def start_engine(name: str, spec: BackendSpec, model_id: str, *, configure
     except BaseException:
         await asyncio.get_running_loop().run_in_executor(None, process.stop, 5.0)
         raise
-    return ExternalEngine(engine, process, port, spec, model_id)
+    return ExternalEngine(engine, process, launch)
 
 
 async def _wait_healthy(engine: EngineSpec, process: EngineProcess, port: int, timeout_s: float, on_phase) -> None:

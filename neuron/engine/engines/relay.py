@@ -115,18 +115,15 @@ def _post(session: aiohttp.ClientSession, engine, path: str, body: dict):
 
 
 async def _ok(resp: aiohttp.ClientResponse, engine) -> bytes:
+    """The body of a 200; any other answer raised as the client's error (4xx) or the engine's (502)."""
     raw = await resp.read()
     if resp.status == 200:
         return raw
     err = error_from_envelope(resp.status, raw)
     if resp.status < 500:
-        return _raise(ApiError(resp.status, err.type or "invalid_request_error", f"{engine.name}: {err.message}",
-                               code=err.code or "engine_refused", param=err.param))
-    return _raise(ApiError(502, "api_error", f"{engine.name} failed: {err.message[:300]}", code="engine_failed"))
-
-
-def _raise(err: ApiError):
-    raise err
+        raise ApiError(resp.status, err.type or "invalid_request_error", f"{engine.name}: {err.message}",
+                       code=err.code or "engine_refused", param=err.param)
+    raise ApiError(502, "api_error", f"{engine.name} failed: {err.message[:300]}", code="engine_failed")
 
 
 async def count_prompt(session: aiohttp.ClientSession, engine, body: dict) -> int:
