@@ -19,7 +19,7 @@ async def embeddings(request: web.Request) -> web.Response:
     body = await read_json(request)
     req = parse_embeddings(body)
     entry = app[REGISTRY].require_loaded(req.model, embedding=True)
-    if engine_routes.on_engine(entry):
+    if entry.on_engine:
         return await engine_routes.relay(request, entry, body, "/v1/embeddings", "embeddings")
     async with entry.admission.slot():
         vectors, tokens = await app[ENGINE].embed(entry, req)

@@ -17,10 +17,6 @@ from neuron.http import json_response
 from neuron.state import ACCESS, ENGINE_SESSION, KEEPALIVE_S, METRICS
 
 
-def on_engine(entry) -> bool:
-    return bool(getattr(entry.backend, "external", False))
-
-
 async def relay(request: web.Request, entry, body: dict, path: str, endpoint: str) -> web.StreamResponse:
     app, engine = request.app, entry.backend
     payload = engine_body(body, engine.model_id)

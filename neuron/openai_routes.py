@@ -28,7 +28,7 @@ async def completions(request: web.Request) -> web.StreamResponse:
 async def _complete(request: web.Request, req: InferenceRequest, body: dict, chat: bool) -> web.StreamResponse:
     app = request.app
     entry = app[REGISTRY].require_loaded(req.model)
-    if engine_routes.on_engine(entry):  # checked by our parser above; the engine does the rest
+    if entry.on_engine:  # checked by our parser above; the engine does the rest
         return await engine_routes.relay(request, entry, body, request.path, "chat" if chat else "completions")
     queued_at = time.perf_counter()
     async with entry.admission.slot():
@@ -60,7 +60,7 @@ async def tokenize(request: web.Request) -> web.Response:
     body = await read_json(request)
     req = parse_chat(body)
     entry = app[REGISTRY].require_loaded(req.model)
-    if engine_routes.on_engine(entry):
+    if entry.on_engine:
         return await engine_routes.count(request, entry, body)
     tokens = await app[ENGINE].prompt_tokens(entry, req)
     return json_response({"model": entry.id, "count": len(tokens)})

@@ -51,6 +51,11 @@ class ModelEntry:
     watcher: asyncio.Task | None = field(default=None, repr=False)  # an external engine's exit watch
     load_error: ApiError | None = field(default=None, repr=False)
 
+    @property
+    def on_engine(self) -> bool:
+        """Served by an external engine process the neuron started, not by an in-process backend."""
+        return self.backend_name in EXTERNAL_ENGINES
+
     def info(self) -> ModelInfo:
         return ModelInfo(
             id=self.id, backend=self.backend_name, status=self.status, devices=self.devices,
@@ -198,7 +203,7 @@ class Registry:
         log.info("loading %s with %s on %s (about %.0f MiB)", entry.id, entry.backend_name,
                  ",".join(entry.devices), entry.estimated_mb)
         try:
-            if entry.backend_name in EXTERNAL_ENGINES:
+            if entry.on_engine:
                 backend, measured = await self._open_engine(entry, spec)
             else:
                 backend, measured = await self.worker_for(entry).call(lambda: self._open_on_device(entry, spec))
@@ -211,7 +216,7 @@ class Registry:
             raise ApiError(422, "invalid_request_error", f"loading {entry.id!r} failed: {self.redact(str(exc))}",
                            code="load_failed") from exc
         entry.backend = backend
-        if entry.backend_name in EXTERNAL_ENGINES:  # measured, not estimated: the engine's own processes
+        if entry.on_engine:  # measured, not estimated: the engine's own processes
             entry.memory_mb = measured
             entry.watcher = asyncio.get_running_loop().create_task(self._watch_engine(entry, backend))
         else:
@@ -313,7 +318,7 @@ class Registry:
         if entry.watcher is not None:
             entry.watcher.cancel()
             entry.watcher = None
-        if backend is not None and getattr(backend, "external", False):  # a process to stop, not a device job
+        if backend is not None and entry.on_engine:  # a process to stop, not a device job
             await asyncio.get_running_loop().run_in_executor(None, backend.close)
         elif backend is not None:
             try:

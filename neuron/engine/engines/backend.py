@@ -33,8 +33,6 @@ WATCH_S = 0.5
 class ExternalEngine(Backend):
     """The neuron's view of one engine process: where it listens, what it holds, how to stop it."""
 
-    external = True
-
     def __init__(self, engine: EngineSpec, process: EngineProcess, launch: Launch):
         self.engine, self.process, self.port, self.model_id = engine, process, launch.port, launch.model_id
         self.name = engine.name
