@@ -11,7 +11,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, generate_la
 from prometheus_client.core import GaugeMetricFamily
 
 from cortex_gateway.recent import RecentStats
-from neuron.metrics import LATENCY_BUCKETS, LOAD_BUCKETS, TTFT_BUCKETS
+from neuron.metrics import LATENCY_BUCKETS, LOAD_BUCKETS, MIB, TTFT_BUCKETS
 
 TPS_BUCKETS = (1, 2, 5, 10, 20, 35, 50, 75, 100, 150, 250, 500, 1000, 2500, 5000)
 
@@ -157,9 +157,6 @@ class _Series:
         self.tps = m.tps.labels(model, node)
         self.prompt_tokens = m.tokens.labels(model, node, "prompt")
         self.completion_tokens = m.tokens.labels(model, node, "completion")
-
-
-MIB = 2**20
 
 
 class _FleetCollector:

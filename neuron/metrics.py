@@ -11,7 +11,7 @@ TTFT_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 LOAD_BUCKETS = (0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
 
 
-MIB = 2**20  # the registry's figures are MiB; Prometheus wants bytes
+MIB = 2**20  # the fleet's figures are MiB; Prometheus wants bytes (both servers convert with it)
 
 
 class NeuronMetrics:
