@@ -106,7 +106,7 @@ class JsonFormatter(logging.Formatter):
         return orjson.dumps(out, default=str).decode()
 
 
-def access_log(logger: logging.Logger, details, quiet_paths: tuple[str, ...] = ("/health", "/metrics")):
+def access_log(logger: logging.Logger, details, quiet_paths: tuple[str, ...]):
     """A middleware writing one line per request when it ends: method, path, status, duration, and what
     `details(request)` adds (model, node, tokens, time to first token, key name). Never a body or a key.
 
