@@ -137,7 +137,7 @@ def mid_stream_failure(rec: RequestRecord, exc: BaseException) -> ApiError:
 async def relay_stream(upstream: aiohttp.ClientResponse, client: web.StreamResponse, rec: RequestRecord) -> None:
     """Copy the upstream SSE bytes to the client chunk by chunk, noting TTFT and usage."""
     recent: collections.deque[bytes] = collections.deque()  # the last TAIL_BYTES or more, whatever the chunking
-    size = 0
+    size, end = 0, b""
     try:
         async for chunk in upstream.content.iter_any():
             if rec.first_token_at is None and FIRST_OUTPUT.search(chunk):
@@ -147,6 +147,11 @@ async def relay_stream(upstream: aiohttp.ClientResponse, client: web.StreamRespo
             size += len(chunk)
             while size - len(recent[0]) >= TAIL_BYTES:
                 size -= len(recent.popleft())
+            end = (end + chunk[-len(DONE):])[-len(DONE):]
+            if end == DONE:
+                # Nothing follows [DONE]. The client, which has it, may close at once, and a client that
+                # leaves cancels this handler: waiting for the upstream's end of stream lost the usage.
+                break
         tail = b"".join(recent)
         if not tail.rstrip().endswith(b"[DONE]"):
             raise aiohttp.ClientPayloadError("upstream stream ended without [DONE]")

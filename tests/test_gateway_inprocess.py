@@ -391,3 +391,35 @@ async def test_the_usage_is_read_however_the_stream_s_end_is_split():
     client, rec = Client(), RequestRecord(model="m", endpoint="chat", started=0.0)
     await relay_stream(Upstream(), client, rec)
     assert client.sent == b"".join(pieces) and (rec.prompt_tokens, rec.completion_tokens) == (5, 8)
+
+
+async def test_the_relay_ends_at_done_without_waiting_for_the_upstreams_end():
+    """A client closes as soon as it has [DONE], and a client that leaves cancels the handler: a relay still
+    waiting for the neuron's end of stream then lost the usage and logged a 500 (seen once on a busy machine)."""
+    from cortex_gateway.metrics import RequestRecord
+    from cortex_gateway.proxy import relay_stream
+
+    end = (b'data: {"choices":[{"index":0,"delta":{},"finish_reason":"length"}]}\n\n'
+           b': cortex-usage {"prompt_tokens":5,"completion_tokens":8,"total_tokens":13}\n\ndata: [DO')
+    released = []
+
+    class Upstream:
+        class content:  # noqa: N801 - aiohttp's attribute name
+            @staticmethod
+            async def iter_any():
+                yield b'data: {"choices":[{"index":0,"delta":{"content":"hi"}}]}\n\n'
+                yield end
+                yield b"NE]\n\n"  # [DONE], split across reads
+                await asyncio.Event().wait()  # the end of the stream, late: never, here
+
+        def release(self):
+            released.append(True)
+
+    class Client:
+        async def write(self, data):
+            pass
+
+    rec = RequestRecord(model="m", endpoint="chat", started=0.0)
+    async with asyncio.timeout(5):
+        await relay_stream(Upstream(), Client(), rec)
+    assert (rec.prompt_tokens, rec.completion_tokens) == (5, 8) and rec.finished_at is not None and released
