@@ -12,6 +12,7 @@ message, request_id, and what a line adds: model, node, status, durations).
 
 from __future__ import annotations
 
+import asyncio
 import contextvars
 import logging
 import re
@@ -106,6 +107,9 @@ class JsonFormatter(logging.Formatter):
         return orjson.dumps(out, default=str).decode()
 
 
+CLIENT_CLOSED = 499  # nginx's status for a request whose client closed the connection first
+
+
 def access_log(logger: logging.Logger, details, quiet_paths: tuple[str, ...]):
     """A middleware writing one line per request when it ends: method, path, status, duration, and what
     `details(request)` adds (model, node, tokens, time to first token, key name). Never a body or a key.
@@ -126,6 +130,9 @@ def access_log(logger: logging.Logger, details, quiet_paths: tuple[str, ...]):
             return response
         except web.HTTPException as exc:
             status = exc.status
+            raise
+        except asyncio.CancelledError:
+            status = CLIENT_CLOSED  # the client left before the answer ended: not a server error
             raise
         finally:
             _log_access(logger, request, status, time.perf_counter() - started, details(request), quiet_paths)

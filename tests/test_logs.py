@@ -14,7 +14,7 @@ import anthropic
 import openai
 import pytest
 
-from tests.helpers import start_gateway, start_neuron
+from tests.helpers import NO_EOS, http_json, start_gateway, start_neuron
 from tests.test_neuron_lifecycle import wait_for as wait_until
 
 KEY = "sk-test-alice-0001"
@@ -136,3 +136,21 @@ def test_the_gateways_polls_stay_out_of_the_neurons_info_log(stack):
                if line.get("path") in ("/health", "/models", "/models/available") and line.get("status") == 200]
     assert routine == [], routine[:3]
     assert next(line for line in json_lines(neuron) if line.get("path") == "/models/nope")["level"] == "info"
+
+
+def test_a_client_that_leaves_mid_stream_is_logged_as_499_on_both_sides(stack):
+    """Not as a 500: the servers did nothing wrong (nginx's status for a client that closed first)."""
+    gateway, neuron = stack
+    client = openai.OpenAI(base_url=gateway.url + "/v1", api_key=KEY, max_retries=0,
+                           default_headers={"X-Request-ID": "leaves-early"})
+    # Each token takes 200 ms (fault injection): the stream is still running when the client leaves.
+    armed = http_json("POST", neuron.url + "/debug/faults", {"model": "tiny-gguf", "fault": "slow", "delay_ms": 200})
+    assert armed[0] == 200, armed
+    stream = client.chat.completions.create(model="tiny-gguf", messages=[{"role": "user", "content": "hi"}],
+                                            max_tokens=50, stream=True, logit_bias=NO_EOS)
+    next(iter(stream))
+    stream.close()
+    wait_until(lambda: any("status" in line for line in lines_of(gateway, "leaves-early"))
+               and any("status" in line for line in lines_of(neuron, "leaves-early")), what="both access lines")
+    assert access_line(gateway, "leaves-early")["status"] == 499
+    assert access_line(neuron, "leaves-early")["status"] == 499
