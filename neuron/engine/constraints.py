@@ -32,6 +32,7 @@ import json
 
 import numpy as np
 
+from neuron.engine.schema_refs import embed_schemas
 from neuron.engine.tool_calls import CLOSE as TOOL_CLOSE
 from neuron.engine.tool_calls import OPEN as TOOL_OPEN
 from neuron.errors import ApiError
@@ -58,10 +59,13 @@ def grammar_for(req: InferenceRequest) -> str | None:
 
 
 def _tool_call_rule(tools: list[dict]) -> str:
+    """One `<tool_call>` of any of `tools`; each tool's own `$defs` and `$ref`s hoisted to the call's root."""
+    arguments, defs = embed_schemas([t["function"]["parameters"] for t in tools], prefix="tool")
     calls = [{"type": "object", "additionalProperties": False, "required": ["name", "arguments"],
-              "properties": {"name": {"const": t["function"]["name"]}, "arguments": t["function"]["parameters"]}}
-             for t in tools]
-    return f"{json.dumps(TOOL_OPEN + chr(10))} %json {_styled({'anyOf': calls})} {json.dumps(chr(10) + TOOL_CLOSE)}"
+              "properties": {"name": {"const": t["function"]["name"]}, "arguments": args}}
+             for t, args in zip(tools, arguments, strict=True)]
+    schema = {"anyOf": calls, **({"$defs": defs} if defs else {})}
+    return f"{json.dumps(TOOL_OPEN + chr(10))} %json {_styled(schema)} {json.dumps(chr(10) + TOOL_CLOSE)}"
 
 
 def _styled(schema: dict) -> str:
