@@ -61,7 +61,9 @@ def create_app(config: GatewayConfig, *, session: aiohttp.ClientSession | None =
     app[KEEPALIVE_S] = config.keepalive_s
     app[AUTH] = config.auth
     app[LIMITER] = KeyLimiter(config.auth)
-    app[RESPONSE_STORE] = ResponseStore(config.responses_store_max, config.responses_store_ttl_s)
+    app[RESPONSE_STORE] = ResponseStore(config.responses_store_max, config.responses_store_ttl_s,
+                                        max_bytes=int(config.responses_store_max_mb * 2**20),
+                                        max_response_bytes=int(config.responses_store_max_response_mb * 2**20))
     app.cleanup_ctx.append(_fleet_ctx(config, session))
     catalogue.add_routes(app)
     openai.add_routes(app)

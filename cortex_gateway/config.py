@@ -82,6 +82,8 @@ class GatewayConfig:
     max_connections_per_client: int = 256
     responses_store_max: int = 1000  # stored Responses (previous_response_id, GET); 0 keeps none
     responses_store_ttl_s: float = 3600.0  # a stored response is forgotten this long after it was made
+    responses_store_max_mb: float = 256.0  # all stored Responses, in JSON bytes; the least recently used go first
+    responses_store_max_response_mb: float = 16.0  # one stored response (its whole conversation), in JSON bytes
     auth: AuthSettings = field(default_factory=AuthSettings)
     config_path: Path | None = None
     models_path: Path | None = None
@@ -129,6 +131,7 @@ def load_config(path: Path) -> GatewayConfig:
     if cfg.responses_store_max < 0:
         raise ConfigError(f"{_where(path, '[gateway]', 'responses_store_max')}: must be >= 0, "
                           f"got {cfg.responses_store_max!r}")
+    _store_bytes(cfg, gw, path)
     neuron_token = _get(gw, "neuron_token", str, path, "[gateway]", "a token for every neuron")
     cfg.neurons = _neurons(data.get("neurons", []), path, neuron_token)
     eviction = _get(data, "eviction", dict, path, "", "an [eviction] table", {})
@@ -145,6 +148,20 @@ def load_config(path: Path) -> GatewayConfig:
         cfg.models_path = (path.parent / models_file).resolve()
         cfg.models, cfg.aliases = load_models_file(cfg.models_path)
     return cfg
+
+
+def _store_bytes(cfg: GatewayConfig, gw: dict, path: Path) -> None:
+    """The Responses store's bounds in MiB: both > 0, one response no larger than the whole store."""
+    for key in ("responses_store_max_mb", "responses_store_max_response_mb"):
+        value = _get(gw, key, (int, float), path, "[gateway]", "a number of MiB")
+        if value is not None:
+            if value <= 0:
+                raise ConfigError(f"{_where(path, '[gateway]', key)}: must be > 0, got {value!r}")
+            setattr(cfg, key, float(value))
+    if cfg.responses_store_max_response_mb > cfg.responses_store_max_mb:
+        raise ConfigError(f"{_where(path, '[gateway]', 'responses_store_max_response_mb')}: "
+                          f"{cfg.responses_store_max_response_mb:g} is more than the whole store "
+                          f"(responses_store_max_mb = {cfg.responses_store_max_mb:g}); lower it or raise that")
 
 
 def _auth(auth: dict, path: Path) -> AuthSettings:

@@ -19,8 +19,8 @@ RESPONSES = FieldPolicy("OpenAI responses", {
     "instructions": honoured("a system message first; not carried over by previous_response_id, as at OpenAI"),
     "previous_response_id": honoured("the stored conversation is prepended; unknown or expired: 404 "
                                      "previous_response_not_found"),
-    "store": honoured("default true: kept in the gateway's memory, bounded by [gateway] responses_store_max "
-                      "and responses_store_ttl_s"),
+    "store": honoured("default true: kept in the gateway's memory, bounded by [gateway] responses_store_max, "
+                      "responses_store_ttl_s, responses_store_max_mb and responses_store_max_response_mb"),
     "stream": honoured("the full Responses event sequence"),
     "max_output_tokens": honoured("max_tokens; reaching it gives status incomplete"),
     "temperature": honoured(),
@@ -37,9 +37,10 @@ RESPONSES = FieldPolicy("OpenAI responses", {
     "metadata": honoured("echoed in the response (up to 16 string pairs)"),
     "reasoning": ignored("these models do not reason: there is no effort to set and no summary to give "
                          "(reasoning_tokens is 0); accepted so reasoning-model clients work unchanged"),
-    "user": ignored(_NOT_HERE + " (no per-user abuse tracking); echoed"),
-    "safety_identifier": ignored(_NOT_HERE + " (no per-user abuse tracking); echoed"),
-    "prompt_cache_key": ignored(_CACHE + "; echoed"),
+    "user": ignored(_NOT_HERE + " (no per-user abuse tracking); echoed, up to 64 characters as at OpenAI"),
+    "safety_identifier": ignored(_NOT_HERE + " (no per-user abuse tracking); echoed, up to 128 characters as "
+                                 "at OpenAI"),
+    "prompt_cache_key": ignored(_CACHE + "; echoed, up to 64 characters as at OpenAI"),
     "prompt_cache_options": ignored(_CACHE),
     "prompt_cache_retention": ignored(_CACHE),
     "service_tier": ignored(_NOT_HERE + " (one tier)"),

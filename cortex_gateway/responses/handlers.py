@@ -10,6 +10,7 @@ that made it: another key gets the same 404 as for an id that never existed.
 
 from __future__ import annotations
 
+import logging
 import time
 
 import aiohttp
@@ -20,6 +21,7 @@ from cortex_gateway.auth import AUTH
 from cortex_gateway.dispatch import InferenceCall, dispatch
 from cortex_gateway.metrics import RequestRecord
 from cortex_gateway.proxy import mid_stream_failure, write
+from cortex_gateway.responses.bounds import check_lengths
 from cortex_gateway.responses.fields import RESPONSES
 from cortex_gateway.responses.store import ResponseStore, StoredResponse
 from cortex_gateway.responses.translate_request import Translated, previous_id, to_chat
@@ -33,6 +35,7 @@ from neuron.fields import require_object
 from neuron.http import json_response, read_json
 from neuron.sse import KEEPALIVE
 
+log = logging.getLogger(__name__)
 # The neuron names chat fields; a Responses client knows them by these names.
 _CLIENT_PARAMS = {"messages": "input", "max_tokens": "max_output_tokens", "response_format": "text.format"}
 
@@ -104,8 +107,11 @@ class ResponsesDialect:
         if self.kept is None or response is None:
             return
         input_items, conversation = self.kept
-        self.store.put(response["id"], StoredResponse(response, input_items, conversation + response["output"],
-                                                      self.owner))
+        entry = StoredResponse(response, input_items, conversation + response["output"], self.owner)
+        if not self.store.put(response["id"], entry):
+            log.warning("response %s not stored: %d bytes with its output, over [gateway] "
+                        "responses_store_max_response_mb; a follow-up to it gets previous_response_not_found",
+                        response["id"], entry.size)
 
 
 def _has_output(event: dict) -> bool:
@@ -122,11 +128,27 @@ def _for_client(err: ApiError) -> ApiError:
 async def create(request: web.Request) -> web.StreamResponse:
     data = require_object(await read_json(request))
     RESPONSES.check(data)
+    check_lengths(data)
     translated = to_chat(data, _history(request, previous_id(data)))
+    store = request.app[RESPONSE_STORE]
+    if translated.echo["store"]:
+        _check_storable(translated, store)
     body = translated.body
     call = InferenceCall("/v1/chat/completions", "responses", body["model"], orjson.dumps(body),
                          bool(body.get("stream")))
-    return await dispatch(request, call, ResponsesDialect(translated, request.app[RESPONSE_STORE], _owner(request)))
+    return await dispatch(request, call, ResponsesDialect(translated, store, _owner(request)))
+
+
+def _check_storable(translated: Translated, store: ResponseStore) -> None:
+    """Refuse, before the model runs, a response the store could not keep: what it would hold is known
+    but for its output (the conversation so far, this input, the settings echoed)."""
+    size = len(orjson.dumps(translated.conversation)) + len(orjson.dumps(translated.echo))
+    if size > store.max_response_bytes:
+        raise ApiError(400, "invalid_request_error", f"this response would be stored with {size} bytes of "
+                       f"conversation and settings, over the {store.max_response_bytes} bytes one stored response "
+                       "may hold ([gateway] responses_store_max_response_mb); send store: false (and the "
+                       "conversation yourself), or start a new conversation without previous_response_id",
+                       code="response_too_large", param="input")
 
 
 def _history(request: web.Request, response_id: str | None) -> list[dict]:
