@@ -7,6 +7,9 @@ from aiohttp import web
 
 from neuron.errors import ApiError
 
+# The key of `ApiError.details` that holds Anthropic's own `error.details` object (the SDK reads
+# `error_code` there, e.g. to fall back from threads).
+ANTHROPIC_DETAILS = "anthropic_details"
 _BY_STATUS = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
               404: "not_found_error", 405: "invalid_request_error", 413: "request_too_large",
               429: "rate_limit_error", 503: "overloaded_error", 529: "overloaded_error"}
@@ -22,7 +25,10 @@ def anthropic_type(err: ApiError) -> str:
 
 
 def envelope(err: ApiError) -> dict:
-    return {"type": "error", "error": {"type": anthropic_type(err), "message": anthropic_message(err)}}
+    error = {"type": anthropic_type(err), "message": anthropic_message(err)}
+    if ANTHROPIC_DETAILS in err.details:
+        error["details"] = err.details[ANTHROPIC_DETAILS]
+    return {"type": "error", "error": error}
 
 
 def anthropic_message(err: ApiError) -> str:

@@ -45,7 +45,8 @@ MESSAGES = FieldPolicy("Anthropic messages", {
     "service_tier": ignored(_SERVICE),
     "inference_geo": ignored(_SERVICE),
     "diagnostics": ignored(_SERVICE),
-    "thread": ignored(_SERVICE),
+    "thread": refused("threads keep the conversation server-side; refused with error_code "
+                      "thread_unsupported_request, on which the SDK resends the whole conversation"),
     "fallbacks": ignored("each model is served by the fleet's own failover, not by a list of fallback models"),
     "fallback_credit_token": ignored(_SERVICE),
     "container": refused("there is no code-execution container here"),

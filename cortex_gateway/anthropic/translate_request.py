@@ -11,8 +11,9 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from cortex_gateway.anthropic.errors import ANTHROPIC_DETAILS
 from cortex_gateway.anthropic.fields import MESSAGES
-from neuron.errors import bad_request
+from neuron.errors import ApiError, bad_request
 from neuron.field_policy import FieldPolicy
 from neuron.fields import opt_float, opt_int, require_object
 
@@ -25,6 +26,7 @@ BLOCK_TAGS = "'text', 'image', 'document', 'tool_use', 'tool_result', 'thinking'
 
 def to_openai(body: Any, policy: FieldPolicy = MESSAGES) -> dict:
     data = require_object(body)
+    refuse_thread(data)
     policy.check(data)
     model = data.get("model")
     if not isinstance(model, str) or not model:
@@ -35,7 +37,7 @@ def to_openai(body: Any, policy: FieldPolicy = MESSAGES) -> dict:
     out: dict[str, Any] = {"model": model, "max_tokens": max_tokens,
                            "messages": system_messages(data.get("system")) + convert_messages(data.get("messages"))}
     for key in ("temperature", "top_p"):
-        if (value := opt_float(data, key, minimum=0)) is not None:
+        if (value := _unit_interval(data, key)) is not None:
             out[key] = value
     if (top_k := opt_int(data, "top_k", minimum=0)) is not None:
         out["top_k"] = top_k
@@ -61,6 +63,25 @@ def to_openai(body: Any, policy: FieldPolicy = MESSAGES) -> dict:
             and not last.get("tool_calls"):
         out["continue_final_message"] = True  # a prefill: the answer continues it, as Anthropic's API does
     return out
+
+
+def refuse_thread(data: dict) -> None:
+    """Threads keep the conversation on Anthropic's side; the SDK's threaded tool runner then sends only the new
+    turn. Refused with the error the SDK recognises, on which it resends the whole conversation unthreaded."""
+    if data.get("thread") is None:
+        return
+    raise ApiError(400, "invalid_request_error", "thread: threads are not supported here: the gateway keeps no "
+                   "conversation state for the Messages API. Send the full conversation without `thread`.",
+                   param="thread", code="thread_unsupported_request",
+                   details={ANTHROPIC_DETAILS: {"error_code": "thread_unsupported_request", "unsupported": []}})
+
+
+def _unit_interval(data: dict, key: str) -> float | None:
+    """temperature and top_p: Anthropic takes 0 to 1 and refuses more, in pydantic's words."""
+    value = opt_float(data, key, minimum=0)
+    if value is not None and value > 1:
+        raise bad_request(f"{key}: Input should be less than or equal to 1", param=key)
+    return value
 
 
 def output_format(config: Any) -> dict | None:
@@ -110,6 +131,9 @@ def convert_messages(messages: Any) -> list[dict]:
             # A system message inside the conversation (Claude Code sends them): kept where it was sent.
             out.extend(system_messages(content, f"{where}.content"))
             continue
+        if (content == "" or content == []) and not (msg["role"] == "assistant" and i == len(messages) - 1):
+            raise bad_request(f"{where}: all messages must have non-empty content except for the optional final "
+                              "assistant message", param="messages")
         if isinstance(content, str):
             out.append({"role": msg["role"], "content": content})
         elif isinstance(content, list):
