@@ -26,7 +26,7 @@ from pathlib import Path
 import click
 from click.core import ParameterSource
 
-from cortex_cli.service_unit import STATE_DIR, UnitSpec
+from cortex_cli.service_unit import STATE_DIR, UnitSpec, user_name
 
 SYSTEM_UNIT_DIR = Path("/etc/systemd/system")
 HOME_TREES = (Path("/home"), Path("/root"), Path("/run/user"))  # what ProtectHome= hides
@@ -67,6 +67,8 @@ class Plan:
 
 def plan_service(request: ServiceRequest, command: click.Command, executable: Path) -> Plan:
     """The unit for running `command` (the real click command) with `request.args`."""
+    if not request.user_unit:
+        user_name(request.run_as)  # checked before it is written into a warning, a directive or a next step
     given = given_options(command, request.command, request.args)
     argv = (str(executable), request.command, *option_words(given))
     base, description, env_name = UNITS[request.command]

@@ -18,6 +18,9 @@ from dataclasses import dataclass
 STATE_DIR = "/var/lib/cortex"  # StateDirectory=cortex on a system unit
 _PLAIN = re.compile(r"^[A-Za-z0-9_@%+=:,./-]+$")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+# systemd's strict user names (user-util.c, valid_user_group_name): what useradd makes and User= reads
+# as a name, never a specifier (%h), a number (a UID) or the start of another directive.
+_USER_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]{0,30}$")
 
 # What a CUDA or NVML process opens. Named paths are checked when the unit starts (a node created
 # later, as nvidia-uvm often is, would be missed), so each is also allowed by its device group from
@@ -82,6 +85,14 @@ def exec_arg(word: str) -> str:
     return _quoted(word.replace("%", "%%").replace("$", "$$"))
 
 
+def user_name(name: str) -> str:
+    """The value of User= and Group=, which systemd takes unquoted: a plain user name or nothing."""
+    if not _USER_NAME.match(name):
+        raise UnitError(f"--run-as: {name!r} is not a user name: a letter or _, then letters, digits, _ or -, "
+                        "at most 31 in all (as useradd makes them); pick one such as cortex")
+    return name
+
+
 def path_word(path: str) -> str:
     """A path in a space-separated list directive (ReadWritePaths=, Environment=)."""
     if _CONTROL.search(path):
@@ -124,10 +135,11 @@ def _service_section(spec: UnitSpec) -> list[str]:
              "Environment=PYTHONUNBUFFERED=1"]
     lines += [f"Environment={path_word(f'{key}={value}')}" for key, value in spec.environment]
     if not spec.user_unit:
+        user = user_name(spec.run_as)
         lines += ["# A user of its own: the server cannot touch other services' files, and systemd hands",
                   f"# it {STATE_DIR} (models, caches). Create it once: useradd --system --home-dir",
-                  f"# {STATE_DIR} --shell /usr/sbin/nologin {spec.run_as}",
-                  f"User={spec.run_as}", f"Group={spec.run_as}",
+                  f"# {STATE_DIR} --shell /usr/sbin/nologin {user}",
+                  f"User={user}", f"Group={user}",
                   f"StateDirectory={' '.join(spec.state_dirs)}"]
     lines += ["# SIGTERM is the servers' graceful stop: stop accepting, let in-flight requests finish,",
               "# then (a neuron) unload every model. TimeoutStopSec is that drain plus the unload of",
