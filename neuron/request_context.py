@@ -8,6 +8,11 @@ and the gateway sends it on to the neuron, which logs under the same id.
 
 `--log-format json` writes one JSON object per line (time, level, logger,
 message, request_id, and what a line adds: model, node, status, durations).
+
+Log lines carry what clients send (paths, model names) and what operators wrote (key names in a
+keys file), so both formats escape every character that could end a line or drive the terminal
+of whoever tails the log: one record is always one line, and an ESC is the text `\\x1b`, not the start
+of a terminal command.
 """
 
 from __future__ import annotations
@@ -24,8 +29,23 @@ from aiohttp import web
 
 HEADER = "X-Request-ID"
 _SANE = re.compile(r"^[A-Za-z0-9._:@/+=-]{1,128}$")  # no spaces, quotes or control characters: safe to log
+# C0 controls (newline, ESC), DEL and C1 (NEL, CSI), what Unicode treats as line and paragraph
+# separators, and the bidirectional marks, overrides and isolates that reorder what a reader sees.
+_UNSAFE = re.compile("[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028-\u202e\u2066-\u2069]")
+_UNSAFE_IN_JSON = re.compile("[\x7f-\x9f\u061c\u200e\u200f\u2028-\u202e\u2066-\u2069]")  # orjson escapes C0
 _current: contextvars.ContextVar[str | None] = contextvars.ContextVar("request_id", default=None)
 REQUEST_ID = web.RequestKey("request_id", str) if hasattr(web, "RequestKey") else "cortex.request_id"
+
+
+def escaped(text: str) -> str:
+    """`text` with each unsafe character written as an escape (`\\x1b`, `\\u2028`): it can neither start a
+    line nor move a cursor, and a name that holds one reads differently from one that does not."""
+    return _UNSAFE.sub(_escape, text)
+
+
+def _escape(match: re.Match) -> str:
+    code = ord(match.group())
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
 
 
 def current_request_id() -> str | None:
@@ -81,10 +101,17 @@ class RequestIdFilter(logging.Filter):
 
 
 class TextFormatter(logging.Formatter):
-    """The default: human-readable, with the request id when there is one."""
+    """The default: human-readable, with the request id when there is one; one record, one line (a
+    traceback's own lines excepted, each of them escaped)."""
 
     def __init__(self, with_time: bool = True):
         super().__init__("%(asctime)s %(levelname)s %(name)s: %(message)s" if with_time else "%(message)s")
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        return escaped(super().formatMessage(record))
+
+    def formatException(self, ei) -> str:
+        return "\n".join(escaped(line) for line in super().formatException(ei).split("\n"))
 
     def format(self, record: logging.LogRecord) -> str:
         line = super().format(record)
@@ -104,7 +131,9 @@ class JsonFormatter(logging.Formatter):
                 out[name] = value
         if record.exc_info:
             out["exception"] = self.formatException(record.exc_info)
-        return orjson.dumps(out, default=str).decode()
+        # orjson escapes C0 but writes DEL, C1 and U+2028 as they are: valid JSON, yet a line break
+        # to many readers (Python's splitlines, some terminals). As \\u escapes the values are the same.
+        return _UNSAFE_IN_JSON.sub(lambda m: f"\\u{ord(m.group()):04x}", orjson.dumps(out, default=str).decode())
 
 
 CLIENT_CLOSED = 499  # nginx's status for a request whose client closed the connection first
@@ -145,7 +174,18 @@ def _log_access(logger, request, status: int, seconds: float, extra: dict, quiet
     level = logging.DEBUG if routine else logging.INFO
     if not logger.isEnabledFor(level):
         return
-    fields = {"method": request.method, "path": request.path, "status": status, "duration_s": round(seconds, 4),
-              **{k: v for k, v in extra.items() if v is not None}}
-    words = " ".join(f"{k}={v}" for k, v in fields.items() if k not in ("method", "path", "status"))
-    logger.log(level, "%s %s %d %s", request.method, request.path, status, words, extra=fields)
+    # The path as the client sent it, still percent-encoded (as nginx logs it): `%0a` stays three characters
+    # and a `%20` cannot shift the fields after it.
+    fields = {"method": request.method, "path": request.rel_url.raw_path, "status": status,
+              "duration_s": round(seconds, 4), **{k: v for k, v in extra.items() if v is not None}}
+    words = " ".join(f"{k}={_word(v)}" for k, v in fields.items() if k not in ("method", "path", "status"))
+    logger.log(level, "%s %s %d %s", request.method, fields["path"], status, words, extra=fields)
+
+
+def _word(value) -> str:
+    """A field's value in the text line, quoted when it holds a space, a quote or `=` (a model name may):
+    `model="a b"`, so no value can pass for another field."""
+    text = str(value)
+    if text and not any(c in text for c in ' "=\\'):
+        return text
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
