@@ -22,7 +22,8 @@ def renderer_for(path: str) -> Renderer:
 
 
 def unknown_model(model: str) -> ApiError:
-    return ApiError(404, "not_found_error", f"model {model!r} does not exist in this fleet; "
+    """OpenAI's type for an unknown model is invalid_request_error (the Anthropic envelope says not_found_error)."""
+    return ApiError(404, "invalid_request_error", f"model {model!r} does not exist in this fleet; "
                     "GET /v1/models lists the models", code="model_not_found", param="model")
 
 

@@ -74,7 +74,7 @@ def test_models_retrieve_in_both_sdks(fleet, client):
     assert client.models.retrieve("shared").id == "shared"
     with pytest.raises(openai.NotFoundError) as err:
         client.models.retrieve("no-such-model")
-    assert err.value.body["code"] == "model_not_found"
+    assert (err.value.body["code"], err.value.body["type"]) == ("model_not_found", "invalid_request_error")
     claude = anthropic.Anthropic(base_url=fleet[0].url, api_key="unused", max_retries=0)
     assert claude.models.retrieve("alpha").id == "alpha"
     assert {"alpha", "beta", "shared"} <= {m.id for m in claude.models.list()}

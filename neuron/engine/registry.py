@@ -100,7 +100,7 @@ class Registry:
         model does nothing else."""
         entry = self.models.get(model_id)
         if entry is None:
-            raise ApiError(404, "not_found_error",
+            raise ApiError(404, "invalid_request_error",  # OpenAI's type for an unknown model
                            f"model {model_id!r} is not loaded on this node; POST /models/load first",
                            code="model_not_found", param="model")
         if not embedding and entry.ref.kind == ModelKind.EMBEDDING:
@@ -238,7 +238,8 @@ class Registry:
         engine = await start_engine(entry.backend_name, spec, entry.id,
                                     configured=self.engines.get(entry.backend_name),
                                     engine_args=entry.request.engine_args, log_dir=self.models_dir / ".engines",
-                                    start_timeout_s=self.engine_start_timeout_s, on_phase=phase)
+                                    start_timeout_s=self.engine_start_timeout_s, on_phase=phase,
+                                    redact=self.redact)
         entry.phase = "measuring memory"
         measured = await asyncio.get_running_loop().run_in_executor(None, engine.memory_mb, self.devices.nvml)
         return engine, measured
