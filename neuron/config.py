@@ -10,6 +10,8 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from neuron.launch_flags import TABLES, command_flags, refusal
+
 DEFAULT_PORT = 13131
 
 
@@ -182,6 +184,9 @@ def _engines(section, where: str) -> tuple[dict[str, list[str]], float | None]:
         words = shlex.split(value) if isinstance(value, str) else value
         if not isinstance(words, list) or not words or not all(isinstance(w, str) for w in words):
             raise ConfigError(f"{where}.{key}: expected a path, a command line or a list of words, got {value!r}")
+        flags = command_flags(words)  # checked as a load's engine_args are
+        if (problem := refusal(ENGINE_KEYS[key], flags, first=len(words) - len(flags))) is not None:
+            raise ConfigError(f"{where}.{key}{problem}")
         out[ENGINE_KEYS[key]] = words
     return out, None if timeout is None else float(timeout)
 
@@ -194,4 +199,8 @@ def _preload(items, path: Path) -> list[dict]:
     if not isinstance(items, list) or not all(isinstance(i, dict) and isinstance(i.get("model"), str)
                                               for i in items):
         raise ConfigError(f"{path}: [[preload]]: each entry needs model = \"id or path\"")
+    for i, item in enumerate(items):
+        args, backend = item.get("engine_args"), item.get("backend")
+        if isinstance(args, list) and backend in TABLES and (problem := refusal(backend, args)) is not None:
+            raise ConfigError(f"{path}: [[preload]] #{i + 1}.engine_args{problem}")
     return items

@@ -16,6 +16,7 @@ from typing import Any, Self
 
 from neuron.errors import bad_request
 from neuron.fields import opt_float, opt_int, req_str, require_object, require_type
+from neuron.launch_flags import check_engine_args
 
 BACKENDS = ("auto", "torch", "llama.cpp", "llama-server", "vllm", "sglang")
 EXTERNAL_ENGINES = ("llama-server", "vllm", "sglang")  # run as child processes; `auto` never picks one
@@ -104,6 +105,7 @@ def _engine_args(value: Any, backend: str) -> list[str]:
     if backend not in EXTERNAL_ENGINES:
         raise bad_request(f"engine_args: only for an external engine backend ({', '.join(EXTERNAL_ENGINES)}), not "
                           f"{backend}", param="engine_args")
+    check_engine_args(backend, value)  # the neuron's own flags (host, model, files, ...) are refused by name
     return list(value)
 
 

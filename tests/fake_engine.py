@@ -4,7 +4,9 @@
 to $FAKE_ENGINE_RECORD/NAME.json, forks one worker (as vLLM does, so a stop must reach the
 process group), then serves on the --port its command line names: /health, the OpenAI chat and
 completions routes (streamed or not, a fixed answer with usage), vLLM's /tokenize, llama-server's
-/apply-template and /tokenize. an argument starting with --bogus makes it print an error and exit at once;
+/apply-template and /tokenize. An argument `bogus` (a value no engine takes) or one starting with --bogus
+makes it print an error, with the absolute paths of its command line and its own file as a real
+engine's traceback would, and exit at once;
 FAKE_ENGINE_HEALTH_DELAY_S delays its health route; a chat asking for the model "die" makes it exit
 mid-stream.
 """
@@ -97,9 +99,11 @@ def make_app(started: float) -> web.Application:
 
 def main() -> None:
     name, argv = sys.argv[1], sys.argv[2:]
-    if any(a.startswith("--bogus") for a in argv):
-        print(f"{name}: error: unrecognized arguments: {' '.join(a for a in argv if a.startswith('--bogus'))}",
-              flush=True)
+    bad = [a for a in argv if a.startswith("--bogus") or a == "bogus"]
+    if bad:
+        paths = " ".join(a for a in argv if a.startswith("/"))
+        print(f'  File "{Path(__file__).resolve()}", line 1, in main\n    loading {paths}', flush=True)
+        print(f"{name}: error: unrecognized or invalid arguments: {' '.join(bad)}", flush=True)
         sys.exit(3)
     worker = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(3600)"])  # as vLLM forks workers
     record(name, argv, worker.pid)

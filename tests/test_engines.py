@@ -129,14 +129,43 @@ def test_an_engine_that_is_not_installed_is_a_400_saying_how(tmp_path, models_di
         bare.kill()
 
 
-def test_a_start_that_fails_says_why_and_leaves_nothing_running(node):
-    before = {p.pid for p in psutil.Process(node.proc.pid).children(recursive=True)}
-    status, body = load(node, model="tiny-hf", backend="vllm", engine_args=["--bogus-flag"])
+def children(node) -> set[int]:
+    return {p.pid for p in psutil.Process(node.proc.pid).children(recursive=True)}
+
+
+def test_a_start_that_fails_says_why_leaves_nothing_running_and_shows_no_absolute_path(node, models_dir):
+    before = children(node)
+    status, body = load(node, model="tiny-hf", backend="vllm", engine_args=["--dtype", "bogus"])
     assert status == 422 and body["error"]["code"] == "engine_failed", body
-    assert "unrecognized arguments: --bogus-flag" in body["error"]["message"], "the engine's own last lines"
-    after = {p.pid for p in psutil.Process(node.proc.pid).children(recursive=True)}
-    assert after <= before, "no process left behind"
+    message = body["error"]["message"]
+    assert "invalid arguments: bogus" in message, "the engine's own last lines"
+    assert "<models>/tiny-hf" in message and ".../fake_engine.py" in message, message
+    for where in (str(models_dir), str(models_dir.resolve()), str(ROOT)):
+        assert where not in message, f"{where} shown: {message}"
+    assert children(node) <= before, "no process left behind"
     assert "tiny-hf" not in {m["id"] for m in http_json("GET", node.url + "/models")[1]["models"]}
+
+
+@pytest.mark.parametrize("backend, model, args, flag", [
+    ("vllm", "tiny-hf", ["--enforce-eager", "--host", "0.0.0.0"], "--host"),
+    ("vllm", "tiny-hf", ["--trust-remote-code"], "--trust-remote-code"),
+    ("llama-server", "tiny-gguf", ["--model=/etc/passwd"], "--model"),
+    ("llama-server", "tiny-gguf", ["--chat-template-file", "/etc/shadow"], "--chat-template-file"),
+    ("llama-server", "tiny-gguf", ["--log-file", "/tmp/cortex-truncated"], "--log-file"),
+    ("sglang", "tiny-hf", ["--not-a-reviewed-flag"], "--not-a-reviewed-flag"),
+])
+def test_an_engine_flag_the_neuron_owns_or_has_not_reviewed_is_a_400_and_nothing_starts(
+        node, engines, backend, model, args, flag):
+    record_file = engines / "records" / f"{backend}.json"
+    recorded = record_file.read_text() if record_file.exists() else None
+    before = children(node)
+    status, body = load(node, model=model, backend=backend, engine_args=args)
+    assert status == 400, body
+    assert (body["error"]["code"], body["error"]["param"]) == ("engine_flag_refused", "engine_args"), body
+    assert f"{flag} is" in body["error"]["message"], body
+    assert children(node) == before, "no engine was started"
+    assert (record_file.read_text() if record_file.exists() else None) == recorded, "the fake engine never ran"
+    assert model not in {m["id"] for m in http_json("GET", node.url + "/models")[1]["models"]}
 
 
 def test_an_engine_that_dies_mid_stream_is_an_error_then_the_model_recovers(node, engines):

@@ -110,8 +110,12 @@ def test_neuron_sigterm_leaves_no_engine(node):
     wait_for(lambda: not server.is_running(), timeout=30, what="llama-server gone with the neuron")
 
 
-def test_bad_engine_args_are_a_clear_error_and_nothing_runs(node):
-    status, body = load(node, engine_args=["--no-such-flag-at-all"])
+def test_bad_engine_args_are_a_clear_error_and_nothing_runs(node, models_dir):
+    status, body = load(node, engine_args=["--cache-type-k", "no-such-type"])  # a listed flag, a bad value
     assert status == 422 and body["error"]["code"] == "engine_failed", body
-    assert "no-such-flag-at-all" in body["error"]["message"], "llama-server's own words come back"
+    assert "no-such-type" in body["error"]["message"], "llama-server's own words come back"
+    assert str(models_dir) not in body["error"]["message"], "its paths shown as the neuron's own errors show them"
+    assert servers(node) == []
+    status, body = load(node, engine_args=["--host", "0.0.0.0"])  # the neuron's own: refused, never started
+    assert status == 400 and body["error"]["code"] == "engine_flag_refused", body
     assert servers(node) == []

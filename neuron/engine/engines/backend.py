@@ -4,7 +4,11 @@ The engine is a child process on a free loopback port, restricted to the
 model's devices (CUDA_VISIBLE_DEVICES). A load completes when the engine answers
 its health route; until then the load's phase says so (a vLLM start can take
 minutes). A start that fails, or times out, leaves no process behind and returns
-the engine's last log lines in the error. Once loaded, requests are relayed to it
+the engine's last log lines in the error, their paths shown as the neuron's own
+errors show them (`redact`: `<models>/...`), any other absolute path cut to its
+last part: an answer never says where the node keeps its files or software. The
+whole log stays on the node. Flags are checked once more before anything starts
+(`neuron.launch_flags`; the load request was checked already). Once loaded, requests are relayed to it
 (`neuron.engine.engines.relay`) and its memory is what it really uses. An engine
 that dies is a device fault: the registry poisons the model and restarts it.
 """
@@ -14,7 +18,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import re
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import aiohttp
@@ -25,9 +31,13 @@ from neuron.engine.backends.base import Backend, BackendSpec, gpu_indices
 from neuron.engine.engines.process import EngineProcess
 from neuron.engine.engines.specs import SPECS, EngineSpec, Launch
 from neuron.errors import ApiError
+from neuron.launch_flags import check_engine_args
 
 log = logging.getLogger(__name__)
 WATCH_S = 0.5
+# The folders of an absolute path the neuron's labels did not cover ("/opt/x/lib/y.py" -> ".../y.py"); a
+# URL's path ("http://h:1/health") or a label's ("<models>/m") is left alone.
+_FOLDERS = re.compile(r"(?<![\w.~:/<>-])/(?:[^\s/'\"<>:]+/)+")
 
 
 class ExternalEngine(Backend):
@@ -67,9 +77,12 @@ class ExternalEngine(Backend):
 
 
 async def start_engine(name: str, spec: BackendSpec, model_id: str, *, configured: list[str] | None,
-                       engine_args: list[str], log_dir: Path, start_timeout_s: float, on_phase) -> ExternalEngine:
-    """Start `name` for the model and wait for its health route; on any failure, nothing is left running."""
+                       engine_args: list[str], log_dir: Path, start_timeout_s: float, on_phase,
+                       redact: Callable[[str], str] = lambda text: text) -> ExternalEngine:
+    """Start `name` for the model and wait for its health route; on any failure, nothing is left running.
+    `redact` is the registry's: how the neuron's own errors show its paths."""
     engine = SPECS[name]
+    check_engine_args(name, engine_args)
     if spec.format not in engine.formats:
         raise ApiError(400, "invalid_request_error", f"backend {name} does not read {spec.format} models; it reads "
                        f"{', '.join(engine.formats)}", code="backend_format_mismatch", param="backend")
@@ -81,14 +94,20 @@ async def start_engine(name: str, spec: BackendSpec, model_id: str, *, configure
     env = {**os.environ, "CUDA_VISIBLE_DEVICES": ",".join(map(str, gpus))}  # "" hides every GPU on a CPU load
     process = EngineProcess(engine.argv(base, launch), env, log_dir / f"{_safe(model_id)}.{name}.log")
     try:
-        await _wait_healthy(engine, process, port, start_timeout_s, on_phase)
+        await _wait_healthy(engine, process, port, start_timeout_s, on_phase, lambda: shown(process, redact))
     except BaseException:
         await asyncio.get_running_loop().run_in_executor(None, process.stop, 5.0)
         raise
     return ExternalEngine(engine, process, launch)
 
 
-async def _wait_healthy(engine: EngineSpec, process: EngineProcess, port: int, timeout_s: float, on_phase) -> None:
+def shown(process: EngineProcess, redact: Callable[[str], str], n: int = 20) -> str:
+    """The engine's last lines as a client may see them: no absolute path of the node's."""
+    return _FOLDERS.sub(".../", redact(process.last_lines(n)))
+
+
+async def _wait_healthy(engine: EngineSpec, process: EngineProcess, port: int, timeout_s: float, on_phase,
+                        last_lines: Callable[[], str]) -> None:
     started = time.monotonic()
     url = f"http://127.0.0.1:{port}{engine.health_path}"
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=2)) as session:
@@ -97,11 +116,11 @@ async def _wait_healthy(engine: EngineSpec, process: EngineProcess, port: int, t
             on_phase(f"starting {engine.name} (waiting for {engine.health_path}, {waited:.0f}s)")
             if not process.alive():
                 raise ApiError(422, "invalid_request_error", f"{engine.name} exited with status "
-                               f"{process.proc.returncode} while starting; its last lines:\n{process.last_lines()}",
+                               f"{process.proc.returncode} while starting; its last lines:\n{last_lines()}",
                                code="engine_failed")
             if waited > timeout_s:
                 raise ApiError(504, "api_error", f"{engine.name} did not answer {engine.health_path} within "
-                               f"{timeout_s:g}s (engine_start_timeout_s); its last lines:\n{process.last_lines()}",
+                               f"{timeout_s:g}s (engine_start_timeout_s); its last lines:\n{last_lines()}",
                                code="engine_timeout")
             try:
                 async with session.get(url) as resp:
