@@ -3,20 +3,17 @@
 from __future__ import annotations
 
 import os
-import re
 from typing import Any
 
 import aiohttp
 import orjson
 
 from neuron.errors import ApiError, error_from_envelope
+from neuron.request_context import escaped
 
 DEFAULT_GATEWAY = "http://127.0.0.1:31313"
 # A status of a thousand nodes is a few MiB; a bigger answer is not a gateway's.
 MAX_REPLY_BYTES = 16 * 2**20
-# C0 and C1 controls: ESC starts the sequences that clear a screen, write the clipboard or
-# forge hyperlinks; a name from the fleet must not reach the terminal with them.
-_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 
 
 class GatewayUnreachable(Exception):
@@ -28,9 +25,11 @@ class AdminError(ApiError):
 
 
 def printable(value: Any) -> Any:
-    """Every string in a JSON value, keys too, with control characters removed."""
+    """Every string in a JSON value, keys too, with control characters escaped: ESC starts the sequences
+    that clear a screen, write the clipboard or forge hyperlinks, so a name from the fleet must not reach
+    the terminal with one. Escaped, not removed: `evil\\x1b` must not show as the name `evil`."""
     if isinstance(value, str):
-        return _CONTROL.sub("", value)
+        return escaped(value)
     if isinstance(value, dict):
         return {printable(k): printable(v) for k, v in value.items()}
     if isinstance(value, list):
@@ -47,10 +46,15 @@ def admin_key(given: str | None = None) -> str | None:
 
 
 class AdminClient:
-    def __init__(self, url: str, key: str | None = None, session: aiohttp.ClientSession | None = None):
+    """`raw=True` returns the answers' strings as the gateway sent them, for shell completion, which must
+    offer real names and filters them itself; everything printed gets `printable` answers."""
+
+    def __init__(self, url: str, key: str | None = None, session: aiohttp.ClientSession | None = None, *,
+                 raw: bool = False):
         self.url = url.rstrip("/")
         self.headers = {"Authorization": f"Bearer {key}"} if key else {}
         self._session = session
+        self._shown = (lambda value: value) if raw else printable
 
     async def __aenter__(self) -> AdminClient:
         if self._session is None:
@@ -78,7 +82,7 @@ class AdminClient:
             err = error_from_envelope(status, raw)
             raise AdminError(status, err.type, printable(err.message) or f"HTTP {status}", code=err.code)
         try:
-            return printable(orjson.loads(raw) if raw else {})
+            return self._shown(orjson.loads(raw) if raw else {})
         except orjson.JSONDecodeError:
             raise self._not_a_gateway("its answer is not JSON") from None
 
@@ -99,7 +103,7 @@ class AdminClient:
         return await self._call("GET", "/admin/status" + ("?refresh=1" if refresh else ""), timeout=timeout)
 
     async def models(self, timeout: float = 10.0) -> list[dict]:
-        return (await self._call("GET", "/v1/models", timeout=timeout))["data"]
+        return (await self._call("GET", "/admin/models", timeout=timeout))["data"]
 
     async def load(self, node: str, model: str, *, pin: bool = False, devices: list | None = None,
                    backend: str | None = None, timeout: float = 3600) -> dict:

@@ -22,7 +22,9 @@ def _status_quietly(ctx: click.Context) -> dict | None:
     params = ctx.params if ctx else {}
 
     async def fetch():
-        async with AdminClient(gateway_url(params.get("gateway")), admin_key(params.get("admin_key"))) as c:
+        # Raw: the names as they are, so what is offered exists; `_offer` drops what a shell could misread.
+        async with AdminClient(gateway_url(params.get("gateway")), admin_key(params.get("admin_key")),
+                               raw=True) as c:
             return await c.status(timeout=1.5)
 
     try:
@@ -31,8 +33,10 @@ def _status_quietly(ctx: click.Context) -> dict | None:
         return None
 
 
-# What a completion may offer: a name with a space, a newline, a glob or `$(...)` in it could change
-# what the shell runs or completes, so such names are simply not offered.
+# What a completion may offer: a name with a space, a newline, a control character, a glob or `$(...)`
+# in it could change what the shell runs or completes, and quoting differs from shell to shell, so such
+# names are not offered at all (never offered changed: a changed name is one that does not exist).
+# `cortex status` shows them, escaped.
 _SAFE_WORD = re.compile(r"^[A-Za-z0-9._:/@+=-]+$")
 
 

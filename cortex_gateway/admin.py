@@ -10,6 +10,7 @@ import logging
 from aiohttp import web
 
 from cortex_gateway.auth import admin_auth
+from cortex_gateway.catalogue import catalogue
 from cortex_gateway.config import set_pin
 from cortex_gateway.fleet import Node
 from cortex_gateway.state import FLEET, LIFECYCLE, METRICS
@@ -50,6 +51,13 @@ async def status(request: web.Request) -> web.Response:
         "stats": request.config_dict[METRICS].recent.all(),
         "events": list(fleet.events)[-50:],
     })
+
+
+async def models(request: web.Request) -> web.Response:
+    """The merged catalogue of `/v1/models`, behind the admin key: `cortex models` is an operator's command,
+    and an admin key need not be a user key (`/v1/models` would refuse it)."""
+    fleet, lifecycle = request.config_dict[FLEET], request.config_dict[LIFECYCLE]
+    return json_response({"object": "list", "data": catalogue(fleet, lifecycle)})
 
 
 def _target(request_body) -> tuple[dict, str, str]:
@@ -178,6 +186,7 @@ def add_routes(app: web.Application) -> None:
     """Mount the admin API under /admin, its key check applying to it alone (not the hot path)."""
     admin = web.Application(middlewares=[admin_auth])
     admin.router.add_get("/status", status)
+    admin.router.add_get("/models", models)
     admin.router.add_post("/load", load)
     admin.router.add_post("/unload", unload)
     admin.router.add_post("/pin", pin)

@@ -112,7 +112,7 @@ def test_names_from_the_fleet_reach_the_terminal_as_plain_text():
     import orjson
 
     catalogue = orjson.dumps({"object": "list", "data": [{"id": HOSTILE, "loaded_on": [HOSTILE]}]})
-    with CannedGateway({"/admin/status": orjson.dumps(hostile_status()), "/v1/models": catalogue}) as gw:
+    with CannedGateway({"/admin/status": orjson.dumps(hostile_status()), "/admin/models": catalogue}) as gw:
         for command in ("status", "models"):
             result = cortex(gw, command)
             assert result.exit_code == 0, result.output
