@@ -17,6 +17,7 @@ import tomlkit
 
 from cortex_gateway.auth import AuthSettings
 from neuron.config import ConfigError, parse_listen, read_toml
+from neuron.launch_flags import refusal
 from neuron.protocol import BACKENDS, EXTERNAL_ENGINES
 
 STRATEGIES = ("lru", "priority")
@@ -258,6 +259,8 @@ def _profile(item, path: Path, where: str) -> ModelProfile:
     if not all(isinstance(a, str) for a in engine_args) or (engine_args and backend not in EXTERNAL_ENGINES):
         raise ConfigError(f"{_where(path, where, 'engine_args')}: a list of strings, for a backend of "
                           f"{', '.join(EXTERNAL_ENGINES)}")
+    if engine_args and (problem := refusal(backend, engine_args)) is not None:  # the neuron would refuse the load
+        raise ConfigError(f"{_where(path, where, 'engine_args')}{problem}")
     pinned = _get(item, "pinned_on", list, path, where, "a list of node names", [])
     if not all(isinstance(p, str) for p in pinned):
         raise ConfigError(f"{_where(path, where, 'pinned_on')}: expected a list of node names")
