@@ -12,7 +12,7 @@ from aiohttp import web
 from cortex_gateway import admin, catalogue, openai
 from cortex_gateway.anthropic import handlers as anthropic
 from cortex_gateway.auth import AUTH, KEY_NAME, LIMITER, KeyLimiter, api_auth
-from cortex_gateway.config import GatewayConfig
+from cortex_gateway.config import CONTROL_CONNECTIONS_PER_NODE, GatewayConfig
 from cortex_gateway.errors import renderer_for
 from cortex_gateway.fleet import Fleet
 from cortex_gateway.lifecycle import Lifecycle
@@ -75,13 +75,9 @@ def create_app(config: GatewayConfig, *, session: aiohttp.ClientSession | None =
 
 def _fleet_ctx(config: GatewayConfig, given: aiohttp.ClientSession | None):
     async def ctx(app: web.Application):
-        # Many small requests to few hosts: keep connections open, no per-host cap below our concurrency.
-        # sock_read bounds the silence of a hung neuron mid-answer; there is no total: answers can be long.
-        timeout = aiohttp.ClientTimeout(total=None, sock_connect=5, sock_read=config.upstream_read_timeout_s)
-        session = given or aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0, limit_per_host=0),
-                                                 timeout=timeout)
-        fleet = Fleet(config.neurons, session, down_after=config.down_after, poll_timeout=config.poll_timeout_s)
-        app[SESSION], app[FLEET] = session, fleet
+        relays, control = given or _relay_session(config), given or _control_session()
+        fleet = Fleet(config.neurons, control, down_after=config.down_after, poll_timeout=config.poll_timeout_s)
+        app[SESSION], app[FLEET] = relays, fleet
         app[LIFECYCLE] = Lifecycle(config, fleet, app[METRICS])
         app[METRICS].watch_fleet(fleet, lambda: catalogue.catalogue(fleet, app[LIFECYCLE]), config.strategy)
         await fleet.poll_all()
@@ -91,9 +87,25 @@ def _fleet_ctx(config: GatewayConfig, given: aiohttp.ClientSession | None):
         with contextlib.suppress(asyncio.CancelledError):
             await poller
         if given is None:
-            await session.close()
+            await asyncio.gather(relays.close(), control.close())
 
     return ctx
+
+
+def _relay_session(config: GatewayConfig) -> aiohttp.ClientSession:
+    """Inference relays: connections kept open, at most `max_connections_per_node` to one neuron (requests
+    beyond it wait for one), below the neuron's per-client cap. sock_read bounds the silence of a hung
+    neuron mid-answer; there is no total: answers can be long, and a wait for a connection is a queue."""
+    timeout = aiohttp.ClientTimeout(total=None, sock_connect=5, sock_read=config.upstream_read_timeout_s)
+    connector = aiohttp.TCPConnector(limit=0, limit_per_host=config.max_connections_per_node)
+    return aiohttp.ClientSession(connector=connector, timeout=timeout)
+
+
+def _control_session() -> aiohttp.ClientSession:
+    """Polls, loads and admin calls (each with its own timeout): a pool of their own, so a node whose relay
+    connections are all busy still answers its polls and is not marked down for it."""
+    connector = aiohttp.TCPConnector(limit=0, limit_per_host=CONTROL_CONNECTIONS_PER_NODE)
+    return aiohttp.ClientSession(connector=connector)
 
 
 def create_metrics_app(metrics: GatewayMetrics) -> web.Application:

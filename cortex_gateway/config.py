@@ -16,11 +16,15 @@ from pathlib import Path
 import tomlkit
 
 from cortex_gateway.auth import AuthSettings
-from neuron.config import ConfigError, parse_listen, read_toml
+from neuron.config import ConfigError, NeuronConfig, parse_listen, read_toml
 from neuron.launch_flags import refusal
 from neuron.protocol import BACKENDS, EXTERNAL_ENGINES
 
 STRATEGIES = ("lru", "priority")
+# The gateway is one client address to every neuron, and a neuron closes connections past its
+# max_connections_per_client (NeuronConfig's default) before reading a byte: the relays to one node stay
+# below that, with this many more kept for the gateway's own polls, loads and admin calls to it.
+CONTROL_CONNECTIONS_PER_NODE = 32
 _URL = re.compile(r"^https?://[^/\s]+(/.*)?$")
 _NAME = re.compile(r"^[A-Za-z0-9][\w.-]*$")
 
@@ -81,6 +85,7 @@ class GatewayConfig:
     upstream_read_timeout_s: float = 600.0
     idle_timeout_s: float = 30.0  # a connection with no request in progress (or a half-sent head) this long is closed
     max_connections_per_client: int = 256
+    max_connections_per_node: int = 512  # relays open to one neuron at once; more requests wait for a connection
     responses_store_max: int = 1000  # stored Responses (previous_response_id, GET); 0 keeps none
     responses_store_ttl_s: float = 3600.0  # a stored response is forgotten this long after it was made
     responses_store_max_mb: float = 256.0  # all stored Responses, in JSON bytes; the least recently used go first
@@ -127,6 +132,7 @@ def load_config(path: Path) -> GatewayConfig:
     cfg.down_after = _get(gw, "down_after", int, path, "[gateway]", "a number of polls", cfg.down_after)
     cfg.max_connections_per_client = _get(gw, "max_connections_per_client", int, path, "[gateway]",
                                           "a number of connections", cfg.max_connections_per_client)
+    cfg.max_connections_per_node = _node_connections(gw, path)
     cfg.responses_store_max = _get(gw, "responses_store_max", int, path, "[gateway]",
                                    "a number of responses (0: keep none)", cfg.responses_store_max)
     if cfg.responses_store_max < 0:
@@ -149,6 +155,19 @@ def load_config(path: Path) -> GatewayConfig:
         cfg.models_path = (path.parent / models_file).resolve()
         cfg.models, cfg.aliases = load_models_file(cfg.models_path)
     return cfg
+
+
+def _node_connections(gw: dict, path: Path) -> int:
+    """The bound on connections to one neuron: at least 1, and below the neuron's own per-client cap."""
+    most = NeuronConfig.max_connections_per_client - CONTROL_CONNECTIONS_PER_NODE
+    value = _get(gw, "max_connections_per_node", int, path, "[gateway]", "a number of connections",
+                 GatewayConfig.max_connections_per_node)
+    if not 1 <= value <= most:
+        raise ConfigError(f"{_where(path, '[gateway]', 'max_connections_per_node')}: expected 1 to {most}, got "
+                          f"{value!r}: a neuron closes connections past its max_connections_per_client "
+                          f"({NeuronConfig.max_connections_per_client} by default) from one address, and the "
+                          f"gateway keeps {CONTROL_CONNECTIONS_PER_NODE} more per node for polls and loads")
+    return value
 
 
 def _store_bytes(cfg: GatewayConfig, gw: dict, path: Path) -> None:

@@ -99,7 +99,7 @@ async def _attempts(request: web.Request, call: InferenceCall, rec: RequestRecor
         except RetryElsewhere as exc:
             client_stream = exc.client_stream or client_stream
             _forget_failed(app, node, rec.model, exc)
-            if exc.node_unusable:
+            if exc.node_unusable or exc.refused and _loaded_elsewhere(app, rec.model, exclude | {node.name}):
                 exclude = exclude | {node.name}
             if attempt == 1:
                 err = ApiError(502, "api_error", f"the model's node failed before answering ({exc}); "
@@ -160,10 +160,19 @@ async def _fail(rec: RequestRecord, err: ApiError, client_stream, dialect: Diale
 
 
 def _forget_failed(app, node: Node, model: str, exc: RetryElsewhere) -> None:
-    """Forget the model there until the next poll says otherwise, so the retry goes elsewhere."""
+    """Forget the model there until the next poll says otherwise, so the retry goes elsewhere; a live node
+    that refused the connection still has it, and has not failed."""
+    if exc.refused:
+        return
     if exc.unreachable:
         app[FLEET].mark_failed(node, str(exc))
     node.models.pop(model, None)
+
+
+def _loaded_elsewhere(app, model: str, exclude: frozenset[str]) -> bool:
+    """Whether another node has the model loaded: a node that refused a connection is avoided only then
+    (alone, it is tried again rather than a cold load started elsewhere or a 503 given)."""
+    return app[LIFECYCLE].loaded_node(model, exclude) is not None
 
 
 async def _stream_refused(upstream, client_stream, rec: RequestRecord, dialect: Dialect) -> web.StreamResponse:

@@ -28,6 +28,9 @@ log = logging.getLogger(__name__)
 # write (finish, usage, [DONE]) can arrive in several reads, and keeping two chunks lost the usage.
 TAIL_BYTES = 4096
 JSON_HEADERS = {"Content-Type": "application/json"}
+# A connection closed or reset before any answer (a connection that could not be made at all is a
+# ClientConnectorError, a subclass of ClientOSError, and means the node is not there).
+DROPPED = (aiohttp.ServerDisconnectedError, aiohttp.ClientConnectionResetError, aiohttp.ClientOSError)
 # Neuron answers that mean "not here after all": try another node.
 RETRYABLE_CODES = {"model_recovering", "model_not_found", "model_unloading", "model_loading"}
 _USAGE = b'"usage":{'
@@ -38,10 +41,13 @@ FIRST_OUTPUT = re.compile(rb'"content":"[^"]|"tool_calls":\[')
 class RetryElsewhere(Exception):
     """The node failed before any byte reached the client."""
 
-    def __init__(self, message: str, unreachable: bool, code: str | None = None):
+    def __init__(self, message: str, unreachable: bool, code: str | None = None, refused: bool = False):
         super().__init__(message)
         self.unreachable = unreachable
         self.code = code
+        # A live node (it answers its health check) closed or reset the connection before answering: its
+        # per-client cap, not a failure of the node, so the node is not counted down for it.
+        self.refused = refused
         self.client_stream: web.StreamResponse | None = None  # opened for keep-alives while it was tried
 
     @property
@@ -58,13 +64,16 @@ async def _send(session: aiohttp.ClientSession, node: Node, path: str, body: byt
             headers = with_request_id(node.client.json_headers)  # the neuron logs under the client's request id
             resp = await session.post(node.endpoint + path, data=body, headers=headers)
             break
-        except aiohttp.ServerDisconnectedError as exc:
-            # Most often a pooled connection the node closed as idle just as we sent on it: nothing was
-            # processed. If the node answers its health check, once more on a fresh connection.
-            if not fresh and await _answers_health(node):
-                log.info("%s: connection closed before an answer (%s); sending again on a fresh one", node.name, exc)
-                continue
-            raise _unreachable(node, exc) from exc
+        except DROPPED as exc:
+            # Most often a pooled connection the node closed as idle just as we sent on it, or one past its
+            # per-client cap: nothing was processed. If the node answers its health check, once more on a
+            # fresh connection; a live node that drops that one too refused us, it did not fail.
+            if isinstance(exc, aiohttp.ClientConnectorError) or not await _answers_health(node):
+                raise _unreachable(node, exc) from exc
+            if fresh:
+                raise RetryElsewhere(f"{node.name}: closed the connection before answering ({exc})",
+                                     unreachable=False, refused=True) from exc
+            log.info("%s: connection closed before an answer (%s); sending again on a fresh one", node.name, exc)
         except aiohttp.ServerTimeoutError as exc:
             # Silent past upstream_read_timeout_s. A node that still answers its health check is busy with a
             # long non-streaming answer, not hung: retrying elsewhere would only double the work.
