@@ -11,7 +11,6 @@ NVML per-process memory on a GPU.
 
 from __future__ import annotations
 
-import collections
 import logging
 import os
 import signal
@@ -25,6 +24,22 @@ STOP_GRACE_S = 20.0
 
 
 REAPER = Path(__file__).with_name("reaper.py")
+# What an error quotes of an engine's log: its end only. A log line can be a whole prompt (an engine run
+# with --verbose logs them), so neither the file nor a line is read whole.
+TAIL_BYTES = 64 * 1024
+LINE_CHARS = 1000
+
+
+def tail_lines(path: Path, n: int) -> str:
+    """The last `n` lines of the file's last TAIL_BYTES, each cut to LINE_CHARS; "" if it cannot be read."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(max(0, f.seek(0, os.SEEK_END) - TAIL_BYTES))
+            tail = f.read(TAIL_BYTES)
+    except OSError:
+        return ""
+    lines = tail.decode("utf-8", errors="replace").strip().splitlines()[-n:]
+    return "\n".join(line if len(line) <= LINE_CHARS else line[:LINE_CHARS] + " [...]" for line in lines)
 
 
 class EngineProcess:
@@ -49,12 +64,7 @@ class EngineProcess:
 
     def last_lines(self, n: int = 20) -> str:
         """The end of what the engine printed: why a start failed, in its own words."""
-        try:
-            with open(self.log_path, "rb") as f:
-                lines = collections.deque(f, maxlen=n)
-        except OSError:
-            return ""
-        return b"".join(lines).decode("utf-8", errors="replace").strip()
+        return tail_lines(self.log_path, n)
 
     def pids(self) -> list[int]:
         """The engine and every process it forked (vLLM and SGLang run workers)."""

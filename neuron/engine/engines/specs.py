@@ -2,8 +2,9 @@
 
 For each engine: how to find it (PATH, a configured path, an installed
 package), the command line for a model (its context and slots in the engine's
-own flags, then the profile's `engine_args`), the route that says it is ready,
-and which of its routes serve the neuron's. Pure: nothing here starts a process.
+own flags, then the load's `engine_args`, which `neuron.launch_flags` checked),
+the route that says it is ready, and which of its routes serve the neuron's.
+Pure: nothing here starts a process.
 """
 
 from __future__ import annotations
