@@ -7,6 +7,7 @@ neuron alike, so one request can be followed from one log into the other.
 from __future__ import annotations
 
 import logging
+import os
 import sys
 
 import click
@@ -16,9 +17,15 @@ log_format_option = click.option("--log-format", type=click.Choice(["text", "jso
 
 
 def setup_logging(level: str = "INFO", fmt: str = "text") -> None:
+    """One handler on the root logger for every line the process writes: cortex's own, llama.cpp's (routed
+    to a logger by the backend), and Python's warnings (a library's FutureWarning), which would otherwise
+    be written raw to stderr, two lines each, in no format."""
     from neuron.request_context import JsonFormatter, RequestIdFilter, TextFormatter
 
+    logging.captureWarnings(True)
     if fmt == "json":
+        # Progress bars (transformers' "Loading weights") redraw a line for a terminal: no shipper parses them.
+        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
         handler: logging.Handler = logging.StreamHandler()
         handler.setFormatter(JsonFormatter())
     elif sys.stderr.isatty():

@@ -18,6 +18,7 @@ from neuron.catalog import default_context, default_parallel
 from neuron.engine.backends.base import Backend, BackendSpec, BackendUnavailable, GuidanceTokenizer, gpu_indices
 from neuron.engine.backends.llamacpp_batch import LlamaBatcher, bias_array
 from neuron.engine.backends.llamacpp_embed import LlamaEmbedder, model_frame
+from neuron.engine.backends.llamacpp_log import route_llama_log
 from neuron.engine.batching import prefill_chunk
 from neuron.engine.generation import ByteDetokenizer
 from neuron.openai_schema import SamplingParams
@@ -33,9 +34,7 @@ def _import_llama():
     except ImportError as exc:
         raise BackendUnavailable(
             "the llama.cpp backend needs llama-cpp-python: pip install 'cortex-fleet[llama]'") from exc
-    from llama_cpp._logger import set_verbose
-
-    set_verbose(False)  # llama.cpp's own log (every tensor, every graph) only at error level
+    route_llama_log(llama_cpp)  # llama.cpp's own lines in the neuron's log format, at mapped levels
     return llama_cpp
 
 
@@ -50,7 +49,9 @@ class LlamaCppBackend(Backend):
         self.spec = spec
         self.gpus = gpu_indices(spec.devices)
         self._model_params = self._placement()
-        self.model = LlamaModel(path_model=str(spec.path), params=self._model_params, verbose=False)
+        # verbose: llama.cpp's lines go to our logger; quiet would point the whole process's stdout and
+        # stderr at /dev/null for the load, losing every other thread's log lines meanwhile.
+        self.model = LlamaModel(path_model=str(spec.path), params=self._model_params, verbose=True)
         self._vocab = self.model.vocab
         self.n_vocab = self.model.n_vocab()
         self.slots = spec.parallel or default_parallel(bool(self.gpus))

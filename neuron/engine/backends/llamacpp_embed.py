@@ -87,7 +87,7 @@ class LlamaEmbeddingBackend(Backend):
     name = "llama.cpp"
 
     def __init__(self, spec: BackendSpec):
-        import llama_cpp as lib  # imported (quietened, or refused by name) by `backend_class`
+        import llama_cpp as lib  # imported (its log routed, or refused by name) by `backend_class`
         from llama_cpp._internals import LlamaModel
 
         self.llama_cpp = lib
@@ -96,7 +96,7 @@ class LlamaEmbeddingBackend(Backend):
         params.n_gpu_layers = -1 if gpus else 0
         if gpus:  # a small model: whole on the first device, never spread over GPUs this node does not own
             params.main_gpu, params.split_mode = gpus[0], lib.LLAMA_SPLIT_MODE_NONE
-        self.model = LlamaModel(path_model=str(spec.path), params=params, verbose=False)
+        self.model = LlamaModel(path_model=str(spec.path), params=params, verbose=True)  # see LlamaCppBackend
         trained = lib.llama_model_n_ctx_train(self.model.model)
         self.context_size = min(spec.context_size or default_context(spec.path), trained)
         self.vocab_size = self.model.n_vocab()
