@@ -17,6 +17,10 @@ from neuron.openai_output import OutputFormat, ToolChoice, parse_response_format
 MAX_STOP_SEQUENCES = 16
 MAX_CHOICES = 16
 MAX_TOP_LOGPROBS = 20
+# Logprob entries (a token's own and its alternatives) one answer may carry, over all its choices. Each
+# costs ~60 bytes of JSON and ~250 of Python objects: n=16 x top_logprobs=20 x 2,000 tokens made a
+# 41.6 MiB answer and +175 MiB of memory for one request. This allows 6,241 tokens at top_logprobs 20.
+MAX_ANSWER_LOGPROBS = 131_072
 CHAT_ROLES = ("system", "developer", "user", "assistant", "tool")
 MEDIA_PARTS = ("image_url", "input_audio", "file", "input_image", "input_file")
 
@@ -120,6 +124,7 @@ def parse_chat(body: Any) -> InferenceRequest:
     tools = parse_tools(data.get("tools"))
     sampling = parse_sampling(data)
     sampling.logprobs = _chat_logprobs(data)
+    check_answer_size(sampling, "top_logprobs")
     return InferenceRequest(
         model=req_str(data, "model"),
         stream=_parse_bool(data, "stream"),
@@ -145,6 +150,10 @@ def _template_kwargs(value: Any) -> dict:
     if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
         raise bad_request("chat_template_kwargs: expected an object of template variables",
                           param="chat_template_kwargs")
+    odd = sorted(k for k in value if not k.isidentifier())
+    if odd:  # a template reads its variables by name: any other key could only be printed, never read
+        raise bad_request(f"chat_template_kwargs: {odd[0][:64]!r} is not a template variable name (letters, "
+                          "digits and _, not starting with a digit)", param="chat_template_kwargs")
     taken = sorted(_TEMPLATE_OWN & set(value))
     if taken:
         raise bad_request(f"chat_template_kwargs: {', '.join(taken)} are set by the request itself, not here",
@@ -166,9 +175,30 @@ def parse_completion(body: Any) -> InferenceRequest:
         raise bad_request(f"best_of: {best_of} is not supported; ask for n choices and pick yourself",
                           param="best_of")
     sampling.logprobs = opt_int(data, "logprobs", minimum=0, maximum=5)
+    check_answer_size(sampling, "logprobs")
     return InferenceRequest(model=req_str(data, "model"), stream=_parse_bool(data, "stream"),
                             sampling=sampling, prompt=prompt, include_usage=_include_usage(data),
                             script=_opt_script(data))
+
+
+def logprob_tokens(sampling: SamplingParams) -> int | None:
+    """The most tokens per choice whose logprobs fit one answer; None without logprobs."""
+    if sampling.logprobs is None:
+        return None
+    return MAX_ANSWER_LOGPROBS // (sampling.n * (1 + sampling.logprobs))
+
+
+def check_answer_size(sampling: SamplingParams, alternatives: str) -> None:
+    """Refuse up front an answer whose logprobs could not fit (without max_tokens, it stops there instead)."""
+    most = logprob_tokens(sampling)
+    if most is None or sampling.max_tokens is None or sampling.max_tokens <= most:
+        return
+    raise bad_request(f"max_tokens: {sampling.max_tokens} tokens with logprobs, for n={sampling.n} choices "
+                      f"and {alternatives}={sampling.logprobs}, would carry "
+                      f"{sampling.n * sampling.max_tokens * (1 + sampling.logprobs)} logprob entries, over the "
+                      f"{MAX_ANSWER_LOGPROBS} one answer may (n x max_tokens x (1 + {alternatives})); ask for at "
+                      f"most {most} tokens, or fewer choices or alternatives", param="max_tokens",
+                      code="answer_too_large")
 
 
 def _chat_logprobs(data: dict) -> int | None:

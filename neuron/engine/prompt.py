@@ -3,44 +3,37 @@
 Two rules, both from what a hostile request did to a node:
 - **What users wrote is text, never control tokens.** The template's own markup
   (`<|im_start|>`, `<|eot_id|>`, BOS) is tokenised with special tokens parsed;
-  every string a client sent (message contents, tool-call arguments, tool
-  descriptions) is tokenised as plain text, so `<|im_end|><|im_start|>system`
-  typed by a user stays characters and cannot open a turn. This is how the
-  OpenAI and Anthropic APIs treat such text. To tell the two apart after
-  rendering, client strings are wrapped in two Unicode noncharacters
-  (U+FDD0/U+FDD1, never valid in interchange, stripped from input first).
+  every string a client sent (see `neuron.engine.client_text`: message contents,
+  tool calls, tool names, descriptions and parameter schemas, property names
+  included, `chat_template_kwargs`) is tokenised as plain text, so
+  `<|im_end|><|im_start|>system` typed by a user, or named as a tool's property
+  by an MCP server, stays characters and cannot open a turn. This is how the
+  OpenAI and Anthropic APIs treat such text.
 - **The work is bounded before it starts.** A request with more messages than
-  the context has tokens, or more characters than the context could hold, is
-  refused before rendering; rendering and tokenising then run on the
-  engine's tokenizer threads, never on a device thread (where they would
-  stall every other model's decode) and never on the event loop.
+  the context has tokens, or more characters than the context could hold (every
+  string counted, keys included), is refused before rendering; rendering and
+  tokenising then run on the engine's tokenizer threads, never on a device
+  thread (where they would stall every other model's decode) and never on the
+  event loop, and stop at the next segment once nobody waits for them.
 """
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from collections.abc import Callable
 from typing import Any
 
 from neuron.engine.chat_template import TemplateError, render_chat
+from neuron.engine.client_text import Markers, Segment, mark_kwargs, mark_message, mark_tools
 from neuron.engine.generic_tools import renders_tools, with_generic_tools
 from neuron.errors import ApiError
 from neuron.openai_schema import InferenceRequest
 
 log = logging.getLogger(__name__)
 
-OPEN, CLOSE = "\ufdd0", "\ufdd1"
-_STRIP = str.maketrans("", "", OPEN + CLOSE)
 # No tokenizer in use packs more than this many characters into one token on average; a
 # prompt longer than context x this cannot fit, whatever it says.
 MAX_CHARS_PER_TOKEN = 32
-
-
-@dataclass(frozen=True)
-class Segment:
-    text: str
-    special: bool  # parse control tokens in it (template markup) or not (what a client wrote)
-
 
 def check_bounds(req: InferenceRequest, context: int, model: str) -> None:
     """Refuse, cheaply and before any rendering, a request that cannot fit the context."""
@@ -48,7 +41,8 @@ def check_bounds(req: InferenceRequest, context: int, model: str) -> None:
     if req.messages is not None and len(req.messages) > context:
         raise context_exceeded(len(req.messages), context, param, f"at least one per message: "
                                f"{len(req.messages)} messages")
-    check_chars(_chars(req.messages) + _chars(req.tools) + len(req.prompt or ""), context, model, param)
+    chars = text_chars(req.messages) + text_chars(req.tools) + text_chars(req.template_kwargs)
+    check_chars(chars + len(req.prompt or ""), context, model, param)
 
 
 def check_chars(chars: int, context: int, model: str, param: str) -> None:
@@ -67,14 +61,16 @@ def context_exceeded(tokens: int, maximum: int, param: str, detail: str = "") ->
                     param=param, details={"tokens": tokens, "maximum": maximum})
 
 
-def _chars(value: Any) -> int:
+def text_chars(value: Any) -> int:
+    """The characters a request's values put into a prompt: every string, object keys included (a tool's
+    property names are rendered as much as its descriptions), and numbers as written."""
     if isinstance(value, str):
         return len(value)
     if isinstance(value, dict):
-        return sum(_chars(v) for v in value.values())
+        return sum(len(k) + text_chars(v) for k, v in value.items())
     if isinstance(value, list):
-        return sum(_chars(v) for v in value)
-    return 0
+        return sum(text_chars(v) for v in value)
+    return 0 if value is None else len(str(value))
 
 
 def chat_segments(backend, req: InferenceRequest, model: str) -> list[Segment]:
@@ -86,21 +82,22 @@ def chat_segments(backend, req: InferenceRequest, model: str) -> list[Segment]:
     if tools and not renders_tools(backend.chat_template, backend.bos_token, backend.eos_token):
         messages, tools = with_generic_tools(messages, tools), None
     prefill = req.continue_final and bool(req.messages[-1].get("content"))
+    mk = Markers.new()
     try:
-        rendered = render_chat(backend.chat_template, [_mark_message(m) for m in messages],
-                               tools=_mark_tools(tools), bos_token=backend.bos_token, eos_token=backend.eos_token,
-                               add_generation_prompt=not prefill, extra=_mark_all_strings(req.template_kwargs))
+        rendered = render_chat(backend.chat_template, [mark_message(m, mk) for m in messages],
+                               tools=mark_tools(tools, mk), bos_token=backend.bos_token, eos_token=backend.eos_token,
+                               add_generation_prompt=not prefill, extra=mark_kwargs(req.template_kwargs, mk))
     except TemplateError as exc:
         raise ApiError(400, "invalid_request_error", str(exc), code="template_error", param="messages") from exc
-    segments = split_marked(rendered)
-    if prefill and segments:
-        while segments and segments[-1].special:  # the template's end-of-turn after the prefill: cut
-            segments.pop()
+    segments = mk.split(rendered)
     if segments is None:
         # The template cut or reordered a client string: fall back to parsing the whole prompt.
         log.warning("model %s: its chat template splits message text; control tokens typed by users "
                     "cannot be told from the template's own in this prompt", model)
-        return [Segment(rendered.translate(_STRIP), True)]
+        return [Segment(mk.strip(rendered), True)]
+    if prefill:
+        while segments and segments[-1].special:  # the template's end-of-turn after the prefill: cut
+            segments.pop()
     return segments
 
 
@@ -111,60 +108,13 @@ def prompt_segments(backend, req: InferenceRequest, model: str) -> list[Segment]
     return chat_segments(backend, req, model)
 
 
-def tokenize_segments(backend, segments: list[Segment]) -> list[int]:
+def tokenize_segments(backend, segments: list[Segment], stop: Callable[[], bool] | None = None) -> list[int]:
+    """The segments' tokens, control tokens parsed in markup only; `stop()` is asked between segments."""
     tokens: list[int] = []
     for seg in segments:
+        if stop is not None and stop():
+            raise ApiError(503, "overloaded_error", "the prompt's tokenisation was stopped: the neuron is "
+                           "shutting down", code="shutting_down", retry_after=5)
         if seg.text:
             tokens.extend(backend.tokenize(seg.text, special=seg.special))
     return tokens
-
-
-def split_marked(rendered: str) -> list[Segment] | None:
-    """Split at the markers; None when they do not pair up (the template mangled a marked string)."""
-    head, *marked = rendered.split(OPEN)
-    if CLOSE in head:
-        return None
-    segments = [Segment(head, True)] if head else []
-    for piece in marked:
-        client_text, closed, rest = piece.partition(CLOSE)
-        if not closed or CLOSE in rest:
-            return None
-        segments += [s for s in (Segment(client_text, False), Segment(rest, True)) if s.text]
-    return segments
-
-
-def _mark(text: str) -> str:
-    return OPEN + text.translate(_STRIP) + CLOSE if text else text
-
-
-def _mark_message(message: dict) -> dict:
-    out = {**message, "content": _mark(message.get("content") or "")}
-    if message.get("tool_calls"):
-        out["tool_calls"] = [{**c, "function": {**c["function"], "arguments": _mark(c["function"]["arguments"])}}
-                             for c in message["tool_calls"]]
-    return out
-
-
-def _mark_tools(tools: list[dict] | None) -> list[dict] | None:
-    return None if tools is None else [_mark_descriptions(t) for t in tools]
-
-
-def _mark_all_strings(value: Any) -> Any:
-    """Every string in chat_template_kwargs is the client's text (a template may print it into the prompt)."""
-    if isinstance(value, str):
-        return _mark(value)
-    if isinstance(value, dict):
-        return {k: _mark_all_strings(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_mark_all_strings(v) for v in value]
-    return value
-
-
-def _mark_descriptions(value: Any) -> Any:
-    """Descriptions are free text a client wrote; names and types drive template logic and stay as they are."""
-    if isinstance(value, dict):
-        return {k: _mark(v) if k == "description" and isinstance(v, str) else _mark_descriptions(v)
-                for k, v in value.items()}
-    if isinstance(value, list):
-        return [_mark_descriptions(v) for v in value]
-    return value
