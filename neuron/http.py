@@ -3,8 +3,11 @@
 The body is read once, in `body_limits`, under a deadline; handlers then get
 aiohttp's cached copy through `read_json`. A declared Content-Length over the
 limit is refused before a byte is read; a body that turns out longer is cut
-off at the limit by aiohttp. JSON nesting is bounded by orjson (1024 levels),
-whose refusal becomes a 400.
+off at the limit by aiohttp. JSON nesting is bounded here, for every route of
+both servers, to `MAX_JSON_DEPTH` levels: legal JSON 500 levels deep (orjson
+reads up to 1024) made the deep copies and walks behind a route (a tool's
+schema, a response_format, chat_template_kwargs) hit Python's recursion limit,
+a 500 with a traceback.
 """
 
 from __future__ import annotations
@@ -21,6 +24,10 @@ from neuron.errors import ApiError, bad_request
 # objects, and the allocator keeps much of it afterwards; real requests, a long conversation with
 # tools included, hold a few tens of thousands.
 MAX_JSON_ELEMENTS = 200_000
+# Objects and arrays inside one another, the body itself counting as one. Real JSON schemas nest a few
+# levels (each level of a schema is two here: the schema and its "properties"); 64 leaves room for
+# the deepest in use and stays far from the recursion limit of whatever walks the value.
+MAX_JSON_DEPTH = 64
 
 
 def parse_json(body: bytes) -> Any:
@@ -32,9 +39,28 @@ def parse_json(body: bytes) -> Any:
         raise ApiError(413, "invalid_request_error", f"request body holds more than {MAX_JSON_ELEMENTS} JSON "
                        "keys and array items; send a smaller request", code="request_too_large")
     try:
-        return orjson.loads(body)
+        value = orjson.loads(body)
     except orjson.JSONDecodeError as exc:
         raise bad_request(f"request body is not valid JSON: {exc}", code="invalid_json") from None
+    if body.count(b"{") + body.count(b"[") > MAX_JSON_DEPTH:  # fewer openers cannot nest deeper
+        check_depth(value)
+    return value
+
+
+def check_depth(value: Any, limit: int = MAX_JSON_DEPTH) -> None:
+    """Refuse a value nested deeper than `limit`, naming the top-level field it is in (no recursion here)."""
+    stack = [(value, 1, None)]
+    while stack:
+        node, depth, field = stack.pop()
+        if depth > limit:
+            where = f"{field}: " if field else "request body: "
+            raise bad_request(f"{where}objects and arrays nest more than {limit} levels deep (the limit, "
+                              "counting the request body as one level); flatten the value", param=field,
+                              code="json_too_deep")
+        top = depth == 1 and isinstance(node, dict)  # the fields of the body name where the nesting is
+        for key, child in (node.items() if isinstance(node, dict) else enumerate(node)):
+            if isinstance(child, (dict, list)):
+                stack.append((child, depth + 1, key if top else field))
 
 
 async def read_json(request: web.Request) -> Any:
