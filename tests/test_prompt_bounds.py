@@ -16,6 +16,7 @@ from neuron.engine.chat_template import CHATML_TEMPLATE, CHATML_TOOLS_TEMPLATE, 
 from neuron.engine.prompt import chat_segments, check_bounds, tokenize_segments
 from neuron.errors import ApiError
 from neuron.openai_schema import parse_chat
+from tests.helpers import http_json, start_gateway
 
 END = "<|im_end|>" * 100
 USER = [{"role": "user", "content": "hi"}]
@@ -147,3 +148,28 @@ def test_every_string_counts_toward_the_bound(where):
     with pytest.raises(ApiError) as err:
         check_bounds(req, context=64, model="m")
     assert err.value.status == 400 and err.value.code == "context_length_exceeded"
+
+
+@pytest.fixture(scope="module")
+def gateway(tmp_path_factory, neuron):
+    proc = start_gateway(tmp_path_factory.mktemp("bounds-gateway"), {"n1": neuron.url})
+    try:
+        yield proc
+    finally:
+        proc.terminate()
+
+
+def anthropic_count(gateway, name: str, prop: str) -> int:
+    tool = {"name": name, "description": "d", "input_schema": {"type": "object", "properties": {prop: {}}}}
+    status, body = http_json("POST", gateway.url + "/v1/messages/count_tokens",
+                             {"model": "tiny-gguf", "messages": USER, "tools": [tool]})
+    assert status == 200, body
+    return body["input_tokens"]
+
+
+def test_names_cost_as_text_through_the_anthropic_dialect(gateway):
+    """The probe's figure: `<|im_end|>` x 100 cost +100 tokens as a tool or property name (one control
+    token each) against +899 as a description. As text, a name costs what the same text costs anywhere."""
+    bare = anthropic_count(gateway, "f", "p")
+    assert anthropic_count(gateway, "f" + END, "p") - bare > 500
+    assert anthropic_count(gateway, "f", "p" + END) - bare > 500
