@@ -113,6 +113,7 @@ def add_routes(app: web.Application, faults_enabled: bool) -> None:
     app.router.add_post("/models/pull", pull)
     app.router.add_get("/models/pulls", pulls)
     app.router.add_post("/models/delete", delete)
+    app.on_shutdown.append(app[PULLER].on_shutdown)  # pulls stop when the grace starts: their waiters are answered
     app.router.add_get("/health", health)
     app.router.add_get("/metrics", metrics)
     if faults_enabled:

@@ -19,6 +19,12 @@ No `X-Xet-*` header or `xet-auth` link is ever sent, so hf-xet is never used: ev
 over plain HTTP, with Range. The server runs in a thread on its own event loop, so in-process
 code and `cortex neuron` subprocesses reach it alike. `snapshot_download` (the tree API) is not
 served.
+
+A hostile hub, for the tests of what a client must not trust: a repo may list any name at all
+(`../x`, `/abs/x`, backslashes, control characters), and a file listed under a name with `..`
+is still served at the path a client's URL normalisation makes of it; `list_size` lists a size
+other than the file's, `serve_extra` sends bytes past its end, `serve_endless` a body that never
+ends. The environment helpers live in tests/fake_hub_env.py.
 """
 
 from __future__ import annotations
@@ -26,10 +32,10 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import io
+import posixpath
 import socket
 import struct
 import threading
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
@@ -37,11 +43,15 @@ from urllib.parse import quote
 
 from aiohttp import web
 
+from tests.fake_hub_env import hf_env, huggingface_hub_pointed_at  # noqa: F401 - re-exported for tests
+
 WEIGHT_SUFFIXES = (".safetensors", ".gguf", ".bin")
 LFS_THRESHOLD = 10_000_000  # the real hub refuses plain git files over 10 MB
 CHUNK = 1 << 20
 DATE = "2025-01-01T00:00:00.000Z"
 INVERT = bytes(255 - b for b in range(256))  # corrupt(): every byte flipped, the size kept
+FILLER = b"\0" * (64 << 10)  # what serve_extra and serve_endless send past a file's end
+TRICKLE_S = 0.01  # serve_endless(trickle=True): one FILLER per this (about 6 MiB/s)
 REPO_ID = r"{repo_id:[^/]+(?:/[^/]+)?}"  # "name" or "namespace/name"
 
 
@@ -128,6 +138,9 @@ class FakeHub:
         self.requests: list[Request] = []
         self._drops: dict[str, tuple[int, bool]] = {}
         self._corrupt: set[str] = set()
+        self._listed: dict[str, int] = {}
+        self._extra: dict[str, int] = {}
+        self._endless: dict[str, bool] = {}
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="fake-hub", daemon=True)
         self._runners: list[web.AppRunner] = []
@@ -160,6 +173,21 @@ class FakeHub:
         """From now on, serve other bytes (same size) than the sha256 listed for `filename` says."""
         self._corrupt.add(filename)
 
+    def list_size(self, filename: str, size: int) -> None:
+        """List `filename` (in any repo) at `size` bytes, whatever its bytes are."""
+        self._listed[filename] = size
+
+    def serve_extra(self, filename: str, n_bytes: int) -> None:
+        """Serve `n_bytes` more than `filename` holds (its Content-Length says so), from offset 0."""
+        self._extra[filename] = n_bytes
+
+    def serve_endless(self, filename: str, *, trickle: bool = False) -> None:
+        """Serve `filename` as a body that never ends (chunked, no length) until the client goes.
+
+        `trickle` paces what follows the file's own bytes (a FILLER per TRICKLE_S), so a download
+        stays under way long enough for a test to act on it and no broken client fills a disk."""
+        self._endless[filename] = trickle
+
     def fetched(self, path_part: str) -> list[Request]:
         """The GETs whose path contains `path_part` (a file name; a sha256 for the CDN's paths)."""
         return [r for r in self.requests if r.method == "GET" and path_part in r.path]
@@ -190,8 +218,9 @@ class FakeHub:
         hub.router.add_get("/api/agent-harnesses", self._agent_harnesses)
         hub.router.add_get(f"/api/models/{REPO_ID}", self._model_info)
         hub.router.add_get(f"/api/models/{REPO_ID}/revision/{{revision}}", self._model_info)
-        hub.router.add_route("*", f"/{REPO_ID}/resolve/{{revision}}/{{filename:.+}}", self._resolve)
+        hub.router.add_route("*", f"/{REPO_ID}/resolve/{{revision}}/{{filename:[\\s\\S]+}}", self._resolve)
         cdn.router.add_route("*", r"/repos/{repo_id:.+}/{sha256:[0-9a-f]{64}}", self._cdn)
+        hub.router.add_route("*", r"/{tail:[\s\S]*}", self._normalised)
         urls = []
         for app in (hub, cdn):
             runner = web.AppRunner(app, access_log=None, shutdown_timeout=1)
@@ -244,18 +273,28 @@ class FakeHub:
                 "createdAt": DATE, "private": False, "gated": "manual" if repo.gated else False,
                 "disabled": False, "downloads": 0, "likes": 0, "tags": [],
                 "usedStorage": sum(f.size for f in repo.files.values()),
-                "siblings": [_sibling(f, blobs) for f in repo.files.values()]}
+                "siblings": [_sibling(f, self._listed.get(f.name, f.size), blobs) for f in repo.files.values()]}
         if expand := request.query.getall("expand", []) + request.query.getall("expand[]", []):
             info = {k: v for k, v in info.items() if k in ("_id", "id", *expand)}
         return web.json_response(info)
 
-    async def _resolve(self, request: web.Request) -> web.StreamResponse:
-        repo = self._find(request)
+    async def _normalised(self, request: web.Request) -> web.StreamResponse:
+        """A file listed under a name with `..`: a client's URL for it has had its dot segments removed."""
+        for repo in self.repos.values():
+            for name in repo.files:
+                for revision in ("main", repo.commit):
+                    if posixpath.normpath(f"/{repo.repo_id}/resolve/{revision}/{name}") == request.path:
+                        return await self._resolve(request, repo, name)
+        return web.Response(status=404, text="404: Not Found")
+
+    async def _resolve(self, request: web.Request, repo: Repo | None = None,
+                       name: str | None = None) -> web.StreamResponse:
+        repo = repo or self._find(request)
         if isinstance(repo, web.Response):
             return repo
         if denied := self._gate(request, repo):
             return denied
-        name, commit = request.match_info["filename"], {"X-Repo-Commit": repo.commit}
+        name, commit = name or request.match_info["filename"], {"X-Repo-Commit": repo.commit}
         hub_file = repo.files.get(name)
         if hub_file is None:
             return _error(404, "EntryNotFound", f"{name} does not exist on \"{request.match_info['revision']}\"",
@@ -265,7 +304,7 @@ class FakeHub:
         location = f"{self.cdn_url}/repos/{repo.repo_id}/{hub_file.sha256}?filename={quote(name)}"
         return web.Response(status=302, text=f"Found. Redirecting to {location}", headers={
             **commit, "Location": location, "ETag": f'"{hub_file.blob_id}"',
-            "X-Linked-Etag": f'"{hub_file.sha256}"', "X-Linked-Size": str(hub_file.size)})
+            "X-Linked-Etag": f'"{hub_file.sha256}"', "X-Linked-Size": str(self._listed.get(name, hub_file.size))})
 
     async def _cdn(self, request: web.Request) -> web.StreamResponse:
         """A signed URL in spirit: only an authorised resolve hands it out, so it checks no token."""
@@ -278,15 +317,18 @@ class FakeHub:
 
     async def _send(self, request: web.Request, hub_file: HubFile, headers: dict) -> web.StreamResponse:
         """The file's bytes, or the range asked for, in chunks: inverted if corrupt, cut short if told to drop."""
+        if hub_file.name in self._endless or hub_file.name in self._extra:
+            return await self._send_too_much(request, hub_file, headers)
         asked = request.headers.get("Range")
         span = _byte_range(asked, hub_file.size)
         if span is None:
             return web.Response(status=416, headers={"Content-Range": f"bytes */{hub_file.size}"})
         start, end = span
         base = hub_file.name.rsplit("/", 1)[-1]
+        plain = "".join(c if c.isprintable() and c != '"' else "_" for c in base)  # a hostile name's, too
         response = web.StreamResponse(status=206 if asked else 200, headers={
             **headers, "Accept-Ranges": "bytes", "Content-Type": "application/octet-stream",
-            "Content-Disposition": f"inline; filename*=UTF-8''{quote(base)}; filename=\"{base}\";"})
+            "Content-Disposition": f"inline; filename*=UTF-8''{quote(base)}; filename=\"{plain}\";"})
         if asked:
             response.headers["Content-Range"] = f"bytes {start}-{end - 1}/{hub_file.size}"
         response.content_length = end - start
@@ -301,14 +343,37 @@ class FakeHub:
             _hang_up(request, reset=drop[1])
         return response
 
+    async def _send_too_much(self, request: web.Request, hub_file: HubFile, headers: dict) -> web.StreamResponse:
+        """The whole file (a Range is ignored, as some CDNs do), then FILLER: `serve_extra`'s bytes or no end."""
+        response = web.StreamResponse(status=200, headers={**headers, "Content-Type": "application/octet-stream"})
+        endless, extra = hub_file.name in self._endless, self._extra.get(hub_file.name, 0)
+        if endless:
+            response.enable_chunked_encoding()
+        else:
+            response.content_length = hub_file.size + extra
+        await response.prepare(request)
+        if request.method != "GET":
+            return response
+        for chunk in _chunks(hub_file.source, 0, hub_file.size):
+            await response.write(chunk)
+        try:
+            while endless or extra > 0:
+                await response.write(FILLER[:extra] if not endless else FILLER)
+                extra -= len(FILLER)
+                if endless and self._endless[hub_file.name]:
+                    await asyncio.sleep(TRICKLE_S)
+        except ConnectionError:  # the client stopped reading and left: what a careful one does
+            pass
+        return response
 
-def _sibling(hub_file: HubFile, blobs: bool) -> dict:
+
+def _sibling(hub_file: HubFile, size: int, blobs: bool) -> dict:
     if not blobs:
         return {"rfilename": hub_file.name}
-    sibling = {"rfilename": hub_file.name, "size": hub_file.size, "blobId": hub_file.blob_id}
+    sibling = {"rfilename": hub_file.name, "size": size, "blobId": hub_file.blob_id}
     if hub_file.lfs:
-        pointer_size = len(_pointer(hub_file.sha256, hub_file.size))
-        sibling["lfs"] = {"size": hub_file.size, "sha256": hub_file.sha256, "pointerSize": pointer_size}
+        pointer_size = len(_pointer(hub_file.sha256, size))
+        sibling["lfs"] = {"size": size, "sha256": hub_file.sha256, "pointerSize": pointer_size}
     return sibling
 
 
@@ -321,55 +386,3 @@ def _hang_up(request: web.Request, *, reset: bool) -> None:
         transport.abort()
     else:
         transport.close()
-
-
-def hf_env(hub_url: str, hf_home: Path) -> dict[str, str]:
-    """The environment a process that then imports huggingface_hub (a `cortex neuron`) needs for the fake.
-
-    HF_ENDPOINT is read once, at import. Telemetry off stops the user agent's daily fetch of
-    `/api/agent-harnesses`; HF_HOME keeps tokens, caches and that registry out of the user's home;
-    HF_HUB_OFFLINE=0 beats an inherited TRANSFORMERS_OFFLINE=1.
-    """
-    return {"HF_ENDPOINT": hub_url, "HF_HOME": str(hf_home), "HF_HUB_DISABLE_TELEMETRY": "1",
-            "HF_HUB_OFFLINE": "0"}
-
-
-@contextmanager
-def huggingface_hub_pointed_at(monkeypatch, hub_url: str, hf_home: Path):
-    """The same for this process, where huggingface_hub is already imported: its constants too.
-
-    Patching `constants.ENDPOINT` alone is a trap: `hf_hub_url` formats `HUGGINGFACE_CO_URL_TEMPLATE`
-    (frozen at import) and swaps in `endpoint=` only where the URL starts with `ENDPOINT`, so one
-    without the other sends downloads to huggingface.co. While inside, any request off 127.0.0.1 fails.
-    """
-    import huggingface_hub
-    from huggingface_hub import constants
-    from huggingface_hub.utils._http import default_client_factory
-
-    for name, value in hf_env(hub_url, hf_home).items():
-        monkeypatch.setenv(name, value)
-    for name in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN"):
-        monkeypatch.delenv(name, raising=False)
-    template = hub_url + "/{repo_id}/resolve/{revision}/{filename}"
-    for name, value in {"ENDPOINT": hub_url, "HUGGINGFACE_CO_URL_TEMPLATE": template,
-                        "HF_HUB_DISABLE_TELEMETRY": True, "HF_HUB_OFFLINE": False,
-                        "HF_HUB_CACHE": str(hf_home / "hub"), "HF_TOKEN_PATH": str(hf_home / "token")}.items():
-        monkeypatch.setattr(constants, name, value)
-    huggingface_hub.set_client_factory(_loopback_only_client)
-    try:
-        yield
-    finally:
-        huggingface_hub.set_client_factory(default_client_factory)
-
-
-def _loopback_only_client():
-    """huggingface_hub's own client (its request hook included), failing any request off loopback."""
-    import httpx2
-    from huggingface_hub.utils._http import hf_request_event_hook
-
-    def loopback_only(request) -> None:
-        if request.url.host != "127.0.0.1":
-            raise RuntimeError(f"a test tried to reach {request.url}: only the fake hub may be called")
-
-    return httpx2.Client(event_hooks={"request": [hf_request_event_hook, loopback_only]},
-                         follow_redirects=True, timeout=None)

@@ -202,3 +202,47 @@ def test_a_subprocess_reaches_the_fake_through_its_environment_alone(hub, tiny_r
     assert done.returncode == 0, done.stderr
     paths = [Path(p) for p in json.loads(done.stdout)]
     assert {p.name: p.read_bytes() for p in paths} == {n: p.read_bytes() for n, p in tiny_repo.items()}
+
+
+HOSTILE = {"../../escaped/tokenizer.json": b"up", "/abs/config.json": b"abs", "tokenizer\\..\\..\\x.json": b"bs",
+           "tokenizer\x1b]0;owned\x07\n.json": b"esc"}
+
+
+def test_a_hostile_repo_lists_any_name_and_serves_it(hub, tmp_path):
+    """The names a client must refuse reach it as they would from a hostile hub: listed verbatim, and
+    served (a `..` name at the URL left after the client's dot-segment removal)."""
+    from huggingface_hub import hf_hub_url
+    from huggingface_hub.file_download import http_get
+
+    hub.add_repo("cortex-test/hostile", HOSTILE)
+    info = HfApi().model_info("cortex-test/hostile", files_metadata=True)
+    assert {s.rfilename for s in info.siblings} == HOSTILE.keys()
+    for name, body in HOSTILE.items():
+        with open(tmp_path / "got", "wb") as out:
+            http_get(hf_hub_url("cortex-test/hostile", name, revision=info.sha), out)
+        assert (tmp_path / "got").read_bytes() == body, name
+    # hf_hub_download checks names itself; a client that downloads with http_get must too.
+    with pytest.raises(ValueError, match=r"'\.\.' path segment"):
+        hf_hub_download("cortex-test/hostile", "../../escaped/tokenizer.json", local_dir=tmp_path / "out")
+    assert not (tmp_path / "escaped").exists()
+
+
+def test_a_hostile_repo_lists_sizes_it_does_not_serve(hub, tiny_repo, tmp_path):
+    import httpx2
+
+    size = tiny_repo["config.json"].stat().st_size
+    hub.list_size("config.json", 7)
+    assert {s.rfilename: s.size for s in HfApi().model_info(REPO, files_metadata=True).siblings}["config.json"] == 7
+    url = f"{hub.url}/{REPO}/resolve/main/config.json"
+    hub.serve_extra("config.json", 100_000)
+    longer = httpx2.get(url)
+    assert len(longer.content) == int(longer.headers["Content-Length"]) == size + 100_000
+    hub.serve_endless("config.json")
+    with httpx2.stream("GET", url) as endless:
+        assert "Content-Length" not in endless.headers
+        got = 0
+        for chunk in endless.iter_bytes():
+            got += len(chunk)
+            if got > 10 * MIB:  # far past any size: it would go on
+                break
+    assert got > 10 * MIB

@@ -66,6 +66,18 @@ def test_gguf_by_quant_tag_and_split_parts():
     assert len(by_file) == 2, "naming any part brings the whole split file"
 
 
+def test_a_split_ggufs_parts_are_its_own_names_only():
+    """Other files that start like it (another model, another split of it) are not its parts."""
+    repo = [*GGUF_REPO, RemoteFile("m-Q8_0-extra-00001-of-00002.gguf", 7, "1" * 64),
+            RemoteFile("m-Q8_0-00001-of-00003.gguf", 7, "2" * 64),
+            RemoteFile("m-Q8_0-00002-of-00003.gguf", 7, "3" * 64)]
+    by_file = select_files(HubSource("o/r", file="m-Q8_0-00001-of-00002.gguf"), repo)
+    assert [f.path for f in by_file] == ["m-Q8_0-00001-of-00002.gguf", "m-Q8_0-00002-of-00002.gguf"]
+    with pytest.raises(ApiError) as info:
+        select_files(HubSource("o/r", file="m-Q8_0-00001-of-00003.gguf"), repo)
+    assert info.value.status == 502 and "m-Q8_0-00003-of-00003.gguf" in info.value.message
+
+
 def test_unknown_quant_lists_the_choices():
     with pytest.raises(ApiError) as info:
         select_files(HubSource("o/r", quant="Q2_K"), GGUF_REPO)

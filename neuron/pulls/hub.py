@@ -4,16 +4,27 @@ The endpoint is `HF_ENDPOINT` (a mirror, or the tests' fake hub), read when a
 call is made rather than when huggingface_hub was imported; the token is
 `HF_TOKEN`. Neither call logs the token, and `redact` takes it out of any
 message that could carry it.
+
+What the hub lists is checked before it is used (a hub or a mirror is outside
+the node): every name is a plain relative path (neuron.pulls.names), every
+size a byte count, every sha256 64 hex digits. A download writes no byte past
+the listed size, and none once the neuron is stopping.
 """
 
 from __future__ import annotations
 
 import os
+import re
+import threading
 from collections.abc import Callable
 from pathlib import Path
 
 from neuron.errors import ApiError
+from neuron.pulls.names import check_name, staged_path
 from neuron.pulls.sources import HubSource, RemoteFile
+
+PART = ".part"  # a download in progress, kept across tries to resume from
+_SHA256 = re.compile(r"[0-9a-f]{64}")
 
 DEFAULT_ENDPOINT = "https://huggingface.co"
 
@@ -47,22 +58,47 @@ def list_files(source: HubSource) -> tuple[str, list[RemoteFile]]:
             source.repo, revision=source.revision, files_metadata=True)
     except Exception as exc:  # noqa: BLE001 - mapped by kind below
         raise _hub_error(source, exc) from None
-    files = [RemoteFile(s.rfilename, int(s.size or (s.lfs.size if s.lfs else 0) or 0),
-                        s.lfs.sha256 if s.lfs else None) for s in info.siblings or []]
-    return info.sha or source.revision or "main", files
+    return info.sha or source.revision or "main", listed_files(source, info.siblings or [])
 
 
-def download(source: HubSource, commit: str, file: RemoteFile, staging: Path, on_bytes: Callable[[int], None]) -> None:
+def listed_files(source: HubSource, siblings) -> list[RemoteFile]:
+    """The hub's file list, each entry checked: its name becomes a path, its size bounds its download (and is
+    what the disk check counted). One bad entry, selected or not, refuses the pull: the hub is not to be trusted."""
+    files, seen = [], set()
+    for sibling in siblings:
+        name = check_name(source, sibling.rfilename)
+        if name in seen:
+            raise _bad_entry(source, name, "it is listed twice")
+        seen.add(name)
+        size = sibling.size if sibling.size is not None else sibling.lfs.size if sibling.lfs else None
+        if isinstance(size, bool) or not isinstance(size, int) or size < 0:
+            raise _bad_entry(source, name, f"its size is {size!r}, not a byte count")
+        sha256 = sibling.lfs.sha256 if sibling.lfs else None
+        if sha256 is not None and not (isinstance(sha256, str) and _SHA256.fullmatch(sha256)):
+            raise _bad_entry(source, name, "its sha256 is not 64 hex digits")
+        files.append(RemoteFile(name, size, sha256))
+    return files
+
+
+def _bad_entry(source: HubSource, name: str, why: str) -> ApiError:
+    return ApiError(502, "api_error", f"{source}: the hub's entry for {name!r} cannot be used ({why}); nothing of "
+                    "this pull was written. Check that HF_ENDPOINT points at a hub you trust", code="bad_hub_listing",
+                    param="source")
+
+
+def download(source: HubSource, commit: str, file: RemoteFile, staging: Path, on_bytes: Callable[[int], None],
+             stop: threading.Event) -> None:
     """One file into `staging`, reporting bytes as they come, resuming what an earlier try left.
 
     huggingface_hub's `hf_hub_download` resumes only within one call (and deletes its partial file when a call
     fails), so a pull that dies, or a neuron that restarts, would start over. Here its `http_get` writes to a
-    `.part` file of our own, kept across tries: the next pull asks for the rest with a Range request."""
+    `.part` file of our own, kept across tries: the next pull asks for the rest with a Range request. `stop`
+    set (the neuron is stopping) ends the download at its next chunk; the `.part` is kept."""
     from huggingface_hub import hf_hub_url
     from huggingface_hub.file_download import http_get
     from huggingface_hub.utils import build_hf_headers
 
-    part = staging / (file.path + ".part")
+    part = staged_path(source, staging, file.path, PART)
     part.parent.mkdir(parents=True, exist_ok=True)
     have = part.stat().st_size if part.exists() else 0
     if have > file.size:  # not the file the hub lists now
@@ -72,11 +108,59 @@ def download(source: HubSource, commit: str, file: RemoteFile, staging: Path, on
     url = hf_hub_url(source.repo, file.path, revision=commit, endpoint=endpoint())
     try:
         with open(part, "ab") as out:
-            http_get(url, out, resume_size=have, headers=build_hf_headers(token=_token()), expected_size=file.size,
-                     displayed_filename=file.path, tqdm_class=_progress(on_bytes))
+            http_get(url, _Bounded(out, file.size, stop), resume_size=have, headers=build_hf_headers(token=_token()),
+                     expected_size=file.size, displayed_filename=file.path, tqdm_class=_progress(on_bytes))
+    except _PastListedSize:
+        part.unlink(missing_ok=True)  # never kept: it is not the file the hub lists
+        raise ApiError(502, "api_error", f"{file.path!r}: the hub serves more than the {file.size} bytes it lists; the "
+                       "download was stopped there and what was staged deleted. The hub (or the mirror in "
+                       "HF_ENDPOINT) is broken or hostile: pull again later, or from another",
+                       code="pull_size_mismatch", param="source") from None
+    except _Stopped:
+        raise stopped(source) from None
     except Exception as exc:  # noqa: BLE001 - mapped by kind below
         raise _hub_error(source, exc) from None
-    part.replace(staging / file.path)
+    part.replace(staged_path(source, staging, file.path))
+
+
+def stopped(source: HubSource) -> ApiError:
+    return ApiError(503, "overloaded_error", f"the pull of {source} was stopped: the neuron is shutting down. Pull it "
+                    "again once the node is back: it resumes where it stopped", code="shutting_down", param="source")
+
+
+class _PastListedSize(Exception):
+    pass
+
+
+class _Stopped(Exception):
+    pass
+
+
+class _Bounded:
+    """The `.part` file as `http_get` writes to it: no byte past the listed size, none once the pull is stopped.
+
+    `http_get` writes whatever the body holds and compares sizes only at its end, so a body longer than listed,
+    or one that never ends, would be on disk whole first; and nothing else ends a download on a SIGTERM. It
+    raises no exception of ours itself, so these pass through it (and its retries) to `download`."""
+
+    def __init__(self, out, limit: int, stop: threading.Event):
+        self._out, self._limit, self._stop = out, limit, stop
+
+    def write(self, chunk: bytes) -> int:
+        if self._stop.is_set():
+            raise _Stopped
+        if self._out.tell() + len(chunk) > self._limit:
+            raise _PastListedSize
+        return self._out.write(chunk)
+
+    def tell(self) -> int:
+        return self._out.tell()
+
+    def seek(self, *args) -> int:  # http_get rewinds when a server ignores its Range
+        return self._out.seek(*args)
+
+    def truncate(self, *args) -> int:
+        return self._out.truncate(*args)
 
 
 def _progress(on_bytes: Callable[[int], None]):

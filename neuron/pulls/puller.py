@@ -14,18 +14,25 @@ time left) is kept for /models/pulls, `cortex pull` and `cortex top`.
 `HF_TOKEN` (gated repositories), `HF_ENDPOINT` (mirrors) and `HF_HUB_OFFLINE`
 are read from the environment as huggingface_hub reads them; the token is never
 logged nor echoed in an error.
+
+What the hub lists is not trusted: a name becomes a path only through
+`staged_path` (checked, resolved inside the staging folder), a download stops
+at the listed size. A pull runs in a daemon thread and the neuron's shutdown
+stops it (its waiting clients get a 503 at once, its thread stops at its next
+chunk): a download that never ends must not hold a SIGTERM.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
 import logging
 import os
 import shutil
+import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -34,11 +41,14 @@ from neuron.protocol import PullPhase, PullState
 from neuron.pulls import hub
 from neuron.pulls.checks import check_disk, check_fits
 from neuron.pulls.disk import INDEX, STAGING
+from neuron.pulls.names import staged_path
 from neuron.pulls.sources import HubSource, RemoteFile, check_source, local_name, select_files
 
 log = logging.getLogger(__name__)
 
 KEEP_FINISHED = 32  # finished pulls shown in /models/pulls, newest first
+MAX_RUNNING = 2  # pulls downloading at once; more wait their turn
+MAX_CONFIG_BYTES = 16 << 20  # a config.json is kilobytes; parsed for the fit check only up to this
 
 
 @dataclass
@@ -66,10 +76,21 @@ class Puller:
         self.devices = devices
         self.on_cpu = on_cpu
         self.jobs: dict[str, PullJob] = {}
-        self._pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="pull")
+        self._running = asyncio.Semaphore(MAX_RUNNING)
+        self._stop = threading.Event()  # seen by the pull threads
+        self._stopping = asyncio.Event()  # seen by the loop's side
+
+    def stop(self) -> None:
+        """Stop every pull (the neuron is stopping): each fails with `shutting_down`; its `.part` is kept."""
+        self._stop.set()
+        self._stopping.set()
+
+    async def on_shutdown(self, _app) -> None:
+        """aiohttp's on_shutdown: at the start of the shutdown grace, so a waiting client is answered in it."""
+        self.stop()
 
     def close(self) -> None:
-        self._pool.shutdown(wait=False, cancel_futures=True)
+        self.stop()
 
     # -- the event loop's side ----------------------------------------------------------
     def start(self, text: str) -> PullJob:
@@ -104,7 +125,8 @@ class Puller:
 
     async def _run(self, job: PullJob) -> str:
         try:
-            return await asyncio.get_running_loop().run_in_executor(self._pool, self._pull, job)
+            async with self._running:
+                return await self._in_thread(job)
         except ApiError as err:
             job.state.phase, job.state.error = PullPhase.FAILED, err.message
             log.warning("pull of %s failed: %s", job.source, err.message)
@@ -116,6 +138,30 @@ class Puller:
             log.warning("pull of %s failed: %s", job.source, err.message)
             raise err from None
 
+    async def _in_thread(self, job: PullJob) -> str:
+        """`_pull(job)` in a daemon thread, given up at once when the neuron stops: a thread blocked reading a
+        stalled body sees the stop only at its next chunk, and the process must not wait for it to exit."""
+        loop = asyncio.get_running_loop()
+        done = loop.create_future()
+
+        def work() -> None:
+            try:
+                result, error = self._pull(job), None
+            except Exception as exc:  # noqa: BLE001 - handed to the loop's side
+                result, error = None, exc
+            with contextlib.suppress(RuntimeError):  # the loop is closed: the neuron is exiting
+                loop.call_soon_threadsafe(_settle, done, result, error)
+
+        threading.Thread(target=work, name=f"pull {job.source}", daemon=True).start()
+        stopping = asyncio.ensure_future(self._stopping.wait())
+        try:
+            await asyncio.wait({done, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stopping.cancel()
+        if not done.done():
+            raise hub.stopped(job.source)
+        return done.result()
+
     def _forget_old(self) -> None:
         finished = [k for k, j in self.jobs.items() if j.state.finished]
         for key in finished[:-KEEP_FINISHED]:
@@ -124,6 +170,8 @@ class Puller:
     # -- the pull thread's side ---------------------------------------------------------
     def _pull(self, job: PullJob) -> str:
         state, source = job.state, job.source
+        if self._stop.is_set():
+            raise hub.stopped(source)
         commit, files = hub.list_files(source)
         wanted = select_files(source, files)
         name = local_name(source, wanted)
@@ -139,12 +187,12 @@ class Puller:
         check_fits(source, wanted, config, self.devices, self.on_cpu)
         state.phase = PullPhase.DOWNLOADING
         for f in wanted:
-            if not (staging / f.path).is_file():
-                hub.download(source, commit, f, staging, job.advance)
+            if not staged_path(source, staging, f.path).is_file():
+                hub.download(source, commit, f, staging, job.advance, self._stop)
                 state.files_done += 1
         state.phase = PullPhase.VERIFYING
         for f in wanted:
-            _verify(staging / f.path, f)
+            _verify(source, staged_path(source, staging, f.path), f, self._stop)
         self._install(source, name, staging, wanted)
         state.phase, state.eta_s = PullPhase.DONE, None
         log.info("pulled %s into <models>/%s (%.1f MiB)", source, name, state.total_bytes / 2**20)
@@ -155,11 +203,14 @@ class Puller:
         state = job.state
         state.done_bytes = _staged_bytes(staging)
         for f in wanted:
-            if f.sha256 is None and not (staging / f.path).is_file():
-                hub.download(source=job.source, commit=commit, file=f, staging=staging, on_bytes=job.advance)
+            if f.sha256 is None and not staged_path(job.source, staging, f.path).is_file():
+                hub.download(job.source, commit, f, staging, job.advance, self._stop)
                 state.files_done += 1
+        config = next((f for f in wanted if f.path == "config.json"), None)
+        if config is None or config.size > MAX_CONFIG_BYTES:  # a config that large is none: no fit check from it
+            return {}
         try:
-            return json.loads((staging / "config.json").read_text())
+            return json.loads(staged_path(job.source, staging, config.path).read_text())
         except (OSError, ValueError):
             return {}
 
@@ -169,7 +220,7 @@ class Puller:
         if source.is_gguf:
             first, *rest = files
             for f in [*rest, first]:  # the first part last: the catalogue sees a split GGUF by it
-                os.replace(staging / f.path, self.models_dir / Path(f.path).name)
+                os.replace(staged_path(source, staging, f.path), self.models_dir / Path(f.path).name)
             shutil.rmtree(staging, ignore_errors=True)
         else:
             os.replace(staging, self.models_dir / name)
@@ -204,7 +255,16 @@ def _staged_bytes(staging: Path) -> int:
     return sum(p.stat().st_size for p in staging.rglob("*") if p.is_file())
 
 
-def _verify(path: Path, expected: RemoteFile) -> None:
+def _settle(future: asyncio.Future, result, error: Exception | None) -> None:
+    if future.done():  # given up on: the neuron is stopping
+        return
+    if error is not None:
+        future.set_exception(error)
+    else:
+        future.set_result(result)
+
+
+def _verify(source: HubSource, path: Path, expected: RemoteFile, stop: threading.Event) -> None:
     size = path.stat().st_size
     if size != expected.size:
         path.unlink(missing_ok=True)
@@ -215,6 +275,8 @@ def _verify(path: Path, expected: RemoteFile) -> None:
     digest = hashlib.sha256()
     with open(path, "rb") as fh:
         while chunk := fh.read(1 << 20):
+            if stop.is_set():  # tens of GB take minutes to hash
+                raise hub.stopped(source)
             digest.update(chunk)
     if digest.hexdigest() != expected.sha256:
         path.unlink(missing_ok=True)  # never kept: a resume would build on the bad bytes

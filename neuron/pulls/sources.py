@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import PurePosixPath
 
 from neuron.errors import ApiError, bad_request
+from neuron.pulls.names import split_parts
 
 _NAME = r"[A-Za-z0-9][\w.-]*"
 _SOURCE = re.compile(rf"^(?P<repo>{_NAME}/{_NAME})(?:@(?P<rev>[\w./-]+?))?"
@@ -94,15 +95,23 @@ def _gguf_files(source: HubSource, files: list[RemoteFile]) -> list[RemoteFile]:
         quants = sorted({q for f in ggufs if (q := quant_of(f.path))})
         raise ApiError(404, "not_found_error", f"{source}: no such GGUF in {source.repo}; it has "
                        + (", ".join(quants) if quants else "no GGUF files"), code="model_not_found", param="source")
-    first = chosen[0]
-    if (split := _SPLIT.search(first.path)) is not None:  # every part of the split file the choice belongs to
-        stem = first.path[:split.start()]
-        chosen = [f for f in ggufs if f.path.startswith(stem) and _SPLIT.search(f.path)]
-    elif len(chosen) > 1:
+    if (parts := split_parts(chosen[0].path)) is not None:  # every part of the split file the choice belongs to
+        return _split_files(source, parts, ggufs)
+    if len(chosen) > 1:
         raise ApiError(400, "invalid_request_error", f"{source}: several files match: "
                        f"{', '.join(f.path for f in chosen)}; name one as {source.repo}/FILE.gguf",
                        code="ambiguous_source", param="source")
     return sorted(chosen, key=lambda f: f.path)
+
+
+def _split_files(source: HubSource, parts: list[str], ggufs: list[RemoteFile]) -> list[RemoteFile]:
+    """Its parts by their exact names: another file that merely starts like them belongs to another model."""
+    by_name = {f.path: f for f in ggufs}
+    if missing := [name for name in parts if name not in by_name]:
+        raise ApiError(502, "api_error", f"{source}: the hub lists {len(parts) - len(missing)} of the {len(parts)} "
+                       f"parts of {parts[0]}; missing: {', '.join(missing[:5])}", code="model_not_found",
+                       param="source")
+    return [by_name[name] for name in parts]
 
 
 def quant_of(path: str) -> str | None:
