@@ -22,6 +22,7 @@ from pathlib import Path
 
 from neuron.errors import ApiError
 from neuron.protocol import ModelKind
+from neuron.pulls.names import split_parts
 from neuron.pulls.sources import parse_source
 
 _SPLIT_GGUF = re.compile(r"-0*1-of-\d+$")
@@ -105,10 +106,8 @@ def _weight_files(path: Path) -> list[Path]:
 
 def _size_mb(path: Path) -> float:
     if path.is_file():
-        if _SPLIT_GGUF.search(path.stem):
-            prefix = _SPLIT_GGUF.sub("", path.stem)
-            return sum(p.stat().st_size for p in path.parent.glob(f"{prefix}-*-of-*.gguf")) / 2**20
-        return path.stat().st_size / 2**20
+        parts = split_parts(path.name) or [path.name]  # by exact name: a glob reached other models' files
+        return sum(p.stat().st_size for name in parts if (p := path.parent / name).is_file()) / 2**20
     return sum(p.stat().st_size for p in _weight_files(path)) / 2**20
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from pathlib import Path
 
 from aiohttp import web
 
@@ -45,8 +46,8 @@ async def pull(request: web.Request) -> web.Response:
 async def delete(request: web.Request) -> web.Response:
     data = require_object(await read_json(request))
     registry = request.app[REGISTRY]
-    ref = delete_model(registry.models_dir, req_str(data, "model"), set(registry.models))
-    return json_response({"id": ref.id, "deleted": True, "size_mb": round(ref.size_mb, 1)})
+    loaded = {e.id: Path(e.ref.path) for e in registry.models.values() if not e.ref.remote}
+    return json_response(delete_model(registry.models_dir, req_str(data, "model"), loaded).to_dict())
 
 
 async def pulls(request: web.Request) -> web.Response:

@@ -208,6 +208,7 @@ def test_a_cold_load_through_the_gateway_pulls_first_and_the_cli_pulls_with_prog
         removed = subprocess.run(CORTEX + ["rm", "n1", "cortex--tiny-hf", "--gateway", gateway.url], input="y\n",
                                  capture_output=True, text=True, timeout=60)
         assert removed.returncode == 0 and not (tmp_path / "models" / "cortex--tiny-hf").exists(), removed.stderr
+        assert removed.stdout.rstrip().endswith("MiB freed): cortex--tiny-hf/"), removed.stdout  # what went
     finally:
         gateway.kill()
         neuron.kill()

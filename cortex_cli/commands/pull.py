@@ -81,4 +81,6 @@ def rm(node, model, yes, gateway, admin_key) -> None:
     if not yes:
         click.confirm(f"delete {model} from {node}'s disk?", abort=True)
     result = fetch(gateway, admin_key, lambda client: client.delete(node, model))
-    click.echo(f"deleted {result['id']} from {node} ({result.get('size_mb', 0):.1f} MiB freed)")
+    files = ", ".join(result.get("files") or [])
+    click.echo(f"deleted {result['id']} from {node} ({result.get('size_mb', 0):.1f} MiB freed)"
+               + (f": {files}" if files else ""))

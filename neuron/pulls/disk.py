@@ -1,9 +1,14 @@
-"""Deleting a model from this node's disk (`cortex rm`): only a model of the catalogue, only one not loaded.
+"""Deleting a model from this node's disk (`cortex rm`): exactly its own files, never while one of them is loaded.
 
-A symlink in the models directory (the demo's SmolLM2, a model kept elsewhere)
-is removed as a link: what it points at is not the catalogue's to delete. Every
-part of a split GGUF goes, and the pull index forgets the model, so a later
-load of its source pulls it again.
+Only a model of the catalogue goes. A symlink in the models directory (the
+demo's SmolLM2, a model kept elsewhere) is removed as a link: what it points at
+is not the catalogue's to delete. A split GGUF's parts are named from its first
+part's prefix, taken literally (`neuron.pulls.names.split_parts`): a glob such
+as `prefix-*-of-*.gguf` reached other models whose names start alike, or any
+part of a name holding `*` or `[`. A model is refused while a loaded model uses
+one of its files under any id (a file inside its folder loaded by path, a
+symlink to it). The answer lists what was deleted, and the pull index forgets
+the model, so a later load of its source pulls it again.
 """
 
 from __future__ import annotations
@@ -11,37 +16,75 @@ from __future__ import annotations
 import json
 import os
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 
 from neuron.catalog import ModelRef, scan
 from neuron.errors import ApiError
+from neuron.pulls.names import split_parts
 
 STAGING, INDEX = ".pulls", "index.json"
 
 
-def delete_model(models_dir: Path, model: str, loaded: set[str]) -> ModelRef:
+@dataclass(frozen=True)
+class Deleted:
+    id: str
+    files: list[str]  # relative to the models directory; a folder's name ends with "/"
+    freed_mb: float
+
+    def to_dict(self) -> dict:
+        return {"id": self.id, "deleted": True, "files": self.files, "size_mb": round(self.freed_mb, 1)}
+
+
+def delete_model(models_dir: Path, model: str, loaded: dict[str, Path]) -> Deleted:
+    """Delete catalogue model `model`; `loaded` maps each loaded model's id to the file or folder it runs from."""
     ref = next((r for r in scan(models_dir) if r.id == model), None)
     if ref is None:
         raise ApiError(404, "not_found_error", f"model {model!r} is not in this node's models directory",
                        code="model_not_found", param="model")
-    if model in loaded:
-        raise ApiError(409, "invalid_request_error", f"model {model!r} is loaded: unload it first "
+    paths = files_of(models_dir, ref)
+    if users := _users(paths, loaded):
+        shown = "" if users == [model] else f" (as {', '.join(map(repr, users))})"
+        raise ApiError(409, "invalid_request_error", f"model {model!r} is loaded{shown}: unload it first "
                        "(`cortex unload NODE MODEL`)", code="model_loaded", param="model")
-    for path in _paths_of(models_dir, ref):
+    freed = sum(_bytes(p) for p in paths) / 2**20
+    shown_files = [p.name + ("/" if p.is_dir() and not p.is_symlink() else "") for p in paths]
+    for path in paths:
         if path.is_symlink() or path.is_file():
             path.unlink()
         elif path.is_dir():
             shutil.rmtree(path)
-    _forget(models_dir, {p.name for p in _paths_of(models_dir, ref)} | {Path(ref.path).name})
-    return ref
+    _forget(models_dir, {p.name for p in paths})
+    return Deleted(ref.id, shown_files, freed)
 
 
-def _paths_of(models_dir: Path, ref: ModelRef) -> list[Path]:
+def files_of(models_dir: Path, ref: ModelRef) -> list[Path]:
+    """The file or folder of `ref`, or every part of a split GGUF by its exact name."""
     path = Path(ref.path)
-    if ref.format == "gguf" and "-of-" in path.stem:
-        prefix = path.stem.rsplit("-", 3)[0]
-        return sorted(models_dir.glob(f"{prefix}-*-of-*.gguf"))
-    return [path]
+    parts = split_parts(path.name) if ref.format == "gguf" else None
+    if parts is None:
+        return [path]
+    return [models_dir / name for name in parts if os.path.lexists(models_dir / name)]
+
+
+def _users(paths: list[Path], loaded: dict[str, Path]) -> list[str]:
+    """The loaded models that run from one of `paths` or from inside one (symlinks followed on both sides)."""
+    real = [Path(os.path.realpath(p)) for p in paths]
+    users = []
+    for model_id, path in loaded.items():
+        used = Path(os.path.realpath(path))
+        if any(used == r or used.is_relative_to(r) for r in real):
+            users.append(model_id)
+    return sorted(users)
+
+
+def _bytes(path: Path) -> int:
+    """What deleting `path` frees: nothing for a symlink, whose target stays."""
+    if path.is_symlink():
+        return 0
+    if path.is_dir():
+        return sum(p.lstat().st_size for p in path.rglob("*") if p.is_file() and not p.is_symlink())
+    return path.lstat().st_size
 
 
 def _forget(models_dir: Path, names: set[str]) -> None:
