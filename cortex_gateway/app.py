@@ -24,6 +24,7 @@ from neuron import request_context
 from neuron.errors import error_middleware
 from neuron.http import body_limits
 from neuron.request_context import access_log, request_id_middleware
+from neuron.sse import WRITE_TIMEOUT_S
 
 log = logging.getLogger("cortex.gateway")
 ACCESS_LOG = logging.getLogger("cortex.access")
@@ -59,6 +60,7 @@ def create_app(config: GatewayConfig, *, session: aiohttp.ClientSession | None =
     request_context.install(app)
     app[METRICS] = app_metrics
     app[KEEPALIVE_S] = config.keepalive_s
+    app[WRITE_TIMEOUT_S] = config.write_timeout_s  # every client stream's write deadline
     app[AUTH] = config.auth
     app[LIMITER] = KeyLimiter(config.auth)
     app[RESPONSE_STORE] = ResponseStore(config.responses_store_max, config.responses_store_ttl_s,

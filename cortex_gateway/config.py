@@ -84,12 +84,14 @@ class GatewayConfig:
     # a neuron silent this long mid-answer (or for a whole non-streaming answer) fails the request
     upstream_read_timeout_s: float = 600.0
     idle_timeout_s: float = 30.0  # a connection with no request in progress (or a half-sent head) this long is closed
+    write_timeout_s: float = 60.0  # a stream whose client reads nothing this long is ended (the node's slot freed)
     max_connections_per_client: int = 256
     max_connections_per_node: int = 512  # relays open to one neuron at once; more requests wait for a connection
     responses_store_max: int = 1000  # stored Responses (previous_response_id, GET); 0 keeps none
     responses_store_ttl_s: float = 3600.0  # a stored response is forgotten this long after it was made
     responses_store_max_mb: float = 256.0  # all stored Responses, in JSON bytes; the least recently used go first
     responses_store_max_response_mb: float = 16.0  # one stored response (its whole conversation), in JSON bytes
+    hosted_tools: str = "drop"  # Responses hosted tools (web_search...): "drop" (not offered, said so) or "refuse"
     auth: AuthSettings = field(default_factory=AuthSettings)
     config_path: Path | None = None
     models_path: Path | None = None
@@ -123,7 +125,7 @@ def load_config(path: Path) -> GatewayConfig:
     if (listen := _get(gw, "metrics_listen", str, path, "[gateway]", "HOST:PORT")) is not None:
         cfg.metrics_host, cfg.metrics_port = parse_listen(listen, _where(path, "[gateway]", "metrics_listen"))
     for key in ("poll_interval_s", "poll_timeout_s", "load_timeout_s", "keepalive_s", "max_body_mb", "body_timeout_s",
-                "upstream_read_timeout_s", "idle_timeout_s", "responses_store_ttl_s"):
+                "upstream_read_timeout_s", "idle_timeout_s", "responses_store_ttl_s", "write_timeout_s"):
         value = _get(gw, key, (int, float), path, "[gateway]", "a number of seconds")
         if value is not None:
             if value <= 0:
@@ -139,6 +141,10 @@ def load_config(path: Path) -> GatewayConfig:
         raise ConfigError(f"{_where(path, '[gateway]', 'responses_store_max')}: must be >= 0, "
                           f"got {cfg.responses_store_max!r}")
     _store_bytes(cfg, gw, path)
+    cfg.hosted_tools = _get(gw, "hosted_tools", str, path, "[gateway]", '"drop" or "refuse"', cfg.hosted_tools)
+    if cfg.hosted_tools not in ("drop", "refuse"):
+        raise ConfigError(f'{_where(path, "[gateway]", "hosted_tools")}: expected "drop" or "refuse", '
+                          f"got {cfg.hosted_tools!r}")
     neuron_token = _get(gw, "neuron_token", str, path, "[gateway]", "a token for every neuron")
     cfg.neurons = _neurons(data.get("neurons", []), path, neuron_token)
     eviction = _get(data, "eviction", dict, path, "", "an [eviction] table", {})

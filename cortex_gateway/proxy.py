@@ -21,7 +21,7 @@ from cortex_gateway.fleet import Node
 from cortex_gateway.metrics import RequestRecord
 from neuron.errors import ApiError, error_from_envelope
 from neuron.request_context import with_request_id
-from neuron.sse import DONE, SSE_HEADERS, USAGE_COMMENT, error_event
+from neuron.sse import DONE, USAGE_COMMENT, error_event, open_stream
 
 log = logging.getLogger(__name__)
 # The end of a stream kept for its usage and [DONE]. By bytes, not by chunks: on a busy machine the last
@@ -200,6 +200,6 @@ def _usage_from_tail(tail: bytes) -> dict | None:
 
 
 async def open_client_stream(request: web.Request) -> web.StreamResponse:
-    resp = web.StreamResponse(headers=SSE_HEADERS)
-    await resp.prepare(request)
-    return resp
+    """The client's SSE stream: a client that stops reading loses it after [gateway] write_timeout_s,
+    and with it the upstream request (and the node's slot)."""
+    return await open_stream(request)

@@ -23,6 +23,7 @@ from neuron.metrics import NeuronMetrics
 from neuron.protocol import LoadRequest
 from neuron.pulls.puller import Puller
 from neuron.request_context import access_log, request_id_middleware
+from neuron.sse import WRITE_TIMEOUT_S
 from neuron.state import (
     ACCESS,
     ENGINE,
@@ -67,6 +68,7 @@ def create_app(config: NeuronConfig, *, devices: DeviceTable | None = None) -> w
     app[METRICS] = metrics = NeuronMetrics(registry)
     registry.on_loaded = lambda entry: metrics.load_seconds.labels(entry.id).observe(entry.load_time_s)
     app[KEEPALIVE_S] = config.keepalive_s
+    app[WRITE_TIMEOUT_S] = config.write_timeout_s  # every stream's write deadline
     app[FAULTS] = faults
     app[NODE_NAME] = config.name
     app[STARTED_AT] = time.monotonic()

@@ -47,6 +47,7 @@ class NeuronConfig:
     max_body_mb: float = 64.0
     body_timeout_s: float = 30.0  # a client must send its whole body within this
     idle_timeout_s: float = 30.0  # a connection with no request in progress (or a half-sent head) this long is closed
+    write_timeout_s: float = 60.0  # a stream whose client reads nothing this long is ended (its slot freed)
     # The gateway is one client with many streams: its cap is generous.
     max_connections_per_client: int = 1024
     token: str = field(default_factory=lambda: os.environ.get("CORTEX_NEURON_TOKEN", ""))
@@ -146,9 +147,12 @@ def config_from_file(path: Path) -> NeuronConfig:
     cfg.max_connections_per_client = (_expect(node, "max_connections_per_client", int, where, "an integer")
                                       or cfg.max_connections_per_client)
     cfg.private_network = bool(_expect(node, "private_network", bool, where, "true or false"))
-    for key in ("keepalive_s", "shutdown_grace_s", "max_body_mb", "body_timeout_s", "idle_timeout_s"):
+    for key in ("keepalive_s", "shutdown_grace_s", "max_body_mb", "body_timeout_s", "idle_timeout_s",
+                "write_timeout_s"):
         if (v := _expect(node, key, (int, float), where, "a number")) is not None:
             setattr(cfg, key, float(v))
+    if cfg.write_timeout_s <= 0:
+        raise ConfigError(f"{where}.write_timeout_s: must be > 0 seconds, got {cfg.write_timeout_s:g}")
     cfg.admission = _admission(data.get("admission", {}), f"{path}: [admission]")
     cfg.engines, timeout = _engines(data.get("engines", {}), f"{path}: [engines]")
     cfg.engine_start_timeout_s = timeout or cfg.engine_start_timeout_s

@@ -1,11 +1,16 @@
 """Server-sent events in the OpenAI chunk shapes, framed with as little work per token as possible.
 
 Each stream precomputes the bytes around the text of a chunk, so a token costs
-one orjson.dumps of its text and a concatenation.
+one orjson.dumps of its text and a concatenation. Every stream of both servers
+is a `BoundedStream`: a client that stops reading loses its stream after
+`write_timeout_s`, instead of holding its request (and a model's slot) for as
+long as it keeps the socket open.
 """
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import time
 import uuid
 
@@ -13,6 +18,7 @@ import orjson
 from aiohttp import web
 
 from neuron.errors import ApiError
+from neuron.request_context import REQUEST_ID
 
 KEEPALIVE = b": keep-alive\n\n"
 DONE = b"data: [DONE]\n\n"
@@ -22,14 +28,69 @@ PROMPT_TOKENS_HEADER = "X-Cortex-Prompt-Tokens"
 # Usage as an SSE comment, sent on every stream: clients skip comments, so a client that did not ask for
 # a usage chunk (stream_options.include_usage) gets none, while the gateway still reads it for metrics.
 USAGE_COMMENT = b": cortex-usage "
+# [neuron] / [gateway] write_timeout_s, set by each server's create_app.
+WRITE_TIMEOUT_S = web.AppKey("write_timeout_s", float)
+DEFAULT_WRITE_TIMEOUT_S = 60.0
+# asyncio's transports pause (and aiohttp's write waits) only past a 64 KiB buffer, so a write this small
+# into an empty buffer cannot wait: it needs no deadline (a timer per token costs real CPU).
+_CANNOT_WAIT = 16 * 1024
+
+log = logging.getLogger(__name__)
 
 
 def new_id(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex[:24]}"
 
 
-async def open_stream(request: web.Request, headers: dict[str, str] | None = None) -> web.StreamResponse:
-    resp = web.StreamResponse(headers={**SSE_HEADERS, **(headers or {})})
+class ClientStalled(ConnectionResetError):
+    """The client read nothing for write_timeout_s and its connection was dropped. A ConnectionResetError,
+    so every writer ends the request as it does for a client that left, and frees what it held."""
+
+
+class BoundedStream(web.StreamResponse):
+    """A stream whose writes must reach the socket within `write_timeout_s`.
+
+    aiohttp's write waits for the socket to drain once its buffer passes the high-water mark, and waits
+    as long as the socket stays open: a client that never reads would keep its request running, its
+    model slot taken, until it disconnects. Here a write (or the end of the stream) that waits longer
+    drops the connection, logs a warning under the request's id and raises ClientStalled."""
+
+    def __init__(self, write_timeout_s: float, headers: dict[str, str]):
+        super().__init__(headers=headers)
+        self.write_timeout_s = write_timeout_s
+        self._transport: asyncio.Transport | None = None
+        self._request_id: str | None = None
+
+    async def prepare(self, request: web.BaseRequest):
+        self._transport, self._request_id = request.transport, request.get(REQUEST_ID)
+        return await super().prepare(request)
+
+    async def write(self, data: bytes | bytearray | memoryview) -> None:
+        transport = self._transport
+        if transport is not None and len(data) < _CANNOT_WAIT and not transport.get_write_buffer_size():
+            await super().write(data)  # the socket keeps up: nothing to wait for
+            return
+        await self._within_deadline(super().write(data))
+
+    async def write_eof(self, data: bytes = b"") -> None:
+        await self._within_deadline(super().write_eof(data))  # it waits for the last bytes to drain
+
+    async def _within_deadline(self, step) -> None:
+        try:
+            async with asyncio.timeout(self.write_timeout_s):  # no task per write, unlike wait_for
+                await step
+        except TimeoutError:
+            log.warning("the client read nothing for %gs (write_timeout_s): its stream is ended and what it "
+                        "held is freed", self.write_timeout_s, extra={"request_id": self._request_id})
+            if self._transport is not None:
+                self._transport.abort()  # close() would wait for the buffer to drain: never, here
+            raise ClientStalled(f"the client read nothing for {self.write_timeout_s:g}s") from None
+
+
+async def open_stream(request: web.Request, headers: dict[str, str] | None = None) -> BoundedStream:
+    """An SSE stream, prepared, bounded by the server's write_timeout_s."""
+    deadline = request.config_dict.get(WRITE_TIMEOUT_S, DEFAULT_WRITE_TIMEOUT_S)
+    resp = BoundedStream(deadline, headers={**SSE_HEADERS, **(headers or {})})
     await resp.prepare(request)
     return resp
 
