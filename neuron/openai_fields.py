@@ -41,11 +41,12 @@ CHAT = FieldPolicy("OpenAI chat completions", {
     "parallel_tool_calls": honoured("false: at most one call per answer"),
     "response_format": honoured("text, json_object, json_schema (strict or not), by constrained decoding"),
     "logprobs": honoured(),
-    "top_logprobs": honoured("0-20"),
+    "top_logprobs": honoured("0-20; n x max_tokens x (1 + top_logprobs) at most 131072 (docs/api.md#logprobs)"),
     "modalities": honoured('only ["text"]'),
     "continue_final_message": honoured("extension (vLLM): continue the last, assistant, message"),
     "chat_template_kwargs": honoured("extension (vLLM): more variables for the chat template, such as Qwen3's "
-                                     "enable_thinking; strings in it are read as the client's text"),
+                                     "enable_thinking; their names must be identifiers, and every string in "
+                                     "them, keys included, is read as the client's text"),
     "metadata": ignored(_NOT_HERE + " (stored-completion tags)"),
     "store": ignored(_NOT_HERE + " (nothing is stored for distillation or evals)"),
     "service_tier": ignored(_NOT_HERE + " (one tier)"),
@@ -66,7 +67,7 @@ CHAT = FieldPolicy("OpenAI chat completions", {
 COMPLETIONS = FieldPolicy("OpenAI completions", {
     **_SAMPLING,
     "prompt": honoured("one prompt per request (a string or a list of one); control tokens in it are parsed"),
-    "logprobs": honoured("0-5 alternatives per token"),
+    "logprobs": honoured("0-5 alternatives per token; n x max_tokens x (1 + logprobs) at most 131072"),
     "best_of": honoured("1 or equal to n; more is refused"),
     "echo": refused("echo is not supported: prepend the prompt yourself"),
     "suffix": refused("insertion (suffix) is not supported by these models"),
