@@ -188,12 +188,15 @@ async def _stream_refused(upstream, client_stream, rec: RequestRecord, dialect: 
 
 
 async def _open_upstream(request, node: Node, path: str, payload: bytes, client_stream, dialect: Dialect):
-    """The neuron's stream, once its headers come: while its queue or a long prompt's tokenising holds them
-    back, a client that waits a keep-alive interval gets keep-alives (its stream opens early, so an error
-    after that point arrives as an error event rather than a status)."""
+    """The neuron's stream, once its headers come. They are its verdict on the request (the prompt fits
+    the context, the schema compiles...), so nothing is committed to the client before them: a refusal is
+    then a real status in the client's dialect (Claude Code compacts on the 400 `prompt is too long`, not
+    on an error event). The neuron checks a request before it queues and keeps it alive itself once it
+    makes it wait, so the client hears from us meanwhile only on a stream already open (a cold load's)."""
     opening = asyncio.ensure_future(open_upstream_stream(request.app[SESSION], node, path, payload))
     try:
-        client_stream = await _keepalive_until(request, opening, client_stream, dialect)
+        if client_stream is not None:
+            client_stream = await _keepalive_until(request, opening, client_stream, dialect)
         return await opening, client_stream
     except RetryElsewhere as exc:
         exc.client_stream = client_stream

@@ -82,9 +82,10 @@ async def _collect(choice: Choice, index: int) -> dict:
 
 
 async def stream_choices(request: web.Request, choices: list[Choice], keepalive_s: float,
-                         include_usage: bool) -> web.StreamResponse:
+                         include_usage: bool, opened: web.StreamResponse | None = None) -> web.StreamResponse:
+    """The answer as SSE, on `opened` if the request's stream was opened while it queued."""
     prompt_tokens = str(choices[0].gen.stats.prompt_tokens)
-    resp = await open_stream(request, {PROMPT_TOKENS_HEADER: prompt_tokens})
+    resp = opened or await open_stream(request, {PROMPT_TOKENS_HEADER: prompt_tokens})
     lock = asyncio.Lock()  # one SSE event at a time, whichever choice it is from
 
     async def write(data: bytes) -> None:

@@ -13,23 +13,33 @@ import time
 from aiohttp import web
 
 from neuron.engine.engines.relay import count_prompt, engine_body, relay_json, relay_stream
+from neuron.errors import ApiError
 from neuron.http import json_response
 from neuron.state import ACCESS, ENGINE_SESSION, KEEPALIVE_S, METRICS
+from neuron.waiting_stream import WaitingStream
 
 
 async def relay(request: web.Request, entry, body: dict, path: str, endpoint: str) -> web.StreamResponse:
     app, engine = request.app, entry.backend
     payload = engine_body(body, engine.model_id)
+    # The engine checks the prompt, and only once it has it: a stream that waits for a slot past a
+    # keep-alive interval is opened for keep-alives, and an engine's refusal after that is an error event.
+    waiting = WaitingStream(request) if payload.get("stream") else None
     queued_at = time.perf_counter()
-    async with entry.admission.slot():
-        started = time.perf_counter()
-        app[METRICS].queue_wait.labels(entry.id).observe(started - queued_at)
-        if payload.get("stream"):
-            resp, usage, ttft = await relay_stream(request, app[ENGINE_SESSION], engine, path, payload,
-                                                   app[KEEPALIVE_S])
-        else:
-            raw, usage = await relay_json(app[ENGINE_SESSION], engine, path, payload)
-            resp, ttft = web.Response(body=raw, content_type="application/json"), None
+    try:
+        async with entry.admission.slot(waiting and waiting.keepalive, app[KEEPALIVE_S]):
+            started = time.perf_counter()
+            app[METRICS].queue_wait.labels(entry.id).observe(started - queued_at)
+            if waiting is not None:
+                resp, usage, ttft = await relay_stream(request, app[ENGINE_SESSION], engine, path, payload,
+                                                       app[KEEPALIVE_S], waiting)
+            else:
+                raw, usage = await relay_json(app[ENGINE_SESSION], engine, path, payload)
+                resp, ttft = web.Response(body=raw, content_type="application/json"), None
+    except ApiError as err:
+        if waiting is None:
+            raise
+        return await waiting.fail(err)
     prompt, completion = int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0)
     request[ACCESS] = {"model": entry.id, "prompt_tokens": prompt, "completion_tokens": completion,
                        "ttft_s": None if ttft is None else round(ttft, 4)}

@@ -79,6 +79,7 @@ class FakeNeuron:
         self.load_cue: Cue | None = None  # every load waits here
         self.stream_death: Cue | None = None  # the next stream waits here after two pieces, then dies
         self.headers_cue: Cue | None = None  # the next stream waits here before its headers (a queue)
+        self.headers_refusal: web.Response | None = None  # ...and then answers this instead of streaming
         self.prefill_cue: Cue | None = None  # the next stream sends a keep-alive comment and waits here
         # Received.
         self.hits: collections.Counter[str] = collections.Counter()  # "GET /health" -> count
@@ -93,8 +94,9 @@ class FakeNeuron:
         self.load_cue = Cue()
         return self.load_cue
 
-    def hold_headers(self) -> Cue:
-        self.headers_cue = Cue()
+    def hold_headers(self, refusal: web.Response | None = None) -> Cue:
+        """The next stream waits before its headers (a queue), then streams, or answers `refusal`."""
+        self.headers_cue, self.headers_refusal = Cue(), refusal
         return self.headers_cue
 
     def hold_prefill(self) -> Cue:
@@ -234,6 +236,9 @@ class FakeNeuron:
         queue, self.headers_cue = self.headers_cue, None
         if queue is not None:
             await queue.hold()
+            refusal, self.headers_refusal = self.headers_refusal, None
+            if refusal is not None:
+                return refusal
         resp = web.StreamResponse(headers={"Content-Type": "text/event-stream", "X-Cortex-Prompt-Tokens": "3"})
         await resp.prepare(request)
         prefill, self.prefill_cue = self.prefill_cue, None

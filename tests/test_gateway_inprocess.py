@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 import openai
 import pytest
+from aiohttp import web
 from aiohttp.test_utils import TestClient
 
 from cortex_gateway.app import create_app
@@ -219,17 +220,27 @@ async def test_the_neurons_prefill_keepalives_reach_the_client(neurons, gateway,
 
 
 @ROUTES
-async def test_a_stream_whose_headers_are_held_gets_keepalives(neurons, gateway, route):
-    """The neuron's queue or a long prompt's tokenising holds its headers back: the client still hears from us."""
+async def test_the_neurons_refusal_after_held_headers_is_a_status(neurons, gateway, route):
+    """The neuron's headers are its verdict on the request (a long prompt's tokenising holds them back):
+    the gateway commits nothing before them, so a refusal is a real status in the route's dialect, the
+    400 Claude Code compacts on included. (A request the neuron makes wait for a slot, it keeps alive
+    itself: tests/test_context_before_stream.py.)"""
     fake = await neurons.start("n1", loaded={"m": 100})
-    queue = fake.hold_headers()
-    resp = await open_stream(await gateway(fake), route)
+    openai_wording = ("This model's maximum context length is 2048 tokens. However, your messages resulted in "
+                      "4000 tokens.")
+    too_long = web.json_response({"error": {"message": openai_wording, "type": "invalid_request_error",
+                                            "code": "context_length_exceeded", "param": "messages",
+                                            "tokens": 4000, "maximum": 2048}}, status=400)
+    queue = fake.hold_headers(refusal=too_long)
+    gw = await gateway(fake)
+    posting = asyncio.ensure_future(gw.client.post(route.path, json=body("m")))
     await wait(queue.arrived)
-    first = await next_event(resp)
-    assert first.startswith(route.keepalive), first
     queue.release()
-    tail = await rest(resp)
-    assert b"hello" in tail and route.done in tail, tail
+    async with asyncio.timeout(DEADLINE):
+        resp = await posting
+    assert resp.status == 400, await resp.text()
+    message = (await resp.json())["error"]["message"]
+    assert message == ("prompt is too long: 4000 tokens > 2048 maximum" if route is ANTHROPIC else openai_wording)
 
 
 async def test_anthropic_message_start_carries_the_prompt_size(neurons, gateway):

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+from collections.abc import Awaitable, Callable
 from contextlib import asynccontextmanager
 
 from neuron.config import AdmissionLimits
@@ -27,15 +28,16 @@ class Admission:
         return len(self._waiters)
 
     @asynccontextmanager
-    async def slot(self):
-        """Hold one in-flight slot for the duration of the block."""
-        await self._acquire()
+    async def slot(self, while_waiting: Callable[[], Awaitable[None]] | None = None, every: float = 5.0):
+        """Hold one in-flight slot for the duration of the block; a request that has to queue calls
+        `while_waiting` every `every` seconds until its turn (a keep-alive to its client)."""
+        await self._acquire(while_waiting, every)
         try:
             yield
         finally:
             self._release()
 
-    async def _acquire(self) -> None:
+    async def _acquire(self, while_waiting=None, every: float = 5.0) -> None:
         if self.in_flight < self.limits.max_in_flight and not self._waiters:
             self.in_flight += 1
             return
@@ -47,7 +49,7 @@ class Admission:
         waiter = asyncio.get_running_loop().create_future()
         self._waiters.append(waiter)
         try:
-            await asyncio.wait_for(asyncio.shield(waiter), self.limits.max_wait_s)
+            await self._wait(waiter, while_waiting, every)
         except TimeoutError:
             self._abandon(waiter)
             raise ApiError(503, "overloaded_error",
@@ -56,6 +58,21 @@ class Admission:
         except BaseException:
             self._abandon(waiter)
             raise
+
+    async def _wait(self, waiter: asyncio.Future, while_waiting, every: float) -> None:
+        """Until `waiter` is handed a slot; TimeoutError after max_wait_s."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.limits.max_wait_s
+        while True:
+            left = deadline - loop.time()
+            step = left if while_waiting is None else min(left, every)
+            try:
+                await asyncio.wait_for(asyncio.shield(waiter), max(step, 0))
+                return
+            except TimeoutError:
+                if while_waiting is None or step >= left:
+                    raise
+            await while_waiting()
 
     def _abandon(self, waiter: asyncio.Future) -> None:
         if waiter.done() and not waiter.cancelled():

@@ -81,6 +81,21 @@ class Generation:
         return None if self.stats.first_token_at is None else self.stats.first_token_at - self.started
 
 
+@dataclass
+class Prepared:
+    """A request checked and tokenised (`InferenceEngine.prepare`), ready to run once admitted."""
+
+    prompt: list[int]
+    max_new: int
+    forced: list[int] | None
+    constraints: list
+    seconds: float  # spent preparing
+
+    @property
+    def prompt_tokens(self) -> int:
+        return len(self.prompt)
+
+
 class InferenceEngine:
     def __init__(self, registry: Registry, faults: FaultInjector):
         self.registry = registry
@@ -103,8 +118,10 @@ class InferenceEngine:
 
         return await asyncio.get_running_loop().run_in_executor(self.tokenizer_pool, work)
 
-    async def start(self, entry: ModelEntry, req: InferenceRequest) -> list[Generation]:
-        """Tokenise, check the context, and start decoding `n` choices. Call inside an admission slot."""
+    async def prepare(self, entry: ModelEntry, req: InferenceRequest) -> Prepared:
+        """Every check a request can fail before it runs (its output format, its prompt against the
+        context, a script), made before it queues for a slot: a refusal is then an HTTP status, not an
+        error inside a stream already opened for keep-alives, even on a busy node."""
         started = time.perf_counter()
         constraints = await self._constraints(entry, req)
         prompt = await self.prompt_tokens(entry, req)
@@ -113,12 +130,19 @@ class InferenceEngine:
             raise context_exceeded(len(prompt), ctx, "messages" if req.messages else "prompt")
         max_new = min(req.sampling.max_tokens or ctx, ctx - len(prompt))
         forced = await self._forced_tokens(entry, req)
+        return Prepared(prompt, max_new, forced, constraints, time.perf_counter() - started)
+
+    async def start(self, entry: ModelEntry, req: InferenceRequest, prepared: Prepared | None = None
+                    ) -> list[Generation]:
+        """Start decoding `n` choices (prepared here unless `prepared` is given). Call inside an admission slot."""
+        p = prepared or await self.prepare(entry, req)
+        started = time.perf_counter() - p.seconds  # time to first token counts the checks, not the queue
         gens, leader = [], None
         for choice in range(req.sampling.n):
             params = _choice_params(req.sampling, choice)
-            stats = GenerationStats(prompt_tokens=len(prompt))
-            channel, leader = self._launch(entry, prompt, params, req, max_new, stats, forced, leader,
-                                           constraints[choice])
+            stats = GenerationStats(prompt_tokens=len(p.prompt))
+            channel, leader = self._launch(entry, p.prompt, params, req, p.max_new, stats, p.forced, leader,
+                                           p.constraints[choice])
             gens.append(Generation(entry, channel, stats, started, self.registry))
         return gens
 

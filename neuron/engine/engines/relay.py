@@ -21,7 +21,8 @@ import orjson
 from aiohttp import web
 
 from neuron.errors import ApiError, error_from_envelope
-from neuron.sse import DONE, KEEPALIVE, SSE_HEADERS, USAGE_COMMENT, error_event
+from neuron.sse import DONE, KEEPALIVE, USAGE_COMMENT, error_event, open_stream
+from neuron.waiting_stream import WaitingStream
 
 
 def engine_body(body: dict, model_id: str) -> dict:
@@ -43,16 +44,29 @@ async def relay_json(session: aiohttp.ClientSession, engine, path: str, body: di
 
 
 async def relay_stream(request: web.Request, session: aiohttp.ClientSession, engine, path: str, body: dict,
-                       keepalive_s: float) -> tuple[web.StreamResponse, dict, float | None]:
-    """Stream the engine's answer to the client; (the response, the usage, seconds to the first output)."""
+                       keepalive_s: float, waiting: WaitingStream) -> tuple[web.StreamResponse, dict, float | None]:
+    """Stream the engine's answer to the client; (the response, the usage, seconds to the first output).
+
+    Until the engine's headers come (llama-server sends them with its first token) the client's stream is
+    opened only past a keep-alive interval, for keep-alives: the engine refuses a prompt too long before
+    it prefills, so its refusal is in practice a status too."""
     asked = bool((body.get("stream_options") or {}).get("include_usage"))
     body = {**body, "stream_options": {**(body.get("stream_options") or {}), "include_usage": True}}
     started = time.perf_counter()
-    async with _post(session, engine, path, body) as resp:
+    posting = asyncio.ensure_future(_post(session, engine, path, body))
+    try:
+        while not (await asyncio.wait({posting}, timeout=keepalive_s))[0]:
+            await waiting.keepalive()
+        resp = posting.result()
+    except (aiohttp.ClientError, OSError) as exc:
+        raise ApiError(502, "api_error", f"{engine.name} failed before answering ({exc.__class__.__name__}); "
+                       "retry the request", code="engine_failed") from exc
+    finally:
+        posting.cancel()  # a no-op once done; stops the engine's request if our client left meanwhile
+    async with resp:
         if resp.status != 200:
             await _ok(resp, engine)
-        out = web.StreamResponse(headers=SSE_HEADERS)
-        await out.prepare(request)
+        out = waiting.resp or await open_stream(request)
         usage, first = await _pump(resp, out, asked, keepalive_s, started)
     return out, usage, first
 
