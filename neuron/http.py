@@ -7,7 +7,8 @@ off at the limit by aiohttp. JSON nesting is bounded here, for every route of
 both servers, to `MAX_JSON_DEPTH` levels: legal JSON 500 levels deep (orjson
 reads up to 1024) made the deep copies and walks behind a route (a tool's
 schema, a response_format, chat_template_kwargs) hit Python's recursion limit,
-a 500 with a traceback.
+a 500 with a traceback. A large body is followed by a heap trim (neuron.heap),
+so a burst of them does not leave a server at its peak.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import orjson
 from aiohttp import web
 
 from neuron.errors import ApiError, bad_request
+from neuron.heap import HeapTrimmer
 
 # Keys plus array items a body may hold. A million tiny keys in 12 MB cost a parser about 135 MB of
 # objects, and the allocator keeps much of it afterwards; real requests, a long conversation with
@@ -73,21 +75,31 @@ def json_response(data, status: int = 200, headers: dict | None = None) -> web.R
 
 
 def body_limits(max_bytes: int, read_timeout_s: float):
+    trimmer = HeapTrimmer()  # large bodies leave the allocator at its peak: the memory goes back after them
+
     @web.middleware
     async def middleware(request: web.Request, handler):
-        if request.body_exists:
-            declared = request.content_length
-            if declared is not None and declared > max_bytes:
-                raise ApiError(413, "invalid_request_error", f"request body of {declared} bytes is over the "
-                               f"limit of {max_bytes} bytes", code="request_too_large")
-            if request.content.is_eof():
-                return await handler(request)  # already all here: no deadline needed
-            try:
-                async with asyncio.timeout(read_timeout_s):  # no task per request, unlike wait_for
-                    await request.read()
-            except TimeoutError:
-                raise ApiError(408, "invalid_request_error", f"the request body did not arrive within "
-                               f"{read_timeout_s:g}s", code="request_timeout") from None
-        return await handler(request)
+        if not request.body_exists:
+            return await handler(request)
+        try:
+            return await _read_then_handle(request, handler, max_bytes, read_timeout_s)
+        finally:
+            trimmer.after_body(request.content.total_bytes)  # what arrived, declared or chunked
 
     return middleware
+
+
+async def _read_then_handle(request: web.Request, handler, max_bytes: int, read_timeout_s: float):
+    declared = request.content_length
+    if declared is not None and declared > max_bytes:
+        raise ApiError(413, "invalid_request_error", f"request body of {declared} bytes is over the "
+                       f"limit of {max_bytes} bytes", code="request_too_large")
+    if request.content.is_eof():
+        return await handler(request)  # already all here: no deadline needed
+    try:
+        async with asyncio.timeout(read_timeout_s):  # no task per request, unlike wait_for
+            await request.read()
+    except TimeoutError:
+        raise ApiError(408, "invalid_request_error", f"the request body did not arrive within "
+                       f"{read_timeout_s:g}s", code="request_timeout") from None
+    return await handler(request)

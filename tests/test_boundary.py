@@ -21,7 +21,7 @@ ROOT = Path(__file__).resolve().parent.parent
 SHARED = {"neuron", "neuron.errors", "neuron.fields", "neuron.protocol", "neuron.client", "neuron.sse",
           "neuron.auth", "neuron.http", "neuron.config", "neuron.metrics", "neuron.connections",
           "neuron.field_policy", "neuron.openai_fields", "neuron.request_context",
-          "neuron.launch_flags"}
+          "neuron.launch_flags", "neuron.heap"}
 # The commands that run a neuron or write a tiny model import the node's modules inside the command.
 NODE_COMMANDS = {"cortex_cli/commands/neuron.py", "cortex_cli/commands/tiny_model.py"}
 HEAVY = ("torch", "llama_cpp", "transformers", "textual", "neuron.engine", "neuron.tiny")
