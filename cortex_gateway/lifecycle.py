@@ -13,9 +13,11 @@ import time
 from cortex_gateway.config import GatewayConfig
 from cortex_gateway.errors import no_capacity, unknown_model
 from cortex_gateway.fleet import Fleet, Node
+from cortex_gateway.load_failures import LoadFailures, cannot_load, catalogue_version, gives_up, is_permanent
 from cortex_gateway.metrics import GatewayMetrics
 from cortex_gateway.router import NodeView, loading_on, next_victim, plan_cold_load, route_loaded
 from neuron.client import NeuronError
+from neuron.errors import ApiError
 from neuron.protocol import ModelInfo, ModelKind, ModelState
 
 log = logging.getLogger(__name__)
@@ -29,6 +31,7 @@ class Lifecycle:
         self.metrics = metrics
         self.pins: dict[str, set[str]] = {m: set(p.pinned_on) for m, p in config.models.items()}
         self._loads: dict[str, asyncio.Future] = {}
+        self.load_failures = LoadFailures()  # cold loads that failed for good, not asked for again
 
     # -- snapshot for the pure deciders ------------------------------------------
     def view(self, node: Node, refused: frozenset[str] = frozenset()) -> NodeView:
@@ -130,13 +133,15 @@ class Lifecycle:
         if (busy_node := loading_on(model, snapshot)) is not None:
             return await self._await_loading(self.fleet.nodes[busy_node], model)
         profile = self.config.models.get(model)
+        anywhere = bool(profile and (profile.path or profile.source))
+        failed = self._failed_for_good(model)  # not asked again: nothing changed there since
         plans = plan_cold_load(
             model, snapshot, strategy=self.config.strategy, preferred=list(profile.pinned_on) if profile else [],
-            loadable_anywhere=bool(profile and (profile.path or profile.source)), pinned=self.pins,
-            priorities=self.priorities(), exclude=exclude)
+            loadable_anywhere=anywhere, pinned=self.pins, priorities=self.priorities(),
+            exclude=exclude | failed.keys())
         if not self.fleet.healthy_nodes():
             raise no_capacity("no healthy neuron is available; check `cortex status`", retry_after=5)
-        last_error = self._why_unplaceable(model, snapshot, exclude)
+        last_error = self._why_unplaceable(model, snapshot, exclude | failed.keys())
         for plan in plans:
             node = self.fleet.nodes[plan.node]
             try:
@@ -146,8 +151,27 @@ class Lifecycle:
                 last_error = f"{node.name}: {err.message}"
                 if err.unreachable:
                     self.fleet.mark_failed(node, err.message)
+                if is_permanent(err):
+                    failed[node.name] = self._remember_failure(node, model, err)
                 log.warning("cold load of %s on %s failed: %s", model, node.name, err.message)
+        candidates = (n.name for n in snapshot if n.healthy and n.name not in exclude
+                      and (anywhere or model in n.available))
+        if gives_up(candidates, failed):
+            raise cannot_load(model, failed)
         raise no_capacity(last_error, retry_after=10)
+
+    def _failed_for_good(self, model: str) -> dict[str, ApiError]:
+        """The nodes where loading `model` failed permanently, and that have not changed since."""
+        now = time.monotonic()
+        found = {n.name: self.load_failures.blocking(n.name, model, catalogue_version(n.available),
+                                                     n.health.uptime_s, now=now) for n in self.fleet.nodes.values()}
+        return {name: err for name, err in found.items() if err is not None}
+
+    def _remember_failure(self, node: Node, model: str, err: NeuronError) -> ApiError:
+        self.load_failures.record(node.name, model, err, catalogue_version(node.available), node.health.uptime_s,
+                                  now=time.monotonic())
+        self.fleet.event("load_failed", node=node.name, model=model, code=err.code)
+        return err
 
     def _why_unplaceable(self, model: str, snapshot: list[NodeView], exclude: frozenset[str]) -> str:
         offering = [n.name for n in snapshot if n.healthy and n.name not in exclude and model in n.available]
@@ -222,6 +246,7 @@ class Lifecycle:
         started = time.monotonic()
         info = await node.client.load(self.spec_for(model, devices, backend), timeout=self.config.load_timeout_s)
         seconds = time.monotonic() - started
+        self.load_failures.clear(node.name, model)
         node.models[info.id] = info
         if info.id != model:  # loaded by path or hub source: remember it under the gateway's name too
             node.models[model] = info

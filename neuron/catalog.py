@@ -3,7 +3,9 @@
 A path is loaded only when it resolves (symlinks followed) inside the models
 directory or a configured model root: an open port must not be a way to make
 the node read any file it can. A path outside, a missing file and a file that
-is no model get the same 404, so answers do not reveal what exists; answers
+is no model get the same 404, so answers do not reveal what exists (but for a
+symlink inside a root to a model outside them all: the operator made it, and
+is told what to change, 422 model_outside_roots); answers
 show paths relative to their root, never absolute ones. A model loaded by a
 path outside the models directory gets the id `file:RELATIVE/PATH`, which no
 catalogue id can take (`scan` skips names with a colon), so it cannot shadow
@@ -118,6 +120,8 @@ def resolve(name: str, models_dir: Path, roots: tuple[Path, ...] = ()) -> ModelR
             return ref
     if (ref := _path_ref(name, models_dir, roots)) is not None:
         return ref
+    if (link := _link_out_of_roots(name, models_dir, roots)) is not None:  # a path, though "org/name" in form
+        raise _outside_roots(*link, models_dir)
     if (source := parse_source(name)) is not None:  # on the hub: the registry pulls it first
         return ModelRef(str(source), "gguf" if source.is_gguf else "hf", str(source), 0.0, remote=True,
                         shown_path=str(source))
@@ -148,6 +152,39 @@ def _path_ref(name: str, models_dir: Path, roots: tuple[Path, ...]) -> ModelRef 
         return dataclasses.replace(ref, id="file:" + relative.with_suffix("").as_posix()
                                    if ref.format == "gguf" else "file:" + relative.as_posix())
     return None
+
+
+def _link_out_of_roots(name: str, models_dir: Path, roots: tuple[Path, ...]) -> tuple[Path, Path] | None:
+    """(the link, its root) when `name` is a symlink inside an allowed root to a model outside all of them.
+
+    Only then is the answer not the common 404: the operator made the link and it names a model, so
+    saying so tells a client nothing of the disk (a direct entry is listed by /models/available
+    anyway), while the common answer sent operators looking for a file that is there."""
+    try:
+        candidate = Path(name).expanduser()
+        candidate = candidate if candidate.is_absolute() else models_dir / candidate
+        if candidate.name in ("", ".", "..") or not candidate.is_symlink():
+            return None
+        link, target = candidate.parent.resolve() / candidate.name, candidate.resolve()
+        allowed = [(root.resolve(), root) for root in (models_dir, *roots)]
+    except (OSError, RuntimeError, ValueError):  # a symlink loop, a NUL byte
+        return None
+    if any(target.is_relative_to(real) for real, _ in allowed) or _ref_for(target, "") is None:
+        return None
+    return next(((link, root) for real, root in allowed if link.is_relative_to(real)), None)
+
+
+def _outside_roots(link: Path, root: Path, models_dir: Path) -> ApiError:
+    shown = link.relative_to(root.resolve()).as_posix()
+    where = "models directory" if root == models_dir else "model root"
+    # A direct entry of the models directory is a catalogue model: its id loads it (the operator's own link).
+    listed = [r.id for r in scan(models_dir) if Path(r.path).name == shown] if root == models_dir else []
+    by_id = f", or load it by its id {listed[0]!r}" if listed else ""
+    return ApiError(422, "invalid_request_error",
+                    f"{shown!r} in this node's {where} is a symlink whose target is outside the models directory "
+                    "and every model root, so a load by path will not read it; start the neuron with --model-root "
+                    "naming the directory that holds the target (model_roots in neuron.toml), or copy the model "
+                    f"into the models directory{by_id}", code="model_outside_roots", param="model")
 
 
 def default_parallel(on_gpu: bool) -> int:

@@ -133,7 +133,7 @@ class Registry:
         except BaseException as exc:
             self.models.pop(entry.id, None)
             entry.load_error = exc if isinstance(exc, ApiError) else ApiError(
-                500, "server_error", f"loading {entry.id!r} was interrupted", code="load_failed")
+                500, "server_error", f"loading {entry.id!r} was interrupted", code="load_interrupted")
             self._record_failure(entry.id, str(exc))
             entry.ready.set_result(None)
             raise
@@ -213,6 +213,12 @@ class Registry:
             raise
         except Exception as exc:
             log.exception("load of %s failed", entry.id)
+            if _out_of_memory(exc):  # passes once memory is freed: the gateway evicts and retries on this code
+                raise ApiError(507, "insufficient_memory", f"loading {entry.id!r} ran out of memory on "
+                               f"{', '.join(entry.devices)}; unload a model or choose other devices",
+                               code="insufficient_memory") from exc
+            # The backend could not read the model (not a model, corrupt, an architecture it does not
+            # know): the same load fails again, and the gateway stops retrying it on this code.
             raise ApiError(422, "invalid_request_error", f"loading {entry.id!r} failed: {self.redact(str(exc))}",
                            code="load_failed") from exc
         entry.backend = backend
@@ -375,6 +381,11 @@ def _backend_spec(entry: ModelEntry) -> BackendSpec:
     return BackendSpec(path=path, format=entry.ref.format, devices=entry.devices,
                        context_size=entry.request.context_size, parallel=entry.request.parallel,
                        gguf_file=gguf_file)
+
+
+def _out_of_memory(exc: BaseException) -> bool:
+    """MemoryError, or torch's OutOfMemoryError (named, not imported: torch stays out of this module)."""
+    return isinstance(exc, MemoryError) or any(c.__name__ == "OutOfMemoryError" for c in type(exc).__mro__)
 
 
 def _memory_probe(devices: DeviceTable, ids: list[str]) -> float:
