@@ -10,7 +10,6 @@ import asyncio
 import dataclasses
 import time
 from collections.abc import AsyncIterator
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -29,9 +28,10 @@ from neuron.engine.prompt import (
     tokenize_segments,
 )
 from neuron.engine.registry import ModelEntry, Registry
+from neuron.engine.tokenizer_pool import TokenizerPool
 from neuron.engine.worker import END, Channel
 from neuron.errors import ApiError
-from neuron.openai_schema import InferenceRequest, SamplingParams
+from neuron.openai_schema import InferenceRequest, SamplingParams, logprob_tokens
 
 
 @dataclass
@@ -102,21 +102,22 @@ class InferenceEngine:
         self.faults = faults
         # Prompts are rendered and tokenised here, not on a device thread (which would stall every
         # model sharing the device) nor on the event loop. Two threads: one long prompt (bounded by
-        # `check_bounds`) does not hold up the others.
-        self.tokenizer_pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="tokenizer")
+        # `check_bounds`) does not hold up the others. Daemon threads: a stop never waits for them.
+        self.tokenizer_pool = TokenizerPool(workers=2)
 
     def close(self) -> None:
-        self.tokenizer_pool.shutdown(wait=False, cancel_futures=True)
+        """Cancel queued tokenisations and refuse new ones; running ones stop at their next segment."""
+        self.tokenizer_pool.shutdown()
 
     async def prompt_tokens(self, entry: ModelEntry, req: InferenceRequest) -> list[int]:
         """The request's prompt as tokens: bounded first, client text never parsed as control tokens."""
         backend = entry.backend
         check_bounds(req, backend.context_size, entry.id)
 
-        def work() -> list[int]:
-            return tokenize_segments(backend, prompt_segments(backend, req, entry.id))
+        def work(stop) -> list[int]:
+            return tokenize_segments(backend, prompt_segments(backend, req, entry.id), stop)
 
-        return await asyncio.get_running_loop().run_in_executor(self.tokenizer_pool, work)
+        return await self.tokenizer_pool.call(work)
 
     async def prepare(self, entry: ModelEntry, req: InferenceRequest) -> Prepared:
         """Every check a request can fail before it runs (its output format, its prompt against the
@@ -128,7 +129,9 @@ class InferenceEngine:
         ctx = entry.backend.context_size
         if len(prompt) >= ctx:
             raise context_exceeded(len(prompt), ctx, "messages" if req.messages else "prompt")
-        max_new = min(req.sampling.max_tokens or ctx, ctx - len(prompt))
+        # Without max_tokens, an answer with logprobs stops where they would outgrow one answer
+        # (finish_reason "length"); with it, parsing refused what could not fit.
+        max_new = min(req.sampling.max_tokens or ctx, ctx - len(prompt), logprob_tokens(req.sampling) or ctx)
         forced = await self._forced_tokens(entry, req)
         return Prepared(prompt, max_new, forced, constraints, time.perf_counter() - started)
 
