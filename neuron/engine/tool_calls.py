@@ -2,7 +2,8 @@
 
 Two output forms are understood, the ones open chat templates teach:
 - `<tool_call>{"name": ..., "arguments": {...}}</tool_call>` (Qwen, Hermes), anywhere in
-  the text, any number of times;
+  the text, any number of times; a call ends at the tag after its JSON object, so an
+  argument may hold `</tool_call>` itself;
 - the whole answer being one JSON object `{"name": ..., "arguments"|"parameters": {...}}`
   (Llama 3.x style), recognised only when the name is one of the request's tools.
 Text outside tool calls streams as it comes; only a possible partial `<tool_call>` is
@@ -49,6 +50,45 @@ def _as_call(text: str, tool_names: set[str]) -> ToolCall | None:
     return ToolCall(obj["name"], json.dumps(args, ensure_ascii=False))
 
 
+class _ObjectEnd:
+    """Where a JSON object ends in a text that grows (a call's body, streamed): strings are skipped whole,
+    so a `}` or a `</tool_call>` inside one ends nothing. Each character is read once however the text
+    comes, so a long call costs no more streamed than whole."""
+
+    def __init__(self) -> None:
+        self.seen, self.depth, self.in_string, self.escaped = 0, 0, False, False
+        self.end: int | None = None  # past the closing brace; -1 when the body is no object
+
+    def find(self, text: str) -> int | None:
+        """The end (or -1), or None while the text has not got that far."""
+        while self.end is None and self.seen < len(text):
+            self._read(text[self.seen])
+            self.seen += 1
+        return self.end
+
+    def _read(self, c: str) -> None:
+        if self.in_string:
+            if self.escaped:
+                self.escaped = False
+            elif c == "\\":
+                self.escaped = True
+            elif c == '"':
+                self.in_string = False
+        elif self.depth == 0:  # before the object: only spaces may come first
+            if c == "{":
+                self.depth = 1
+            elif not c.isspace():
+                self.end = -1
+        elif c == '"':
+            self.in_string = True
+        elif c in "{[":
+            self.depth += 1
+        elif c in "}]":
+            self.depth -= 1
+            if self.depth == 0:
+                self.end = self.seen + 1
+
+
 class ToolCallParser:
     """Feed text deltas; get back text to emit and tool calls as they complete."""
 
@@ -57,6 +97,7 @@ class ToolCallParser:
         self.max_calls = max_calls  # parallel_tool_calls false: 1; calls beyond it are dropped
         self.pending = ""  # text not yet emitted (a partial tag, or a tool call body)
         self.inside = False
+        self.body = _ObjectEnd()  # of the call we are inside
         self.maybe_json = None  # None: undecided; True: the answer began with "{"
         self.calls: list[ToolCall] = []
 
@@ -75,28 +116,52 @@ class ToolCallParser:
         out, calls = [], []
         while True:
             if self.inside:
-                end = self.pending.find(CLOSE)
-                if end < 0:
+                end = self._call_end()
+                if end is None:
                     return "".join(out), calls
-                body, self.pending = self.pending[:end], self.pending[end + len(CLOSE):]
-                self.inside = False
-                call = _as_call(body.strip(), self.tool_names)
-                if call is None:
-                    out.append(OPEN + body + CLOSE)  # not a valid call: it was text after all
-                elif self._room():
-                    calls.append(call)
-                    self.calls.append(call)
+                text, found = self._ended(end[0], end[1])
+                out.append(text)
+                calls += found
                 continue
             start = self.pending.find(OPEN)
             if start >= 0:
                 out.append(self.pending[:start])
                 self.pending = self.pending[start + len(OPEN):]
-                self.inside = True
+                self.inside, self.body = True, _ObjectEnd()
                 continue
             keep = _partial_tag_suffix(self.pending)
             out.append(self.pending[: len(self.pending) - keep])
             self.pending = self.pending[len(self.pending) - keep:]
             return "".join(out), calls
+
+    def _call_end(self) -> tuple[int, int] | None:
+        """(end of the body, end of its closing tag) in `pending`, or None until known.
+
+        A call's body is a JSON object, whose strings may hold `</tool_call>` (a forced call's grammar
+        allows any string): the tag that ends the call is the one after the object. A body that is no
+        object, or one followed by something else, ends at the next tag, as a model's broken call does."""
+        text, end = self.pending, self.body.find(self.pending)
+        if end is None:
+            return None
+        after = text[max(end, 0):]
+        gap = len(after) - len(after.lstrip())
+        if end >= 0 and after[gap:].startswith(CLOSE):
+            return end + gap, end + gap + len(CLOSE)
+        if end >= 0 and CLOSE.startswith(after[gap:]):
+            return None  # the tag is on its way
+        close = text.find(CLOSE, max(end, 0))
+        return None if close < 0 else (close, close + len(CLOSE))
+
+    def _ended(self, body_end: int, tag_end: int) -> tuple[str, list[ToolCall]]:
+        """The call in pending[:body_end] is over: the call, or its markup as text when it is none."""
+        body, self.pending, self.inside = self.pending[:body_end], self.pending[tag_end:], False
+        call = _as_call(body.strip(), self.tool_names)
+        if call is None:
+            return OPEN + body + CLOSE, []  # not a valid call: it was text after all
+        if not self._room():
+            return "", []
+        self.calls.append(call)
+        return "", [call]
 
     def _room(self) -> bool:
         return self.max_calls is None or len(self.calls) < self.max_calls
@@ -104,20 +169,35 @@ class ToolCallParser:
     def finish(self) -> tuple[str, list[ToolCall]]:
         """Flush at the end of generation. A call cut off (by max_tokens) is still a call, with the
         arguments it got, as OpenAI and Anthropic send one: the markup never reaches the client as text."""
-        rest, self.pending = self.pending, ""
         if self.maybe_json:
+            rest, self.pending = self.pending, ""
             call = _as_call(rest.strip(), self.tool_names)
             if call is not None:
                 self.calls.append(call)
                 return "", [call]
             return rest, []
         if not self.inside:
+            rest, self.pending = self.pending, ""
             return rest, []
-        call = _as_call(_without_partial_close(rest).strip(), self.tool_names) or _cut_call(rest, self.tool_names)
+        # An object never closed was cut off, unless a closing tag has text after it (a string never closed).
+        rest, close = self.pending, self.pending.find(CLOSE) if self.body.end is None else -1
+        call = None
+        if close < 0 or not rest[close + len(CLOSE):].strip():
+            call = _as_call(_without_partial_close(rest).strip(), self.tool_names) or _cut_call(rest, self.tool_names)
+        if call is None and close >= 0:
+            return self._broken_at(close)
+        self.pending = ""
         if call is None or not self._room():
             return "", []
         self.calls.append(call)
         return "", [call]
+
+    def _broken_at(self, close: int) -> tuple[str, list[ToolCall]]:
+        """End the call at the tag at `close` and parse on: what follows may hold text and calls."""
+        text, calls = self._ended(close, close + len(CLOSE))
+        more, found = self._scan()
+        tail, last = self.finish()
+        return text + more + tail, calls + found + last
 
 
 _NAME = re.compile(r'"name"\s*:\s*"([^"\\]+)"')
