@@ -9,6 +9,7 @@ tokenizer thread for minutes. SIGTERM must still stop the neuron promptly
 
 from __future__ import annotations
 
+import asyncio
 import signal
 import subprocess
 import threading
@@ -16,7 +17,9 @@ import time
 import urllib.request
 
 import psutil
+import pytest
 
+from neuron.engine.tokenizer_pool import TokenizerPool
 from tests.helpers import http_json, make_tiny, start_neuron
 
 CONTEXT = 131_072
@@ -73,3 +76,43 @@ def test_sigterm_does_not_wait_for_a_busy_tokenizer(tmp_path):
         client.join(timeout=30)
     finally:
         neuron.kill()
+
+
+def test_a_tokenisation_whose_caller_left_is_told_to_stop():
+    """A client that leaves (its handler cancelled) frees the thread at the next segment; a closed pool
+    refuses new work and cancels what waits."""
+    pool = TokenizerPool(workers=1)
+    started, release, seen = threading.Event(), threading.Event(), []
+
+    def work(stop) -> None:
+        started.set()
+        release.wait(60)
+        seen.append(stop())
+
+    async def leave() -> None:
+        task = asyncio.ensure_future(pool.call(work))
+        await asyncio.get_running_loop().run_in_executor(None, started.wait, 60)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        release.set()
+
+    asyncio.run(leave())
+    pool.submit(lambda: None).result(60)  # one worker: `work` is done once this has run
+    assert seen == [True]
+    release.clear()
+    running = threading.Event()
+
+    def hold() -> bool:
+        running.set()
+        return release.wait(60)
+
+    busy = pool.submit(hold)
+    assert running.wait(60)
+    queued = pool.submit(lambda: None)
+    pool.shutdown()
+    assert queued.cancelled()
+    with pytest.raises(RuntimeError, match="shutting down"):
+        pool.submit(lambda: None)
+    release.set()
+    assert busy.result(60) is True
