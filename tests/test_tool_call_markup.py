@@ -83,3 +83,27 @@ def test_a_forced_call_whose_argument_holds_the_closing_tag_comes_back_as_a_call
             content += delta.content or ""
             arguments += "".join(c.function.arguments or "" for c in delta.tool_calls or [])
     assert content == "" and finish == "tool_calls" and json.loads(arguments) == {"text": TRICKY}
+
+
+def deep_call(depth: int) -> str:
+    return '<tool_call>{"name": "write", "arguments": {"text": ' + "[" * depth + "]" * depth + "}}</tool_call>"
+
+
+# Deeper than a client may send back (64 levels), and deeper than json.loads can recurse.
+DEEP_CALL = deep_call(70)
+
+
+@pytest.mark.parametrize("depth", [70, 1200])
+def test_a_call_nested_deeper_than_any_request_may_be_stays_text(depth):
+    parser = ToolCallParser({"write"})
+    text, calls = parser.feed(deep_call(depth))
+    tail, more = parser.finish()
+    assert calls + more == [] and "[[[" in text + tail
+
+
+def test_a_model_writing_such_a_call_gets_an_answer_not_a_500(neuron):
+    client = openai.OpenAI(base_url=neuron.url + "/v1", api_key="unused", max_retries=0)
+    message = client.chat.completions.create(
+        model="tiny-gguf", messages=[{"role": "user", "content": "write it"}], tools=[WRITE], max_tokens=1000,
+        extra_body={"cortex_script": DEEP_CALL}).choices[0].message
+    assert not message.tool_calls and "[[[" in message.content

@@ -32,7 +32,7 @@ def parse_input(arguments: str) -> dict:
     """Tool arguments as an object; text that is not a JSON object is kept, not lost."""
     try:
         value = json.loads(arguments or "{}")
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: arguments nested ~1000 deep (an engine's output)
         return {"_raw_arguments": arguments}
     return value if isinstance(value, dict) else {"_value": value}
 

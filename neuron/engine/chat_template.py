@@ -82,8 +82,9 @@ class TemplateError(ValueError):
     """The model's chat template could not render these messages."""
 
 
-def _tojson(value, indent=None):
-    return json.dumps(value, ensure_ascii=False, indent=indent)
+def _tojson(value, ensure_ascii=False, indent=None, separators=None, sort_keys=False):
+    """transformers' `tojson` filter, with the arguments templates pass it (Llama 3's `indent`, others' `separators`)."""
+    return json.dumps(value, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys)
 
 
 @lru_cache(maxsize=32)
@@ -125,3 +126,8 @@ def render_chat(
         )
     except JinjaError as exc:
         raise TemplateError(f"the model's chat template rejected the messages: {exc}") from exc
+    except (TypeError, ValueError, KeyError, AttributeError, IndexError) as exc:
+        # A template that assumes a shape these messages lack (iterating a null content, say): the request
+        # cannot be rendered by this model, which is a 400 naming the failure, not a server error.
+        raise TemplateError(f"the model's chat template could not render these messages "
+                            f"({type(exc).__name__}: {exc}); check the message shapes this model expects") from exc

@@ -17,6 +17,9 @@ import re
 import uuid
 from dataclasses import dataclass
 
+from neuron.errors import ApiError
+from neuron.http import check_depth
+
 OPEN, CLOSE = "<tool_call>", "</tool_call>"
 
 
@@ -33,7 +36,8 @@ class ToolCall:
 def _as_call(text: str, tool_names: set[str]) -> ToolCall | None:
     try:
         obj = json.loads(text)
-    except ValueError:
+        check_depth(obj)  # a model can nest deeper than any client may send: such a "call" stays text
+    except (ValueError, RecursionError, ApiError):
         return None
     if not isinstance(obj, dict) or not isinstance(obj.get("name"), str):
         return None
@@ -41,7 +45,8 @@ def _as_call(text: str, tool_names: set[str]) -> ToolCall | None:
     if isinstance(args, str):  # some models emit the arguments already encoded
         try:
             args = json.loads(args)
-        except ValueError:
+            check_depth(args)
+        except (ValueError, RecursionError, ApiError):
             return None
     if not isinstance(args, dict):
         return None
