@@ -83,7 +83,7 @@ class TemplateError(ValueError):
 
 
 def _tojson(value, ensure_ascii=False, indent=None, separators=None, sort_keys=False):
-    """transformers' `tojson` filter, with the arguments templates pass it (Llama 3's `indent`, others' `separators`)."""
+    """transformers' `tojson` filter, with the arguments templates pass it (`indent`, `separators`, ...)."""
     return json.dumps(value, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys)
 
 
