@@ -52,13 +52,15 @@ def check_chars(chars: int, context: int, model: str, param: str) -> None:
 
 
 def context_exceeded(tokens: int, maximum: int, param: str, detail: str = "") -> ApiError:
-    """Worded as OpenAI words it: clients (litellm's fallbacks, LangChain's ContextOverflowError) match
-    on "maximum context length". The figures travel as details, for the Anthropic wording."""
+    """Worded as OpenAI words it, and naming its code in the text: clients key their fallbacks on the
+    message alone, since openai 3.x puts only the message in an exception's text. litellm's context-window
+    fallbacks match "maximum context length"; langchain-openai's ContextOverflowError looks for
+    "context_length_exceeded" in `str(e)`. The figures travel as details, for the Anthropic wording."""
     more = f" ({detail})" if detail else ""
     return ApiError(400, "invalid_request_error", f"This model's maximum context length is {maximum} tokens. "
                     f"However, your messages resulted in {tokens} tokens{more}. Please reduce the length of "
-                    "the messages, or load the model with a larger context_size.", code="context_length_exceeded",
-                    param=param, details={"tokens": tokens, "maximum": maximum})
+                    "the messages, or load the model with a larger context_size. (context_length_exceeded)",
+                    code="context_length_exceeded", param=param, details={"tokens": tokens, "maximum": maximum})
 
 
 def text_chars(value: Any) -> int:
