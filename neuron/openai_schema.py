@@ -40,6 +40,7 @@ class SamplingParams:
     frequency_penalty: float = 0.0
     repeat_penalty: float = 1.0
     logprobs: int | None = None  # None: no logprobs; else how many alternatives per token (0-20)
+    max_tokens_param: str = "max_tokens"  # the field max_tokens came in (max_completion_tokens), for errors
 
 
 @dataclass
@@ -62,11 +63,11 @@ class InferenceRequest:
 
 
 def parse_sampling(data: dict) -> SamplingParams:
-    max_tokens = opt_int(data, "max_completion_tokens", minimum=1)
-    if max_tokens is None:
-        max_tokens = opt_int(data, "max_tokens", minimum=1)
+    max_param = "max_completion_tokens" if data.get("max_completion_tokens") is not None else "max_tokens"
+    max_tokens = opt_int(data, max_param, minimum=1)
     return SamplingParams(
         max_tokens=max_tokens,
+        max_tokens_param=max_param,
         n=opt_int(data, "n", minimum=1, maximum=MAX_CHOICES) or 1,
         temperature=_default(opt_float(data, "temperature", minimum=0, maximum=2), 1.0),
         top_p=_default(opt_float(data, "top_p", minimum=0, maximum=1), 1.0),

@@ -129,6 +129,7 @@ class InferenceEngine:
         ctx = entry.backend.context_size
         if len(prompt) >= ctx:
             raise context_exceeded(len(prompt), ctx, "messages" if req.messages else "prompt")
+        check_max_tokens(req.sampling, ctx, entry.id)
         # Without max_tokens, an answer with logprobs stops where they would outgrow one answer
         # (finish_reason "length"); with it, parsing refused what could not fit.
         max_new = min(req.sampling.max_tokens or ctx, ctx - len(prompt), logprob_tokens(req.sampling) or ctx)
@@ -190,6 +191,20 @@ class InferenceEngine:
         """The request's vectors and the tokens read; see `neuron.engine.embeddings`."""
         return await embeddings.embed(entry.backend, self.registry.worker_for(entry), self.tokenizer_pool,
                                       entry.id, req)
+
+
+def check_max_tokens(sampling: SamplingParams, context: int, model: str) -> None:
+    """Refuse a max_tokens no answer could reach, more than the whole context, as OpenAI and Anthropic
+    refuse one over a model's limit; one beyond the room the prompt leaves is clamped instead (the answer
+    ends with finish_reason "length"). Checked after the prompt, so that a prompt too long gets the
+    overflow error clients compact on first (Claude Code sends max_tokens 32000 whatever the model)."""
+    asked, field = sampling.max_tokens, sampling.max_tokens_param
+    if asked is None or asked <= context:
+        return
+    raise ApiError(400, "invalid_request_error", f"{field} is too large: {asked}. Model {model!r} has a context "
+                   f"of {context} tokens, for the prompt and the answer together, so it supports at most {context} "
+                   f"completion tokens, whereas you provided {asked}. Ask for fewer, or load the model with a "
+                   "larger context_size.", code="invalid_value", param=field)
 
 
 def _choice_params(params: SamplingParams, choice: int) -> SamplingParams:
