@@ -79,6 +79,8 @@ class GatewayConfig:
     down_after: int = 3
     load_timeout_s: float = 600.0
     keepalive_s: float = 5.0
+    # a stream silent this long (a cold load, a queue, a prefill) gets an event that clients count as progress
+    progress_interval_s: float = 60.0
     max_body_mb: float = 32.0
     body_timeout_s: float = 30.0
     # a neuron silent this long mid-answer (or for a whole non-streaming answer) fails the request
@@ -125,7 +127,8 @@ def load_config(path: Path) -> GatewayConfig:
     if (listen := _get(gw, "metrics_listen", str, path, "[gateway]", "HOST:PORT")) is not None:
         cfg.metrics_host, cfg.metrics_port = parse_listen(listen, _where(path, "[gateway]", "metrics_listen"))
     for key in ("poll_interval_s", "poll_timeout_s", "load_timeout_s", "keepalive_s", "max_body_mb", "body_timeout_s",
-                "upstream_read_timeout_s", "idle_timeout_s", "responses_store_ttl_s", "write_timeout_s"):
+                "upstream_read_timeout_s", "idle_timeout_s", "responses_store_ttl_s", "write_timeout_s",
+                "progress_interval_s"):
         value = _get(gw, key, (int, float), path, "[gateway]", "a number of seconds")
         if value is not None:
             if value <= 0:

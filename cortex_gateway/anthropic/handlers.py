@@ -12,7 +12,7 @@ from cortex_gateway.anthropic.errors import error_event, render_anthropic
 from cortex_gateway.anthropic.fields import COUNT_TOKENS
 from cortex_gateway.anthropic.translate_request import to_openai
 from cortex_gateway.anthropic.translate_response import to_anthropic
-from cortex_gateway.anthropic.translate_stream import PING, StreamTranslator
+from cortex_gateway.anthropic.translate_stream import StreamTranslator
 from cortex_gateway.dispatch import InferenceCall, dispatch
 from cortex_gateway.metrics import RequestRecord
 from cortex_gateway.proxy import mid_stream_failure, write
@@ -25,11 +25,17 @@ from neuron.sse import PROMPT_TOKENS_HEADER
 
 
 class AnthropicDialect:
-    keepalive = PING
-
-    def __init__(self, model: str, stops: list[str]):
+    def __init__(self, model: str, stops: list[str], progress_after: float):
         self.model = model
         self.stops = stops
+        self.progress_after = progress_after
+        # Made with the request, not with the neuron's answer: a cold load's keep-alives come before it.
+        self.translator = StreamTranslator(model, stops)
+
+    @property
+    def keepalive(self) -> bytes:
+        """Read by dispatch at each keep-alive of a cold load: a ping, or progress once the wait is long."""
+        return self.translator.keepalive(self.progress_after)
 
     def error_event(self, err: ApiError) -> bytes:
         return error_event(err)
@@ -41,15 +47,16 @@ class AnthropicDialect:
                             content_type="application/json")
 
     async def relay(self, upstream, client_stream: web.StreamResponse, rec: RequestRecord) -> None:
-        translator = StreamTranslator(self.model, self.stops, _prompt_tokens(upstream))
+        translator = self.translator
         reader = SSEReader()
-        await write(client_stream, translator.start())
+        if not translator.started:  # a long cold load may have sent it, without the prompt's size
+            await write(client_stream, translator.start(_prompt_tokens(upstream)))
         try:
             async for chunk in upstream.content.iter_any():
                 for data in reader.feed(chunk):
-                    if data.startswith(b":"):  # a comment: a keep-alive becomes a ping, usage comes as a chunk
-                        if is_keepalive(data):
-                            await write(client_stream, PING)
+                    if data.startswith(b":"):  # a comment: a keep-alive becomes a ping (or progress); usage
+                        if is_keepalive(data):  # comes as a chunk
+                            await write(client_stream, translator.keepalive(self.progress_after))
                         continue
                     if data == b"[DONE]":
                         rec.finished_at = time.perf_counter()
@@ -93,14 +100,15 @@ async def _read_body(request: web.Request):
 
 
 async def messages(request: web.Request) -> web.StreamResponse:
-    call, dialect = _translated_call(await _read_body(request))
+    progress_after = request.app[LIFECYCLE].config.progress_interval_s
+    call, dialect = _translated_call(await _read_body(request), progress_after)
     return await dispatch(request, call, dialect)
 
 
-def _translated_call(data) -> tuple[InferenceCall, AnthropicDialect]:
+def _translated_call(data, progress_after: float) -> tuple[InferenceCall, AnthropicDialect]:
     """Translate, keeping only the bytes: neither parsed form lives on while the answer streams."""
     body = to_openai(data)
-    dialect = AnthropicDialect(body["model"], body.get("stop", []))
+    dialect = AnthropicDialect(body["model"], body.get("stop", []), progress_after)
     return InferenceCall("/v1/chat/completions", "messages", body["model"], orjson.dumps(body),
                          bool(body.get("stream"))), dialect
 

@@ -6,15 +6,31 @@ message_start, then for each content block content_block_start, its deltas
 carries text and a tool call closes the text block before opening the tool's;
 parallel tool calls become consecutive tool_use blocks; arguments that arrive
 in many pieces stream as many input_json_delta events of one block.
+
+A long wait (a cold load, a queue, a long prefill) is filled at each keep-alive
+with a `ping`, which keeps the connection open but not every client: the SDKs
+drop pings, and Claude Code aborts a stream after 300 s without an event they
+yield, then asks again without streaming and the prompt is prefilled twice.
+Past `progress_after` seconds without an event a keep-alive is therefore an
+event of the message itself: message_start if it was not sent, else an empty
+delta in the open block, or, before any block, the start of an empty
+`thinking` block (a block of Anthropic's vocabulary that clients accumulate
+and skip when they show the answer; an empty text block would be sent back in
+the next turn, and a repeated message_delta is counted again by Claude Code's
+cost tally). A stream that never waits that long is as it always was.
 """
 
 from __future__ import annotations
+
+import time
 
 import orjson
 
 from cortex_gateway.anthropic.translate_response import anthropic_usage, message_id, stop_reason, tool_use_id
 
 PING = b'event: ping\ndata: {"type": "ping"}\n\n'
+EMPTY_DELTA = {"thinking": {"type": "thinking_delta", "thinking": ""}, "text": {"type": "text_delta", "text": ""},
+               "tool_use": {"type": "input_json_delta", "partial_json": ""}}
 
 
 def sse(event: str, data: dict) -> bytes:
@@ -22,7 +38,7 @@ def sse(event: str, data: dict) -> bytes:
 
 
 class StreamTranslator:
-    def __init__(self, model: str, stops: list[str], prompt_tokens: int = 0):
+    def __init__(self, model: str, stops: list[str], prompt_tokens: int = 0, now: float | None = None):
         self.model = model
         self.stops = stops
         self.id = message_id()
@@ -35,14 +51,35 @@ class StreamTranslator:
         # Until the final usage splits off what the prefix cache served, the whole prompt counts as input.
         self.usage = {"input_tokens": prompt_tokens, "output_tokens": 0}
         self.started = False
+        # When the client last got an event; from the request on, as a client's idle timer runs from its send.
+        self.last_event = time.monotonic() if now is None else now
 
-    def start(self) -> bytes:
+    def start(self, prompt_tokens: int | None = None, now: float | None = None) -> bytes:
+        if prompt_tokens is not None:
+            self.usage["input_tokens"] = prompt_tokens
         self.started = True
+        self._sent(now)
         return sse("message_start", {"type": "message_start", "message": {
             "id": self.id, "type": "message", "role": "assistant", "model": self.model, "content": [],
             "stop_reason": None, "stop_sequence": None, "usage": dict(self.usage)}})
 
-    def feed(self, chunk: dict) -> bytes:
+    def _sent(self, now: float | None) -> None:
+        self.last_event = time.monotonic() if now is None else now
+
+    def keepalive(self, progress_after: float, now: float | None = None) -> bytes:
+        """What one keep-alive of a wait becomes: a ping, or progress once the wait passed `progress_after`."""
+        now = time.monotonic() if now is None else now
+        if now - self.last_event < progress_after:
+            return PING
+        if not self.started:
+            return self.start(now=now)
+        self._sent(now)
+        if self.block_kind is None:
+            return self._open("thinking", {"type": "thinking", "thinking": "", "signature": ""})
+        return sse("content_block_delta", {"type": "content_block_delta", "index": self.block,
+                                           "delta": EMPTY_DELTA[self.block_kind]})
+
+    def feed(self, chunk: dict, now: float | None = None) -> bytes:
         out = [] if self.started else [self.start()]
         if isinstance(chunk.get("usage"), dict):
             self.usage = anthropic_usage(chunk["usage"])
@@ -55,7 +92,10 @@ class StreamTranslator:
             if choice.get("finish_reason"):
                 self.finish_reason = choice["finish_reason"]
                 self.matched = choice.get("stop_reason")
-        return b"".join(out)
+        data = b"".join(out)
+        if data:
+            self._sent(now)
+        return data
 
     def _open(self, kind: str, block: dict) -> bytes:
         out = self._close()
