@@ -25,7 +25,11 @@ RESPONSES = FieldPolicy("OpenAI responses", {
     "max_output_tokens": honoured("max_tokens; reaching it gives status incomplete"),
     "temperature": honoured(),
     "top_p": honoured(),
-    "tools": honoured("function tools; other tool types are refused naming the type"),
+    "tools": honoured("function tools, and namespace tools (each function offered as <namespace>__<name>, its "
+                      "calls returned with name and namespace); hosted tools (web_search, file_search, "
+                      "code_interpreter, image_generation, mcp) are left out of what the model is offered and named "
+                      "in cortex_dropped_tools and the X-Cortex-Dropped-Tools header, or refused with [gateway] "
+                      "hosted_tools = \"refuse\"; other tool types are refused naming the type"),
     "tool_choice": honoured("auto, none, required, a function, allowed_tools listing functions; other tool "
                             "types are refused"),
     "parallel_tool_calls": honoured(),
@@ -37,6 +41,8 @@ RESPONSES = FieldPolicy("OpenAI responses", {
     "metadata": honoured("echoed in the response (up to 16 string pairs)"),
     "reasoning": ignored("these models do not reason: there is no effort to set and no summary to give "
                          "(reasoning_tokens is 0); accepted so reasoning-model clients work unchanged"),
+    "client_metadata": ignored("request instrumentation for the client's own analytics (Codex sends its "
+                               "installation, session and turn ids): not stored, echoed or logged"),
     "user": ignored(_NOT_HERE + " (no per-user abuse tracking); echoed, up to 64 characters as at OpenAI"),
     "safety_identifier": ignored(_NOT_HERE + " (no per-user abuse tracking); echoed, up to 128 characters as "
                                  "at OpenAI"),

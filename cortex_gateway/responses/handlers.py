@@ -28,7 +28,7 @@ from cortex_gateway.responses.translate_request import Translated, previous_id, 
 from cortex_gateway.responses.translate_response import ResponseHead, to_response
 from cortex_gateway.responses.translate_stream import StreamTranslator
 from cortex_gateway.sse_reader import SSEReader, is_keepalive
-from cortex_gateway.state import RESPONSE_STORE
+from cortex_gateway.state import LIFECYCLE, RESPONSE_STORE
 from neuron.auth import key_matches, presented_key
 from neuron.errors import ApiError, bad_request, error_from_envelope, render_openai
 from neuron.fields import require_object
@@ -38,6 +38,8 @@ from neuron.sse import KEEPALIVE
 log = logging.getLogger(__name__)
 # The neuron names chat fields; a Responses client knows them by these names.
 _CLIENT_PARAMS = {"messages": "input", "max_tokens": "max_output_tokens", "response_format": "text.format"}
+DROPPED_TOOLS_HEADER = "X-Cortex-Dropped-Tools"  # the hosted tools the model was not offered, comma-separated
+_DROPPED = web.RequestKey("dropped_tools", list) if hasattr(web, "RequestKey") else "cortex.dropped_tools"
 
 
 class ResponsesDialect:
@@ -46,7 +48,7 @@ class ResponsesDialect:
     keepalive = KEEPALIVE  # SSE comments: the SDK skips them
 
     def __init__(self, translated: Translated, store: ResponseStore, owner: str | None):
-        self.head = ResponseHead(translated.echo)
+        self.head = ResponseHead(translated.echo, translated.namespaced)
         self.store = store
         self.owner = owner
         # Only what a stored response needs is held while the answer runs; nothing when store is false.
@@ -129,7 +131,8 @@ async def create(request: web.Request) -> web.StreamResponse:
     data = require_object(await read_json(request))
     RESPONSES.check(data)
     check_lengths(data)
-    translated = to_chat(data, _history(request, previous_id(data)))
+    translated = to_chat(data, _history(request, previous_id(data)), request.app[LIFECYCLE].config.hosted_tools)
+    request[_DROPPED] = translated.dropped
     store = request.app[RESPONSE_STORE]
     if translated.echo["store"]:
         _check_storable(translated, store)
@@ -219,7 +222,15 @@ async def input_items(request: web.Request) -> web.Response:
                           "last_id": page[-1]["id"] if page else None, "has_more": len(items) > len(page)})
 
 
+async def _say_dropped_tools(request: web.Request, response: web.StreamResponse) -> None:
+    """on_response_prepare: a stream's headers go before its first event, so the hosted tools a request lost
+    are named here, for the whole answer and for a stream alike (the Response says so too)."""
+    if request.get(_DROPPED):
+        response.headers[DROPPED_TOOLS_HEADER] = ", ".join(request[_DROPPED])
+
+
 def add_routes(app: web.Application) -> None:
+    app.on_response_prepare.append(_say_dropped_tools)
     app.router.add_post("/v1/responses", create)
     app.router.add_get("/v1/responses/{response_id}", retrieve)
     app.router.add_delete("/v1/responses/{response_id}", delete)

@@ -19,6 +19,7 @@ ROLES = ("user", "assistant", "system", "developer")
 TEXT_PARTS = ("input_text", "output_text")
 UNREADABLE_PARTS = ("input_image", "input_file", "input_audio")
 SUPPORTED_ITEMS = "messages, function_call and function_call_output items"
+NAMESPACE_JOIN = "__"  # <namespace>__<name>: `tools` offers a namespace's function so (chat APIs allow _ in names)
 
 
 def new_id(prefix: str) -> str:
@@ -94,8 +95,14 @@ def _function_call(item: dict, where: str) -> dict:
     for key in ("call_id", "name", "arguments"):
         if not isinstance(item.get(key), str):
             raise bad_request(f"{where}.{key}: required, a string", param="input")
-    return {"id": _given_id(item) or new_id("fc"), "type": "function_call", "call_id": item["call_id"],
-            "name": item["name"], "arguments": item["arguments"], "status": "completed"}
+    out = {"id": _given_id(item) or new_id("fc"), "type": "function_call", "call_id": item["call_id"],
+           "name": item["name"], "arguments": item["arguments"], "status": "completed"}
+    namespace = item.get("namespace")
+    if namespace is not None:  # a call of a namespace tool's function, as OpenAI returned it (and Codex resends it)
+        if not isinstance(namespace, str) or not namespace:
+            raise bad_request(f"{where}.namespace: expected the namespace's name", param="input")
+        out["namespace"] = namespace
+    return out
 
 
 def _function_call_output(item: dict, where: str) -> dict:
@@ -139,7 +146,7 @@ def to_messages(items: list[dict]) -> list[dict]:
             out.append({"role": item["role"], "content": text})
         elif kind == "function_call":
             call = {"id": item["call_id"], "type": "function",
-                    "function": {"name": item["name"], "arguments": item["arguments"]}}
+                    "function": {"name": _model_name(item), "arguments": item["arguments"]}}
             if out and out[-1]["role"] == "assistant":
                 out[-1].setdefault("tool_calls", []).append(call)
             else:
@@ -147,3 +154,13 @@ def to_messages(items: list[dict]) -> list[dict]:
         elif kind == "function_call_output":
             out.append({"role": "tool", "tool_call_id": item["call_id"], "content": item["output"]})
     return out
+
+
+def flat_name(namespace: str, name: str) -> str:
+    """The name the model knows a namespace's function by (see `tools`)."""
+    return f"{namespace}{NAMESPACE_JOIN}{name}"
+
+
+def _model_name(call: dict) -> str:
+    namespace = call.get("namespace")
+    return flat_name(namespace, call["name"]) if namespace else call["name"]

@@ -11,10 +11,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from cortex_gateway.responses.input_items import normalize_input, to_messages
+from cortex_gateway.responses.tools import Tools, parse_tools, tool_choice
 from neuron.errors import bad_request
 from neuron.fields import opt_float, opt_int, require_type
 
-TOOL_CHOICES = ("auto", "none", "required")
 INCLUDABLE = ("file_search_call.results", "web_search_call.results", "web_search_call.action.sources",
               "message.input_image.image_url", "computer_call_output.output.image_url",
               "code_interpreter_call.outputs", "reasoning.encrypted_content", "message.output_text.logprobs")
@@ -27,6 +27,8 @@ class Translated:
     echo: dict  # the request's settings, as the Response object reports them
     input_items: list[dict]  # this request's input, canonical
     conversation: list[dict]  # the previous conversation (if any) and this input
+    namespaced: dict[str, tuple[str, str]]  # a namespaced function's flat name -> (namespace, name)
+    dropped: list[str]  # the hosted tools left out of what the model is offered (their types)
 
 
 def previous_id(data: dict) -> str | None:
@@ -38,8 +40,9 @@ def previous_id(data: dict) -> str | None:
     return value
 
 
-def to_chat(data: dict, history: list[dict]) -> Translated:
-    """Translate a request (already checked against the field policy); `history` is the previous conversation."""
+def to_chat(data: dict, history: list[dict], hosted_tools: str = "drop") -> Translated:
+    """Translate a request (already checked against the field policy); `history` is the previous conversation,
+    `hosted_tools` the gateway's [gateway] hosted_tools (see `tools`)."""
     model = data.get("model")
     if not isinstance(model, str) or not model:
         raise bad_request("model: required, a model id from GET /v1/models", param="model", code="missing_field")
@@ -51,10 +54,10 @@ def to_chat(data: dict, history: list[dict]) -> Translated:
     if not messages:
         raise bad_request("input: expected a string or a non-empty list of items", param="input")
     body: dict[str, Any] = {"model": model, "messages": messages, **_sampling(data)}
-    tools = _tools(data.get("tools"))
-    choice, allowed = _tool_choice(data.get("tool_choice"), {t["function"]["name"] for t in tools})
-    if tools:
-        body["tools"] = [t for t in tools if allowed is None or t["function"]["name"] in allowed]
+    tools = parse_tools(data.get("tools"), hosted_tools)
+    choice, allowed = tool_choice(data.get("tool_choice"), tools)
+    if tools.functions:
+        body["tools"] = [t for t in tools.functions if allowed is None or t["function"]["name"] in allowed]
     if choice is not None:
         body["tool_choice"] = choice
     if (parallel := data.get("parallel_tool_calls")) is not None:
@@ -71,7 +74,8 @@ def to_chat(data: dict, history: list[dict]) -> Translated:
         body["stream_options"] = {"include_usage": True}
     if (script := data.get("cortex_script")) is not None:
         body["cortex_script"] = require_type(script, str, "cortex_script", "a string")
-    return Translated(body, _echo(data, model, tools, text_format, top_logprobs), items, conversation)
+    echo = _echo(data, model, tools, text_format, top_logprobs)
+    return Translated(body, echo, items, conversation, tools.namespaced, tools.dropped)
 
 
 def wants_store(data: dict) -> bool:
@@ -104,69 +108,6 @@ def _sampling(data: dict) -> dict:
 def _stream(data: dict) -> bool:
     value = data.get("stream")
     return bool(value is not None and require_type(value, bool, "stream", "true or false"))
-
-
-def _tools(value: Any) -> list[dict]:
-    if value is None:
-        return []
-    if not isinstance(value, list):
-        raise bad_request("tools: expected a list of tools", param="tools")
-    return [_function_tool(tool, f"tools[{i}]") for i, tool in enumerate(value)]
-
-
-def _function_tool(tool: Any, where: str) -> dict:
-    kind = tool.get("type") if isinstance(tool, dict) else None
-    if kind != "function":
-        raise bad_request(f"{where}: tool type {kind!r} is not available here; only function tools "
-                          "(type, name, description, parameters, strict) are", param="tools",
-                          code="unsupported_tool")
-    if not isinstance(tool.get("name"), str) or not tool["name"]:
-        raise bad_request(f"{where}.name: required", param="tools")
-    parameters = tool.get("parameters")
-    if parameters is not None and not isinstance(parameters, dict):
-        raise bad_request(f"{where}.parameters: expected a JSON schema object", param="tools")
-    if tool.get("defer_loading"):
-        raise bad_request(f"{where}.defer_loading: tool search is not available; send the tool without it",
-                          param="tools")
-    fn = {"name": tool["name"], "description": tool.get("description") or "",
-          "parameters": parameters or {"type": "object", "properties": {}}}
-    if tool.get("strict") is not None:
-        fn["strict"] = require_type(tool["strict"], bool, f"{where}.strict", "true or false")
-    return {"type": "function", "function": fn}
-
-
-def _tool_choice(value: Any, names: set[str]) -> tuple[Any, set[str] | None]:
-    """(the chat tool_choice, the tool names allowed_tools keeps, None for all)."""
-    if value is None or value in TOOL_CHOICES:
-        return value, None
-    kind = value.get("type") if isinstance(value, dict) else None
-    if kind == "function":
-        if value.get("name") not in names:
-            raise bad_request(f"tool_choice.name: {value.get('name')!r} is not one of the request's function tools",
-                              param="tool_choice")
-        return {"type": "function", "function": {"name": value["name"]}}, None
-    if kind == "allowed_tools":
-        return _allowed_tools(value, names)
-    if kind is None:
-        raise bad_request('tool_choice: expected "auto", "none", "required", {"type": "function", "name"} or '
-                          '{"type": "allowed_tools", ...}', param="tool_choice")
-    raise bad_request(f"tool_choice: tool type {kind!r} is not available here; only function tools are",
-                      param="tool_choice", code="unsupported_tool")
-
-
-def _allowed_tools(value: dict, names: set[str]) -> tuple[str, set[str]]:
-    mode, tools = value.get("mode"), value.get("tools")
-    if mode not in ("auto", "required"):
-        raise bad_request('tool_choice.mode: expected "auto" or "required"', param="tool_choice")
-    if not isinstance(tools, list):
-        raise bad_request("tool_choice.tools: expected a list of tools", param="tool_choice")
-    allowed = set()
-    for i, tool in enumerate(tools):
-        if not isinstance(tool, dict) or tool.get("type") != "function" or tool.get("name") not in names:
-            raise bad_request(f"tool_choice.tools[{i}]: expected {{\"type\": \"function\", \"name\"}} naming one "
-                              "of the request's function tools", param="tool_choice")
-        allowed.add(tool["name"])
-    return mode, allowed
 
 
 def _text_format(value: Any) -> dict:
@@ -220,20 +161,22 @@ def _metadata(value: Any) -> dict:
     return value
 
 
-def _echo(data: dict, model: str, tools: list[dict], text_format: dict, top_logprobs: int | None) -> dict:
-    """The settings the Response object reports: what was asked, or the default that applied."""
+def _echo(data: dict, model: str, tools: Tools, text_format: dict, top_logprobs: int | None) -> dict:
+    """The settings the Response object reports: what was asked, or the default that applied; and, only when
+    there are any, the hosted tools the model was not offered (`cortex_dropped_tools`, a cortex extension)."""
+    dropped = {"cortex_dropped_tools": tools.dropped} if tools.dropped else {}
     return {
         "model": model, "instructions": data.get("instructions"),
         "previous_response_id": data.get("previous_response_id"),
         "max_output_tokens": data.get("max_output_tokens"),
         "temperature": data["temperature"] if data.get("temperature") is not None else 1.0,
         "top_p": data["top_p"] if data.get("top_p") is not None else 1.0,
-        "tools": [{"type": "function", "strict": None, **t["function"]} for t in tools],
+        "tools": tools.echo,
         "tool_choice": data.get("tool_choice") or "auto",
         "parallel_tool_calls": data.get("parallel_tool_calls") is not False,
         "text": {"format": text_format}, "top_logprobs": top_logprobs or 0, "truncation": "disabled",
         "store": wants_store(data), "metadata": _metadata(data.get("metadata")),
         "reasoning": {"effort": None, "summary": None}, "background": False, "service_tier": "default",
         "max_tool_calls": None, "user": data.get("user"), "safety_identifier": data.get("safety_identifier"),
-        "prompt_cache_key": data.get("prompt_cache_key"),
+        "prompt_cache_key": data.get("prompt_cache_key"), **dropped,
     }

@@ -18,8 +18,17 @@ class ResponseHead:
     """What every Response object of one request shares: its id, its time, the echoed settings."""
 
     echo: dict
+    namespaced: dict[str, tuple[str, str]] = field(default_factory=dict)  # flat name -> (namespace, name)
     id: str = field(default_factory=lambda: new_id("resp"))
     created_at: int = field(default_factory=lambda: int(time.time()))
+
+    def call_item(self, call_id: str | None, name: str, arguments: str, status: str = "completed") -> dict:
+        """A function_call item for the model's call of `name`: a namespace's function is named as OpenAI
+        names it, its own name plus `namespace`, which is how Codex finds the tool to run."""
+        item = function_call_item(call_id, name, arguments, status)
+        if name in self.namespaced:
+            item["namespace"], item["name"] = self.namespaced[name]
+        return item
 
     def response(self, status: str, output: list[dict], usage: dict | None = None,
                  error: dict | None = None) -> dict:
@@ -72,14 +81,20 @@ def _logprob(entry: dict) -> dict:
 
 
 def to_response(chat: dict, head: ResponseHead) -> dict:
+    """The Response for a whole chat answer. Its items come in the order the model made them, so a token
+    limit cut only the last: that one is incomplete, as in a stream, and those before it are complete."""
     choice = (chat.get("choices") or [{}])[0]
     message = choice.get("message") or {}
     status = status_of(choice.get("finish_reason"))
     calls = message.get("tool_calls") or []
     output = []
     if message.get("content") or not calls:
-        output.append(message_item(message.get("content") or "", status, logprobs_of(choice.get("logprobs"))))
-    for call in calls:
+        last = not calls
+        output.append(message_item(message.get("content") or "", status if last else "completed",
+                                   logprobs_of(choice.get("logprobs"))))
+    for i, call in enumerate(calls):
         fn = call.get("function") or {}
-        output.append(function_call_item(call.get("id"), fn.get("name", ""), fn.get("arguments", "{}")))
+        last = i == len(calls) - 1
+        output.append(head.call_item(call.get("id"), fn.get("name", ""), fn.get("arguments", "{}"),
+                                     status if last else "completed"))
     return head.response(status, output, response_usage(chat.get("usage")))

@@ -19,7 +19,6 @@ import orjson
 
 from cortex_gateway.responses.translate_response import (
     ResponseHead,
-    function_call_item,
     logprobs_of,
     message_item,
     response_usage,
@@ -108,7 +107,7 @@ class StreamTranslator:
             self.pending = []  # the tokens of the call's markup, not of any text
             self.tools_seen.add(index)
             self.current_tool = index
-            self.item = function_call_item(call.get("id"), fn.get("name") or "", "", "in_progress")
+            self.item = self.head.call_item(call.get("id"), fn.get("name") or "", "", "in_progress")
             out += self.event("response.output_item.added", output_index=len(self.output), item=self.item)
         elif index != self.current_tool:
             return b""  # a late piece of a call already closed cannot be placed; servers stream calls in order
