@@ -28,6 +28,19 @@ _SAMPLING = {
     "min_p": honoured("extension (vLLM, llama.cpp)"),
     "repeat_penalty": honoured("extension (llama.cpp)"),
     "repetition_penalty": honoured("extension (vLLM's name for repeat_penalty)"),
+    "ignore_eos": honoured("extension (vLLM): end tokens do not end the answer, max_tokens or a stop sequence "
+                           "does; refused with response_format or a forced tool_choice"),
+    "min_tokens": honoured("extension (vLLM): neither an end token nor a stop sequence ends the answer before "
+                           "this many tokens (a grammar that allows nothing else still ends it)"),
+    "include_stop_str_in_output": honoured("extension (vLLM): the text keeps the stop sequence that ended it"),
+    "skip_special_tokens": honoured("extension (vLLM): false writes the control tokens the model produces "
+                                    "into the text; true, the default, leaves them out"),
+    "use_beam_search": refused("beam search is not available: ask for n choices and pick one"),
+    "length_penalty": refused("it weighs beam search, which is not available"),
+    "prompt_logprobs": refused("the prompt's logprobs are not computed; logprobs covers the answer"),
+    **{name: refused("vLLM's older structured output fields are not translated: send response_format with a "
+                     "json_schema (a choice of strings is an enum)")
+       for name in ("guided_json", "guided_regex", "guided_choice", "guided_grammar")},
     "cortex_script": honoured("test-only: forces the output of `cortex tiny-model` models; refused on others"),
 }
 

@@ -41,6 +41,11 @@ class SamplingParams:
     repeat_penalty: float = 1.0
     logprobs: int | None = None  # None: no logprobs; else how many alternatives per token (0-20)
     max_tokens_param: str = "max_tokens"  # the field max_tokens came in (max_completion_tokens), for errors
+    # vLLM's extensions, which clients written for vLLM send.
+    min_tokens: int = 0  # neither an end token nor a stop sequence ends the answer before this many tokens
+    ignore_eos: bool = False  # end tokens are written as text: max_tokens or a stop sequence ends the answer
+    include_stop: bool = False  # include_stop_str_in_output: the text keeps the stop sequence that ended it
+    skip_special: bool = True  # skip_special_tokens: control tokens the model writes are left out of the text
 
 
 @dataclass
@@ -65,7 +70,7 @@ class InferenceRequest:
 def parse_sampling(data: dict) -> SamplingParams:
     max_param = "max_completion_tokens" if data.get("max_completion_tokens") is not None else "max_tokens"
     max_tokens = opt_int(data, max_param, minimum=1)
-    return SamplingParams(
+    sampling = SamplingParams(
         max_tokens=max_tokens,
         max_tokens_param=max_param,
         n=opt_int(data, "n", minimum=1, maximum=MAX_CHOICES) or 1,
@@ -79,7 +84,15 @@ def parse_sampling(data: dict) -> SamplingParams:
         presence_penalty=_default(opt_float(data, "presence_penalty", minimum=-2, maximum=2), 0.0),
         frequency_penalty=_default(opt_float(data, "frequency_penalty", minimum=-2, maximum=2), 0.0),
         repeat_penalty=_repeat_penalty(data),
+        min_tokens=_default(opt_int(data, "min_tokens", minimum=0), 0),
+        ignore_eos=_parse_bool(data, "ignore_eos"),
+        include_stop=_parse_bool(data, "include_stop_str_in_output"),
+        skip_special=_parse_bool(data, "skip_special_tokens", True),
     )
+    if max_tokens is not None and sampling.min_tokens > max_tokens:
+        raise bad_request(f"min_tokens: {sampling.min_tokens} is more than {max_param}={max_tokens}; ask for at "
+                          f"most {max_tokens}, or raise {max_param}", param="min_tokens")
+    return sampling
 
 
 def _repeat_penalty(data: dict) -> float:
@@ -126,15 +139,20 @@ def parse_chat(body: Any) -> InferenceRequest:
     sampling = parse_sampling(data)
     sampling.logprobs = _chat_logprobs(data)
     check_answer_size(sampling, "top_logprobs")
+    tool_choice = parse_tool_choice(data.get("tool_choice"), tools)
+    output_format = parse_response_format(data.get("response_format"))
+    if sampling.ignore_eos and (output_format is not None or tool_choice.forced):
+        raise bad_request("ignore_eos: cannot be combined with response_format or a forced tool_choice, whose "
+                          "grammar decides where the answer ends; send one or the other", param="ignore_eos")
     return InferenceRequest(
         model=req_str(data, "model"),
         stream=_parse_bool(data, "stream"),
         sampling=sampling,
         messages=parse_messages(data.get("messages")),
         tools=tools,
-        tool_choice=parse_tool_choice(data.get("tool_choice"), tools),
+        tool_choice=tool_choice,
         parallel_tool_calls=_parse_bool(data, "parallel_tool_calls", True),
-        output_format=parse_response_format(data.get("response_format")),
+        output_format=output_format,
         include_usage=_include_usage(data),
         template_kwargs=_template_kwargs(data.get("chat_template_kwargs")),
         script=_opt_script(data),

@@ -13,6 +13,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
+import numpy as np
+
 from neuron.engine.logprobs import TokenLogprob, chat_entry
 from neuron.openai_schema import SamplingParams
 
@@ -43,8 +45,9 @@ class GenerationStats:
 class StopMatcher:
     """Finds stop sequences in streamed text, holding back only a possible partial match."""
 
-    def __init__(self, stops: list[str]):
+    def __init__(self, stops: list[str], include: bool = False):
         self.stops = [s for s in stops if s]
+        self.include = include  # the text keeps the stop sequence (vLLM's include_stop_str_in_output)
         self.hold = max((len(s) for s in self.stops), default=0)
         self.pending = ""
         self.matched: str | None = None
@@ -57,7 +60,7 @@ class StopMatcher:
         hits = [(i, s) for s in self.stops if (i := self.pending.find(s)) >= 0]
         if hits:
             cut, self.matched = min(hits)
-            out, self.pending = self.pending[:cut], ""
+            out, self.pending = self.pending[:cut + (len(self.matched) if self.include else 0)], ""
             return out, True
         keep = self._partial_suffix_len()
         out = self.pending[: len(self.pending) - keep]
@@ -99,14 +102,28 @@ class ByteDetokenizer:
         return self.decoder.decode(b"", final=True)
 
 
+def hold_end(logits: np.ndarray, end_ids: np.ndarray) -> None:
+    """min_tokens, in place: the end tokens get no chance while the answer is shorter, unless nothing else
+    is allowed (a grammar that must end there ends the answer)."""
+    kept = logits[end_ids].copy()
+    logits[end_ids] = -np.inf
+    if not np.isfinite(logits).any():
+        logits[end_ids] = kept
+
+
 class TextAssembler:
     """One generation's tokens pushed in one at a time, text deltas out: detokenising, stop
-    sequences, the end token and the length limit. The batch scheduler feeds it one token per step."""
+    sequences, the end token and the length limit. The batch scheduler feeds it one token per step.
+
+    vLLM's extensions as vLLM reads them: with `ignore_eos` an end token is one more token of text
+    (control tokens are text only without skip_special_tokens); stop sequences are looked for only
+    once `min_tokens` are out (the samplers hold the end tokens back until then)."""
 
     def __init__(self, detok: Detokenizer, is_end: Callable[[int], bool], params: SamplingParams, max_new: int,
                  stats: GenerationStats, clock: Callable[[], float], piece: Callable[[int], bytes] | None = None):
         self.detok, self.is_end, self.max_new, self.stats, self.clock = detok, is_end, max_new, stats, clock
-        self.stopper = StopMatcher(params.stop)
+        self.ignore_eos, self.min_tokens = params.ignore_eos, params.min_tokens
+        self.stopper = StopMatcher(params.stop, params.include_stop)
         self.finish_reason = "length"
         self.matched_stop = False
         self.piece = piece  # a token's bytes, for logprob entries; None when the request asked for none
@@ -116,13 +133,15 @@ class TextAssembler:
         """(text to emit or None, whether generation is over). The end token is not counted."""
         if self.stats.first_token_at is None:
             self.stats.first_token_at = self.clock()
-        if self.is_end(token):
+        if self.is_end(token) and not self.ignore_eos:
             self.finish_reason = "stop"
             return None, True
         self.stats.completion_tokens += 1
         if logprob is not None and self.piece is not None:
             self.logprobs.append(chat_entry(logprob, self.piece))
-        text, self.matched_stop = self.stopper.feed(self.detok.step(token))
+        text = self.detok.step(token)
+        if self.stats.completion_tokens >= self.min_tokens:
+            text, self.matched_stop = self.stopper.feed(text)
         if self.matched_stop:
             self.finish_reason = "stop"
         done = self.matched_stop or self.stats.completion_tokens >= self.max_new

@@ -155,7 +155,8 @@ class InferenceEngine:
         backend = entry.backend
         channel = Channel(asyncio.get_running_loop())
         piece = backend.token_bytes if params.logprobs is not None else None
-        text = TextAssembler(backend.detokenizer(), backend.is_end, params, max_new, stats, time.perf_counter, piece)
+        text = TextAssembler(backend.detokenizer(params.skip_special), backend.is_end, params, max_new, stats,
+                             time.perf_counter, piece)
         request = BatchRequest(prompt, params, forced, text, channel, follows=leader, constraint=constraint,
                                **self.faults.for_batch(entry.id))
         backend.batcher.submit(request, self.registry.worker_for(entry))

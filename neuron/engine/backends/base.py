@@ -53,8 +53,9 @@ class Backend(ABC):
     slots = 0  # sequences the batcher decodes together
 
     @abstractmethod
-    def detokenizer(self) -> Detokenizer:
-        """A fresh incremental detokenizer for one generation."""
+    def detokenizer(self, skip_special: bool = True) -> Detokenizer:
+        """A fresh incremental detokenizer for one generation; control tokens the model writes are left
+        out of the text unless `skip_special` is false (vLLM's skip_special_tokens)."""
 
     @abstractmethod
     def is_end(self, token: int) -> bool:

@@ -134,9 +134,9 @@ class LlamaCppBackend(Backend):
     def guidance_tokenizer(self):
         return self._guidance.get()
 
-    def detokenizer(self) -> ByteDetokenizer:
-        model = self.model
-        return ByteDetokenizer(lambda token: model.detokenize([token], special=False))
+    def detokenizer(self, skip_special: bool = True) -> ByteDetokenizer:
+        model, special = self.model, not skip_special
+        return ByteDetokenizer(lambda token: model.detokenize([token], special=special))
 
     # -- embeddings: mean pooling in a context of their own (see llamacpp_embed) -------------------
     @property

@@ -19,11 +19,12 @@ Idle slots' cells are given up first when the shared cache fills.
 from __future__ import annotations
 
 import ctypes
+import functools
 
 import numpy as np
 
 from neuron.engine.batching import BatchScheduler, Sequence, Slot, common_prefix
-from neuron.engine.generation import DeviceFault
+from neuron.engine.generation import DeviceFault, hold_end
 from neuron.engine.logprobs import logprob_of
 
 
@@ -136,13 +137,17 @@ class LlamaBatcher(BatchScheduler):
     def _sample(self, seq: Sequence, index: int) -> None:
         req, lib = seq.req, self.llama_cpp
         logits = raw = None
-        if req.wants_logits:  # the step's logits, in place: the sampler reads them from here
+        held = seq.generated < req.params.min_tokens  # min_tokens: the end tokens wait
+        if req.wants_logits or held:  # the step's logits, in place: the sampler reads them from here
             logits = np.ctypeslib.as_array(lib.llama_get_logits_ith(self.ctx, index), shape=(self.n_vocab,))
-            raw = logits.copy() if req.params.logprobs is not None and req.constraint is not None else logits
+            changed = req.constraint is not None or held
+            raw = logits.copy() if req.params.logprobs is not None and changed else logits
         token = self.forced_token(seq)
         if token is None:
             if req.constraint is not None:
                 req.constraint.mask(logits)
+            if held:
+                hold_end(logits, self.end_ids)
             token = lib.llama_sampler_sample(seq.sampler, self.ctx, index)
             if req.constraint is not None:
                 req.constraint.accept(token)
@@ -150,6 +155,13 @@ class LlamaBatcher(BatchScheduler):
             lib.llama_sampler_accept(seq.sampler, token)
         logprob = logprob_of(raw, token, req.params.logprobs) if req.params.logprobs is not None else None
         self._emit(seq, token, logprob)
+
+    @functools.cached_property
+    def end_ids(self) -> np.ndarray:
+        """The end-of-generation tokens, which min_tokens holds back (read on first use)."""
+        lib = self.llama_cpp
+        vocab = lib.llama_model_get_vocab(lib.llama_get_model(self.ctx))
+        return np.array([t for t in range(self.n_vocab) if lib.llama_vocab_is_eog(vocab, t)], dtype=np.int64)
 
     def _release(self, seq: Sequence) -> None:
         self.llama_cpp.llama_sampler_free(seq.sampler)

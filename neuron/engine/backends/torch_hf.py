@@ -102,7 +102,7 @@ class TorchBackend(Backend):
         torch = self.torch
         gen = torch.Generator(device=self.device)
         gen.manual_seed(params.seed % (2**63) if params.seed is not None else torch.seed())
-        return TorchSampler(torch, params, gen)
+        return TorchSampler(torch, params, gen, self._end_ids)
 
     def tokenize(self, text: str, special: bool = True) -> list[int]:
         encoder = self._encoders[special]
@@ -124,8 +124,8 @@ class TorchBackend(Backend):
 
         return llguidance.hf.from_tokenizer(self.tokenizer, n_vocab=self.n_vocab)
 
-    def detokenizer(self):
-        return HFDetokenizer(self.tokenizer)
+    def detokenizer(self, skip_special: bool = True):
+        return HFDetokenizer(self.tokenizer, skip_special)
 
     def generate_tokens(self, prompt: list[int], params: SamplingParams,
                         forced: list[int] | None = None) -> Iterator[int]:
@@ -223,11 +223,11 @@ def _end_token_ids(model, tokenizer) -> set[int]:
 class HFDetokenizer:
     """Incremental detokenisation with the fast tokenizer's DecodeStream."""
 
-    def __init__(self, tokenizer):
+    def __init__(self, tokenizer, skip_special: bool = True):
         from tokenizers.decoders import DecodeStream
 
         self.inner = tokenizer.backend_tokenizer
-        self.stream = DecodeStream(skip_special_tokens=True)
+        self.stream = DecodeStream(skip_special_tokens=skip_special)
 
     def step(self, token: int) -> str:
         return self.stream.step(self.inner, token) or ""
@@ -237,20 +237,25 @@ class HFDetokenizer:
 
 
 class TorchSampler:
-    """Temperature, top-k, top-p, min-p, logit bias and repetition penalties on a logits row."""
+    """Temperature, top-k, top-p, min-p, logit bias, repetition penalties and min_tokens on a logits row."""
 
-    def __init__(self, torch, params: SamplingParams, generator):
+    def __init__(self, torch, params: SamplingParams, generator, end_ids: set[int] = frozenset()):
         self.torch = torch
         self.p = params
         self.gen = generator
+        self.end_ids = sorted(end_ids)
         self.counts: dict[int, int] = {}
+        self.generated = 0
 
     def seen(self, token: int) -> None:
         self.counts[token] = self.counts.get(token, 0) + 1
+        self.generated += 1
 
     def sample(self, logits) -> int:
         torch, p = self.torch, self.p
         logits = self._biased(logits)
+        if self.generated < p.min_tokens:
+            logits = self._held(logits)
         if p.temperature <= 0:
             return int(torch.argmax(logits))
         logits = logits / p.temperature
@@ -280,6 +285,13 @@ class TorchSampler:
                 vals = self.torch.where(vals > 0, vals / p.repeat_penalty, vals * p.repeat_penalty)
             logits[idx] = vals - p.presence_penalty - p.frequency_penalty * cnt
         return logits
+
+
+    def _held(self, logits):
+        """min_tokens: the end tokens get no chance, unless nothing else is allowed (a grammar that must end)."""
+        held = logits.clone()
+        held[[t for t in self.end_ids if t < held.numel()]] = float("-inf")
+        return held if bool(self.torch.isfinite(held).any()) else logits
 
 
 def _top_p(torch, probs, top_p: float):
