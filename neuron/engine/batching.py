@@ -32,6 +32,7 @@ class BatchRequest:
     text: TextAssembler
     channel: Channel
     delay_s: float = 0.0  # injected slowness per token (fault injection)
+    prefill_delay_s: float = 0.0  # injected slowness per prefill step (fault injection)
     fail_after: int | None = None  # injected device fault after this many tokens
     follows: BatchRequest | None = None  # another choice of the same request, whose prompt this one can share
     constraint: Any = None  # a TokenConstraint (neuron.engine.constraints): the grammar the output must match
@@ -131,17 +132,21 @@ class BatchScheduler:
                     return True
 
     def _step(self) -> bool:
-        self._admit()
+        # Leavers first: a request sent again after its client left finds the slot (and what it cached) free.
         for seq in [s.active for s in self.slots if s.active is not None]:
             if seq.req.channel.cancelled:
                 self._retire(seq)
+        self._admit()
         running = [s.active for s in self.slots if s.active is not None]
         if not running:
             return False
+        slow = max((seq.req.prefill_delay_s for seq in running if seq.pending), default=0.0)
         try:
             self._decode_and_sample(running)
         except DeviceFault as exc:
             self._fail_all(exc)
+        if slow:
+            time.sleep(slow)
         return True
 
     def _admit(self) -> None:
@@ -156,6 +161,27 @@ class BatchScheduler:
                 continue
             seq = self._begin(req, free)
             seq.slot.active = seq
+
+    def _prefix_source(self, req: BatchRequest, free: list[Slot]) -> tuple[Slot, Sequence | None, int]:
+        """The slot for `req`, the running sequence to copy its prompt's prefix from (None: the slot's own
+        cache serves), and how many of its prompt tokens are already computed there.
+
+        A free slot's cache is reused in place. A running sequence's is copied (into the least recently
+        used free slot) when it holds more of the prompt: the same prompt sent again at once, by a client
+        whose first stream was abandoned mid-prefill before the node noticed, starts from what that one
+        computed instead of from nothing."""
+        slot = max(free, key=lambda s: (self._reusable(s, req.prompt), -s.last_used))
+        own = self._reusable(slot, req.prompt)
+        running = [s.active for s in self.slots if s.active is not None]
+        donor = max(running, key=lambda seq: common_prefix(seq.slot.cached, req.prompt), default=None)
+        shared = common_prefix(donor.slot.cached, req.prompt) if donor is not None else 0
+        if shared > own:
+            return min(free, key=lambda s: s.last_used), donor, shared
+        return slot, None, own
+
+    def _reusable(self, slot: Slot, prompt: list[int]) -> int:
+        """Prompt tokens a free slot's cache holds (a backend that may have let its cache go says so)."""
+        return common_prefix(slot.cached, prompt)
 
     def _emit(self, seq: Sequence, token: int, logprob=None) -> None:
         """A token sampled for `seq`: its text goes out; the sequence ends or feeds it next step."""

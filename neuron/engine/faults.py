@@ -7,7 +7,9 @@ Enabled only when the neuron starts with CORTEX_FAULT_INJECTION=1; then
 - `load_error`: the next load of the model fails halfway, after the weights are in memory;
 - `slow`: each token of the next `count` inferences takes `delay_ms` longer (a slow or
   stuck device), so tests can hold requests in flight without racing the clock;
-- `slow_load`: the next load of the model takes `delay_ms` longer (a big model from a slow disk).
+- `slow_load`: the next load of the model takes `delay_ms` longer (a big model from a slow disk);
+- `slow_prefill`: each prefill step of the next `count` inferences takes `delay_ms` longer (a long
+  prompt on a CPU), so tests can leave or repeat a request while its prompt is being computed.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import os
 import threading
 from dataclasses import dataclass
 
-FAULT_KINDS = ("device_error", "load_error", "slow", "slow_load")
+FAULT_KINDS = ("device_error", "load_error", "slow", "slow_load", "slow_prefill")
 ENV_SWITCH = "CORTEX_FAULT_INJECTION"
 
 
@@ -59,6 +61,8 @@ class FaultInjector:
         out = {}
         if (slow := self.take(model, "slow")) is not None:
             out["delay_s"] = slow.delay_ms / 1000
+        if (slow := self.take(model, "slow_prefill")) is not None:
+            out["prefill_delay_s"] = slow.delay_ms / 1000
         if (fault := self.take(model, "device_error")) is not None:
             out["fail_after"] = fault.after_tokens
         return out

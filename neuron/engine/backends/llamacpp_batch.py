@@ -9,10 +9,12 @@ chunk). After the decode each sequence that has logits samples with its own
 llama.cpp sampler chain, in C. A sequence leaves the batch the step it finishes
 or its client goes away; a waiting request joins at the next step.
 
-A slot keeps the KV of its last sequence when it ends. A new request takes the
-free slot whose cached tokens share the longest prefix with its prompt and
-recomputes only the rest (prefix reuse: earlier turns of a chat, a shared system
-prompt, tool definitions); how many it reused is reported as cached tokens.
+A slot keeps the KV of its last sequence when it ends, or leaves mid-prefill. A
+new request takes the free slot whose cached tokens share the longest prefix
+with its prompt and recomputes only the rest (prefix reuse: earlier turns of a
+chat, a shared system prompt, tool definitions, an abandoned attempt); when a
+running sequence holds more of its prompt, those cells are shared with it
+instead. How many it reused is reported as cached tokens.
 Idle slots' cells are given up first when the shared cache fills.
 """
 
@@ -23,7 +25,7 @@ import functools
 
 import numpy as np
 
-from neuron.engine.batching import BatchScheduler, Sequence, Slot, common_prefix
+from neuron.engine.batching import BatchScheduler, Sequence, Slot
 from neuron.engine.generation import DeviceFault, hold_end
 from neuron.engine.logprobs import logprob_of
 
@@ -44,10 +46,15 @@ class LlamaBatcher(BatchScheduler):
             self.llama_cpp.llama_memory_seq_rm(self.memory, slot.seq_id, 0, -1)
             slot.cached.clear()
             return Sequence(req, slot, self.make_sampler(req.params), [], state=leader)
-        slot = max(free, key=lambda s: (common_prefix(s.cached, req.prompt), -s.last_used))
-        keep = min(common_prefix(slot.cached, req.prompt), len(req.prompt) - 1)  # the last one yields logits
-        self.llama_cpp.llama_memory_seq_rm(self.memory, slot.seq_id, keep, -1)
-        del slot.cached[keep:]
+        slot, donor, computed = self._prefix_source(req, free)
+        keep = min(computed, len(req.prompt) - 1)  # the last one is computed again: it yields the logits
+        if donor is None:
+            self.llama_cpp.llama_memory_seq_rm(self.memory, slot.seq_id, keep, -1)
+            del slot.cached[keep:]
+        else:  # cells of the shared cache gain one more owner: no copy, no memory
+            self.llama_cpp.llama_memory_seq_rm(self.memory, slot.seq_id, 0, -1)
+            self.llama_cpp.llama_memory_seq_cp(self.memory, donor.slot.seq_id, slot.seq_id, 0, keep)
+            slot.cached = req.prompt[:keep]
         req.text.stats.cached_tokens = keep
         return Sequence(req, slot, self.make_sampler(req.params), req.prompt[keep:])
 

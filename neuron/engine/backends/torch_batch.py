@@ -8,9 +8,11 @@ batch; a finished or abandoned row is dropped from it between steps, and
 padding every row no longer needs is cut away. Each row samples with its own
 sampler and seed.
 
-Prefix reuse: a row that leaves the batch leaves its own cache with its slot;
-a new request takes the free slot whose tokens share the longest prefix with
-its prompt, keeps that much of the cache and prefills only the rest.
+Prefix reuse: a row that leaves the batch (or its prefill) leaves its own cache
+with its slot; a new request takes the free slot whose tokens share the longest
+prefix with its prompt, keeps that much of the cache and prefills only the rest.
+When a running sequence holds more of its prompt (the same prompt sent again
+while an abandoned attempt still prefills), that prefix of its cache is copied.
 """
 
 from __future__ import annotations
@@ -37,8 +39,10 @@ class TorchBatcher(BatchScheduler):
         self.mask = None  # [rows, length]: 1 for a real token, 0 for left padding
 
     def _begin(self, req: BatchRequest, free: list[Slot]) -> Sequence:
-        slot = max(free, key=lambda s: (common_prefix(s.cached, req.prompt), -s.last_used))
-        keep = min(common_prefix(slot.cached, req.prompt), len(req.prompt) - 1) if slot.kept is not None else 0
+        slot, donor, computed = self._prefix_source(req, free)
+        keep = min(computed, len(req.prompt) - 1)  # the last one is computed again: it yields the logits
+        if donor is not None:
+            slot.kept, slot.cached = self._prefix_of(donor, keep), req.prompt[:keep]
         row = _Row(None)
         if keep > 0:
             for layer in slot.kept.layers:
@@ -48,6 +52,19 @@ class TorchBatcher(BatchScheduler):
         del slot.cached[keep:]
         req.text.stats.cached_tokens = keep
         return Sequence(req, slot, self.backend.sampler(req.params), req.prompt[keep:], state=row)
+
+    def _reusable(self, slot: Slot, prompt: list[int]) -> int:
+        return common_prefix(slot.cached, prompt) if slot.kept is not None else 0
+
+    def _prefix_of(self, donor: Sequence, keep: int):
+        """The first `keep` tokens of a running sequence's cache, copied into a cache of their own."""
+        if donor in self.rows:  # decoding: its row of the batch, after its left padding
+            index = self.rows.index(donor)
+            rows, start, layers = slice(index, index + 1), int((self.mask[index] == 0).sum()), self.cache.layers
+        else:  # prefilling: its own cache
+            rows, start, layers = slice(0, 1), 0, donor.state.cache.layers
+        return self.backend.new_cache([(layer.keys[rows, :, start:start + keep].clone(),
+                                        layer.values[rows, :, start:start + keep].clone()) for layer in layers])
 
     def _decode_and_sample(self, running: list[Sequence]) -> None:
         try:
