@@ -323,7 +323,7 @@ class FakeClient:
 async def test_the_relay_passes_keepalives_on_and_stores_the_answer():
     store = ResponseStore(10, 60)
     data = {"model": "m", "input": "hi", "stream": True}
-    dialect = ResponsesDialect(to_chat(data, []), store, owner=None)
+    dialect = ResponsesDialect(to_chat(data, []), store, owner=None, progress_after=60)
     usage = b'{"prompt_tokens":7,"completion_tokens":2,"total_tokens":9}'
     pieces = [b'data: {"choices":[{"index":0,"delta":{"role":"assistant","content":""}}]}\n\n: keep-',
               b'alive\n\n', b'data: {"choices":[{"index":0,"delta":{"content":"Hi"},"finish_reason":null}]}\n\n',

@@ -33,7 +33,6 @@ from neuron.auth import key_matches, presented_key
 from neuron.errors import ApiError, bad_request, error_from_envelope, render_openai
 from neuron.fields import require_object
 from neuron.http import json_response, read_json
-from neuron.sse import KEEPALIVE
 
 log = logging.getLogger(__name__)
 # The neuron names chat fields; a Responses client knows them by these names.
@@ -45,15 +44,19 @@ _DROPPED = web.RequestKey("dropped_tools", list) if hasattr(web, "RequestKey") e
 class ResponsesDialect:
     """One request's Response: its head, its stream's state, and where it is kept when done."""
 
-    keepalive = KEEPALIVE  # SSE comments: the SDK skips them
-
-    def __init__(self, translated: Translated, store: ResponseStore, owner: str | None):
+    def __init__(self, translated: Translated, store: ResponseStore, owner: str | None, progress_after: float):
         self.head = ResponseHead(translated.echo, translated.namespaced)
         self.store = store
         self.owner = owner
         # Only what a stored response needs is held while the answer runs; nothing when store is false.
         self.kept = (translated.input_items, translated.conversation) if translated.echo["store"] else None
         self.translator = StreamTranslator(self.head)
+        self.progress_after = progress_after
+
+    @property
+    def keepalive(self) -> bytes:
+        """Read by dispatch at each keep-alive of a cold load: a comment, or progress once the wait is long."""
+        return self.translator.keepalive(self.progress_after)
 
     def error_event(self, err: ApiError) -> bytes:
         return self.translator.fail(_for_client(err))
@@ -68,13 +71,14 @@ class ResponsesDialect:
     async def relay(self, upstream: aiohttp.ClientResponse, client_stream: web.StreamResponse,
                     rec: RequestRecord) -> None:
         reader = SSEReader()
-        await write(client_stream, self.translator.start())
+        if not self.translator.started:  # a long cold load may have started it
+            await write(client_stream, self.translator.start())
         try:
             async for chunk in upstream.content.iter_any():
                 for data in reader.feed(chunk):
                     if data.startswith(b":"):  # a comment: keep-alives (a long prefill) are passed on
                         if is_keepalive(data):
-                            await write(client_stream, KEEPALIVE)
+                            await write(client_stream, self.keepalive)
                     elif data == b"[DONE]":
                         await self._finish(client_stream, rec)
                         return
@@ -139,7 +143,8 @@ async def create(request: web.Request) -> web.StreamResponse:
     body = translated.body
     call = InferenceCall("/v1/chat/completions", "responses", body["model"], orjson.dumps(body),
                          bool(body.get("stream")))
-    return await dispatch(request, call, ResponsesDialect(translated, store, _owner(request)))
+    progress_after = request.app[LIFECYCLE].config.progress_interval_s
+    return await dispatch(request, call, ResponsesDialect(translated, store, _owner(request), progress_after))
 
 
 def _check_storable(translated: Translated, store: ResponseStore) -> None:

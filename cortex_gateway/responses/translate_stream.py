@@ -7,13 +7,21 @@ function_call_arguments.delta..., .done) and response.output_item.done; then
 response.completed, or response.incomplete when the token limit cut the answer.
 Every event carries the next `sequence_number`. Items never interleave: text
 after a tool call opens a new message item, as text before one closes its own.
-A failure ends the stream with an `error` event and response.failed. The SDK's
+A failure ends the stream with an `error` event and response.failed. A wait
+(a cold load, a queue, a long prefill) is filled with SSE comments, which no
+client counts as progress: Codex drops a stream after 300 s without an event
+and starts over. Past `progress_after` seconds without one, a keep-alive is
+therefore a `response.in_progress` event (the lifecycle event the SDK's
+accumulator takes at any time; response.created first if it was not sent).
+The SDK's
 stream helper rebuilds the response from these events and insists on their
 order (response.created first, every delta inside an added item), so this
 class is the one place that order is kept.
 """
 
 from __future__ import annotations
+
+import time
 
 import orjson
 
@@ -26,6 +34,7 @@ from cortex_gateway.responses.translate_response import (
     text_part,
 )
 from neuron.errors import ApiError
+from neuron.sse import KEEPALIVE
 
 
 def sse(kind: str, data: dict) -> bytes:
@@ -54,16 +63,28 @@ class StreamTranslator:
         self.finish_reason: str | None = None
         self.usage: dict | None = None
         self.final: dict | None = None  # the Response, once the stream completed
+        self.last_event = time.monotonic()  # from the request on, as a client's idle timer runs from its send
 
     def event(self, kind: str, **fields) -> bytes:
         data = {"type": kind, "sequence_number": self.seq, **fields}
         self.seq += 1
+        self.last_event = time.monotonic()
         return sse(kind, data)
 
     def start(self) -> bytes:
         self.started = True
         snapshot = self.head.response("in_progress", [])
         return self.event("response.created", response=snapshot) + self.event("response.in_progress", response=snapshot)
+
+    def keepalive(self, progress_after: float, now: float | None = None) -> bytes:
+        """What one keep-alive of a wait becomes: a comment, or progress once the wait passed `progress_after`."""
+        now = time.monotonic() if now is None else now
+        if now - self.last_event < progress_after:
+            return KEEPALIVE
+        out = self.start() if not self.started else \
+            self.event("response.in_progress", response=self.head.response("in_progress", []))
+        self.last_event = now
+        return out
 
     def feed(self, chunk: dict) -> bytes:
         out = [] if self.started else [self.start()]
