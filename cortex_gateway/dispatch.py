@@ -20,7 +20,14 @@ from aiohttp import web
 
 from cortex_gateway.fleet import Node
 from cortex_gateway.metrics import OBSERVED, RECORD, RequestRecord
-from cortex_gateway.proxy import ClientGone, RetryElsewhere, fetch_json, open_client_stream, open_upstream_stream
+from cortex_gateway.proxy import (
+    ClientGone,
+    OutputTap,
+    RetryElsewhere,
+    fetch_json,
+    open_client_stream,
+    open_upstream_stream,
+)
 from cortex_gateway.state import FLEET, KEEPALIVE_S, LIFECYCLE, METRICS, SESSION
 from neuron.errors import ApiError, error_from_envelope
 
@@ -71,6 +78,9 @@ async def dispatch(request: web.Request, call: InferenceCall, dialect: Dialect) 
     request[RECORD] = rec
     try:
         return await _attempts(request, call, rec, dialect)
+    except asyncio.CancelledError:  # aiohttp cancels the handler of a client that leaves
+        rec.client_left()
+        raise
     finally:
         # A placed request's model is known; only one that never reached a node asks the catalogue.
         if not rec.node and lifecycle.known(rec.model):
@@ -141,9 +151,9 @@ async def _forward(request, call: InferenceCall, node: Node, rec: RequestRecord,
             return await _stream_refused(upstream, client_stream, rec, dialect)
         client_stream = client_stream or await open_client_stream(request)
         try:
-            await dialect.relay(upstream, client_stream, rec)
+            await dialect.relay(OutputTap(upstream, rec), client_stream, rec)
         except ClientGone:
-            rec.failed(499, "client_closed")
+            rec.client_left()
         return client_stream
     finally:
         usage.in_flight -= 1

@@ -12,6 +12,7 @@ from prometheus_client.core import GaugeMetricFamily
 
 from cortex_gateway.recent import RecentStats
 from neuron.metrics import LATENCY_BUCKETS, LOAD_BUCKETS, MIB, TTFT_BUCKETS
+from neuron.request_context import CLIENT_CLOSED
 
 TPS_BUCKETS = (1, 2, 5, 10, 20, 35, 50, 75, 100, 150, 250, 500, 1000, 2500, 5000)
 
@@ -42,6 +43,7 @@ class RequestRecord:
     status: int = 200
     error_type: str | None = None
     label: str = UNKNOWN  # the model as a metric label: the model when the catalogue knows it, else UNKNOWN
+    sent_outputs: int = 0  # output events relayed to the client (proxy.OutputTap): a token or more each
 
     def take_usage(self, usage: dict | None) -> None:
         if isinstance(usage, dict):
@@ -49,7 +51,13 @@ class RequestRecord:
             self.completion_tokens = int(usage.get("completion_tokens") or 0)
 
     def failed(self, status: int, error_type: str) -> None:
+        """The request ended in an error. A stream cut short (its client left, its node failed) has no usage
+        at its end: what it was sent counts as its completion tokens, as a lower bound."""
         self.status, self.error_type = status, error_type
+        self.completion_tokens = max(self.completion_tokens, self.sent_outputs)
+
+    def client_left(self) -> None:
+        self.failed(CLIENT_CLOSED, "client_closed")
 
 
 class GatewayMetrics:
@@ -104,11 +112,12 @@ class GatewayMetrics:
         if rec.error_type:
             self.child(self.errors, model, node, rec.error_type).inc()
             self.recent.record(model, None, None, ok=False)
+            if rec.prompt_tokens or rec.completion_tokens:  # a stream cut short: the work it was sent
+                self._count_tokens(self.series(model, node), rec)
             return
         series = self.series(model, node)
         series.latency.observe(time.perf_counter() - rec.started)
-        series.prompt_tokens.inc(rec.prompt_tokens)
-        series.completion_tokens.inc(rec.completion_tokens)
+        self._count_tokens(series, rec)
         ttft = tps = None
         if rec.first_token_at is not None and rec.endpoint != "embeddings":
             ttft = rec.first_token_at - rec.started
@@ -117,6 +126,11 @@ class GatewayMetrics:
                 tps = (rec.completion_tokens - 1) / (rec.finished_at - rec.first_token_at)
                 series.tps.observe(tps)
         self.recent.record(model, ttft, tps, ok=True)
+
+    @staticmethod
+    def _count_tokens(series: _Series, rec: RequestRecord) -> None:
+        series.prompt_tokens.inc(rec.prompt_tokens)
+        series.completion_tokens.inc(rec.completion_tokens)
 
     def observe_refusal(self, endpoint: str, status: int) -> None:
         """A request refused before it reached the dispatcher (bad JSON, a bad field, a key, a limit)."""

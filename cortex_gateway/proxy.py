@@ -21,7 +21,7 @@ from cortex_gateway.fleet import Node
 from cortex_gateway.metrics import RequestRecord
 from neuron.errors import ApiError, error_from_envelope
 from neuron.request_context import with_request_id
-from neuron.sse import DONE, USAGE_COMMENT, error_event, open_stream
+from neuron.sse import DONE, PROMPT_TOKENS_HEADER, USAGE_COMMENT, error_event, open_stream
 
 log = logging.getLogger(__name__)
 # The end of a stream kept for its usage and [DONE]. By bytes, not by chunks: on a busy machine the last
@@ -135,6 +135,31 @@ async def open_upstream_stream(session, node: Node, path: str, body: bytes) -> a
 
 class ClientGone(Exception):
     """The client closed its connection; the upstream request is dropped with it."""
+
+
+class OutputTap:
+    """The neuron's stream as a dialect's relay reads it, counting the output events of each chunk once the
+    relay is done with it (it asks for the next), and taking the prompt's size from the neuron's headers.
+    A stream cut short (its client left, its node failed) has no usage at its end; it is counted by these.
+    An event is a token or more (the neuron joins the tokens a slower client has not taken yet), so the
+    count is a lower bound."""
+
+    def __init__(self, upstream: aiohttp.ClientResponse, rec: RequestRecord):
+        self._upstream, self._rec = upstream, rec
+        prompt = upstream.headers.get(PROMPT_TOKENS_HEADER, "")
+        rec.prompt_tokens = int(prompt) if prompt.isdigit() else rec.prompt_tokens
+
+    def __getattr__(self, name: str):
+        return getattr(self._upstream, name)
+
+    @property
+    def content(self) -> OutputTap:
+        return self
+
+    async def iter_any(self):
+        async for chunk in self._upstream.content.iter_any():
+            yield chunk
+            self._rec.sent_outputs += len(FIRST_OUTPUT.findall(chunk))
 
 
 def mid_stream_failure(rec: RequestRecord, exc: BaseException) -> ApiError:
