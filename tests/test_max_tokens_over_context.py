@@ -85,6 +85,7 @@ def test_responses_names_max_output_tokens(fleet, oai):
     ctx = fleet[1]
     err = refused(lambda: oai.responses.create(model=MODEL, input="hi", max_output_tokens=ctx + 1))
     assert err.body["param"] == "max_output_tokens", err.body
+    assert err.body["message"].startswith("max_output_tokens is too large"), err.body
     assert f"context of {ctx} tokens" in err.message
 
 

@@ -126,8 +126,13 @@ def _has_output(event: dict) -> bool:
 
 
 def _for_client(err: ApiError) -> ApiError:
-    """A neuron error, with the parameter it names called by its Responses name."""
-    err.param = _CLIENT_PARAMS.get(err.param, err.param)
+    """A neuron error, with the parameter it names called by its Responses name (in the message too, where
+    the message opens with it, as the neuron's field errors do: `max_tokens is too large: ...`)."""
+    name = _CLIENT_PARAMS.get(err.param)
+    if name is not None:
+        if err.message.startswith(f"{err.param} ") or err.message.startswith(f"{err.param}:"):
+            err.message = name + err.message[len(err.param):]
+        err.param = name
     return err
 
 
