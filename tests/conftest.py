@@ -32,6 +32,27 @@ def neuron(tmp_path_factory, models_dir):
         proc.terminate()
 
 
+@pytest.fixture(scope="module", params=["gguf", "hf"])
+def backend(request, models_dir):
+    """Each tiny model's backend, in this process (prompt rendering and tokenising without a server).
+    `default_template` keeps its own chat template for tests that swap it."""
+    from neuron.engine.backends.base import BackendSpec
+
+    if request.param == "gguf":
+        from neuron.engine.backends.llamacpp import LlamaCppBackend
+
+        b = LlamaCppBackend(BackendSpec(models_dir / "tiny-gguf.gguf", "gguf", ["cpu"]))
+    else:
+        from neuron.engine.backends.torch_hf import TorchBackend
+
+        b = TorchBackend(BackendSpec(models_dir / "tiny-hf", "hf", ["cpu"]))
+    b.default_template = b.chat_template
+    try:
+        yield b
+    finally:
+        b.close()
+
+
 @pytest.fixture()
 def one_node(tmp_path, models_dir):
     """A gateway over one neuron ("n1"); both stopped however the test left them."""

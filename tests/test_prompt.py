@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import pytest
 
-from neuron.engine.backends.base import BackendSpec
 from neuron.engine.client_text import Markers
 from neuron.engine.prompt import Segment, chat_segments, check_bounds, tokenize_segments
 from neuron.errors import ApiError
@@ -30,18 +29,6 @@ def test_split_marked(rendered, expected):
     assert MK.split(rendered) == expected
 
 
-@pytest.fixture(scope="module", params=["gguf", "hf"])
-def backend(request, models_dir):
-    if request.param == "gguf":
-        from neuron.engine.backends.llamacpp import LlamaCppBackend
-
-        b = LlamaCppBackend(BackendSpec(models_dir / "tiny-gguf.gguf", "gguf", ["cpu"]))
-    else:
-        from neuron.engine.backends.torch_hf import TorchBackend
-
-        b = TorchBackend(BackendSpec(models_dir / "tiny-hf", "hf", ["cpu"]))
-    yield b
-    b.close()
 
 
 def chat(*messages, **extra):

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import pytest
 
-from neuron.engine.backends.base import BackendSpec
 from neuron.engine.chat_template import CHATML_TEMPLATE, CHATML_TOOLS_TEMPLATE, render_chat
 from neuron.engine.prompt import chat_segments, check_bounds, tokenize_segments
 from neuron.errors import ApiError
@@ -42,19 +41,6 @@ REPR_TEMPLATE = "<|im_start|>system\n{{ tools }}<|im_end|>\n" + CHATML_TEMPLATE 
 TOJSON_TEMPLATE = "<|im_start|>system\n{{ tools | tojson(indent=2) }}<|im_end|>\n" + CHATML_TEMPLATE
 
 
-@pytest.fixture(scope="module", params=["gguf", "hf"])
-def backend(request, models_dir):
-    if request.param == "gguf":
-        from neuron.engine.backends.llamacpp import LlamaCppBackend
-
-        b = LlamaCppBackend(BackendSpec(models_dir / "tiny-gguf.gguf", "gguf", ["cpu"]))
-    else:
-        from neuron.engine.backends.torch_hf import TorchBackend
-
-        b = TorchBackend(BackendSpec(models_dir / "tiny-hf", "hf", ["cpu"]))
-    b.default_template = b.chat_template
-    yield b
-    b.close()
 
 
 @pytest.fixture()
