@@ -114,6 +114,17 @@ def test_a_loaded_model_is_not_silently_served_by_another_backend(guarded):
     assert http_json("POST", proc.url + "/models/unload", {"model": "tiny"})[0] == 200
 
 
+def test_a_loaded_model_is_not_silently_served_with_another_context(guarded):
+    """A gateway profile naming the file of a model loaded under its own name got the loaded copy's context."""
+    proc, _ = guarded
+    assert load(proc, "tiny")[0] == 200
+    assert load(proc, "tiny", context_size=2048)[0] == 200  # what it has by default: the same load
+    status, body = load(proc, "tiny", context_size=1024)
+    assert (status, body["error"]["code"]) == (409, "context_mismatch"), body
+    assert "unload it first" in body["error"]["message"]
+    assert http_json("POST", proc.url + "/models/unload", {"model": "tiny"})[0] == 200
+
+
 def test_one_device_named_twice_is_one_device():
     assert parse_devices(["cpu", "cpu"]) == ["cpu"] and parse_devices([0, "cuda:0", "1"]) == ["cuda:0", "cuda:1"]
 

@@ -23,6 +23,7 @@ from neuron.devices import DeviceTable, process_rss_mb
 from neuron.engine.admission import Admission
 from neuron.engine.backends import Backend, BackendSpec, BackendUnavailable, backend_class, choose_backend
 from neuron.engine.faults import FaultInjector
+from neuron.engine.load_checks import check_same_backend, check_same_context
 from neuron.engine.worker import DeviceWorker
 from neuron.errors import ApiError
 from neuron.protocol import EXTERNAL_ENGINES, LoadRequest, ModelInfo, ModelKind, ModelState
@@ -119,11 +120,12 @@ class Registry:
         ref = await self._local_ref(req.model)
         existing = self.models.get(ref.id)
         if existing is not None:
-            _check_same_backend(existing, req)
+            check_same_backend(existing, req)
             if existing.ready is not None and not existing.ready.done():
                 await asyncio.shield(existing.ready)  # single-flight: join the load in progress
                 if existing.load_error is not None:
                     raise existing.load_error  # every joiner gets the load's own error
+            check_same_context(existing, req)
             return existing
         entry = self._plan(req, ref)
         self.models[entry.id] = entry
@@ -366,12 +368,6 @@ class Registry:
             self.models.pop(model_id, None)
         for worker in self.workers.values():
             worker.stop()
-
-
-def _check_same_backend(existing: ModelEntry, req: LoadRequest) -> None:
-    if req.backend not in ("auto", existing.backend_name):
-        raise ApiError(409, "invalid_request_error", f"model {existing.id!r} is loaded with {existing.backend_name}; "
-                       f"unload it first to load it with {req.backend}", code="backend_mismatch", param="backend")
 
 
 def _backend_spec(entry: ModelEntry) -> BackendSpec:
