@@ -54,6 +54,8 @@ class AgentStream:
             self.conn.request("POST", path, json.dumps(body), CLAUDE_CODE_HEADERS)
             resp = self.conn.getresponse()
             self.status = resp.status
+            if resp.status != 200:
+                raise AssertionError(f"status {resp.status}: {resp.read()[:2000]!r}")
             name, data = None, []
             for raw in resp:
                 line = raw.decode().rstrip("\r\n")
