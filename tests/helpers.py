@@ -5,6 +5,7 @@ Follows vllm's RemoteOpenAIServer: the tests drive exactly what users run.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -12,7 +13,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from cortex_gateway.embedded import stop_process  # noqa: F401 - re-exported for tests
@@ -124,6 +125,27 @@ def start_gateway(tmp: Path, neurons: dict[str, str], *, models_toml: str = "", 
     if wait:
         proc.wait_healthy()
     return proc
+
+
+@contextlib.contextmanager
+def one_node_fleet(root: Path, models_dir: Path, *neuron_args: str, load: tuple[str, ...] = (),
+                   **gateway_kwargs) -> Iterator[tuple[CortexProcess, CortexProcess, dict[str, dict]]]:
+    """A gateway over one neuron ("n1") with `load` loaded: (gateway, neuron, each load's answer). Both are
+    stopped however the block ends, a failed start or load included."""
+    neuron = start_neuron(root, models_dir, *neuron_args)
+    gateway = None
+    try:
+        loaded = {}
+        for model in load:
+            status, body = http_json("POST", neuron.url + "/models/load", {"model": model})
+            assert status == 200, body
+            loaded[model] = body
+        gateway = start_gateway(root, {"n1": neuron.url}, **gateway_kwargs)
+        yield gateway, neuron, loaded
+    finally:
+        if gateway is not None:
+            gateway.terminate()
+        neuron.terminate()
 
 
 def metric(proc: CortexProcess, series: str) -> float:

@@ -16,7 +16,7 @@ import time
 
 import pytest
 
-from tests.helpers import NO_EOS, http_json, metric, start_gateway, start_neuron
+from tests.helpers import NO_EOS, http_json, metric, one_node_fleet
 
 MODEL = "tiny-gguf"
 READ_EVENTS = 5  # output events the client reads before it closes
@@ -30,16 +30,9 @@ ROUTES = {
 
 @pytest.fixture(scope="module")
 def fleet(tmp_path_factory, models_dir):
-    root = tmp_path_factory.mktemp("abandoned")
-    neuron = start_neuron(root, models_dir, "--cpu-memory-mb", "2000")
-    gateway = start_gateway(root, {"n1": neuron.url})
-    try:
-        status, body = http_json("POST", neuron.url + "/models/load", {"model": MODEL})
-        assert status == 200, body
+    with one_node_fleet(tmp_path_factory.mktemp("abandoned"), models_dir, "--cpu-memory-mb", "2000",
+                        load=(MODEL,)) as (gateway, neuron, _):
         yield gateway, neuron
-    finally:
-        gateway.terminate()
-        neuron.terminate()
 
 
 def read_then_leave(gateway, path: str, body: dict, output: bytes) -> int:

@@ -15,7 +15,7 @@ import anthropic
 import openai
 import pytest
 
-from tests.helpers import NO_EOS, http_json, start_gateway, start_neuron
+from tests.helpers import NO_EOS, one_node_fleet
 
 MODEL = "tiny-short"  # --context 64
 USER = [{"role": "user", "content": "hi"}]
@@ -23,16 +23,9 @@ USER = [{"role": "user", "content": "hi"}]
 
 @pytest.fixture(scope="module")
 def fleet(tmp_path_factory, models_dir):
-    root = tmp_path_factory.mktemp("max-tokens")
-    neuron = start_neuron(root, models_dir, "--cpu-memory-mb", "2000")
-    gateway = start_gateway(root, {"n1": neuron.url})
-    try:
-        status, body = http_json("POST", neuron.url + "/models/load", {"model": MODEL})
-        assert status == 200, body
-        yield gateway, body["context_size"]
-    finally:
-        gateway.terminate()
-        neuron.terminate()
+    with one_node_fleet(tmp_path_factory.mktemp("max-tokens"), models_dir, "--cpu-memory-mb", "2000",
+                        load=(MODEL,)) as (gateway, _, loaded):
+        yield gateway, loaded[MODEL]["context_size"]
 
 
 @pytest.fixture(scope="module")

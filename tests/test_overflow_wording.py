@@ -21,7 +21,7 @@ from __future__ import annotations
 import openai
 import pytest
 
-from tests.helpers import http_json, start_gateway, start_neuron
+from tests.helpers import one_node_fleet
 
 MODEL = "tiny-short"  # --context 64
 
@@ -39,16 +39,10 @@ def litellm_overflow(error_str: str) -> bool:
 
 @pytest.fixture(scope="module")
 def client(tmp_path_factory, models_dir):
-    root = tmp_path_factory.mktemp("overflow")
-    neuron = start_neuron(root, models_dir, "--cpu-memory-mb", "2000")
-    gateway = start_gateway(root, {"n1": neuron.url})
-    try:
-        status, body = http_json("POST", neuron.url + "/models/load", {"model": MODEL})
-        assert status == 200, body
-        yield openai.OpenAI(base_url=gateway.url + "/v1", api_key="unused", max_retries=0), body["context_size"]
-    finally:
-        gateway.terminate()
-        neuron.terminate()
+    with one_node_fleet(tmp_path_factory.mktemp("overflow"), models_dir, "--cpu-memory-mb", "2000",
+                        load=(MODEL,)) as (gateway, _, loaded):
+        client = openai.OpenAI(base_url=gateway.url + "/v1", api_key="unused", max_retries=0)
+        yield client, loaded[MODEL]["context_size"]
 
 
 def overflow(call) -> openai.BadRequestError:

@@ -12,7 +12,7 @@ from openai.types.responses import Response
 
 from cortex_gateway.responses.translate_request import to_chat
 from cortex_gateway.responses.translate_response import ResponseHead, to_response
-from tests.helpers import start_gateway, start_neuron
+from tests.helpers import one_node_fleet
 from tests.test_responses import CALL, WEATHER
 
 
@@ -39,14 +39,8 @@ def test_the_cut_call_is_incomplete_and_those_before_it_complete():
 
 @pytest.fixture(scope="module")
 def client(tmp_path_factory, models_dir):
-    root = tmp_path_factory.mktemp("cut-call")
-    neuron = start_neuron(root, models_dir, "--cpu-memory-mb", "4000")
-    gateway = start_gateway(root, {"n1": neuron.url})
-    try:
+    with one_node_fleet(tmp_path_factory.mktemp("cut-call"), models_dir, "--cpu-memory-mb", "4000") as (gateway, _, _):
         yield openai.OpenAI(base_url=gateway.url + "/v1", api_key="unused", max_retries=0)
-    finally:
-        gateway.terminate()
-        neuron.terminate()
 
 
 @pytest.mark.parametrize("stream", [False, True])
