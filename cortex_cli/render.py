@@ -117,16 +117,3 @@ def disk_table(node: dict) -> Table:
                       "yes" if model["id"] in loaded else "")
     table.caption = f"{len(node.get('disk', []))} models, {total / 1024:.2f} GiB"
     return table
-
-
-def pulls_text(node: dict) -> Text:
-    """One line per pull running on a node (for status and top)."""
-    lines = Text()
-    for pull in node.get("pulls", []):
-        if pull.get("phase") in ("done",):
-            continue
-        total, done = pull.get("total_bytes") or 0, pull.get("done_bytes") or 0
-        share = f" {100 * done / total:.0f}%" if total else ""
-        lines.append(f"{pull.get('source')}: {pull.get('phase')}{share}"
-                     + (f" ({pull.get('error')})" if pull.get("error") else "") + "\n")
-    return lines

@@ -9,8 +9,6 @@ a long prefill.
 
 from __future__ import annotations
 
-from neuron.sse import USAGE_COMMENT
-
 KEEPALIVE_COMMENT = b": keep-alive"
 
 
@@ -36,7 +34,3 @@ class SSEReader:
 
 def is_keepalive(payload: bytes) -> bool:
     return payload.startswith(KEEPALIVE_COMMENT)
-
-
-def is_usage_comment(payload: bytes) -> bool:
-    return payload.startswith(USAGE_COMMENT.rstrip())

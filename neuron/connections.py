@@ -133,6 +133,3 @@ class GuardedSite(web.BaseSite):
         self._server = await loop.create_server(
             lambda: _CappedProtocol(server(), self._counts, self._per_client), self._host, self._port,
             reuse_address=True)
-
-    def connections_of(self, client: str) -> int:
-        return self._counts.get(client, 0)

@@ -48,10 +48,6 @@ def _escape(match: re.Match) -> str:
     return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
 
 
-def current_request_id() -> str | None:
-    return _current.get()
-
-
 def new_request_id() -> str:
     return f"req_{uuid.uuid4().hex[:24]}"
 

@@ -17,8 +17,6 @@ from pathlib import Path
 
 from neuron.errors import ApiError
 
-ENGINES = ("llama-server", "vllm", "sglang")
-
 
 @dataclass(frozen=True)
 class Launch:
