@@ -84,7 +84,7 @@ class RawTorch:
         from neuron.engine.backends.base import BackendSpec
         from neuron.engine.backends.torch_hf import TorchBackend
         from neuron.engine.chat_template import render_chat
-        from neuron.openai_schema import SamplingParams
+        from neuron.server.openai_schema import SamplingParams
 
         self.backend = TorchBackend(BackendSpec(path, "hf", ["cpu"]))
         self.tokens = self.backend.tokenize(render_chat(self.backend.chat_template, PROMPT))

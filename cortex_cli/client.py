@@ -8,8 +8,8 @@ from typing import Any
 import aiohttp
 import orjson
 
-from neuron.errors import ApiError, error_from_envelope
-from neuron.request_context import escaped
+from neuron.shared.errors import ApiError, error_from_envelope
+from neuron.shared.request_context import escaped
 
 DEFAULT_GATEWAY = "http://127.0.0.1:31313"
 # A status of a thousand nodes is a few MiB; a bigger answer is not a gateway's.

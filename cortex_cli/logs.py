@@ -1,6 +1,6 @@
 """Log lines for the daemons: readable by default (rich on a terminal), or one JSON object per line.
 
-Every line about a request carries its id (see neuron.request_context), on the gateway and the
+Every line about a request carries its id (see neuron.shared.request_context), on the gateway and the
 neuron alike, so one request can be followed from one log into the other.
 """
 
@@ -20,7 +20,7 @@ def setup_logging(level: str = "INFO", fmt: str = "text") -> None:
     """One handler on the root logger for every line the process writes: cortex's own, llama.cpp's (routed
     to a logger by the backend), and Python's warnings (a library's FutureWarning), which would otherwise
     be written raw to stderr, two lines each, in no format."""
-    from neuron.request_context import JsonFormatter, RequestIdFilter, TextFormatter
+    from neuron.shared.request_context import JsonFormatter, RequestIdFilter, TextFormatter
 
     logging.captureWarnings(True)
     if fmt == "json":

@@ -93,8 +93,8 @@ def models_table(status: dict) -> Table:
     return table
 
 
-def catalogue_table(models: list[dict]) -> Table:
-    table = Table(title="Catalogue", title_justify="left")
+def catalog_table(models: list[dict]) -> Table:
+    table = Table(title="Catalog", title_justify="left")
     for col in ("model", "loaded on", "loadable on", "pinned on", "alias of"):
         table.add_column(col)
     for m in models:

@@ -118,7 +118,7 @@ def given_options(command: click.Command, name: str, args: tuple[str, ...]) -> d
 
 def _check_values(given: dict[str, tuple[click.Option, object]]) -> None:
     """What the servers check only once they run (addresses, GPU indices), checked before a unit exists."""
-    from neuron.config import ConfigError, parse_gpus, parse_listen
+    from neuron.shared.config import ConfigError, parse_gpus, parse_listen
 
     checks = {"listen": parse_listen, "metrics_listen": parse_listen, "gpus": parse_gpus}
     try:
@@ -193,7 +193,7 @@ class _Needs:
 
 def _neuron_needs(given: dict, needs: _Needs) -> float:
     """Note the neuron's models directory and devices; return its drain (shutdown_grace_s)."""
-    from neuron.config import NeuronConfig
+    from neuron.shared.config import NeuronConfig
 
     config = _absolute(given["config_path"][1]) if "config_path" in given else None
     settings = _toml_table(config, "neuron") if config else {}
@@ -212,7 +212,7 @@ def _neuron_needs(given: dict, needs: _Needs) -> float:
 
 def _warn_without_token(given: dict, settings: dict, needs: _Needs) -> None:
     """A neuron beyond loopback with no token refuses to start: say so now, while it is easy to fix."""
-    from neuron.config import LOOPBACK, ConfigError, parse_listen
+    from neuron.shared.config import LOOPBACK, ConfigError, parse_listen
 
     listen = given["listen"][1] if "listen" in given else settings.get("listen")
     try:
@@ -236,7 +236,7 @@ def _warn_without_token(given: dict, settings: dict, needs: _Needs) -> None:
 def _gateway_needs(given: dict, needs: _Needs) -> float:
     """Note where the gateway writes pins (or, without a config, its local neuron's needs); return its drain."""
     from cortex_gateway.server import SHUTDOWN_GRACE_S
-    from neuron.config import NeuronConfig
+    from neuron.shared.config import NeuronConfig
 
     if "config_path" not in given:
         needs.warnings.append("no --config: the gateway runs a local neuron of its own on loopback (the README's "
@@ -263,7 +263,7 @@ def _absolute(path: Path | str) -> Path:
 
 def _toml_table(path: Path, table: str | None) -> dict:
     """One table of a config file (None: the top level), read only for what the unit depends on."""
-    from neuron.config import ConfigError, read_toml
+    from neuron.shared.config import ConfigError, read_toml
 
     try:
         data = read_toml(Path(os.path.abspath(path)))

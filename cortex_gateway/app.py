@@ -9,25 +9,25 @@ import logging
 import aiohttp
 from aiohttp import web
 
-from cortex_gateway import admin, catalogue, openai
-from cortex_gateway.anthropic import handlers as anthropic
+from cortex_gateway import admin_routes, catalog_routes, openai_routes
+from cortex_gateway.anthropic import routes as anthropic_routes
 from cortex_gateway.auth import AUTH, KEY_NAME, LIMITER, KeyLimiter, api_auth
 from cortex_gateway.config import CONTROL_CONNECTIONS_PER_NODE, GatewayConfig
 from cortex_gateway.errors import renderer_for
 from cortex_gateway.fleet import Fleet
 from cortex_gateway.lifecycle import Lifecycle
 from cortex_gateway.metrics import RECORD, GatewayMetrics, count_refusals
-from cortex_gateway.responses import handlers as responses
+from cortex_gateway.responses import routes as responses_routes
 from cortex_gateway.responses.store import ResponseStore
 from cortex_gateway.state import FLEET, KEEPALIVE_S, LIFECYCLE, METRICS, RESPONSE_STORE, SESSION
-from neuron import request_context
-from neuron.errors import error_middleware
-from neuron.http import body_limits
-from neuron.request_context import access_log, request_id_middleware
-from neuron.sse import WRITE_TIMEOUT_S
+from neuron.shared import request_context
+from neuron.shared.errors import error_middleware
+from neuron.shared.http import body_limits
+from neuron.shared.request_context import access_log, request_id_middleware
+from neuron.shared.sse import WRITE_TIMEOUT_S
 
 log = logging.getLogger("cortex.gateway")
-ACCESS_LOG = logging.getLogger("cortex.access")
+ACCESS_LOG = logging.getLogger("cortex.gateway.access")
 
 
 def access_details(request: web.Request) -> dict:
@@ -67,11 +67,11 @@ def create_app(config: GatewayConfig, *, session: aiohttp.ClientSession | None =
                                         max_bytes=int(config.responses_store_max_mb * 2**20),
                                         max_response_bytes=int(config.responses_store_max_response_mb * 2**20))
     app.cleanup_ctx.append(_fleet_ctx(config, session))
-    catalogue.add_routes(app)
-    openai.add_routes(app)
-    anthropic.add_routes(app)
-    responses.add_routes(app)
-    admin.add_routes(app)
+    catalog_routes.add_routes(app)
+    openai_routes.add_routes(app)
+    anthropic_routes.add_routes(app)
+    responses_routes.add_routes(app)
+    admin_routes.add_routes(app)
     return app
 
 
@@ -81,7 +81,7 @@ def _fleet_ctx(config: GatewayConfig, given: aiohttp.ClientSession | None):
         fleet = Fleet(config.neurons, control, down_after=config.down_after, poll_timeout=config.poll_timeout_s)
         app[SESSION], app[FLEET] = relays, fleet
         app[LIFECYCLE] = Lifecycle(config, fleet, app[METRICS])
-        app[METRICS].watch_fleet(fleet, lambda: catalogue.catalogue(fleet, app[LIFECYCLE]), config.strategy)
+        app[METRICS].watch_fleet(fleet, lambda: catalog_routes.catalog(fleet, app[LIFECYCLE]), config.strategy)
         await fleet.poll_all()
         poller = asyncio.create_task(fleet.run_poller(config.poll_interval_s))
         yield

@@ -16,8 +16,8 @@ from dataclasses import dataclass, field
 
 from aiohttp import web
 
-from neuron.auth import OPEN_PATHS, key_matches, presented_key
-from neuron.errors import ApiError
+from neuron.shared.auth import OPEN_PATHS, key_matches, presented_key
+from neuron.shared.errors import ApiError
 
 
 @dataclass(frozen=True)
@@ -34,7 +34,7 @@ class AuthSettings:
 
 
 AUTH = web.AppKey("auth", AuthSettings)
-KEY_NAME = web.RequestKey("key_name", str) if hasattr(web, "RequestKey") else "cortex.key_name"
+KEY_NAME = web.RequestKey("key_name", str)
 
 
 @dataclass

@@ -16,9 +16,9 @@ from pathlib import Path
 import tomlkit
 
 from cortex_gateway.auth import AuthSettings
-from neuron.config import ConfigError, NeuronConfig, parse_listen, read_toml
-from neuron.launch_flags import refusal
-from neuron.protocol import BACKENDS, EXTERNAL_ENGINES
+from neuron.shared.config import ConfigError, NeuronConfig, parse_listen, read_toml
+from neuron.shared.launch_flags import refusal
+from neuron.shared.protocol import BACKENDS, EXTERNAL_ENGINES
 
 STRATEGIES = ("lru", "priority")
 # The gateway is one client address to every neuron, and a neuron closes connections past its

@@ -29,7 +29,7 @@ from cortex_gateway.proxy import (
     open_upstream_stream,
 )
 from cortex_gateway.state import FLEET, KEEPALIVE_S, LIFECYCLE, METRICS, SESSION
-from neuron.errors import ApiError, error_from_envelope
+from neuron.shared.errors import ApiError, error_from_envelope
 
 
 class Dialect(Protocol):
@@ -82,7 +82,7 @@ async def dispatch(request: web.Request, call: InferenceCall, dialect: Dialect) 
         rec.client_left()
         raise
     finally:
-        # A placed request's model is known; only one that never reached a node asks the catalogue.
+        # A placed request's model is known; only one that never reached a node asks the catalog.
         if not rec.node and lifecycle.known(rec.model):
             rec.label = rec.model
         app[METRICS].observe(rec)

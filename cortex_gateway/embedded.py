@@ -15,9 +15,9 @@ import time
 import urllib.request
 
 from cortex_gateway.config import GatewayConfig, NeuronSpec
-from neuron.connections import free_port
+from neuron.shared.connections import free_port
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("cortex.gateway.embedded")
 
 
 def stop_process(proc: subprocess.Popen, timeout: float = 30) -> int:

@@ -1,4 +1,4 @@
-"""The gateway's errors: `neuron.errors.ApiError`, rendered in the dialect of the route.
+"""The gateway's errors: `neuron.shared.errors.ApiError`, rendered in the dialect of the route.
 
 Handlers raise ApiError; the middleware that `create_app` builds picks the
 envelope by path, so a client of /v1/messages never sees an OpenAI-shaped
@@ -8,7 +8,7 @@ error and vice versa.
 from __future__ import annotations
 
 from cortex_gateway.anthropic.errors import render_anthropic
-from neuron.errors import ApiError, Renderer, render_openai
+from neuron.shared.errors import ApiError, Renderer, render_openai
 
 # Path prefix -> envelope; everything else is OpenAI's.
 DIALECT_RENDERERS: tuple[tuple[str, Renderer], ...] = (("/v1/messages", render_anthropic),)

@@ -5,22 +5,16 @@
 
 from __future__ import annotations
 
-import importlib
+from cortex_gateway.anthropic import fields as anthropic_fields
+from cortex_gateway.responses import fields as responses_fields
+from neuron.shared import embedding_fields, openai_fields
+from neuron.shared.field_policy import FieldPolicy
 
-from neuron.field_policy import FieldPolicy
-
-MODULES = ("neuron.openai_fields", "neuron.embedding_schema", "cortex_gateway.anthropic.fields",
-           "cortex_gateway.responses.fields")
+MODULES = (openai_fields, embedding_fields, anthropic_fields, responses_fields)
 
 
 def all_policies() -> list[FieldPolicy]:
-    out: list[FieldPolicy] = []
-    for module in MODULES:
-        try:
-            out.extend(importlib.import_module(module).POLICIES)
-        except ModuleNotFoundError:  # a dialect still being written
-            continue
-    return out
+    return [policy for module in MODULES for policy in module.POLICIES]
 
 
 def markdown() -> str:

@@ -17,10 +17,10 @@ from dataclasses import dataclass, field
 import aiohttp
 
 from cortex_gateway.config import NeuronSpec
-from neuron.client import NeuronClient, NeuronError
-from neuron.protocol import AvailableModel, Health, ModelInfo, ModelState, PullState
+from neuron.shared.client import NeuronClient, NeuronError
+from neuron.shared.protocol import AvailableModel, Health, ModelInfo, ModelState, PullState
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("cortex.gateway.fleet")
 
 
 @dataclass

@@ -13,14 +13,14 @@ import time
 from cortex_gateway.config import GatewayConfig
 from cortex_gateway.errors import no_capacity, unknown_model
 from cortex_gateway.fleet import Fleet, Node
-from cortex_gateway.load_failures import LoadFailures, cannot_load, catalogue_version, gives_up, is_permanent
+from cortex_gateway.load_failures import LoadFailures, cannot_load, catalog_version, gives_up, is_permanent
 from cortex_gateway.metrics import GatewayMetrics
 from cortex_gateway.router import NodeView, loading_on, next_victim, plan_cold_load, route_loaded
-from neuron.client import NeuronError
-from neuron.errors import ApiError
-from neuron.protocol import ModelInfo, ModelKind, ModelState
+from neuron.shared.client import NeuronError
+from neuron.shared.errors import ApiError
+from neuron.shared.protocol import ModelInfo, ModelKind, ModelState
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("cortex.gateway.lifecycle")
 MAX_EXTRA_EVICTIONS = 8
 
 
@@ -85,7 +85,7 @@ class Lifecycle:
     def loaded_node(self, model: str, exclude: frozenset[str] = frozenset()) -> Node | None:
         """The hot path: a node that has `model` loaded, decided without awaiting anything.
 
-        Only nodes holding the model are looked at, so the cost does not grow with the fleet's catalogue.
+        Only nodes holding the model are looked at, so the cost does not grow with the fleet's catalog.
         """
         views = []
         for node in self.fleet.nodes.values():
@@ -163,12 +163,12 @@ class Lifecycle:
     def _failed_for_good(self, model: str) -> dict[str, ApiError]:
         """The nodes where loading `model` failed permanently, and that have not changed since."""
         now = time.monotonic()
-        found = {n.name: self.load_failures.blocking(n.name, model, catalogue_version(n.available),
+        found = {n.name: self.load_failures.blocking(n.name, model, catalog_version(n.available),
                                                      n.health.uptime_s, now=now) for n in self.fleet.nodes.values()}
         return {name: err for name, err in found.items() if err is not None}
 
     def _remember_failure(self, node: Node, model: str, err: NeuronError) -> ApiError:
-        self.load_failures.record(node.name, model, err, catalogue_version(node.available), node.health.uptime_s,
+        self.load_failures.record(node.name, model, err, catalog_version(node.available), node.health.uptime_s,
                                   now=time.monotonic())
         self.fleet.event("load_failed", node=node.name, model=model, code=err.code)
         return err

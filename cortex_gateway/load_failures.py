@@ -17,8 +17,8 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import astuple, dataclass
 
-from neuron.errors import ApiError
-from neuron.protocol import AvailableModel
+from neuron.shared.errors import ApiError
+from neuron.shared.protocol import AvailableModel
 
 # Codes of load failures that the same request to the same, unchanged node meets again. Classified by
 # code, never by message; a code not listed (a new one, or one that may pass: insufficient_memory,
@@ -40,7 +40,7 @@ def is_permanent(err: ApiError) -> bool:
     return err.code in PERMANENT_CODES and 400 <= err.status < 500
 
 
-def catalogue_version(available: Mapping[str, AvailableModel]) -> int:
+def catalog_version(available: Mapping[str, AvailableModel]) -> int:
     """A value that changes when a model is added to, removed from or replaced in a node's listing."""
     return hash(tuple(sorted(astuple(m) for m in available.values())))
 
@@ -48,7 +48,7 @@ def catalogue_version(available: Mapping[str, AvailableModel]) -> int:
 @dataclass(frozen=True)
 class Failure:
     error: ApiError
-    version: int  # catalogue_version of the node when it failed
+    version: int  # catalog_version of the node when it failed
     uptime_s: float  # the node's uptime then: less later means it restarted
     at: float  # time.monotonic() when it failed
 
@@ -68,7 +68,7 @@ def gives_up(candidates: Iterable[str], failed: Mapping[str, ApiError]) -> bool:
 
 class LoadFailures:
     """The permanent load failures the gateway has met, by (node, model). Only models the fleet knows
-    reach a cold load, so this holds at most one entry per node and model in the catalogue."""
+    reach a cold load, so this holds at most one entry per node and model in the catalog."""
 
     def __init__(self) -> None:
         self._failures: dict[tuple[str, str], Failure] = {}

@@ -11,16 +11,16 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, generate_la
 from prometheus_client.core import GaugeMetricFamily
 
 from cortex_gateway.recent import RecentStats
-from neuron.metrics import LATENCY_BUCKETS, LOAD_BUCKETS, MIB, TTFT_BUCKETS
-from neuron.request_context import CLIENT_CLOSED
+from neuron.shared.metric_buckets import LATENCY_BUCKETS, LOAD_BUCKETS, MIB, TTFT_BUCKETS
+from neuron.shared.request_context import CLIENT_CLOSED
 
 TPS_BUCKETS = (1, 2, 5, 10, 20, 35, 50, 75, 100, 150, 250, 500, 1000, 2500, 5000)
 
 
-UNKNOWN = "unknown"  # one label value for every model name the catalogue does not know: no unbounded series
+UNKNOWN = "unknown"  # one label value for every model name the catalog does not know: no unbounded series
 # Set on a request whose outcome dispatch recorded (aiohttp's typed request key where it has one).
-OBSERVED = web.RequestKey("observed", bool) if hasattr(web, "RequestKey") else "cortex.observed"
-RECORD = web.RequestKey("record", object) if hasattr(web, "RequestKey") else "cortex.record"  # for the access log
+OBSERVED = web.RequestKey("observed", bool)
+RECORD = web.RequestKey("record", object)  # for the access log
 # Inference routes, by the endpoint label their requests get.
 ENDPOINTS = {"/v1/chat/completions": "chat", "/v1/completions": "completions", "/v1/embeddings": "embeddings",
              "/v1/messages": "messages", "/v1/responses": "responses"}
@@ -42,7 +42,7 @@ class RequestRecord:
     completion_tokens: int = 0
     status: int = 200
     error_type: str | None = None
-    label: str = UNKNOWN  # the model as a metric label: the model when the catalogue knows it, else UNKNOWN
+    label: str = UNKNOWN  # the model as a metric label: the model when the catalog knows it, else UNKNOWN
     sent_outputs: int = 0  # output events relayed to the client (proxy.OutputTap): a token or more each
 
     def take_usage(self, usage: dict | None) -> None:
@@ -83,7 +83,7 @@ class GatewayMetrics:
         self.retries = Counter("cortex_retries", "Requests retried on another node", ["model"], registry=r)
 
         self.recent = RecentStats()
-        self._catalogue: Callable[[], list[dict]] = list  # set by watch_fleet
+        self._catalog: Callable[[], list[dict]] = list  # set by watch_fleet
         self._strategy = "lru"
         self._children: dict[tuple, object] = {}
         self._series: dict[tuple[str, str], _Series] = {}
@@ -137,21 +137,21 @@ class GatewayMetrics:
         self.child(self.requests, UNKNOWN, "none", endpoint, str(status)).inc()
         self.child(self.errors, UNKNOWN, "none", _REFUSAL_TYPES.get(status, "invalid_request_error")).inc()
 
-    def watch_fleet(self, fleet, catalogue: Callable[[], list[dict]] = list, strategy: str = "lru") -> None:
-        """Gauges of the fleet read at scrape time. `catalogue` lists the models the gateway offers
-        (`cortex_gateway.catalogue.catalogue`), for the healthy nodes each has and the zero series below."""
-        self.registry.register(_FleetCollector(fleet, catalogue))
-        self._catalogue, self._strategy = catalogue, strategy
+    def watch_fleet(self, fleet, catalog: Callable[[], list[dict]] = list, strategy: str = "lru") -> None:
+        """Gauges of the fleet read at scrape time. `catalog` lists the models the gateway offers
+        (`cortex_gateway.catalog_routes.catalog`), for the healthy nodes each has and the zero series below."""
+        self.registry.register(_FleetCollector(fleet, catalog))
+        self._catalog, self._strategy = catalog, strategy
 
     def render(self) -> bytes:
         self._zero_rare_events()
         return generate_latest(self.registry)
 
     def _zero_rare_events(self) -> None:
-        """A zero series for every cold start, eviction and retry the catalogue allows, before the first one:
+        """A zero series for every cold start, eviction and retry the catalog allows, before the first one:
         increase() cannot see the event that creates a series (it is born at 1), and these are rare enough
-        that the first one matters. Bounded by the catalogue: models times the nodes that have them."""
-        for entry in self._catalogue():
+        that the first one matters. Bounded by the catalog: models times the nodes that have them."""
+        for entry in self._catalog():
             if "alias_of" in entry:
                 continue
             model = entry["id"]
@@ -174,11 +174,11 @@ class _Series:
 
 
 class _FleetCollector:
-    """Per node, device and catalogue model gauges, read from the fleet at scrape time."""
+    """Per node, device and catalog model gauges, read from the fleet at scrape time."""
 
-    def __init__(self, fleet, catalogue: Callable[[], list[dict]]):
+    def __init__(self, fleet, catalog: Callable[[], list[dict]]):
         self.fleet = fleet
-        self.catalogue = catalogue
+        self.catalog = catalog
 
     def collect(self):
         up = GaugeMetricFamily("cortex_node_up", "1 when the node answers its polls", labels=["node"])
@@ -204,12 +204,12 @@ class _FleetCollector:
         yield from (up, draining, loaded, in_flight, used, free, total, self._healthy_nodes())
 
     def _healthy_nodes(self) -> GaugeMetricFamily:
-        """Per catalogue model (aliases left out: they name another's nodes), the nodes taking requests (healthy,
+        """Per catalog model (aliases left out: they name another's nodes), the nodes taking requests (healthy,
         not draining) that have it loaded or can load it; 0 means requests for it fail. Labels stay within the
-        catalogue."""
+        catalog."""
         gauge = GaugeMetricFamily("cortex_model_healthy_nodes", "Nodes taking requests (healthy, not draining) "
                                   "that have the model loaded or can load it", labels=["model"])
-        for entry in self.catalogue():
+        for entry in self.catalog():
             if "alias_of" not in entry:
                 nodes = set(entry["loaded_on"]) | set(entry["loadable_on"])
                 gauge.add_metric([entry["id"]], sum(1 for n in nodes if self.fleet.nodes[n].accepting))

@@ -19,11 +19,11 @@ from aiohttp import web
 
 from cortex_gateway.fleet import Node
 from cortex_gateway.metrics import RequestRecord
-from neuron.errors import ApiError, error_from_envelope
-from neuron.request_context import with_request_id
-from neuron.sse import DONE, PROMPT_TOKENS_HEADER, USAGE_COMMENT, error_event, open_stream
+from neuron.shared.errors import ApiError, error_from_envelope
+from neuron.shared.request_context import with_request_id
+from neuron.shared.sse import DONE, PROMPT_TOKENS_HEADER, USAGE_COMMENT, error_event, open_stream
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("cortex.gateway.proxy")
 # The end of a stream kept for its usage and [DONE]. By bytes, not by chunks: on a busy machine the last
 # write (finish, usage, [DONE]) can arrive in several reads, and keeping two chunks lost the usage.
 TAIL_BYTES = 4096

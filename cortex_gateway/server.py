@@ -10,7 +10,7 @@ from aiohttp import web
 from cortex_gateway.app import create_app, create_metrics_app
 from cortex_gateway.config import GatewayConfig, files_readable_by_others
 from cortex_gateway.metrics import GatewayMetrics
-from neuron.connections import GuardedSite, quiet_parser_errors, raise_descriptor_limit, wait_for_stop_signal
+from neuron.shared.connections import GuardedSite, quiet_parser_errors, raise_descriptor_limit, wait_for_stop_signal
 
 log = logging.getLogger("cortex.gateway")
 SHUTDOWN_GRACE_S = 30.0

@@ -1,8 +1,10 @@
 """cortex neuron: the per-node inference daemon.
 
-The top level is light on purpose: the gateway and the CLI import its shared
-modules (`protocol`, `client`, `errors`, `sse`, `auth`, `http`, `fields`, `connections`,
-`config`, `metrics`) and must not pull in torch or llama_cpp by doing so. The
-engine that runs models lives in `neuron.engine`; the tiny-model writer in
-`neuron.tiny`. tests/test_boundary.py keeps it that way.
+Three parts, and the path says who may import what:
+- `neuron.shared`: what the gateway and the CLI import (protocol, client, errors, HTTP/SSE edge, ...);
+  light, no torch or llama_cpp.
+- `neuron.server`: the daemon's HTTP server (app factory, routes, schemas, answers).
+- `neuron.engine`: what runs models (registry, admission, batching, backends, external engines);
+  `neuron.pulls` fetches them from the hub, `neuron.tiny` writes tiny test models.
+tests/test_boundary.py checks the rule by prefix.
 """

@@ -68,7 +68,7 @@ class FakeNeuron:
         self.name = name
         self.total_mb = total_mb
         self.loaded = dict(loaded or {})
-        self.catalogue = {**(available or {}), **self.loaded}  # what /models/available lists
+        self.catalog = {**(available or {}), **self.loaded}  # what /models/available lists
         self.loading: set[str] = set()
         self.in_flight: collections.Counter[str] = collections.Counter()
         # Script. `failures` is consumed by chat requests in order ("drop" or "recovering"); pass one
@@ -173,14 +173,14 @@ class FakeNeuron:
     async def _available(self, _request: web.Request) -> web.Response:
         return web.json_response({"models": [
             {"id": m, "format": "gguf", "path": f"/models/{m}.gguf", "size_mb": mb, "estimated_mb": mb}
-            for m, mb in self.catalogue.items()]})
+            for m, mb in self.catalog.items()]})
 
     async def _load(self, request: web.Request) -> web.Response:
         model = (await request.json())["model"]
         self.loads.append(model)
         if model in self.loaded:
             return web.json_response(self._info(model, "loaded"))
-        need = self.catalogue.get(model)
+        need = self.catalog.get(model)
         if need is None:
             return error(404, "model_not_found", f"no model {model!r} on {self.name}")
         if need > self.free_mb:

@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from cortex_gateway.embedded import stop_process  # noqa: F401 - re-exported for tests
-from neuron.connections import free_port  # noqa: F401 - re-exported for tests
+from neuron.shared.connections import free_port  # noqa: F401 - re-exported for tests
 
 ROOT = Path(__file__).resolve().parent.parent
 CORTEX = [sys.executable, "-m", "cortex_cli"]

@@ -27,8 +27,8 @@ from cortex_gateway.responses.input_items import normalize_input, to_messages
 from cortex_gateway.responses.translate_request import to_chat
 from cortex_gateway.responses.translate_response import ResponseHead, to_response
 from cortex_gateway.responses.translate_stream import StreamTranslator
-from neuron.config import ConfigError
-from neuron.errors import ApiError
+from neuron.shared.config import ConfigError
+from neuron.shared.errors import ApiError
 from tests.codex_request import HEADERS, TOOLS, call_output, codex_request, function_call
 from tests.helpers import make_tiny, start_gateway, start_neuron
 

@@ -17,8 +17,8 @@ import re
 
 import pytest
 
-from neuron.config import AdmissionLimits
 from neuron.engine.admission import Admission
+from neuron.shared.config import AdmissionLimits
 from tests.helpers import NO_EOS, http_json, start_gateway, start_neuron
 
 MODEL = "tiny-gguf"  # context 2048

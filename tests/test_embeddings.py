@@ -16,10 +16,11 @@ import numpy as np
 import openai
 import pytest
 
-from neuron.catalog import hf_kind
-from neuron.embedding_schema import POLICY, check_dimensions, parse_embeddings
-from neuron.errors import ApiError
-from neuron.protocol import ModelKind
+from neuron.server.catalog import hf_kind
+from neuron.server.embedding_schema import check_dimensions, parse_embeddings
+from neuron.shared.embedding_fields import POLICY
+from neuron.shared.errors import ApiError
+from neuron.shared.protocol import ModelKind
 from tests.helpers import http_json, start_gateway, start_neuron
 
 TINY = ["tiny-gguf", "tiny-hf"]

@@ -12,10 +12,10 @@ import re
 import pytest
 
 from cortex_gateway.config import load_models_file
-from neuron.config import ConfigError, config_from_file
-from neuron.errors import ApiError
-from neuron.launch_flags import TABLES, command_flags, key, refusal
-from neuron.protocol import LoadRequest
+from neuron.shared.config import ConfigError, config_from_file
+from neuron.shared.errors import ApiError
+from neuron.shared.launch_flags import TABLES, command_flags, key, refusal
+from neuron.shared.protocol import LoadRequest
 from tests.helpers import ROOT
 
 CASES = [

@@ -229,7 +229,7 @@ def test_the_load_phase_says_the_engine_is_starting(tmp_path, engines, models_di
 
 def test_an_engine_log_is_quoted_by_its_tail_only(tmp_path):
     """An engine run with --verbose logs whole prompts: an error quotes neither the file nor a line whole."""
-    from neuron.engine.engines.process import LINE_CHARS, TAIL_BYTES, tail_lines
+    from neuron.engine.external.process import LINE_CHARS, TAIL_BYTES, tail_lines
 
     log = tmp_path / "m.vllm.log"
     log.write_bytes(b"x" * (4 * TAIL_BYTES) + b"\nloading\n" + b"p" * (3 * LINE_CHARS) + b"\nerror: bad\n")

@@ -20,10 +20,10 @@ from openai.types.responses import response_create_params
 from cortex_gateway.anthropic.fields import COUNT_TOKENS, MESSAGES
 from cortex_gateway.field_tables import all_policies, markdown
 from cortex_gateway.responses.fields import POLICIES as RESPONSES_POLICIES
-from neuron.embedding_schema import POLICIES as EMBEDDING_POLICIES
-from neuron.errors import ApiError
-from neuron.field_policy import HONOURED, IGNORED, REFUSED
-from neuron.openai_fields import CHAT, COMPLETIONS
+from neuron.shared.embedding_fields import POLICIES as EMBEDDING_POLICIES
+from neuron.shared.errors import ApiError
+from neuron.shared.field_policy import HONOURED, IGNORED, REFUSED
+from neuron.shared.openai_fields import CHAT, COMPLETIONS
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -1,4 +1,4 @@
-"""The gateway over two real neurons: catalogue, routing, cold loads, single-flight, failover, metrics."""
+"""The gateway over two real neurons: catalog, routing, cold loads, single-flight, failover, metrics."""
 
 from __future__ import annotations
 
@@ -59,7 +59,7 @@ def ask(client, model, **kw):
                                           max_tokens=kw.pop("max_tokens", 4), **kw)
 
 
-def test_catalogue_merges_every_node_and_alias(client):
+def test_catalog_merges_every_node_and_alias(client):
     models = {m.id: m for m in client.models.list().data}
     assert {"alpha", "beta", "shared", "gpt-test"} <= set(models)
     assert models["alpha"].model_extra["loadable_on"] == ["n1"]

@@ -9,7 +9,7 @@ import urllib.request
 import openai
 import pytest
 
-from neuron.demo import demo_model_for
+from neuron.server.demo import demo_model_for
 from tests.helpers import CortexProcess, free_port, http_json, make_tiny, smollm2_path, start_gateway, start_neuron
 
 

@@ -335,7 +335,7 @@ async def test_requests_refused_before_dispatch_are_counted(neurons, gateway):
     assert gw.metric('cortex_requests_total{endpoint="chat",model="unknown",node="none",status="400"}') == 1
 
 
-async def test_a_model_name_the_catalogue_does_not_know_is_one_label(neurons, gateway):
+async def test_a_model_name_the_catalog_does_not_know_is_one_label(neurons, gateway):
     """Any client can send any name: as labels they would make unbounded series."""
     gw = await gateway(await neurons.start("n1", loaded={"m": 100}))
     for name in ("made-up-1", "made-up-2"):

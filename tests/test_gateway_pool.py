@@ -19,7 +19,7 @@ import pytest
 from cortex_gateway.app import create_app
 from cortex_gateway.config import CONTROL_CONNECTIONS_PER_NODE, GatewayConfig, NeuronSpec, load_config
 from cortex_gateway.state import FLEET
-from neuron.config import ConfigError, NeuronConfig
+from neuron.shared.config import ConfigError, NeuronConfig
 from tests.fake_neuron import FakeNeuron
 from tests.helpers import NO_EOS, http_json, metric, start_gateway, start_neuron
 from tests.test_neuron_lifecycle import wait_for

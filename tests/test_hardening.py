@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from neuron.config import NeuronConfig
-from neuron.protocol import parse_devices
+from neuron.shared.config import NeuronConfig
+from neuron.shared.protocol import parse_devices
 from tests.helpers import CORTEX, free_port, http_json, start_neuron
 
 NOT_HERE = "is not in this node's models directory or model roots"
@@ -23,7 +23,7 @@ NOT_HERE = "is not in this node's models directory or model roots"
 
 @pytest.fixture(scope="module")
 def layout(tmp_path_factory, models_dir):
-    """A models dir with a symlink out, an extra root with a file named like a catalogue model, corrupt files."""
+    """A models dir with a symlink out, an extra root with a file named like a catalog model, corrupt files."""
     base = tmp_path_factory.mktemp("hardening")
     mine, root, outside = base / "models", base / "root", base / "outside"
     for d in (mine, root / "sub", outside):
@@ -78,7 +78,7 @@ def test_the_operators_link_out_of_the_roots_is_refused_by_path_and_says_why(gua
     assert str(layout) not in body["error"]["message"]
 
 
-def test_a_file_under_a_root_cannot_take_a_catalogue_id(guarded):
+def test_a_file_under_a_root_cannot_take_a_catalog_id(guarded):
     proc, layout = guarded
     status, body = load(proc, str(layout / "root" / "sub" / "tiny.gguf"))
     assert status == 200 and body["id"] == "file:sub/tiny" and body["path"] == "sub/tiny.gguf", body

@@ -111,8 +111,8 @@ def cortex(gateway: CannedGateway, *args: str):
 def test_names_from_the_fleet_reach_the_terminal_as_plain_text():
     import orjson
 
-    catalogue = orjson.dumps({"object": "list", "data": [{"id": HOSTILE, "loaded_on": [HOSTILE]}]})
-    with CannedGateway({"/admin/status": orjson.dumps(hostile_status()), "/admin/models": catalogue}) as gw:
+    catalog = orjson.dumps({"object": "list", "data": [{"id": HOSTILE, "loaded_on": [HOSTILE]}]})
+    with CannedGateway({"/admin/status": orjson.dumps(hostile_status()), "/admin/models": catalog}) as gw:
         for command in ("status", "models"):
             result = cortex(gw, command)
             assert result.exit_code == 0, result.output

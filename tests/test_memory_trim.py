@@ -20,7 +20,7 @@ from concurrent.futures import ThreadPoolExecutor
 import psutil
 import pytest
 
-from neuron.heap import TRIM_AFTER_BYTES, HeapTrimmer, malloc_trim
+from neuron.shared.heap import TRIM_AFTER_BYTES, HeapTrimmer, malloc_trim
 from tests.helpers import start_neuron
 
 MIB = 2**20

@@ -11,12 +11,12 @@ import re
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from cortex_gateway import catalogue
+from cortex_gateway import catalog_routes
 from cortex_gateway.config import GatewayConfig, ModelProfile, NeuronSpec
 from cortex_gateway.fleet import Fleet
 from cortex_gateway.lifecycle import Lifecycle
 from cortex_gateway.metrics import GatewayMetrics, RequestRecord
-from neuron.protocol import AvailableModel, DeviceInfo, Health, ModelInfo
+from neuron.shared.protocol import AvailableModel, DeviceInfo, Health, ModelInfo
 
 
 def a_fleet():
@@ -36,7 +36,7 @@ def a_fleet():
                            aliases={"fast": "a"}, strategy="priority")
     metrics = GatewayMetrics()
     lifecycle = Lifecycle(config, fleet, metrics)
-    metrics.watch_fleet(fleet, lambda: catalogue.catalogue(fleet, lifecycle), config.strategy)
+    metrics.watch_fleet(fleet, lambda: catalog_routes.catalog(fleet, lifecycle), config.strategy)
     return fleet, metrics
 
 
@@ -74,7 +74,7 @@ def test_node_gauges_are_in_base_units():
 
 def test_rare_events_have_zero_series_before_the_first():
     """A cold start, eviction or retry creates no series of its own: each exists at 0 beforehand, so
-    Prometheus's increase() counts the first one. Only pairs the catalogue allows get one."""
+    Prometheus's increase() counts the first one. Only pairs the catalog allows get one."""
     _, metrics = a_fleet()
     got = samples(metrics)
     cold = {(dict(k)["model"], dict(k)["node"]): v for k, v in got["cortex_cold_starts_total"].items()}

@@ -18,13 +18,13 @@ from cortex_gateway.load_failures import (
     FORGET_AFTER_S,
     Failure,
     LoadFailures,
-    catalogue_version,
+    catalog_version,
     gives_up,
     is_permanent,
     still_failing,
 )
-from neuron.errors import ApiError
-from neuron.protocol import AvailableModel
+from neuron.shared.errors import ApiError
+from neuron.shared.protocol import AvailableModel
 from tests.helpers import http_json, start_gateway, start_neuron
 
 PROFILE = '[[models]]\nid = "linked"\npath = "escape.gguf"\n'
@@ -70,7 +70,7 @@ def test_a_link_into_a_model_root_loads(layout):
         neuron.terminate()
 
 
-def test_clients_get_a_non_retryable_error_and_the_load_is_not_retried_until_the_catalogue_changes(layout):
+def test_clients_get_a_non_retryable_error_and_the_load_is_not_retried_until_the_catalog_changes(layout):
     neuron = start_neuron(layout, layout / "models", "--cpu-memory-mb", "4000")
     gateway = start_gateway(layout, {"n1": neuron.url}, models_toml=PROFILE)
     try:
@@ -161,19 +161,19 @@ RESIZED = {"a": AvailableModel("a", "gguf", "a.gguf", 2.0)}
     (LISTING, 100.0 + FORGET_AFTER_S, FORGET_AFTER_S, False),  # a change no listing shows: tried again at times
 ])
 def test_a_failure_stands_until_the_node_changes(listing, uptime_s, age_s, failing):
-    failure = Failure(_err(422, "model_outside_roots"), catalogue_version(LISTING), 100.0, 1000.0)
-    assert still_failing(failure, catalogue_version(listing), uptime_s, 1000.0 + age_s) is failing
-    assert not still_failing(None, catalogue_version(LISTING), 100.0, 1000.0)
+    failure = Failure(_err(422, "model_outside_roots"), catalog_version(LISTING), 100.0, 1000.0)
+    assert still_failing(failure, catalog_version(listing), uptime_s, 1000.0 + age_s) is failing
+    assert not still_failing(None, catalog_version(LISTING), 100.0, 1000.0)
 
 
 def test_the_memory_is_per_node_and_model_and_forgets_what_no_longer_stands():
     memory = LoadFailures()
-    version = catalogue_version(LISTING)
+    version = catalog_version(LISTING)
     memory.record("n1", "m", _err(422, "load_failed"), version, 10.0, now=0.0)
     assert memory.blocking("n1", "m", version, 11.0, now=1.0).code == "load_failed"
     assert memory.blocking("n2", "m", version, 11.0, now=1.0) is None
     assert memory.blocking("n1", "other", version, 11.0, now=1.0) is None
-    assert memory.blocking("n1", "m", catalogue_version(CHANGED), 11.0, now=1.0) is None
+    assert memory.blocking("n1", "m", catalog_version(CHANGED), 11.0, now=1.0) is None
     assert memory.blocking("n1", "m", version, 11.0, now=1.0) is None, "forgotten once it no longer stood"
     memory.record("n1", "m", _err(422, "load_failed"), version, 10.0, now=0.0)
     memory.clear("n1", "m")  # a load that succeeded (an admin load, say)

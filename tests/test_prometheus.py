@@ -384,7 +384,7 @@ def test_series_follow_prometheus_conventions(traffic):
 
 def test_series_do_not_grow_with_requests(traffic):
     """Another round of the same kinds of request (to tiny-short now, loaded on n1; new unknown names)
-    adds no series: labels are bounded by the catalogue, never by requests."""
+    adds no series: labels are bounded by the catalog, never by requests."""
     p = traffic.prometheus
     p.wait_scraped_after(time.time())
     before = series(p, traffic.started)

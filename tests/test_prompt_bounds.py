@@ -13,8 +13,8 @@ import pytest
 
 from neuron.engine.chat_template import CHATML_TEMPLATE, CHATML_TOOLS_TEMPLATE, render_chat
 from neuron.engine.prompt import chat_segments, check_bounds, tokenize_segments
-from neuron.errors import ApiError
-from neuron.openai_schema import parse_chat
+from neuron.server.openai_schema import parse_chat
+from neuron.shared.errors import ApiError
 from tests.helpers import http_json, start_gateway
 
 END = "<|im_end|>" * 100

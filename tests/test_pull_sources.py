@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from neuron.errors import ApiError
 from neuron.pulls.sources import HubSource, RemoteFile, local_name, parse_source, quant_of, select_files
+from neuron.shared.errors import ApiError
 
 
 @pytest.mark.parametrize("text, expected", [

@@ -3,7 +3,7 @@
 - Nesting: legal JSON 500 levels deep in a response_format schema, a tool's
   parameters or chat_template_kwargs was a 500 with a traceback (Python's
   recursion limit, in the walks and deep copies behind the routes). Both servers
-  read every body through `neuron.http.parse_json`, which refuses more than 64
+  read every body through `neuron.shared.http.parse_json`, which refuses more than 64
   levels with a 400 that names the limit, in the route's dialect.
 - Answer size: n=16 x top_logprobs=20 x long answers made a 41.6 MiB answer.
   The logprob entries of one answer are bounded: refused up front when
@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import pytest
 
-from neuron.http import MAX_JSON_DEPTH
-from neuron.openai_schema import MAX_ANSWER_LOGPROBS
+from neuron.server.openai_schema import MAX_ANSWER_LOGPROBS
+from neuron.shared.http import MAX_JSON_DEPTH
 from tests.helpers import NO_EOS, http_json, start_gateway
 
 MODEL = "tiny-gguf"

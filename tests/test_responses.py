@@ -14,14 +14,14 @@ from pydantic import TypeAdapter
 from cortex_gateway.config import load_config
 from cortex_gateway.metrics import RequestRecord
 from cortex_gateway.responses.fields import RESPONSES
-from cortex_gateway.responses.handlers import ResponsesDialect
 from cortex_gateway.responses.input_items import normalize_input, to_messages
+from cortex_gateway.responses.routes import ResponsesDialect
 from cortex_gateway.responses.store import ResponseStore, StoredResponse
 from cortex_gateway.responses.translate_request import to_chat
 from cortex_gateway.responses.translate_response import ResponseHead, to_response
 from cortex_gateway.responses.translate_stream import StreamTranslator
-from neuron.config import ConfigError
-from neuron.errors import ApiError
+from neuron.shared.config import ConfigError
+from neuron.shared.errors import ApiError
 
 WEATHER = {"type": "function", "name": "get_weather", "description": "Current weather in a city",
            "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},

@@ -16,7 +16,7 @@ from cortex_gateway.app import create_app
 from cortex_gateway.config import GatewayConfig, NeuronSpec, load_config
 from cortex_gateway.responses.store import ResponseStore, StoredResponse
 from cortex_gateway.state import RESPONSE_STORE
-from neuron.config import ConfigError
+from neuron.shared.config import ConfigError
 from tests.fake_neuron import FakeNeuron
 
 MIB = 2**20

@@ -16,7 +16,7 @@ from openai.types.responses import ResponseStreamEvent
 from pydantic import TypeAdapter
 
 from cortex_gateway.responses.translate_stream import StreamTranslator
-from neuron.sse import KEEPALIVE
+from neuron.shared.sse import KEEPALIVE
 from tests.test_responses import USAGE, chunk, events, head
 
 EVENTS = TypeAdapter(ResponseStreamEvent)

@@ -88,8 +88,8 @@ def test_rm_refuses_while_any_file_of_the_model_is_loaded(node, models):
 
 
 def test_a_split_models_size_counts_its_own_parts_only(tmp_path):
-    """The catalogue sizes a split GGUF by the same exact names: `a-*-of-*.gguf` also matched `a-b`'s parts."""
-    from neuron.catalog import scan
+    """The catalog sizes a split GGUF by the same exact names: `a-*-of-*.gguf` also matched `a-b`'s parts."""
+    from neuron.server.catalog import scan
 
     for prefix, size in (("a", 10), ("a-b", 100), ("[ab]", 1000)):
         for name in parts(prefix, 2):

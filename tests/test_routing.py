@@ -10,7 +10,7 @@ from cortex_gateway.fleet import Fleet
 from cortex_gateway.lifecycle import Lifecycle
 from cortex_gateway.metrics import GatewayMetrics
 from cortex_gateway.router import NodeView, next_victim, plan_cold_load, route_loaded
-from neuron.protocol import AvailableModel, DeviceInfo, Health, ModelInfo, ModelLoad
+from neuron.shared.protocol import AvailableModel, DeviceInfo, Health, ModelInfo, ModelLoad
 
 
 def R(model, mem=10.0, used=0.0, prio=100, pinned=False, busy=False):

@@ -26,7 +26,7 @@ from cortex_cli.main import cli
 from cortex_cli.service_plan import ServiceRequest, cortex_executable, plan_service, script_interpreter
 from cortex_cli.service_unit import UnitError, UnitSpec, exec_path, render_unit
 from cortex_gateway.server import SHUTDOWN_GRACE_S
-from neuron.config import NeuronConfig
+from neuron.shared.config import NeuronConfig
 from tests.helpers import free_port, http_json, stop_process, wait_serving
 
 SYSTEMD_ANALYZE = shutil.which("systemd-analyze")

@@ -11,7 +11,7 @@ from cortex_gateway.anthropic.translate_request import to_openai
 from cortex_gateway.anthropic.translate_response import to_anthropic
 from cortex_gateway.anthropic.translate_stream import StreamTranslator
 from cortex_gateway.sse_reader import SSEReader
-from neuron.errors import ApiError
+from neuron.shared.errors import ApiError
 
 BASE = {"model": "m", "max_tokens": 10}
 

@@ -8,12 +8,12 @@ import subprocess
 
 import pytest
 
-from neuron.config import AdmissionLimits, ConfigError, config_from_file
 from neuron.engine.admission import Admission
 from neuron.engine.chat_template import CHATML_TOOLS_TEMPLATE, render_chat
 from neuron.engine.generation import StopMatcher
-from neuron.errors import ApiError
-from neuron.openai_schema import parse_chat
+from neuron.server.openai_schema import parse_chat
+from neuron.shared.config import AdmissionLimits, ConfigError, config_from_file
+from neuron.shared.errors import ApiError
 from tests.helpers import CORTEX
 
 

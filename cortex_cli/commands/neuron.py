@@ -37,7 +37,7 @@ def neuron(listen, name, gpus, models_dir, cpu_memory_mb, config_path, token, to
            private_network, demo, log_level, log_format) -> None:
     """Serve the models on this machine's GPUs (or CPU) to the gateway."""
     from cortex_cli.logs import setup_logging
-    from neuron.config import (
+    from neuron.shared.config import (
         ConfigError,
         NeuronConfig,
         check_exposure,
@@ -69,11 +69,11 @@ def neuron(listen, name, gpus, models_dir, cpu_memory_mb, config_path, token, to
     except ConfigError as exc:
         raise click.UsageError(str(exc)) from None
     if demo:
-        from neuron.demo import ensure_demo_model
+        from neuron.server.demo import ensure_demo_model
 
         if (demo_id := ensure_demo_model(config.models_dir)) is not None:
             config.preload.append({"model": demo_id})
-    from neuron.app import run
+    from neuron.server.app import run
 
     try:
         run(config)

@@ -34,7 +34,7 @@ def serve(config_path, listen, metrics_listen, log_level, log_format) -> None:
     """One OpenAI-compatible API over every neuron in the fleet."""
     from cortex_cli.logs import setup_logging
     from cortex_gateway.config import load_config
-    from neuron.config import ConfigError, parse_listen
+    from neuron.shared.config import ConfigError, parse_listen
 
     setup_logging(log_level, log_format)
     path = locate_config(config_path)

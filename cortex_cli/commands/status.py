@@ -43,13 +43,13 @@ def status(gateway, admin_key, as_json) -> None:
 @click.command()
 @gateway_option
 @admin_key_option
-@click.option("--json", "as_json", is_flag=True, help="Print the catalogue as JSON.")
+@click.option("--json", "as_json", is_flag=True, help="Print the catalog as JSON.")
 @click.option("--disk", "disk_node", metavar="NODE", help="What is on NODE's disk, with sizes, instead.")
 def models(gateway, admin_key, as_json, disk_node) -> None:
-    """The merged catalogue: every model any node has loaded or can load."""
+    """The merged catalog: every model any node has loaded or can load."""
     from rich.console import Console
 
-    from cortex_cli.render import catalogue_table, disk_table
+    from cortex_cli.render import catalog_table, disk_table
 
     if disk_node:
         status = fetch(gateway, admin_key, lambda client: client.status(refresh=True))
@@ -65,4 +65,4 @@ def models(gateway, admin_key, as_json, disk_node) -> None:
     if as_json:
         click.echo(json.dumps(data, indent=2))
     else:
-        Console().print(show(lambda: catalogue_table(data)))
+        Console().print(show(lambda: catalog_table(data)))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import orjson
 from aiohttp import web
 
-from neuron.errors import ApiError
+from neuron.shared.errors import ApiError
 
 # The key of `ApiError.details` that holds Anthropic's own `error.details` object (the SDK reads
 # `error_code` there, e.g. to fall back from threads).

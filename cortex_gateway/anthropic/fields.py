@@ -4,12 +4,12 @@ Claude Code and the SDKs send many fields that steer Anthropic's own service
 (caching, thinking budgets, context editing, billing): they have no meaning on
 a self-hosted model and are ignored, and said so here and in docs/api.md; what
 would change the answer and cannot be done is refused by name. See
-`neuron.field_policy`.
+`neuron.shared.field_policy`.
 """
 
 from __future__ import annotations
 
-from neuron.field_policy import FieldPolicy, honoured, ignored, refused
+from neuron.shared.field_policy import FieldPolicy, honoured, ignored, refused
 
 _SERVICE = "steers Anthropic's own service; nothing to steer on a self-hosted model"
 

@@ -13,9 +13,9 @@ from typing import Any
 
 from cortex_gateway.anthropic.errors import ANTHROPIC_DETAILS
 from cortex_gateway.anthropic.fields import MESSAGES
-from neuron.errors import ApiError, bad_request
-from neuron.field_policy import FieldPolicy
-from neuron.fields import opt_float, opt_int, require_object
+from neuron.shared.errors import ApiError, bad_request
+from neuron.shared.field_policy import FieldPolicy
+from neuron.shared.fields import opt_float, opt_int, require_object
 
 # Claude Code's first system block is billing metadata for Anthropic's service, and it changes every session
 # (`x-anthropic-billing-header: cc_version=2.1.197.<hash>; ...`): kept, it would open every prompt with

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from neuron.errors import bad_request
+from neuron.shared.errors import bad_request
 
 # OpenAI's limits, as its API enforces them (its errors name them): ids and call ids of input items 64,
 # user and prompt_cache_key 64, safety_identifier 128 (the SDK's docstring), a json_schema's name 64.

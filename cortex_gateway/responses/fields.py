@@ -1,4 +1,4 @@
-"""What `POST /v1/responses` does with every field the official SDK can send (see `neuron.field_policy`).
+"""What `POST /v1/responses` does with every field the official SDK can send (see `neuron.shared.field_policy`).
 
 A test walks `openai.types.responses.response_create_params.ResponseCreateParamsBase`
 against these rules, so a field the SDK grows cannot pass through unnoticed.
@@ -6,7 +6,7 @@ against these rules, so a field the SDK grows cannot pass through unnoticed.
 
 from __future__ import annotations
 
-from neuron.field_policy import FieldPolicy, honoured, ignored, refused
+from neuron.shared.field_policy import FieldPolicy, honoured, ignored, refused
 
 _NOT_HERE = "has no meaning on a self-hosted model"
 _CACHE = "prefix reuse is automatic, per slot (input_tokens_details.cached_tokens)"

@@ -22,8 +22,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from cortex_gateway.responses.input_items import NAMESPACE_JOIN, flat_name
-from neuron.errors import bad_request
-from neuron.fields import require_type
+from neuron.shared.errors import bad_request
+from neuron.shared.fields import require_type
 
 HOSTED = ("web_search", "web_search_2025_08_26", "web_search_preview", "web_search_preview_2025_03_11",
           "file_search", "code_interpreter", "image_generation", "mcp")

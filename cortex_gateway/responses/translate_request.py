@@ -12,8 +12,8 @@ from typing import Any
 
 from cortex_gateway.responses.input_items import normalize_input, to_messages
 from cortex_gateway.responses.tools import Tools, parse_tools, tool_choice
-from neuron.errors import bad_request
-from neuron.fields import opt_float, opt_int, require_type
+from neuron.shared.errors import bad_request
+from neuron.shared.fields import opt_float, opt_int, require_type
 
 INCLUDABLE = ("file_search_call.results", "web_search_call.results", "web_search_call.action.sources",
               "message.input_image.image_url", "computer_call_output.output.image_url",

@@ -33,8 +33,8 @@ from cortex_gateway.responses.translate_response import (
     status_of,
     text_part,
 )
-from neuron.errors import ApiError
-from neuron.sse import KEEPALIVE
+from neuron.shared.errors import ApiError
+from neuron.shared.sse import KEEPALIVE
 
 
 def sse(kind: str, data: dict) -> bytes:

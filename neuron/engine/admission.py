@@ -10,8 +10,8 @@ import collections
 from collections.abc import Awaitable, Callable
 from contextlib import asynccontextmanager
 
-from neuron.config import AdmissionLimits
-from neuron.errors import ApiError
+from neuron.shared.config import AdmissionLimits
+from neuron.shared.errors import ApiError
 
 
 class Admission:

@@ -19,7 +19,7 @@ from typing import Any
 
 from neuron.engine.generation import DeviceFault, TextAssembler
 from neuron.engine.worker import SLICE_SECONDS, Channel
-from neuron.openai_schema import SamplingParams
+from neuron.server.openai_schema import SamplingParams
 
 
 @dataclass

@@ -35,8 +35,8 @@ import numpy as np
 from neuron.engine.schema_refs import embed_schemas
 from neuron.engine.tool_calls import CLOSE as TOOL_CLOSE
 from neuron.engine.tool_calls import OPEN as TOOL_OPEN
-from neuron.errors import ApiError
-from neuron.openai_schema import InferenceRequest
+from neuron.server.openai_schema import InferenceRequest
+from neuron.shared.errors import ApiError
 
 # Compact JSON: one space after ':' and ',' and none elsewhere, so a weak model cannot wander in whitespace.
 _JSON_STYLE = {"whitespace_flexible": False, "key_separator": ": ", "item_separator": ", "}

@@ -13,11 +13,11 @@ from concurrent.futures import Executor
 
 import numpy as np
 
-from neuron.embedding_schema import EmbeddingRequest, check_dimensions
 from neuron.engine.backends.base import Backend
 from neuron.engine.prompt import check_chars, context_exceeded
 from neuron.engine.worker import DeviceWorker
-from neuron.errors import bad_request
+from neuron.server.embedding_schema import EmbeddingRequest, check_dimensions
+from neuron.shared.errors import bad_request
 
 # Inputs per job on the device thread: between two jobs the thread serves other models' steps.
 CHUNK = 64

@@ -16,7 +16,7 @@ from typing import Protocol
 import numpy as np
 
 from neuron.engine.logprobs import TokenLogprob, chat_entry
-from neuron.openai_schema import SamplingParams
+from neuron.server.openai_schema import SamplingParams
 
 
 class DeviceFault(RuntimeError):

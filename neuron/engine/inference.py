@@ -14,7 +14,6 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from neuron.embedding_schema import EmbeddingRequest
 from neuron.engine import embeddings
 from neuron.engine.batching import BatchRequest
 from neuron.engine.constraints import check_grammar, grammar_for, new_constraint
@@ -30,8 +29,9 @@ from neuron.engine.prompt import (
 from neuron.engine.registry import ModelEntry, Registry
 from neuron.engine.tokenizer_pool import TokenizerPool
 from neuron.engine.worker import END, Channel
-from neuron.errors import ApiError
-from neuron.openai_schema import InferenceRequest, SamplingParams, logprob_tokens
+from neuron.server.embedding_schema import EmbeddingRequest
+from neuron.server.openai_schema import InferenceRequest, SamplingParams, logprob_tokens
+from neuron.shared.errors import ApiError
 
 
 @dataclass

@@ -11,11 +11,11 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from neuron.errors import ApiError
+from neuron.shared.errors import ApiError
 
 if TYPE_CHECKING:
     from neuron.engine.registry import ModelEntry
-    from neuron.protocol import LoadRequest
+    from neuron.shared.protocol import LoadRequest
 
 
 def check_same_backend(existing: ModelEntry, req: LoadRequest) -> None:

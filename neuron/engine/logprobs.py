@@ -2,7 +2,7 @@
 
 Computed on the device thread from the step's raw logits (before any grammar
 mask, as OpenAI reports the model's own distribution), only for requests that
-asked. Shaped into OpenAI's chat form here; `neuron.sse.completion_logprobs` derives the
+asked. Shaped into OpenAI's chat form here; `neuron.shared.sse.completion_logprobs` derives the
 legacy completions form from it.
 """
 

@@ -26,10 +26,10 @@ from typing import Any
 from neuron.engine.chat_template import TemplateError, render_chat
 from neuron.engine.client_text import Markers, Segment, mark_kwargs, mark_message, mark_tools
 from neuron.engine.generic_tools import renders_tools, with_generic_tools
-from neuron.errors import ApiError
-from neuron.openai_schema import InferenceRequest
+from neuron.server.openai_schema import InferenceRequest
+from neuron.shared.errors import ApiError
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("cortex.neuron.engine.prompt")
 
 # No tokenizer in use packs more than this many characters into one token on average; a
 # prompt longer than context x this cannot fit, whatever it says.

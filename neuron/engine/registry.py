@@ -17,18 +17,18 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from neuron.catalog import ModelRef, estimate_mb, resolve
-from neuron.config import AdmissionLimits
-from neuron.devices import DeviceTable, process_rss_mb
 from neuron.engine.admission import Admission
 from neuron.engine.backends import Backend, BackendSpec, BackendUnavailable, backend_class, choose_backend
 from neuron.engine.faults import FaultInjector
 from neuron.engine.load_checks import check_same_backend, check_same_context
 from neuron.engine.worker import DeviceWorker
-from neuron.errors import ApiError
-from neuron.protocol import EXTERNAL_ENGINES, LoadRequest, ModelInfo, ModelKind, ModelState
+from neuron.server.catalog import ModelRef, estimate_mb, resolve
+from neuron.server.devices import DeviceTable, process_rss_mb
+from neuron.shared.config import AdmissionLimits
+from neuron.shared.errors import ApiError
+from neuron.shared.protocol import EXTERNAL_ENGINES, LoadRequest, ModelInfo, ModelKind, ModelState
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("cortex.neuron.engine.registry")
 UNLOAD_DRAIN_S = 30.0
 MAX_FAILURES = 64
 
@@ -238,7 +238,7 @@ class Registry:
 
     async def _open_engine(self, entry: ModelEntry, spec: BackendSpec):
         """An external engine, started on the event loop's thread (its death signal follows that thread)."""
-        from neuron.engine.engines.backend import start_engine
+        from neuron.engine.external.backend import start_engine
 
         def phase(text: str) -> None:
             entry.phase = text
@@ -253,7 +253,7 @@ class Registry:
         return engine, measured
 
     async def _watch_engine(self, entry: ModelEntry, engine) -> None:
-        from neuron.engine.engines.backend import watch
+        from neuron.engine.external.backend import watch
         from neuron.engine.generation import DeviceFault
 
         def died(reason: str) -> None:

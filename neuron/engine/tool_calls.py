@@ -17,8 +17,8 @@ import re
 import uuid
 from dataclasses import dataclass
 
-from neuron.errors import ApiError
-from neuron.http import check_depth
+from neuron.shared.errors import ApiError
+from neuron.shared.http import check_depth
 
 OPEN, CLOSE = "<tool_call>", "</tool_call>"
 

@@ -21,7 +21,7 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("cortex.neuron.engine.worker")
 
 SLICE_SECONDS = 0.02  # a sliced job (a batch scheduler) yields the device to waiting jobs after this long
 _STOP = object()

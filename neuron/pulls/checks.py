@@ -12,9 +12,9 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from neuron.catalog import ModelRef, estimate_mb
-from neuron.errors import ApiError
 from neuron.pulls.sources import HubSource, RemoteFile
+from neuron.server.catalog import ModelRef, estimate_mb
+from neuron.shared.errors import ApiError
 
 DISK_MARGIN = 1.02  # a little room beyond the files themselves (metadata, the filesystem's own)
 

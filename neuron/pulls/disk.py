@@ -1,8 +1,8 @@
 """Deleting a model from this node's disk (`cortex rm`): exactly its own files, never while one of them is loaded.
 
-Only a model of the catalogue goes. A symlink in the models directory (the
+Only a model of the catalog goes. A symlink in the models directory (the
 demo's SmolLM2, a model kept elsewhere) is removed as a link: what it points at
-is not the catalogue's to delete. A split GGUF's parts are named from its first
+is not the catalog's to delete. A split GGUF's parts are named from its first
 part's prefix, taken literally (`neuron.pulls.names.split_parts`): a glob such
 as `prefix-*-of-*.gguf` reached other models whose names start alike, or any
 part of a name holding `*` or `[`. A model is refused while a loaded model uses
@@ -19,9 +19,9 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from neuron.catalog import ModelRef, scan
-from neuron.errors import ApiError
 from neuron.pulls.names import split_parts
+from neuron.server.catalog import ModelRef, scan
+from neuron.shared.errors import ApiError
 
 STAGING, INDEX = ".pulls", "index.json"
 
@@ -37,7 +37,7 @@ class Deleted:
 
 
 def delete_model(models_dir: Path, model: str, loaded: dict[str, Path]) -> Deleted:
-    """Delete catalogue model `model`; `loaded` maps each loaded model's id to the file or folder it runs from."""
+    """Delete catalog model `model`; `loaded` maps each loaded model's id to the file or folder it runs from."""
     ref = next((r for r in scan(models_dir) if r.id == model), None)
     if ref is None:
         raise ApiError(404, "not_found_error", f"model {model!r} is not in this node's models directory",

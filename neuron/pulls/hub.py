@@ -19,9 +19,9 @@ import threading
 from collections.abc import Callable
 from pathlib import Path
 
-from neuron.errors import ApiError
 from neuron.pulls.names import check_name, staged_path
 from neuron.pulls.sources import HubSource, RemoteFile
+from neuron.shared.errors import ApiError
 
 PART = ".part"  # a download in progress, kept across tries to resume from
 _SHA256 = re.compile(r"[0-9a-f]{64}")

@@ -19,7 +19,7 @@ import re
 import unicodedata
 from pathlib import Path
 
-from neuron.errors import ApiError
+from neuron.shared.errors import ApiError
 
 SPLIT = re.compile(r"^(?P<prefix>.+)-(?P<part>\d{5})-of-(?P<total>\d{5})\.gguf$")
 

@@ -3,11 +3,11 @@
 A pull reads the hub's metadata (file list, sizes, LFS sha256) and refuses,
 before a byte of weights moves, what the disk cannot hold or no device of this
 node could load. It then downloads with `huggingface_hub` into a staging
-folder under the models directory (`.pulls/NAME`, invisible to the catalogue),
+folder under the models directory (`.pulls/NAME`, invisible to the catalog),
 where an interrupted download leaves its `.incomplete` file to resume from;
 checks every LFS file's sha256; and only then moves the model into place
 (a folder renamed whole; the parts of a split GGUF with the first, the one the
-catalogue sees, last). So a failed pull never leaves a half file that looks
+catalog sees, last). So a failed pull never leaves a half file that looks
 like a model. Pulls of the same source are single-flight; progress (bytes, rate,
 time left) is kept for /models/pulls, `cortex pull` and `cortex top`.
 
@@ -36,15 +36,15 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from neuron.errors import ApiError
-from neuron.protocol import PullPhase, PullState
 from neuron.pulls import hub
 from neuron.pulls.checks import check_disk, check_fits
 from neuron.pulls.disk import INDEX, STAGING
 from neuron.pulls.names import staged_path
 from neuron.pulls.sources import HubSource, RemoteFile, check_source, local_name, select_files
+from neuron.shared.errors import ApiError
+from neuron.shared.protocol import PullPhase, PullState
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("cortex.neuron.pulls.puller")
 
 KEEP_FINISHED = 32  # finished pulls shown in /models/pulls, newest first
 MAX_RUNNING = 2  # pulls downloading at once; more wait their turn
@@ -121,7 +121,7 @@ class Puller:
         name = self._index().get(str(source))
         if name is None or not (self.models_dir / name).exists():
             return None
-        return _catalogue_id(name)
+        return _catalog_id(name)
 
     async def _run(self, job: PullJob) -> str:
         try:
@@ -175,7 +175,7 @@ class Puller:
         commit, files = hub.list_files(source)
         wanted = select_files(source, files)
         name = local_name(source, wanted)
-        state.id = _catalogue_id(name)
+        state.id = _catalog_id(name)
         state.total_bytes, state.files_total = sum(f.size for f in wanted), len(wanted)
         if (self.models_dir / name).exists():
             state.done_bytes, state.files_done, state.phase = state.total_bytes, len(wanted), PullPhase.DONE
@@ -215,11 +215,11 @@ class Puller:
             return {}
 
     def _install(self, source: HubSource, name: str, staging: Path, files: list[RemoteFile]) -> None:
-        """Into the catalogue, atomically: nothing looks like a model until all of it is in place."""
+        """Into the catalog, atomically: nothing looks like a model until all of it is in place."""
         shutil.rmtree(staging / ".cache", ignore_errors=True)  # huggingface_hub's resume metadata
         if source.is_gguf:
             first, *rest = files
-            for f in [*rest, first]:  # the first part last: the catalogue sees a split GGUF by it
+            for f in [*rest, first]:  # the first part last: the catalog sees a split GGUF by it
                 os.replace(staged_path(source, staging, f.path), self.models_dir / Path(f.path).name)
             shutil.rmtree(staging, ignore_errors=True)
         else:
@@ -242,9 +242,9 @@ class Puller:
         os.replace(tmp, path)
 
 
-def _catalogue_id(name: str) -> str:
-    """The id the catalogue's scan gives a file or folder of this name (see neuron.catalog)."""
-    from neuron.catalog import gguf_id
+def _catalog_id(name: str) -> str:
+    """The id the catalog's scan gives a file or folder of this name (see neuron.server.catalog)."""
+    from neuron.server.catalog import gguf_id
 
     return gguf_id(name) if name.endswith(".gguf") else name
 

@@ -8,7 +8,7 @@ Three forms of source, all pure to parse:
   parts of a split GGUF);
 - `org/name/path/file.gguf`: that GGUF file (and its other parts when split).
 An `@revision` suffix on the repository (`org/name@main:Q4_K_M`) pins a branch,
-tag or commit. What lands in the models directory is named so the catalogue's
+tag or commit. What lands in the models directory is named so the catalog's
 scan gives it a stable id: `org--name` for a repository, the file's own name for
 a GGUF.
 """
@@ -19,8 +19,8 @@ import re
 from dataclasses import dataclass
 from pathlib import PurePosixPath
 
-from neuron.errors import ApiError, bad_request
 from neuron.pulls.names import split_parts
+from neuron.shared.errors import ApiError, bad_request
 
 _NAME = r"[A-Za-z0-9][\w.-]*"
 _SOURCE = re.compile(rf"^(?P<repo>{_NAME}/{_NAME})(?:@(?P<rev>[\w./-]+?))?"
@@ -122,7 +122,7 @@ def quant_of(path: str) -> str | None:
 
 
 def local_name(source: HubSource, files: list[RemoteFile]) -> str:
-    """The name under the models directory; the catalogue's id is derived from it."""
+    """The name under the models directory; the catalog's id is derived from it."""
     if source.is_gguf:
         return PurePosixPath(files[0].path).name
     return source.repo.replace("/", "--")

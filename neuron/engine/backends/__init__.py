@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from neuron.engine.backends.base import Backend, BackendSpec, BackendUnavailable
-from neuron.errors import ApiError
-from neuron.protocol import ModelKind
+from neuron.shared.errors import ApiError
+from neuron.shared.protocol import ModelKind
 
 
 def choose_backend(requested: str, model_format: str) -> str:

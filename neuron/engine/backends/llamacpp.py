@@ -14,17 +14,17 @@ import logging
 import os
 import random
 
-from neuron.catalog import default_context, default_parallel
 from neuron.engine.backends.base import Backend, BackendSpec, BackendUnavailable, GuidanceTokenizer, gpu_indices
 from neuron.engine.backends.llamacpp_batch import LlamaBatcher, bias_array
 from neuron.engine.backends.llamacpp_embed import LlamaEmbedder, model_frame
 from neuron.engine.backends.llamacpp_log import route_llama_log
 from neuron.engine.batching import prefill_chunk
 from neuron.engine.generation import ByteDetokenizer
-from neuron.openai_schema import SamplingParams
+from neuron.server.catalog import default_context, default_parallel
+from neuron.server.openai_schema import SamplingParams
 from neuron.tiny.model import TINY_MARKER_KEY
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("cortex.neuron.engine.backends.llamacpp")
 PENALTY_LAST_N = 64  # llama-cpp-python's default window for repeat/presence/frequency penalties
 
 

@@ -15,8 +15,8 @@ import os
 
 import numpy as np
 
-from neuron.catalog import default_context
 from neuron.engine.backends.base import Backend, BackendSpec, gpu_indices, split_frame
+from neuron.server.catalog import default_context
 
 MAX_SEQUENCES = 32  # inputs pooled in one decode
 

@@ -13,7 +13,6 @@ import logging
 import os
 from collections.abc import Iterator
 
-from neuron.catalog import default_parallel
 from neuron.engine.backends.base import (
     Backend,
     BackendSpec,
@@ -26,10 +25,11 @@ from neuron.engine.backends.base import (
 )
 from neuron.engine.backends.torch_batch import TorchBatcher
 from neuron.engine.batching import prefill_chunk
-from neuron.openai_schema import SamplingParams
+from neuron.server.catalog import default_parallel
+from neuron.server.openai_schema import SamplingParams
 from neuron.tiny.model import TINY_MARKER_KEY
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("cortex.neuron.engine.backends.torch_hf")
 
 
 def _import_torch():

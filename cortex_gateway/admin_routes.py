@@ -1,0 +1,198 @@
+"""The admin API the CLI drives: fleet status, load, unload, pin, unpin, pull, delete.
+
+Behind the admin key when one is configured (`[auth] admin_keys`).
+"""
+
+from __future__ import annotations
+
+import logging
+
+from aiohttp import web
+
+from cortex_gateway.auth import admin_auth
+from cortex_gateway.catalog_routes import catalog
+from cortex_gateway.config import set_pin
+from cortex_gateway.fleet import Node
+from cortex_gateway.state import FLEET, LIFECYCLE, METRICS
+from neuron.shared.client import NeuronError
+from neuron.shared.errors import ApiError, bad_request
+from neuron.shared.fields import req_str, require_object
+from neuron.shared.http import json_response, read_json
+from neuron.shared.protocol import BACKENDS, parse_devices
+
+log = logging.getLogger("cortex.gateway.admin_routes")
+
+
+def _node_status(node: Node, fleet) -> dict:
+    models = []
+    for model, info in node.models.items():
+        usage = fleet.usage_of(node.name, model)
+        models.append({**info.to_dict(), "gateway_in_flight": usage.in_flight,
+                       "queued": node.polled_load(model), "last_used": usage.last_used or None})
+    return {"name": node.name, "endpoint": node.endpoint, "healthy": node.healthy, "draining": node.draining,
+            "in_flight": fleet.in_flight_on(node.name), "failures": node.failures,
+            "last_error": node.last_error or None, "devices": [d.to_dict() for d in node.health.devices],
+            "uptime_s": node.health.uptime_s or None, "models": models,
+            "available": sorted(node.available), "pulls": [p.to_dict() for p in node.pulls],
+            "disk": [m.to_dict() for m in sorted(node.available.values(), key=lambda m: m.id)],
+            "decode_tps": {m.id: m.decode_tps for m in node.health.models},
+            "slots": {m.id: {"running": m.running, "slots": m.slots} for m in node.health.models if m.slots}}
+
+
+async def status(request: web.Request) -> web.Response:
+    """Everything the operator tools show; `?refresh=1` polls every node first (for progress displays)."""
+    fleet, lifecycle = request.config_dict[FLEET], request.config_dict[LIFECYCLE]
+    if request.query.get("refresh"):
+        await fleet.poll_all()
+    return json_response({
+        "nodes": [_node_status(n, fleet) for n in fleet.nodes.values()],
+        "pins": {m: sorted(n) for m, n in lifecycle.pins.items() if n},
+        "strategy": lifecycle.config.strategy,
+        "stats": request.config_dict[METRICS].recent.all(),
+        "events": list(fleet.events)[-50:],
+    })
+
+
+async def models(request: web.Request) -> web.Response:
+    """The merged catalog of `/v1/models`, behind the admin key: `cortex models` is an operator's command,
+    and an admin key need not be a user key (`/v1/models` would refuse it)."""
+    fleet, lifecycle = request.config_dict[FLEET], request.config_dict[LIFECYCLE]
+    return json_response({"object": "list", "data": catalog(fleet, lifecycle)})
+
+
+def _target(request_body) -> tuple[dict, str, str]:
+    data = require_object(request_body)
+    return data, req_str(data, "node"), req_str(data, "model")
+
+
+def _node(request: web.Request, name: str) -> Node:
+    node = request.config_dict[FLEET].nodes.get(name)
+    if node is None:
+        known = ", ".join(request.config_dict[FLEET].nodes) or "none"
+        raise ApiError(404, "not_found_error", f"no node named {name!r}; the nodes are: {known}",
+                       code="node_not_found", param="node")
+    return node
+
+
+async def load(request: web.Request) -> web.Response:
+    data, node_name, model = _target(await read_json(request))
+    node = _node(request, node_name)
+    lifecycle = request.config_dict[LIFECYCLE]
+    model = lifecycle.config.resolve_alias(model)
+    backend = data.get("backend")
+    if backend is not None and backend not in BACKENDS:
+        raise bad_request(f"backend: expected one of {', '.join(BACKENDS)}", param="backend")
+    try:
+        info = await lifecycle.load(node, model, devices=parse_devices(data.get("devices")), backend=backend)
+    except NeuronError as err:
+        if err.code == "model_not_found":
+            raise ApiError(404, "not_found_error", f"model {model!r} is not available on node {node.name!r}; "
+                           "`cortex models` lists where each model can load", code="model_not_found",
+                           param="model") from err
+        raise err.for_client() from err
+    if data.get("pin"):
+        _pin(request, node.name, model, True)
+    return json_response({"node": node.name, "model": model, **info.to_dict()})
+
+
+async def unload(request: web.Request) -> web.Response:
+    _, node_name, model = _target(await read_json(request))
+    node = _node(request, node_name)
+    lifecycle = request.config_dict[LIFECYCLE]
+    try:
+        result = await lifecycle.unload(node, lifecycle.config.resolve_alias(model))
+    except NeuronError as err:
+        raise err.for_client() from err
+    request.config_dict[FLEET].event("unload", node=node.name, model=model)
+    return json_response({"node": node.name, **result})
+
+
+async def pin(request: web.Request) -> web.Response:
+    _, node_name, model = _target(await read_json(request))
+    _pin(request, _node(request, node_name).name, model, True)
+    return json_response({"node": node_name, "model": model, "pinned": True})
+
+
+async def unpin(request: web.Request) -> web.Response:
+    _, node_name, model = _target(await read_json(request))
+    _pin(request, _node(request, node_name).name, model, False)
+    return json_response({"node": node_name, "model": model, "pinned": False})
+
+
+def _pin(request: web.Request, node: str, model: str, pinned: bool) -> None:
+    """Record the pin in memory and, when there is a models file, in it (comments kept)."""
+    lifecycle = request.config_dict[LIFECYCLE]
+    nodes = lifecycle.pins.setdefault(model, set())
+    (nodes.add if pinned else nodes.discard)(node)
+    path = lifecycle.config.models_path
+    if path is not None:
+        set_pin(path, model, node, pinned)
+    request.config_dict[FLEET].event("pin" if pinned else "unpin", node=node, model=model)
+
+
+async def pull(request: web.Request) -> web.Response:
+    """Start a pull on a node (the only node when none is named); the CLI follows it through /admin/status."""
+    data = require_object(await read_json(request))
+    source = req_str(data, "source")
+    node = _node(request, data["node"]) if data.get("node") else _only_node(request)
+    try:
+        state = await node.client.pull(source, wait=bool(data.get("wait")), timeout=24 * 3600)
+    except NeuronError as err:
+        raise err.for_client() from err
+    request.config_dict[FLEET].event("pull", node=node.name, source=source)
+    await request.config_dict[FLEET].poll_node(node)
+    return json_response({"node": node.name, **state.to_dict()}, status=200 if state.finished else 202)
+
+
+def _only_node(request: web.Request) -> Node:
+    nodes = list(request.config_dict[FLEET].nodes.values())
+    if len(nodes) != 1:
+        raise bad_request(f"node: required when the fleet has {len(nodes)} nodes ({', '.join(n.name for n in nodes)})",
+                          param="node", code="missing_field")
+    return nodes[0]
+
+
+async def delete(request: web.Request) -> web.Response:
+    """Delete a model from a node's disk; the node refuses one that is loaded."""
+    _, node_name, model = _target(await read_json(request))
+    node = _node(request, node_name)
+    try:
+        result = await node.client.delete(model)
+    except NeuronError as err:
+        raise err.for_client() from err
+    request.config_dict[FLEET].event("delete", node=node.name, model=model)
+    await request.config_dict[FLEET].poll_node(node)
+    return json_response({"node": node.name, **result})
+
+
+async def drain(request: web.Request) -> web.Response:
+    """No new placements on the node (requests and cold loads go elsewhere); what runs there finishes."""
+    return _set_draining(request, await read_json(request), True)
+
+
+async def undrain(request: web.Request) -> web.Response:
+    return _set_draining(request, await read_json(request), False)
+
+
+def _set_draining(request: web.Request, body, draining: bool) -> web.Response:
+    node = _node(request, req_str(require_object(body), "node"))
+    node.draining = draining
+    fleet = request.config_dict[FLEET]
+    fleet.event("drain" if draining else "undrain", node=node.name)
+    return json_response({"node": node.name, "draining": draining, "in_flight": fleet.in_flight_on(node.name)})
+
+
+def add_routes(app: web.Application) -> None:
+    """Mount the admin API under /admin, its key check applying to it alone (not the hot path)."""
+    admin = web.Application(middlewares=[admin_auth])
+    admin.router.add_get("/status", status)
+    admin.router.add_get("/models", models)
+    admin.router.add_post("/load", load)
+    admin.router.add_post("/unload", unload)
+    admin.router.add_post("/pin", pin)
+    admin.router.add_post("/unpin", unpin)
+    admin.router.add_post("/pull", pull)
+    admin.router.add_post("/delete", delete)
+    admin.router.add_post("/drain", drain)
+    admin.router.add_post("/undrain", undrain)
+    app.add_subapp("/admin", admin)

@@ -1,0 +1,89 @@
+"""What the fleet offers: the merged `/v1/models` and the gateway's `/health`."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from cortex_gateway.anthropic.errors import render_anthropic
+from cortex_gateway.errors import unknown_model
+from cortex_gateway.fleet import Fleet
+from cortex_gateway.lifecycle import Lifecycle
+from cortex_gateway.state import FLEET, LIFECYCLE
+from neuron.shared.errors import render_openai
+from neuron.shared.http import json_response
+
+
+def catalog(fleet: Fleet, lifecycle: Lifecycle) -> list[dict]:
+    """Every model any node has loaded or can load, plus the profiles and aliases."""
+    entries: dict[str, dict] = {}
+
+    def entry(model: str) -> dict:
+        return entries.setdefault(model, {"id": model, "object": "model", "created": 0, "owned_by": "cortex",
+                                          "loaded_on": [], "loadable_on": [], "pinned_on": []})
+
+    for node in fleet.nodes.values():
+        for model in node.models:
+            if node.has_loaded(model):
+                entry(model)["loaded_on"].append(node.name)
+        for model in node.available:
+            entry(model)["loadable_on"].append(node.name)
+    config = lifecycle.config
+    for model, profile in config.models.items():
+        e = entry(model)
+        if profile.path or profile.source:
+            e["loadable_on"] = sorted(set(e["loadable_on"]) | set(fleet.nodes))
+    for model, nodes in lifecycle.pins.items():
+        if nodes:
+            entry(model)["pinned_on"] = sorted(nodes)
+    for alias, target in config.aliases.items():
+        entries[alias] = {**entry(target), "id": alias, "alias_of": target}
+    return sorted(entries.values(), key=lambda e: e["id"])
+
+
+async def list_models(request: web.Request) -> web.Response:
+    app = request.app
+    models = catalog(app[FLEET], app[LIFECYCLE])
+    if _anthropic(request):  # the Anthropic SDK's models.list
+        data = [anthropic_model(m) for m in models]
+        return json_response({"data": data, "has_more": False, "first_id": data[0]["id"] if data else None,
+                              "last_id": data[-1]["id"] if data else None})
+    return json_response({"object": "list", "data": models})
+
+
+async def get_model(request: web.Request) -> web.Response:
+    """`models.retrieve` in both SDKs: the catalog entry, in the dialect the request speaks."""
+    app, model_id = request.app, request.match_info["model"]
+    found = next((m for m in catalog(app[FLEET], app[LIFECYCLE]) if m["id"] == model_id), None)
+    if found is None:
+        err = unknown_model(model_id)
+        return render_anthropic(err) if _anthropic(request) else render_openai(err)
+    return json_response(anthropic_model(found) if _anthropic(request) else found)
+
+
+def _anthropic(request: web.Request) -> bool:
+    return "anthropic-version" in request.headers
+
+
+def anthropic_model(entry: dict) -> dict:
+    return {"type": "model", "id": entry["id"], "display_name": entry["id"], "created_at": "1970-01-01T00:00:00Z"}
+
+
+async def health(request: web.Request) -> web.Response:
+    fleet = request.app[FLEET]
+    total, healthy = len(fleet.nodes), len(fleet.healthy_nodes())
+    status = "ok" if total and healthy == total else "degraded" if healthy else "down"
+    return json_response({"status": status, "nodes": {"healthy": healthy, "total": total}},
+                         status=503 if status == "down" else 200)
+
+
+async def root(_request: web.Request) -> web.Response:
+    """`GET /` (and HEAD): Claude Code and others check the base URL answers before they start."""
+    return json_response({"name": "cortex", "api": ["/v1/chat/completions", "/v1/completions", "/v1/embeddings",
+                                                    "/v1/messages", "/v1/responses", "/v1/models"]})
+
+
+def add_routes(app: web.Application) -> None:
+    app.router.add_get("/", root)
+    app.router.add_get("/v1/models", list_models)
+    app.router.add_get("/v1/models/{model:.+}", get_model)
+    app.router.add_get("/health", health)

@@ -1,0 +1,62 @@
+"""The gateway's OpenAI dialect: chat, completions and embeddings, passed through to the neurons.
+
+The neurons speak OpenAI, so the gateway reads only `model` and `stream` and
+sends the body's bytes on untouched; answers and streams come back as they are.
+"""
+
+from __future__ import annotations
+
+import aiohttp
+from aiohttp import web
+
+from cortex_gateway.dispatch import InferenceCall, dispatch
+from cortex_gateway.metrics import RequestRecord
+from cortex_gateway.proxy import JSON_HEADERS, relay_stream
+from neuron.shared.errors import ApiError, bad_request
+from neuron.shared.http import parse_json
+from neuron.shared.sse import DONE, KEEPALIVE, error_event
+
+
+class OpenAIDialect:
+    """Pass-through: bytes go back as they came."""
+
+    keepalive = KEEPALIVE
+
+    def error_event(self, err: ApiError) -> bytes:
+        return error_event(err) + DONE
+
+    def json_response(self, status: int, raw: bytes) -> web.Response:
+        return web.Response(body=raw, status=status, headers=JSON_HEADERS)
+
+    async def relay(self, upstream: aiohttp.ClientResponse, client_stream: web.StreamResponse,
+                    rec: RequestRecord) -> None:
+        await relay_stream(upstream, client_stream, rec)
+
+
+OPENAI = OpenAIDialect()
+
+
+def read_call(path: str, endpoint: str, body: bytes) -> InferenceCall:
+    """The two fields the gateway reads, `model` and `stream`, checked; the rest is the neuron's to check."""
+    data = parse_json(body)
+    if not isinstance(data, dict):
+        raise bad_request("request body: expected a JSON object", code="invalid_body")
+    model, stream = data.get("model"), data.get("stream", False)
+    if not isinstance(model, str) or not model:
+        raise bad_request("model: required, a model id from GET /v1/models", param="model", code="missing_field")
+    if stream is not None and not isinstance(stream, bool):
+        raise bad_request("stream: expected true or false", param="stream")
+    return InferenceCall(path, endpoint, model, body, bool(stream))
+
+
+def inference_handler(path: str, endpoint: str):
+    async def handler(request: web.Request) -> web.StreamResponse:
+        return await dispatch(request, read_call(path, endpoint, await request.read()), OPENAI)
+
+    return handler
+
+
+def add_routes(app: web.Application) -> None:
+    app.router.add_post("/v1/chat/completions", inference_handler("/v1/chat/completions", "chat"))
+    app.router.add_post("/v1/completions", inference_handler("/v1/completions", "completions"))
+    app.router.add_post("/v1/embeddings", inference_handler("/v1/embeddings", "embeddings"))

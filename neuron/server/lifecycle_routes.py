@@ -1,0 +1,121 @@
+"""The lifecycle API the gateway and the CLI drive: what can load, what is loaded, load, unload, health."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+
+from aiohttp import web
+
+from neuron.engine.faults import FAULT_KINDS
+from neuron.pulls.disk import delete_model
+from neuron.server.catalog import estimate_mb, scan
+from neuron.server.state import FAULTS, METRICS, NODE_NAME, PULLER, REGISTRY, STARTED_AT
+from neuron.shared.errors import ApiError, bad_request
+from neuron.shared.fields import req_str, require_object
+from neuron.shared.http import json_response, read_json
+from neuron.shared.protocol import AvailableModel, Health, LoadRequest, ModelLoad, PullRequest, UnloadRequest
+
+
+async def available(request: web.Request) -> web.Response:
+    registry = request.app[REGISTRY]
+    on_cpu = registry.devices.ids == ["cpu"]
+    models = [AvailableModel(r.id, r.format, r.shown_path, round(r.size_mb, 2), round(estimate_mb(r, None, on_cpu), 1),
+                             r.kind) for r in scan(registry.models_dir)]
+    return json_response({"models": [m.to_dict() for m in models]})
+
+
+async def models(request: web.Request) -> web.Response:
+    registry = request.app[REGISTRY]
+    return json_response({"models": [m.info().to_dict() for m in registry.models.values()],
+                          "failures": registry.failures,
+                          "pulls": [p.to_dict() for p in request.app[PULLER].states()]})
+
+
+async def pull(request: web.Request) -> web.Response:
+    """Start (or join) a pull from the hub; with `wait`, answer when it is done (or has failed)."""
+    req = PullRequest.from_dict(await read_json(request))
+    puller = request.app[PULLER]
+    job = puller.start(req.source)
+    if req.wait:
+        await asyncio.shield(job.task)  # raises the pull's own error, rendered by the middleware
+    return json_response(job.state.to_dict(), status=200 if job.state.finished else 202)
+
+
+async def delete(request: web.Request) -> web.Response:
+    data = require_object(await read_json(request))
+    registry = request.app[REGISTRY]
+    loaded = {e.id: Path(e.ref.path) for e in registry.models.values() if not e.ref.remote}
+    return json_response(delete_model(registry.models_dir, req_str(data, "model"), loaded).to_dict())
+
+
+async def pulls(request: web.Request) -> web.Response:
+    return json_response({"pulls": [p.to_dict() for p in request.app[PULLER].states()]})
+
+
+async def load(request: web.Request) -> web.Response:
+    req = LoadRequest.from_dict(await read_json(request))
+    # Shielded: a client that hangs up mid-load must not orphan weights half-way onto a device.
+    entry = await asyncio.shield(request.app[REGISTRY].load(req))
+    return json_response(entry.info().to_dict())
+
+
+async def unload(request: web.Request) -> web.Response:
+    req = UnloadRequest.from_dict(await read_json(request))
+    entry = await asyncio.shield(request.app[REGISTRY].unload(req.model, if_idle=req.if_idle))
+    return json_response({"id": entry.id, "status": "unloaded"})
+
+
+async def health(request: web.Request) -> web.Response:
+    app = request.app
+    registry = app[REGISTRY]
+    models = [_load_of(m) for m in registry.models.values()]
+    health = Health("ok", app[NODE_NAME], round(time.monotonic() - app[STARTED_AT], 3),
+                    registry.devices.snapshot(), models)
+    return json_response(health.to_dict())
+
+
+def _load_of(entry) -> ModelLoad:
+    adm, batcher = entry.admission, getattr(entry.backend, "batcher", None)
+    return ModelLoad(entry.id, entry.status, adm.in_flight if adm else 0, adm.queue_depth if adm else 0,
+                     round(entry.decode_tps, 2), round(entry.memory_mb, 1),
+                     batcher.running() if batcher else 0, len(batcher.slots) if batcher else 0)
+
+
+async def metrics(request: web.Request) -> web.Response:
+    return web.Response(body=request.app[METRICS].render(),
+                        headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"})
+
+
+async def arm_fault(request: web.Request) -> web.Response:
+    """Debug endpoint, present only with CORTEX_FAULT_INJECTION=1."""
+    data = require_object(await read_json(request))
+    kind = data.get("fault")
+    if kind not in FAULT_KINDS:
+        raise bad_request(f"fault: expected one of {', '.join(FAULT_KINDS)}", param="fault")
+    numbers = {k: data.get(k, d) for k, d in (("count", 1), ("after_tokens", 0), ("delay_ms", 0))}
+    if not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in numbers.values()):
+        raise bad_request("count, after_tokens and delay_ms: expected non-negative integers")
+    model = req_str(data, "model")
+    request.app[FAULTS].arm(model, kind, **numbers)
+    return json_response({"armed": {"model": model, "fault": kind, **numbers}})
+
+
+async def not_found(request: web.Request) -> web.Response:
+    raise ApiError(404, "not_found_error", f"no route {request.method} {request.path}", code="not_found")
+
+
+def add_routes(app: web.Application, faults_enabled: bool) -> None:
+    app.router.add_get("/models/available", available)
+    app.router.add_get("/models", models)
+    app.router.add_post("/models/load", load)
+    app.router.add_post("/models/unload", unload)
+    app.router.add_post("/models/pull", pull)
+    app.router.add_get("/models/pulls", pulls)
+    app.router.add_post("/models/delete", delete)
+    app.on_shutdown.append(app[PULLER].on_shutdown)  # pulls stop when the grace starts: their waiters are answered
+    app.router.add_get("/health", health)
+    app.router.add_get("/metrics", metrics)
+    if faults_enabled:
+        app.router.add_post("/debug/faults", arm_fault)
