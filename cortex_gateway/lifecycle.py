@@ -1,6 +1,6 @@
 """Getting a model onto a node: cold loads (single-flight), evictions, admin load/unload.
 
-The decisions come from `routing` and `eviction` (pure); this module carries
+The decisions come from `router` and `evictor` (pure); this module carries
 them out against the neurons and keeps the fleet's view current.
 """
 

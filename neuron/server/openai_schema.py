@@ -61,7 +61,7 @@ class InferenceRequest:
     output_format: OutputFormat | None = None
     include_usage: bool = False  # stream_options.include_usage: a usage chunk before [DONE]
     template_kwargs: dict = field(default_factory=dict)  # chat_template_kwargs: more template variables
-    # Test-only: honoured by tiny models alone (see neuron.scripted).
+    # Test-only: honoured by tiny models alone (see neuron.engine.inference, InferenceEngine._forced_tokens).
     script: str | None = None
     # Continue the last (assistant) message instead of opening a new turn: Anthropic's prefill.
     continue_final: bool = False
