@@ -21,6 +21,7 @@ import sys
 import tempfile
 import time
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 
 from rich.console import Console
@@ -90,9 +91,22 @@ class RawTorch:
         self.tokens = self.backend.tokenize(render_chat(self.backend.chat_template, PROMPT))
         self.params = SamplingParams(temperature=0, logit_bias={t: -100.0 for t in self.backend._end_ids})
 
+    def decode_alone(self) -> Iterator[int]:
+        """One sequence decoded alone, outside the batcher: the backend's model and sampler, nothing else."""
+        backend, torch = self.backend, self.backend.torch
+        sampler = backend.sampler(self.params)
+        with torch.inference_mode():
+            out = backend.model(input_ids=torch.tensor([self.tokens], device=backend.device), use_cache=True)
+            while True:
+                token = sampler.sample(out.logits[0, -1].float())
+                sampler.seen(token)
+                yield token
+                out = backend.model(input_ids=torch.tensor([[token]], device=backend.device),
+                                    past_key_values=out.past_key_values, use_cache=True)
+
     def rate(self, n: int) -> float:
         times = []
-        for _tok in self.backend.generate_tokens(self.tokens, self.params):
+        for _tok in self.decode_alone():
             times.append(time.perf_counter())
             if len(times) == n:
                 break

@@ -99,13 +99,6 @@ def matryoshka_from_config(config: dict) -> tuple[int, ...] | None:
     return () if config.get("is_matryoshka") is True else None
 
 
-def forced_sequence_check(forced: list[int] | None, step: int) -> int | None:
-    """The token forced at `step`, if any (shared by the backends' samplers)."""
-    if forced is None or step >= len(forced):
-        return None
-    return forced[step]
-
-
 class GuidanceTokenizer:
     """Built on first use (it walks the whole vocabulary), once, whichever tokenizer thread asks first."""
 

@@ -11,14 +11,12 @@ import functools
 import json
 import logging
 import os
-from collections.abc import Iterator
 
 from neuron.engine.backends.base import (
     Backend,
     BackendSpec,
     BackendUnavailable,
     GuidanceTokenizer,
-    forced_sequence_check,
     gpu_indices,
     matryoshka_from_config,
     split_frame,
@@ -126,24 +124,6 @@ class TorchBackend(Backend):
 
     def detokenizer(self, skip_special: bool = True):
         return HFDetokenizer(self.tokenizer, skip_special)
-
-    def generate_tokens(self, prompt: list[int], params: SamplingParams,
-                        forced: list[int] | None = None) -> Iterator[int]:
-        """One sequence decoded alone, outside the batcher: the raw baseline of benchmarks/stream_decode.py."""
-        torch = self.torch
-        sampler = self.sampler(params)
-        with torch.inference_mode():
-            out = self.model(input_ids=torch.tensor([prompt], device=self.device), use_cache=True)
-            step = 0
-            while True:
-                logits = out.logits[0, -1].float()
-                token = forced_sequence_check(forced, step)
-                token = sampler.sample(logits) if token is None else token
-                sampler.seen(token)
-                yield token
-                step += 1
-                out = self.model(input_ids=torch.tensor([[token]], device=self.device),
-                                 past_key_values=out.past_key_values, use_cache=True)
 
     # -- embeddings: mean of the last hidden state, L2-normalised --------------------------------
     @property
