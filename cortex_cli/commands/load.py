@@ -9,6 +9,7 @@ import click
 
 from cortex_cli.commands.status import fetch
 from cortex_cli.options import admin_key_option, complete_model, complete_node, gateway_option
+from neuron.shared.backend_names import BACKENDS
 
 
 def _devices(value: str | None) -> list[int] | None:
@@ -63,8 +64,7 @@ async def _progress(client, node: str, model: str) -> tuple[str | None, list[dic
 @click.argument("model", shell_complete=complete_model)
 @click.option("--pin", is_flag=True, help="Never evict it from NODE; recorded in the models file.")
 @click.option("--devices", metavar="0,1", help="GPU indices on NODE to place it on.")
-@click.option("--backend", type=click.Choice(["auto", "torch", "llama.cpp", "llama-server", "vllm", "sglang"]),
-              default=None)
+@click.option("--backend", type=click.Choice(BACKENDS), default=None)
 @gateway_option
 @admin_key_option
 def load(node, model, pin, devices, backend, gateway, admin_key) -> None:

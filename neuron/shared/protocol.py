@@ -14,12 +14,11 @@ from dataclasses import asdict, dataclass, field
 from enum import StrEnum
 from typing import Any, Self
 
+from neuron.shared.backend_names import BACKENDS, EXTERNAL_ENGINES
 from neuron.shared.errors import bad_request
 from neuron.shared.fields import opt_float, opt_int, req_str, require_object, require_type
 from neuron.shared.launch_flags import check_engine_args
 
-BACKENDS = ("auto", "torch", "llama.cpp", "llama-server", "vllm", "sglang")
-EXTERNAL_ENGINES = ("llama-server", "vllm", "sglang")  # run as child processes; `auto` never picks one
 MAX_ENGINE_ARGS = 64
 
 
