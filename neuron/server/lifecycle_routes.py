@@ -12,7 +12,7 @@ from neuron.engine.faults import FAULT_KINDS
 from neuron.pulls.disk import delete_model
 from neuron.server.catalog import estimate_mb, scan
 from neuron.server.state import FAULTS, METRICS, NODE_NAME, PULLER, REGISTRY, STARTED_AT
-from neuron.shared.errors import ApiError, bad_request
+from neuron.shared.errors import bad_request
 from neuron.shared.fields import req_str, require_object
 from neuron.shared.http import json_response, read_json
 from neuron.shared.protocol import AvailableModel, Health, LoadRequest, ModelLoad, PullRequest, UnloadRequest
@@ -100,10 +100,6 @@ async def arm_fault(request: web.Request) -> web.Response:
     model = req_str(data, "model")
     request.app[FAULTS].arm(model, kind, **numbers)
     return json_response({"armed": {"model": model, "fault": kind, **numbers}})
-
-
-async def not_found(request: web.Request) -> web.Response:
-    raise ApiError(404, "not_found_error", f"no route {request.method} {request.path}", code="not_found")
 
 
 def add_routes(app: web.Application, faults_enabled: bool) -> None:
