@@ -7,6 +7,8 @@ import pytest
 
 from tests.helpers import make_tiny, start_neuron
 
+pytest_plugins = ["tests.leftovers"]  # the session fails if a process it started outlives it
+
 
 @pytest.fixture(scope="session")
 def models_dir(tmp_path_factory) -> Path:

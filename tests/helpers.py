@@ -73,8 +73,19 @@ class CortexProcess:
         self.proc = subprocess.Popen(CORTEX + args, stdout=self._log, stderr=subprocess.STDOUT,
                                      env={**os.environ, **(env or {})})
 
+    def __enter__(self) -> CortexProcess:
+        return self
+
+    def __exit__(self, *_exc) -> None:
+        self.terminate()
+
     def wait_healthy(self, timeout: float = 60) -> None:
-        wait_serving(self.proc, self.url + "/health", self.log_tail, timeout)
+        """Wait for /health; a process that never gets there is killed, so a failed start leaks nothing."""
+        try:
+            wait_serving(self.proc, self.url + "/health", self.log_tail, timeout)
+        except BaseException:
+            self.kill()
+            raise
 
     def log(self) -> str:
         """The whole log: a check that a line is there (or is not) must not depend on how much came after it."""
@@ -90,6 +101,7 @@ class CortexProcess:
         return self.proc.returncode
 
     def kill(self) -> None:
+        """SIGKILL, for a test that means it (a crash) or a teardown that need not wait."""
         if self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait()
@@ -127,25 +139,26 @@ def start_gateway(tmp: Path, neurons: dict[str, str], *, models_toml: str = "", 
     return proc
 
 
+def load_models(proc: CortexProcess, models: tuple[str | dict, ...]) -> dict[str, dict]:
+    """Load each of `models` (a name, or a whole /models/load body) on a neuron: each load's answer by model."""
+    loaded = {}
+    for model in models:
+        request = model if isinstance(model, dict) else {"model": model}
+        status, body = http_json("POST", proc.url + "/models/load", request)
+        assert status == 200, body
+        loaded[request["model"]] = body
+    return loaded
+
+
 @contextlib.contextmanager
-def one_node_fleet(root: Path, models_dir: Path, *neuron_args: str, load: tuple[str, ...] = (),
+def one_node_fleet(root: Path, models_dir: Path, *neuron_args: str, load: tuple[str | dict, ...] = (),
                    **gateway_kwargs) -> Iterator[tuple[CortexProcess, CortexProcess, dict[str, dict]]]:
-    """A gateway over one neuron ("n1") with `load` loaded: (gateway, neuron, each load's answer). Both are
-    stopped however the block ends, a failed start or load included."""
-    neuron = start_neuron(root, models_dir, *neuron_args)
-    gateway = None
-    try:
-        loaded = {}
-        for model in load:
-            status, body = http_json("POST", neuron.url + "/models/load", {"model": model})
-            assert status == 200, body
-            loaded[model] = body
-        gateway = start_gateway(root, {"n1": neuron.url}, **gateway_kwargs)
-        yield gateway, neuron, loaded
-    finally:
-        if gateway is not None:
-            gateway.terminate()
-        neuron.terminate()
+    """A gateway over one neuron ("n1") with `load` loaded (see load_models): (gateway, neuron, each load's
+    answer by model). Both are stopped however the block ends, a failed start or load included."""
+    with start_neuron(root, models_dir, *neuron_args) as neuron:
+        loaded = load_models(neuron, load)
+        with start_gateway(root, {"n1": neuron.url}, **gateway_kwargs) as gateway:
+            yield gateway, neuron, loaded
 
 
 def metric(proc: CortexProcess, series: str) -> float:
