@@ -4,6 +4,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import pytest_asyncio
 
 from tests.helpers import make_tiny, start_neuron
 
@@ -32,6 +33,16 @@ def neuron(tmp_path_factory, models_dir):
         yield proc
     finally:
         proc.terminate()
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def inprocess_neuron(models_dir):
+    """The neuron's own app in this process (tests/neuron_inprocess.py), both tiny models loaded, one per
+    module: its tests run on the module's event loop (`pytestmark = IN_MODULE_LOOP`)."""
+    from tests.neuron_inprocess import serve_in_process
+
+    async with serve_in_process(models_dir) as node:
+        yield node
 
 
 @pytest.fixture(scope="module", params=["gguf", "hf"])

@@ -1,24 +1,17 @@
-"""Everything a client can get wrong gets a 4xx in the OpenAI envelope, and the neuron keeps serving."""
+"""Everything a client can get wrong gets a 4xx in the OpenAI envelope, and the neuron keeps serving.
+
+Through the neuron's app in process (tests/neuron_inprocess.py): the bodies go over a real socket as sent.
+"""
 
 from __future__ import annotations
 
-import urllib.request
+import json
 
 import pytest
 
-from tests.helpers import http_json
+from tests.neuron_inprocess import IN_MODULE_LOOP
 
-
-def raw(url: str, data: bytes, method: str = "POST") -> tuple[int, dict]:
-    import json
-
-    req = urllib.request.Request(url, data=data, method=method, headers={"Content-Type": "application/json"})
-    try:
-        with urllib.request.urlopen(req, timeout=30) as resp:
-            return resp.status, json.loads(resp.read())
-    except urllib.error.HTTPError as err:
-        return err.code, json.loads(err.read())
-
+pytestmark = IN_MODULE_LOOP
 
 MSG = [{"role": "user", "content": "hi"}]
 
@@ -62,23 +55,21 @@ CASES = [
 
 
 @pytest.mark.parametrize("path, body, status, code", CASES, ids=[f"{c[0]}-{i}" for i, c in enumerate(CASES)])
-def test_bad_input_gets_a_clear_4xx(neuron, path, body, status, code):
-    import json
-
+async def test_bad_input_gets_a_clear_4xx(inprocess_neuron, path, body, status, code):
     data = body if isinstance(body, bytes) else json.dumps(body).encode()
-    got, resp = raw(neuron.url + path, data)
+    got, resp = await inprocess_neuron.send(path, data)
     assert got == status, resp
     err = resp["error"]
     assert err["code"] == code and isinstance(err["message"], str) and err["message"]
     assert "Traceback" not in err["message"]
 
 
-def test_wrong_method_is_a_405_envelope(neuron):
-    status, body = raw(neuron.url + "/v1/chat/completions", None, method="GET")
+async def test_wrong_method_is_a_405_envelope(inprocess_neuron):
+    status, body = await inprocess_neuron.send("/v1/chat/completions", None, method="GET")
     assert status == 405 and body["error"]["code"] == "method_not_allowed"
 
 
-def test_still_serving_after_bad_input(neuron):
-    status, body = http_json("POST", neuron.url + "/v1/chat/completions",
-                             {"model": "tiny-gguf", "messages": MSG, "max_tokens": 2})
+async def test_still_serving_after_bad_input(inprocess_neuron):
+    status, body = await inprocess_neuron.call("POST", "/v1/chat/completions",
+                                               {"model": "tiny-gguf", "messages": MSG, "max_tokens": 2})
     assert status == 200 and body["choices"][0]["message"]["role"] == "assistant"

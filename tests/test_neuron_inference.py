@@ -1,35 +1,27 @@
-"""Inference through a real neuron with both backends, using the official openai client."""
+"""Inference through the neuron's app (in process) with both backends, using the official openai client."""
 
 from __future__ import annotations
 
 import json
-import urllib.request
 
-import openai
 import pytest
 
-from tests.helpers import NO_EOS, http_json
+from tests.helpers import NO_EOS
+from tests.neuron_inprocess import IN_MODULE_LOOP, streamed_text
 
 BACKENDS = ["tiny-gguf", "tiny-hf"]
+pytestmark = IN_MODULE_LOOP
 
 
 @pytest.fixture(scope="module")
-def client(neuron):
-    return openai.OpenAI(base_url=neuron.url + "/v1", api_key="unused", max_retries=0)
-
-
-def raw_stream_lines(url: str, body: dict) -> list[str]:
-    req = urllib.request.Request(url, data=json.dumps(body).encode(), method="POST",
-                                 headers={"Content-Type": "application/json"})
-    with urllib.request.urlopen(req, timeout=60) as resp:
-        assert resp.headers["Content-Type"].startswith("text/event-stream")
-        return [line.decode() for line in resp.read().splitlines() if line.strip()]
+def client(inprocess_neuron):
+    return inprocess_neuron.openai
 
 
 @pytest.mark.parametrize("model", BACKENDS)
-def test_chat_non_streaming(client, model):
-    resp = client.chat.completions.create(model=model, messages=[{"role": "user", "content": "hi"}],
-                                          max_tokens=12, seed=5, temperature=0.7)
+async def test_chat_non_streaming(client, model):
+    resp = await client.chat.completions.create(model=model, messages=[{"role": "user", "content": "hi"}],
+                                                max_tokens=12, seed=5, temperature=0.7)
     choice = resp.choices[0]
     assert choice.message.role == "assistant"
     assert choice.finish_reason in ("length", "stop")
@@ -39,23 +31,23 @@ def test_chat_non_streaming(client, model):
 
 
 @pytest.mark.parametrize("model", BACKENDS)
-def test_same_seed_same_answer(client, model):
-    def ask(seed):
-        return client.chat.completions.create(
+async def test_same_seed_same_answer(client, model):
+    async def ask(seed):
+        return (await client.chat.completions.create(
             model=model, messages=[{"role": "user", "content": "say something"}], max_tokens=16,
-            seed=seed, temperature=1.0, logit_bias=NO_EOS).choices[0].message.content
+            seed=seed, temperature=1.0, logit_bias=NO_EOS)).choices[0].message.content
 
-    assert ask(11) == ask(11)
-    assert len({ask(s) for s in (1, 2, 3)}) > 1, "different seeds should sample differently"
+    assert await ask(11) == await ask(11)
+    assert len({await ask(s) for s in (1, 2, 3)}) > 1, "different seeds should sample differently"
 
 
 @pytest.mark.parametrize("model", BACKENDS)
-def test_chat_streaming_matches_non_streaming(client, model):
+async def test_chat_streaming_matches_non_streaming(client, model):
     kwargs = dict(model=model, messages=[{"role": "user", "content": "stream please"}], max_tokens=20,
                   temperature=0, logit_bias=NO_EOS)
-    full = client.chat.completions.create(**kwargs).choices[0].message.content
-    chunks = list(client.chat.completions.create(stream=True, stream_options={"include_usage": True},
-                                                 **kwargs))
+    full = (await client.chat.completions.create(**kwargs)).choices[0].message.content
+    chunks = [c async for c in await client.chat.completions.create(
+        stream=True, stream_options={"include_usage": True}, **kwargs)]
     streamed = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
     assert streamed == full
     assert chunks[-1].usage.completion_tokens == 20
@@ -63,13 +55,13 @@ def test_chat_streaming_matches_non_streaming(client, model):
 
 
 @pytest.mark.parametrize("model", BACKENDS)
-def test_stream_usage_chunk_only_when_asked(neuron, model):
+async def test_stream_usage_chunk_only_when_asked(inprocess_neuron, model):
     """A usage chunk (choices: []) only with stream_options.include_usage; the usage comment always (clients
     skip comments; the gateway reads it for metrics)."""
     body = {"model": model, "messages": [{"role": "user", "content": "x"}], "max_tokens": 3, "stream": True}
-    plain = raw_stream_lines(neuron.url + "/v1/chat/completions", body)
-    asked = raw_stream_lines(neuron.url + "/v1/chat/completions",
-                             {**body, "stream_options": {"include_usage": True}})
+    plain = await inprocess_neuron.stream_lines("/v1/chat/completions", body)
+    asked = await inprocess_neuron.stream_lines("/v1/chat/completions",
+                                                {**body, "stream_options": {"include_usage": True}})
     assert plain[-1] == asked[-1] == "data: [DONE]"
     assert not any('"choices":[]' in line for line in plain)
     assert plain[-2].startswith(": cortex-usage ")
@@ -78,53 +70,53 @@ def test_stream_usage_chunk_only_when_asked(neuron, model):
 
 
 @pytest.mark.parametrize("model", BACKENDS)
-def test_text_completion(client, model):
-    resp = client.completions.create(model=model, prompt="The quick brown fox", max_tokens=8, seed=1)
+async def test_text_completion(client, model):
+    resp = await client.completions.create(model=model, prompt="The quick brown fox", max_tokens=8, seed=1)
     assert resp.object == "text_completion"
     assert resp.usage.completion_tokens <= 8
-    streamed = list(client.completions.create(model=model, prompt="The quick brown fox", max_tokens=8,
-                                              seed=1, stream=True))
+    streamed = [c async for c in await client.completions.create(model=model, prompt="The quick brown fox",
+                                                                  max_tokens=8, seed=1, stream=True)]
     assert any(c.choices and c.choices[0].text for c in streamed)
 
 
 @pytest.mark.parametrize("model", BACKENDS)
-def test_scripted_output_and_stop_sequences(client, model):
+async def test_scripted_output_and_stop_sequences(client, model):
     """A tiny model can be made to say a chosen text; stop sequences cut it, in both modes."""
     script = "alpha beta gamma delta"
-    said = client.chat.completions.create(model=model, messages=[{"role": "user", "content": "?"}],
-                                          extra_body={"cortex_script": script})
+    said = await client.chat.completions.create(model=model, messages=[{"role": "user", "content": "?"}],
+                                                extra_body={"cortex_script": script})
     assert said.choices[0].message.content == script
     assert said.choices[0].finish_reason == "stop"
-    cut = client.chat.completions.create(model=model, messages=[{"role": "user", "content": "?"}],
-                                         stop=["gam"], extra_body={"cortex_script": script})
+    cut = await client.chat.completions.create(model=model, messages=[{"role": "user", "content": "?"}],
+                                               stop=["gam"], extra_body={"cortex_script": script})
     assert cut.choices[0].message.content == "alpha beta "
-    stream = client.chat.completions.create(model=model, messages=[{"role": "user", "content": "?"}],
-                                            stop=["a d"], stream=True, extra_body={"cortex_script": script})
-    assert "".join(c.choices[0].delta.content or "" for c in stream if c.choices) == "alpha beta gamm"
+    stream = await client.chat.completions.create(model=model, messages=[{"role": "user", "content": "?"}],
+                                                  stop=["a d"], stream=True, extra_body={"cortex_script": script})
+    assert await streamed_text(stream) == "alpha beta gamm"
 
 
 @pytest.mark.parametrize("model", BACKENDS)
-def test_multibyte_text_survives_token_splits(client, model):
+async def test_multibyte_text_survives_token_splits(client, model):
     script = "héllo wörld 日本 ✓"
-    stream = client.chat.completions.create(model=model, messages=[{"role": "user", "content": "?"}],
-                                            stream=True, extra_body={"cortex_script": script})
-    assert "".join(c.choices[0].delta.content or "" for c in stream if c.choices) == script
+    stream = await client.chat.completions.create(model=model, messages=[{"role": "user", "content": "?"}],
+                                                  stream=True, extra_body={"cortex_script": script})
+    assert await streamed_text(stream) == script
 
 
 @pytest.mark.parametrize("model", BACKENDS)
-def test_embeddings(client, model):
-    resp = client.embeddings.create(model=model, input=["hello", "world"])
+async def test_embeddings(client, model):
+    resp = await client.embeddings.create(model=model, input=["hello", "world"])
     assert len(resp.data) == 2
     vec = resp.data[0].embedding
     assert abs(sum(v * v for v in vec) - 1.0) < 1e-3
     assert resp.usage.prompt_tokens >= 2
 
 
-def test_prompt_over_context_is_a_400(neuron):
-    status, body = http_json("POST", neuron.url + "/models/load", {"model": "tiny-short"})
+async def test_prompt_over_context_is_a_400(inprocess_neuron):
+    status, body = await inprocess_neuron.call("POST", "/models/load", {"model": "tiny-short"})
     ctx = body["context_size"]  # llama.cpp rounds small contexts up (to 256)
     assert status == 200 and 64 <= ctx <= 256
-    status, body = http_json("POST", neuron.url + "/v1/chat/completions", {
+    status, body = await inprocess_neuron.call("POST", "/v1/chat/completions", {
         "model": "tiny-short", "messages": [{"role": "user", "content": "word " * ctx}]})
     assert status == 400
     assert body["error"]["code"] == "context_length_exceeded"
@@ -133,28 +125,20 @@ def test_prompt_over_context_is_a_400(neuron):
     assert str(ctx) in body["error"]["message"]
 
 
-def test_metrics_count_the_requests(neuron, client):
-    before = _counter(neuron, 'cortex_neuron_requests_total{endpoint="chat",model="tiny-gguf",status="ok"}')
+async def test_metrics_count_the_requests(inprocess_neuron, client):
+    series = 'cortex_neuron_requests_total{endpoint="chat",model="tiny-gguf",status="ok"}'
+    before = await inprocess_neuron.metric(series)
     for _ in range(3):
-        client.chat.completions.create(model="tiny-gguf", messages=[{"role": "user", "content": "m"}],
-                                       max_tokens=2)
-    after = _counter(neuron, 'cortex_neuron_requests_total{endpoint="chat",model="tiny-gguf",status="ok"}')
-    assert after - before == 3
+        await client.chat.completions.create(model="tiny-gguf", messages=[{"role": "user", "content": "m"}],
+                                             max_tokens=2)
+    assert await inprocess_neuron.metric(series) - before == 3
 
 
-def _counter(neuron, series: str) -> float:
-    text = urllib.request.urlopen(neuron.url + "/metrics").read().decode()
-    for line in text.splitlines():
-        if line.startswith(series):
-            return float(line.split()[-1])
-    return 0.0
-
-
-def test_both_backends_decode_the_same_greedy_tokens(client):
+async def test_both_backends_decode_the_same_greedy_tokens(client):
     """The GGUF and HF tiny models hold the same weights; greedy decoding must agree."""
-    answers = {model: client.chat.completions.create(
+    answers = {model: (await client.chat.completions.create(
         model=model, messages=[{"role": "user", "content": "compare"}], max_tokens=24, temperature=0,
-        logit_bias=NO_EOS).choices[0].message.content for model in BACKENDS}
+        logit_bias=NO_EOS)).choices[0].message.content for model in BACKENDS}
     assert answers["tiny-gguf"] == answers["tiny-hf"], answers
 
 
@@ -167,9 +151,9 @@ TWO_CALLS = ('Let me check. <tool_call>\n{"name": "get_weather", "arguments": {"
 
 
 @pytest.mark.parametrize("model", BACKENDS)
-def test_tool_calls_parsed_non_streaming(client, model):
-    resp = client.chat.completions.create(model=model, messages=[{"role": "user", "content": "weather?"}],
-                                          tools=[WEATHER_TOOL], extra_body={"cortex_script": TWO_CALLS})
+async def test_tool_calls_parsed_non_streaming(client, model):
+    resp = await client.chat.completions.create(model=model, messages=[{"role": "user", "content": "weather?"}],
+                                                tools=[WEATHER_TOOL], extra_body={"cortex_script": TWO_CALLS})
     choice = resp.choices[0]
     assert choice.finish_reason == "tool_calls"
     assert choice.message.content == "Let me check. "
@@ -180,11 +164,12 @@ def test_tool_calls_parsed_non_streaming(client, model):
 
 
 @pytest.mark.parametrize("model", BACKENDS)
-def test_tool_calls_streamed_in_pieces(client, model):
-    stream = client.chat.completions.create(model=model, messages=[{"role": "user", "content": "weather?"}],
-                                            tools=[WEATHER_TOOL], stream=True, extra_body={"cortex_script": TWO_CALLS})
+async def test_tool_calls_streamed_in_pieces(client, model):
+    stream = await client.chat.completions.create(model=model, messages=[{"role": "user", "content": "weather?"}],
+                                                  tools=[WEATHER_TOOL], stream=True,
+                                                  extra_body={"cortex_script": TWO_CALLS})
     text, calls, finish, pieces = "", {}, None, 0
-    for chunk in stream:
+    async for chunk in stream:
         if not chunk.choices:
             continue
         delta = chunk.choices[0].delta
@@ -200,12 +185,12 @@ def test_tool_calls_streamed_in_pieces(client, model):
     assert pieces > 4, "arguments arrive in several pieces"
 
 
-def test_json_object_answer_is_a_tool_call_only_for_known_tools(client):
+async def test_json_object_answer_is_a_tool_call_only_for_known_tools(client):
     script = '{"name": "get_weather", "parameters": {"city": "Oslo"}}'
-    resp = client.chat.completions.create(model="tiny-gguf", messages=[{"role": "user", "content": "?"}],
-                                          tools=[WEATHER_TOOL], extra_body={"cortex_script": script})
+    resp = await client.chat.completions.create(model="tiny-gguf", messages=[{"role": "user", "content": "?"}],
+                                                tools=[WEATHER_TOOL], extra_body={"cortex_script": script})
     assert json.loads(resp.choices[0].message.tool_calls[0].function.arguments) == {"city": "Oslo"}
     other = '{"name": "launch_rockets", "arguments": {}}'
-    resp = client.chat.completions.create(model="tiny-gguf", messages=[{"role": "user", "content": "?"}],
-                                          tools=[WEATHER_TOOL], extra_body={"cortex_script": other})
+    resp = await client.chat.completions.create(model="tiny-gguf", messages=[{"role": "user", "content": "?"}],
+                                                tools=[WEATHER_TOOL], extra_body={"cortex_script": other})
     assert resp.choices[0].message.content == other and not resp.choices[0].message.tool_calls
