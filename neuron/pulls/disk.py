@@ -22,6 +22,7 @@ from pathlib import Path
 from neuron.pulls.names import split_parts
 from neuron.server.catalog import ModelRef, scan
 from neuron.shared.errors import ApiError
+from neuron.shared.files import write_atomic
 
 STAGING, INDEX = ".pulls", "index.json"
 
@@ -94,6 +95,4 @@ def _forget(models_dir: Path, names: set[str]) -> None:
     except (OSError, ValueError):
         return
     kept = {source: name for source, name in index.items() if name not in names}
-    tmp = index_path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(kept, indent=1, sort_keys=True))
-    os.replace(tmp, index_path)
+    write_atomic(index_path, json.dumps(kept, indent=1, sort_keys=True))

@@ -42,6 +42,7 @@ from neuron.pulls.disk import INDEX, STAGING
 from neuron.pulls.names import staged_path
 from neuron.pulls.sources import HubSource, RemoteFile, check_source, local_name, select_files
 from neuron.shared.errors import ApiError
+from neuron.shared.files import write_atomic
 from neuron.shared.protocol import PullPhase, PullState
 
 log = logging.getLogger("cortex.neuron.pulls.puller")
@@ -237,9 +238,7 @@ class Puller:
         index[str(source)] = name
         path = self.models_dir / STAGING / INDEX
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(index, indent=1, sort_keys=True))
-        os.replace(tmp, path)
+        write_atomic(path, json.dumps(index, indent=1, sort_keys=True))
 
 
 def _catalog_id(name: str) -> str:
