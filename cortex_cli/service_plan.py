@@ -19,7 +19,6 @@ import pwd
 import re
 import shutil
 import sys
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -206,20 +205,25 @@ def _neuron_needs(given: dict, needs: _Needs) -> float:
         needs.default_models_dir()
     needs.gpu = not needs.request.no_gpu
     _warn_without_token(given, settings, needs)
+    return _grace(settings, NeuronConfig.shutdown_grace_s)
+
+
+def _grace(settings: dict, default: float) -> float:
+    """The drain a server's table sets (its shutdown_grace_s), which the unit's stop timeout must outlast."""
     grace = settings.get("shutdown_grace_s")
-    return float(grace) if isinstance(grace, (int, float)) else NeuronConfig().shutdown_grace_s
+    return float(grace) if isinstance(grace, (int, float)) and not isinstance(grace, bool) else default
 
 
 def _warn_without_token(given: dict, settings: dict, needs: _Needs) -> None:
     """A neuron beyond loopback with no token refuses to start: say so now, while it is easy to fix."""
-    from neuron.shared.config import LOOPBACK, ConfigError, parse_listen
+    from neuron.shared.config import ConfigError, is_loopback, parse_listen
 
     listen = given["listen"][1] if "listen" in given else settings.get("listen")
     try:
         host = parse_listen(listen, "[neuron].listen")[0] if isinstance(listen, str) else "127.0.0.1"
     except ConfigError as exc:
         raise PlanError(f"--config: {exc}") from None
-    if host in LOOPBACK or host.startswith("127.") or "token_file" in given or "private_network" in given:
+    if is_loopback(host) or "token_file" in given or "private_network" in given:
         return
     if any(settings.get(k) for k in ("token", "token_file", "private_network")):
         return
@@ -235,7 +239,7 @@ def _warn_without_token(given: dict, settings: dict, needs: _Needs) -> None:
 
 def _gateway_needs(given: dict, needs: _Needs) -> float:
     """Note where the gateway writes pins (or, without a config, its local neuron's needs); return its drain."""
-    from cortex_gateway.server import SHUTDOWN_GRACE_S
+    from cortex_gateway.config import GatewayConfig
     from neuron.shared.config import NeuronConfig
 
     if "config_path" not in given:
@@ -243,7 +247,7 @@ def _gateway_needs(given: dict, needs: _Needs) -> float:
                               "single-machine default); for a fleet, pass --config /etc/cortex/cortex.toml")
         needs.default_models_dir()
         needs.gpu = not needs.request.no_gpu
-        return SHUTDOWN_GRACE_S + NeuronConfig().shutdown_grace_s
+        return GatewayConfig.shutdown_grace_s + NeuronConfig.shutdown_grace_s
     config = Path(os.path.abspath(given["config_path"][1]))
     models_file = _toml_table(config, None).get("models_config")
     if isinstance(models_file, str):
@@ -253,7 +257,7 @@ def _gateway_needs(given: dict, needs: _Needs) -> float:
             needs.warnings.append(f"{models_path.name} sits beside {config.name}: pins need that directory writable, "
                                   f"which would let the service replace {config.name} (its keys) too; keep the "
                                   f"models file in {STATE_DIR} instead")
-    return SHUTDOWN_GRACE_S
+    return _grace(_toml_table(config, "gateway"), GatewayConfig.shutdown_grace_s)
 
 
 def _absolute(path: Path | str) -> Path:
@@ -319,26 +323,12 @@ def default_unit_dir(user_unit: bool) -> Path:
 
 
 def install_unit(directory: Path, name: str, text: str) -> Path:
-    """Write the unit beside its final name and rename it over: systemd never reads half a file."""
+    """Write the unit atomically: systemd never reads half a file."""
+    from neuron.shared.files import write_atomic
+
     directory.mkdir(parents=True, exist_ok=True)
     target = directory / name
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)  # unit files are read by tools running as any user (systemctl cat)
-        os.replace(tmp, target)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    dir_fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)  # the rename itself survives a crash
-    finally:
-        os.close(dir_fd)
+    write_atomic(target, text, mode=0o644)  # unit files are read by tools running as any user (systemctl cat)
     return target
 
 

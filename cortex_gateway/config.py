@@ -9,18 +9,29 @@ from __future__ import annotations
 
 import os
 import re
-import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import tomlkit
 
 from cortex_gateway.auth import AuthSettings
-from neuron.shared.config import ConfigError, NeuronConfig, parse_listen, read_toml
+from neuron.shared.config import NeuronConfig, parse_listen, read_toml
+from neuron.shared.config_fields import (
+    AT_LEAST_ONE,
+    NON_NEGATIVE,
+    POSITIVE,
+    SERVER_LIMITS,
+    ConfigError,
+    Section,
+)
+from neuron.shared.connections import free_port
+from neuron.shared.files import write_atomic
 from neuron.shared.launch_flags import refusal
 from neuron.shared.protocol import BACKENDS, EXTERNAL_ENGINES
 
+DEFAULT_CONFIG = Path("~/.cortex/cortex.toml")
 STRATEGIES = ("lru", "priority")
+CONTEXT_SIZE = {"minimum": 16, "maximum": 1 << 22}  # a profile's context_size: the bounds a load has
 # The gateway is one client address to every neuron, and a neuron closes connections past its
 # max_connections_per_client (NeuronConfig's default) before reading a byte: the relays to one node stay
 # below that, with this many more kept for the gateway's own polls, loads and admin calls to it.
@@ -89,6 +100,7 @@ class GatewayConfig:
     write_timeout_s: float = 60.0  # a stream whose client reads nothing this long is ended (the node's slot freed)
     max_connections_per_client: int = 256
     max_connections_per_node: int = 512  # relays open to one neuron at once; more requests wait for a connection
+    shutdown_grace_s: float = 30.0  # after SIGTERM, how long in-flight requests may take to finish
     responses_store_max: int = 1000  # stored Responses (previous_response_id, GET); 0 keeps none
     responses_store_ttl_s: float = 3600.0  # a stored response is forgotten this long after it was made
     responses_store_max_mb: float = 256.0  # all stored Responses, in JSON bytes; the least recently used go first
@@ -98,116 +110,102 @@ class GatewayConfig:
     config_path: Path | None = None
     models_path: Path | None = None
     keys_path: Path | None = None
+    local_neuron: bool = False  # the embedded default: run the one neuron as a child (cortex_gateway.embedded)
 
     def resolve_alias(self, model: str) -> str:
         return self.aliases.get(model, model)
 
 
-def _where(path: Path, section: str, key: str) -> str:
-    return f"{path}: {section}.{key}" if section else f"{path}: {key}"
+# [gateway]'s numbers beyond those both servers have; see neuron.shared.config_fields for the rules.
+GATEWAY_LIMITS = {
+    **SERVER_LIMITS, "poll_interval_s": POSITIVE, "poll_timeout_s": POSITIVE, "load_timeout_s": POSITIVE,
+    "progress_interval_s": POSITIVE, "upstream_read_timeout_s": POSITIVE, "down_after": AT_LEAST_ONE,
+    "responses_store_max": NON_NEGATIVE, "responses_store_ttl_s": POSITIVE, "responses_store_max_mb": POSITIVE,
+    "responses_store_max_response_mb": POSITIVE,
+}
+AUTH_LIMITS = {"requests_per_minute": NON_NEGATIVE, "max_concurrent": NON_NEGATIVE}  # 0: no limit
 
 
-def _get(table: dict, key: str, kind, path: Path, section: str, expected: str, default=None):
-    value = table.get(key, default)
-    if value is None:
-        return default
-    bad_bool = isinstance(value, bool) and kind is not bool
-    if bad_bool or not isinstance(value, kind):
-        raise ConfigError(f"{_where(path, section, key)}: expected {expected}, got {value!r}")
-    return value
+def locate_config(given: Path | None) -> Path | None:
+    """--config, else $CORTEX_CONFIG, else ~/.cortex/cortex.toml if it exists; None: the embedded default."""
+    if given is not None:
+        return given
+    if env := os.environ.get("CORTEX_CONFIG"):
+        return Path(env)
+    default = DEFAULT_CONFIG.expanduser()
+    return default if default.exists() else None
+
+
+def gateway_config_from_flags(config_path: Path | None = None, *, listen: str | None = None,
+                              metrics_listen: str | None = None) -> GatewayConfig:
+    """`cortex serve`'s flags over the config it finds (`locate_config`), or over the embedded default."""
+    path = locate_config(config_path)
+    config = load_config(path) if path else embedded_default()
+    if listen:
+        config.host, config.port = parse_listen(listen, "--listen")
+    if metrics_listen:
+        config.metrics_host, config.metrics_port = parse_listen(metrics_listen, "--metrics-listen")
+    return config
+
+
+def embedded_default() -> GatewayConfig:
+    """No config file: loopback, over a local neuron of our own on a free port (cortex_gateway.embedded)."""
+    local = NeuronSpec("local", f"http://127.0.0.1:{free_port()}")
+    return GatewayConfig(neurons=[local], poll_interval_s=1.0, local_neuron=True)
 
 
 def load_config(path: Path) -> GatewayConfig:
     """Read and validate `cortex.toml` (and its models file)."""
-    data = read_toml(path)
+    top = Section(read_toml(path), path)
+    gw = top.table("gateway")
     cfg = GatewayConfig(config_path=path)
-    gw = _get(data, "gateway", dict, path, "", "a [gateway] table", {})
-    if (listen := _get(gw, "listen", str, path, "[gateway]", "HOST:PORT")) is not None:
-        cfg.host, cfg.port = parse_listen(listen, _where(path, "[gateway]", "listen"))
-    if (listen := _get(gw, "metrics_listen", str, path, "[gateway]", "HOST:PORT")) is not None:
-        cfg.metrics_host, cfg.metrics_port = parse_listen(listen, _where(path, "[gateway]", "metrics_listen"))
-    for key in ("poll_interval_s", "poll_timeout_s", "load_timeout_s", "keepalive_s", "max_body_mb", "body_timeout_s",
-                "upstream_read_timeout_s", "idle_timeout_s", "responses_store_ttl_s", "write_timeout_s",
-                "progress_interval_s"):
-        value = _get(gw, key, (int, float), path, "[gateway]", "a number of seconds")
-        if value is not None:
-            if value <= 0:
-                raise ConfigError(f"{_where(path, '[gateway]', key)}: must be > 0, got {value!r}")
-            setattr(cfg, key, float(value))
-    cfg.down_after = _get(gw, "down_after", int, path, "[gateway]", "a number of polls", cfg.down_after)
-    cfg.max_connections_per_client = _get(gw, "max_connections_per_client", int, path, "[gateway]",
-                                          "a number of connections", cfg.max_connections_per_client)
-    cfg.max_connections_per_node = _node_connections(gw, path)
-    cfg.responses_store_max = _get(gw, "responses_store_max", int, path, "[gateway]",
-                                   "a number of responses (0: keep none)", cfg.responses_store_max)
-    if cfg.responses_store_max < 0:
-        raise ConfigError(f"{_where(path, '[gateway]', 'responses_store_max')}: must be >= 0, "
-                          f"got {cfg.responses_store_max!r}")
-    _store_bytes(cfg, gw, path)
-    cfg.hosted_tools = _get(gw, "hosted_tools", str, path, "[gateway]", '"drop" or "refuse"', cfg.hosted_tools)
-    if cfg.hosted_tools not in ("drop", "refuse"):
-        raise ConfigError(f'{_where(path, "[gateway]", "hosted_tools")}: expected "drop" or "refuse", '
-                          f"got {cfg.hosted_tools!r}")
-    neuron_token = _get(gw, "neuron_token", str, path, "[gateway]", "a token for every neuron")
-    cfg.neurons = _neurons(data.get("neurons", []), path, neuron_token)
-    eviction = _get(data, "eviction", dict, path, "", "an [eviction] table", {})
-    cfg.strategy = _get(eviction, "strategy", str, path, "[eviction]", "lru or priority", "lru")
-    if cfg.strategy not in STRATEGIES:
-        raise ConfigError(f"{_where(path, '[eviction]', 'strategy')}: expected \"lru\" or \"priority\", "
-                          f"got {cfg.strategy!r}")
-    auth = _get(data, "auth", dict, path, "", "an [auth] table", {})
-    cfg.auth = _auth(auth, path)
-    if keys_file := auth.get("keys_file"):
-        cfg.keys_path = (path.parent / keys_file).expanduser()
-    models_file = _get(data, "models_config", str, path, "", "a path to the models file")
-    if models_file:
-        cfg.models_path = (path.parent / models_file).resolve()
-        cfg.models, cfg.aliases = load_models_file(cfg.models_path)
+    if (listen := gw.opt_str("listen", expected="HOST:PORT")) is not None:
+        cfg.host, cfg.port = parse_listen(listen, gw.at("listen"))
+    if (listen := gw.opt_str("metrics_listen", expected="HOST:PORT")) is not None:
+        cfg.metrics_host, cfg.metrics_port = parse_listen(listen, gw.at("metrics_listen"))
+    cfg = replace(cfg, **gw.numbers(GATEWAY_LIMITS, cfg))
+    cfg.max_connections_per_node = _node_connections(gw)
+    _check_store_bytes(cfg, gw)
+    cfg.hosted_tools = gw.opt_choice("hosted_tools", ("drop", "refuse"), cfg.hosted_tools)
+    cfg.neurons = _neurons(top.tables("neurons"), gw.opt_str("neuron_token", expected="a token for every neuron"))
+    cfg.strategy = top.table("eviction").opt_choice("strategy", STRATEGIES, cfg.strategy)
+    auth = top.table("auth")
+    cfg.auth, cfg.keys_path = _auth(auth), auth.opt_path("keys_file")
+    if (models_path := top.opt_path("models_config")) is not None:
+        cfg.models_path = models_path
+        cfg.models, cfg.aliases = load_models_file(models_path)
     return cfg
 
 
-def _node_connections(gw: dict, path: Path) -> int:
+def _node_connections(gw: Section) -> int:
     """The bound on connections to one neuron: at least 1, and below the neuron's own per-client cap."""
     most = NeuronConfig.max_connections_per_client - CONTROL_CONNECTIONS_PER_NODE
-    value = _get(gw, "max_connections_per_node", int, path, "[gateway]", "a number of connections",
-                 GatewayConfig.max_connections_per_node)
-    if not 1 <= value <= most:
-        raise ConfigError(f"{_where(path, '[gateway]', 'max_connections_per_node')}: expected 1 to {most}, got "
-                          f"{value!r}: a neuron closes connections past its max_connections_per_client "
-                          f"({NeuronConfig.max_connections_per_client} by default) from one address, and the "
-                          f"gateway keeps {CONTROL_CONNECTIONS_PER_NODE} more per node for polls and loads")
-    return value
+    return gw.opt_int("max_connections_per_node", GatewayConfig.max_connections_per_node, minimum=1, maximum=most,
+                      hint=f": a neuron closes connections past its max_connections_per_client "
+                           f"({NeuronConfig.max_connections_per_client} by default) from one address, and the "
+                           f"gateway keeps {CONTROL_CONNECTIONS_PER_NODE} more per node for polls and loads")
 
 
-def _store_bytes(cfg: GatewayConfig, gw: dict, path: Path) -> None:
-    """The Responses store's bounds in MiB: both > 0, one response no larger than the whole store."""
-    for key in ("responses_store_max_mb", "responses_store_max_response_mb"):
-        value = _get(gw, key, (int, float), path, "[gateway]", "a number of MiB")
-        if value is not None:
-            if value <= 0:
-                raise ConfigError(f"{_where(path, '[gateway]', key)}: must be > 0, got {value!r}")
-            setattr(cfg, key, float(value))
+def _check_store_bytes(cfg: GatewayConfig, gw: Section) -> None:
+    """One stored response no larger than the whole store."""
     if cfg.responses_store_max_response_mb > cfg.responses_store_max_mb:
-        raise ConfigError(f"{_where(path, '[gateway]', 'responses_store_max_response_mb')}: "
+        raise ConfigError(f"{gw.at('responses_store_max_response_mb')}: "
                           f"{cfg.responses_store_max_response_mb:g} is more than the whole store "
                           f"(responses_store_max_mb = {cfg.responses_store_max_mb:g}); lower it or raise that")
 
 
-def _auth(auth: dict, path: Path) -> AuthSettings:
+def _auth(auth: Section) -> AuthSettings:
     lists = {}
     for key in ("keys", "admin_keys"):
-        values = _get(auth, key, list, path, "[auth]", "a list of keys", [])
-        if not all(isinstance(k, str) and len(k) >= 8 for k in values):
-            raise ConfigError(f"{_where(path, '[auth]', key)}: expected strings of at least 8 characters")
-        lists[key] = list(values)
+        values = auth.opt_list(key, "a list of keys")
+        if not all(len(k) >= 8 for k in values):
+            raise ConfigError(f"{auth.at(key)}: expected strings of at least 8 characters")
+        lists[key] = values
     names: dict[str, str] = {}
-    if keys_file := _get(auth, "keys_file", str, path, "[auth]", "a path to a file of keys"):
-        names = key_names((path.parent / keys_file).expanduser(), path)
+    if (keys_file := auth.opt_path("keys_file")) is not None:
+        names = key_names(keys_file, auth.path)
         lists["keys"] += list(names)
-    limits = {k: _get(auth, k, int, path, "[auth]", "a whole number (0: no limit)", 0)
-              for k in ("requests_per_minute", "max_concurrent")}
-    if any(v < 0 for v in limits.values()):
-        raise ConfigError(f"{path}: [auth]: requests_per_minute and max_concurrent must be >= 0")
+    limits = auth.numbers(AUTH_LIMITS, AuthSettings())
     return AuthSettings(tuple(lists["keys"]), tuple(lists["admin_keys"]), **limits,
                         names={k: n for k, n in names.items() if n})
 
@@ -233,89 +231,55 @@ def files_readable_by_others(config: GatewayConfig) -> list[Path]:
     return [p for p in paths if p.stat().st_mode & 0o077]
 
 
-def _neurons(items, path: Path, default_token: str | None = None) -> list[NeuronSpec]:
-    if not isinstance(items, list):
-        raise ConfigError(f"{path}: neurons: expected [[neurons]] tables")
+def _neurons(items: list[Section], default_token: str | None = None) -> list[NeuronSpec]:
     out, seen = [], set()
-    for i, item in enumerate(items):
-        where = f"[[neurons]] #{i + 1}"
-        if not isinstance(item, dict):
-            raise ConfigError(f"{path}: {where}: expected a table with name and endpoint")
-        name = _get(item, "name", str, path, where, "a node name")
-        endpoint = _get(item, "endpoint", str, path, where, "an http(s) URL")
+    for item in items:
+        name = item.opt_str("name", expected="a node name")
+        endpoint = item.opt_str("endpoint", expected="an http(s) URL")
         if not name or not _NAME.match(name):
-            raise ConfigError(f"{_where(path, where, 'name')}: expected a name of letters, digits, -, _ or .")
+            raise ConfigError(f"{item.at('name')}: expected a name of letters, digits, -, _ or .")
         if not endpoint or not _URL.match(endpoint):
-            raise ConfigError(f"{_where(path, where, 'endpoint')}: expected an http(s) URL such as "
-                              f"http://10.0.0.5:13131, got {endpoint!r}")
+            raise item.fail("endpoint", "an http(s) URL such as http://10.0.0.5:13131", endpoint)
         if name in seen:
-            raise ConfigError(f"{_where(path, where, 'name')}: {name!r} is used by another neuron")
+            raise ConfigError(f"{item.at('name')}: {name!r} is used by another neuron")
         seen.add(name)
-        token = _get(item, "token", str, path, where, "the neuron's token") or default_token
+        token = item.opt_str("token", expected="the neuron's token") or default_token
         out.append(NeuronSpec(name, endpoint.rstrip("/"), token))
     return out
 
 
 def load_models_file(path: Path) -> tuple[dict[str, ModelProfile], dict[str, str]]:
-    data = read_toml(path)
+    top = Section(read_toml(path), path)
     models: dict[str, ModelProfile] = {}
-    items = data.get("models", [])
-    if not isinstance(items, list):
-        raise ConfigError(f"{path}: models: expected [[models]] tables")
-    for i, item in enumerate(items):
-        profile = _profile(item, path, f"[[models]] #{i + 1}")
+    for item in top.tables("models"):
+        profile = _profile(item)
         if profile.id in models:
-            raise ConfigError(f"{path}: [[models]] #{i + 1}.id: {profile.id!r} is defined twice")
+            raise ConfigError(f"{item.at('id')}: {profile.id!r} is defined twice")
         models[profile.id] = profile
-    aliases = _get(data, "aliases", dict, path, "", "an [aliases] table", {})
-    for alias, target in aliases.items():
-        if not isinstance(target, str):
-            raise ConfigError(f"{_where(path, '[aliases]', alias)}: expected a model id, got {target!r}")
-    return models, dict(aliases)
+    aliases = top.table("aliases")
+    for alias in aliases.values:
+        aliases.opt_str(alias, expected="a model id")
+    return models, dict(aliases.values)
 
 
-def _profile(item, path: Path, where: str) -> ModelProfile:
-    if not isinstance(item, dict):
-        raise ConfigError(f"{path}: {where}: expected a table")
-    model_id = _get(item, "id", str, path, where, "a model id")
+def _profile(item: Section) -> ModelProfile:
+    model_id = item.opt_str("id", expected="a model id")
     if not model_id:
-        raise ConfigError(f"{_where(path, where, 'id')}: required")
-    backend = _get(item, "backend", str, path, where, ", ".join(BACKENDS), "auto")
-    if backend not in BACKENDS:
-        raise ConfigError(f"{_where(path, where, 'backend')}: expected one of {', '.join(BACKENDS)}, got {backend!r}")
-    engine_args = _get(item, "engine_args", list, path, where, "a list of strings", [])
-    if not all(isinstance(a, str) for a in engine_args) or (engine_args and backend not in EXTERNAL_ENGINES):
-        raise ConfigError(f"{_where(path, where, 'engine_args')}: a list of strings, for a backend of "
+        raise ConfigError(f"{item.at('id')}: required")
+    backend = item.opt_choice("backend", BACKENDS, "auto")
+    engine_args = item.opt_list("engine_args")
+    if engine_args and backend not in EXTERNAL_ENGINES:
+        raise ConfigError(f"{item.at('engine_args')}: a list of strings, for a backend of "
                           f"{', '.join(EXTERNAL_ENGINES)}")
     if engine_args and (problem := refusal(backend, engine_args)) is not None:  # the neuron would refuse the load
-        raise ConfigError(f"{_where(path, where, 'engine_args')}{problem}")
-    pinned = _get(item, "pinned_on", list, path, where, "a list of node names", [])
-    if not all(isinstance(p, str) for p in pinned):
-        raise ConfigError(f"{_where(path, where, 'pinned_on')}: expected a list of node names")
+        raise ConfigError(f"{item.at('engine_args')}{problem}")
     return ModelProfile(
-        id=model_id, path=_get(item, "path", str, path, where, "a path"),
-        source=_get(item, "source", str, path, where, "a hub id such as org/name"), backend=backend,
-        pinned_on=list(pinned), priority=_get(item, "priority", int, path, where, "an integer", 100),
-        devices=list(_get(item, "devices", list, path, where, "a list of device indices", [])),
-        context_size=_get(item, "context_size", int, path, where, "a number of tokens"), engine_args=list(engine_args),
+        id=model_id, path=item.opt_str("path", expected="a path"),
+        source=item.opt_str("source", expected="a hub id such as org/name"), backend=backend,
+        pinned_on=item.opt_list("pinned_on", "a list of node names"), priority=item.opt_int("priority", 100),
+        devices=item.opt_list("devices", "a list of device indices", item=(int, str)),
+        context_size=item.opt_int("context_size", **CONTEXT_SIZE), engine_args=engine_args,
     )
-
-
-def write_atomically(path: Path, text: str) -> None:
-    """Write to a temporary file beside `path`, then rename over it: never a half-written config."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        if path.exists():
-            os.chmod(tmp, path.stat().st_mode & 0o777)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def set_pin(models_path: Path, model_id: str, node: str, pinned: bool) -> None:
@@ -336,4 +300,4 @@ def set_pin(models_path: Path, model_id: str, node: str, pinned: bool) -> None:
     wanted = sorted(set(current) | {node}) if pinned else [n for n in current if n != node]
     if wanted != current:
         table["pinned_on"] = wanted
-    write_atomically(models_path, tomlkit.dumps(doc))
+    write_atomic(models_path, tomlkit.dumps(doc))

@@ -1,10 +1,12 @@
-"""The embedded default: no config file, so serve on loopback with a local neuron of our own.
+"""The embedded default: no config file, so serve on loopback with a local neuron of our own
+(`cortex_gateway.config.embedded_default` chooses its port).
 
 The neuron runs as a child process, so a backend crash cannot take the gateway down.
 """
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import logging
 import os
@@ -13,9 +15,11 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Iterator
+from urllib.parse import urlsplit
 
-from cortex_gateway.config import GatewayConfig, NeuronSpec
-from neuron.shared.connections import free_port
+from cortex_gateway.config import GatewayConfig
+from neuron.shared.config_fields import StartupError
 
 log = logging.getLogger("cortex.gateway.embedded")
 
@@ -48,8 +52,8 @@ class LocalNeuron:
     preloaded demo model that is still loading when the first request comes is waited for.
     """
 
-    def __init__(self, models_dir: str | None = None):
-        self.port = free_port()
+    def __init__(self, port: int, models_dir: str | None = None):
+        self.port = port
         self.endpoint = f"http://127.0.0.1:{self.port}"
         args = [sys.executable, "-m", "cortex_cli", "neuron", "--listen", f"127.0.0.1:{self.port}",
                 "--name", "local", "--demo"]
@@ -62,7 +66,7 @@ class LocalNeuron:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"the local neuron exited with status {self.proc.returncode}; see its log above")
+                raise StartupError(f"the local neuron exited with status {self.proc.returncode}; see its log above")
             try:
                 with urllib.request.urlopen(self.endpoint + "/health", timeout=2) as resp:
                     if resp.status == 200:
@@ -70,12 +74,23 @@ class LocalNeuron:
             except OSError:
                 pass
             time.sleep(0.2)
-        raise RuntimeError(f"the local neuron did not become ready in {timeout:g}s")
+        raise StartupError(f"the local neuron did not become ready in {timeout:g}s")
 
     def stop(self, timeout: float = 30) -> None:
         stop_process(self.proc, timeout)
 
 
-def embedded_config(neuron: LocalNeuron) -> GatewayConfig:
-    return GatewayConfig(host="127.0.0.1", port=31313, metrics_host="127.0.0.1", metrics_port=31314,
-                         neurons=[NeuronSpec("local", neuron.endpoint)], poll_interval_s=1.0)
+@contextlib.contextmanager
+def local_neuron(config: GatewayConfig) -> Iterator[None]:
+    """With the embedded default, its neuron runs (and is ready) for the block and is stopped after it,
+    however the block ends; with a config file, nothing."""
+    if not config.local_neuron:
+        yield
+        return
+    local = LocalNeuron(urlsplit(config.neurons[0].endpoint).port)
+    try:
+        local.wait_ready()
+        log.info("serving on http://%s:%d/v1 with a local neuron", config.host, config.port)
+        yield
+    finally:
+        local.stop()

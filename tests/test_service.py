@@ -25,7 +25,7 @@ from cortex_cli.commands.neuron import neuron
 from cortex_cli.main import cli
 from cortex_cli.service_plan import ServiceRequest, cortex_executable, plan_service, script_interpreter
 from cortex_cli.service_unit import UnitError, UnitSpec, exec_path, render_unit
-from cortex_gateway.server import SHUTDOWN_GRACE_S
+from cortex_gateway.config import GatewayConfig
 from neuron.shared.config import NeuronConfig
 from tests.helpers import free_port, http_json, stop_process, wait_serving
 
@@ -132,7 +132,7 @@ def test_system_neuron_unit_has_every_directive():
     assert d["ExecStart"] == [f"{exe} neuron --listen 0.0.0.0:13131 --gpus 0,1 --models-dir /srv/models"]
     assert d["KillSignal"] == ["SIGTERM"] and d["Restart"] == ["on-failure"] and d["RestartSec"] == ["5"]
     timeout = int(d["TimeoutStopSec"][0])
-    assert timeout >= 120 and timeout > max(SHUTDOWN_GRACE_S, NeuronConfig().shutdown_grace_s)
+    assert timeout >= 120 and timeout > max(GatewayConfig.shutdown_grace_s, NeuronConfig.shutdown_grace_s)
     assert d["EnvironmentFile"] == ["-/etc/cortex/neuron.env"]
     assert d["User"] == ["cortex"] and d["Group"] == ["cortex"]
     assert d["StateDirectory"] == ["cortex"] and d["ReadWritePaths"] == ["/srv/models"]
@@ -219,7 +219,7 @@ def test_without_a_models_dir_a_system_neuron_keeps_models_in_its_state_director
 def test_gateway_can_write_pins_beside_its_models_file(tmp_path):
     d = directives(rendered("serve", "--config", str(gateway_toml(tmp_path))))
     assert d["ReadWritePaths"] == [str(tmp_path / "state")]
-    assert int(d["TimeoutStopSec"][0]) > SHUTDOWN_GRACE_S
+    assert int(d["TimeoutStopSec"][0]) > GatewayConfig.shutdown_grace_s
 
 
 def test_relative_paths_become_absolute(tmp_path, monkeypatch):

@@ -33,51 +33,18 @@ from cortex_cli.logs import log_format_option
               "random-weight cortex-tiny), so a first request gets an answer.")
 @click.option("--log-level", default="info", type=click.Choice(["debug", "info", "warning", "error"]))
 @log_format_option
-def neuron(listen, name, gpus, models_dir, cpu_memory_mb, config_path, token, token_file, model_roots,
-           private_network, demo, log_level, log_format) -> None:
+def neuron(config_path, log_level, log_format, **flags) -> None:
     """Serve the models on this machine's GPUs (or CPU) to the gateway."""
     from cortex_cli.logs import setup_logging
-    from neuron.shared.config import (
-        ConfigError,
-        NeuronConfig,
-        check_exposure,
-        config_from_file,
-        parse_gpus,
-        parse_listen,
-        read_token_file,
-    )
+    from cortex_cli.startup import startup_errors
+    from neuron.shared.config import neuron_config_from_flags
 
     setup_logging(log_level, log_format)
-    if token and click.get_current_context().get_parameter_source("token").name == "COMMANDLINE":
+    if flags["token"] and click.get_current_context().get_parameter_source("token").name == "COMMANDLINE":
         click.echo("warning: --token is visible to every user of this machine in ps; prefer "
                    "CORTEX_NEURON_TOKEN or --token-file", err=True)
-    try:
-        config = config_from_file(config_path) if config_path else NeuronConfig()
-        if listen:
-            config.host, config.port = parse_listen(listen, "--listen")
-        if gpus is not None:
-            config.gpus = parse_gpus(gpus, "--gpus")
-        config.name = name or config.name
-        config.models_dir = models_dir or config.models_dir
-        config.cpu_memory_mb = cpu_memory_mb or config.cpu_memory_mb
-        config.token = token or config.token
-        if token_file is not None:
-            config.token = read_token_file(token_file, "--token-file")
-        config.model_roots += [p.resolve() for p in model_roots]
-        config.private_network = private_network or config.private_network
-        check_exposure(config)
-    except ConfigError as exc:
-        raise click.UsageError(str(exc)) from None
-    if demo:
-        from neuron.server.demo import ensure_demo_model
+    with startup_errors():
+        config = neuron_config_from_flags(config_path, **flags)
+        from neuron.server.app import run  # brings torch and llama.cpp: only once the flags are good
 
-        if (demo_id := ensure_demo_model(config.models_dir)) is not None:
-            config.preload.append({"model": demo_id})
-    from neuron.server.app import run
-
-    try:
         run(config)
-    except ValueError as exc:
-        raise click.ClickException(str(exc)) from None
-    except OSError as exc:
-        raise click.ClickException(f"cannot listen on {config.host}:{config.port}: {exc.strerror}") from None

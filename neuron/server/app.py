@@ -14,6 +14,7 @@ from neuron.engine.inference import InferenceEngine
 from neuron.engine.registry import Registry
 from neuron.pulls.puller import Puller
 from neuron.server import embedding_routes, lifecycle_routes, openai_routes
+from neuron.server.demo import ensure_demo_model
 from neuron.server.devices import DeviceTable
 from neuron.server.metrics import NeuronMetrics
 from neuron.server.state import (
@@ -30,12 +31,12 @@ from neuron.server.state import (
 )
 from neuron.shared import request_context
 from neuron.shared.auth import TOKEN, token_auth
-from neuron.shared.config import LOOPBACK, NeuronConfig
-from neuron.shared.connections import GuardedSite, quiet_parser_errors, raise_descriptor_limit, wait_for_stop_signal
+from neuron.shared.config import NeuronConfig, is_loopback
 from neuron.shared.errors import ApiError, error_middleware, render_openai
 from neuron.shared.http import body_limits
 from neuron.shared.protocol import LoadRequest
 from neuron.shared.request_context import access_log, request_id_middleware
+from neuron.shared.serving import Listener, run_until_signal, serve_until_signal
 from neuron.shared.sse import WRITE_TIMEOUT_S
 
 log = logging.getLogger("cortex.neuron")
@@ -111,31 +112,16 @@ async def _preload(registry: Registry, items: list[dict]) -> None:
 
 def run(config: NeuronConfig) -> None:
     """Serve until SIGTERM/SIGINT; then finish in-flight requests (bounded), unload, exit 0."""
-    try:
-        import uvloop
-
-        uvloop.install()
-    except ImportError:
-        pass
-    if config.private_network and not config.token and config.host not in LOOPBACK:
+    if config.private_network and not config.token and not is_loopback(config.host):
         log.warning("listening on %s:%d with no token (--private-network): anyone who can reach this port "
                     "can load models and run inference", config.host, config.port)
-    asyncio.run(serve(config))
+    if config.demo and (demo_id := ensure_demo_model(config.models_dir)) is not None:
+        config.preload.append({"model": demo_id})
+    run_until_signal(lambda: serve(config))
 
 
 async def serve(config: NeuronConfig) -> None:
     """Serve until a signal; then stop accepting, let requests finish (bounded), unload everything."""
-    raise_descriptor_limit()
-    quiet_parser_errors()
-    runner = web.AppRunner(create_app(config), access_log=None, handle_signals=False,
-                           shutdown_timeout=config.shutdown_grace_s, keepalive_timeout=config.idle_timeout_s,
-                           handler_cancellation=True)  # a client that leaves stops its work, streaming or not
-    await runner.setup()
-    try:
-        await GuardedSite(runner, config.host, config.port, per_client=config.max_connections_per_client).start()
-        log.info("neuron %s on http://%s:%d, models from %s", config.name, config.host, config.port,
-                 config.models_dir)
-        await wait_for_stop_signal()
-        log.info("stopping: finishing in-flight requests")
-    finally:
-        await runner.cleanup()
+    await serve_until_signal([Listener(create_app(config), config.host, config.port)], config, log,
+                             lambda: log.info("neuron %s on http://%s:%d, models from %s", config.name, config.host,
+                                              config.port, config.models_dir))

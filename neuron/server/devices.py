@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 
+from neuron.shared.config_fields import StartupError
 from neuron.shared.protocol import DeviceInfo
 
 log = logging.getLogger("cortex.neuron.devices")
@@ -87,10 +88,10 @@ class DeviceTable:
         if missing:  # asked for GPUs that are not there: say so, never fall back to the CPU silently
             if not count:
                 why = f" (NVML: {self.nvml.why_not})" if self.nvml.why_not else ""
-                raise ValueError(f"--gpus {','.join(map(str, gpus))}: this machine has no NVIDIA GPU that NVML can "
+                raise StartupError(f"--gpus {','.join(map(str, gpus))}: this machine has no NVIDIA GPU that NVML can "
                                  f"see{why}; check the driver with nvidia-smi, or run without --gpus to serve on "
                                  "the CPU")
-            raise ValueError(f"--gpus: this machine has {count} GPU(s) (0-{count - 1}); no GPU "
+            raise StartupError(f"--gpus: this machine has {count} GPU(s) (0-{count - 1}); no GPU "
                              f"{', '.join(map(str, missing))}")
         self.gpu_indices = [g for g in wanted if g < count]
         self.cpu_budget_mb = cpu_memory_mb if cpu_memory_mb else available_ram_mb()

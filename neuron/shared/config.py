@@ -1,15 +1,19 @@
-"""The neuron's configuration: `neuron.toml`, overridden by command-line flags.
+"""The neuron's configuration: `neuron.toml`, overridden by command-line flags; and the pieces both
+servers' configs share (the TOML reader, HOST:PORT, the loopback test).
 
 Reading, validating and defaulting are separate steps, and every error names
-the file and the key, so a typo never surfaces as a traceback.
+the file and the key (through neuron.shared.config_fields, the one field checker),
+so a typo never surfaces as a traceback.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from neuron.shared.config_fields import SERVER_LIMITS, ConfigError, Section
 from neuron.shared.launch_flags import TABLES, command_flags, refusal
 
 DEFAULT_PORT = 13131
@@ -22,10 +26,6 @@ class AdmissionLimits:
     max_in_flight: int = 1
     max_queue_depth: int = 32
     max_wait_s: float = 60.0
-
-
-class ConfigError(ValueError):
-    """A bad configuration value; the message names the file and key."""
 
 
 def default_models_dir() -> Path:
@@ -57,18 +57,27 @@ class NeuronConfig:
     # a start may take before it is given up (a vLLM start can take minutes).
     engines: dict[str, list[str]] = field(default_factory=dict)
     engine_start_timeout_s: float = 900.0
+    demo: bool = False  # --demo: with no model in models_dir, write the demo model there and preload it
 
     def __post_init__(self):
         if not self.name:
             self.name = os.uname().nodename
 
 
-LOOPBACK = ("127.0.0.1", "localhost", "::1")
+def is_loopback(host: str) -> bool:
+    """Whether only this machine can reach `host`: localhost, 127.0.0.0/8 or ::1 (in any spelling).
+    A name is not resolved: "127.example.com" is a name like any other, and not loopback."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def check_exposure(config: NeuronConfig) -> None:
     """Refuse to listen beyond loopback with no token, unless the operator says the network is private."""
-    if config.host in LOOPBACK or config.host.startswith("127.") or config.token or config.private_network:
+    if is_loopback(config.host) or config.token or config.private_network:
         return
     raise ConfigError(f"refusing to listen on {config.host}:{config.port} with no token: anyone who can reach "
                       "that port could load models and run inference. Set a token (--token-file, "
@@ -115,88 +124,83 @@ def read_toml(path: Path) -> dict:
         raise ConfigError(f"{path}: not valid TOML: {exc}") from None
 
 
-def _expect(section: dict, key: str, kind: type | tuple, where: str, expected: str):
-    value = section.get(key)
-    if value is not None and (not isinstance(value, kind) or isinstance(value, bool) and kind is not bool):
-        raise ConfigError(f"{where}.{key}: expected {expected}, got {value!r}")
-    return value
+# [neuron]'s numbers beyond those both servers have; see neuron.shared.config_fields for the rules.
+NEURON_LIMITS = {**SERVER_LIMITS, "cpu_memory_mb": {"minimum": 1}}  # as --cpu-memory-mb
+# The same bounds as a load's own overrides (neuron.shared.protocol.LoadRequest), so a default in
+# [admission] is never one a load could not ask for.
+ADMISSION_LIMITS = {"max_in_flight": {"minimum": 1, "maximum": 4096},
+                    "max_queue_depth": {"minimum": 0, "maximum": 1 << 16},
+                    "max_wait_s": {"minimum": 0, "maximum": 3600}}
 
 
 def config_from_file(path: Path) -> NeuronConfig:
-    data = read_toml(path)
+    top = Section(read_toml(path), path)
+    node = top.table("neuron")
     cfg = NeuronConfig()
-    node = data.get("neuron", {})
-    where = f"{path}: [neuron]"
-    if not isinstance(node, dict):
-        raise ConfigError(f"{path}: [neuron] must be a table")
-    if (listen := _expect(node, "listen", str, where, "HOST:PORT")) is not None:
-        cfg.host, cfg.port = parse_listen(listen, f"{where}.listen")
-    cfg.name = _expect(node, "name", str, where, "a string") or cfg.name
-    if (gpus := node.get("gpus")) is not None:
-        cfg.gpus = parse_gpus(gpus, f"{where}.gpus")
-    if (models_dir := _expect(node, "models_dir", str, where, "a path")) is not None:
-        cfg.models_dir = (path.parent / Path(models_dir).expanduser()).resolve()
-    cfg.cpu_memory_mb = _expect(node, "cpu_memory_mb", (int, float), where, "a number of MiB")
-    cfg.token = _expect(node, "token", str, where, "a string") or cfg.token
-    if (token_file := _expect(node, "token_file", str, where, "a path")) is not None:
-        cfg.token = read_token_file(path.parent / token_file, f"{where}.token_file")
-    roots = _expect(node, "model_roots", list, where, "a list of paths") or []
-    if not all(isinstance(r, str) for r in roots):
-        raise ConfigError(f"{where}.model_roots: expected a list of paths, got {roots!r}")
-    cfg.model_roots = [(path.parent / Path(r).expanduser()).resolve() for r in roots]
-    cfg.max_connections_per_client = (_expect(node, "max_connections_per_client", int, where, "an integer")
-                                      or cfg.max_connections_per_client)
-    cfg.private_network = bool(_expect(node, "private_network", bool, where, "true or false"))
-    for key in ("keepalive_s", "shutdown_grace_s", "max_body_mb", "body_timeout_s", "idle_timeout_s",
-                "write_timeout_s"):
-        if (v := _expect(node, key, (int, float), where, "a number")) is not None:
-            setattr(cfg, key, float(v))
-    if cfg.write_timeout_s <= 0:
-        raise ConfigError(f"{where}.write_timeout_s: must be > 0 seconds, got {cfg.write_timeout_s:g}")
-    cfg.admission = _admission(data.get("admission", {}), f"{path}: [admission]")
-    cfg.engines, timeout = _engines(data.get("engines", {}), f"{path}: [engines]")
-    cfg.engine_start_timeout_s = timeout or cfg.engine_start_timeout_s
-    cfg.preload = _preload(data.get("preload", []), path)
+    if (listen := node.opt_str("listen", expected="HOST:PORT")) is not None:
+        cfg.host, cfg.port = parse_listen(listen, node.at("listen"))
+    if (gpus := node.values.get("gpus")) is not None:
+        cfg.gpus = parse_gpus(gpus, node.at("gpus"))
+    cfg.name = node.opt_str("name") or cfg.name
+    cfg.models_dir = node.opt_path("models_dir", cfg.models_dir)
+    cfg.token = node.opt_str("token") or cfg.token
+    if (token_file := node.opt_path("token_file")) is not None:
+        cfg.token = read_token_file(token_file, node.at("token_file"))
+    cfg.model_roots = [node.resolve(r) for r in node.opt_list("model_roots", "a list of paths")]
+    cfg.private_network = node.opt_bool("private_network")
+    cfg = replace(cfg, **node.numbers(NEURON_LIMITS, cfg))
+    cfg.admission = replace(cfg.admission, **top.table("admission").numbers(ADMISSION_LIMITS, cfg.admission))
+    cfg.engines, cfg.engine_start_timeout_s = _engines(top.table("engines"), cfg.engine_start_timeout_s)
+    cfg.preload = _preload(top.values.get("preload", []), path)
     return cfg
 
 
-def _admission(section: dict, where: str) -> AdmissionLimits:
-    d = AdmissionLimits()
-    return AdmissionLimits(
-        max_in_flight=_expect(section, "max_in_flight", int, where, "an integer") or d.max_in_flight,
-        max_queue_depth=_default(_expect(section, "max_queue_depth", int, where, "an integer"), d.max_queue_depth),
-        max_wait_s=_default(_expect(section, "max_wait_s", (int, float), where, "seconds"), d.max_wait_s),
-    )
+def neuron_config_from_flags(config_path: Path | None = None, *, listen: str | None = None, name: str | None = None,
+                             gpus: str | None = None, models_dir: Path | None = None,
+                             cpu_memory_mb: float | None = None, token: str | None = None,
+                             token_file: Path | None = None, model_roots: tuple[Path, ...] = (),
+                             private_network: bool = False, demo: bool = False) -> NeuronConfig:
+    """`cortex neuron`'s flags over its config file (or the defaults): a flag given wins, a model root
+    adds to the file's; checked for exposure (no open port without a token) before it is returned."""
+    config = config_from_file(config_path) if config_path else NeuronConfig()
+    if listen:
+        config.host, config.port = parse_listen(listen, "--listen")
+    if gpus is not None:
+        config.gpus = parse_gpus(gpus, "--gpus")
+    config.name = name or config.name
+    config.models_dir = models_dir or config.models_dir
+    config.cpu_memory_mb = cpu_memory_mb or config.cpu_memory_mb
+    config.token = token or config.token
+    if token_file is not None:
+        config.token = read_token_file(token_file, "--token-file")
+    config.model_roots += [p.resolve() for p in model_roots]
+    config.private_network = private_network or config.private_network
+    config.demo = demo
+    check_exposure(config)
+    return config
 
 
 ENGINE_KEYS = {"llama_server": "llama-server", "llama-server": "llama-server", "vllm": "vllm", "sglang": "sglang"}
 
 
-def _engines(section, where: str) -> tuple[dict[str, list[str]], float | None]:
+def _engines(section: Section, start_timeout_s: float) -> tuple[dict[str, list[str]], float]:
     """[engines]: llama_server / vllm / sglang = "/path/to/it" (or a command line, or a list of words)."""
     import shlex
 
-    if not isinstance(section, dict):
-        raise ConfigError(f"{where} must be a table")
     out: dict[str, list[str]] = {}
-    timeout = _expect(section, "start_timeout_s", (int, float), where, "seconds")
-    for key, value in section.items():
+    for key, value in section.values.items():
         if key == "start_timeout_s":
             continue
         if key not in ENGINE_KEYS:
-            raise ConfigError(f"{where}.{key}: expected one of llama_server, vllm, sglang or start_timeout_s")
+            raise ConfigError(f"{section.at(key)}: expected one of llama_server, vllm, sglang or start_timeout_s")
         words = shlex.split(value) if isinstance(value, str) else value
         if not isinstance(words, list) or not words or not all(isinstance(w, str) for w in words):
-            raise ConfigError(f"{where}.{key}: expected a path, a command line or a list of words, got {value!r}")
+            raise section.fail(key, "a path, a command line or a list of words", value)
         flags = command_flags(words)  # checked as a load's engine_args are
         if (problem := refusal(ENGINE_KEYS[key], flags, first=len(words) - len(flags))) is not None:
-            raise ConfigError(f"{where}.{key}{problem}")
+            raise ConfigError(f"{section.at(key)}{problem}")
         out[ENGINE_KEYS[key]] = words
-    return out, None if timeout is None else float(timeout)
-
-
-def _default(value, fallback):
-    return fallback if value is None else value
+    return out, section.opt_float("start_timeout_s", start_timeout_s, above=0)
 
 
 def _preload(items, path: Path) -> list[dict]:
