@@ -58,13 +58,14 @@ build-engines: $(VENV)/.dev-installed
 
 # ruff (pyflakes, pycodestyle, import order, bugbear) on the whole tree; vulture (unused code, at the
 # confidence where it is nearly never wrong: .vulture_whitelist.py lists the few names it cannot see used,
-# each with why); and the package boundary (the gateway and the CLI import only neuron.shared, a prefix
-# rule) from tests/test_boundary.py.
+# each with why); the package boundary (the gateway and the CLI import only neuron.shared, a prefix rule:
+# tests/test_boundary.py); and the map (docs/architecture.md names every module, and only paths that
+# exist: tests/test_architecture_doc.py).
 VULTURE_PATHS := cortex_cli cortex_gateway neuron tests benchmarks .vulture_whitelist.py
 lint: $(VENV)/.dev-installed
 	$(BIN)/ruff check .
 	$(BIN)/vulture --min-confidence 80 $(VULTURE_PATHS)
-	$(BIN)/pytest -q -p no:cacheprovider tests/test_boundary.py
+	$(BIN)/pytest -q -p no:cacheprovider tests/test_boundary.py tests/test_architecture_doc.py
 
 test: $(VENV)/.dev-installed shells engines lint
 	$(BIN)/pytest -m "not slow and not gpu" $(PYTEST_ARGS)
