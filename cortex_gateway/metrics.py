@@ -43,7 +43,43 @@ class RequestRecord:
     status: int = 200
     error_type: str | None = None
     label: str = UNKNOWN  # the model as a metric label: the model when the catalog knows it, else UNKNOWN
-    sent_outputs: int = 0  # output events relayed to the client (proxy.OutputTap): a token or more each
+    sent_outputs: int = 0  # output events relayed to the client (proxy.outputs): a token or more each
+
+    # The record is written only through these methods, one per thing that happens to the request, so what
+    # each step of the exchange records is read here, not in the five modules that take those steps.
+    def placed(self, node: str) -> None:
+        """On a node: its model is then known to the catalog, and is its label."""
+        self.node, self.label = node, self.model
+
+    def settle_label(self, known: Callable[[str], bool]) -> None:
+        """At the end: a request that never reached a node is labelled by its model only if the catalog knows
+        the name (any other name would be a new series)."""
+        if not self.node and known(self.model):
+            self.label = self.model
+
+    def answered(self, status: int, usage: dict | None = None, error_type: str | None = None) -> None:
+        """A whole (non-streaming) answer came back: its first output and its end are one moment."""
+        self.first_token_at = self.finished_at = time.perf_counter()
+        self.status, self.error_type = status, error_type
+        self.take_usage(usage)
+
+    def streaming(self, prompt_tokens: str) -> None:
+        """The neuron's stream opened; its headers carry the prompt's size (digits), before any usage."""
+        if prompt_tokens.isdigit():
+            self.prompt_tokens = int(prompt_tokens)
+
+    def first_output(self) -> None:
+        if self.first_token_at is None:
+            self.first_token_at = time.perf_counter()
+
+    def sent(self, outputs: int) -> None:
+        """Output events the client was given: what a stream cut short is counted by."""
+        self.sent_outputs += outputs
+
+    def finished(self, usage: dict | None) -> None:
+        """A stream ended whole, with the usage its end carried (None when it carried none)."""
+        self.finished_at = time.perf_counter()
+        self.take_usage(usage)
 
     def take_usage(self, usage: dict | None) -> None:
         if isinstance(usage, dict):

@@ -9,7 +9,8 @@ from __future__ import annotations
 import aiohttp
 from aiohttp import web
 
-from cortex_gateway.dispatch import InferenceCall, dispatch
+from cortex_gateway.dispatch import dispatch
+from cortex_gateway.exchange import InferenceCall
 from cortex_gateway.metrics import RequestRecord
 from cortex_gateway.proxy import JSON_HEADERS, relay_stream
 from neuron.shared.errors import ApiError, bad_request

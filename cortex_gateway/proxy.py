@@ -3,7 +3,9 @@
 The gateway reads only what it needs: the usage of the answer (for metrics)
 and when the first content arrived. A node that fails before answering raises
 `RetryElsewhere`; one that fails mid-stream ends the client's stream with an
-error event the client can see.
+error event the client can see. Two relays: `relay_stream` passes the bytes
+through (OpenAI's dialect), `relay_translated` reads them back into chunks for
+a dialect's `Translator` (Anthropic's, Responses').
 """
 
 from __future__ import annotations
@@ -11,7 +13,6 @@ from __future__ import annotations
 import collections
 import logging
 import re
-import time
 
 import aiohttp
 import orjson
@@ -19,9 +20,11 @@ from aiohttp import web
 
 from cortex_gateway.fleet import Node
 from cortex_gateway.metrics import RequestRecord
+from cortex_gateway.sse_reader import SSEReader, is_keepalive
+from cortex_gateway.translator import Translator
 from neuron.shared.errors import ApiError, error_from_envelope
 from neuron.shared.request_context import with_request_id
-from neuron.shared.sse import DONE, PROMPT_TOKENS_HEADER, USAGE_COMMENT, error_event, open_stream
+from neuron.shared.sse import DONE, USAGE_COMMENT, error_event, open_stream
 
 log = logging.getLogger("cortex.gateway.proxy")
 # The end of a stream kept for its usage and [DONE]. By bytes, not by chunks: on a busy machine the last
@@ -48,7 +51,6 @@ class RetryElsewhere(Exception):
         # A live node (it answers its health check) closed or reset the connection before answering: its
         # per-client cap, not a failure of the node, so the node is not counted down for it.
         self.refused = refused
-        self.client_stream: web.StreamResponse | None = None  # opened for keep-alives while it was tried
 
     @property
     def node_unusable(self) -> bool:
@@ -107,7 +109,7 @@ def _unreachable(node: Node, exc: BaseException) -> RetryElsewhere:
     return RetryElsewhere(f"{node.name}: {exc.__class__.__name__} {exc}", unreachable=True)
 
 
-async def fetch_json(session, node: Node, path: str, body: bytes, rec: RequestRecord) -> tuple[int, bytes]:
+async def fetch_json(session, node: Node, path: str, body: bytes) -> tuple[int, bytes]:
     """Send a non-streaming request and read the whole answer (status, raw body)."""
     resp = await _send(session, node, path, body, stream=False)
     try:
@@ -116,16 +118,15 @@ async def fetch_json(session, node: Node, path: str, body: bytes, rec: RequestRe
         raise RetryElsewhere(f"{node.name}: {exc}", unreachable=True) from exc
     finally:
         resp.release()
-    rec.status = resp.status
-    rec.first_token_at = rec.finished_at = time.perf_counter()
-    if resp.status == 200:
-        try:
-            rec.take_usage(orjson.loads(raw).get("usage"))
-        except (orjson.JSONDecodeError, AttributeError):
-            pass
-    else:
-        rec.error_type = error_from_envelope(resp.status, raw).type
     return resp.status, raw
+
+
+def usage_of(raw: bytes) -> dict | None:
+    """The usage of a whole answer, if it has one."""
+    try:
+        return orjson.loads(raw).get("usage")
+    except (orjson.JSONDecodeError, AttributeError):
+        return None
 
 
 async def open_upstream_stream(session, node: Node, path: str, body: bytes) -> aiohttp.ClientResponse:
@@ -137,29 +138,18 @@ class ClientGone(Exception):
     """The client closed its connection; the upstream request is dropped with it."""
 
 
-class OutputTap:
-    """The neuron's stream as a dialect's relay reads it, counting the output events of each chunk once the
-    relay is done with it (it asks for the next), and taking the prompt's size from the neuron's headers.
-    A stream cut short (its client left, its node failed) has no usage at its end; it is counted by these.
-    An event is a token or more (the neuron joins the tokens a slower client has not taken yet), so the
-    count is a lower bound."""
-
-    def __init__(self, upstream: aiohttp.ClientResponse, rec: RequestRecord):
-        self._upstream, self._rec = upstream, rec
-        prompt = upstream.headers.get(PROMPT_TOKENS_HEADER, "")
-        rec.prompt_tokens = int(prompt) if prompt.isdigit() else rec.prompt_tokens
-
-    def __getattr__(self, name: str):
-        return getattr(self._upstream, name)
-
-    @property
-    def content(self) -> OutputTap:
-        return self
-
-    async def iter_any(self):
-        async for chunk in self._upstream.content.iter_any():
-            yield chunk
-            self._rec.sent_outputs += len(FIRST_OUTPUT.findall(chunk))
+async def outputs(upstream: aiohttp.ClientResponse, rec: RequestRecord):
+    """The neuron's stream chunk by chunk, as both relays read it, in one pass over each chunk: the first
+    chunk with output is its time to first token, and a chunk's output events are counted once the relay is
+    done with it (it asks for the next). A stream cut short (its client left, its node failed) has no usage
+    at its end; it is counted by these. An event is a token or more (the neuron joins the tokens a slower
+    client has not taken yet), so the count is a lower bound."""
+    async for chunk in upstream.content.iter_any():
+        found = len(FIRST_OUTPUT.findall(chunk))
+        if found and rec.first_token_at is None:
+            rec.first_output()
+        yield chunk
+        rec.sent(found)
 
 
 def mid_stream_failure(rec: RequestRecord, exc: BaseException) -> ApiError:
@@ -173,9 +163,7 @@ async def relay_stream(upstream: aiohttp.ClientResponse, client: web.StreamRespo
     recent: collections.deque[bytes] = collections.deque()  # the last TAIL_BYTES or more, whatever the chunking
     size, end = 0, b""
     try:
-        async for chunk in upstream.content.iter_any():
-            if rec.first_token_at is None and FIRST_OUTPUT.search(chunk):
-                rec.first_token_at = time.perf_counter()
+        async for chunk in outputs(upstream, rec):
             await write(client, chunk)
             recent.append(chunk)
             size += len(chunk)
@@ -189,10 +177,41 @@ async def relay_stream(upstream: aiohttp.ClientResponse, client: web.StreamRespo
         tail = b"".join(recent)
         if not tail.rstrip().endswith(b"[DONE]"):
             raise aiohttp.ClientPayloadError("upstream stream ended without [DONE]")
-        rec.finished_at = time.perf_counter()
-        rec.take_usage(_usage_from_tail(tail))
+        rec.finished(_usage_from_tail(tail))
     except (aiohttp.ClientError, OSError) as exc:
         await write(client, error_event(mid_stream_failure(rec, exc)) + DONE)
+    finally:
+        upstream.release()
+
+
+async def relay_translated(upstream: aiohttp.ClientResponse, client: web.StreamResponse, rec: RequestRecord,
+                           translator: Translator, progress_after: float) -> None:
+    """Read the upstream SSE stream back into chunks and send the client what `translator` makes of them:
+    keep-alives (a long prefill) in the dialect's form, the end at [DONE], an error event on a failure."""
+    reader = SSEReader()
+    if not translator.started:  # a long cold load may have started it, without the prompt's size
+        await write(client, translator.start(rec.prompt_tokens))
+    try:
+        async for chunk in outputs(upstream, rec):
+            for data in reader.feed(chunk):
+                if data.startswith(b":"):  # a comment: keep-alives are passed on; usage comes as a chunk too
+                    if is_keepalive(data):
+                        await write(client, translator.keepalive(progress_after))
+                    continue
+                if data == b"[DONE]":
+                    rec.finished(translator.usage)
+                    await write(client, translator.finish())
+                    return
+                event = orjson.loads(data)
+                if "error" in event:  # the neuron failed mid-stream and said so
+                    err = error_from_envelope(502, data)
+                    rec.failed(502, err.type)
+                    await write(client, translator.fail(err))
+                    return
+                await write(client, translator.feed(event))
+        raise aiohttp.ClientPayloadError("upstream stream ended without [DONE]")
+    except (aiohttp.ClientError, OSError, orjson.JSONDecodeError) as exc:
+        await write(client, translator.fail(mid_stream_failure(rec, exc)))
     finally:
         upstream.release()
 

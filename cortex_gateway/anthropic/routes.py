@@ -2,96 +2,37 @@
 
 from __future__ import annotations
 
-import time
-
 import aiohttp
 import orjson
 from aiohttp import web
 
-from cortex_gateway.anthropic.errors import error_event, render_anthropic
+from cortex_gateway.anthropic.errors import render_anthropic
 from cortex_gateway.anthropic.fields import COUNT_TOKENS
 from cortex_gateway.anthropic.translate_request import to_openai
 from cortex_gateway.anthropic.translate_response import to_anthropic
 from cortex_gateway.anthropic.translate_stream import StreamTranslator
-from cortex_gateway.dispatch import InferenceCall, dispatch
-from cortex_gateway.metrics import RequestRecord
-from cortex_gateway.proxy import mid_stream_failure, write
-from cortex_gateway.sse_reader import SSEReader, is_keepalive
+from cortex_gateway.dispatch import dispatch
+from cortex_gateway.exchange import InferenceCall, TranslatingDialect
 from cortex_gateway.state import LIFECYCLE, SESSION
 from neuron.shared.errors import ApiError, error_from_envelope
 from neuron.shared.http import parse_json
 from neuron.shared.request_context import with_request_id
-from neuron.shared.sse import PROMPT_TOKENS_HEADER
 
 
-class AnthropicDialect:
+class AnthropicDialect(TranslatingDialect):
+    """One request's Anthropic answer: whole, or streamed through its `StreamTranslator`."""
+
     def __init__(self, model: str, stops: list[str], progress_after: float):
         self.model = model
         self.stops = stops
         self.progress_after = progress_after
-        # Made with the request, not with the neuron's answer: a cold load's keep-alives come before it.
         self.translator = StreamTranslator(model, stops)
-
-    @property
-    def keepalive(self) -> bytes:
-        """Read by dispatch at each keep-alive of a cold load: a ping, or progress once the wait is long."""
-        return self.translator.keepalive(self.progress_after)
-
-    def error_event(self, err: ApiError) -> bytes:
-        return error_event(err)
 
     def json_response(self, status: int, raw: bytes) -> web.Response:
         if status != 200:
             return render_anthropic(error_from_envelope(status, raw))
         return web.Response(body=orjson.dumps(to_anthropic(orjson.loads(raw), self.model, self.stops)),
                             content_type="application/json")
-
-    async def relay(self, upstream, client_stream: web.StreamResponse, rec: RequestRecord) -> None:
-        translator = self.translator
-        reader = SSEReader()
-        if not translator.started:  # a long cold load may have sent it, without the prompt's size
-            await write(client_stream, translator.start(_prompt_tokens(upstream)))
-        try:
-            async for chunk in upstream.content.iter_any():
-                for data in reader.feed(chunk):
-                    if data.startswith(b":"):  # a comment: a keep-alive becomes a ping (or progress); usage
-                        if is_keepalive(data):  # comes as a chunk
-                            await write(client_stream, translator.keepalive(self.progress_after))
-                        continue
-                    if data == b"[DONE]":
-                        rec.finished_at = time.perf_counter()
-                        u = translator.usage
-                        rec.take_usage({"prompt_tokens": u["input_tokens"] + u.get("cache_read_input_tokens", 0),
-                                        "completion_tokens": u["output_tokens"]})
-                        await write(client_stream, translator.finish())
-                        return
-                    event = orjson.loads(data)
-                    if "error" in event:  # the neuron failed mid-stream and said so
-                        err = error_from_envelope(502, data)
-                        rec.failed(502, err.type)
-                        await write(client_stream, error_event(err))
-                        return
-                    if rec.first_token_at is None and _has_output(event):
-                        rec.first_token_at = time.perf_counter()
-                    await write(client_stream, translator.feed(event))
-            raise aiohttp.ClientPayloadError("upstream stream ended without [DONE]")
-        except (aiohttp.ClientError, OSError, orjson.JSONDecodeError) as exc:
-            await write(client_stream, error_event(mid_stream_failure(rec, exc)))
-        finally:
-            upstream.release()
-
-
-def _prompt_tokens(upstream) -> int:
-    """The prompt's size as the neuron counted it, sent before the answer, for message_start."""
-    try:
-        return int(upstream.headers.get(PROMPT_TOKENS_HEADER, 0))
-    except ValueError:
-        return 0
-
-
-def _has_output(event: dict) -> bool:
-    return any((c.get("delta") or {}).get("content") or (c.get("delta") or {}).get("tool_calls")
-               for c in event.get("choices") or [])
 
 
 async def _read_body(request: web.Request):

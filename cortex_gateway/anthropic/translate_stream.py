@@ -17,16 +17,18 @@ delta in the open block, or, before any block, the start of an empty
 `thinking` block (a block of Anthropic's vocabulary that clients accumulate
 and skip when they show the answer; an empty text block would be sent back in
 the next turn, and a repeated message_delta is counted again by Claude Code's
-cost tally). A stream that never waits that long is as it always was.
+cost tally). A stream that never waits that long is as it always was. The
+rule itself is `cortex_gateway.translator.ProgressClock`, shared with Responses.
 """
 
 from __future__ import annotations
 
-import time
-
 import orjson
 
+from cortex_gateway.anthropic.errors import error_event
 from cortex_gateway.anthropic.translate_response import anthropic_usage, message_id, stop_reason, tool_use_id
+from cortex_gateway.translator import ProgressClock
+from neuron.shared.errors import ApiError
 
 PING = b'event: ping\ndata: {"type": "ping"}\n\n'
 EMPTY_DELTA = {"thinking": {"type": "thinking_delta", "thinking": ""}, "text": {"type": "text_delta", "text": ""},
@@ -37,8 +39,13 @@ def sse(event: str, data: dict) -> bytes:
     return b"event: " + event.encode() + b"\ndata: " + orjson.dumps(data) + b"\n\n"
 
 
-class StreamTranslator:
+class StreamTranslator(ProgressClock):
+    """One answer as Anthropic's events (a `cortex_gateway.translator.Translator`)."""
+
+    plain = PING
+
     def __init__(self, model: str, stops: list[str], prompt_tokens: int = 0, now: float | None = None):
+        super().__init__(now)
         self.model = model
         self.stops = stops
         self.id = message_id()
@@ -49,31 +56,29 @@ class StreamTranslator:
         self.finish_reason: str | None = None
         self.matched: str | None = None
         # Until the final usage splits off what the prefix cache served, the whole prompt counts as input.
-        self.usage = {"input_tokens": prompt_tokens, "output_tokens": 0}
+        self.message_usage = {"input_tokens": prompt_tokens, "output_tokens": 0}
         self.started = False
-        # When the client last got an event; from the request on, as a client's idle timer runs from its send.
-        self.last_event = time.monotonic() if now is None else now
+
+    @property
+    def usage(self) -> dict:
+        """The usage in the neurons' terms: the prompt is what was read from the cache and the rest."""
+        u = self.message_usage
+        return {"prompt_tokens": u["input_tokens"] + u.get("cache_read_input_tokens", 0),
+                "completion_tokens": u["output_tokens"]}
 
     def start(self, prompt_tokens: int | None = None, now: float | None = None) -> bytes:
         if prompt_tokens is not None:
-            self.usage["input_tokens"] = prompt_tokens
+            self.message_usage["input_tokens"] = prompt_tokens
         self.started = True
-        self._sent(now)
+        self.sent(now)
         return sse("message_start", {"type": "message_start", "message": {
             "id": self.id, "type": "message", "role": "assistant", "model": self.model, "content": [],
-            "stop_reason": None, "stop_sequence": None, "usage": dict(self.usage)}})
+            "stop_reason": None, "stop_sequence": None, "usage": dict(self.message_usage)}})
 
-    def _sent(self, now: float | None) -> None:
-        self.last_event = time.monotonic() if now is None else now
-
-    def keepalive(self, progress_after: float, now: float | None = None) -> bytes:
-        """What one keep-alive of a wait becomes: a ping, or progress once the wait passed `progress_after`."""
-        now = time.monotonic() if now is None else now
-        if now - self.last_event < progress_after:
-            return PING
+    def progress(self, now: float) -> bytes:
+        """message_start if it was not sent, else an empty delta in the open block or an empty thinking block."""
         if not self.started:
             return self.start(now=now)
-        self._sent(now)
         if self.block_kind is None:
             return self._open("thinking", {"type": "thinking", "thinking": "", "signature": ""})
         return sse("content_block_delta", {"type": "content_block_delta", "index": self.block,
@@ -82,7 +87,7 @@ class StreamTranslator:
     def feed(self, chunk: dict, now: float | None = None) -> bytes:
         out = [] if self.started else [self.start()]
         if isinstance(chunk.get("usage"), dict):
-            self.usage = anthropic_usage(chunk["usage"])
+            self.message_usage = anthropic_usage(chunk["usage"])
         for choice in chunk.get("choices") or []:
             delta = choice.get("delta") or {}
             if delta.get("content"):
@@ -94,7 +99,7 @@ class StreamTranslator:
                 self.matched = choice.get("stop_reason")
         data = b"".join(out)
         if data:
-            self._sent(now)
+            self.sent(now)
         return data
 
     def _open(self, kind: str, block: dict) -> bytes:
@@ -139,6 +144,10 @@ class StreamTranslator:
             reason = "tool_use"
         out.append(sse("message_delta", {"type": "message_delta",
                                          "delta": {"stop_reason": reason, "stop_sequence": sequence},
-                                         "usage": dict(self.usage)}))
+                                         "usage": dict(self.message_usage)}))
         out.append(sse("message_stop", {"type": "message_stop"}))
         return b"".join(out)
+
+    def fail(self, err: ApiError) -> bytes:
+        """Anthropic ends a failed stream with one `error` event, whatever was sent before it."""
+        return error_event(err)

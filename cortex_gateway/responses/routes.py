@@ -11,23 +11,19 @@ that made it: another key gets the same 404 as for an id that never existed.
 from __future__ import annotations
 
 import logging
-import time
 
-import aiohttp
 import orjson
 from aiohttp import web
 
 from cortex_gateway.auth import AUTH
-from cortex_gateway.dispatch import InferenceCall, dispatch
-from cortex_gateway.metrics import RequestRecord
-from cortex_gateway.proxy import mid_stream_failure, write
+from cortex_gateway.dispatch import dispatch
+from cortex_gateway.exchange import InferenceCall, TranslatingDialect
 from cortex_gateway.responses.bounds import check_lengths
 from cortex_gateway.responses.fields import RESPONSES
 from cortex_gateway.responses.store import ResponseStore, StoredResponse
 from cortex_gateway.responses.translate_request import Translated, previous_id, to_chat
-from cortex_gateway.responses.translate_response import ResponseHead, to_response
+from cortex_gateway.responses.translate_response import ResponseHead, for_client, to_response
 from cortex_gateway.responses.translate_stream import StreamTranslator
-from cortex_gateway.sse_reader import SSEReader, is_keepalive
 from cortex_gateway.state import LIFECYCLE, RESPONSE_STORE
 from neuron.shared.auth import key_matches, presented_key
 from neuron.shared.errors import ApiError, bad_request, error_from_envelope, render_openai
@@ -35,13 +31,11 @@ from neuron.shared.fields import require_object
 from neuron.shared.http import json_response, read_json
 
 log = logging.getLogger("cortex.gateway.responses.routes")
-# The neuron names chat fields; a Responses client knows them by these names.
-_CLIENT_PARAMS = {"messages": "input", "max_tokens": "max_output_tokens", "response_format": "text.format"}
 DROPPED_TOOLS_HEADER = "X-Cortex-Dropped-Tools"  # the hosted tools the model was not offered, comma-separated
 _DROPPED = web.RequestKey("dropped_tools", list)
 
 
-class ResponsesDialect:
+class ResponsesDialect(TranslatingDialect):
     """One request's Response: its head, its stream's state, and where it is kept when done."""
 
     def __init__(self, translated: Translated, store: ResponseStore, owner: str | None, progress_after: float):
@@ -50,64 +44,15 @@ class ResponsesDialect:
         self.owner = owner
         # Only what a stored response needs is held while the answer runs; nothing when store is false.
         self.kept = (translated.input_items, translated.conversation) if translated.echo["store"] else None
-        self.translator = StreamTranslator(self.head)
+        self.translator = StreamTranslator(self.head, keep=self._keep)
         self.progress_after = progress_after
-
-    @property
-    def keepalive(self) -> bytes:
-        """Read by dispatch at each keep-alive of a cold load: a comment, or progress once the wait is long."""
-        return self.translator.keepalive(self.progress_after)
-
-    def error_event(self, err: ApiError) -> bytes:
-        return self.translator.fail(_for_client(err))
 
     def json_response(self, status: int, raw: bytes) -> web.Response:
         if status != 200:
-            return render_openai(_for_client(error_from_envelope(status, raw)))
+            return render_openai(for_client(error_from_envelope(status, raw)))
         response = to_response(orjson.loads(raw), self.head)
         self._keep(response)
         return json_response(response)
-
-    async def relay(self, upstream: aiohttp.ClientResponse, client_stream: web.StreamResponse,
-                    rec: RequestRecord) -> None:
-        reader = SSEReader()
-        if not self.translator.started:  # a long cold load may have started it
-            await write(client_stream, self.translator.start())
-        try:
-            async for chunk in upstream.content.iter_any():
-                for data in reader.feed(chunk):
-                    if data.startswith(b":"):  # a comment: keep-alives (a long prefill) are passed on
-                        if is_keepalive(data):
-                            await write(client_stream, self.keepalive)
-                    elif data == b"[DONE]":
-                        await self._finish(client_stream, rec)
-                        return
-                    elif not await self._feed(orjson.loads(data), data, client_stream, rec):
-                        return
-            raise aiohttp.ClientPayloadError("upstream stream ended without [DONE]")
-        except (aiohttp.ClientError, OSError, orjson.JSONDecodeError) as exc:
-            await write(client_stream, self.translator.fail(mid_stream_failure(rec, exc)))
-        finally:
-            upstream.release()
-
-    async def _feed(self, event: dict, raw: bytes, client_stream: web.StreamResponse, rec: RequestRecord) -> bool:
-        """Translate one chunk; False when it was the neuron's error, which ends the stream."""
-        if "error" in event:  # the neuron failed mid-stream and said so
-            err = error_from_envelope(502, raw)
-            rec.failed(502, err.type)
-            await write(client_stream, self.translator.fail(_for_client(err)))
-            return False
-        if rec.first_token_at is None and _has_output(event):
-            rec.first_token_at = time.perf_counter()
-        await write(client_stream, self.translator.feed(event))
-        return True
-
-    async def _finish(self, client_stream: web.StreamResponse, rec: RequestRecord) -> None:
-        rec.finished_at = time.perf_counter()
-        rec.take_usage(self.translator.usage)
-        tail = self.translator.finish()
-        self._keep(self.translator.final)  # before the client reads response.completed and sends its next turn
-        await write(client_stream, tail)
 
     def _keep(self, response: dict | None) -> None:
         if self.kept is None or response is None:
@@ -118,22 +63,6 @@ class ResponsesDialect:
             log.warning("response %s not stored: %d bytes with its output, over [gateway] "
                         "responses_store_max_response_mb; a follow-up to it gets previous_response_not_found",
                         response["id"], entry.size)
-
-
-def _has_output(event: dict) -> bool:
-    return any((c.get("delta") or {}).get("content") or (c.get("delta") or {}).get("tool_calls")
-               for c in event.get("choices") or [])
-
-
-def _for_client(err: ApiError) -> ApiError:
-    """A neuron error, with the parameter it names called by its Responses name (in the message too, where
-    the message opens with it, as the neuron's field errors do: `max_tokens is too large: ...`)."""
-    name = _CLIENT_PARAMS.get(err.param)
-    if name is not None:
-        if err.message.startswith(f"{err.param} ") or err.message.startswith(f"{err.param}:"):
-            err.message = name + err.message[len(err.param):]
-        err.param = name
-    return err
 
 
 async def create(request: web.Request) -> web.StreamResponse:

@@ -11,6 +11,10 @@ import time
 from dataclasses import dataclass, field
 
 from cortex_gateway.responses.input_items import new_id
+from neuron.shared.errors import ApiError
+
+# The neuron names chat fields; a Responses client knows them by these names.
+_CLIENT_PARAMS = {"messages": "input", "max_tokens": "max_output_tokens", "response_format": "text.format"}
 
 
 @dataclass
@@ -98,3 +102,14 @@ def to_response(chat: dict, head: ResponseHead) -> dict:
         output.append(head.call_item(call.get("id"), fn.get("name", ""), fn.get("arguments", "{}"),
                                      status if last else "completed"))
     return head.response(status, output, response_usage(chat.get("usage")))
+
+
+def for_client(err: ApiError) -> ApiError:
+    """A neuron error, with the parameter it names called by its Responses name (in the message too, where
+    the message opens with it, as the neuron's field errors do: `max_tokens is too large: ...`)."""
+    name = _CLIENT_PARAMS.get(err.param)
+    if name is not None:
+        if err.message.startswith(f"{err.param} ") or err.message.startswith(f"{err.param}:"):
+            err.message = name + err.message[len(err.param):]
+        err.param = name
+    return err

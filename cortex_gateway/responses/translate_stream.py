@@ -12,27 +12,29 @@ A failure ends the stream with an `error` event and response.failed. A wait
 client counts as progress: Codex drops a stream after 300 s without an event
 and starts over. Past `progress_after` seconds without one, a keep-alive is
 therefore a `response.in_progress` event (the lifecycle event the SDK's
-accumulator takes at any time; response.created first if it was not sent).
-The SDK's
-stream helper rebuilds the response from these events and insists on their
+accumulator takes at any time; response.created first if it was not sent), by
+the rule of `cortex_gateway.translator.ProgressClock`, shared with Anthropic.
+The SDK's stream helper rebuilds the response from these events and insists on their
 order (response.created first, every delta inside an added item), so this
 class is the one place that order is kept.
 """
 
 from __future__ import annotations
 
-import time
+from collections.abc import Callable
 
 import orjson
 
 from cortex_gateway.responses.translate_response import (
     ResponseHead,
+    for_client,
     logprobs_of,
     message_item,
     response_usage,
     status_of,
     text_part,
 )
+from cortex_gateway.translator import ProgressClock
 from neuron.shared.errors import ApiError
 from neuron.shared.sse import KEEPALIVE
 
@@ -48,9 +50,16 @@ def failure_code(err: ApiError) -> str:
     return "invalid_prompt" if 400 <= err.status < 500 else "server_error"
 
 
-class StreamTranslator:
-    def __init__(self, head: ResponseHead):
+class StreamTranslator(ProgressClock):
+    """One answer as the Responses events (a `cortex_gateway.translator.Translator`). `keep` is given the
+    completed Response before its last event goes out, so a follow-up sent at once finds it stored."""
+
+    plain = KEEPALIVE
+
+    def __init__(self, head: ResponseHead, keep: Callable[[dict], None] | None = None):
+        super().__init__()
         self.head = head
+        self.keep = keep
         self.seq = 0
         self.started = False
         self.output: list[dict] = []  # the closed items, in output order
@@ -63,28 +72,24 @@ class StreamTranslator:
         self.finish_reason: str | None = None
         self.usage: dict | None = None
         self.final: dict | None = None  # the Response, once the stream completed
-        self.last_event = time.monotonic()  # from the request on, as a client's idle timer runs from its send
 
     def event(self, kind: str, **fields) -> bytes:
         data = {"type": kind, "sequence_number": self.seq, **fields}
         self.seq += 1
-        self.last_event = time.monotonic()
+        self.sent()
         return sse(kind, data)
 
-    def start(self) -> bytes:
+    def start(self, prompt_tokens: int | None = None) -> bytes:
+        """response.created and response.in_progress (a Response tells its usage only at its end)."""
         self.started = True
         snapshot = self.head.response("in_progress", [])
         return self.event("response.created", response=snapshot) + self.event("response.in_progress", response=snapshot)
 
-    def keepalive(self, progress_after: float, now: float | None = None) -> bytes:
-        """What one keep-alive of a wait becomes: a comment, or progress once the wait passed `progress_after`."""
-        now = time.monotonic() if now is None else now
-        if now - self.last_event < progress_after:
-            return KEEPALIVE
-        out = self.start() if not self.started else \
-            self.event("response.in_progress", response=self.head.response("in_progress", []))
-        self.last_event = now
-        return out
+    def progress(self, now: float) -> bytes:
+        """The stream's start if it was not sent, else one more response.in_progress."""
+        if not self.started:
+            return self.start()
+        return self.event("response.in_progress", response=self.head.response("in_progress", []))
 
     def feed(self, chunk: dict) -> bytes:
         out = [] if self.started else [self.start()]
@@ -165,12 +170,15 @@ class StreamTranslator:
             out.append(self._open_message())  # an empty answer is still one (empty) message
         out.append(self._close(status))
         self.final = self.head.response(status, self.output, response_usage(self.usage))
+        if self.keep is not None:
+            self.keep(self.final)
         kind = "response.completed" if status == "completed" else "response.incomplete"
         out.append(self.event(kind, response=self.final))
         return b"".join(out)
 
     def fail(self, err: ApiError) -> bytes:
         """The end of a failed answer: an `error` event, then response.failed with what was produced."""
+        err = for_client(err)
         out = [] if self.started else [self.start()]
         out.append(self._close("incomplete"))
         out.append(self.event("error", code=err.code, message=err.message, param=err.param))
