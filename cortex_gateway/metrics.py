@@ -23,7 +23,9 @@ OBSERVED = web.RequestKey("observed", bool)
 RECORD = web.RequestKey("record", object)  # for the access log
 # Inference routes, by the endpoint label their requests get.
 ENDPOINTS = {"/v1/chat/completions": "chat", "/v1/completions": "completions", "/v1/embeddings": "embeddings",
-             "/v1/messages": "messages", "/v1/responses": "responses"}
+             "/v1/messages": "messages", "/v1/messages/count_tokens": "count_tokens", "/v1/responses": "responses"}
+# Endpoints whose answers generate nothing, so have no time to first token (Anthropic's token count).
+NO_OUTPUT = frozenset({"count_tokens"})
 _REFUSAL_TYPES = {401: "authentication_error", 403: "permission_error", 408: "request_timeout",
                   413: "request_too_large", 429: "rate_limit_error"}
 
@@ -58,8 +60,11 @@ class RequestRecord:
             self.label = self.model
 
     def answered(self, status: int, usage: dict | None = None, error_type: str | None = None) -> None:
-        """A whole (non-streaming) answer came back: its first output and its end are one moment."""
-        self.first_token_at = self.finished_at = time.perf_counter()
+        """A whole (non-streaming) answer came back: its first output and its end are one moment. A call
+        that generates nothing (a token count) has no first output to time."""
+        self.finished_at = time.perf_counter()
+        if self.endpoint not in NO_OUTPUT:
+            self.first_token_at = self.finished_at
         self.status, self.error_type = status, error_type
         self.take_usage(usage)
 

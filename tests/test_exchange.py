@@ -126,15 +126,17 @@ async def test_a_long_wait_opens_the_stream_for_its_keepalives(serve):
         assert (await resp.read()).replace(KEEPALIVE, b"") == b"\n" + STREAM
 
 
-async def test_a_whole_answer_s_error_is_recorded_and_passed_on(serve):
+@pytest.mark.parametrize("endpoint, timed", [("chat", True), ("count_tokens", False)])
+async def test_a_whole_answer_s_error_is_recorded_and_passed_on(serve, endpoint, timed):
     async def step(ex: Exchange):
         return ex.answer(400, orjson.dumps(REFUSAL))
 
-    client, made = await serve(step)
+    client, made = await serve(step, endpoint)
     resp = await client.post("/")
     assert resp.status == 400 and await resp.json() == REFUSAL
     rec = made[0].record
     assert (rec.status, rec.error_type) == (400, "invalid_request_error")
+    assert (rec.first_token_at is not None) == timed  # a token count makes no first token to time
 
 
 @pytest.mark.parametrize("opened", [False, True])

@@ -1,8 +1,12 @@
-"""`POST /v1/messages` and `/v1/messages/count_tokens`, served by translation to the neurons' OpenAI dialect."""
+"""`POST /v1/messages` and `/v1/messages/count_tokens`, served by translation to the neurons' OpenAI dialect.
+
+Both go through `dispatch`: a message to the neuron's chat completions, a token
+count to its `/tokenize`, so a count is placed, retried and recorded as a
+message is, and its errors are the same.
+"""
 
 from __future__ import annotations
 
-import aiohttp
 import orjson
 from aiohttp import web
 
@@ -13,10 +17,9 @@ from cortex_gateway.anthropic.translate_response import to_anthropic
 from cortex_gateway.anthropic.translate_stream import StreamTranslator
 from cortex_gateway.dispatch import dispatch
 from cortex_gateway.exchange import InferenceCall, TranslatingDialect
-from cortex_gateway.state import LIFECYCLE, SESSION
-from neuron.shared.errors import ApiError, error_from_envelope
+from cortex_gateway.state import LIFECYCLE
+from neuron.shared.errors import error_from_envelope
 from neuron.shared.http import parse_json
-from neuron.shared.request_context import with_request_id
 
 
 class AnthropicDialect(TranslatingDialect):
@@ -33,6 +36,15 @@ class AnthropicDialect(TranslatingDialect):
             return render_anthropic(error_from_envelope(status, raw))
         return web.Response(body=orjson.dumps(to_anthropic(orjson.loads(raw), self.model, self.stops)),
                             content_type="application/json")
+
+
+class TokenCountDialect(AnthropicDialect):
+    """count_tokens: the neuron's `/tokenize` answer, `{"count": n}`, as Anthropic's `{"input_tokens": n}`."""
+
+    def json_response(self, status: int, raw: bytes) -> web.Response:
+        if status != 200:
+            return super().json_response(status, raw)
+        return web.json_response({"input_tokens": orjson.loads(raw)["count"]})
 
 
 async def _read_body(request: web.Request):
@@ -54,25 +66,14 @@ def _translated_call(data, progress_after: float) -> tuple[InferenceCall, Anthro
                          bool(body.get("stream"))), dialect
 
 
-async def count_tokens(request: web.Request) -> web.Response:
+async def count_tokens(request: web.Request) -> web.StreamResponse:
     data = await _read_body(request)
     if isinstance(data, dict):
         data = {**data, "max_tokens": 1}  # count_tokens takes no max_tokens; the translator wants one
-    body = to_openai(data, COUNT_TOKENS)
-    lifecycle = request.app[LIFECYCLE]
-    model = lifecycle.config.resolve_alias(body["model"])
-    node = await lifecycle.node_for(model)
-    payload = orjson.dumps({**body, "model": node.upstream_id(model), "stream": False})
-    try:
-        async with request.app[SESSION].post(node.endpoint + "/tokenize", data=payload,
-                                             headers=with_request_id(node.client.json_headers)) as resp:
-            raw = await resp.read()
-    except (aiohttp.ClientError, OSError) as exc:
-        raise ApiError(502, "api_error", f"node {node.name} failed while counting tokens "
-                       f"({exc.__class__.__name__}); retry", code="upstream_unavailable", retry_after=2) from exc
-    if resp.status != 200:
-        raise error_from_envelope(resp.status, raw)
-    return web.json_response({"input_tokens": orjson.loads(raw)["count"]})
+    body = {**to_openai(data, COUNT_TOKENS), "stream": False}
+    call = InferenceCall("/tokenize", "count_tokens", body["model"], orjson.dumps(body), False)
+    progress_after = request.app[LIFECYCLE].config.progress_interval_s
+    return await dispatch(request, call, TokenCountDialect(body["model"], [], progress_after))
 
 
 def add_routes(app: web.Application) -> None:
