@@ -186,6 +186,6 @@ def test_bad_config_names_file_and_key(tmp_path):
     (tmp_path / "cortex.toml").write_text('[eviction]\nstrategy = "fifo"\n')
     result = subprocess.run(CORTEX + ["serve", "--config", str(tmp_path / "cortex.toml")], capture_output=True,
                             text=True, timeout=60)
-    assert result.returncode == 1
+    assert result.returncode == 2
     assert "cortex.toml: [eviction].strategy: expected \"lru\" or \"priority\"" in result.stderr
     assert "Traceback" not in result.stderr

@@ -99,7 +99,7 @@ def test_next_victim_follows_the_strategy():
     ('[[neurons]]\nname = "a"\nendpoint = "http://x:1"\n[[neurons]]\nname = "a"\nendpoint = "http://y:1"\n',
      "'a' is used by another neuron"),
     ('[gateway]\nlisten = 31313\n', "[gateway].listen: expected HOST:PORT"),
-    ('[gateway]\npoll_interval_s = -1\n', "[gateway].poll_interval_s: must be > 0"),
+    ('[gateway]\npoll_interval_s = -1\n', "[gateway].poll_interval_s: expected a number of seconds > 0"),
     ('models_config = "missing.toml"\n', "missing.toml: cannot read"),
     ('[auth]\nadmin_keys = ["short"]\n', "[auth].admin_keys: expected strings of at least 8 characters"),
 ])

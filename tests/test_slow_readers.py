@@ -166,7 +166,7 @@ async def test_every_dialects_stream_ends_when_its_client_stops_reading(aiohttp_
             sock.close()
     finally:
         await fake.close()
-    stalled = [r for r in caplog.records if r.name == "neuron.shared.sse" and r.levelname == "WARNING"]
+    stalled = [r for r in caplog.records if r.name == "cortex.shared.sse" and r.levelname == "WARNING"]
     assert stalled and "write_timeout_s" in stalled[0].getMessage()
 
 
