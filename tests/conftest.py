@@ -45,6 +45,30 @@ async def inprocess_neuron(models_dir):
         yield node
 
 
+@pytest.fixture
+async def fakes():
+    """Fake neurons for an in-process gateway (tests/gateway_inprocess.py), stopped however the test ends."""
+    from tests.gateway_inprocess import Fakes
+
+    started = Fakes()
+    try:
+        yield started
+    finally:
+        await started.close()
+
+
+@pytest.fixture
+async def gateway_over(aiohttp_client, fakes):
+    """`await gateway_over(*fakes)`: the gateway's app in process over those fakes; requests they hold are
+    released before it shuts down."""
+    from tests.gateway_inprocess import gateway_starter
+
+    try:
+        yield gateway_starter(aiohttp_client)
+    finally:
+        fakes.release_all()
+
+
 @pytest.fixture(scope="module", params=["gguf", "hf"])
 def backend(request, models_dir):
     """Each tiny model's backend, in this process (prompt rendering and tokenising without a server).
