@@ -15,6 +15,7 @@ import pytest
 from pydantic import BaseModel, Field
 
 from neuron.engine.schema_refs import embed_schemas
+from tests.neuron_inprocess import IN_MODULE_LOOP
 
 BACKENDS = ["tiny-gguf", "tiny-hf"]
 HI = [{"role": "user", "content": "hi"}]
@@ -79,26 +80,28 @@ def test_a_reference_to_the_schema_root_points_at_its_copy():
 
 
 @pytest.fixture(scope="module")
-def client(neuron):
-    return openai.OpenAI(base_url=neuron.url + "/v1", api_key="unused", max_retries=0)
+def client(inprocess_neuron):
+    return inprocess_neuron.openai
 
 
+@IN_MODULE_LOOP
 @pytest.mark.parametrize("model", BACKENDS)
-def test_forced_call_with_nested_pydantic_parameters_validates(client, model):
+async def test_forced_call_with_nested_pydantic_parameters_validates(client, model):
     tools = [openai.pydantic_function_tool(Register), openai.pydantic_function_tool(Person)]
     for seed in (1, 2, 3):
-        resp = client.chat.completions.create(model=model, messages=HI, max_tokens=400, seed=seed,
-                                              tools=tools, tool_choice="required")
+        resp = await client.chat.completions.create(model=model, messages=HI, max_tokens=400, seed=seed,
+                                                    tools=tools, tool_choice="required")
         [call] = resp.choices[0].message.tool_calls
         schema = {"Register": Register, "Person": Person}[call.function.name].model_json_schema()
         jsonschema.validate(json.loads(call.function.arguments), schema)
 
 
-def test_a_recursive_tool_schema_compiles(client):
+@IN_MODULE_LOOP
+async def test_a_recursive_tool_schema_compiles(client):
     """Recursion through `#` is allowed; a random-weight model may recurse until max_tokens, so only the
     call's start is checked."""
     tool = {"type": "function", "function": {"name": "chain", "parameters": SELF_REFERENCE}}
-    resp = client.chat.completions.create(model="tiny-gguf", messages=HI, max_tokens=30, seed=2, tools=[tool],
-                                          tool_choice={"type": "function", "function": {"name": "chain"}})
+    resp = await client.chat.completions.create(model="tiny-gguf", messages=HI, max_tokens=30, seed=2, tools=[tool],
+                                                tool_choice={"type": "function", "function": {"name": "chain"}})
     [call] = resp.choices[0].message.tool_calls
     assert call.function.name == "chain" and call.function.arguments.startswith('{"next": ')

@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import json
 
-import openai
 import pytest
 
 from neuron.engine.tool_calls import ToolCallParser, parse_all
+from tests.neuron_inprocess import IN_MODULE_LOOP
 
 NAMES = {"write"}
 TRICKY = 'a</tool_call>b "quoted" {braces} \\ <tool_call>'
@@ -64,20 +64,22 @@ def test_streamed_in_any_pieces_as_whole(size):
     assert (out + tail, texts(calls + more)) == ("Writing.  Done.", [TRICKY])
 
 
-# -- through a real neuron ------------------------------------------------------------------------
+# -- through the neuron's app (in process) ---------------------------------------------------------
+@IN_MODULE_LOOP
 @pytest.mark.parametrize("model", ["tiny-gguf", "tiny-hf"])
 @pytest.mark.parametrize("stream", [False, True])
-def test_a_forced_call_whose_argument_holds_the_closing_tag_comes_back_as_a_call(neuron, model, stream):
-    client = openai.OpenAI(base_url=neuron.url + "/v1", api_key="unused", max_retries=0)
+async def test_a_forced_call_whose_argument_holds_the_closing_tag_comes_back_as_a_call(inprocess_neuron, model,
+                                                                                        stream):
+    client = inprocess_neuron.openai
     body = dict(model=model, messages=[{"role": "user", "content": "write it"}], tools=[WRITE],
                 tool_choice="required", max_tokens=200, extra_body={"cortex_script": CALL})
     if not stream:
-        message = client.chat.completions.create(**body).choices[0].message
+        message = (await client.chat.completions.create(**body)).choices[0].message
         assert not message.content and [c.function.name for c in message.tool_calls] == ["write"], message
         assert json.loads(message.tool_calls[0].function.arguments) == {"text": TRICKY}
         return
     content, arguments, finish = "", "", None
-    for chunk in client.chat.completions.create(**body, stream=True):
+    async for chunk in await client.chat.completions.create(**body, stream=True):
         for choice in chunk.choices:
             delta, finish = choice.delta, choice.finish_reason or finish
             content += delta.content or ""
@@ -101,9 +103,9 @@ def test_a_call_nested_deeper_than_any_request_may_be_stays_text(depth):
     assert calls + more == [] and "[[[" in text + tail
 
 
-def test_a_model_writing_such_a_call_gets_an_answer_not_a_500(neuron):
-    client = openai.OpenAI(base_url=neuron.url + "/v1", api_key="unused", max_retries=0)
-    message = client.chat.completions.create(
+@IN_MODULE_LOOP
+async def test_a_model_writing_such_a_call_gets_an_answer_not_a_500(inprocess_neuron):
+    message = (await inprocess_neuron.openai.chat.completions.create(
         model="tiny-gguf", messages=[{"role": "user", "content": "write it"}], tools=[WRITE], max_tokens=1000,
-        extra_body={"cortex_script": DEEP_CALL}).choices[0].message
+        extra_body={"cortex_script": DEEP_CALL})).choices[0].message
     assert not message.tool_calls and "[[[" in message.content
