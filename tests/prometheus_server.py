@@ -59,7 +59,7 @@ def alert_rules() -> list[dict]:
 
 
 class Prometheus:
-    """`prometheus` on a free loopback port with a TSDB in `tmp`; always `stop()` it."""
+    """`prometheus` on a free loopback port with a TSDB in `tmp`; always `stop()` it (or use it in a `with`)."""
 
     def __init__(self, tmp: Path, config: Path):
         self.config = config
@@ -71,6 +71,12 @@ class Prometheus:
             [PROMETHEUS, f"--config.file={config}", f"--storage.tsdb.path={tmp / 'tsdb'}",
              f"--web.listen-address=127.0.0.1:{self.port}", "--web.enable-lifecycle"],
             stdout=self._log, stderr=subprocess.STDOUT)
+
+    def __enter__(self) -> Prometheus:
+        return self
+
+    def __exit__(self, *_exc) -> None:
+        self.stop()
 
     def wait_ready(self, timeout: float = 60) -> None:
         wait_serving(self.proc, self.url + "/-/ready", self.log, timeout)

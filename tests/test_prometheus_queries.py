@@ -1,10 +1,10 @@
 """A real Prometheus scrapes a real fleet, and the queries operators write return what the traffic implies.
 
-One stack for the module: neuron n1 (the conftest models, a 50 MiB CPU budget, so one tiny model at a
-time), neuron n2 (a token, and one model of its own, tiny-b), a gateway over both, and Prometheus with
-deploy/prometheus's scrape config and alert rules. Known traffic goes through the gateway with the
-official openai client; then every dashboard panel's expression and every alert's is asked of
-Prometheus, with polls and deadlines (never sleeps). The last test kills n2 and waits for the alerts.
+One stack for the module (tests/prometheus_fleet.py): neurons n1 and n2 (a token, and a model of its own), a
+gateway over both, and Prometheus with deploy/prometheus's scrape config and alert rules. Known traffic goes
+through the gateway with the official openai client; then every dashboard panel's expression and every
+alert's is asked of Prometheus, with polls and deadlines (never sleeps). The last test kills n2 and waits for
+the alerts. The deploy files alone (promtool, the dashboard's model): tests/test_prometheus_files.py.
 """
 
 from __future__ import annotations
@@ -12,187 +12,33 @@ from __future__ import annotations
 import json
 import math
 import re
-import shutil
 import subprocess
 import time
 import urllib.error
 import urllib.request
-import uuid
-from collections import Counter
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 
-import openai
 import pytest
 
-from tests.helpers import NO_EOS, http_json, start_gateway, start_neuron
-from tests.prometheus_server import (
-    ALERT_TESTS,
-    ALERTS,
-    DASHBOARD,
-    PROMETHEUS,
-    PROMTOOL,
-    Prometheus,
-    alert_rules,
-    render_config,
-    render_rules,
-)
+from tests.prometheus_fleet import CATALOGUE, MIB, N1_BUDGET_MB, a_round, prometheus_fleet, send_traffic
+from tests.prometheus_server import DASHBOARD, PROMTOOL, Prometheus, alert_rules
 
-TOKEN = "prometheus-test-token"
-MIB = 2**20
-N1_BUDGET_MB = 50  # tiny-gguf (34.5 MiB estimated) and tiny-short (32.6) do not fit together: a cold load evicts
-CATALOGUE = {"tiny-gguf", "tiny-hf", "tiny-short", "tiny-b"}
 GRAFANA_VARIABLES = {"$__rate_interval": "5m", "$model": ".*"}  # what Grafana would put in, for "All" models
-
-
-def needs(tool: str | None, name: str) -> None:
-    if tool is None:
-        pytest.skip(f"{name} is not installed: make test installs it where apt-get can")
-
-
-@dataclass
-class Fleet:
-    n1: object
-    n2: object
-    gateway: object
-    prometheus: Prometheus
-    started: float
-    sent: Counter = field(default_factory=Counter)  # what the traffic did, by kind
-
-    def client(self, url: str, key: str = "unused") -> openai.OpenAI:
-        return openai.OpenAI(base_url=url + "/v1", api_key=key, max_retries=0, timeout=60)
 
 
 @pytest.fixture(scope="module")
 def fleet(tmp_path_factory, models_dir):
-    needs(PROMETHEUS, "prometheus")
-    tmp = tmp_path_factory.mktemp("prometheus")
-    own = tmp / "n2-models"
-    own.mkdir()
-    shutil.copy(models_dir / "tiny-short.gguf", own / "tiny-b.gguf")  # a model only n2 has
-    started = time.time()
-    with ThreadPoolExecutor(2) as pool:
-        n1 = pool.submit(start_neuron, tmp, models_dir, "--cpu-memory-mb", str(N1_BUDGET_MB), name="n1")
-        n2 = pool.submit(start_neuron, tmp, own, name="n2", env={"CORTEX_NEURON_TOKEN": TOKEN})
-        n1, n2 = n1.result(), n2.result()
-    procs, prometheus = [n1, n2], None
-    try:
-        assert http_json("POST", n1.url + "/models/load", {"model": "tiny-gguf"})[0] == 200
-        gateway = start_gateway(tmp, {"n1": n1.url, "n2": n2.url}, extra_toml=f'neuron_token = "{TOKEN}"')
-        procs.append(gateway)
-        token_file = tmp / "neuron-token"
-        token_file.write_text(TOKEN)
-        token_file.chmod(0o600)
-        config = render_config(tmp / "prometheus.yml", gateway=gateway.metrics_url.split("/")[2],
-                               neurons={"n1": f"127.0.0.1:{n1.port}", "n2": f"127.0.0.1:{n2.port}"},
-                               token_file=token_file, rules=render_rules(tmp / "alerts.yml"))
-        prometheus = Prometheus(tmp, config)
-        prometheus.wait_ready()
-        yield Fleet(n1, n2, gateway, prometheus, started)
-    finally:
-        if prometheus is not None:
-            prometheus.stop()
-        for proc in reversed(procs):
-            proc.kill()
-
-
-# -- the traffic ----------------------------------------------------------------------------------
-
-def chat(fleet: Fleet, model: str, *, stream: bool) -> None:
-    """A chat whose length is known: the end tokens are banned, so it runs to max_tokens (4, or 8 streamed)."""
-    client = fleet.client(fleet.gateway.url)
-    args = dict(model=model, messages=[{"role": "user", "content": "hello"}], logit_bias=NO_EOS)
-    if stream:
-        chunks = client.chat.completions.create(**args, max_tokens=8, stream=True)
-        assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
-    else:
-        assert client.chat.completions.create(**args, max_tokens=4).choices[0].message.content
-    fleet.sent[(model, "stream" if stream else "whole")] += 1
-
-
-def failures(fleet: Fleet) -> None:
-    """Two 4xx: a model no one has (a new name each time: names must never become labels), a bad field."""
-    client = fleet.client(fleet.gateway.url)
-    with pytest.raises(openai.NotFoundError):
-        client.chat.completions.create(model=f"no-such-{uuid.uuid4().hex}", messages=[{"role": "user", "content": "x"}])
-    with pytest.raises(openai.BadRequestError):
-        client.chat.completions.create(model="tiny-gguf", messages=[{"role": "user", "content": "x"}],
-                                       extra_body={"stream": "yes"})
-    fleet.sent["404"] += 1
-    fleet.sent["400"] += 1
-
-
-def a_round(fleet: Fleet, model: str) -> None:
-    chat(fleet, model, stream=False)
-    chat(fleet, model, stream=False)
-    chat(fleet, model, stream=True)
-    failures(fleet)
-
-
-def gateway_requests(fleet: Fleet) -> float:
-    return fleet.prometheus.values('sum(cortex_requests_total{job="cortex-gateway"})').get("", 0.0)
-
-
-def ok(answer: tuple[int, dict]) -> dict:
-    status, body = answer
-    assert status == 200, body
-    return body
-
-
-def device_faults(fleet: Fleet, count: int) -> None:
-    """`count` device errors on n2's tiny-b (fault injection), each recovered before the next."""
-    auth = {"Authorization": f"Bearer {TOKEN}"}
-    ok(http_json("POST", fleet.n2.url + "/models/load", {"model": "tiny-b"}, headers=auth))
-    # The fault counters start at 0 when the model loads; wait until Prometheus has that 0, or the first
-    # fault would be the series' birth, which increase() cannot see.
-    fleet.prometheus.wait_value('cortex_neuron_recoveries_total{node="n2", outcome="reloaded"}', {"tiny-b": 0.0},
-                                "model")
-    client = fleet.client(fleet.n2.url, TOKEN)
-
-    def models() -> dict:
-        return ok(http_json("GET", fleet.n2.url + "/models", headers=auth))
-
-    for _ in range(count):
-        ok(http_json("POST", fleet.n2.url + "/debug/faults", {"model": "tiny-b", "fault": "device_error"},
-                     headers=auth))
-        with pytest.raises(openai.InternalServerError, match="model_recovering|device error"):
-            client.chat.completions.create(model="tiny-b", messages=[{"role": "user", "content": "x"}], max_tokens=2)
-        fleet.prometheus.wait_for("tiny-b reloaded on n2", models, lambda body: [m["status"] for m in body["models"]]
-                                  == ["loaded"])
-    fleet.sent["device_faults"] += count
+    with prometheus_fleet(tmp_path_factory.mktemp("prometheus"), models_dir) as fleet:
+        yield fleet
 
 
 @pytest.fixture(scope="module")
 def traffic(fleet):
-    """Three rounds to tiny-gguf (6 whole chats, 3 streamed, 3 404s, 3 400s), a streamed chat to tiny-short
-    (a cold load on n1 that evicts tiny-gguf), three device faults on n2; then a scrape of everything.
-
-    The first round creates every series; Prometheus scrapes it before the next two, so that rate() and
-    the histogram quantiles see increases (a series' first value is its birth, not an increase)."""
-    a_round(fleet, "tiny-gguf")
-    fleet.prometheus.wait_for("the first round scraped", lambda: gateway_requests(fleet), lambda n: n == 5)
-    a_round(fleet, "tiny-gguf")
-    a_round(fleet, "tiny-gguf")
-    chat(fleet, "tiny-short", stream=True)
-    device_faults(fleet, 3)
-    fleet.prometheus.wait_scraped_after(time.time())
+    """The fleet after tests/prometheus_fleet.send_traffic, everything it sent scraped."""
+    send_traffic(fleet)
     return fleet
 
 
 # -- the tests ------------------------------------------------------------------------------------
-
-def test_promtool_checks_the_rules_and_their_unit_tests(tmp_path):
-    needs(PROMTOOL, "promtool (Debian's prometheus package)")
-    for args in (["check", "rules", str(ALERTS)], ["test", "rules", str(ALERT_TESTS)]):
-        done = subprocess.run([PROMTOOL, *args], capture_output=True, text=True, timeout=120)
-        assert done.returncode == 0, f"promtool {' '.join(args)}:\n{done.stdout}{done.stderr}"
-    rules = alert_rules()
-    assert len(rules) >= 6
-    for rule in rules:
-        assert rule.get("for") and rule["labels"].get("severity") in ("critical", "warning"), rule["alert"]
-        assert rule["annotations"].get("summary") and len(rule["annotations"].get("description", "")) > 80, rule
-
-
 def test_every_target_is_scraped_the_token_one_included(fleet):
     """n2 has a token: Prometheus scrapes it with the bearer credential of the scrape config, and without
     one its /metrics is refused."""
@@ -304,18 +150,6 @@ def test_every_dashboard_panel_returns_what_the_traffic_implies(traffic):
     assert p.values(as_grafana_would(ratio["server"])) == {"": 0.0}
     client = p.values(as_grafana_would(ratio["client"]))[""]
     assert 0 < client < 1, client
-
-
-def test_dashboard_is_an_importable_grafana_model():
-    dashboard = json.loads(DASHBOARD.read_text())
-    variables = {v["name"]: v for v in dashboard["templating"]["list"]}
-    assert variables["datasource"]["type"] == "datasource" and variables["datasource"]["query"] == "prometheus"
-    ids = [p["id"] for p in dashboard["panels"]]
-    assert len(ids) == len(set(ids)) and dashboard["uid"] and dashboard["schemaVersion"] >= 36
-    for panel in dashboard["panels"]:
-        assert panel["datasource"] == {"type": "prometheus", "uid": "${datasource}"}, panel["title"]
-        assert panel["targets"] and all(t["expr"] for t in panel["targets"]), panel["title"]
-        assert set(panel["gridPos"]) == {"x", "y", "w", "h"}, panel["title"]
 
 
 def test_alert_rules_are_healthy_and_only_the_recovery_alert_fires(traffic):
