@@ -30,7 +30,7 @@ serve: $(VENV)/.serve-installed
 	$(BIN)/cortex serve
 
 # zsh and fish let the completion tests ask real shells, and Debian's prometheus (with promtool) lets
-# tests/test_prometheus.py scrape a real fleet and check deploy/prometheus's rules (each name is both
+# tests/test_prometheus_queries.py scrape a real fleet and check deploy/prometheus's rules (each name is both
 # the command and its Debian package); installed where apt-get can (as root), otherwise those tests
 # are skipped and say why.
 shells:
