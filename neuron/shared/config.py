@@ -15,6 +15,7 @@ from pathlib import Path
 
 from neuron.shared.config_fields import SERVER_LIMITS, ConfigError, Section
 from neuron.shared.launch_flags import TABLES, command_flags, refusal
+from neuron.shared.protocol import ADMISSION_LIMITS
 
 DEFAULT_PORT = 13131
 
@@ -126,11 +127,6 @@ def read_toml(path: Path) -> dict:
 
 # [neuron]'s numbers beyond those both servers have; see neuron.shared.config_fields for the rules.
 NEURON_LIMITS = {**SERVER_LIMITS, "cpu_memory_mb": {"minimum": 1}}  # as --cpu-memory-mb
-# The same bounds as a load's own overrides (neuron.shared.protocol.LoadRequest), so a default in
-# [admission] is never one a load could not ask for.
-ADMISSION_LIMITS = {"max_in_flight": {"minimum": 1, "maximum": 4096},
-                    "max_queue_depth": {"minimum": 0, "maximum": 1 << 16},
-                    "max_wait_s": {"minimum": 0, "maximum": 3600}}
 
 
 def config_from_file(path: Path) -> NeuronConfig:

@@ -59,6 +59,12 @@ class _Answer:
         return asdict(self)
 
 
+# A load's own admission overrides; neuron.toml's [admission] defaults take the same bounds
+# (neuron.shared.config), so a default is never one a load could not ask for.
+ADMISSION_LIMITS = {"max_in_flight": {"minimum": 1, "maximum": 4096},
+                    "max_queue_depth": {"minimum": 0, "maximum": 1 << 16},
+                    "max_wait_s": {"minimum": 0, "maximum": 3600}}
+
 @dataclass
 class LoadRequest:
     """POST /models/load: everything but `model` is optional."""
@@ -85,9 +91,9 @@ class LoadRequest:
             devices=parse_devices(data.get("devices")),
             context_size=opt_int(data, "context_size", minimum=16, maximum=1 << 22),
             parallel=opt_int(data, "parallel", minimum=1, maximum=256),
-            max_in_flight=opt_int(data, "max_in_flight", minimum=1, maximum=4096),
-            max_queue_depth=opt_int(data, "max_queue_depth", minimum=0, maximum=1 << 16),
-            max_wait_s=opt_float(data, "max_wait_s", minimum=0, maximum=3600),
+            max_in_flight=opt_int(data, "max_in_flight", **ADMISSION_LIMITS["max_in_flight"]),
+            max_queue_depth=opt_int(data, "max_queue_depth", **ADMISSION_LIMITS["max_queue_depth"]),
+            max_wait_s=opt_float(data, "max_wait_s", **ADMISSION_LIMITS["max_wait_s"]),
             engine_args=_engine_args(data.get("engine_args"), backend),
         )
 
