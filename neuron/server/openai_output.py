@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from neuron.shared.errors import bad_request
+from neuron.shared.fields import opt_bool
 
 AUTO, NONE, REQUIRED = "auto", "none", "required"
 
@@ -92,9 +93,7 @@ def parse_response_format(value: Any) -> OutputFormat | None:
         if not isinstance(schema, dict):
             raise bad_request("response_format.json_schema.schema: expected a JSON schema object",
                               param="response_format")
-        strict = spec.get("strict") or False
-        if not isinstance(strict, bool):
-            raise bad_request("response_format.json_schema.strict: expected true or false", param="response_format")
+        strict = opt_bool(spec, "strict", where="response_format.json_schema.strict")
         return OutputFormat("json_schema", schema or {}, spec["name"], strict)
     raise bad_request('response_format.type: expected "text", "json_object" or "json_schema"',
                       param="response_format")

@@ -11,7 +11,7 @@ from typing import Any
 
 from neuron.server.openai_output import OutputFormat, ToolChoice, parse_response_format, parse_tool_choice, parse_tools
 from neuron.shared.errors import bad_request
-from neuron.shared.fields import opt_float, opt_int, req_str, require_object
+from neuron.shared.fields import opt_bool, opt_float, opt_int, req_str, require_object
 from neuron.shared.openai_fields import CHAT, COMPLETIONS
 
 MAX_STOP_SEQUENCES = 16
@@ -85,9 +85,9 @@ def parse_sampling(data: dict) -> SamplingParams:
         frequency_penalty=_default(opt_float(data, "frequency_penalty", minimum=-2, maximum=2), 0.0),
         repeat_penalty=_repeat_penalty(data),
         min_tokens=_default(opt_int(data, "min_tokens", minimum=0), 0),
-        ignore_eos=_parse_bool(data, "ignore_eos"),
-        include_stop=_parse_bool(data, "include_stop_str_in_output"),
-        skip_special=_parse_bool(data, "skip_special_tokens", True),
+        ignore_eos=opt_bool(data, "ignore_eos"),
+        include_stop=opt_bool(data, "include_stop_str_in_output"),
+        skip_special=opt_bool(data, "skip_special_tokens", True),
     )
     if max_tokens is not None and sampling.min_tokens > max_tokens:
         raise bad_request(f"min_tokens: {sampling.min_tokens} is more than {max_param}={max_tokens}; ask for at "
@@ -146,12 +146,12 @@ def parse_chat(body: Any) -> InferenceRequest:
                           "grammar decides where the answer ends; send one or the other", param="ignore_eos")
     return InferenceRequest(
         model=req_str(data, "model"),
-        stream=_parse_bool(data, "stream"),
+        stream=opt_bool(data, "stream"),
         sampling=sampling,
         messages=parse_messages(data.get("messages")),
         tools=tools,
         tool_choice=tool_choice,
-        parallel_tool_calls=_parse_bool(data, "parallel_tool_calls", True),
+        parallel_tool_calls=opt_bool(data, "parallel_tool_calls", True),
         output_format=output_format,
         include_usage=_include_usage(data),
         template_kwargs=_template_kwargs(data.get("chat_template_kwargs")),
@@ -195,7 +195,7 @@ def parse_completion(body: Any) -> InferenceRequest:
                           param="best_of")
     sampling.logprobs = opt_int(data, "logprobs", minimum=0, maximum=5)
     check_answer_size(sampling, "logprobs")
-    return InferenceRequest(model=req_str(data, "model"), stream=_parse_bool(data, "stream"),
+    return InferenceRequest(model=req_str(data, "model"), stream=opt_bool(data, "stream"),
                             sampling=sampling, prompt=prompt, include_usage=_include_usage(data),
                             script=_opt_script(data))
 
@@ -222,7 +222,7 @@ def check_answer_size(sampling: SamplingParams, alternatives: str) -> None:
 
 def _chat_logprobs(data: dict) -> int | None:
     top = opt_int(data, "top_logprobs", minimum=0, maximum=MAX_TOP_LOGPROBS)
-    if not _parse_bool(data, "logprobs"):
+    if not opt_bool(data, "logprobs"):
         if top:
             raise bad_request("top_logprobs: needs logprobs: true", param="top_logprobs")
         return None
@@ -235,7 +235,7 @@ def _include_usage(data: dict) -> bool:
         return False
     if not isinstance(options, dict):
         raise bad_request("stream_options: expected an object", param="stream_options")
-    return _parse_bool(options, "include_usage")
+    return opt_bool(options, "include_usage")
 
 
 def _check_modalities(value: Any) -> None:
@@ -243,13 +243,6 @@ def _check_modalities(value: Any) -> None:
         raise bad_request(f'modalities: only ["text"] is available here, got {value!r}', param="modalities")
 
 
-def _parse_bool(data: dict, key: str, default: bool = False) -> bool:
-    value = data.get(key, default)
-    if value is None:
-        return default
-    if not isinstance(value, bool):
-        raise bad_request(f"{key}: expected true or false", param=key)
-    return value
 
 
 def _opt_script(data: dict) -> str | None:
@@ -327,9 +320,7 @@ def _parse_tool_calls(calls: Any, where: str) -> list[dict]:
 
 def _continue_final(data: dict) -> bool:
     """`continue_final_message` (vLLM's name): continue the last message, which must be the assistant's."""
-    value = data.get("continue_final_message", False)
-    if not isinstance(value, bool):
-        raise bad_request("continue_final_message: expected true or false", param="continue_final_message")
+    value = opt_bool(data, "continue_final_message")
     messages = data.get("messages")
     if value and not (isinstance(messages, list) and messages and isinstance(messages[-1], dict)
                       and messages[-1].get("role") == "assistant"):

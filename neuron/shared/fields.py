@@ -45,6 +45,14 @@ def opt_float(data: dict, key: str, *, minimum: float | None = None, maximum: fl
     return float(value)
 
 
+def opt_bool(data: dict, key: str, default: bool = False, *, where: str | None = None) -> bool:
+    """An optional true/false field (null reads as the default); `where` names it when it is nested."""
+    value = data.get(key)
+    if value is None:
+        return default
+    return require_type(value, bool, where or key, "true or false")
+
+
 def req_str(data: dict, key: str) -> str:
     if key not in data or data[key] is None:
         raise bad_request(f"{key}: required", param=key, code="missing_field")

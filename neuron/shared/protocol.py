@@ -16,7 +16,7 @@ from typing import Any, Self
 
 from neuron.shared.backend_names import BACKENDS, EXTERNAL_ENGINES
 from neuron.shared.errors import bad_request
-from neuron.shared.fields import opt_float, opt_int, req_str, require_object, require_type
+from neuron.shared.fields import opt_bool, opt_float, opt_int, req_str, require_object, require_type
 from neuron.shared.launch_flags import check_engine_args
 
 MAX_ENGINE_ARGS = 64
@@ -151,10 +151,7 @@ class UnloadRequest:
     @classmethod
     def from_dict(cls, body: Any) -> UnloadRequest:
         data = require_object(body)
-        if_idle = data.get("if_idle", False)
-        if not isinstance(if_idle, bool):
-            raise bad_request("if_idle: expected true or false", param="if_idle")
-        return cls(model=req_str(data, "model"), if_idle=if_idle)
+        return cls(model=req_str(data, "model"), if_idle=opt_bool(data, "if_idle"))
 
 
 @dataclass
