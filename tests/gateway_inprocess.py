@@ -83,11 +83,13 @@ class Gateway:
 
 
 def gateway_starter(aiohttp_client) -> Callable[..., Awaitable[Gateway]]:
-    """`start(*fakes)`: the gateway's app over the given fakes, under aiohttp's test client."""
+    """`start(*fakes, **config)`: the gateway's app over the given fakes, under aiohttp's test client; `config`
+    (GatewayConfig fields) over the tier's own defaults."""
 
-    async def start(*fakes: FakeNeuron) -> Gateway:
-        config = GatewayConfig(neurons=[NeuronSpec(f.name, f.url) for f in fakes], poll_interval_s=3600,
-                               keepalive_s=0.05, load_timeout_s=DEADLINE, upstream_read_timeout_s=DEADLINE)
+    async def start(*fakes: FakeNeuron, **config) -> Gateway:
+        defaults = dict(poll_interval_s=3600, keepalive_s=0.05, load_timeout_s=DEADLINE,
+                        upstream_read_timeout_s=DEADLINE)
+        config = GatewayConfig(neurons=[NeuronSpec(f.name, f.url) for f in fakes], **{**defaults, **config})
         metrics = GatewayMetrics()
         return Gateway(await aiohttp_client(create_app(config, metrics=metrics)), metrics)
 

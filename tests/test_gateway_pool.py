@@ -16,11 +16,9 @@ import threading
 
 import pytest
 
-from cortex_gateway.app import create_app
-from cortex_gateway.config import CONTROL_CONNECTIONS_PER_NODE, GatewayConfig, NeuronSpec, load_config
+from cortex_gateway.config import CONTROL_CONNECTIONS_PER_NODE, GatewayConfig, load_config
 from cortex_gateway.state import FLEET
 from neuron.shared.config import ConfigError, NeuronConfig
-from tests.fake_neuron import FakeNeuron
 from tests.helpers import NO_EOS, http_json, metric, start_gateway, start_neuron
 from tests.test_neuron_lifecycle import wait_for
 
@@ -110,20 +108,14 @@ def test_more_concurrent_requests_than_the_neurons_cap_all_succeed(capped):
 
 # -- a live node that drops connections is not a failed node ----------------------------------------
 @pytest.fixture
-async def one_fake(aiohttp_client):
-    fakes: list[FakeNeuron] = []
+def one_fake(fakes, gateway_over):
+    """`await one_fake(failures)`: a fake neuron failing so, and the gateway's test client over it alone."""
 
     async def start(failures: list[str]):
-        fake = FakeNeuron("n1", loaded={"m": 100}, failures=failures)
-        await fake.start()
-        fakes.append(fake)
-        config = GatewayConfig(neurons=[NeuronSpec("n1", fake.url)], poll_interval_s=3600, down_after=1,
-                               load_timeout_s=5, upstream_read_timeout_s=5)
-        return fake, await aiohttp_client(create_app(config))
+        fake = await fakes.start("n1", loaded={"m": 100}, failures=failures)
+        return fake, (await gateway_over(fake, down_after=1)).client
 
-    yield start
-    for fake in fakes:
-        await fake.close()
+    return start
 
 
 async def test_a_live_node_that_drops_connections_is_tried_again_not_marked_down(one_fake):

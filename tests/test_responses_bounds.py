@@ -12,31 +12,22 @@ from __future__ import annotations
 
 import pytest
 
-from cortex_gateway.app import create_app
-from cortex_gateway.config import GatewayConfig, NeuronSpec, load_config
+from cortex_gateway.config import GatewayConfig, load_config
 from cortex_gateway.responses.store import ResponseStore, StoredResponse
 from cortex_gateway.state import RESPONSE_STORE
 from neuron.shared.config import ConfigError
-from tests.fake_neuron import FakeNeuron
 
 MIB = 2**20
 
 
 @pytest.fixture
-async def gateway(aiohttp_client):
-    fakes: list[FakeNeuron] = []
+def gateway(fakes, gateway_over):
+    """`await gateway(**limits)`: the gateway's test client over a fake neuron with `m` loaded."""
 
     async def start(**limits):
-        fake = FakeNeuron("n1", loaded={"m": 100})
-        await fake.start()
-        fakes.append(fake)
-        config = GatewayConfig(neurons=[NeuronSpec("n1", fake.url)], poll_interval_s=3600, load_timeout_s=5,
-                               upstream_read_timeout_s=5, **limits)
-        return await aiohttp_client(create_app(config))
+        return (await gateway_over(await fakes.start("n1", loaded={"m": 100}), **limits)).client
 
-    yield start
-    for fake in fakes:
-        await fake.close()
+    return start
 
 
 def message(text: str, **extra) -> dict:

@@ -10,30 +10,21 @@ import openai
 import orjson
 import pytest
 
-from cortex_gateway.app import create_app
 from cortex_gateway.auth import AuthSettings
-from cortex_gateway.config import GatewayConfig, NeuronSpec
-from tests.fake_neuron import FakeNeuron
-from tests.helpers import start_gateway, start_neuron
+from tests.helpers import one_node_fleet
 from tests.test_responses import CALL, WEATHER, events
 
 
 # -- in process: the gateway's real app over a fake neuron ---------------------------------
 @pytest.fixture
-async def fake_gateway(aiohttp_client):
-    fakes: list[FakeNeuron] = []
+def fake_gateway(fakes, gateway_over):
+    """`await fake_gateway(keys, **script)`: a fake neuron so scripted, and the gateway's test client over it."""
 
     async def start(keys: tuple[str, ...] = (), **script):
-        fake = FakeNeuron("n1", **script)
-        await fake.start()
-        fakes.append(fake)
-        config = GatewayConfig(neurons=[NeuronSpec("n1", fake.url)], poll_interval_s=3600, keepalive_s=0.05,
-                               load_timeout_s=5, upstream_read_timeout_s=5, auth=AuthSettings(keys))
-        return fake, await aiohttp_client(create_app(config))
+        fake = await fakes.start("n1", **script)
+        return fake, (await gateway_over(fake, auth=AuthSettings(keys))).client
 
-    yield start
-    for fake in fakes:
-        await fake.close()
+    return start
 
 
 async def test_a_cold_load_sends_keepalives_then_the_whole_sequence(fake_gateway):
@@ -89,13 +80,8 @@ async def test_a_stored_response_belongs_to_the_key_that_made_it(fake_gateway):
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory, models_dir):
     root = tmp_path_factory.mktemp("responses")
-    neuron = start_neuron(root, models_dir, "--cpu-memory-mb", "4000")
-    gateway = start_gateway(root, {"n1": neuron.url})
-    try:
+    with one_node_fleet(root, models_dir, "--cpu-memory-mb", "4000") as (gateway, neuron, _):
         yield gateway, neuron
-    finally:
-        gateway.terminate()
-        neuron.terminate()
 
 
 @pytest.fixture(scope="module")
