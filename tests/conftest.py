@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 import pytest_asyncio
 
-from tests.helpers import make_tiny, start_neuron
+from tests.helpers import load_models, make_tiny, one_node_fleet, start_neuron
 
 pytest_plugins = ["tests.leftovers"]  # the session fails if a process it started outlives it
 
@@ -22,17 +22,10 @@ def models_dir(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def neuron(tmp_path_factory, models_dir):
-    """One neuron per test module, both tiny models loaded."""
-    from tests.helpers import http_json
-
-    proc = start_neuron(tmp_path_factory.mktemp("neuron"), models_dir, "--cpu-memory-mb", "4000")
-    try:
-        for model in ("tiny-gguf", "tiny-hf"):
-            status, body = http_json("POST", proc.url + "/models/load", {"model": model})
-            assert status == 200, body
+    """One neuron process per test module, both tiny models loaded (the in-process one: inprocess_neuron)."""
+    with start_neuron(tmp_path_factory.mktemp("neuron"), models_dir, "--cpu-memory-mb", "4000") as proc:
+        load_models(proc, ("tiny-gguf", "tiny-hf"))
         yield proc
-    finally:
-        proc.terminate()
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
@@ -59,8 +52,8 @@ async def fakes():
 
 @pytest.fixture
 async def gateway_over(aiohttp_client, fakes):
-    """`await gateway_over(*fakes)`: the gateway's app in process over those fakes; requests they hold are
-    released before it shuts down."""
+    """`await gateway_over(*fakes, **config)`: the gateway's app in process over those fakes (a Gateway: its
+    test client and metrics); requests they hold are released before it shuts down."""
     from tests.gateway_inprocess import gateway_starter
 
     try:
@@ -92,14 +85,10 @@ def backend(request, models_dir):
 
 @pytest.fixture()
 def one_node(tmp_path, models_dir):
-    """A gateway over one neuron ("n1"); both stopped however the test left them."""
-    from tests.helpers import start_gateway
-
-    neuron = start_neuron(tmp_path, models_dir, name="n1")
-    gateway = start_gateway(tmp_path, {"n1": neuron.url})
-    yield gateway, neuron
-    gateway.kill()
-    neuron.kill()
+    """A gateway over one neuron ("n1"), for a test that may stop or kill either; both stopped however the
+    test left them."""
+    with one_node_fleet(tmp_path, models_dir) as (gateway, neuron, _):
+        yield gateway, neuron
 
 
 def pytest_report_header(config):

@@ -139,6 +139,16 @@ def start_gateway(tmp: Path, neurons: dict[str, str], *, models_toml: str = "", 
     return proc
 
 
+@contextlib.contextmanager
+def killed_after(proc: CortexProcess) -> Iterator[CortexProcess]:
+    """`proc` for a with block that kills it at the end: for a test that leaves it hung or mid-fault, where a
+    graceful stop would wait for what it still runs."""
+    try:
+        yield proc
+    finally:
+        proc.kill()
+
+
 def load_models(proc: CortexProcess, models: tuple[str | dict, ...]) -> dict[str, dict]:
     """Load each of `models` (a name, or a whole /models/load body) on a neuron: each load's answer by model."""
     loaded = {}
@@ -151,13 +161,13 @@ def load_models(proc: CortexProcess, models: tuple[str | dict, ...]) -> dict[str
 
 
 @contextlib.contextmanager
-def one_node_fleet(root: Path, models_dir: Path, *neuron_args: str, load: tuple[str | dict, ...] = (),
+def one_node_fleet(root: Path, models_dir: Path, *neuron_args: str, load: tuple[str | dict, ...] = (), name: str = "n1",
                    **gateway_kwargs) -> Iterator[tuple[CortexProcess, CortexProcess, dict[str, dict]]]:
-    """A gateway over one neuron ("n1") with `load` loaded (see load_models): (gateway, neuron, each load's
+    """A gateway over one neuron (`name`) with `load` loaded (see load_models): (gateway, neuron, each load's
     answer by model). Both are stopped however the block ends, a failed start or load included."""
-    with start_neuron(root, models_dir, *neuron_args) as neuron:
+    with start_neuron(root, models_dir, *neuron_args, name=name) as neuron:
         loaded = load_models(neuron, load)
-        with start_gateway(root, {"n1": neuron.url}, **gateway_kwargs) as gateway:
+        with start_gateway(root, {name: neuron.url}, **gateway_kwargs) as gateway:
             yield gateway, neuron, loaded
 
 

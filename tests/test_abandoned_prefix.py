@@ -17,7 +17,7 @@ from __future__ import annotations
 import pytest
 
 from tests.agent_stream import AgentStream
-from tests.helpers import http_json, start_gateway, start_neuron
+from tests.helpers import http_json, one_node_fleet
 
 CHUNK = 64  # prompt tokens per prefill step on a CPU (neuron.engine.batching.prefill_chunk)
 
@@ -26,16 +26,9 @@ CHUNK = 64  # prompt tokens per prefill step on a CPU (neuron.engine.batching.pr
 def stack(request, tmp_path_factory, models_dir):
     root = tmp_path_factory.mktemp("abandoned")
     (root / "neuron.toml").write_text("[neuron]\nkeepalive_s = 1.0\n")
-    neuron = start_neuron(root, models_dir, "--cpu-memory-mb", "4000", "--config", str(root / "neuron.toml"))
-    gateway = None
-    try:
-        assert http_json("POST", neuron.url + "/models/load", {"model": request.param})[0] == 200
-        gateway = start_gateway(root, {"n1": neuron.url})
+    with one_node_fleet(root, models_dir, "--cpu-memory-mb", "4000", "--config", str(root / "neuron.toml"),
+                        load=(request.param,)) as (gateway, neuron, _):
         yield gateway, neuron, request.param
-    finally:
-        if gateway is not None:
-            gateway.terminate()
-        neuron.terminate()
 
 
 def body(model: str, topic: str, stream: bool, question: str = "what next?") -> dict:

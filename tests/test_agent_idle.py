@@ -19,7 +19,7 @@ import pytest
 from cortex_gateway.anthropic.translate_stream import PING, StreamTranslator
 from tests.agent_stream import AgentStream, final_message
 from tests.claude_code_request import claude_code_request
-from tests.helpers import NO_EOS, http_json, make_tiny, start_gateway, start_neuron
+from tests.helpers import NO_EOS, http_json, make_tiny, one_node_fleet
 
 IDLE_LIMIT = 4.0  # Claude Code's is 300 s; the gateway's interval below is scaled with it
 PROGRESS_S = 1.0
@@ -38,19 +38,10 @@ def stack(tmp_path_factory):
     make_tiny(models / "tiny-32k.gguf", "gguf", "--context", "32768")
     make_tiny(models / "tiny-cold.gguf", "gguf", "--context", "32768")
     (root / "neuron.toml").write_text("[neuron]\nkeepalive_s = 0.25\n")
-    neuron = start_neuron(root, models, "--cpu-memory-mb", "4000", "--config", str(root / "neuron.toml"))
-    gateway = None
-    try:
-        load = {"model": "tiny-32k", "context_size": 32768, "max_in_flight": 1, "max_queue_depth": 8,
-                "max_wait_s": 600}
-        assert http_json("POST", neuron.url + "/models/load", load)[0] == 200
-        gateway = start_gateway(root, {"n1": neuron.url}, models_toml=MODELS,
-                                extra_toml=f"progress_interval_s = {PROGRESS_S}")
+    load = {"model": "tiny-32k", "context_size": 32768, "max_in_flight": 1, "max_queue_depth": 8, "max_wait_s": 600}
+    with one_node_fleet(root, models, "--cpu-memory-mb", "4000", "--config", str(root / "neuron.toml"), load=(load,),
+                        models_toml=MODELS, extra_toml=f"progress_interval_s = {PROGRESS_S}") as (gateway, neuron, _):
         yield gateway, neuron
-    finally:
-        if gateway is not None:
-            gateway.terminate()
-        neuron.terminate()
 
 
 def claude_code_body(model: str) -> dict:

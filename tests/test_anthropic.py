@@ -8,7 +8,7 @@ import threading
 import anthropic
 import pytest
 
-from tests.helpers import http_json, start_gateway, start_neuron
+from tests.helpers import http_json, one_node_fleet, start_gateway
 
 KEY = "test-key-123456"
 WEATHER = {"name": "get_weather", "description": "Current weather in a city",
@@ -19,14 +19,9 @@ CALL = '<tool_call>\n{{"name": "get_weather", "arguments": {{"city": "{city}"}}}
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory, models_dir):
     root = tmp_path_factory.mktemp("anthropic")
-    neuron = start_neuron(root, models_dir, "--cpu-memory-mb", "4000")
-    gateway = start_gateway(root, {"n1": neuron.url}, extra_toml=f'[auth]\nkeys = ["{KEY}"]',
-                            models_toml='[aliases]\nclaude-tiny = "tiny-gguf"\n')
-    try:
+    with one_node_fleet(root, models_dir, "--cpu-memory-mb", "4000", extra_toml=f'[auth]\nkeys = ["{KEY}"]',
+                        models_toml='[aliases]\nclaude-tiny = "tiny-gguf"\n') as (gateway, neuron, _):
         yield gateway, neuron
-    finally:
-        gateway.terminate()
-        neuron.terminate()
 
 
 @pytest.fixture(scope="module")

@@ -16,21 +16,14 @@ import pytest
 from anthropic import beta_tool
 from pydantic import Field
 
-from tests.helpers import start_gateway, start_neuron
+from tests.helpers import one_node_fleet
 
 
 @pytest.fixture(scope="module")
 def client(tmp_path_factory, models_dir):
     root = tmp_path_factory.mktemp("anthropic-threads")
-    neuron = start_neuron(root, models_dir, "--cpu-memory-mb", "4000")
-    try:
-        gateway = start_gateway(root, {"n1": neuron.url})
-        try:
-            yield anthropic.Anthropic(base_url=gateway.url, api_key="unused", max_retries=0)
-        finally:
-            gateway.terminate()
-    finally:
-        neuron.terminate()
+    with one_node_fleet(root, models_dir, "--cpu-memory-mb", "4000") as (gateway, _, _):
+        yield anthropic.Anthropic(base_url=gateway.url, api_key="unused", max_retries=0)
 
 
 def test_the_threaded_tool_runner_falls_back_to_whole_conversations(client):

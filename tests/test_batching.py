@@ -28,11 +28,12 @@ class Node:
 
 @pytest.fixture(scope="module", params=["tiny-gguf", "tiny-hf"])
 def batched(request, tmp_path_factory, models_dir):
-    proc = start_neuron(tmp_path_factory.mktemp("batched"), models_dir, "--cpu-memory-mb", "4000")
-    status, body = http_json("POST", proc.url + "/models/load", {"model": request.param, "parallel": SLOTS})
-    assert status == 200 and body["backend"] == ("llama.cpp" if request.param == "tiny-gguf" else "torch"), body
-    yield Node(proc, request.param)
-    proc.terminate()
+    """A neuron with the model loaded, stopped however the module ends, a load that fails or times out included
+    (a neuron whose load timed out here once ran on for 90 minutes after the suite)."""
+    with start_neuron(tmp_path_factory.mktemp("batched"), models_dir, "--cpu-memory-mb", "4000") as proc:
+        status, body = http_json("POST", proc.url + "/models/load", {"model": request.param, "parallel": SLOTS})
+        assert status == 200 and body["backend"] == ("llama.cpp" if request.param == "tiny-gguf" else "torch"), body
+        yield Node(proc, request.param)
 
 
 def chat(node: Node, content: str, **kw) -> dict:

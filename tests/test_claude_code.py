@@ -14,7 +14,7 @@ import anthropic
 import pytest
 
 from tests.claude_code_request import claude_code_request
-from tests.helpers import make_tiny, start_gateway, start_neuron
+from tests.helpers import make_tiny, one_node_fleet
 
 BETAS = ["claude-code-20250219", "interleaved-thinking-2025-05-14", "context-management-2025-06-27"]
 SCRIPT = ('The assertion expects 4 where add(1, 2) returns 3.\n<tool_call>\n{"name": "Bash", "arguments": '
@@ -28,15 +28,10 @@ def client(tmp_path_factory):
     models.mkdir()
     make_tiny(models / "tiny-2k.gguf", "gguf")
     make_tiny(models / "tiny-32k.gguf", "gguf", "--context", "32768")
-    neuron = start_neuron(root, models, "--cpu-memory-mb", "4000")
-    gateway = start_gateway(root, {"n1": neuron.url}, models_toml=(
-        '[[models]]\nid = "tiny-32k"\ncontext_size = 32768\n'
-        '[aliases]\n"claude-sonnet-4-7" = "tiny-32k"\n"claude-haiku-4-7" = "tiny-2k"\n'))
-    try:
+    with one_node_fleet(root, models, "--cpu-memory-mb", "4000", models_toml=(
+            '[[models]]\nid = "tiny-32k"\ncontext_size = 32768\n'
+            '[aliases]\n"claude-sonnet-4-7" = "tiny-32k"\n"claude-haiku-4-7" = "tiny-2k"\n')) as (gateway, _, _):
         yield anthropic.Anthropic(base_url=gateway.url, api_key="unused", max_retries=0)
-    finally:
-        gateway.terminate()
-        neuron.terminate()
 
 
 def sdk_args(body: dict) -> tuple[dict, dict]:

@@ -9,20 +9,16 @@ import pytest
 from click.testing import CliRunner
 
 from cortex_cli.main import cli
-from tests.helpers import free_port, http_json, start_gateway, start_neuron
+from tests.helpers import free_port, http_json, one_node_fleet
 
 MODELS_TOML = "# fleet models, hand-written\n[[models]]\nid = \"tiny-gguf\"  # keep this comment\npriority = 10\n"
 
 
 @pytest.fixture()
 def fleet(tmp_path, models_dir):
-    neuron = start_neuron(tmp_path, models_dir, "--cpu-memory-mb", "4000", name="beast")
-    gateway = start_gateway(tmp_path, {"beast": neuron.url}, models_toml=MODELS_TOML)
-    try:
+    with one_node_fleet(tmp_path, models_dir, "--cpu-memory-mb", "4000", name="beast",
+                        models_toml=MODELS_TOML) as (gateway, neuron, _):
         yield gateway, neuron, tmp_path
-    finally:
-        gateway.terminate()
-        neuron.kill()
 
 
 def cortex(*args, gateway=None):
@@ -66,14 +62,9 @@ def test_clear_errors(fleet, args, message):
 
 
 def test_model_that_does_not_fit(tmp_path, models_dir):
-    neuron = start_neuron(tmp_path, models_dir, "--cpu-memory-mb", "20", name="small")
-    gateway = start_gateway(tmp_path, {"small": neuron.url})
-    try:
+    with one_node_fleet(tmp_path, models_dir, "--cpu-memory-mb", "20", name="small") as (gateway, _, _):
         result = cortex("load", "small", "tiny-gguf", gateway=gateway)
         assert result.exit_code == 1 and "needs about" in result.output and "MiB is free" in result.output
-    finally:
-        gateway.terminate()
-        neuron.terminate()
 
 
 def test_unreachable_gateway_is_one_clear_line():

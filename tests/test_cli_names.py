@@ -15,7 +15,7 @@ import pytest
 from click.testing import CliRunner
 
 from cortex_cli.main import cli
-from tests.helpers import http_json, start_gateway, start_neuron
+from tests.helpers import http_json, one_node_fleet
 from tests.test_completions import bash_complete, shell_env
 
 USER_KEY = "sk-user-0000-0001"
@@ -31,14 +31,9 @@ def fleet(tmp_path_factory, models_dir):
     for name in ("tiny-ok", *HOSTILE):
         shutil.copy(models_dir / "tiny-gguf.gguf", models / f"{name}.gguf")
     (root / "keys.txt").write_text(f"{USER_KEY}  # user\n")
-    neuron = start_neuron(root, models, name="beast")
-    gateway = start_gateway(root, {"beast": neuron.url},
-                            extra_toml=f'[auth]\nkeys_file = "keys.txt"\nadmin_keys = ["{ADMIN_KEY}"]')
-    try:
+    with one_node_fleet(root, models, name="beast",
+                        extra_toml=f'[auth]\nkeys_file = "keys.txt"\nadmin_keys = ["{ADMIN_KEY}"]') as (gateway, _, _):
         yield gateway
-    finally:
-        gateway.terminate()
-        neuron.terminate()
 
 
 def cortex(gateway, *args: str):

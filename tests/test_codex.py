@@ -30,7 +30,7 @@ from cortex_gateway.responses.translate_stream import StreamTranslator
 from neuron.shared.config import ConfigError
 from neuron.shared.errors import ApiError
 from tests.codex_request import HEADERS, TOOLS, call_output, codex_request, function_call
-from tests.helpers import make_tiny, start_gateway, start_neuron
+from tests.helpers import make_tiny, one_node_fleet
 
 EVENTS = TypeAdapter(ResponseStreamEvent)
 AGENT_TOOLS = ["close_agent", "resume_agent", "send_input", "spawn_agent", "wait_agent"]
@@ -140,13 +140,9 @@ def gateway(tmp_path_factory):
     models = root / "models"
     models.mkdir()
     make_tiny(models / "tiny-32k.gguf", "gguf", "--context", "32768")
-    neuron = start_neuron(root, models, "--cpu-memory-mb", "4000")
-    gateway = start_gateway(root, {"n1": neuron.url}, models_toml='[[models]]\nid = "tiny-32k"\ncontext_size = 32768\n')
-    try:
+    with one_node_fleet(root, models, "--cpu-memory-mb", "4000",
+                        models_toml='[[models]]\nid = "tiny-32k"\ncontext_size = 32768\n') as (gateway, _, _):
         yield gateway
-    finally:
-        gateway.terminate()
-        neuron.terminate()
 
 
 def turn(gateway, body: dict, script: str) -> tuple[dict, list[dict]]:

@@ -13,7 +13,7 @@ from click.testing import CliRunner
 
 from cortex_cli.commands.completion import SHELLS
 from cortex_cli.main import cli
-from tests.helpers import free_port, start_gateway, start_neuron
+from tests.helpers import free_port, one_node_fleet
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = str(Path(sys.executable).parent)
@@ -31,13 +31,8 @@ def need(shell: str) -> None:
 @pytest.fixture(scope="module")
 def gateway(tmp_path_factory, models_dir):
     root = tmp_path_factory.mktemp("completion")
-    neuron = start_neuron(root, models_dir, name="beast")
-    gw = start_gateway(root, {"beast": neuron.url})
-    try:
-        yield gw
-    finally:
-        gw.terminate()
-        neuron.terminate()
+    with one_node_fleet(root, models_dir, name="beast") as (gateway, _, _):
+        yield gateway
 
 
 @pytest.mark.parametrize("shell", SHELLS)

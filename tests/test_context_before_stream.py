@@ -19,7 +19,7 @@ import pytest
 
 from neuron.engine.admission import Admission
 from neuron.shared.config import AdmissionLimits
-from tests.helpers import NO_EOS, http_json, start_gateway, start_neuron
+from tests.helpers import NO_EOS, http_json, one_node_fleet
 
 MODEL = "tiny-gguf"  # context 2048
 TOO_LONG = "hello world " * 1500  # well over 2048 tokens, well under the neuron's character bound
@@ -44,17 +44,9 @@ class Stream:
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory, models_dir):
     root = tmp_path_factory.mktemp("busy")
-    neuron = start_neuron(root, models_dir)
-    gateway = None
-    try:
-        load = {"model": MODEL, "max_in_flight": 1, "max_queue_depth": 8, "max_wait_s": 600}
-        assert http_json("POST", neuron.url + "/models/load", load)[0] == 200
-        gateway = start_gateway(root, {"n1": neuron.url})  # keep-alives every 0.5 s
+    load = {"model": MODEL, "max_in_flight": 1, "max_queue_depth": 8, "max_wait_s": 600}
+    with one_node_fleet(root, models_dir, load=(load,)) as (gateway, neuron, _):  # keep-alives every 0.5 s
         yield gateway, neuron
-    finally:
-        if gateway is not None:
-            gateway.terminate()
-        neuron.terminate()
 
 
 @pytest.fixture

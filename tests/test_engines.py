@@ -45,8 +45,10 @@ def engines(tmp_path_factory):
 def node(engines, models_dir):
     proc = start_neuron(engines, models_dir, "--config", str(engines / "neuron.toml"),
                         env={"FAKE_ENGINE_RECORD": str(engines / "records")})
-    yield proc
-    proc.kill()
+    try:
+        yield proc
+    finally:
+        proc.kill()
 
 
 def record(engines: Path, name: str) -> dict:

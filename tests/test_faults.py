@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import signal
 import time
@@ -9,7 +10,7 @@ import time
 import openai
 import pytest
 
-from tests.helpers import NO_EOS, http_json, metric, start_gateway, start_neuron
+from tests.helpers import NO_EOS, http_json, killed_after, metric, start_gateway, start_neuron
 from tests.test_neuron_lifecycle import StreamReader, wait_for
 
 FAST = "poll_timeout_s = 1\nupstream_read_timeout_s = 2"
@@ -27,15 +28,21 @@ def chat(gateway, model="tiny-gguf", **kw):
 
 @pytest.fixture()
 def pair(tmp_path, models_dir):
-    n1 = start_neuron(tmp_path, models_dir, name="n1")
-    n2 = start_neuron(tmp_path, models_dir, name="n2")
-    gateway = start_gateway(tmp_path, {"n1": n1.url, "n2": n2.url}, extra_toml=FAST)
-    yield gateway, n1, n2, tmp_path
-    gateway.terminate()
-    for n in (n1, n2):
-        if n.proc.poll() is None:
-            n.proc.send_signal(signal.SIGCONT)
-        n.kill()
+    """Two neurons (which a test may stop with SIGSTOP or kill) and a gateway; all stopped however the test
+    left them, a failed start included."""
+    with contextlib.ExitStack() as stack:
+        n1 = start_neuron(tmp_path, models_dir, name="n1")
+        stack.callback(resume_and_kill, n1)
+        n2 = start_neuron(tmp_path, models_dir, name="n2")
+        stack.callback(resume_and_kill, n2)
+        with start_gateway(tmp_path, {"n1": n1.url, "n2": n2.url}, extra_toml=FAST) as gateway:
+            yield gateway, n1, n2, tmp_path
+
+
+def resume_and_kill(neuron) -> None:
+    if neuron.proc.poll() is None:
+        neuron.proc.send_signal(signal.SIGCONT)
+    neuron.kill()
 
 
 def test_hung_neuron_times_out_goes_down_and_comes_back(pair):
@@ -61,17 +68,13 @@ def test_hung_neuron_times_out_goes_down_and_comes_back(pair):
 def test_a_slow_but_healthy_node_gets_a_504_not_a_failover(tmp_path, models_dir):
     """Silence past upstream_read_timeout_s from a node that still answers its health check is a long
     non-streaming answer, not a hang: the client is told so (504), and the node stays up."""
-    neuron = start_neuron(tmp_path, models_dir, name="n1")
-    gateway = start_gateway(tmp_path, {"n1": neuron.url}, extra_toml=FAST)
-    try:
+    with (killed_after(start_neuron(tmp_path, models_dir, name="n1")) as neuron,
+          killed_after(start_gateway(tmp_path, {"n1": neuron.url}, extra_toml=FAST)) as gateway):
         assert http_json("POST", gateway.url + "/admin/load", {"node": "n1", "model": "tiny-gguf"})[0] == 200
         http_json("POST", neuron.url + "/debug/faults", {"model": "tiny-gguf", "fault": "slow", "delay_ms": 150})
         status, body = chat(gateway, max_tokens=30, logit_bias=NO_EOS)
         assert status == 504 and body["error"]["code"] == "upstream_timeout", body
         assert healthy(gateway, "n1") and metric(gateway, 'cortex_retries_total{model="tiny-gguf"}') == 0
-    finally:
-        gateway.kill()
-        neuron.kill()
 
 
 def test_restarted_neuron_is_rediscovered(pair, models_dir):
@@ -92,23 +95,19 @@ def test_restarted_neuron_is_rediscovered(pair, models_dir):
 
 
 def test_restarted_gateway_rediscovers_loaded_models_without_reloading(tmp_path, models_dir):
-    neuron = start_neuron(tmp_path, models_dir, name="n1")
-    gateway = start_gateway(tmp_path, {"n1": neuron.url})
-    try:
-        assert chat(gateway)[0] == 200  # a cold load
-        loads = metric(neuron, 'cortex_neuron_model_load_seconds_count{model="tiny-gguf"}')
-        assert loads == 1
-        port = gateway.port
-        assert gateway.terminate() == 0
-        gateway = start_gateway(tmp_path, {"n1": neuron.url}, port=port)
-        models = {m["id"]: m for m in http_json("GET", gateway.url + "/v1/models")[1]["data"]}
-        assert models["tiny-gguf"]["loaded_on"] == ["n1"]
-        assert chat(gateway)[0] == 200
-        assert metric(gateway, 'cortex_cold_starts_total{model="tiny-gguf",node="n1"}') == 0
-        assert metric(neuron, 'cortex_neuron_model_load_seconds_count{model="tiny-gguf"}') == loads
-    finally:
-        gateway.terminate()
-        neuron.terminate()
+    with start_neuron(tmp_path, models_dir, name="n1") as neuron:
+        with start_gateway(tmp_path, {"n1": neuron.url}) as gateway:
+            assert chat(gateway)[0] == 200  # a cold load
+            loads = metric(neuron, 'cortex_neuron_model_load_seconds_count{model="tiny-gguf"}')
+            assert loads == 1
+            port = gateway.port
+            assert gateway.terminate() == 0
+        with start_gateway(tmp_path, {"n1": neuron.url}, port=port) as gateway:
+            models = {m["id"]: m for m in http_json("GET", gateway.url + "/v1/models")[1]["data"]}
+            assert models["tiny-gguf"]["loaded_on"] == ["n1"]
+            assert chat(gateway)[0] == 200
+            assert metric(gateway, 'cortex_cold_starts_total{model="tiny-gguf",node="n1"}') == 0
+            assert metric(neuron, 'cortex_neuron_model_load_seconds_count{model="tiny-gguf"}') == loads
 
 
 def test_load_that_fails_halfway_leaves_nothing_behind(tmp_path, models_dir):

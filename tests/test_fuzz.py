@@ -11,7 +11,7 @@ import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from tests.helpers import http_json, start_gateway, start_neuron
+from tests.helpers import http_json, one_node_fleet
 
 JSON = st.recursive(st.none() | st.booleans() | st.integers(-2**70, 2**70) | st.floats(allow_nan=False)
                     | st.text(max_size=40),
@@ -41,13 +41,9 @@ GETS = {"gateway": ["/v1/models", "/health", "/admin/status", "/nope"],
 @pytest.fixture(scope="module")
 def servers(tmp_path_factory, models_dir):
     root = tmp_path_factory.mktemp("fuzz")
-    neuron = start_neuron(root, models_dir, "--cpu-memory-mb", "4000", name="n1")
-    gateway = start_gateway(root, {"n1": neuron.url}, extra_toml="max_body_mb = 1")
-    try:
+    with one_node_fleet(root, models_dir, "--cpu-memory-mb", "4000",
+                        extra_toml="max_body_mb = 1") as (gateway, neuron, _):
         yield {"gateway": gateway, "neuron": neuron}
-    finally:
-        gateway.terminate()
-        neuron.terminate()
 
 
 def send(url: str, body: bytes | None, method: str = "POST", headers: dict | None = None) -> tuple[int, bytes]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
@@ -30,14 +31,11 @@ def fleet(tmp_path_factory):
     make_tiny(dirs["n2"] / "beta", "hf", "--seed", "2")
     for d in dirs.values():
         make_tiny(d / "shared.gguf", "gguf", "--seed", "3")
-    neurons = {name: start_neuron(root, d, "--cpu-memory-mb", "4000", name=name) for name, d in dirs.items()}
-    gateway = start_gateway(root, {n: p.url for n, p in neurons.items()}, models_toml=MODELS_TOML)
-    try:
-        yield gateway, neurons
-    finally:
-        gateway.terminate()
-        for p in neurons.values():
-            p.terminate()
+    with contextlib.ExitStack() as stack:
+        neurons = {name: stack.enter_context(start_neuron(root, d, "--cpu-memory-mb", "4000", name=name))
+                   for name, d in dirs.items()}
+        with start_gateway(root, {n: p.url for n, p in neurons.items()}, models_toml=MODELS_TOML) as gateway:
+            yield gateway, neurons
 
 
 @pytest.fixture(scope="module")

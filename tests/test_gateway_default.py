@@ -10,7 +10,7 @@ import openai
 import pytest
 
 from neuron.server.demo import demo_model_for
-from tests.helpers import CortexProcess, free_port, http_json, make_tiny, smollm2_path, start_gateway, start_neuron
+from tests.helpers import CortexProcess, free_port, http_json, make_tiny, one_node_fleet, smollm2_path
 
 
 def test_embedded_default_serves_a_real_model(tmp_path):
@@ -50,9 +50,7 @@ def test_without_smollm2_the_demo_is_cortex_tiny(tmp_path):
 
 def test_streaming_client_gets_keepalives_during_a_cold_load(tmp_path):
     make_tiny(tmp_path / "models" / "slowpoke.gguf", "gguf")
-    neuron = start_neuron(tmp_path, tmp_path / "models", name="n1")
-    gateway = start_gateway(tmp_path, {"n1": neuron.url})
-    try:
+    with one_node_fleet(tmp_path, tmp_path / "models") as (gateway, neuron, _):
         http_json("POST", neuron.url + "/debug/faults", {"model": "slowpoke", "fault": "slow_load",
                                                          "delay_ms": 2000})
         body = {"model": "slowpoke", "messages": [{"role": "user", "content": "x"}], "max_tokens": 3, "stream": True}
@@ -62,9 +60,6 @@ def test_streaming_client_gets_keepalives_during_a_cold_load(tmp_path):
         first_data = next(i for i, line in enumerate(lines) if line.startswith("data:"))
         assert first_data >= 2 and all(line == ": keep-alive" for line in lines[:first_data])
         assert lines[-1] == "data: [DONE]"
-    finally:
-        gateway.terminate()
-        neuron.terminate()
 
 
 def test_the_local_neuron_goes_with_a_gateway_killed_outright(tmp_path):

@@ -2,10 +2,21 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import openai
 import pytest
 
-from tests.helpers import NO_EOS, http_json, make_tiny, metric, start_gateway, start_neuron
+from tests.helpers import (
+    NO_EOS,
+    http_json,
+    killed_after,
+    make_tiny,
+    metric,
+    one_node_fleet,
+    start_gateway,
+    start_neuron,
+)
 
 # Three tiny GGUFs of about 33 MiB each (estimate) on an 80 MiB CPU budget: two fit, never three.
 BUDGET = "80"
@@ -19,11 +30,12 @@ def three_models(tmp_path_factory):
     return d
 
 
+@contextlib.contextmanager
 def small_fleet(tmp_path, models_dir, strategy: str, models_toml: str = ""):
-    neuron = start_neuron(tmp_path, models_dir, "--cpu-memory-mb", BUDGET, name="n1")
-    gateway = start_gateway(tmp_path, {"n1": neuron.url}, extra_toml=f'[eviction]\nstrategy = "{strategy}"',
-                            models_toml=models_toml)
-    return neuron, gateway
+    """(neuron, gateway): one neuron with a small budget, evicting by `strategy`; both stopped at the end."""
+    with one_node_fleet(tmp_path, models_dir, "--cpu-memory-mb", BUDGET, models_toml=models_toml,
+                        extra_toml=f'[eviction]\nstrategy = "{strategy}"') as (gateway, neuron, _):
+        yield neuron, gateway
 
 
 def use(gateway, model):
@@ -37,8 +49,7 @@ def loaded(neuron) -> set[str]:
 
 def test_lru_evicts_least_recently_used_and_keeps_pinned(tmp_path, three_models):
     models_toml = "# my models, with comments\n[[models]]\nid = \"m1\"  # the important one\n"
-    neuron, gateway = small_fleet(tmp_path, three_models, "lru", models_toml)
-    try:
+    with small_fleet(tmp_path, three_models, "lru", models_toml) as (neuron, gateway):
         for model in ("m1", "m2", "m1"):
             use(gateway, model)
         assert loaded(neuron) == {"m1", "m2"}
@@ -53,28 +64,20 @@ def test_lru_evicts_least_recently_used_and_keeps_pinned(tmp_path, three_models)
         text = (tmp_path / "models.toml").read_text()
         assert "# my models, with comments" in text and "# the important one" in text
         assert 'pinned_on = ["n1"]' in text
-    finally:
-        gateway.terminate()
-        neuron.terminate()
 
 
 def test_priority_evicts_lowest_priority_first(tmp_path, three_models):
     models_toml = "\n".join(f'[[models]]\nid = "m{i}"\npriority = {p}' for i, p in ((1, 10), (2, 200), (3, 100)))
-    neuron, gateway = small_fleet(tmp_path, three_models, "priority", models_toml)
-    try:
+    with small_fleet(tmp_path, three_models, "priority", models_toml) as (neuron, gateway):
         for model in ("m1", "m2", "m1"):
             use(gateway, model)
         use(gateway, "m3")  # m1 was used last, but its priority is the lowest
         assert loaded(neuron) == {"m2", "m3"}
         assert metric(gateway, 'cortex_evictions_total{model="m1",node="n1",strategy="priority"}') == 1
-    finally:
-        gateway.terminate()
-        neuron.terminate()
 
 
 def test_nothing_evictable_is_a_503(tmp_path, three_models):
-    neuron, gateway = small_fleet(tmp_path, three_models, "lru")
-    try:
+    with small_fleet(tmp_path, three_models, "lru") as (neuron, gateway):
         for model in ("m1", "m2"):
             use(gateway, model)
             http_json("POST", gateway.url + "/admin/pin", {"node": "n1", "model": model})
@@ -82,16 +85,12 @@ def test_nothing_evictable_is_a_503(tmp_path, three_models):
                                  {"model": "m3", "messages": [{"role": "user", "content": "x"}]})
         assert status == 503 and body["error"]["code"] == "no_capacity"
         assert loaded(neuron) == {"m1", "m2"}
-    finally:
-        gateway.terminate()
-        neuron.terminate()
 
 
 def test_neuron_killed_mid_stream_then_served_elsewhere(tmp_path, three_models):
-    n1 = start_neuron(tmp_path, three_models, "--cpu-memory-mb", "4000", name="n1")
-    n2 = start_neuron(tmp_path, three_models, "--cpu-memory-mb", "4000", name="n2")
-    gateway = start_gateway(tmp_path, {"n1": n1.url, "n2": n2.url})
-    try:
+    with (killed_after(start_neuron(tmp_path, three_models, "--cpu-memory-mb", "4000", name="n1")) as n1,
+          start_neuron(tmp_path, three_models, "--cpu-memory-mb", "4000", name="n2") as n2,
+          start_gateway(tmp_path, {"n1": n1.url, "n2": n2.url}) as gateway):
         for node in ("n1", "n2"):
             assert http_json("POST", gateway.url + "/admin/load", {"node": node, "model": "m1"})[0] == 200
         http_json("POST", n1.url + "/debug/faults", {"model": "m1", "fault": "slow", "delay_ms": 100})
@@ -111,21 +110,13 @@ def test_neuron_killed_mid_stream_then_served_elsewhere(tmp_path, three_models):
                                               max_tokens=3)
         assert resp.usage.completion_tokens > 0
         assert metric(gateway, 'cortex_requests_total{endpoint="chat",model="m1",node="n2",status="200"}') >= 1
-    finally:
-        gateway.terminate()
-        n2.terminate()
-        n1.kill()
 
 
 def test_model_unloaded_behind_the_gateways_back_is_loaded_again(tmp_path, three_models):
     """A stale view ("loaded on n1") must not make the only node that can serve the model off-limits."""
-    neuron, gateway = small_fleet(tmp_path, three_models, "lru")
-    try:
+    with small_fleet(tmp_path, three_models, "lru") as (neuron, gateway):
         use(gateway, "m1")
         # directly, not via the gateway
         assert http_json("POST", neuron.url + "/models/unload", {"model": "m1"})[0] == 200
         use(gateway, "m1")  # the gateway still believes m1 is on n1: the neuron says no, and it loads it again
         assert "m1" in loaded(neuron)
-    finally:
-        gateway.terminate()
-        neuron.terminate()

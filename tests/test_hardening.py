@@ -39,10 +39,9 @@ def layout(tmp_path_factory, models_dir):
 
 @pytest.fixture(scope="module")
 def guarded(tmp_path_factory, layout):
-    proc = start_neuron(tmp_path_factory.mktemp("guarded"), layout / "models", "--cpu-memory-mb", "4000",
-                        "--model-root", str(layout / "root"))
-    yield proc, layout
-    proc.terminate()
+    with start_neuron(tmp_path_factory.mktemp("guarded"), layout / "models", "--cpu-memory-mb", "4000",
+                      "--model-root", str(layout / "root")) as proc:
+        yield proc, layout
 
 
 def load(proc, model, **extra):
@@ -151,9 +150,8 @@ def strict(tmp_path_factory, models_dir):
     (tmp / "neuron.toml").write_text("[neuron]\nidle_timeout_s = 1\nmax_connections_per_client = 4\n"
                                      'token_file = "token.txt"\n')
     (tmp / "token.txt").write_text("file-token-01\n")
-    proc = start_neuron(tmp, models_dir, "--config", str(tmp / "neuron.toml"))
-    yield proc
-    proc.terminate()
+    with start_neuron(tmp, models_dir, "--config", str(tmp / "neuron.toml")) as proc:
+        yield proc
 
 
 def closed_by_server(sock: socket.socket) -> bool:

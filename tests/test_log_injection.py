@@ -14,7 +14,7 @@ import urllib.request
 
 import pytest
 
-from tests.helpers import start_gateway, start_neuron
+from tests.helpers import one_node_fleet
 from tests.test_neuron_lifecycle import wait_for
 
 KEY = "sk-test-hostile-0001"
@@ -28,13 +28,9 @@ RAW = ("\x1b", "\x07", "\x85", "\x9b", "\u2028", "\u202e")
 def stack(tmp_path_factory, models_dir):
     root = tmp_path_factory.mktemp("log_injection")
     (root / "keys.txt").write_text(f"{KEY}  # {KEY_NAME}\n")
-    neuron = start_neuron(root, models_dir, "--log-format", "json")
-    gateway = start_gateway(root, {"n1": neuron.url}, extra_toml='[auth]\nkeys_file = "keys.txt"')
-    try:
+    with one_node_fleet(root, models_dir, "--log-format", "json",
+                        extra_toml='[auth]\nkeys_file = "keys.txt"') as (gateway, neuron, _):
         yield gateway, neuron
-    finally:
-        gateway.terminate()
-        neuron.terminate()
 
 
 def send(method: str, url: str, rid: str, body: dict | None = None) -> int:

@@ -14,7 +14,7 @@ import anthropic
 import openai
 import pytest
 
-from tests.helpers import NO_EOS, http_json, start_gateway, start_neuron
+from tests.helpers import NO_EOS, http_json, one_node_fleet
 from tests.test_neuron_lifecycle import wait_for as wait_until
 
 KEY = "sk-test-alice-0001"
@@ -24,14 +24,9 @@ KEY = "sk-test-alice-0001"
 def stack(tmp_path_factory, models_dir):
     root = tmp_path_factory.mktemp("logs")
     (root / "keys.txt").write_text(f"{KEY}  # alice\n")
-    neuron = start_neuron(root, models_dir, "--log-format", "json")
-    gateway = start_gateway(root, {"n1": neuron.url}, extra_toml='[auth]\nkeys_file = "keys.txt"',
-                            args=("--log-format", "json"))
-    try:
+    with one_node_fleet(root, models_dir, "--log-format", "json", extra_toml='[auth]\nkeys_file = "keys.txt"',
+                        args=("--log-format", "json")) as (gateway, neuron, _):
         yield gateway, neuron
-    finally:
-        gateway.terminate()
-        neuron.terminate()
 
 
 def call(method: str, url: str, headers: dict, body: dict | None = None) -> tuple[int, dict]:

@@ -66,9 +66,8 @@ class StreamReader:
 
 @pytest.fixture()
 def fresh_neuron(tmp_path, models_dir):
-    proc = start_neuron(tmp_path, models_dir, "--cpu-memory-mb", "4000")
-    yield proc
-    proc.terminate()
+    with start_neuron(tmp_path, models_dir, "--cpu-memory-mb", "4000") as proc:
+        yield proc
 
 
 def chat_body(model, **kw):

@@ -25,7 +25,7 @@ from cortex_gateway.load_failures import (
 )
 from neuron.shared.errors import ApiError
 from neuron.shared.protocol import AvailableModel
-from tests.helpers import http_json, start_gateway, start_neuron
+from tests.helpers import http_json, one_node_fleet, start_neuron
 
 PROFILE = '[[models]]\nid = "linked"\npath = "escape.gguf"\n'
 ASK = [{"role": "user", "content": "hi"}]
@@ -71,9 +71,8 @@ def test_a_link_into_a_model_root_loads(layout):
 
 
 def test_clients_get_a_non_retryable_error_and_the_load_is_not_retried_until_the_catalog_changes(layout):
-    neuron = start_neuron(layout, layout / "models", "--cpu-memory-mb", "4000")
-    gateway = start_gateway(layout, {"n1": neuron.url}, models_toml=PROFILE)
-    try:
+    with one_node_fleet(layout, layout / "models", "--cpu-memory-mb", "4000",
+                        models_toml=PROFILE) as (gateway, neuron, _):
         chat = openai.OpenAI(base_url=gateway.url + "/v1", api_key="unused")  # the SDK's own retries (2)
         with pytest.raises(openai.UnprocessableEntityError) as err:
             chat.chat.completions.create(model="linked", messages=ASK, max_tokens=2)
@@ -99,9 +98,6 @@ def test_clients_get_a_non_retryable_error_and_the_load_is_not_retried_until_the
         with pytest.raises(openai.UnprocessableEntityError):
             chat.chat.completions.create(model="linked", messages=ASK, max_tokens=2)
         assert loads_tried(neuron) == 2, "the node's models changed: it was tried again"
-    finally:
-        gateway.terminate()
-        neuron.terminate()
 
 
 def wait_listed(gateway, model: str, timeout: float = 60) -> None:

@@ -16,7 +16,7 @@ import openai
 import pytest
 
 from tests.fake_hub import FakeHub, hf_env
-from tests.helpers import CORTEX, http_json, make_tiny, start_gateway, start_neuron
+from tests.helpers import CORTEX, http_json, killed_after, make_tiny, start_gateway, start_neuron
 
 TOKEN = "hf_test_token_not_real_5f3a9c"
 
@@ -36,18 +36,17 @@ def tiny_files(tmp_path_factory) -> dict[str, Path]:
 
 @pytest.fixture(scope="module")
 def hub(tiny_files):
-    hub = FakeHub(token=TOKEN).start()
-    hf = tiny_files["hf"]
-    hub.add_repo("cortex/tiny-hf", {**{p.name: p for p in hf.iterdir()},
-                                    "onnx/model.onnx": b"\0" * 2048, "optimizer.pt": b"\0" * 4096,
-                                    "README.md": b"# tiny\n"})
-    hub.add_repo("cortex/tiny-GGUF", {"tiny-Q4_K_M.gguf": tiny_files["q4"], "tiny-Q8_0.gguf": tiny_files["q8"],
-                                      "README.md": b"# tiny gguf\n"})
-    hub.add_repo("cortex/split-GGUF", {p.name: p for p in tiny_files["split"].iterdir()})
-    hub.add_repo("cortex/gated-GGUF", {"gated-Q4_K_M.gguf": tiny_files["q4"]}, gated=True)
-    hub.add_repo("cortex/big-GGUF", {"big-F32.gguf": tiny_files["big"]})
-    yield hub
-    hub.stop()
+    with FakeHub(token=TOKEN) as hub:
+        hf = tiny_files["hf"]
+        hub.add_repo("cortex/tiny-hf", {**{p.name: p for p in hf.iterdir()},
+                                        "onnx/model.onnx": b"\0" * 2048, "optimizer.pt": b"\0" * 4096,
+                                        "README.md": b"# tiny\n"})
+        hub.add_repo("cortex/tiny-GGUF", {"tiny-Q4_K_M.gguf": tiny_files["q4"], "tiny-Q8_0.gguf": tiny_files["q8"],
+                                          "README.md": b"# tiny gguf\n"})
+        hub.add_repo("cortex/split-GGUF", {p.name: p for p in tiny_files["split"].iterdir()})
+        hub.add_repo("cortex/gated-GGUF", {"gated-Q4_K_M.gguf": tiny_files["q4"]}, gated=True)
+        hub.add_repo("cortex/big-GGUF", {"big-F32.gguf": tiny_files["big"]})
+        yield hub
 
 
 @pytest.fixture()
@@ -55,8 +54,10 @@ def node(tmp_path, hub):
     """A neuron whose HF_ENDPOINT is the fake hub (no token), with an empty models dir."""
     proc = start_neuron(tmp_path, tmp_path / "models", "--cpu-memory-mb", "4000",
                         env=hf_env(hub.url, tmp_path / "hf-home"))
-    yield proc
-    proc.kill()
+    try:
+        yield proc
+    finally:
+        proc.kill()
 
 
 def pull(node, source: str) -> tuple[int, dict]:
@@ -135,10 +136,10 @@ def test_a_corrupted_download_is_caught_by_its_checksum(node, hub, tmp_path):
 
 
 def test_a_gated_repo_needs_a_token_and_the_token_is_never_shown(tmp_path, hub):
-    without = start_neuron(tmp_path, tmp_path / "a", env=hf_env(hub.url, tmp_path / "hf-a"), name="a")
-    with_token = start_neuron(tmp_path, tmp_path / "b", env={**hf_env(hub.url, tmp_path / "hf-b"),
-                                                             "HF_TOKEN": TOKEN}, name="b")
-    try:
+    with (killed_after(start_neuron(tmp_path, tmp_path / "a", env=hf_env(hub.url, tmp_path / "hf-a"),
+                                    name="a")) as without,
+          killed_after(start_neuron(tmp_path, tmp_path / "b", env={**hf_env(hub.url, tmp_path / "hf-b"),
+                                                                   "HF_TOKEN": TOKEN}, name="b")) as with_token):
         status, body = pull(without, "cortex/gated-GGUF:Q4_K_M")
         assert status == 403 and body["error"]["code"] == "gated_repo" and "HF_TOKEN" in body["error"]["message"]
         status, state = pull(with_token, "cortex/gated-GGUF:Q4_K_M")
@@ -146,9 +147,6 @@ def test_a_gated_repo_needs_a_token_and_the_token_is_never_shown(tmp_path, hub):
         for proc in (without, with_token):
             assert TOKEN not in proc.log()
             assert TOKEN not in str(http_json("GET", proc.url + "/models/pulls")[1])
-    finally:
-        without.kill()
-        with_token.kill()
 
 
 def test_a_model_too_big_for_the_node_is_refused_before_any_byte(tmp_path, hub):
@@ -180,12 +178,11 @@ def test_two_pulls_of_one_model_download_it_once(node, hub):
 
 
 def test_a_cold_load_through_the_gateway_pulls_first_and_the_cli_pulls_with_progress(tmp_path, hub):
-    neuron = start_neuron(tmp_path, tmp_path / "models", "--cpu-memory-mb", "4000",
-                          env=hf_env(hub.url, tmp_path / "hf-home"))
-    gateway = start_gateway(tmp_path, {"n1": neuron.url}, models_toml=(
-        '[[models]]\nid = "tiny-from-hub"\nsource = "cortex/tiny-GGUF:Q4_K_M"\n'
-        '[[models]]\nid = "tiny-split"\nsource = "cortex/split-GGUF:Q5_K_M"\n'))
-    try:
+    with (killed_after(start_neuron(tmp_path, tmp_path / "models", "--cpu-memory-mb", "4000",
+                                    env=hf_env(hub.url, tmp_path / "hf-home"))) as neuron,
+          killed_after(start_gateway(tmp_path, {"n1": neuron.url}, models_toml=(
+              '[[models]]\nid = "tiny-from-hub"\nsource = "cortex/tiny-GGUF:Q4_K_M"\n'
+              '[[models]]\nid = "tiny-split"\nsource = "cortex/split-GGUF:Q5_K_M"\n'))) as gateway):
         client = openai.OpenAI(base_url=gateway.url + "/v1", api_key="unused", max_retries=0)
         stream = client.chat.completions.create(model="tiny-from-hub", messages=[{"role": "user", "content": "hi"}],
                                                 max_tokens=3, stream=True)
@@ -209,6 +206,4 @@ def test_a_cold_load_through_the_gateway_pulls_first_and_the_cli_pulls_with_prog
                                  capture_output=True, text=True, timeout=60)
         assert removed.returncode == 0 and not (tmp_path / "models" / "cortex--tiny-hf").exists(), removed.stderr
         assert removed.stdout.rstrip().endswith("MiB freed): cortex--tiny-hf/"), removed.stdout  # what went
-    finally:
-        gateway.kill()
         neuron.kill()

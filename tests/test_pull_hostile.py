@@ -72,9 +72,8 @@ def root(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def hub():
-    hub = FakeHub().start()
-    yield hub
-    hub.stop()
+    with FakeHub() as hub:
+        yield hub
 
 
 @pytest.fixture(scope="module")
@@ -82,8 +81,10 @@ def node(root, hub):
     """One neuron for the module; each test pulls from repos of its own. Its staging folders are
     `<root>/models/.pulls/NAME/`, so `../../../x` from one is `<root>/x`."""
     proc = start_neuron(root, root / "models", "--cpu-memory-mb", "4000", env=hf_env(hub.url, root / "hf-home"))
-    yield proc
-    proc.kill()
+    try:
+        yield proc
+    finally:
+        proc.kill()
 
 
 def pull(node, source: str, **extra) -> tuple[int, dict]:

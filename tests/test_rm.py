@@ -42,8 +42,10 @@ def models(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def node(models):
     proc = start_neuron(models.parent, models, "--cpu-memory-mb", "4000")
-    yield proc
-    proc.kill()
+    try:
+        yield proc
+    finally:
+        proc.kill()
 
 
 def rm(node, model: str) -> tuple[int, dict]:

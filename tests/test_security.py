@@ -9,7 +9,7 @@ import anthropic
 import openai
 import pytest
 
-from tests.helpers import NO_EOS, CortexProcess, free_port, http_json, start_gateway, start_neuron
+from tests.helpers import NO_EOS, CortexProcess, free_port, http_json, one_node_fleet
 
 KEY, OTHER, ADMIN, TOKEN = "user-key-0001", "user-key-0002", "admin-key-0001", "neuron-token-01"
 
@@ -18,15 +18,10 @@ KEY, OTHER, ADMIN, TOKEN = "user-key-0001", "user-key-0002", "admin-key-0001", "
 def secured(tmp_path_factory, models_dir):
     root = tmp_path_factory.mktemp("secured")
     (root / "keys.txt").write_text(f"# one key per line\n{OTHER}\n")
-    neuron = start_neuron(root, models_dir, "--token", TOKEN, name="n1")
-    gateway = start_gateway(root, {"n1": neuron.url}, extra_toml=(
-        f'neuron_token = "{TOKEN}"\n[auth]\nkeys = ["{KEY}"]\nkeys_file = "keys.txt"\n'
-        f'admin_keys = ["{ADMIN}"]\nrequests_per_minute = 6\nmax_concurrent = 1'))
-    try:
+    with one_node_fleet(root, models_dir, "--token", TOKEN, extra_toml=(
+            f'neuron_token = "{TOKEN}"\n[auth]\nkeys = ["{KEY}"]\nkeys_file = "keys.txt"\n'
+            f'admin_keys = ["{ADMIN}"]\nrequests_per_minute = 6\nmax_concurrent = 1')) as (gateway, neuron, _):
         yield gateway, neuron
-    finally:
-        gateway.terminate()
-        neuron.terminate()
 
 
 def call(url, path, key=None, header="Authorization", body=None, method="POST"):

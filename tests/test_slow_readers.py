@@ -11,6 +11,7 @@ end-of-generation tokens banned and 20 top logprobs a token (about 1.5 KB of SSE
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import socket
 import time
@@ -22,7 +23,7 @@ from cortex_gateway.app import create_app
 from cortex_gateway.config import GatewayConfig, NeuronSpec
 from cortex_gateway.state import FLEET
 from tests.fake_neuron import FakeNeuron
-from tests.helpers import NO_EOS, http_json, make_tiny, metric, start_gateway, start_neuron
+from tests.helpers import NO_EOS, http_json, load_models, make_tiny, metric, start_gateway, start_neuron
 
 # A stream's answer: about 7.5 MB with 20 top logprobs a token, within the neuron's bound on logprobs
 # an answer may carry (n x max_tokens x 21 <= 131072).
@@ -87,21 +88,19 @@ def long_models(tmp_path_factory) -> Path:
     return d
 
 
+@contextlib.contextmanager
 def neuron_with(tmp: Path, models_dir: Path, write_timeout_s: float, slots: int):
+    """A neuron with these deadlines and slots, "long" loaded; stopped at the end, a failed load included."""
     (tmp / "neuron.toml").write_text(f"[neuron]\nwrite_timeout_s = {write_timeout_s}\n")
-    proc = start_neuron(tmp, models_dir, "--config", str(tmp / "neuron.toml"))
-    status, body = http_json("POST", proc.url + "/models/load",
-                             {"model": "long", "max_in_flight": slots, "parallel": slots, "max_wait_s": PATIENCE})
-    assert status == 200, body
-    return proc
+    with start_neuron(tmp, models_dir, "--config", str(tmp / "neuron.toml")) as proc:
+        load_models(proc, ({"model": "long", "max_in_flight": slots, "parallel": slots, "max_wait_s": PATIENCE},))
+        yield proc
 
 
 def test_streams_that_are_never_read_end_on_the_neuron_and_free_their_slots(tmp_path, long_models):
-    neuron = neuron_with(tmp_path, long_models, write_timeout_s=2, slots=2)
-    socks = []
-    try:
+    with neuron_with(tmp_path, long_models, write_timeout_s=2, slots=2) as neuron, contextlib.ExitStack() as socks:
         for i in range(2):
-            socks.append(never_reading(neuron.port, "/v1/chat/completions", flood("long"), f"stall-{i}"))
+            socks.enter_context(never_reading(neuron.port, "/v1/chat/completions", flood("long"), f"stall-{i}"))
         assert in_flight(neuron, "long") == 2, "both slots are held"
         # Queued behind the two: served once a deadline ends one of them, not 503 after max_wait_s.
         status, body = http_json("POST", neuron.url + "/v1/chat/completions", SHORT, timeout=PATIENCE + 30)
@@ -109,29 +108,18 @@ def test_streams_that_are_never_read_end_on_the_neuron_and_free_their_slots(tmp_
         wait_for(lambda: in_flight(neuron, "long") == 0, "the slots come back")
         for i in range(2):
             assert stalled_lines(neuron.log(), f"stall-{i}"), neuron.log_tail()
-    finally:
-        for sock in socks:
-            sock.close()
-        neuron.terminate()
 
 
 def test_streams_that_are_never_read_end_on_the_gateway_and_free_the_nodes_slot(tmp_path, long_models):
     # The neuron's own deadline is far away: only the gateway's can free the slot in time.
-    neuron = neuron_with(tmp_path, long_models, write_timeout_s=600, slots=1)
-    gateway = start_gateway(tmp_path, {"n1": neuron.url}, extra_toml="write_timeout_s = 2")
-    sock = None
-    try:
-        sock = never_reading(gateway.port, "/v1/chat/completions", flood("long"), "gw-stall")
+    with (neuron_with(tmp_path, long_models, write_timeout_s=600, slots=1) as neuron,
+          start_gateway(tmp_path, {"n1": neuron.url}, extra_toml="write_timeout_s = 2") as gateway,
+          never_reading(gateway.port, "/v1/chat/completions", flood("long"), "gw-stall")):
         status, body = http_json("POST", gateway.url + "/v1/chat/completions", SHORT, timeout=PATIENCE + 30)
         assert status == 200, body
         wait_for(lambda: in_flight(neuron, "long") == 0, "the node's slot comes back")
         wait_for(lambda: metric(gateway, 'cortex_node_in_flight{node="n1"}') == 0, "the gateway's count")
         assert stalled_lines(gateway.log(), "gw-stall"), gateway.log_tail()
-    finally:
-        if sock is not None:
-            sock.close()
-        gateway.terminate()
-        neuron.terminate()
 
 
 # -- every dialect's relay, in process, over a fake neuron that answers as fast as it can --------

@@ -49,13 +49,14 @@ async def one_request(session, url: str) -> str:
 
 @pytest.mark.slow
 def test_soak_with_a_neuron_restart(tmp_path, models_dir):
-    n1 = start_neuron(tmp_path, models_dir, name="n1")
-    n2 = start_neuron(tmp_path, models_dir, name="n2")
-    gateway = start_gateway(tmp_path, {"n1": n1.url, "n2": n2.url}, extra_toml="poll_timeout_s = 1")
     outcomes: collections.Counter = collections.Counter()
     rss: list[tuple[float, float]] = []
     restarted = {}
+    n1 = start_neuron(tmp_path, models_dir, name="n1")
+    n2 = gateway = None
     try:
+        n2 = start_neuron(tmp_path, models_dir, name="n2")
+        gateway = start_gateway(tmp_path, {"n1": n1.url, "n2": n2.url}, extra_toml="poll_timeout_s = 1")
         for node in ("n1", "n2"):
             assert http_json("POST", gateway.url + "/admin/load", {"node": node, "model": "tiny-gguf"})[0] == 200
 
@@ -87,9 +88,9 @@ def test_soak_with_a_neuron_restart(tmp_path, models_dir):
 
         asyncio.run(main())
     finally:
-        gateway.terminate()
-        n1.terminate()
-        n2.terminate()
+        for proc in (gateway, n1, n2):  # n2 as restarted, or None if a start failed
+            if proc is not None:
+                proc.terminate()
 
     quarter = max(1, len(rss) // 4)
     early = sum(m for _, m in rss[quarter:2 * quarter]) / quarter  # after warm-up
