@@ -57,11 +57,13 @@ def busy(stack):
     held = Stream(gateway.url, "/v1/chat/completions", {
         "model": MODEL, "stream": True, "max_tokens": 1500, "logit_bias": NO_EOS, "temperature": 1.0,
         "messages": [{"role": "user", "content": "go"}]})
-    assert held.resp.status == 200
-    while b'"content":"' not in held.line():  # generating: the slot is taken
-        pass
-    yield gateway.url
-    held.close()
+    try:
+        assert held.resp.status == 200
+        while b'"content":"' not in held.line():  # generating: the slot is taken
+            pass
+        yield gateway.url
+    finally:
+        held.close()
 
 
 ROUTES = {
