@@ -5,8 +5,9 @@ engine and backends with the tiny models loaded, with no process to start, wait 
 server listens on 127.0.0.1, so the official SDKs (async) talk to it as they would to a real neuron.
 
 The app lives on the event loop it started on: a module's tests share one app, so they run on the module's
-loop (`pytestmark = IN_MODULE_LOOP`). Nothing here blocks; a blocking call (urllib, the sync SDK) against
-this server would wait for a loop it is itself holding.
+loop (`pytestmark = IN_MODULE_LOOP`, or the mark on each async test where a module has plain ones too, which
+the mark would warn about). Nothing here blocks; a blocking call (urllib, the sync SDK) against this server
+would wait for a loop it is itself holding.
 """
 
 from __future__ import annotations
@@ -32,7 +33,6 @@ class InProcessNeuron:
 
     def __init__(self, client: TestClient):
         self.client = client
-        self.app = client.app
         self.url = str(client.make_url("")).rstrip("/")
         self.openai = openai.AsyncOpenAI(base_url=self.url + "/v1", api_key="unused", max_retries=0)
 
