@@ -21,6 +21,10 @@ import pytest
 
 MARKER = "CORTEX_TEST_SESSION"
 STOP_GRACE_S = 5.0  # a leftover gets SIGTERM and this long to exit before SIGKILL
+# A process already on its way out when the last test ends is not a leftover: a neuron told by a parent-death
+# signal that its gateway was killed, an engine reaper finishing its grace. Each gets this long to end by
+# itself; only what is still running after it was left behind. (A real leftover costs the session this long.)
+SETTLE_S = float(os.environ.get("CORTEX_LEFTOVER_SETTLE_S", "20"))
 TOKEN = pytest.StashKey[str]()
 
 
@@ -29,13 +33,21 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 def pytest_sessionfinish(session: pytest.Session) -> None:
-    left = marked_processes(session.config.stash[TOKEN])
+    left = still_running(session.config.stash[TOKEN], SETTLE_S)
     if not left:
         return
     stop(left)
     report(session.config, left)
     if session.exitstatus == pytest.ExitCode.OK:
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+def still_running(token: str, settle_s: float) -> dict[int, str]:
+    """The marked processes still alive once those ending by themselves have had `settle_s` to do so."""
+    deadline = time.monotonic() + settle_s
+    while (left := marked_processes(token)) and time.monotonic() < deadline:
+        time.sleep(0.2)  # polling for an exit: no event tells a process that is not our child has ended
+    return left
 
 
 def marked_processes(token: str) -> dict[int, str]:

@@ -1,8 +1,8 @@
 """The session's leftover check (tests/leftovers.py), proved on small pytest sessions of its own.
 
 Each runs in a subprocess with only the plugin: one whose fixture leaks a `sleep` must fail, name it and
-leave it dead; a clean one must pass, even with a process of another session (another marker) alive
-beside it, which it must not touch.
+leave it dead; one whose leaked process ends by itself within the settle time must pass; a clean one must
+pass, even with a process of another session (another marker) alive beside it, which it must not touch.
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ def leaky():
 def test_leaks(leaky):
     pass
 '''
+ENDING = LEAKY.replace('"600"', '"2"')
 CLEAN = '''
 import subprocess
 
@@ -43,14 +44,14 @@ def test_stops_what_it_starts():
 '''
 
 
-def session(folder: Path, source: str) -> subprocess.CompletedProcess:
+def session(folder: Path, source: str, settle_s: float = 1.0) -> subprocess.CompletedProcess:
     """A pytest session over one test file, with the leftover plugin alone."""
     folder.mkdir()
     (folder / "pytest.ini").write_text("[pytest]\n")
     (folder / "test_inner.py").write_text(source)
     return subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "tests.leftovers",
                            "test_inner.py"], cwd=folder, capture_output=True, text=True, timeout=120,
-                          env={**os.environ, "PYTHONPATH": str(ROOT)})
+                          env={**os.environ, "PYTHONPATH": str(ROOT), "CORTEX_LEFTOVER_SETTLE_S": str(settle_s)})
 
 
 def test_a_process_left_behind_fails_the_session_and_is_stopped(tmp_path):
@@ -60,6 +61,14 @@ def test_a_process_left_behind_fails_the_session_and_is_stopped(tmp_path):
     assert "1 passed" in done.stdout and "processes left behind" in done.stdout, done.stdout
     assert f"pid {pid}: sleep 600" in done.stdout, done.stdout
     assert not alive(pid), "the leftover must not outlive the session that reported it"
+
+
+def test_a_process_that_ends_by_itself_within_the_settle_time_is_no_leftover(tmp_path):
+    done = session(tmp_path / "ending", ENDING, settle_s=60)
+    pid = int((tmp_path / "ending" / "leaked.pid").read_text())
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "left behind" not in done.stdout, done.stdout
+    assert not alive(pid)
 
 
 def test_a_clean_session_passes_and_leaves_another_sessions_processes_alone(tmp_path):
