@@ -40,6 +40,10 @@ _URL = re.compile(r"^https?://[^/\s]+(/.*)?$")
 _NAME = re.compile(r"^[A-Za-z0-9][\w.-]*$")
 
 
+def default_state_dir() -> Path:
+    return Path(os.environ.get("CORTEX_STATE_DIR", "~/.cortex/state")).expanduser()
+
+
 @dataclass
 class NeuronSpec:
     name: str
@@ -111,6 +115,8 @@ class GatewayConfig:
     models_path: Path | None = None
     keys_path: Path | None = None
     local_neuron: bool = False  # the embedded default: run the one neuron as a child (cortex_gateway.embedded)
+    # What the gateway learns and keeps across restarts (a model's measured memory, ...): one directory.
+    state_dir: Path = field(default_factory=default_state_dir)
 
     def resolve_alias(self, model: str) -> str:
         return self.aliases.get(model, model)
@@ -166,6 +172,7 @@ def load_config(path: Path) -> GatewayConfig:
     cfg = replace(cfg, **gw.numbers(GATEWAY_LIMITS, cfg))
     cfg.max_connections_per_node = _node_connections(gw)
     _check_store_bytes(cfg, gw)
+    cfg.state_dir = gw.opt_path("state_dir", cfg.state_dir)
     cfg.hosted_tools = gw.opt_choice("hosted_tools", ("drop", "refuse"), cfg.hosted_tools)
     cfg.neurons = _neurons(top.tables("neurons"), gw.opt_str("neuron_token", expected="a token for every neuron"))
     cfg.strategy = top.table("eviction").opt_choice("strategy", STRATEGIES, cfg.strategy)
