@@ -15,6 +15,7 @@ from cortex_gateway.auth import AUTH, KEY_NAME, LIMITER, KeyLimiter, api_auth
 from cortex_gateway.config import CONTROL_CONNECTIONS_PER_NODE, GatewayConfig
 from cortex_gateway.errors import renderer_for
 from cortex_gateway.fleet import Fleet
+from cortex_gateway.keep_alive import KeepAlive
 from cortex_gateway.lifecycle import Lifecycle
 from cortex_gateway.metrics import RECORD, GatewayMetrics, count_refusals
 from cortex_gateway.responses import routes as responses_routes
@@ -83,11 +84,15 @@ def _fleet_ctx(config: GatewayConfig, given: aiohttp.ClientSession | None):
         app[LIFECYCLE] = Lifecycle(config, fleet, app[METRICS])
         app[METRICS].watch_fleet(fleet, lambda: catalog_routes.catalog(fleet, app[LIFECYCLE]), config.strategy)
         await fleet.poll_all()
-        poller = asyncio.create_task(fleet.run_poller(config.poll_interval_s))
+        tasks = [asyncio.create_task(fleet.run_poller(config.poll_interval_s))]
+        keep_alive = KeepAlive(app[LIFECYCLE])
+        if keep_alive.interval is not None:  # no model has a keep-alive: no rounds at all
+            tasks.append(asyncio.create_task(keep_alive.run(keep_alive.interval)))
         yield
-        poller.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await poller
+        for task in tasks:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
         if given is None:
             await asyncio.gather(relays.close(), control.close())
 

@@ -62,6 +62,8 @@ class ModelProfile:
     devices: list = field(default_factory=list)
     context_size: int | None = None
     engine_args: list[str] = field(default_factory=list)  # for an external engine backend (llama-server, vllm...)
+    # Unloaded after this long without a request through the gateway; 0: never for idleness; None: [scheduling]'s.
+    keep_alive_s: float | None = None
 
     @property
     def load_target(self) -> str:
@@ -77,6 +79,17 @@ class ModelProfile:
         if self.engine_args:
             spec["engine_args"] = self.engine_args
         return spec
+
+
+@dataclass
+class Scheduling:
+    """`[scheduling]`: what the gateway does with models over time, beyond placing each request."""
+
+    keep_alive_s: float = 0.0  # a model idle this long is unloaded (cortex_gateway.keep_alive); 0: never
+
+
+# 0 means "off" (never unloaded for idleness), not "at once": >= 0, as a count where 0 means none.
+SCHEDULING_LIMITS = {"keep_alive_s": NON_NEGATIVE}
 
 
 @dataclass
@@ -117,6 +130,7 @@ class GatewayConfig:
     local_neuron: bool = False  # the embedded default: run the one neuron as a child (cortex_gateway.embedded)
     # What the gateway learns and keeps across restarts (a model's measured memory, ...): one directory.
     state_dir: Path = field(default_factory=default_state_dir)
+    scheduling: Scheduling = field(default_factory=Scheduling)
 
     def resolve_alias(self, model: str) -> str:
         return self.aliases.get(model, model)
@@ -176,6 +190,7 @@ def load_config(path: Path) -> GatewayConfig:
     cfg.hosted_tools = gw.opt_choice("hosted_tools", ("drop", "refuse"), cfg.hosted_tools)
     cfg.neurons = _neurons(top.tables("neurons"), gw.opt_str("neuron_token", expected="a token for every neuron"))
     cfg.strategy = top.table("eviction").opt_choice("strategy", STRATEGIES, cfg.strategy)
+    cfg.scheduling = Scheduling(**top.table("scheduling").numbers(SCHEDULING_LIMITS, cfg.scheduling))
     auth = top.table("auth")
     cfg.auth, cfg.keys_path = _auth(auth), auth.opt_path("keys_file")
     if (models_path := top.opt_path("models_config")) is not None:
@@ -286,6 +301,7 @@ def _profile(item: Section) -> ModelProfile:
         pinned_on=item.opt_list("pinned_on", "a list of node names"), priority=item.opt_int("priority", 100),
         devices=item.opt_list("devices", "a list of device indices", item=(int, str)),
         context_size=item.opt_int("context_size", **CONTEXT_SIZE), engine_args=engine_args,
+        keep_alive_s=item.opt_float("keep_alive_s", **SCHEDULING_LIMITS["keep_alive_s"]),
     )
 
 

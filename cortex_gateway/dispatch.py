@@ -107,6 +107,7 @@ async def _forward(ex: Exchange, node: Node) -> web.StreamResponse:
         return await ex.relay(upstream)
     finally:
         usage.in_flight -= 1
+        usage.last_used = time.time()  # idle from the end of its last request (keep-alive, LRU), not its start
 
 
 def _forget_failed(app, node: Node, model: str, exc: RetryElsewhere) -> None:

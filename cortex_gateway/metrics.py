@@ -26,6 +26,8 @@ ENDPOINTS = {"/v1/chat/completions": "chat", "/v1/completions": "completions", "
              "/v1/messages": "messages", "/v1/messages/count_tokens": "count_tokens", "/v1/responses": "responses"}
 # Endpoints whose answers generate nothing, so have no time to first token (Anthropic's token count).
 NO_OUTPUT = frozenset({"count_tokens"})
+# Why the gateway unloads a model other than to make room: idle past its keep-alive (cortex_gateway.keep_alive).
+UNLOAD_REASONS = ("keep_alive",)
 _REFUSAL_TYPES = {401: "authentication_error", 403: "permission_error", 408: "request_timeout",
                   413: "request_too_large", 429: "rate_limit_error"}
 
@@ -119,6 +121,9 @@ class GatewayMetrics:
                                             buckets=LOAD_BUCKETS, registry=r)
         self.evictions = Counter("cortex_evictions", "Models evicted to make room", [*labels, "strategy"],
                                  registry=r)
+        # Unloads the gateway decides for a reason other than room (evictions count those): UNLOAD_REASONS.
+        self.unloads = Counter("cortex_unloads", "Models unloaded by the gateway, not to make room",
+                               [*labels, "reason"], registry=r)
         self.queue_wait = Histogram("cortex_queue_wait_seconds", "Time a request waited for its model",
                                     ["model"], buckets=LATENCY_BUCKETS, registry=r)
         self.retries = Counter("cortex_retries", "Requests retried on another node", ["model"], registry=r)
@@ -189,8 +194,8 @@ class GatewayMetrics:
         return generate_latest(self.registry)
 
     def _zero_rare_events(self) -> None:
-        """A zero series for every cold start, eviction and retry the catalog allows, before the first one:
-        increase() cannot see the event that creates a series (it is born at 1), and these are rare enough
+        """A zero series for every cold start, eviction, unload and retry the catalog allows, before the first
+        one: increase() cannot see the event that creates a series (it is born at 1), and these are rare enough
         that the first one matters. Bounded by the catalog: models times the nodes that have them."""
         for entry in self._catalog():
             if "alias_of" in entry:
@@ -201,6 +206,8 @@ class GatewayMetrics:
                 self.child(self.cold_starts, model, node)
             for node in entry["loaded_on"]:
                 self.child(self.evictions, model, node, self._strategy)
+                for reason in UNLOAD_REASONS:
+                    self.child(self.unloads, model, node, reason)
 
 
 class _Series:
