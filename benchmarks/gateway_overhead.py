@@ -103,6 +103,7 @@ def main() -> None:
                      tmp / "upstream.log")
     (tmp / "cortex.toml").write_text(f'[gateway]\nlisten = "127.0.0.1:{gw_port}"\n'
                                      f'metrics_listen = "127.0.0.1:{metrics_port}"\n'
+                                     f'state_dir = "{tmp / "state"}"\n'  # not the user's ~/.cortex/state
                                      f'[[neurons]]\nname = "fake"\nendpoint = "http://127.0.0.1:{up_port}"\n')
     gateway = start(CORTEX + ["serve", "--config", str(tmp / "cortex.toml"), "--log-level", "warning"], gw_port,
                     tmp / "gateway.log")

@@ -16,6 +16,7 @@ from cortex_gateway.config import CONTROL_CONNECTIONS_PER_NODE, GatewayConfig
 from cortex_gateway.errors import renderer_for
 from cortex_gateway.fleet import Fleet
 from cortex_gateway.keep_alive import KeepAlive
+from cortex_gateway.learned_memory import LearnedMemoryStore
 from cortex_gateway.lifecycle import Lifecycle
 from cortex_gateway.metrics import RECORD, GatewayMetrics, count_refusals
 from cortex_gateway.responses import routes as responses_routes
@@ -81,7 +82,7 @@ def _fleet_ctx(config: GatewayConfig, given: aiohttp.ClientSession | None):
         relays, control = given or _relay_session(config), given or _control_session()
         fleet = Fleet(config.neurons, control, down_after=config.down_after, poll_timeout=config.poll_timeout_s)
         app[SESSION], app[FLEET] = relays, fleet
-        app[LIFECYCLE] = Lifecycle(config, fleet, app[METRICS])
+        app[LIFECYCLE] = Lifecycle(config, fleet, app[METRICS], LearnedMemoryStore.in_dir(config.state_dir))
         app[METRICS].watch_fleet(fleet, lambda: catalog_routes.catalog(fleet, app[LIFECYCLE]), config.strategy)
         await fleet.poll_all()
         tasks = [asyncio.create_task(fleet.run_poller(config.poll_interval_s))]

@@ -12,6 +12,7 @@ import asyncio
 import collections
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import aiohttp
@@ -76,6 +77,7 @@ class Fleet:
         self.poll_timeout = poll_timeout
         self.usage: dict[tuple[str, str], Usage] = collections.defaultdict(Usage)
         self.events: collections.deque[dict] = collections.deque(maxlen=200)
+        self.on_polled: Callable[[Node], None] = lambda node: None  # after each good poll (the lifecycle learns)
 
     def event(self, kind: str, **details) -> None:
         self.events.append({"time": time.time(), "kind": kind, **details})
@@ -106,6 +108,7 @@ class Fleet:
         node.pulls = pulls
         node.available = {m.id: m for m in available}
         node.failures = 0
+        self.on_polled(node)
         if not node.healthy:
             node.healthy = True
             self.event("node_up", node=node.name)

@@ -13,6 +13,7 @@ import time
 from cortex_gateway.config import GatewayConfig
 from cortex_gateway.errors import no_capacity, unknown_model
 from cortex_gateway.fleet import Fleet, Node
+from cortex_gateway.learned_memory import LearnedMemoryStore, key_for_placing, key_of_loaded
 from cortex_gateway.load_failures import LoadFailures, cannot_load, catalog_version, gives_up, is_permanent
 from cortex_gateway.metrics import GatewayMetrics
 from cortex_gateway.router import NodeView, loading_on, next_victim, plan_cold_load, route_loaded
@@ -25,10 +26,14 @@ MAX_EXTRA_EVICTIONS = 8
 
 
 class Lifecycle:
-    def __init__(self, config: GatewayConfig, fleet: Fleet, metrics: GatewayMetrics):
+    def __init__(self, config: GatewayConfig, fleet: Fleet, metrics: GatewayMetrics,
+                 learned: LearnedMemoryStore | None = None):
         self.config = config
         self.fleet = fleet
         self.metrics = metrics
+        # Measured memory of models loaded before, anywhere: replaces the nodes' estimates in `view`.
+        self.learned = learned or LearnedMemoryStore()
+        fleet.on_polled = self.learn_from
         self.pins: dict[str, set[str]] = {m: set(p.pinned_on) for m, p in config.models.items()}
         self._loads: dict[str, asyncio.Future] = {}
         self.load_failures = LoadFailures()  # cold loads that failed for good, not asked for again
@@ -52,8 +57,23 @@ class Lifecycle:
             usage = self.fleet.usage_of(node.name, m)
             busy[m] = usage.in_flight + (1 if m in refused else 0)
             last_used[m] = usage.last_used
-        available = {m: a.need_mb for m, a in node.available.items()}
+        available = {m: self.need_mb(node, m, a.need_mb) for m, a in node.available.items()}
         return NodeView(node.name, node.accepting, node.health.free_mb, loaded, loading, available, busy, last_used)
+
+    def need_mb(self, node: Node, model: str, estimate: float) -> float:
+        """MiB to plan for loading `model` on `node`: what it measured before on such a device, else the estimate."""
+        key = key_for_placing(model, self.spec_for(model), node.health.devices)
+        mb, source = self.learned.need(key, estimate)
+        if source == "learned":
+            log.debug("placing %s on %s: %.1f MiB learned (%s), not the %.1f MiB estimate", model, node.name, mb,
+                      key, estimate)
+        return mb
+
+    def learn_from(self, node: Node) -> None:
+        """Keep what the node measured for each model it has loaded (after every poll and every load)."""
+        for model_id, info in node.models.items():
+            if model_id == info.id and info.status == ModelState.LOADED:  # an alias entry is the same load
+                self.learned.observe(key_of_loaded(info, node.health.devices), info.memory_mb)
 
     def snapshot(self) -> list[NodeView]:
         return [self.view(n) for n in self.fleet.nodes.values()]
@@ -252,6 +272,7 @@ class Lifecycle:
             node.models[model] = info
             node.aliases[model] = info.id
         self.fleet.usage_of(node.name, model).last_used = time.time()
+        self.learn_from(node)
         if cold:
             self.metrics.cold_starts.labels(model, node.name).inc()
             self.metrics.cold_start_seconds.labels(model, node.name).observe(seconds)

@@ -1,6 +1,8 @@
 from __future__ import annotations
 
+import os
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -9,6 +11,25 @@ import pytest_asyncio
 from tests.helpers import load_models, make_tiny, one_node_fleet, start_neuron
 
 pytest_plugins = ["tests.leftovers"]  # the session fails if a process it started outlives it
+
+
+def pytest_configure(config):
+    """Before any test module is imported (some copy the environment then): no gateway a test starts reads or
+    writes the user's ~/.cortex/state. Each test then gets a directory of its own (`own_state_dir`), and each
+    process tests/helpers.py starts one of its own."""
+    config.cortex_state = tempfile.TemporaryDirectory(prefix="cortex-test-state-")
+    os.environ["CORTEX_STATE_DIR"] = config.cortex_state.name
+
+
+def pytest_unconfigure(config):
+    if hasattr(config, "cortex_state"):
+        config.cortex_state.cleanup()
+
+
+@pytest.fixture(autouse=True)
+def own_state_dir(tmp_path_factory, monkeypatch):
+    """A gateway built in process (GatewayConfig's default state_dir) keeps its state apart from other tests'."""
+    monkeypatch.setenv("CORTEX_STATE_DIR", str(tmp_path_factory.mktemp("state")))
 
 
 @pytest.fixture(scope="session")

@@ -10,6 +10,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -70,8 +71,11 @@ class CortexProcess:
         self.url = f"http://127.0.0.1:{port}"
         self.log_path = log_path
         self._log = open(log_path, "wb")
+        # Each process its own state dir (a gateway's learned figures), never the user's ~/.cortex/state nor
+        # another test's, unless `env` names one (a test restarting a gateway over the same state).
+        state = {"CORTEX_STATE_DIR": tempfile.mkdtemp(prefix="state-", dir=log_path.parent)}
         self.proc = subprocess.Popen(CORTEX + args, stdout=self._log, stderr=subprocess.STDOUT,
-                                     env={**os.environ, **(env or {})})
+                                     env={**os.environ, **state, **(env or {})})
 
     def __enter__(self) -> CortexProcess:
         return self
@@ -120,8 +124,10 @@ def start_neuron(tmp: Path, models_dir: Path, *extra: str, name: str = "n1",
 
 
 def start_gateway(tmp: Path, neurons: dict[str, str], *, models_toml: str = "", extra_toml: str = "",
-                  wait: bool = True, port: int | None = None, args: tuple[str, ...] = ()) -> CortexProcess:
-    """`cortex serve` over the given neurons (name -> URL), from a written cortex.toml."""
+                  wait: bool = True, port: int | None = None, args: tuple[str, ...] = (),
+                  state_dir: Path | None = None) -> CortexProcess:
+    """`cortex serve` over the given neurons (name -> URL), from a written cortex.toml; its state in
+    `state_dir` (given to keep it across a restart), else in a fresh directory of its own."""
     port, metrics_port = port or free_port(), free_port()
     lines = ['models_config = "models.toml"' if models_toml else "", "[gateway]",
              f'listen = "127.0.0.1:{port}"', f'metrics_listen = "127.0.0.1:{metrics_port}"',
@@ -132,7 +138,9 @@ def start_gateway(tmp: Path, neurons: dict[str, str], *, models_toml: str = "", 
     (tmp / "cortex.toml").write_text("\n".join(lines) + "\n")
     if models_toml:
         (tmp / "models.toml").write_text(models_toml)
-    proc = CortexProcess(["serve", "--config", str(tmp / "cortex.toml"), *args], port, tmp / f"gateway-{port}.log")
+    env = {"CORTEX_STATE_DIR": str(state_dir)} if state_dir else None
+    proc = CortexProcess(["serve", "--config", str(tmp / "cortex.toml"), *args], port, tmp / f"gateway-{port}.log",
+                         env=env)
     proc.metrics_url = f"http://127.0.0.1:{metrics_port}/metrics"
     if wait:
         proc.wait_healthy()
