@@ -86,10 +86,14 @@ class Scheduling:
     """`[scheduling]`: what the gateway does with models over time, beyond placing each request."""
 
     keep_alive_s: float = 0.0  # a model idle this long is unloaded (cortex_gateway.keep_alive); 0: never
+    prefix_map_entries: int = 100_000  # prefixes and session hints remembered (cortex_gateway.prefix_map); 0: off
+    affinity_margin: int = 4  # requests busier than the least busy node a prefix's node may be (affinity)
 
 
-# 0 means "off" (never unloaded for idleness), not "at once": >= 0, as a count where 0 means none.
-SCHEDULING_LIMITS = {"keep_alive_s": NON_NEGATIVE}
+# 0 means "off" (never unloaded for idleness; no prefix map) or "never busier" (the margin), not "at once":
+# >= 0, as a count where 0 means none.
+SCHEDULING_LIMITS = {"keep_alive_s": NON_NEGATIVE, "prefix_map_entries": NON_NEGATIVE,
+                     "affinity_margin": NON_NEGATIVE}
 
 
 @dataclass

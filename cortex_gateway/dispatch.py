@@ -24,6 +24,7 @@ from aiohttp import web
 from cortex_gateway.exchange import Dialect, Exchange, InferenceCall
 from cortex_gateway.fleet import Node
 from cortex_gateway.metrics import OBSERVED, RECORD, RequestRecord
+from cortex_gateway.prefix_map import RequestKeys
 from cortex_gateway.proxy import RetryElsewhere, fetch_json, open_upstream_stream
 from cortex_gateway.state import FLEET, LIFECYCLE, METRICS, SESSION
 from neuron.shared.errors import ApiError
@@ -51,16 +52,20 @@ async def _attempts(ex: Exchange) -> web.StreamResponse:
     """At most two tries: a node that fails before the first byte is dropped and the request goes elsewhere."""
     app, rec = ex.request.app, ex.record
     exclude: frozenset[str] = frozenset()
+    keys = RequestKeys(rec.model, ex.call.path, ex.call.body, ex.request.headers)  # read only if a choice needs them
     for attempt in (0, 1):
         try:
-            node = await place(ex, exclude)
+            node = await place(ex, exclude, keys)
         except ApiError as err:
             return await ex.fail(err)
         rec.placed(node.name)
         if attempt == 0:
             app[METRICS].observe_wait(rec.label, time.perf_counter() - rec.started)
         try:
-            return await _forward(ex, node)
+            response = await _forward(ex, node)
+            if rec.status == 200:
+                app[LIFECYCLE].served(keys, node.name)
+            return response
         except ApiError as err:  # the node's answer will not come (a non-streaming answer past its timeout)
             return await ex.fail(err)
         except RetryElsewhere as exc:
@@ -75,11 +80,12 @@ async def _attempts(ex: Exchange) -> web.StreamResponse:
     raise AssertionError("unreachable")
 
 
-async def place(ex: Exchange, exclude: frozenset[str]) -> Node:
-    """The node the request goes to, `exclude` aside: one with the model loaded, else a cold load first
-    (with keep-alives for a stream while it runs)."""
+async def place(ex: Exchange, exclude: frozenset[str], keys: RequestKeys | None = None) -> Node:
+    """The node the request goes to, `exclude` aside: one with the model loaded (the one likely to hold
+    its prefix, by `keys`, when several have it), else a cold load first (with keep-alives for a stream
+    while it runs)."""
     lifecycle, model = ex.request.app[LIFECYCLE], ex.record.model
-    node = lifecycle.loaded_node(model, exclude)
+    node = lifecycle.loaded_node(model, exclude, keys)
     if node is not None:
         return node
     if ex.call.path != "/v1/embeddings" and lifecycle.embedding_only(model):  # refused before loading it

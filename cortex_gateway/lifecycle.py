@@ -16,7 +16,8 @@ from cortex_gateway.fleet import Fleet, Node
 from cortex_gateway.learned_memory import LearnedMemoryStore, key_for_placing, key_of_loaded
 from cortex_gateway.load_failures import LoadFailures, cannot_load, catalog_version, gives_up, is_permanent
 from cortex_gateway.metrics import GatewayMetrics
-from cortex_gateway.router import NodeView, loading_on, next_victim, plan_cold_load, route_loaded
+from cortex_gateway.prefix_map import PrefixMap, RequestKeys
+from cortex_gateway.router import Affinity, NodeView, choose_loaded, loading_on, next_victim, plan_cold_load
 from neuron.shared.client import NeuronError
 from neuron.shared.errors import ApiError
 from neuron.shared.protocol import ModelInfo, ModelKind, ModelState
@@ -37,6 +38,7 @@ class Lifecycle:
         self.pins: dict[str, set[str]] = {m: set(p.pinned_on) for m, p in config.models.items()}
         self._loads: dict[str, asyncio.Future] = {}
         self.load_failures = LoadFailures()  # cold loads that failed for good, not asked for again
+        self.prefixes = PrefixMap(config.scheduling.prefix_map_entries)  # what was sent where (affinity)
 
     # -- snapshot for the pure deciders ------------------------------------------
     def view(self, node: Node, refused: frozenset[str] = frozenset()) -> NodeView:
@@ -102,10 +104,13 @@ class Lifecycle:
         return kinds == {ModelKind.EMBEDDING}
 
     # -- requests ------------------------------------------------------------------
-    def loaded_node(self, model: str, exclude: frozenset[str] = frozenset()) -> Node | None:
+    def loaded_node(self, model: str, exclude: frozenset[str] = frozenset(),
+                    keys: RequestKeys | None = None) -> Node | None:
         """The hot path: a node that has `model` loaded, decided without awaiting anything.
 
         Only nodes holding the model are looked at, so the cost does not grow with the fleet's catalog.
+        The request's `keys` are read (its body parsed) only when two or more nodes have it loaded: with
+        one there is nothing to choose, and the body passes through unread.
         """
         views = []
         for node in self.fleet.nodes.values():
@@ -113,8 +118,21 @@ class Lifecycle:
                 # For choosing among nodes a seconds-old hint of others' load is good enough.
                 busy = self.fleet.usage_of(node.name, model).in_flight + node.polled_load(model)
                 views.append(NodeView(node.name, True, 0.0, {model: 0.0}, busy={model: busy}))
-        name = route_loaded(model, views, exclude)
-        return None if name is None else self.fleet.nodes[name]
+        affinity = None
+        if keys is not None and len(views) >= 2 and self.prefixes.enabled:
+            affinity = Affinity(self.prefixes.depths(keys.prefix), self.prefixes.hinted(keys.hints),
+                                self.config.scheduling.affinity_margin)
+        choice = choose_loaded(model, views, exclude, affinity)
+        if choice is None:
+            return None
+        if affinity is not None:
+            log.debug("routing %s to %s: %s", model, choice.node, choice.reason)
+        return self.fleet.nodes[choice.node]
+
+    def served(self, keys: RequestKeys, node: str) -> None:
+        """`node` answered the request: remember its prefix and hints there, if they were read at all."""
+        if keys.parsed and self.prefixes.enabled:
+            self.prefixes.record(keys.prefix + keys.hints, node)
 
     async def node_for(self, model: str, exclude: frozenset[str] = frozenset()) -> Node:
         """A healthy node with `model` loaded, cold-loading it if needed."""

@@ -1,6 +1,8 @@
 """Where a request goes: pure functions of a fleet snapshot, no I/O.
 
-A loaded model goes to the least busy healthy node that has it. A model loaded
+A loaded model goes to the least busy healthy node that has it, or, given what the prefix map knows
+(`Affinity`), to the one likely to hold the request's prefix unless it is busier by more than a margin
+(`cortex_gateway.affinity`). A model loaded
 nowhere gets a cold-load plan: the candidate nodes in order (nodes its profile
 names first, then nodes that hold it locally, then nodes where it fits without
 evicting, then by free memory),
@@ -11,6 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from cortex_gateway.affinity import Choice, pick
 from cortex_gateway.evictor import Resident, choose_victims, eviction_order
 
 
@@ -33,12 +36,29 @@ class LoadPlan:
     evict: tuple[str, ...] = ()
 
 
-def route_loaded(model: str, nodes: list[NodeView], exclude: frozenset[str] = frozenset()) -> str | None:
-    """The least busy healthy node where `model` is loaded, or None."""
-    have = [n for n in nodes if n.healthy and model in n.loaded and n.name not in exclude]
-    if not have:
-        return None
-    return min(have, key=lambda n: (n.busy.get(model, 0), n.name)).name
+@dataclass(frozen=True)
+class Affinity:
+    """What the prefix map knows of one request: per node its deepest matching block, its hint's node."""
+
+    depths: dict[str, int]
+    hinted: str | None
+    margin: int  # [scheduling] affinity_margin
+
+
+def route_loaded(model: str, nodes: list[NodeView], exclude: frozenset[str] = frozenset(),
+                 affinity: Affinity | None = None) -> str | None:
+    """The healthy node where `model` is loaded that should serve the request, or None."""
+    choice = choose_loaded(model, nodes, exclude, affinity)
+    return None if choice is None else choice.node
+
+
+def choose_loaded(model: str, nodes: list[NodeView], exclude: frozenset[str] = frozenset(),
+                  affinity: Affinity | None = None) -> Choice | None:
+    """As `route_loaded`, with the reason: without `affinity`, the least busy."""
+    busy = {n.name: n.busy.get(model, 0) for n in nodes if n.healthy and model in n.loaded and n.name not in exclude}
+    if affinity is None:
+        return pick(busy, {}, None, 0)
+    return pick(busy, affinity.depths, affinity.hinted, affinity.margin)
 
 
 def loading_on(model: str, nodes: list[NodeView]) -> str | None:
