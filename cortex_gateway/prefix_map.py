@@ -35,6 +35,8 @@ import orjson
 CHUNK_CHARS = 256  # a completion prompt's block: small enough to match a shared preamble, large enough to be cheap
 SESSION_HEADER = "X-Session-ID"
 _HINT_FIELDS = ("prompt_cache_key", "user")  # most specific first
+# Generating routes only: a token count or an embedding leaves no prompt in a cache worth following.
+PREFIX_PATHS = ("/v1/chat/completions", "/v1/completions")
 
 
 def _digest(prev: bytes, block: bytes) -> bytes:
@@ -116,11 +118,11 @@ class RequestKeys:
 
     @cached_property
     def prefix(self) -> list[int]:
-        return request_prefix(self._path, self._data, self._seed)
+        return request_prefix(self._path, self._data, self._seed) if self._path in PREFIX_PATHS else []
 
     @cached_property
     def hints(self) -> list[int]:
-        return request_hints(self._data, self._headers, self._seed)
+        return request_hints(self._data, self._headers, self._seed) if self._path in PREFIX_PATHS else []
 
     @cached_property
     def _seed(self) -> bytes:

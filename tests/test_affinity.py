@@ -117,7 +117,10 @@ def test_the_map_is_bounded_and_drops_the_least_lately_seen():
 
 def test_bodies_that_are_not_chat_give_no_keys():
     assert keys(b"not json").prefix == [] and keys(b"[1, 2]").hints == []
-    assert keys(orjson.dumps({"input": "x"}), "/v1/embeddings").prefix == []
+    embedding = keys(orjson.dumps({"input": "x", "user": "u"}), "/v1/embeddings")
+    count = keys(chat("x", user="u"), "/tokenize")  # Anthropic's count_tokens
+    assert embedding.prefix == embedding.hints == count.prefix == count.hints == []
+    assert not embedding.parsed and not count.parsed, "nothing cached there to follow: not even parsed"
 
 
 def lifecycle_over(nodes: dict[str, int], **scheduling) -> Lifecycle:
