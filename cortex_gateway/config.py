@@ -64,6 +64,10 @@ class ModelProfile:
     engine_args: list[str] = field(default_factory=list)  # for an external engine backend (llama-server, vllm...)
     # Unloaded after this long without a request through the gateway; 0: never for idleness; None: [scheduling]'s.
     keep_alive_s: float | None = None
+    # Nodes the model may be loaded on at once (cortex_gateway.replicas): more are added under a deep queue,
+    # up to max_replicas; min_replicas are kept loaded (pre-warmed). 1 and 0: one node, loaded on demand.
+    max_replicas: int = 1
+    min_replicas: int = 0
 
     @property
     def load_target(self) -> str:
@@ -88,12 +92,15 @@ class Scheduling:
     keep_alive_s: float = 0.0  # a model idle this long is unloaded (cortex_gateway.keep_alive); 0: never
     prefix_map_entries: int = 100_000  # prefixes and session hints remembered (cortex_gateway.prefix_map); 0: off
     affinity_margin: int = 4  # requests busier than the least busy node a prefix's node may be (affinity)
+    scale_out_queue: int = 4  # requests waiting per replica, beyond its slots, that add a replica (replicas)
+    replica_idle_s: float = 300.0  # an extra replica idle this long is unloaded (cortex_gateway.replicas)
 
 
 # 0 means "off" (never unloaded for idleness; no prefix map) or "never busier" (the margin), not "at once":
 # >= 0, as a count where 0 means none.
 SCHEDULING_LIMITS = {"keep_alive_s": NON_NEGATIVE, "prefix_map_entries": NON_NEGATIVE,
-                     "affinity_margin": NON_NEGATIVE}
+                     "affinity_margin": NON_NEGATIVE, "scale_out_queue": AT_LEAST_ONE, "replica_idle_s": POSITIVE}
+REPLICA_LIMITS = {"max_replicas": {"minimum": 1, "maximum": 1024}, "min_replicas": {"minimum": 0, "maximum": 1024}}
 
 
 @dataclass
@@ -305,8 +312,17 @@ def _profile(item: Section) -> ModelProfile:
         pinned_on=item.opt_list("pinned_on", "a list of node names"), priority=item.opt_int("priority", 100),
         devices=item.opt_list("devices", "a list of device indices", item=(int, str)),
         context_size=item.opt_int("context_size", **CONTEXT_SIZE), engine_args=engine_args,
-        keep_alive_s=item.opt_float("keep_alive_s", **SCHEDULING_LIMITS["keep_alive_s"]),
+        keep_alive_s=item.opt_float("keep_alive_s", **SCHEDULING_LIMITS["keep_alive_s"]), **_replicas(item),
     )
+
+
+def _replicas(item: Section) -> dict[str, int]:
+    """`max_replicas` and `min_replicas`, the floor no higher than the ceiling."""
+    counts = item.numbers(REPLICA_LIMITS, ModelProfile(""))
+    if counts["min_replicas"] > counts["max_replicas"]:
+        raise ConfigError(f"{item.at('min_replicas')}: {counts['min_replicas']} is more than max_replicas "
+                          f"({counts['max_replicas']}); lower it or raise max_replicas")
+    return counts
 
 
 def set_pin(models_path: Path, model_id: str, node: str, pinned: bool) -> None:

@@ -1,0 +1,160 @@
+"""Replicas: when to load a model on one more node, which replicas to keep, which to unload. Pure: functions
+of a fleet snapshot (`router.NodeView`), no I/O, as the router and evictor are; `cortex_gateway.scaler`
+carries the decisions out.
+
+A replica is a healthy node taking requests with the model loaded. The ceiling and floor are the model's
+`max_replicas` and `min_replicas` (models.toml); a model without a profile, or with the defaults (1 and 0),
+is never touched here: it is loaded on demand and evicted for room, as it always was.
+
+- Scale out: the model's requests waiting for a slot (across its replicas) reach `scale_out_queue` per
+  replica, and it has fewer than `max_replicas`: one more node, chosen as a cold load would be
+  (`router.plan_cold_load`, the nodes that hold it left out), but only one where it fits with NO eviction.
+  A replica is an optimisation of a model already served; evicting another model for it, even an idle one,
+  would buy it with someone else's cold start (and the keep-alive frees idle models anyway).
+- Restore: a model below `min_replicas` gets one more node per round, on the same terms (pre-warmed at
+  start, restored after a node comes back).
+- Scale in: of a model allowed more than one replica, the replicas beyond max(1, min_replicas) idle for
+  `replica_idle_s` are unloaded, the least lately used first: never the last one, never a pinned or busy one.
+
+One load of a model at a time: a model being loaded anywhere (or by the gateway, `pending`) gets no other.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from typing import NamedTuple
+
+from cortex_gateway.router import NodeView, plan_cold_load
+
+
+class Bounds(NamedTuple):
+    """A model's `min_replicas` and `max_replicas`."""
+
+    min: int = 0
+    max: int = 1
+
+
+@dataclass(frozen=True)
+class ReplicaLoad:
+    """Load `model` on `node`, for `reason`: "queue" (scale out) or "min_replicas" (restore)."""
+
+    model: str
+    node: str
+    reason: str
+    waiting: int = 0  # the requests waiting for a slot that asked for it (scale out)
+
+
+@dataclass(frozen=True)
+class ReplicaUnload:
+    """Unload `model` from `node`, an extra replica idle for `idle_s`."""
+
+    model: str
+    node: str
+    idle_s: float
+
+
+@dataclass(frozen=True)
+class Placement:
+    """What a cold-load plan needs beyond the model and the snapshot (`router.plan_cold_load`'s arguments)."""
+
+    strategy: str = "lru"
+    pinned: dict[str, set[str]] = field(default_factory=dict)
+    priorities: dict[str, int] = field(default_factory=dict)
+    preferred: dict[str, list[str]] = field(default_factory=dict)  # model -> its profile's pinned_on
+    anywhere: frozenset[str] = frozenset()  # models a profile loads by path or hub source
+
+    def fitting(self, model: str, snapshot: list[NodeView]) -> str | None:
+        """The best node without the model (loaded or loading) where it fits with nothing evicted, or None."""
+        plans = plan_cold_load(model, snapshot, strategy=self.strategy, preferred=self.preferred.get(model, []),
+                               loadable_anywhere=model in self.anywhere, pinned=self.pinned,
+                               priorities=self.priorities, exclude=holding(model, snapshot))
+        return next((p.node for p in plans if not p.evict), None)
+
+
+def replicas(model: str, snapshot: list[NodeView]) -> list[NodeView]:
+    """The nodes serving `model`: healthy (taking requests) with it loaded."""
+    return [v for v in snapshot if v.healthy and model in v.loaded]
+
+
+def holding(model: str, snapshot: list[NodeView]) -> frozenset[str]:
+    """The nodes that have `model` loaded or loading, healthy or not: none of them is asked to load it again."""
+    return frozenset(v.name for v in snapshot if model in v.loaded or model in v.loading)
+
+
+def waiting_on(in_flight: int, slots: int, queued: int) -> int:
+    """One replica's requests waiting for a slot: the gateway's in flight there beyond the model's slots (0
+    slots: not reported), or what the node last said it queued (requests from elsewhere too), if more."""
+    beyond = in_flight - slots if slots else 0
+    return max(beyond, queued, 0)
+
+
+def scale_out(model: str, snapshot: list[NodeView], waiting: dict[str, int], bounds: Bounds, per_replica: int,
+              placement: Placement) -> ReplicaLoad | None:
+    """One more replica of `model` when its replicas' waiting requests (`waiting`: node -> count) reach
+    `per_replica` each, below the ceiling, with no load of it under way; None otherwise or when none fits."""
+    serving = replicas(model, snapshot)
+    if not serving or len(serving) >= bounds.max or _loading(model, snapshot):
+        return None
+    queued = sum(waiting.get(v.name, 0) for v in serving)
+    if queued < per_replica * len(serving):
+        return None
+    node = placement.fitting(model, snapshot)
+    return None if node is None else ReplicaLoad(model, node, "queue", queued)
+
+
+def scale_outs(snapshot: list[NodeView], waiting: dict[str, dict[str, int]], bounds: dict[str, Bounds],
+               per_replica: int, placement: Placement, pending: frozenset[str] = frozenset()) -> list[ReplicaLoad]:
+    """`scale_out` for every model with waiting requests, the memory each takes reserved before the next."""
+    out = []
+    for model in sorted(waiting):
+        if model in pending:
+            continue
+        decision = scale_out(model, snapshot, waiting[model], bounds.get(model, Bounds()), per_replica, placement)
+        if decision is not None:
+            out.append(decision)
+            snapshot = reserve(snapshot, decision)
+    return out
+
+
+def restore_min(snapshot: list[NodeView], bounds: dict[str, Bounds], placement: Placement,
+                pending: frozenset[str] = frozenset()) -> list[ReplicaLoad]:
+    """One more node for each model below its `min_replicas` (none when a load of it is under way)."""
+    out = []
+    for model in sorted(bounds):
+        short = len(replicas(model, snapshot)) < bounds[model].min
+        if not short or model in pending or _loading(model, snapshot):
+            continue
+        node = placement.fitting(model, snapshot)
+        if node is not None:
+            out.append(ReplicaLoad(model, node, "min_replicas"))
+            snapshot = reserve(snapshot, out[-1])
+    return out
+
+
+def scale_in(snapshot: list[NodeView], bounds: dict[str, Bounds], pinned: dict[str, set[str]], idle_s: float,
+             now: float) -> list[ReplicaUnload]:
+    """The extra replicas to unload: of models allowed more than one, beyond max(1, min_replicas), idle for
+    `idle_s` (nothing in flight, last used that long ago), not pinned there; the least lately used first."""
+    out = []
+    for model in sorted(bounds):
+        if bounds[model].max <= 1:
+            continue
+        serving = replicas(model, snapshot)
+        spare = len(serving) - max(1, bounds[model].min)
+        idle = [v for v in serving if not v.busy.get(model, 0) and v.name not in pinned.get(model, ())
+                and now - v.last_used.get(model, 0.0) >= idle_s]
+        idle.sort(key=lambda v: (v.last_used.get(model, 0.0), v.name))
+        out += [ReplicaUnload(model, v.name, now - v.last_used.get(model, 0.0)) for v in idle[:max(spare, 0)]]
+    return out
+
+
+def reserve(snapshot: list[NodeView], decision: ReplicaLoad) -> list[NodeView]:
+    """The snapshot as it will be once `decision` starts: the model loading there, its memory taken."""
+    def after(v: NodeView) -> NodeView:
+        need = v.available.get(decision.model, 0.0)
+        return replace(v, free_mb=v.free_mb - need, loading=v.loading | {decision.model})
+    return [after(v) if v.name == decision.node else v for v in snapshot]
+
+
+def _loading(model: str, snapshot: list[NodeView]) -> bool:
+    return any(model in v.loading for v in snapshot)
