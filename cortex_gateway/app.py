@@ -21,6 +21,7 @@ from cortex_gateway.lifecycle import Lifecycle
 from cortex_gateway.metrics import RECORD, GatewayMetrics, count_refusals
 from cortex_gateway.responses import routes as responses_routes
 from cortex_gateway.responses.store import ResponseStore
+from cortex_gateway.scaler import Replicas
 from cortex_gateway.state import FLEET, KEEPALIVE_S, LIFECYCLE, METRICS, RESPONSE_STORE, SESSION
 from neuron.shared import request_context
 from neuron.shared.errors import error_middleware
@@ -83,12 +84,15 @@ def _fleet_ctx(config: GatewayConfig, given: aiohttp.ClientSession | None):
         fleet = Fleet(config.neurons, control, down_after=config.down_after, poll_timeout=config.poll_timeout_s)
         app[SESSION], app[FLEET] = relays, fleet
         app[LIFECYCLE] = Lifecycle(config, fleet, app[METRICS], LearnedMemoryStore.in_dir(config.state_dir))
-        app[METRICS].watch_fleet(fleet, lambda: catalog_routes.catalog(fleet, app[LIFECYCLE]), config.strategy)
+        replicas = Replicas(app[LIFECYCLE])
+        app[METRICS].watch_fleet(fleet, lambda: catalog_routes.catalog(fleet, app[LIFECYCLE]), config.strategy,
+                                 frozenset(replicas.bounds))
         await fleet.poll_all()
         tasks = [asyncio.create_task(fleet.run_poller(config.poll_interval_s))]
-        keep_alive = KeepAlive(app[LIFECYCLE])
-        if keep_alive.interval is not None:  # no model has a keep-alive: no rounds at all
-            tasks.append(asyncio.create_task(keep_alive.run(keep_alive.interval)))
+        # Rounds beside the poller, each only when some model needs them: keep-alive, replicas.
+        for rounds in (KeepAlive(app[LIFECYCLE]), replicas):
+            if rounds.interval is not None:
+                tasks.append(asyncio.create_task(rounds.run(rounds.interval)))
         yield
         for task in tasks:
             task.cancel()

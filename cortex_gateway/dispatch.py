@@ -87,6 +87,7 @@ async def place(ex: Exchange, exclude: frozenset[str], keys: RequestKeys | None 
     lifecycle, model = ex.request.app[LIFECYCLE], ex.record.model
     node = lifecycle.loaded_node(model, exclude, keys)
     if node is not None:
+        lifecycle.on_demand(model, node)  # a deep queue there wakes the replica rounds (cortex_gateway.scaler)
         return node
     if ex.call.path != "/v1/embeddings" and lifecycle.embedding_only(model):  # refused before loading it
         raise ApiError(400, "invalid_request_error", f"model {model!r} is an embedding model: it serves "

@@ -6,8 +6,9 @@ carries its decisions out, a round at a time, from a task the app starts beside 
 Idle is measured from the gateway's own last use of the model on that node (`Fleet.usage_of(...)`,
 exact, unlike a polled figure) and needs none of its requests in flight there. A model the gateway
 never used (loaded before it started, or behind its back) counts from when the gateway first saw it
-loaded, not from 1970. Requests from elsewhere (another gateway, a direct client) the gateway cannot
-see: the node's `if_idle` refuses to unload a model busy with them, and the next round asks again.
+loaded, not from 1970. A model is not unloaded below its `min_replicas` (cortex_gateway.replicas), which
+would load it again at the next round. Requests from elsewhere (another gateway, a direct client) the
+gateway cannot see: the node's `if_idle` refuses to unload a model busy with them, and the next round asks again.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 from cortex_gateway.lifecycle import Lifecycle
+from cortex_gateway.replicas import above_floor
 from cortex_gateway.router import NodeView
 from neuron.shared.client import NeuronError
 
@@ -86,6 +88,7 @@ class KeepAlive:
         scheduling, models = lifecycle.config.scheduling, lifecycle.config.models
         self.default = scheduling.keep_alive_s
         self.keep_alive = {m: p.keep_alive_s for m, p in models.items()}
+        self.floors = {m: p.min_replicas for m, p in models.items() if p.min_replicas}  # never below these
         self.seen: Seen = {}
 
     @property
@@ -94,17 +97,18 @@ class KeepAlive:
 
     def due(self, snapshot: list[NodeView]) -> list[IdleUnload]:
         now = self.now()
-        return idle_unloads(idle_from(snapshot, self.seen), self.keep_alive, self.default, self.lifecycle.pins, now)
+        due = idle_unloads(idle_from(snapshot, self.seen), self.keep_alive, self.default, self.lifecycle.pins, now)
+        return above_floor(due, snapshot, self.floors)
 
     async def round(self) -> None:
-        """Unload what is due. Each decision is taken again on a fresh view of its node just before it is
-        carried out: the unloads before it awaited, and a request may have started meanwhile."""
+        """Unload what is due. Each decision is taken again on a fresh snapshot just before it is carried
+        out: the unloads before it awaited, and a request may have started meanwhile."""
         snapshot = self.lifecycle.snapshot()
         self.seen = first_seen(snapshot, self.seen, self.now())
         for decision in self.due(snapshot):
-            node = self.lifecycle.fleet.nodes[decision.node]
-            again = self.due([self.lifecycle.view(node)])
-            if any(d.model == decision.model for d in again):
+            # The whole fleet again, not the one node: a floor counts the model's replicas everywhere.
+            again = self.due(self.lifecycle.snapshot())
+            if any((d.node, d.model) == (decision.node, decision.model) for d in again):
                 await self._unload(decision)
 
     async def _unload(self, decision: IdleUnload) -> None:

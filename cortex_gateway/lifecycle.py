@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 
 from cortex_gateway.config import GatewayConfig
 from cortex_gateway.errors import no_capacity, unknown_model
@@ -39,6 +40,8 @@ class Lifecycle:
         self._loads: dict[str, asyncio.Future] = {}
         self.load_failures = LoadFailures()  # cold loads that failed for good, not asked for again
         self.prefixes = PrefixMap(config.scheduling.prefix_map_entries)  # what was sent where (affinity)
+        # A request is being placed on a node that has its model loaded (cortex_gateway.scaler wakes on it).
+        self.on_demand: Callable[[str, Node], None] = lambda model, node: None
 
     # -- snapshot for the pure deciders ------------------------------------------
     def view(self, node: Node, refused: frozenset[str] = frozenset()) -> NodeView:
@@ -102,6 +105,10 @@ class Lifecycle:
             if model in node.available:
                 kinds.add(node.available[model].kind)
         return kinds == {ModelKind.EMBEDDING}
+
+    def loads_pending(self) -> set[str]:
+        """Models a request's cold load is under way for."""
+        return set(self._loads)
 
     # -- requests ------------------------------------------------------------------
     def loaded_node(self, model: str, exclude: frozenset[str] = frozenset(),

@@ -28,6 +28,9 @@ ENDPOINTS = {"/v1/chat/completions": "chat", "/v1/completions": "completions", "
 NO_OUTPUT = frozenset({"count_tokens"})
 # Why the gateway unloads a model other than to make room: idle past its keep-alive (cortex_gateway.keep_alive).
 UNLOAD_REASONS = ("keep_alive",)
+# Replicas the gateway adds or removes (cortex_gateway.scaler), as (direction, reason): a deep queue, a floor
+# restored, an extra replica idle.
+SCALE_EVENTS = (("out", "queue"), ("out", "min_replicas"), ("in", "idle"))
 _REFUSAL_TYPES = {401: "authentication_error", 403: "permission_error", 408: "request_timeout",
                   413: "request_too_large", 429: "rate_limit_error"}
 
@@ -124,6 +127,8 @@ class GatewayMetrics:
         # Unloads the gateway decides for a reason other than room (evictions count those): UNLOAD_REASONS.
         self.unloads = Counter("cortex_unloads", "Models unloaded by the gateway, not to make room",
                                [*labels, "reason"], registry=r)
+        self.scale_events = Counter("cortex_scale_events", "Replicas added or removed by the gateway",
+                                    ["model", "direction", "reason"], registry=r)
         self.queue_wait = Histogram("cortex_queue_wait_seconds", "Time a request waited for its model",
                                     ["model"], buckets=LATENCY_BUCKETS, registry=r)
         self.retries = Counter("cortex_retries", "Requests retried on another node", ["model"], registry=r)
@@ -131,6 +136,7 @@ class GatewayMetrics:
         self.recent = RecentStats()
         self._catalog: Callable[[], list[dict]] = list  # set by watch_fleet
         self._strategy = "lru"
+        self._replicated: frozenset[str] = frozenset()  # models whose replicas the gateway manages
         self._children: dict[tuple, object] = {}
         self._series: dict[tuple[str, str], _Series] = {}
 
@@ -183,11 +189,13 @@ class GatewayMetrics:
         self.child(self.requests, UNKNOWN, "none", endpoint, str(status)).inc()
         self.child(self.errors, UNKNOWN, "none", _REFUSAL_TYPES.get(status, "invalid_request_error")).inc()
 
-    def watch_fleet(self, fleet, catalog: Callable[[], list[dict]] = list, strategy: str = "lru") -> None:
+    def watch_fleet(self, fleet, catalog: Callable[[], list[dict]] = list, strategy: str = "lru",
+                    replicated: frozenset[str] = frozenset()) -> None:
         """Gauges of the fleet read at scrape time. `catalog` lists the models the gateway offers
-        (`cortex_gateway.catalog_routes.catalog`), for the healthy nodes each has and the zero series below."""
+        (`cortex_gateway.catalog_routes.catalog`), for the healthy nodes each has and the zero series below;
+        `replicated`, the models with replicas to manage (`max_replicas` > 1 or a `min_replicas`)."""
         self.registry.register(_FleetCollector(fleet, catalog))
-        self._catalog, self._strategy = catalog, strategy
+        self._catalog, self._strategy, self._replicated = catalog, strategy, replicated
 
     def render(self) -> bytes:
         self._zero_rare_events()
@@ -208,6 +216,9 @@ class GatewayMetrics:
                 self.child(self.evictions, model, node, self._strategy)
                 for reason in UNLOAD_REASONS:
                     self.child(self.unloads, model, node, reason)
+        for model in self._replicated:
+            for direction, reason in SCALE_EVENTS:
+                self.child(self.scale_events, model, direction, reason)
 
 
 class _Series:
@@ -249,7 +260,16 @@ class _FleetCollector:
                 used.add_metric([node.name, dev.id], dev.used_mb * MIB)
                 free.add_metric([node.name, dev.id], dev.free_mb * MIB)
                 total.add_metric([node.name, dev.id], dev.total_mb * MIB)
-        yield from (up, draining, loaded, in_flight, used, free, total, self._healthy_nodes())
+        yield from (up, draining, loaded, in_flight, used, free, total, self._healthy_nodes(), self._replicas())
+
+    def _replicas(self) -> GaugeMetricFamily:
+        """Per catalog model (aliases left out), the nodes taking requests that have it loaded: its replicas."""
+        gauge = GaugeMetricFamily("cortex_replicas", "Nodes taking requests (healthy, not draining) with the model "
+                                  "loaded", labels=["model"])
+        for entry in self.catalog():
+            if "alias_of" not in entry:
+                gauge.add_metric([entry["id"]], sum(1 for n in entry["loaded_on"] if self.fleet.nodes[n].accepting))
+        return gauge
 
     def _healthy_nodes(self) -> GaugeMetricFamily:
         """Per catalog model (aliases left out: they name another's nodes), the nodes taking requests (healthy,

@@ -148,6 +148,22 @@ def scale_in(snapshot: list[NodeView], bounds: dict[str, Bounds], pinned: dict[s
     return out
 
 
+def above_floor(unloads: list, snapshot: list[NodeView], floors: dict[str, int]) -> list:
+    """Of `unloads` (anything with `model` and `node`: the keep-alive's too), those that leave each model at
+    least its `min_replicas` replicas, in order: an idle model's floor outranks its keep-alive, or the
+    keep-alive would unload what the next round restores."""
+    left = {m: len(replicas(m, snapshot)) for m in floors}
+    out = []
+    for unload in unloads:
+        floor = floors.get(unload.model, 0)
+        if floor and left[unload.model] <= floor:
+            continue
+        if floor:
+            left[unload.model] -= 1
+        out.append(unload)
+    return out
+
+
 def reserve(snapshot: list[NodeView], decision: ReplicaLoad) -> list[NodeView]:
     """The snapshot as it will be once `decision` starts: the model loading there, its memory taken."""
     def after(v: NodeView) -> NodeView:

@@ -10,12 +10,17 @@ import re
 
 import pytest
 
-from cortex_gateway.config import ConfigError, load_config
+from cortex_gateway import catalog_routes
+from cortex_gateway.config import ConfigError, GatewayConfig, ModelProfile, NeuronSpec, load_config
+from cortex_gateway.fleet import Fleet
+from cortex_gateway.lifecycle import Lifecycle
+from cortex_gateway.metrics import GatewayMetrics
 from cortex_gateway.replicas import (
     Bounds,
     Placement,
     ReplicaLoad,
     ReplicaUnload,
+    above_floor,
     holding,
     replicas,
     reserve,
@@ -26,6 +31,9 @@ from cortex_gateway.replicas import (
     waiting_on,
 )
 from cortex_gateway.router import NodeView
+from cortex_gateway.scaler import Replicas
+from neuron.shared.protocol import ModelInfo
+from tests.test_metric_names import by, samples
 
 NOW = 1000.0
 TWO = Bounds(0, 2)
@@ -142,6 +150,19 @@ def test_scale_in(snapshot, bounds, pinned, expected):
     assert all(isinstance(d, ReplicaUnload) and d.idle_s >= 60 for d in got)
 
 
+@pytest.mark.parametrize("unloads, floors, expected", [
+    ([("n1", "a"), ("n2", "a")], {}, [("n1", "a"), ("n2", "a")]),  # no floor: all of them
+    ([("n1", "a"), ("n2", "a")], {"a": 1}, [("n1", "a")]),  # one of two, in order: the last stays
+    ([("n1", "a"), ("n2", "a")], {"a": 2}, []),
+    ([("n1", "a"), ("n1", "b")], {"a": 1}, [("n1", "a"), ("n1", "b")]),  # b has no floor; a has two replicas
+])
+def test_above_floor(unloads, floors, expected):
+    """The keep-alive's unloads never take a model below its min_replicas (a and b on n1, a on n2 too)."""
+    snapshot = [N("n1", loaded=("a", "b")), N("n2", loaded="a")]
+    got = above_floor([ReplicaUnload(m, n, 99.0) for n, m in unloads], snapshot, floors)
+    assert [(d.node, d.model) for d in got] == expected
+
+
 def test_holding_replicas_and_reserve():
     snapshot = [N("n1", loaded="a"), N("n2", loading="a"), N("n3", loaded="a", healthy=False), N("n4")]
     assert holding("a", snapshot) == {"n1", "n2", "n3"}
@@ -181,3 +202,25 @@ def test_keys_are_read(tmp_path):
 def test_bad_keys_are_refused_by_name(tmp_path, scheduling, models, message):
     with pytest.raises(ConfigError, match=re.escape(message)):
         load_config(write(tmp_path, scheduling, models))
+
+
+# -- metrics --------------------------------------------------------------------------------------------
+def test_replicas_gauge_and_zero_scale_series():
+    """cortex_replicas counts the nodes taking requests with the model loaded; the scale events of a model
+    with replicas to manage exist at 0 before the first, and no other model gets them."""
+    specs = [NeuronSpec(n, f"http://127.0.0.1:{9 + i}") for i, n in enumerate(("n1", "n2", "n3"))]
+    fleet = Fleet(specs, session=None)
+    for name in ("n1", "n2", "n3"):
+        fleet.nodes[name].healthy = True
+        fleet.nodes[name].models = {"a": ModelInfo("a"), "b": ModelInfo("b")} if name != "n3" else {}
+    fleet.nodes["n2"].draining = True
+    config = GatewayConfig(neurons=specs, models={"a": ModelProfile("a", max_replicas=3)})
+    metrics = GatewayMetrics()
+    lifecycle = Lifecycle(config, fleet, metrics)
+    scaler = Replicas(lifecycle)
+    metrics.watch_fleet(fleet, lambda: catalog_routes.catalog(fleet, lifecycle), replicated=frozenset(scaler.bounds))
+    got = samples(metrics)
+    assert by(got["cortex_replicas"], "model") == {"a": 1, "b": 1}, "n2 is draining, n3 has neither"
+    scale = {(dict(k)["model"], dict(k)["direction"], dict(k)["reason"]): v
+             for k, v in got["cortex_scale_events_total"].items()}
+    assert scale == {("a", "out", "queue"): 0, ("a", "out", "min_replicas"): 0, ("a", "in", "idle"): 0}
