@@ -89,7 +89,9 @@ def test_a_deep_queue_adds_a_replica_that_serves_and_goes_when_idle(tmp_path, mo
         assert status == 200, body
         assert not loaded(neurons["n2"]), "one replica until the queue is deep"
         with deep_queue(gateway, neurons["n1"]):
-            wait_for(lambda: loaded(neurons["n2"]), timeout=PATIENCE, what="a replica loaded on n2")
+            # The event comes once the gateway has the load's answer (the neuron may list it a moment before).
+            wait_for(lambda: events(gateway, "scale_out"), timeout=PATIENCE, what="a replica added")
+            assert loaded(neurons["n2"])
             client(gateway.url).chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "x"}],
                                                         max_tokens=2)
             assert served(gateway, "n2") == 1, "the new replica, the least busy, serves the next request"
@@ -99,7 +101,8 @@ def test_a_deep_queue_adds_a_replica_that_serves_and_goes_when_idle(tmp_path, mo
         assert metric(gateway, f'cortex_scale_events_total{{direction="out",model="{MODEL}",reason="queue"}}') == 1
         # The load drops: the replica used less lately goes (n2's one request ended about when n1's streams
         # did, so either may be it), and the other remains.
-        wait_for(lambda: sum(map(loaded, neurons.values())) == 1, timeout=PATIENCE, what="one replica unloaded")
+        wait_for(lambda: events(gateway, "scale_in"), timeout=PATIENCE, what="one replica unloaded")
+        assert sum(map(loaded, neurons.values())) == 1
         [scaled_in] = events(gateway, "scale_in")
         assert not loaded(neurons[scaled_in["node"]]) and scaled_in["reason"] == "idle" and scaled_in["idle_s"] >= 3
         assert metric(gateway, f'cortex_scale_events_total{{direction="in",model="{MODEL}",reason="idle"}}') == 1
@@ -112,7 +115,8 @@ def test_min_replicas_are_prewarmed_and_restored_after_a_neuron_restarts(tmp_pat
         stack.callback(lambda: neuron.terminate())
         gateway = stack.enter_context(start_gateway(tmp_path, {"n1": neuron.url},
                                                     models_toml=f'[[models]]\nid = "{MODEL}"\nmin_replicas = 1\n'))
-        wait_for(lambda: loaded(neuron), timeout=PATIENCE, what="the floor pre-warmed at start")
+        wait_for(lambda: events(gateway, "restore"), timeout=PATIENCE, what="the floor pre-warmed at start")
+        assert loaded(neuron)
         neuron.terminate()
         neuron = start_neuron(tmp_path, models_dir, "--cpu-memory-mb", "4000", port=port)
         wait_for(lambda: loaded(neuron), timeout=PATIENCE, what="the floor restored on the restarted neuron")
