@@ -12,7 +12,7 @@ import asyncio
 import collections
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 import aiohttp
@@ -126,9 +126,15 @@ class Fleet:
 
     async def run_poller(self, interval: float) -> None:
         """Poll every `interval` seconds; the app polls once before serving, so this waits first."""
-        while True:
-            await asyncio.sleep(interval)
-            try:
-                await self.poll_all()
-            except Exception:  # noqa: BLE001 - the poller must outlive any one bad answer
-                log.exception("poll failed")
+        await every(interval, self.poll_all, "poll")
+
+
+async def every(interval: float, step: Callable[[], Awaitable[None]], what: str) -> None:
+    """`step` every `interval` seconds, first after one interval, until cancelled: the gateway's background
+    rounds (polls, keep-alive). One that fails is logged and the next one runs: they must outlive any bad answer."""
+    while True:
+        await asyncio.sleep(interval)
+        try:
+            await step()
+        except Exception:  # noqa: BLE001
+            log.exception("%s failed", what)

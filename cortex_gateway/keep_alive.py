@@ -13,23 +13,21 @@ gateway cannot see: the node's `if_idle` refuses to unload a model busy with the
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 
+from cortex_gateway.fleet import every
 from cortex_gateway.lifecycle import Lifecycle
 from cortex_gateway.replicas import above_floor
 from cortex_gateway.router import NodeView
-from neuron.shared.client import NeuronError
 
 log = logging.getLogger("cortex.gateway.keep_alive")
 Seen = dict[tuple[str, str], float]  # (node, model) -> when the gateway first saw it loaded there
 # A round every quarter of the shortest keep-alive: a model is unloaded within 1.25 times its keep-alive.
 WAKES_PER_KEEP_ALIVE = 4
 MIN_WAKE_S = 0.25  # however short a keep-alive, the rounds (a snapshot each, no I/O when nothing is due) stay rare
-NOT_UNLOADED = ("model_busy", "model_not_found")  # busy from elsewhere, or gone already: the next round sees
 
 
 @dataclass(frozen=True)
@@ -114,12 +112,7 @@ class KeepAlive:
     async def _unload(self, decision: IdleUnload) -> None:
         lifecycle = self.lifecycle
         node = lifecycle.fleet.nodes[decision.node]
-        try:
-            await lifecycle.unload(node, node.upstream_id(decision.model), if_idle=True)
-        except NeuronError as err:
-            level = logging.DEBUG if err.code in NOT_UNLOADED else logging.WARNING
-            log.log(level, "keep-alive unload of %s on %s not done (next round tries again): %s",
-                    decision.model, node.name, err.message)
+        if not await lifecycle.unload_if_idle(node, decision.model, "keep-alive unload"):
             return
         lifecycle.metrics.unloads.labels(decision.model, node.name, "keep_alive").inc()
         lifecycle.fleet.event("keep_alive_unload", node=node.name, model=decision.model,
@@ -127,9 +120,4 @@ class KeepAlive:
 
     async def run(self, interval: float) -> None:
         """A round every `interval` seconds until cancelled; one that fails is logged and the next one runs."""
-        while True:
-            await asyncio.sleep(interval)
-            try:
-                await self.round()
-            except Exception:  # noqa: BLE001 - the rounds must outlive any one bad answer
-                log.exception("keep-alive round failed")
+        await every(interval, self.round, "keep-alive round")

@@ -24,6 +24,7 @@ from neuron.shared.errors import ApiError
 from neuron.shared.protocol import ModelInfo, ModelKind, ModelState
 
 log = logging.getLogger("cortex.gateway.lifecycle")
+NOT_UNLOADED = ("model_busy", "model_not_found")  # busy from elsewhere, or gone already: the next round sees
 MAX_EXTRA_EVICTIONS = 8
 
 
@@ -317,3 +318,17 @@ class Lifecycle:
         node.models.pop(model, None)
         await self.fleet.poll_node(node)
         return result
+
+    async def unload_if_idle(self, node: Node, model: str, what: str) -> bool:
+        """Unload `model` (the gateway's name for it) unless the node says it is busy; False when not done.
+
+        A model busy from elsewhere, or already gone, is for the next round to see (logged at debug); any
+        other refusal is a warning. The rounds that unload (keep-alive, scale-in) all go through here."""
+        try:
+            await self.unload(node, node.upstream_id(model), if_idle=True)
+        except NeuronError as err:
+            level = logging.DEBUG if err.code in NOT_UNLOADED else logging.WARNING
+            log.log(level, "%s of %s on %s not done (next round tries again): %s", what, model, node.name,
+                    err.message)
+            return False
+        return True

@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable
 
 from cortex_gateway.fleet import Node
-from cortex_gateway.keep_alive import NOT_UNLOADED, first_seen, idle_from
+from cortex_gateway.keep_alive import first_seen, idle_from
 from cortex_gateway.lifecycle import Lifecycle
 from cortex_gateway.replicas import (
     Bounds,
@@ -144,12 +144,7 @@ class Replicas:
     async def _unload(self, decision: ReplicaUnload) -> None:
         lifecycle = self.lifecycle
         node = lifecycle.fleet.nodes[decision.node]
-        try:
-            await lifecycle.unload(node, node.upstream_id(decision.model), if_idle=True)
-        except NeuronError as err:
-            level = logging.DEBUG if err.code in NOT_UNLOADED else logging.WARNING
-            log.log(level, "scale-in of %s on %s not done (next round tries again): %s", decision.model,
-                    node.name, err.message)
+        if not await lifecycle.unload_if_idle(node, decision.model, "scale-in"):
             return
         lifecycle.metrics.scale_events.labels(decision.model, "in", "idle").inc()
         lifecycle.fleet.event("scale_in", node=node.name, model=decision.model, reason="idle",
