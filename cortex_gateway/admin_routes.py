@@ -12,7 +12,9 @@ from aiohttp import web
 from cortex_gateway.auth import admin_auth
 from cortex_gateway.catalog_routes import catalog
 from cortex_gateway.config import set_pin
-from cortex_gateway.fleet import Node
+from cortex_gateway.fleet import Fleet, Node
+from cortex_gateway.lifecycle import Lifecycle
+from cortex_gateway.scaler import waiting_at
 from cortex_gateway.state import FLEET, LIFECYCLE, METRICS
 from neuron.shared.client import NeuronError
 from neuron.shared.errors import ApiError, bad_request
@@ -39,6 +41,28 @@ def _node_status(node: Node, fleet) -> dict:
             "slots": {m.id: {"running": m.running, "slots": m.slots} for m in node.health.models if m.slots}}
 
 
+def _model_summaries(fleet: Fleet, lifecycle: Lifecycle) -> list[dict]:
+    """Per model loaded or loading anywhere: its replicas (nodes up with it loaded), where it is loading, its
+    floor and ceiling, and the gateway's in flight and waiting over its replicas, counted as the scaler counts
+    them (`scaler.waiting_at`), so that `cortex status` shows the figures a scale-out is decided on."""
+    held: dict[str, list[Node]] = {}
+    for node in fleet.nodes.values():
+        for model in node.models:
+            held.setdefault(model, []).append(node)
+    return [_model_summary(model, nodes, fleet, lifecycle) for model, nodes in sorted(held.items())]
+
+
+def _model_summary(model: str, nodes: list[Node], fleet: Fleet, lifecycle: Lifecycle) -> dict:
+    profile = lifecycle.config.models.get(model)
+    serving = [n for n in nodes if n.healthy and n.has_loaded(model)]
+    loading = [n.name for n in nodes if n.models[model].status.pending]
+    return {"id": model, "replicas": [n.name for n in serving], "loading": loading,
+            "min_replicas": profile.min_replicas if profile else 0,
+            "max_replicas": profile.max_replicas if profile else 1,
+            "in_flight": sum(fleet.usage_of(n.name, model).in_flight for n in nodes),
+            "waiting": sum(waiting_at(lifecycle, n, model) for n in serving)}
+
+
 async def status(request: web.Request) -> web.Response:
     """Everything the operator tools show; `?refresh=1` polls every node first (for progress displays)."""
     fleet, lifecycle = request.config_dict[FLEET], request.config_dict[LIFECYCLE]
@@ -50,6 +74,7 @@ async def status(request: web.Request) -> web.Response:
         "strategy": lifecycle.config.strategy,
         "stats": request.config_dict[METRICS].recent.all(),
         "events": list(fleet.events)[-50:],
+        "models": _model_summaries(fleet, lifecycle),
     })
 
 

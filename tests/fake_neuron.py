@@ -75,6 +75,7 @@ class FakeNeuron:
         # list to several fakes to fail whichever node the gateway happens to choose first.
         self.failures = failures if failures is not None else []
         self.reported_in_flight: dict[str, int] = {}  # /health reports this whatever is true: a stale poll
+        self.queue_depth: dict[str, int] = {}  # /health reports these requests queued (from other clients)
         self.busy: set[str] = set()  # an unload with if_idle is refused for these (409 model_busy)
         self.load_cue: Cue | None = None  # every load waits here
         self.stream_death: Cue | None = None  # the next stream waits here after two pieces, then dies
@@ -160,7 +161,8 @@ class FakeNeuron:
 
     async def _health(self, _request: web.Request) -> web.Response:
         models = [{"id": m, "status": "loaded", "in_flight": self.reported_in_flight.get(m, self.in_flight[m]),
-                   "queue_depth": 0, "decode_tps": 50.0, "memory_mb": mb} for m, mb in self.loaded.items()]
+                   "queue_depth": self.queue_depth.get(m, 0), "decode_tps": 50.0, "memory_mb": mb}
+                  for m, mb in self.loaded.items()]
         device = {"id": "cpu", "kind": "cpu", "total_mb": self.total_mb, "free_mb": self.free_mb,
                   "used_mb": self.total_mb - self.free_mb}
         return web.json_response({"status": "ok", "name": self.name, "uptime_s": 1.0, "devices": [device],
