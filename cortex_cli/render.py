@@ -93,6 +93,50 @@ def models_table(status: dict) -> Table:
     return table
 
 
+def replicas_text(model: dict) -> str:
+    """A model's replicas as "2 (n1, n2)", and "+1 loading (n3)" while a load is under way."""
+    serving, loading = model.get("replicas", []), model.get("loading", [])
+    text = f"{len(serving)} ({', '.join(serving)})" if serving else "0"
+    return text + (f" +{len(loading)} loading ({', '.join(loading)})" if loading else "")
+
+
+def bounds_text(model: dict) -> str:
+    """The floor and ceiling, "min..max" (0..1 for a model without a profile: one node, on demand)."""
+    return f"{model.get('min_replicas', 0)}..{model.get('max_replicas', 1)}"
+
+
+def replicas_table(status: dict) -> Table:
+    """Per model (the gateway's `models` summary): replicas, floor..ceiling, in flight and waiting for a slot."""
+    table = Table(title="Replicas", title_justify="left")
+    for col in ("model", "replicas", "min..max", "in flight", "waiting"):
+        table.add_column(col)
+    for m in status.get("models", []):
+        waiting = m.get("waiting", 0)
+        table.add_row(plain(m["id"]), plain(replicas_text(m)), bounds_text(m), str(m.get("in_flight", 0)),
+                      Text(str(waiting), style="bold yellow" if waiting else ""))
+    return table
+
+
+def event_details(event: dict) -> str:
+    """An event's details as `key=value ...` (what the gateway logs), its time and kind left out."""
+    return " ".join(f"{k}={v}" for k, v in event.items() if k not in ("time", "kind"))
+
+
+def event_time(event: dict) -> str:
+    """An event's time of day, local, "10:40:12"."""
+    return time.strftime("%H:%M:%S", time.localtime(event.get("time", 0)))
+
+
+def events_table(status: dict, last: int = 10) -> Table:
+    """The fleet's latest events (loads, evictions, scale out and in, keep-alive unloads...), oldest first."""
+    table = Table(title="Recent events", title_justify="left")
+    for col in ("time", "event", "details"):
+        table.add_column(col)
+    for event in status.get("events", [])[-last:]:
+        table.add_row(event_time(event), plain(event.get("kind", "?")), plain(event_details(event)))
+    return table
+
+
 def catalog_table(models: list[dict]) -> Table:
     table = Table(title="Catalog", title_justify="left")
     for col in ("model", "loaded on", "loadable on", "pinned on", "alias of"):

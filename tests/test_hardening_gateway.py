@@ -64,7 +64,10 @@ def hostile_status() -> dict:
     model = {"id": HOSTILE, "status": "loaded", "memory_mb": 1.0, "gateway_in_flight": 0, "queued": 0}
     node = {"name": HOSTILE, "endpoint": "http://x\x1b]8;;http://evil\x07", "healthy": True, "devices": [],
             "models": [model], "available": [HOSTILE, "ok-model", "$(touch pwned)", "a*", "two\nlines"]}
-    return {"nodes": [node], "pins": {}, "stats": {}, "events": []}
+    summary = {"id": HOSTILE, "replicas": [HOSTILE], "loading": [], "min_replicas": 0, "max_replicas": 2,
+               "in_flight": 0, "waiting": 0}
+    events = [{"time": 0, "kind": "scale_out", "node": HOSTILE, "model": HOSTILE, "reason": "queue", "waiting": 4}]
+    return {"nodes": [node], "pins": {}, "stats": {}, "events": events, "models": [summary]}
 
 
 class CannedGateway:

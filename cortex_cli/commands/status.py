@@ -25,17 +25,18 @@ def fetch(gateway: str, admin_key: str | None, call):
 @admin_key_option
 @click.option("--json", "as_json", is_flag=True, help="Print the gateway's status as JSON, for scripts.")
 def status(gateway, admin_key, as_json) -> None:
-    """Nodes (health, devices, memory) and models (where, status, pinned, in flight)."""
+    """Nodes (health, devices, memory), models (where, status, pinned, in flight), replicas and waiting
+    requests per model, and the latest fleet events."""
     from rich.console import Console
 
-    from cortex_cli.render import models_table, nodes_table
+    from cortex_cli.render import events_table, models_table, nodes_table, replicas_table
 
     data = fetch(gateway, admin_key, lambda client: client.status())
     if as_json:
         click.echo(json.dumps(data, indent=2))
         return
     console = Console()
-    tables = show(lambda: (nodes_table(data), models_table(data)))
+    tables = show(lambda: (nodes_table(data), models_table(data), replicas_table(data), events_table(data)))
     for table in tables:
         console.print(table)
 

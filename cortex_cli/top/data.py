@@ -6,9 +6,9 @@ from dataclasses import dataclass
 
 from rich.text import Text
 
-from cortex_cli.render import model_rows
+from cortex_cli.render import bounds_text, event_details, event_time, model_rows
 
-SORT_KEYS = ("model", "node", "status", "in_flight", "tok_s", "req_min", "memory_mb")
+SORT_KEYS = ("model", "node", "status", "in_flight", "waiting", "tok_s", "req_min", "memory_mb")
 
 
 @dataclass(frozen=True)
@@ -24,6 +24,8 @@ class Row:
     req_min: int
     memory_mb: float
     slots: str = "-"  # batch slots in use, "3/8"
+    replicas: str = "-"  # the model's replicas and floor..ceiling, "2 (1..2)", fleet-wide
+    waiting: int = 0  # the model's requests waiting for a slot over all its replicas
 
     @property
     def key(self) -> str:
@@ -32,8 +34,10 @@ class Row:
 
 def rows_from_status(status: dict) -> list[Row]:
     """Loaded (or loading) models per node, then models a node could load, as `available`."""
+    fleet_wide = {m["id"]: m for m in status.get("models", [])}
     rows = [Row(r["model"], r["node"], r["status"], r["pinned"], r["in_flight"], r["queue"], r["tok_s"],
-                r["ttft_p50_s"], r["req_min"], r["memory_mb"], r["slots"]) for r in model_rows(status)]
+                r["ttft_p50_s"], r["req_min"], r["memory_mb"], r["slots"], *_replicas(fleet_wide.get(r["model"])))
+            for r in model_rows(status)]
     present = {(r.node, r.model) for r in rows}
     pins = status.get("pins", {})
     for node in status.get("nodes", []):
@@ -43,6 +47,13 @@ def rows_from_status(status: dict) -> list[Row]:
                                 0, 0, None, None, 0, 0.0))
         rows.extend(_pull_row(node["name"], p) for p in node.get("pulls", []) if p.get("phase") != "done")
     return rows
+
+
+def _replicas(model: dict | None) -> tuple[str, int]:
+    """The gateway's summary of a model as the row's replicas cell ("2 (1..2)") and waiting count."""
+    if model is None:
+        return "-", 0
+    return f"{len(model.get('replicas', []))} ({bounds_text(model)})", model.get("waiting", 0)
 
 
 def _pull_row(node: str, pull: dict) -> Row:
@@ -55,7 +66,7 @@ def _pull_row(node: str, pull: dict) -> Row:
 
 
 def sort_rows(rows: list[Row], key: str) -> list[Row]:
-    numeric = key in ("in_flight", "tok_s", "req_min", "memory_mb")
+    numeric = key in ("in_flight", "waiting", "tok_s", "req_min", "memory_mb")
     if numeric:
         return sorted(rows, key=lambda r: (-(getattr(r, key) or 0), r.model, r.node))
     return sorted(rows, key=lambda r: (str(getattr(r, key)), r.model, r.node))
@@ -74,18 +85,16 @@ def format_row(r: Row) -> tuple[Text, ...]:
 
 
 def _cells(r: Row) -> tuple[str, ...]:
-    return (r.model, r.node, r.status, "pin" if r.pinned else "", str(r.in_flight), r.slots, str(r.queue),
+    return (r.model, r.node, r.status, "pin" if r.pinned else "", r.replicas, str(r.in_flight), r.slots,
+            str(r.queue), str(r.waiting),
             "-" if r.tok_s is None else f"{r.tok_s:.0f}",
             "-" if r.ttft_p50_s is None else f"{r.ttft_p50_s * 1000:.0f} ms", str(r.req_min),
             "-" if not r.memory_mb else f"{r.memory_mb:.0f} MiB")
 
 
-COLUMNS = ("model", "node", "status", "pinned", "in flight", "slots", "queue", "tok/s", "TTFT p50", "req/min", "memory")
+COLUMNS = ("model", "node", "status", "pinned", "replicas", "in flight", "slots", "queue", "waiting", "tok/s",
+           "TTFT p50", "req/min", "memory")
 
 
 def event_line(event: dict) -> str:
-    import time
-
-    when = time.strftime("%H:%M:%S", time.localtime(event.get("time", 0)))
-    details = " ".join(f"{k}={v}" for k, v in event.items() if k not in ("time", "kind"))
-    return f"{when} {event.get('kind', '?'):<9} {details}"
+    return f"{event_time(event)} {event.get('kind', '?'):<9} {event_details(event)}"
