@@ -94,12 +94,15 @@ class Scheduling:
     affinity_margin: int = 4  # requests busier than the least busy node a prefix's node may be (affinity)
     scale_out_queue: int = 4  # requests waiting per replica, beyond its slots, that add a replica (replicas)
     replica_idle_s: float = 300.0  # an extra replica idle this long is unloaded (cortex_gateway.replicas)
+    # A cold load whose room is held by busy models waits this long for one to idle, then is a 503 (lifecycle).
+    max_wait_s: float = 120.0
 
 
 # 0 means "off" (never unloaded for idleness; no prefix map) or "never busier" (the margin), not "at once":
 # >= 0, as a count where 0 means none.
 SCHEDULING_LIMITS = {"keep_alive_s": NON_NEGATIVE, "prefix_map_entries": NON_NEGATIVE,
-                     "affinity_margin": NON_NEGATIVE, "scale_out_queue": AT_LEAST_ONE, "replica_idle_s": POSITIVE}
+                     "affinity_margin": NON_NEGATIVE, "scale_out_queue": AT_LEAST_ONE, "replica_idle_s": POSITIVE,
+                     "max_wait_s": POSITIVE}
 REPLICA_LIMITS = {"max_replicas": {"minimum": 1, "maximum": 1024}, "min_replicas": {"minimum": 0, "maximum": 1024}}
 
 

@@ -115,6 +115,7 @@ async def _forward(ex: Exchange, node: Node) -> web.StreamResponse:
     finally:
         usage.in_flight -= 1
         usage.last_used = time.time()  # idle from the end of its last request (keep-alive, LRU), not its start
+        app[LIFECYCLE].request_ended(node.name, ex.record.model)  # idle now: a waiting cold load may evict it
 
 
 def _forget_failed(app, node: Node, model: str, exc: RetryElsewhere) -> None:

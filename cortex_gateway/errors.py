@@ -29,3 +29,13 @@ def unknown_model(model: str) -> ApiError:
 
 def no_capacity(message: str, retry_after: float = 5) -> ApiError:
     return ApiError(503, "overloaded_error", message, code="no_capacity", retry_after=retry_after)
+
+
+def model_too_large(model: str, too_big) -> ApiError:
+    """A model no node can ever hold (`router.TooBig`): refused at once, not retryable, with the figures, so
+    the client does not wait for room that cannot come (Ollama's evict/reload livelock, #18282)."""
+    return ApiError(422, "invalid_request_error",
+                    f"model {model!r} needs {too_big.need_mb:.0f} MiB, more than any node can hold: the roomiest, "
+                    f"{too_big.node}, has {too_big.capacity_mb:.0f} MiB in all. Pick a "
+                    "smaller model (or quantisation), or add a node with more memory", code="model_too_large",
+                    param="model")

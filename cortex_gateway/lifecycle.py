@@ -1,18 +1,24 @@
 """Getting a model onto a node: cold loads (single-flight), evictions, admin load/unload.
 
 The decisions come from `router` and `evictor` (pure); this module carries
-them out against the neurons and keeps the fleet's view current.
+them out against the neurons and keeps the fleet's view current. A cold load
+whose room is held only by busy models waits (up to `[scheduling] max_wait_s`)
+and plans again each time the room may have changed: one of the gateway's
+models on a node going idle, or a poll (`_room_changed`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import itertools
 import logging
 import time
 from collections.abc import Callable
 
+from cortex_gateway import router
 from cortex_gateway.config import GatewayConfig
-from cortex_gateway.errors import no_capacity, unknown_model
+from cortex_gateway.errors import model_too_large, no_capacity, unknown_model
 from cortex_gateway.fleet import Fleet, Node
 from cortex_gateway.learned_memory import LearnedMemoryStore, key_for_placing, key_of_loaded
 from cortex_gateway.load_failures import LoadFailures, cannot_load, catalog_version, gives_up, is_permanent
@@ -28,6 +34,10 @@ NOT_UNLOADED = ("model_busy", "model_not_found")  # busy from elsewhere, or gone
 MAX_EXTRA_EVICTIONS = 8
 
 
+class _MustWait(Exception):
+    """No plan now, only because the models in the way are busy: the cold load waits for one to idle."""
+
+
 class Lifecycle:
     def __init__(self, config: GatewayConfig, fleet: Fleet, metrics: GatewayMetrics,
                  learned: LearnedMemoryStore | None = None):
@@ -36,7 +46,10 @@ class Lifecycle:
         self.metrics = metrics
         # Measured memory of models loaded before, anywhere: replaces the nodes' estimates in `view`.
         self.learned = learned or LearnedMemoryStore()
-        fleet.on_polled = self.learn_from
+        fleet.on_polled = self._polled
+        # Set (and replaced) whenever room may have appeared; a waiting cold load takes it before planning,
+        # so a change while it plans is not missed. An Event, not a lock: the waiter holds nothing.
+        self._room_changed = asyncio.Event()
         self.pins: dict[str, set[str]] = {m: set(p.pinned_on) for m, p in config.models.items()}
         self._loads: dict[str, asyncio.Future] = {}
         self.load_failures = LoadFailures()  # cold loads that failed for good, not asked for again
@@ -80,6 +93,20 @@ class Lifecycle:
         for model_id, info in node.models.items():
             if model_id == info.id and info.status == ModelState.LOADED:  # an alias entry is the same load
                 self.learned.observe(key_of_loaded(info, node.health.devices), info.memory_mb)
+
+    def _polled(self, node: Node) -> None:
+        """After each good poll: learn what the node measured, and let waiting cold loads plan again."""
+        self.learn_from(node)
+        self._wake_waiting()
+
+    def request_ended(self, node: str, model: str) -> None:
+        """A request through the gateway ended (dispatch): once the model is idle there, it can be a victim."""
+        if self.fleet.usage_of(node, model).in_flight == 0:
+            self._wake_waiting()
+
+    def _wake_waiting(self) -> None:
+        self._room_changed.set()
+        self._room_changed = asyncio.Event()
 
     def snapshot(self) -> list[NodeView]:
         return [self.view(n) for n in self.fleet.nodes.values()]
@@ -175,6 +202,25 @@ class Lifecycle:
             self._loads.pop(model, None)
 
     async def _place(self, model: str, exclude: frozenset[str]) -> Node:
+        """Plan and load; while only busy models stand in the way, wait for a change and plan again."""
+        max_wait = self.config.scheduling.max_wait_s
+        deadline = time.monotonic() + max_wait
+        for tries in itertools.count():
+            changed = self._room_changed  # before planning: a change from now on ends the wait below
+            try:
+                return await self._place_once(model, exclude)
+            except _MustWait as why:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise no_capacity(f"{why}; waited {max_wait:g}s ([scheduling] max_wait_s) for one to go idle",
+                                      retry_after=10) from None
+                if tries == 0:
+                    self.fleet.event("cold_load_waits", model=model, max_wait_s=max_wait)
+                log.debug("cold load of %s waits for a busy model to go idle (%.0fs left)", model, left)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(changed.wait(), left)
+
+    async def _place_once(self, model: str, exclude: frozenset[str]) -> Node:
         snapshot = self.snapshot()
         if (busy_node := loading_on(model, snapshot)) is not None:
             return await self._await_loading(self.fleet.nodes[busy_node], model)
@@ -188,6 +234,9 @@ class Lifecycle:
         if not self.fleet.healthy_nodes():
             raise no_capacity("no healthy neuron is available; check `cortex status`", retry_after=5)
         last_error = self._why_unplaceable(model, snapshot, exclude | failed.keys())
+        if not plans:
+            self._refuse_or_wait(model, snapshot, anywhere, exclude | failed.keys(), last_error)
+        refused_busy = False  # a node found a victim busy (requests from elsewhere, or not yet ended there)
         for plan in plans:
             node = self.fleet.nodes[plan.node]
             try:
@@ -195,6 +244,7 @@ class Lifecycle:
                 return await self._load_with_evictions(node, model)
             except NeuronError as err:
                 last_error = f"{node.name}: {err.message}"
+                refused_busy = refused_busy or err.code == "model_busy"
                 if err.unreachable:
                     self.fleet.mark_failed(node, err.message)
                 if is_permanent(err):
@@ -202,6 +252,8 @@ class Lifecycle:
                 log.warning("cold load of %s on %s failed: %s", model, node.name, err.message)
         candidates = (n.name for n in snapshot if n.healthy and n.name not in exclude
                       and (anywhere or model in n.available))
+        if refused_busy:
+            raise _MustWait(last_error)
         if gives_up(candidates, failed):
             raise cannot_load(model, failed)
         raise no_capacity(last_error, retry_after=10)
@@ -218,6 +270,17 @@ class Lifecycle:
                                   now=time.monotonic())
         self.fleet.event("load_failed", node=node.name, model=model, code=err.code)
         return err
+
+    def _refuse_or_wait(self, model: str, snapshot: list[NodeView], anywhere: bool, exclude: frozenset[str],
+                        why: str) -> None:
+        """With no plan: a model too big for every node is refused at once; one kept out only by busy
+        models waits (_MustWait); otherwise the caller gives its 503 now."""
+        too_big = router.never_fits(model, snapshot, loadable_anywhere=anywhere, exclude=exclude)
+        if too_big is not None:
+            raise model_too_large(model, too_big)
+        if router.waiting_helps(model, snapshot, strategy=self.config.strategy, loadable_anywhere=anywhere,
+                         pinned=self.pins, priorities=self.priorities(), exclude=exclude):
+            raise _MustWait(why)
 
     def _why_unplaceable(self, model: str, snapshot: list[NodeView], exclude: frozenset[str]) -> str:
         offering = [n.name for n in snapshot if n.healthy and n.name not in exclude and model in n.available]

@@ -6,12 +6,14 @@ A loaded model goes to the least busy healthy node that has it, or, given what t
 nowhere gets a cold-load plan: the candidate nodes in order (nodes its profile
 names first, then nodes that hold it locally, then nodes where it fits without
 evicting, then by free memory),
-each with the models to evict there first.
+each with the models to evict there first. When there is none, `waiting_helps` says whether busy models
+are all that stand in the way (the load waits for one to idle), and `never_fits` whether the model is too
+big for every node's whole memory (refused at once).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from cortex_gateway.affinity import Choice, pick
 from cortex_gateway.evictor import Resident, choose_victims, eviction_order
@@ -101,6 +103,47 @@ def plan_cold_load(
         return rank.get(p.node, len(rank)), model not in node.available, len(p.evict) > 0, -node.free_mb, p.node
 
     return sorted(plans, key=order)
+
+
+def waiting_helps(model: str, nodes: list[NodeView], *, strategy: str, loadable_anywhere: bool,
+                  pinned: dict[str, set[str]], priorities: dict[str, int],
+                  exclude: frozenset[str] = frozenset()) -> bool:
+    """Whether some candidate node would have a plan once its busy models go idle (pins and sizes aside)."""
+    idle = [replace(n, busy={}) for n in nodes]
+    return bool(plan_cold_load(model, idle, strategy=strategy, preferred=[], loadable_anywhere=loadable_anywhere,
+                               pinned=pinned, priorities=priorities, exclude=exclude))
+
+
+@dataclass(frozen=True)
+class TooBig:
+    """Why a model can never be placed: its need on the roomiest candidate, and the most that node can hold."""
+
+    need_mb: float
+    node: str
+    capacity_mb: float
+
+
+def never_fits(model: str, nodes: list[NodeView], *, loadable_anywhere: bool,
+               exclude: frozenset[str] = frozenset()) -> TooBig | None:
+    """The figures when `model` needs more than every candidate's whole memory (free plus all loaded).
+
+    Pinned models count as room too: a pin can be lifted, and a model kept out only by pins is the
+    ordinary 503. A node loading something (its memory not yet known) or that does not list the model
+    (its need unknown) might fit it: the refusal is only when sure.
+    """
+    candidates = [n for n in nodes if n.healthy and n.name not in exclude
+                  and (model in n.available or loadable_anywhere)]
+    if not candidates or any(n.loading or model not in n.available for n in candidates):
+        return None
+    closest = None
+    for node in candidates:
+        capacity = node.free_mb + sum(node.loaded.values())
+        need = node.available[model]
+        if need <= capacity:
+            return None
+        if closest is None or capacity - need > closest.capacity_mb - closest.need_mb:
+            closest = TooBig(need, node.name, capacity)
+    return closest
 
 
 def next_victim(model: str, node: NodeView, *, strategy: str, pinned: dict[str, set[str]],

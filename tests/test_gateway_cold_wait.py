@@ -1,0 +1,113 @@
+"""A cold load whose room is held by busy models waits for one to idle, with real processes: one neuron whose
+budget holds two of three tiny models, both loaded ones kept busy by streams through the gateway under the
+neuron's `slow` fault. Decided by events (the gateway's `cold_load_waits`, a stream ended), not by the clock."""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+
+import openai
+import pytest
+
+from tests.helpers import NO_EOS, http_json, make_tiny, one_node_fleet
+
+BUDGET = "80"  # three tiny GGUFs of about 33 MiB each (estimate): two fit, never three
+PATIENCE = 120  # the most any step may take on a slow machine before the test fails
+
+
+@pytest.fixture(scope="module")
+def three_models(tmp_path_factory):
+    d = tmp_path_factory.mktemp("wait-models")
+    for i in (1, 2, 3):
+        make_tiny(d / f"m{i}.gguf", "gguf", "--seed", str(i))
+    return d
+
+
+def until(check: Callable[[], object], what: str) -> object:
+    """Wait for `check()` to be true (an event observed through the API); fail after PATIENCE."""
+    deadline = time.monotonic() + PATIENCE
+    while time.monotonic() < deadline:
+        if got := check():
+            return got
+        time.sleep(0.1)
+    raise TimeoutError(f"no {what} after {PATIENCE}s")
+
+
+def chat(gateway, model: str) -> tuple[int, dict]:
+    return http_json("POST", gateway.url + "/v1/chat/completions",
+                     {"model": model, "messages": [{"role": "user", "content": "x"}], "max_tokens": 2},
+                     timeout=PATIENCE)
+
+
+def waits_for(gateway, model: str) -> bool:
+    events = http_json("GET", gateway.url + "/admin/status")[1]["events"]
+    return any(e["kind"] == "cold_load_waits" and e["model"] == model for e in events)
+
+
+def loaded(neuron) -> set[str]:
+    return {m["id"] for m in http_json("GET", neuron.url + "/models")[1]["models"]}
+
+
+def held_stream(gateway, neuron, model: str):
+    """A stream through the gateway (so it counts it in flight) that the slow fault keeps going for minutes;
+    returned once its first token has come, so the model is busy on the node and in the gateway."""
+    assert http_json("POST", neuron.url + "/debug/faults",
+                     {"model": model, "fault": "slow", "delay_ms": 300, "count": 1})[0] == 200
+    client = openai.OpenAI(base_url=gateway.url + "/v1", api_key="unused", max_retries=0, timeout=PATIENCE)
+    stream = client.chat.completions.create(model=model, messages=[{"role": "user", "content": "x"}],
+                                            max_tokens=1000, stream=True, logit_bias=NO_EOS)
+    for chunk in stream:
+        if chunk.choices and chunk.choices[0].delta.content:
+            return stream
+    raise AssertionError(f"the stream for {model} ended before its first token")
+
+
+@contextlib.contextmanager
+def crowded(tmp_path, models_dir, extra_toml: str = "") -> Iterator[tuple]:
+    """(gateway, neuron, streams): m1 and m2 loaded and busy; the streams closed however the block ends."""
+    with one_node_fleet(tmp_path, models_dir, "--cpu-memory-mb", BUDGET, extra_toml=extra_toml) as (gw, neuron, _):
+        for model in ("m1", "m2"):
+            assert chat(gw, model)[0] == 200
+        streams = {}
+        try:
+            for model in ("m1", "m2"):
+                streams[model] = held_stream(gw, neuron, model)
+            yield gw, neuron, streams
+        finally:
+            for stream in streams.values():
+                stream.close()
+
+
+def test_a_cold_load_waits_for_a_busy_model_to_idle(tmp_path, three_models):
+    with crowded(tmp_path, three_models) as (gw, neuron, streams), ThreadPoolExecutor(1) as pool:
+        asking: Future = pool.submit(chat, gw, "m3")
+        until(lambda: waits_for(gw, "m3"), "cold_load_waits event for m3")
+        assert not asking.done()  # no 503: it waits while both models are busy
+        assert loaded(neuron) == {"m1", "m2"}
+        streams.pop("m1").close()  # m1's request ends: it is idle, and can make room
+        status, body = asking.result(timeout=PATIENCE)
+        assert status == 200, body
+        assert loaded(neuron) == {"m2", "m3"}  # m2 is still busy: m1 went
+
+
+def test_the_wait_ends_at_max_wait_s_with_a_503_naming_it(tmp_path, three_models):
+    with crowded(tmp_path, three_models, extra_toml="[scheduling]\nmax_wait_s = 2") as (gw, neuron, _):
+        status, body = chat(gw, "m3")
+        assert status == 503, body
+        assert body["error"]["code"] == "no_capacity"
+        assert "waited 2s ([scheduling] max_wait_s)" in body["error"]["message"], body
+        assert waits_for(gw, "m3")
+        assert loaded(neuron) == {"m1", "m2"}
+
+
+def test_a_model_too_big_for_every_node_is_refused_at_once(tmp_path, three_models):
+    """Nothing to wait for: the figures, in a non-retryable 422, with nothing evicted or loaded."""
+    with one_node_fleet(tmp_path, three_models, "--cpu-memory-mb", "20") as (gw, neuron, _):
+        status, body = chat(gw, "m1")
+        assert status == 422, body
+        assert body["error"]["code"] == "model_too_large"
+        assert "more than any node can hold: the roomiest, n1, has 20 MiB in all" in body["error"]["message"]
+        assert not waits_for(gw, "m1") and loaded(neuron) == set()
