@@ -8,6 +8,8 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import random
+import socket
 import subprocess
 import sys
 import tempfile
@@ -18,13 +20,40 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from cortex_gateway.embedded import stop_process  # noqa: F401 - re-exported for tests
-from neuron.shared.connections import free_port  # noqa: F401 - re-exported for tests
 
 ROOT = Path(__file__).resolve().parent.parent
 CORTEX = [sys.executable, "-m", "cortex_cli"]
 # Ban both end-of-generation tokens of the tiny models (<|endoftext|> = 0, <|im_end|> = 2): llama.cpp
 # ends on either, so a test that counts tokens must ban both or flake at temperature > 0.
 NO_EOS = {"0": -100, "2": -100}
+
+
+def ephemeral_ports() -> range:
+    """The kernel's range for the local ports of outgoing connections (Linux's default if unreadable)."""
+    try:
+        low, high = map(int, Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split())
+    except (OSError, ValueError):
+        low, high = 32768, 60999
+    return range(low, high + 1)
+
+
+def free_port() -> int:
+    """A loopback port nothing listens on now, for a server a test starts, chosen below the ephemeral range.
+
+    A port the kernel hands out (bind to 0) is in the range outgoing connections take their local ports
+    from, and the suite makes thousands of them: one took a gateway's port between this check and the
+    gateway's own bind ("address already in use"). Below that range only the servers tests start pick
+    ports, at random, so two picks (even of two suites side by side) rarely meet, and a port in use is
+    skipped."""
+    top = min(ephemeral_ports().start, 32768)
+    while True:
+        port = random.randrange(10000, top)
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        return port
 
 
 def make_tiny(out: Path, fmt: str, *extra: str) -> None:
