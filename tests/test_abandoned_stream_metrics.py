@@ -13,6 +13,7 @@ from __future__ import annotations
 import http.client
 import json
 import time
+import urllib.request
 
 import pytest
 
@@ -61,11 +62,21 @@ def tokens(kind: str) -> str:
     return f'cortex_tokens_total{{kind="{kind}",model="{MODEL}",node="n1"}}'
 
 
-def wait_for(gateway, name: str, value: float, deadline_s: float = 60) -> None:
+def wait_for(gateway, name: str, value: float, deadline_s: float = 60, neuron=None) -> None:
     deadline = time.monotonic() + deadline_s
     while metric(gateway, name) < value:
-        assert time.monotonic() < deadline, f"{name} never reached {value}: {metric(gateway, name)}"
+        assert time.monotonic() < deadline, f"{name} never reached {value}: {metric(gateway, name)}\n" + \
+            seen(gateway, name) + ("\nneuron log:\n" + neuron.log_tail() if neuron else "")
         time.sleep(0.1)
+
+
+def seen(gateway, name: str) -> str:
+    """What the gateway counted for the route instead, and its log's end: the cause of a miss, not just the miss."""
+    route = name.partition('endpoint="')[2].partition('"')[0]
+    text = urllib.request.urlopen(gateway.metrics_url).read().decode()
+    counted = [line for line in text.splitlines() if line.startswith("cortex_requests_total{") and
+               f'endpoint="{route}"' in line]
+    return "counted: " + "; ".join(counted) + "\ngateway log:\n" + gateway.log_tail()
 
 
 @pytest.mark.parametrize("route", list(ROUTES))
@@ -81,7 +92,7 @@ def test_an_abandoned_stream_counts_as_499_with_what_it_was_sent(fleet, route):
     if route == "responses":
         body["max_output_tokens"] = body.pop("max_tokens")
     read = read_then_leave(gateway, path, body, output)
-    wait_for(gateway, series(route, "499"), 1)
+    wait_for(gateway, series(route, "499"), 1, neuron=neuron)
     assert metric(gateway, series(route, "200")) == ok_before, "counted as served too"
     assert metric(gateway, f'cortex_errors_total{{model="{MODEL}",node="n1",type="client_closed"}}') == \
         closed_before + 1
