@@ -87,6 +87,7 @@ bench: $(VENV)/.bench-installed
 	$(BIN)/python benchmarks/gateway_overhead.py
 	$(BIN)/python benchmarks/concurrency.py
 	$(BIN)/python benchmarks/constrained.py
+	$(BIN)/python benchmarks/fleet.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info
