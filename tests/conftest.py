@@ -42,6 +42,15 @@ def models_dir(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
+def three_models(tmp_path_factory) -> Path:
+    """Three distinct tiny GGUFs (m1..m3) of about 33 MiB each by estimate: an 80 MiB budget holds two."""
+    d = tmp_path_factory.mktemp("three-models")
+    for i in (1, 2, 3):
+        make_tiny(d / f"m{i}.gguf", "gguf", "--seed", str(i))
+    return d
+
+
+@pytest.fixture(scope="module")
 def neuron(tmp_path_factory, models_dir):
     """One neuron process per test module, both tiny models loaded (the in-process one: inprocess_neuron)."""
     with start_neuron(tmp_path_factory.mktemp("neuron"), models_dir, "--cpu-memory-mb", "4000") as proc:

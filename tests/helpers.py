@@ -92,6 +92,18 @@ def wait_serving(proc: subprocess.Popen, url: str, log: Callable[[], str], timeo
     raise TimeoutError(f"{url} not ready after {timeout}s:\n{log()}")
 
 
+def wait_for(predicate: Callable[[], object], timeout: float = 30.0, what: str = "condition") -> object:
+    """Poll `predicate` until it holds (an event seen through an API, never a length of time); its value.
+
+    Fails naming `what` after `timeout`: the bound of a slow machine, not the expectation."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if got := predicate():
+            return got
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
 class CortexProcess:
     """A `cortex ...` subprocess with its log kept in a file for failure reports."""
 

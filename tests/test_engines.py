@@ -19,8 +19,7 @@ import openai
 import psutil
 import pytest
 
-from tests.helpers import ROOT, http_json, start_gateway, start_neuron
-from tests.test_neuron_lifecycle import wait_for
+from tests.helpers import ROOT, http_json, start_gateway, start_neuron, wait_for
 
 FAKE = ROOT / "tests" / "fake_engine.py"
 

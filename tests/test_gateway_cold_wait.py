@@ -5,35 +5,15 @@ neuron's `slow` fault. Decided by events (the gateway's `cold_load_waits`, a str
 from __future__ import annotations
 
 import contextlib
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 
 import openai
-import pytest
 
-from tests.helpers import NO_EOS, http_json, make_tiny, one_node_fleet
+from tests.helpers import NO_EOS, http_json, one_node_fleet, wait_for
 
 BUDGET = "80"  # three tiny GGUFs of about 33 MiB each (estimate): two fit, never three
 PATIENCE = 120  # the most any step may take on a slow machine before the test fails
-
-
-@pytest.fixture(scope="module")
-def three_models(tmp_path_factory):
-    d = tmp_path_factory.mktemp("wait-models")
-    for i in (1, 2, 3):
-        make_tiny(d / f"m{i}.gguf", "gguf", "--seed", str(i))
-    return d
-
-
-def until(check: Callable[[], object], what: str) -> object:
-    """Wait for `check()` to be true (an event observed through the API); fail after PATIENCE."""
-    deadline = time.monotonic() + PATIENCE
-    while time.monotonic() < deadline:
-        if got := check():
-            return got
-        time.sleep(0.1)
-    raise TimeoutError(f"no {what} after {PATIENCE}s")
 
 
 def chat(gateway, model: str) -> tuple[int, dict]:
@@ -84,7 +64,7 @@ def crowded(tmp_path, models_dir, extra_toml: str = "") -> Iterator[tuple]:
 def test_a_cold_load_waits_for_a_busy_model_to_idle(tmp_path, three_models):
     with crowded(tmp_path, three_models) as (gw, neuron, streams), ThreadPoolExecutor(1) as pool:
         asking: Future = pool.submit(chat, gw, "m3")
-        until(lambda: waits_for(gw, "m3"), "cold_load_waits event for m3")
+        wait_for(lambda: waits_for(gw, "m3"), PATIENCE, "cold_load_waits event for m3")
         assert not asking.done()  # no 503: it waits while both models are busy
         assert loaded(neuron) == {"m1", "m2"}
         streams.pop("m1").close()  # m1's request ends: it is idle, and can make room

@@ -68,7 +68,7 @@ def test_the_local_neuron_goes_with_a_gateway_killed_outright(tmp_path):
 
     import psutil
 
-    from tests.test_neuron_lifecycle import wait_for
+    from tests.helpers import wait_for
 
     port, metrics_port = free_port(), free_port()
     env = {"HOME": str(tmp_path), "CORTEX_MODELS_DIR": str(tmp_path / "models"), "CORTEX_CONFIG": ""}

@@ -11,7 +11,6 @@ from tests.helpers import (
     NO_EOS,
     http_json,
     killed_after,
-    make_tiny,
     metric,
     one_node_fleet,
     start_gateway,
@@ -20,14 +19,6 @@ from tests.helpers import (
 
 # Three tiny GGUFs of about 33 MiB each (estimate) on an 80 MiB CPU budget: two fit, never three.
 BUDGET = "80"
-
-
-@pytest.fixture(scope="module")
-def three_models(tmp_path_factory):
-    d = tmp_path_factory.mktemp("evict-models")
-    for i in (1, 2, 3):
-        make_tiny(d / f"m{i}.gguf", "gguf", "--seed", str(i))
-    return d
 
 
 @contextlib.contextmanager

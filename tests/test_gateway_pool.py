@@ -19,8 +19,7 @@ import pytest
 from cortex_gateway.config import CONTROL_CONNECTIONS_PER_NODE, GatewayConfig, load_config
 from cortex_gateway.state import FLEET
 from neuron.shared.config import ConfigError, NeuronConfig
-from tests.helpers import NO_EOS, http_json, metric, start_gateway, start_neuron
-from tests.test_neuron_lifecycle import wait_for
+from tests.helpers import NO_EOS, http_json, metric, start_gateway, start_neuron, wait_for
 
 MODEL = "tiny-gguf"
 NEURON_CAP = 12  # the neuron's max_connections_per_client in this test

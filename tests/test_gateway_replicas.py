@@ -16,8 +16,7 @@ from collections.abc import Iterator
 import openai
 import pytest
 
-from tests.helpers import NO_EOS, http_json, make_tiny, metric, start_gateway, start_neuron
-from tests.test_neuron_lifecycle import wait_for
+from tests.helpers import NO_EOS, http_json, make_tiny, metric, start_gateway, start_neuron, wait_for
 
 MODEL = "tiny"
 SLOTS = 4  # a GGUF model's decoding slots on a CPU (neuron/server/catalog.py default_parallel)

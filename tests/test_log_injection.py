@@ -14,8 +14,7 @@ import urllib.request
 
 import pytest
 
-from tests.helpers import one_node_fleet
-from tests.test_neuron_lifecycle import wait_for
+from tests.helpers import one_node_fleet, wait_for
 
 KEY = "sk-test-hostile-0001"
 KEY_NAME = "eve\x1b]0;owned\x07\x9b2J"

@@ -15,7 +15,7 @@ import openai
 import pytest
 
 from tests.helpers import NO_EOS, http_json, one_node_fleet
-from tests.test_neuron_lifecycle import wait_for as wait_until
+from tests.helpers import wait_for as wait_until
 
 KEY = "sk-test-alice-0001"
 

@@ -15,8 +15,7 @@ from collections.abc import Iterator
 import openai
 import pytest
 
-from tests.helpers import NO_EOS, http_json, make_tiny, metric, start_gateway, start_neuron
-from tests.test_neuron_lifecycle import wait_for
+from tests.helpers import NO_EOS, http_json, make_tiny, metric, start_gateway, start_neuron, wait_for
 
 MODEL = "tiny"
 HELD = 3  # streams held on a node to make it busy: over the margin of 1 the fleet runs with
