@@ -96,13 +96,16 @@ class Scheduling:
     replica_idle_s: float = 300.0  # an extra replica idle this long is unloaded (cortex_gateway.replicas)
     # A cold load whose room is held by busy models waits this long for one to idle, then is a 503 (lifecycle).
     max_wait_s: float = 120.0
+    # A model loaded for requests that had to wait is not evicted for this long after its load, so a swap
+    # serves a turn's worth of its demand before the next one (cortex_gateway.swaps); 0: off.
+    min_residency_s: float = 30.0
 
 
 # 0 means "off" (never unloaded for idleness; no prefix map) or "never busier" (the margin), not "at once":
 # >= 0, as a count where 0 means none.
 SCHEDULING_LIMITS = {"keep_alive_s": NON_NEGATIVE, "prefix_map_entries": NON_NEGATIVE,
                      "affinity_margin": NON_NEGATIVE, "scale_out_queue": AT_LEAST_ONE, "replica_idle_s": POSITIVE,
-                     "max_wait_s": POSITIVE}
+                     "max_wait_s": POSITIVE, "min_residency_s": NON_NEGATIVE}
 REPLICA_LIMITS = {"max_replicas": {"minimum": 1, "maximum": 1024}, "min_replicas": {"minimum": 0, "maximum": 1024}}
 
 
