@@ -6,10 +6,12 @@ are a chain over its messages: k1 = hash(message 1), k2 = hash(k1, message 2), .
 canonical JSON, sorted keys), so a key stands for the whole conversation up to that message and the deepest
 key found says how many leading messages a node has seen. A completion's prompt is cut into chunks of
 `CHUNK_CHARS` characters chained the same way. Session hints a client sends (`X-Session-ID`,
-`prompt_cache_key`, `user`, Anthropic's `metadata.user_id`, which the Anthropic translation passes on as
-`user`) are keys too, in their own namespace: the node that last served the session. Every chain and hint
-starts from the model's name (the gateway's, aliases resolved), so one conversation sent to two models is
-two sets of keys, as it is two caches.
+`prompt_cache_key`, `user`, Anthropic's `metadata.user_id`) are keys too, in their own namespace: the node
+that last served the session. They are read here from the translated call alone, so every dialect's
+translation carries its hints into the chat dialect's fields (`HINT_FIELDS`, which the neurons accept and
+ignore): the Anthropic one passes `metadata.user_id` on as `user`, the Responses one `user` and
+`prompt_cache_key` as they are. Every chain and hint starts from the model's name (the gateway's, aliases
+resolved), so one conversation sent to two models is two sets of keys, as it is two caches.
 
 The map is an LRU of at most `[scheduling] prefix_map_entries` keys, so its memory is bounded by config,
 not by traffic (peers' routers grow without bound: vLLM production-stack #687, Dynamo #10774). An entry is
@@ -34,7 +36,7 @@ import orjson
 
 CHUNK_CHARS = 256  # a completion prompt's block: small enough to match a shared preamble, large enough to be cheap
 SESSION_HEADER = "X-Session-ID"
-_HINT_FIELDS = ("prompt_cache_key", "user")  # most specific first
+HINT_FIELDS = ("prompt_cache_key", "user")  # most specific first; the chat dialect's fields, read by name
 # Generating routes only: a token count or an embedding leaves no prompt in a cache worth following.
 PREFIX_PATHS = ("/v1/chat/completions", "/v1/completions")
 
@@ -91,12 +93,12 @@ def request_hints(data: dict, headers: Mapping[str, str], seed: bytes = b"") -> 
     hints = []
     if header := headers.get(SESSION_HEADER):
         hints.append(hint_key(seed, "session", header))
-    for name in _HINT_FIELDS:
+    for name in HINT_FIELDS:
         if isinstance(value := data.get(name), str) and value:
             hints.append(hint_key(seed, name, value))
     metadata = data.get("metadata")
     if isinstance(metadata, dict) and isinstance(value := metadata.get("user_id"), str) and value:
-        hints.append(hint_key(seed, "user", value))  # as the Anthropic translation passes it on
+        hints.append(hint_key(seed, "user", value))  # a chat client's metadata may name its user so too
     return hints
 
 

@@ -4,7 +4,8 @@ Which node served a request is read from the gateway's own counters (cortex_requ
 both nodes idle the least busy rule sends everything to n1 (ties go by name), so a request that lands on
 n2 with n2 no less busy than n1 got there by affinity, not by luck. A node is made busy by streams held
 open on it directly (the neuron's slow fault, so they stay in flight until closed), and the tests wait for
-the gateway's poll to see that load, not for time to pass. The pure score is tests/test_affinity.py.
+the gateway's poll to see that load, not for time to pass. The pure score is tests/test_affinity.py, each
+dialect's hints and prefixes tests/test_session_hints.py.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ def fleet(tmp_path_factory):
         neurons = {name: stack.enter_context(start_neuron(root, root / "models", "--cpu-memory-mb", "4000",
                                                           name=name)) for name in ("n1", "n2")}
         gateway = stack.enter_context(start_gateway(root, {n: p.url for n, p in neurons.items()},
-                                                    extra_toml=SCHEDULING))
+                                                    extra_toml=SCHEDULING, args=("--log-level", "debug")))
         for name in neurons:
             status, body = http_json("POST", gateway.url + "/admin/load", {"node": name, "model": MODEL})
             assert status == 200, body
@@ -42,18 +43,26 @@ def client(url: str) -> openai.OpenAI:
     return openai.OpenAI(base_url=url + "/v1", api_key="unused", max_retries=0)
 
 
-def served(gateway, node: str) -> float:
-    return metric(gateway, f'cortex_requests_total{{endpoint="chat",model="{MODEL}",node="{node}",status="200"}}')
+def served(gateway, node: str, endpoint: str = "chat") -> float:
+    return metric(gateway, f'cortex_requests_total{{endpoint="{endpoint}",model="{MODEL}",node="{node}",'
+                           'status="200"}')
 
 
 def ask(gateway, messages: list[dict], **extra) -> tuple[str, str]:
     """(the node that served it, the answer's text), asked once the gateway sees both nodes as they are (idle,
     or held busy): a poll taken during the previous request would count it for a second or so."""
-    wait_for(lambda: {seen_load(gateway, n) for n in ("n1", "n2")} <= {0, HELD}, what="the gateway's poll current")
-    before = {n: served(gateway, n) for n in ("n1", "n2")}
-    answer = client(gateway.url).chat.completions.create(model=MODEL, messages=messages, max_tokens=4, **extra)
-    [node] = [n for n in before if served(gateway, n) > before[n]]
+    node, answer = served_by(gateway, "chat", lambda c: c.chat.completions.create(
+        model=MODEL, messages=messages, max_tokens=4, **extra))
     return node, answer.choices[0].message.content or ""
+
+
+def served_by(gateway, endpoint: str, send):
+    """(the node that served it, the answer) of `send(client)`, sent once the gateway's poll is current."""
+    wait_for(lambda: {seen_load(gateway, n) for n in ("n1", "n2")} <= {0, HELD}, what="the gateway's poll current")
+    before = {n: served(gateway, n, endpoint) for n in ("n1", "n2")}
+    answer = send(client(gateway.url))
+    [node] = [n for n in before if served(gateway, n, endpoint) > before[n]]
+    return node, answer
 
 
 def seen_load(gateway, node: str) -> int | None:
@@ -123,3 +132,34 @@ def test_a_node_busier_than_the_margin_is_passed_over(fleet):
         assert ask(gateway, turn2)[0] == "n2", f"n1 busier by {HELD}, over the margin of 1"
     turn3 = turn2 + [{"role": "assistant", "content": "..."}, user("more")]
     assert ask(gateway, turn3)[0] == "n2", "turn 2 was served on n2, so its prefix is there now"
+
+
+def respond(gateway, **request):
+    """(the node that served it, the Response) of a Responses request."""
+    return served_by(gateway, "responses", lambda c: c.responses.create(model=MODEL, max_output_tokens=4, **request))
+
+
+def test_a_responses_conversation_stays_with_its_prompt_cache_key(fleet):
+    """The Responses translation carries prompt_cache_key (and user) into the call affinity reads: a turn
+    that shares no prefix with the last (a client that compacted its conversation, or changed its
+    instructions) still goes where its session went, and a previous_response_id turn where its prefix is."""
+    gateway, neurons = fleet
+    with held_busy(gateway, neurons["n1"], "n1"):
+        node, first = respond(gateway, input="a Responses conversation begins", prompt_cache_key="conv-r")
+        assert node == "n2"
+    assert respond(gateway, input="a Responses question from someone else")[0] == "n1", "idle: least busy"
+    node, _ = respond(gateway, input="and then?", previous_response_id=first.id, prompt_cache_key="conv-r")
+    assert node == "n2", "turn 2 after previous_response_id"
+    node, _ = respond(gateway, input="a compacted summary of it all", instructions="be brief",
+                      prompt_cache_key="conv-r")
+    assert node == "n2", "a turn with no prefix in common, by its prompt_cache_key alone"
+    assert "routing tiny to n2: session hint" in gateway.log()
+    assert respond(gateway, input="a question in another session", prompt_cache_key="other")[0] == "n1", \
+        "another key is another session"
+
+
+def test_a_responses_user_sticks(fleet):
+    gateway, neurons = fleet
+    with held_busy(gateway, neurons["n1"], "n1"):
+        assert respond(gateway, input="bob's first question", user="bob")[0] == "n2"
+    assert respond(gateway, input="bob's unrelated second question", user="bob")[0] == "n2"

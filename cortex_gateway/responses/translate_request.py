@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from cortex_gateway.prefix_map import HINT_FIELDS
 from cortex_gateway.responses.input_items import normalize_input, to_messages
 from cortex_gateway.responses.tools import Tools, parse_tools, tool_choice
 from neuron.shared.errors import bad_request
@@ -53,7 +54,7 @@ def to_chat(data: dict, history: list[dict], hosted_tools: str = "drop") -> Tran
     messages = _instructions(data.get("instructions")) + to_messages(conversation)
     if not messages:
         raise bad_request("input: expected a string or a non-empty list of items", param="input")
-    body: dict[str, Any] = {"model": model, "messages": messages, **_sampling(data)}
+    body: dict[str, Any] = {"model": model, "messages": messages, **_sampling(data), **session_hints(data)}
     tools = parse_tools(data.get("tools"), hosted_tools)
     choice, allowed = tool_choice(data.get("tool_choice"), tools)
     if tools.functions:
@@ -76,6 +77,14 @@ def to_chat(data: dict, history: list[dict], hosted_tools: str = "drop") -> Tran
         body["cortex_script"] = require_type(script, str, "cortex_script", "a string")
     echo = _echo(data, model, tools, text_format, top_logprobs)
     return Translated(body, echo, items, conversation, tools.namespaced, tools.dropped)
+
+
+def session_hints(data: dict) -> dict[str, str]:
+    """`user` and `prompt_cache_key`, carried into the chat call as they are: prefix-affine routing reads a
+    session's hints from the translated call alone (`prefix_map.HINT_FIELDS`), and the neurons' chat dialect
+    has both fields (ignored there, so nothing changes for the model). Only non-empty strings: anything else
+    names no session (and `check_lengths` has bounded them to 64 characters)."""
+    return {name: data[name] for name in HINT_FIELDS if isinstance(data.get(name), str) and data[name]}
 
 
 def wants_store(data: dict) -> bool:
