@@ -131,6 +131,12 @@ class GatewayMetrics:
                                     ["model", "direction", "reason"], registry=r)
         self.queue_wait = Histogram("cortex_queue_wait_seconds", "Time a request waited for its model",
                                     ["model"], buckets=LATENCY_BUCKETS, registry=r)
+        # A cold load's wait for room (0 for one that planned at once), and the loads that had to wait (swaps).
+        self.cold_load_wait_seconds = Histogram("cortex_cold_load_wait_seconds",
+                                                "Time a cold load waited for room on a node", ["model"],
+                                                buckets=LATENCY_BUCKETS, registry=r)
+        self.cold_load_waits = Counter("cortex_cold_load_waits", "Cold loads that had to wait for room", ["model"],
+                                       registry=r)
         self.retries = Counter("cortex_retries", "Requests retried on another node", ["model"], registry=r)
 
         self.recent = RecentStats()

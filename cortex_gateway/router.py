@@ -29,6 +29,7 @@ class NodeView:
     available: dict[str, float] = field(default_factory=dict)  # model -> estimated MiB to load it
     busy: dict[str, int] = field(default_factory=dict)  # model -> in flight + queued
     last_used: dict[str, float] = field(default_factory=dict)
+    resident: frozenset[str] = frozenset()  # within min_residency_s of a waited-for load: not evicted (swaps)
 
 
 @dataclass(frozen=True)
@@ -108,8 +109,9 @@ def plan_cold_load(
 def waiting_helps(model: str, nodes: list[NodeView], *, strategy: str, loadable_anywhere: bool,
                   pinned: dict[str, set[str]], priorities: dict[str, int],
                   exclude: frozenset[str] = frozenset()) -> bool:
-    """Whether some candidate node would have a plan once its busy models go idle (pins and sizes aside)."""
-    idle = [replace(n, busy={}) for n in nodes]
+    """Whether some candidate node would have a plan once its busy models go idle and its residencies end
+    (pins and sizes aside)."""
+    idle = [replace(n, busy={}, resident=frozenset()) for n in nodes]
     return bool(plan_cold_load(model, idle, strategy=strategy, preferred=[], loadable_anywhere=loadable_anywhere,
                                pinned=pinned, priorities=priorities, exclude=exclude))
 
@@ -156,5 +158,5 @@ def next_victim(model: str, node: NodeView, *, strategy: str, pinned: dict[str, 
 def _residents(node: NodeView, pinned: dict[str, set[str]], priorities: dict[str, int],
                skip: str | None = None) -> list[Resident]:
     return [Resident(m, mem, node.last_used.get(m, 0.0), priorities.get(m, 100),
-                     node.name in pinned.get(m, set()), node.busy.get(m, 0) > 0)
+                     node.name in pinned.get(m, set()), node.busy.get(m, 0) > 0 or m in node.resident)
             for m, mem in node.loaded.items() if m != skip]

@@ -91,3 +91,32 @@ def test_a_model_too_big_for_every_node_is_refused_at_once(tmp_path, three_model
         assert body["error"]["code"] == "model_too_large"
         assert "more than any node can hold: the roomiest, n1, has 20 MiB in all" in body["error"]["message"]
         assert not waits_for(gw, "m1") and loaded(neuron) == set()
+
+
+def events(gateway, kind: str) -> list[dict]:
+    return [e for e in http_json("GET", gateway.url + "/admin/status")[1]["events"] if e["kind"] == kind]
+
+
+def test_interleaved_demand_swaps_by_turns_not_per_request(tmp_path, three_models):
+    """Three models on a node that holds two, each asked for while the others are busy: a waiting load claims the
+    least lately used busy model (which takes no new requests until swapped), the model it loads stays for its
+    residency, and the requests for each model share one load. Four loads serve it all."""
+    toml = "[scheduling]\nmin_residency_s = 600"
+    with crowded(tmp_path, three_models, extra_toml=toml) as (gw, neuron, streams), ThreadPoolExecutor(6) as pool:
+        for_m3 = [pool.submit(chat, gw, "m3") for _ in range(3)]
+        wait_for(lambda: waits_for(gw, "m3"), PATIENCE, "cold_load_waits event for m3")
+        # m3's load claimed m1, the least lately used busy model: a new request for m1 waits for its return.
+        for_m1 = [pool.submit(chat, gw, "m1") for _ in range(2)]
+        wait_for(lambda: waits_for(gw, "m1"), PATIENCE, "cold_load_waits event for m1")
+        assert not any(f.done() for f in for_m3 + for_m1)
+        streams.pop("m1").close()  # m1 drains: m3's turn
+        assert [f.result(timeout=PATIENCE)[0] for f in for_m3] == [200] * 3
+        assert loaded(neuron) == {"m2", "m3"}
+        assert chat(gw, "m3")[0] == 200  # served by the resident m3 at once
+        assert not any(f.done() for f in for_m1)  # m2 is busy and m3 resident: m1 waits its turn
+        streams.pop("m2").close()
+        assert [f.result(timeout=PATIENCE)[0] for f in for_m1] == [200] * 2
+        # m3 was used less lately than m2, yet m2 went: m3 is within its residency.
+        assert loaded(neuron) == {"m1", "m3"}
+        assert [e["model"] for e in events(gw, "load")] == ["m1", "m2", "m3", "m1"]
+        assert [e["model"] for e in events(gw, "cold_load_waits")] == ["m3", "m1"]

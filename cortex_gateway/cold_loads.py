@@ -1,0 +1,354 @@
+"""Cold loads carried out: one load per model (single-flight), its evictions, and the queue of loads waiting
+for room (the rules are `cortex_gateway.swaps`'; the plans `cortex_gateway.router`'s).
+
+A cold load first plans at once. When only busy models (or residencies) stand in the way, it joins the
+waiting queue, which one task serves: each time room may have changed (a model of the gateway's going idle
+on a node, a poll, a load or unload, a residency ending) it tries the waiting loads oldest first, one at a
+time, so the oldest gets the room; it then renews the victims the still-waiting ones claim. It holds no
+slot and no lock while it waits, and gives a load up at `[scheduling] max_wait_s`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from typing import TYPE_CHECKING
+
+from cortex_gateway import router, swaps
+from cortex_gateway.errors import model_too_large, no_capacity
+from cortex_gateway.fleet import Node
+from cortex_gateway.load_failures import cannot_load, catalog_version, gives_up, is_permanent
+from cortex_gateway.router import NodeView, loading_on, next_victim, plan_cold_load
+from neuron.shared.client import NeuronError
+from neuron.shared.errors import ApiError
+from neuron.shared.protocol import ModelState
+
+if TYPE_CHECKING:
+    from cortex_gateway.lifecycle import Lifecycle
+
+log = logging.getLogger("cortex.gateway.lifecycle")
+MAX_EXTRA_EVICTIONS = 8
+
+
+class MustWait(Exception):
+    """No plan now, only because the models in the way are busy or resident: the load waits for a change."""
+
+
+class _Waiter:
+    def __init__(self, entry: swaps.Waiting, exclude: frozenset[str]):
+        self.entry, self.exclude = entry, exclude
+        self.result: asyncio.Future = asyncio.get_running_loop().create_future()
+        self.why = ""
+
+
+class ColdLoads:
+    """The cold loads of one gateway: `get` a node for a model loaded nowhere (or only where it yields)."""
+
+    def __init__(self, lifecycle: Lifecycle):
+        self.lc = lifecycle
+        self._loads: dict[str, asyncio.Future] = {}
+        self._waiting: dict[str, _Waiter] = {}
+        self._server: asyncio.Task | None = None
+        self.claims: list[swaps.Claim] = []  # victims that take no new requests until evicted (swaps.claim)
+        self._resident_since: dict[tuple[str, str], float] = {}  # (node, model) -> its waited-for load's end
+        # Placed for waiting requests that are not in flight yet (their tasks resume after this one moves on):
+        # counted busy until one of its requests ends there, or the node has been polled twice since (no request
+        # came: they left). Without it the next waiting load could evict the model its requests are about to use.
+        self._fresh: dict[tuple[str, str], int] = {}
+
+    # -- what the lifecycle's views read ------------------------------------------
+    def pending(self) -> set[str]:
+        return set(self._loads)
+
+    def waiting(self) -> dict[str, float]:
+        """Models whose load waits for room -> when its first request came (monotonic)."""
+        return {m: w.entry.since for m, w in self._waiting.items()}
+
+    def resident_on(self, node: str, models, now: float) -> frozenset[str]:
+        """Of `models` on `node`, those within their residency."""
+        since = {m: at for (n, m), at in self._resident_since.items() if n == node and m in models}
+        return swaps.protected(since, now, self.lc.config.scheduling.min_residency_s)
+
+    def claimed_on(self, model: str) -> frozenset[str]:
+        """The nodes where `model` yields: requests for it wait for its return instead of going there."""
+        return swaps.holding_claimed(model, self.claims)
+
+    def fresh_on(self, node: str) -> frozenset[str]:
+        return frozenset(m for (n, m) in self._fresh if n == node)
+
+    def request_ended(self, node: str, model: str) -> None:
+        self._fresh.pop((node, model), None)
+
+    def polled(self, node: str) -> None:
+        for key in [k for k in self._fresh if k[0] == node]:
+            self._fresh[key] += 1
+            if self._fresh[key] >= 2:
+                del self._fresh[key]
+
+    def unloaded(self, node: str, model: str) -> None:
+        self._resident_since.pop((node, model), None)
+        self.claims = [c for c in self.claims if (c.node, c.victim) != (node, model)]
+
+    # -- a request's cold load --------------------------------------------------------
+    async def get(self, model: str, exclude: frozenset[str]) -> Node:
+        """The node `model` is loaded on for this request: one load per model, every request joining it."""
+        pending = self._loads.get(model)
+        if pending is None:
+            pending = asyncio.get_running_loop().create_future()
+            self._loads[model] = pending
+            asyncio.get_running_loop().create_task(self._cold_load(model, exclude, pending))
+        timeout = self.lc.config.load_timeout_s
+        try:
+            return await asyncio.wait_for(asyncio.shield(pending), timeout)
+        except TimeoutError:
+            raise no_capacity(f"loading model {model!r} took longer than {timeout:g}s; retry shortly",
+                              retry_after=10) from None
+
+    async def _cold_load(self, model: str, exclude: frozenset[str], done: asyncio.Future) -> None:
+        try:
+            node = await self._place(model, exclude)
+        except BaseException as exc:  # noqa: BLE001 - delivered to every waiter
+            if not done.done():
+                done.set_exception(exc)
+            done.exception()  # mark retrieved: waiters may all have timed out
+        else:
+            if not done.done():
+                done.set_result(node)
+        finally:
+            self._loads.pop(model, None)
+
+    async def _place(self, model: str, exclude: frozenset[str]) -> Node:
+        """Plan and load at once, or join the waiting queue while only busy models stand in the way. While
+        loads wait, a new one joins the queue behind them without trying: room that appears is theirs first."""
+        if not self._waiting:
+            try:
+                node = await self._place_once(model, exclude)
+            except MustWait as why:
+                return await self._join_queue(model, exclude, str(why))
+            self.lc.metrics.cold_load_wait_seconds.labels(model).observe(0.0)
+            return node
+        result = self._join_queue(model, exclude, "other models' loads are waiting for room before it")
+        self.lc.wake_waiting()  # tried in its turn at once: it may fit somewhere without waiting
+        return await result
+
+    def _join_queue(self, model: str, exclude: frozenset[str], why: str) -> asyncio.Future:
+        max_wait = self.lc.config.scheduling.max_wait_s
+        now = time.monotonic()
+        waiter = _Waiter(swaps.Waiting(model, now, now + max_wait), exclude)
+        waiter.why = why
+        self._waiting[model] = waiter
+        self.lc.fleet.event("cold_load_waits", model=model, max_wait_s=max_wait)
+        self.lc.metrics.cold_load_waits.labels(model).inc()
+        self._renew_claims()
+        if self._server is None:
+            self._server = asyncio.get_running_loop().create_task(self._serve_waiting())
+        return waiter.result
+
+    # -- the waiting queue ------------------------------------------------------------
+    async def _serve_waiting(self) -> None:
+        """Until no load waits: on each change, try the waiting loads oldest first; then wait for the next."""
+        try:
+            while self._waiting:
+                changed = self.lc.room_changed  # before trying: a change from now on ends the wait below
+                for entry in swaps.turn_order(w.entry for w in self._waiting.values()):
+                    if (waiter := self._waiting.get(entry.model)) is not None:
+                        await self._try_waiting(waiter)
+                self._renew_claims()
+                if self._waiting:
+                    left = min(w.entry.deadline for w in self._waiting.values()) - time.monotonic()
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(changed.wait(), max(left, 0.0))
+        finally:
+            self._server = None
+            for waiter in self._waiting.values():  # cancelled (the gateway stopping): nobody is left waiting
+                if not waiter.result.done():
+                    waiter.result.cancel()
+
+    async def _try_waiting(self, waiter: _Waiter) -> None:
+        model = waiter.entry.model
+        try:
+            node = await self._place_once(model, waiter.exclude)
+        except MustWait as why:
+            waiter.why = str(why)
+            if time.monotonic() < waiter.entry.deadline:
+                return
+            max_wait = self.lc.config.scheduling.max_wait_s
+            self._settle(waiter, exc=no_capacity(
+                f"{why}; waited {max_wait:g}s ([scheduling] max_wait_s) for one to go idle", retry_after=10))
+        except BaseException as exc:  # noqa: BLE001 - delivered to the waiting requests
+            self._settle(waiter, exc=exc)
+        else:
+            self._resident_since[(node.name, model)] = time.monotonic()
+            self._fresh[(node.name, model)] = 0
+            residency = self.lc.config.scheduling.min_residency_s
+            if residency > 0:  # its end may be what another waiting load needs
+                asyncio.get_running_loop().call_later(residency, self.lc.wake_waiting)
+            self._settle(waiter, node=node)
+
+    def _settle(self, waiter: _Waiter, node: Node | None = None, exc: BaseException | None = None) -> None:
+        model = waiter.entry.model
+        self._waiting.pop(model, None)
+        self.claims = [c for c in self.claims if c.model != model]
+        self.lc.metrics.cold_load_wait_seconds.labels(model).observe(time.monotonic() - waiter.entry.since)
+        if waiter.result.done():
+            return
+        if exc is not None:
+            waiter.result.set_exception(exc)
+            waiter.result.exception()  # retrieved: its requests may have left
+        else:
+            waiter.result.set_result(node)
+            log.info("cold load of %s served after waiting %.1fs", model, time.monotonic() - waiter.entry.since)
+
+    def _renew_claims(self) -> None:
+        """Keep the claims of loads still waiting; a waiting load without one claims busy victims past their
+        residency (oldest load first, so two never claim the same victim)."""
+        kept = [c for c in self.claims if c.model in self._waiting and self._still_loaded(c)]
+        snapshot = self.lc.snapshot()
+        lc = self.lc
+        for entry in swaps.turn_order(w.entry for w in self._waiting.values()):
+            if any(c.model == entry.model for c in kept):
+                continue
+            profile = lc.config.models.get(entry.model)
+            new = swaps.claim(entry.model, snapshot, kept, strategy=lc.config.strategy,
+                              loadable_anywhere=bool(profile and (profile.path or profile.source)), pinned=lc.pins,
+                              priorities=lc.priorities(),
+                              exclude=self._waiting[entry.model].exclude | self.claimed_on(entry.model))
+            for c in new:
+                log.info("%s on %s takes no new requests until it is swapped for %s (waiting since %.1fs ago)",
+                         c.victim, c.node, c.model, time.monotonic() - entry.since)
+            kept += new
+        self.claims = kept
+
+    def _still_loaded(self, c: swaps.Claim) -> bool:
+        node = self.lc.fleet.nodes.get(c.node)
+        return node is not None and node.has_loaded(c.victim)
+
+    # -- one attempt -------------------------------------------------------------------
+    async def _place_once(self, model: str, exclude: frozenset[str]) -> Node:
+        lc = self.lc
+        snapshot = lc.snapshot()
+        if (busy_node := loading_on(model, snapshot)) is not None:
+            return await self._await_loading(lc.fleet.nodes[busy_node], model)
+        yielding = self.claimed_on(model)  # it comes back there once swapped out; not loaded there twice
+        profile = lc.config.models.get(model)
+        anywhere = bool(profile and (profile.path or profile.source))
+        failed = self._failed_for_good(model)  # not asked again: nothing changed there since
+        skip = exclude | failed.keys() | yielding
+        plans = plan_cold_load(
+            model, snapshot, strategy=lc.config.strategy, preferred=list(profile.pinned_on) if profile else [],
+            loadable_anywhere=anywhere, pinned=lc.pins, priorities=lc.priorities(), exclude=skip)
+        if not lc.fleet.healthy_nodes():
+            raise no_capacity("no healthy neuron is available; check `cortex status`", retry_after=5)
+        last_error = self._why_unplaceable(model, snapshot, skip)
+        if not plans:
+            if yielding:
+                raise MustWait(f"model {model!r} is being swapped out on {', '.join(sorted(yielding))}")
+            self._refuse_or_wait(model, snapshot, anywhere, skip, last_error)
+        refused_busy = False  # a node found a victim busy (requests from elsewhere, or not yet ended there)
+        for plan in plans:
+            node = lc.fleet.nodes[plan.node]
+            try:
+                await self._evict_all(node, model, plan.evict)
+                return await self._load_with_evictions(node, model)
+            except NeuronError as err:
+                last_error = f"{node.name}: {err.message}"
+                refused_busy = refused_busy or err.code == "model_busy"
+                if err.unreachable:
+                    lc.fleet.mark_failed(node, err.message)
+                if is_permanent(err):
+                    failed[node.name] = self._remember_failure(node, model, err)
+                log.warning("cold load of %s on %s failed: %s", model, node.name, err.message)
+        candidates = (n.name for n in snapshot if n.healthy and n.name not in exclude
+                      and (anywhere or model in n.available))
+        if refused_busy:
+            raise MustWait(last_error)
+        if gives_up(candidates, failed):
+            raise cannot_load(model, failed)
+        raise no_capacity(last_error, retry_after=10)
+
+    def _failed_for_good(self, model: str) -> dict[str, ApiError]:
+        """The nodes where loading `model` failed permanently, and that have not changed since."""
+        now, failures = time.monotonic(), self.lc.load_failures
+        found = {n.name: failures.blocking(n.name, model, catalog_version(n.available), n.health.uptime_s, now=now)
+                 for n in self.lc.fleet.nodes.values()}
+        return {name: err for name, err in found.items() if err is not None}
+
+    def _remember_failure(self, node: Node, model: str, err: NeuronError) -> ApiError:
+        self.lc.load_failures.record(node.name, model, err, catalog_version(node.available), node.health.uptime_s,
+                                     now=time.monotonic())
+        self.lc.fleet.event("load_failed", node=node.name, model=model, code=err.code)
+        return err
+
+    def _refuse_or_wait(self, model: str, snapshot: list[NodeView], anywhere: bool, exclude: frozenset[str],
+                        why: str) -> None:
+        """With no plan: a model too big for every node is refused at once; one kept out only by busy or
+        resident models waits (MustWait); otherwise the caller gives its 503 now."""
+        lc = self.lc
+        too_big = router.never_fits(model, snapshot, loadable_anywhere=anywhere, exclude=exclude)
+        if too_big is not None:
+            raise model_too_large(model, too_big)
+        if router.waiting_helps(model, snapshot, strategy=lc.config.strategy, loadable_anywhere=anywhere,
+                                pinned=lc.pins, priorities=lc.priorities(), exclude=exclude):
+            raise MustWait(why)
+
+    def _why_unplaceable(self, model: str, snapshot: list[NodeView], exclude: frozenset[str]) -> str:
+        offering = [n.name for n in snapshot if n.healthy and n.name not in exclude and model in n.available]
+        if not offering:
+            failed = f" ({', '.join(sorted(exclude))} failed just now)" if exclude else ""
+            draining = sorted(n.name for n in self.lc.fleet.nodes.values() if n.draining)
+            drained = f" ({', '.join(draining)} draining)" if draining else ""
+            return f"no healthy node can load model {model!r} now{failed}{drained}; check `cortex status`"
+        return (f"no room for model {model!r} on {', '.join(offering)}: every candidate is full of "
+                "pinned or busy models")
+
+    async def _evict_all(self, node: Node, model: str, victims: tuple[str, ...]) -> None:
+        """Evict the plan's victims; one the node finds busy is replaced by the next in eviction order."""
+        refused: set[str] = set()
+        queue = list(victims)
+        while queue:
+            victim = queue.pop(0)
+            try:
+                await self.lc.evict(node, victim)
+            except NeuronError as err:
+                if err.code != "model_busy" or len(refused) >= MAX_EXTRA_EVICTIONS:
+                    raise
+                refused.add(victim)
+                replacement = self._next_victim(node, model, frozenset(refused) | set(queue))
+                if replacement is None:
+                    raise
+                queue.append(replacement)
+
+    def _next_victim(self, node: Node, model: str, keep: frozenset[str] = frozenset()) -> str | None:
+        lc = self.lc
+        return next_victim(model, lc.view(node, keep), strategy=lc.config.strategy, pinned=lc.pins,
+                           priorities=lc.priorities())
+
+    async def _load_with_evictions(self, node: Node, model: str) -> Node:
+        """Load; when the node says it lacks memory, evict one more model and retry."""
+        for _ in range(MAX_EXTRA_EVICTIONS + 1):
+            try:
+                await self.lc.load(node, model, cold=True)
+                return node
+            except NeuronError as err:
+                if err.code != "insufficient_memory":
+                    raise
+                victim = self._next_victim(node, model)
+                if victim is None:
+                    raise
+                await self._evict_all(node, model, (victim,))
+        raise NeuronError(507, "insufficient_memory", f"model {model!r} does not fit on {node.name}",
+                          code="insufficient_memory")
+
+    async def _await_loading(self, node: Node, model: str) -> Node:
+        deadline = time.monotonic() + self.lc.config.load_timeout_s
+        while time.monotonic() < deadline:
+            await self.lc.fleet.poll_node(node)
+            info = node.models.get(model)
+            if info is None:
+                break
+            if info.status == ModelState.LOADED:
+                return node
+            await asyncio.sleep(0.2)
+        return await self._load_with_evictions(node, model)

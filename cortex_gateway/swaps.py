@@ -1,0 +1,86 @@
+"""Swap-aware queueing: what cold loads that must wait do, as pure functions of a fleet snapshot (no I/O, as
+the router and evictor are); `cortex_gateway.cold_loads` carries the decisions out.
+
+When models outnumber memory, a cold load finds its room held by busy models. Served naively (evict
+whichever model idles first, the moment it does), interleaved demand for three models on a node that holds
+two swaps at nearly every request, each swap a load the requests behind it wait for. Three rules stop that:
+
+- **One queue, oldest first, grouped by model.** Every request for a model joins its one pending load, and
+  the waiting loads are tried in the order their first request came (`turn_order`), so the longest-waiting
+  model gets the next room, not whichever asked last.
+- **Residency.** A model loaded for requests that had to wait is not evicted for `min_residency_s` after its
+  load (`protected`): a swap then serves a turn's worth of that model's demand, the requests that arrive
+  while it is resident included, before the next swap can undo it. A load that did not wait (its victims
+  were idle) earns no residency: one user switching models gets each switch at once, as before.
+- **Yielding.** A waiting load whose room is held by busy models past their residency claims them
+  (`claim`): the gateway stops sending them new requests on that node (they wait for the model's return,
+  in the same queue, behind the claimant), so the victim drains within its requests in flight, instead of
+  staying busy for as long as its demand lasts. A protected model is never claimed, so no model yields
+  sooner than `min_residency_s` after a waited-for load, and the claim ends when its load is placed or gives
+  up. A waiting request is in flight nowhere, so no victim can be waiting itself: nothing deadlocks.
+
+A waiting load still gives up after `[scheduling] max_wait_s`, so no request waits longer than that.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, replace
+
+from cortex_gateway.router import NodeView, plan_cold_load
+
+
+@dataclass(frozen=True)
+class Waiting:
+    """A cold load waiting for room: its model, when its first request came, when it gives up."""
+
+    model: str
+    since: float
+    deadline: float
+
+
+@dataclass(frozen=True)
+class Claim:
+    """`victim` on `node` takes no new requests until it is evicted for `model`'s waiting load."""
+
+    node: str
+    victim: str
+    model: str
+
+
+def turn_order(waiting: Iterable[Waiting]) -> list[Waiting]:
+    """The waiting loads in the order they are tried: the oldest first request first."""
+    return sorted(waiting, key=lambda w: (w.since, w.model))
+
+
+def protected(loaded_at: dict[str, float], now: float, min_residency_s: float) -> frozenset[str]:
+    """The models (of `loaded_at`: model -> when a waited-for load put it there) still within their residency."""
+    return frozenset(m for m, at in loaded_at.items() if now - at < min_residency_s)
+
+
+def claim(model: str, snapshot: list[NodeView], claimed: Iterable[Claim], *, strategy: str,
+          loadable_anywhere: bool, pinned: dict[str, set[str]], priorities: dict[str, int],
+          exclude: frozenset[str] = frozenset()) -> list[Claim]:
+    """The busy victims `model`'s waiting load claims: the best plan there would be if busy models were idle
+    (protected, pinned and already claimed ones stay in the way), or none when that plan evicts only idle
+    models (it is about to run) or there is none (only time can help: residencies ending)."""
+    taken = {(c.node, c.victim) for c in claimed}
+    views = [_claimable(v, taken) for v in snapshot]
+    plans = plan_cold_load(model, views, strategy=strategy, preferred=[], loadable_anywhere=loadable_anywhere,
+                           pinned=pinned, priorities=priorities, exclude=exclude)
+    if not plans:
+        return []
+    busy = {v.name: v.busy for v in snapshot}
+    plan = plans[0]
+    return [Claim(plan.node, victim, model) for victim in plan.evict if busy[plan.node].get(victim, 0) > 0]
+
+
+def _claimable(view: NodeView, taken: set[tuple[str, str]]) -> NodeView:
+    """The node with its busy models idle, except those another waiting load claimed (kept busy: not twice)."""
+    busy = {m: 1 for m in view.loaded if (view.name, m) in taken}
+    return replace(view, busy=busy)
+
+
+def holding_claimed(model: str, claims: Iterable[Claim]) -> frozenset[str]:
+    """The nodes where `model` is claimed: a request for it waits for its return instead of going there."""
+    return frozenset(c.node for c in claims if c.victim == model)

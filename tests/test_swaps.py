@@ -1,0 +1,66 @@
+"""The swap-aware queue's decisions (cortex_gateway.swaps) over snapshots, table-driven as the router's are."""
+
+from __future__ import annotations
+
+import pytest
+
+from cortex_gateway import swaps
+from cortex_gateway.router import NodeView, plan_cold_load, waiting_helps
+from cortex_gateway.swaps import Claim, Waiting
+
+PLACE = {"strategy": "lru", "loadable_anywhere": False, "pinned": {}, "priorities": {}}
+
+
+def node(name="n1", *, busy=None, resident=(), loaded=("a", "b"), last_used=None, free=0.0):
+    """A node holding two 40 MiB models with no free memory; every model of the catalog needs 40 MiB."""
+    return NodeView(name, True, free, {m: 40.0 for m in loaded}, available={m: 40.0 for m in "abcd"},
+                    busy=busy or {}, last_used=last_used or {m: i for i, m in enumerate(loaded)},
+                    resident=frozenset(resident))
+
+
+def test_waiting_loads_are_tried_oldest_first():
+    waiting = [Waiting("c", 5.0, 10.0), Waiting("a", 1.0, 9.0), Waiting("b", 5.0, 9.0)]
+    assert [w.model for w in swaps.turn_order(waiting)] == ["a", "b", "c"]  # a tie goes by name: stable
+
+
+@pytest.mark.parametrize(("loaded_at", "now", "residency", "expected"), [
+    ({"a": 0.0, "b": 5.0}, 8.0, 10.0, {"a", "b"}),
+    ({"a": 0.0, "b": 5.0}, 12.0, 10.0, {"b"}),
+    ({"a": 0.0}, 10.0, 10.0, set()),  # ends exactly at min_residency_s
+    ({"a": 0.0}, 1.0, 0.0, set()),  # 0: off
+])
+def test_residency(loaded_at, now, residency, expected):
+    assert swaps.protected(loaded_at, now, residency) == expected
+
+
+def test_a_resident_model_is_no_victim_and_waiting_for_it_helps():
+    view = node(resident={"a", "b"})
+    assert plan_cold_load("c", [view], preferred=[], **PLACE) == []
+    assert waiting_helps("c", [view], **PLACE)  # residencies end
+
+
+@pytest.mark.parametrize(("view", "claimed", "expected"), [
+    # both busy: the least lately used is claimed
+    (node(busy={"a": 1, "b": 2}), [], [Claim("n1", "a", "c")]),
+    # the older one resident: the other is claimed although more lately used
+    (node(busy={"a": 1, "b": 2}, resident={"a"}), [], [Claim("n1", "b", "c")]),
+    # both resident: nothing to claim, only their residency ending helps
+    (node(busy={"a": 1, "b": 1}, resident={"a", "b"}), [], []),
+    # an idle victim: the plan is about to run, nothing to claim
+    (node(busy={"b": 1}), [], []),
+    # a victim another waiting load claimed is not claimed twice
+    (node(busy={"a": 1, "b": 1}), [Claim("n1", "a", "d")], [Claim("n1", "b", "c")]),
+])
+def test_what_a_waiting_load_claims(view, claimed, expected):
+    assert swaps.claim("c", [view], claimed, **PLACE) == expected
+
+
+def test_a_pinned_model_is_never_claimed():
+    view = node(busy={"a": 1, "b": 1})
+    assert swaps.claim("c", [view], [], **{**PLACE, "pinned": {"a": {"n1"}, "b": {"n1"}}}) == []
+
+
+def test_a_claimed_model_waits_for_its_return_on_that_node():
+    claims = [Claim("n1", "a", "c"), Claim("n2", "b", "c")]
+    assert swaps.holding_claimed("a", claims) == {"n1"}
+    assert swaps.holding_claimed("c", claims) == frozenset()
