@@ -304,7 +304,8 @@ class ColdLoads:
                 "pinned or busy models")
 
     async def _evict_all(self, node: Node, model: str, victims: tuple[str, ...]) -> None:
-        """Evict the plan's victims; one the node finds busy is replaced by the next in eviction order."""
+        """Evict the plan's victims; one the node finds busy is replaced by the next in eviction order, one it
+        no longer has counts as gone (never as a failure to load `model`)."""
         refused: set[str] = set()
         queue = list(victims)
         while queue:
@@ -312,6 +313,8 @@ class ColdLoads:
             try:
                 await self.lc.evict(node, victim)
             except NeuronError as err:
+                if err.code == "model_not_found":  # gone already (unloaded from elsewhere): its room is free
+                    continue
                 if err.code != "model_busy" or len(refused) >= MAX_EXTRA_EVICTIONS:
                     raise
                 refused.add(victim)

@@ -208,9 +208,14 @@ class Lifecycle:
         self.fleet.event("evict", node=node.name, model=model, strategy=self.config.strategy)
 
     async def unload(self, node: Node, model: str, *, if_idle: bool = False) -> dict:
-        result = await node.client.unload(model, if_idle=if_idle)
-        node.models.pop(model, None)
-        self.cold.unloaded(node.name, model)
+        """Unload `model`, by the gateway's name or the node's id: a model a profile loaded by path or hub
+        source is known to the node by its path, so that is the one asked for; both names are forgotten."""
+        upstream = node.upstream_id(model)
+        result = await node.client.unload(upstream, if_idle=if_idle)
+        names = {model, upstream} | {name for name, node_id in node.aliases.items() if node_id == upstream}
+        for name in names:
+            node.models.pop(name, None)
+            self.cold.unloaded(node.name, name)
         await self.fleet.poll_node(node)
         return result
 
@@ -220,7 +225,7 @@ class Lifecycle:
         A model busy from elsewhere, or already gone, is for the next round to see (logged at debug); any
         other refusal is a warning. The rounds that unload (keep-alive, scale-in) all go through here."""
         try:
-            await self.unload(node, node.upstream_id(model), if_idle=True)
+            await self.unload(node, model, if_idle=True)
         except NeuronError as err:
             level = logging.DEBUG if err.code in NOT_UNLOADED else logging.WARNING
             log.log(level, "%s of %s on %s not done (next round tries again): %s", what, model, node.name,

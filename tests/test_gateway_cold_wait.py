@@ -120,3 +120,15 @@ def test_interleaved_demand_swaps_by_turns_not_per_request(tmp_path, three_model
         assert loaded(neuron) == {"m1", "m3"}
         assert [e["model"] for e in events(gw, "load")] == ["m1", "m2", "m3", "m1"]
         assert [e["model"] for e in events(gw, "cold_load_waits")] == ["m3", "m1"]
+
+
+def test_a_model_a_profile_loads_by_path_is_evicted_by_its_path(tmp_path, three_models):
+    """The node knows a profile's model by its path, the gateway by the profile's id: evicting it for room
+    asks the node for the path (asking by the id was a 404, and the cold load behind it failed)."""
+    profile = f'[[models]]\nid = "bypath"\npath = "{three_models / "m1.gguf"}"\n'
+    with one_node_fleet(tmp_path, three_models, "--cpu-memory-mb", BUDGET, models_toml=profile) as (gw, neuron, _):
+        for model in ("bypath", "m2", "m3"):  # the third evicts the least lately used: bypath
+            status, body = chat(gw, model)
+            assert status == 200, body
+        assert [(e["model"]) for e in events(gw, "evict")] == ["bypath"]
+        assert not any("m1" in model for model in loaded(neuron))
