@@ -82,13 +82,18 @@ async def _attempts(ex: Exchange) -> web.StreamResponse:
 
 async def place(ex: Exchange, exclude: frozenset[str], keys: RequestKeys | None = None) -> Node:
     """The node the request goes to, `exclude` aside: one with the model loaded (the one likely to hold
-    its prefix, by `keys`, when several have it), else a cold load first (with keep-alives for a stream
-    while it runs)."""
+    its prefix, by `keys`, when several have it; held in the gateway first while that one is full and a
+    replica is coming), else a cold load first (keep-alives for a stream while either waits)."""
     lifecycle, model = ex.request.app[LIFECYCLE], ex.record.model
     node = lifecycle.loaded_node(model, exclude, keys)
     if node is not None:
-        lifecycle.on_demand(model, node)  # a deep queue there wakes the replica rounds (cortex_gateway.scaler)
-        return node
+        hold = lifecycle.on_demand(model, node)  # a deep queue there adds replicas (cortex_gateway.scaler)
+        if hold is None:
+            return node
+        node = await hold.placed(lambda: lifecycle.loaded_node(model, exclude, keys),
+                                 ex.keepalive_until if ex.call.stream else None)
+        if node is not None:
+            return node
     if ex.call.path != "/v1/embeddings" and lifecycle.embedding_only(model):  # refused before loading it
         raise ApiError(400, "invalid_request_error", f"model {model!r} is an embedding model: it serves "
                        "/v1/embeddings only; pick a chat model from /v1/models", code="embedding_model",

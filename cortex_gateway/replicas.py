@@ -1,22 +1,26 @@
-"""Replicas: when to load a model on one more node, which replicas to keep, which to unload. Pure: functions
-of a fleet snapshot (`router.NodeView`), no I/O, as the router and evictor are; `cortex_gateway.scaler`
-carries the decisions out.
+"""Replicas: when to load a model on more nodes, which replicas to keep, which to unload, and when a request
+waits in the gateway for a replica coming up. Pure: functions of a fleet snapshot (`router.NodeView`), no
+I/O, as the router and evictor are; `cortex_gateway.scaler` carries the decisions out.
 
-A replica is a healthy node taking requests with the model loaded. The ceiling and floor are the model's
-`max_replicas` and `min_replicas` (models.toml); a model without a profile, or with the defaults (1 and 0),
-is never touched here: it is loaded on demand and evicted for room, as it always was.
+A replica is a healthy node taking requests with the model loaded; one coming is a healthy node loading it.
+The ceiling and floor are the model's `max_replicas` and `min_replicas` (models.toml); a model without a
+profile, or with the defaults (1 and 0), is never touched here: it is loaded on demand and evicted for
+room, as it always was.
 
-- Scale out: the model's requests waiting for a slot (across its replicas) reach `scale_out_queue` per
-  replica, and it has fewer than `max_replicas`: one more node, chosen as a cold load would be
-  (`router.plan_cold_load`, the nodes that hold it left out), but only one where it fits with NO eviction.
-  A replica is an optimisation of a model already served; evicting another model for it, even an idle one,
-  would buy it with someone else's cold start (and the keep-alive frees idle models anyway).
-- Restore: a model below `min_replicas` gets one more node per round, on the same terms (pre-warmed at
-  start, restored after a node comes back).
+- Scale out: as many more replicas at once as the waiting demand justifies, each (serving, coming or new)
+  needing `scale_out_queue` requests waiting (`wanted`), below `max_replicas`: the loads run concurrently,
+  each on the node a cold load would choose (`router.plan_cold_load`, the nodes that hold it left out),
+  but only one where it fits with NO eviction. A replica is an optimisation of a model already served;
+  evicting another model for it, even an idle one, would buy it with someone else's cold start (and the
+  keep-alive frees idle models anyway). One at a time, a burst would wait out a load per replica.
+- Restore: a model below `min_replicas` gets the nodes it lacks, on the same terms (pre-warmed at start,
+  restored after a node comes back).
 - Scale in: of a model allowed more than one replica, the replicas beyond max(1, min_replicas) idle for
   `replica_idle_s` are unloaded, the least lately used first: never the last one, never a pinned or busy one.
+- Hold (`holds`): a request whose replica is full to its slots plus `scale_out_queue` waits in the gateway
+  while another replica is coming, rather than queue behind a node the new one would have relieved.
 
-One load of a model at a time: a model being loaded anywhere (or by the gateway, `pending`) gets no other.
+A model a request's cold load is under way for (`pending`) gets no replica until that load is done.
 """
 
 from __future__ import annotations
@@ -88,46 +92,79 @@ def waiting_on(in_flight: int, slots: int, queued: int) -> int:
     return max(beyond, queued, 0)
 
 
+def coming(model: str, snapshot: list[NodeView]) -> list[NodeView]:
+    """The healthy nodes loading `model`: replicas on their way (a node down will not finish its load)."""
+    return [v for v in snapshot if v.healthy and model in v.loading]
+
+
+def wanted(waiting: int, serving: int, loading: int, per_replica: int, ceiling: int) -> int:
+    """How many more replicas `waiting` requests justify: the fewest replicas at which fewer than
+    `per_replica` wait per replica (one rule applied until it stops: one more whenever each replica has
+    `per_replica` waiting), capped at `ceiling`, less those serving and loading already."""
+    target = min(waiting // per_replica + 1, ceiling)
+    return max(target - serving - loading, 0)
+
+
+def holds(in_flight: int, slots: int, per_replica: int, replica_coming: bool) -> bool:
+    """Whether a request chosen for a replica with `in_flight` of the gateway's requests there waits in the
+    gateway instead: that replica is full to its slots plus `per_replica` waiting, and another replica of
+    the model is being loaded (sent there, it would queue behind the full one's slots, however soon the
+    new one serves). Slots not reported (0), or nothing coming: never, so one node behaves as it did."""
+    return replica_coming and slots > 0 and in_flight >= slots + per_replica
+
+
 def scale_out(model: str, snapshot: list[NodeView], waiting: dict[str, int], bounds: Bounds, per_replica: int,
-              placement: Placement) -> ReplicaLoad | None:
-    """One more replica of `model` when its replicas' waiting requests (`waiting`: node -> count) reach
-    `per_replica` each, below the ceiling, with no load of it under way; None otherwise or when none fits."""
+              placement: Placement, held: int = 0) -> list[ReplicaLoad]:
+    """The replicas to add for `model`: as many as its waiting requests justify (`wanted`: those waiting at
+    its replicas, `waiting` node -> count, and those `held` in the gateway), each on another node where it
+    fits; none when it is loaded nowhere (a cold load's business) or at its ceiling."""
     serving = replicas(model, snapshot)
-    if not serving or len(serving) >= bounds.max or _loading(model, snapshot):
-        return None
-    queued = sum(waiting.get(v.name, 0) for v in serving)
-    if queued < per_replica * len(serving):
-        return None
-    node = placement.fitting(model, snapshot)
-    return None if node is None else ReplicaLoad(model, node, "queue", queued)
+    if not serving:
+        return []
+    queued = sum(waiting.get(v.name, 0) for v in serving) + held
+    more = wanted(queued, len(serving), len(coming(model, snapshot)), per_replica, bounds.max)
+    return _place(model, snapshot, more, "queue", queued, placement)
 
 
 def scale_outs(snapshot: list[NodeView], waiting: dict[str, dict[str, int]], bounds: dict[str, Bounds],
-               per_replica: int, placement: Placement, pending: frozenset[str] = frozenset()) -> list[ReplicaLoad]:
+               per_replica: int, placement: Placement, pending: frozenset[str] = frozenset(),
+               held: dict[str, int] | None = None) -> list[ReplicaLoad]:
     """`scale_out` for every model with waiting requests, the memory each takes reserved before the next."""
-    out = []
+    out: list[ReplicaLoad] = []
     for model in sorted(waiting):
         if model in pending:
             continue
-        decision = scale_out(model, snapshot, waiting[model], bounds.get(model, Bounds()), per_replica, placement)
-        if decision is not None:
-            out.append(decision)
-            snapshot = reserve(snapshot, decision)
+        decisions = scale_out(model, snapshot, waiting[model], bounds.get(model, Bounds()), per_replica,
+                              placement, (held or {}).get(model, 0))
+        out += decisions
+        snapshot = reserve_all(snapshot, decisions)
     return out
 
 
 def restore_min(snapshot: list[NodeView], bounds: dict[str, Bounds], placement: Placement,
                 pending: frozenset[str] = frozenset()) -> list[ReplicaLoad]:
-    """One more node for each model below its `min_replicas` (none when a load of it is under way)."""
-    out = []
+    """The nodes each model below its `min_replicas` lacks (those loading it count), loaded at once."""
+    out: list[ReplicaLoad] = []
     for model in sorted(bounds):
-        short = len(replicas(model, snapshot)) < bounds[model].min
-        if not short or model in pending or _loading(model, snapshot):
+        if model in pending:
             continue
+        short = bounds[model].min - len(replicas(model, snapshot)) - len(coming(model, snapshot))
+        decisions = _place(model, snapshot, short, "min_replicas", 0, placement)
+        out += decisions
+        snapshot = reserve_all(snapshot, decisions)
+    return out
+
+
+def _place(model: str, snapshot: list[NodeView], count: int, reason: str, waiting: int,
+           placement: Placement) -> list[ReplicaLoad]:
+    """Up to `count` loads of `model`, each on the best node left where it fits with nothing evicted."""
+    out: list[ReplicaLoad] = []
+    for _ in range(max(count, 0)):
         node = placement.fitting(model, snapshot)
-        if node is not None:
-            out.append(ReplicaLoad(model, node, "min_replicas"))
-            snapshot = reserve(snapshot, out[-1])
+        if node is None:
+            break
+        out.append(ReplicaLoad(model, node, reason, waiting))
+        snapshot = reserve(snapshot, out[-1])
     return out
 
 
@@ -172,5 +209,8 @@ def reserve(snapshot: list[NodeView], decision: ReplicaLoad) -> list[NodeView]:
     return [after(v) if v.name == decision.node else v for v in snapshot]
 
 
-def _loading(model: str, snapshot: list[NodeView]) -> bool:
-    return any(model in v.loading for v in snapshot)
+def reserve_all(snapshot: list[NodeView], decisions: list[ReplicaLoad]) -> list[NodeView]:
+    """`reserve` for each decision: the gateway's own loads under way, which no poll has listed yet."""
+    for decision in decisions:
+        snapshot = reserve(snapshot, decision)
+    return snapshot

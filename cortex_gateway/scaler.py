@@ -1,23 +1,24 @@
-"""Replicas carried out: the decisions of `cortex_gateway.replicas` turned into loads and unloads, a round at a
-time, from a task the app starts beside the poller (only when some model is allowed more than one replica or
-keeps a floor).
+"""Replicas carried out: the decisions of `cortex_gateway.replicas` turned into loads, unloads and held
+requests, from a task the app starts beside the poller (only when some model is allowed more than one
+replica or keeps a floor) and from the request's path.
 
-A round restores floors, adds a replica where the queue is deep and unloads idle extras. Rounds come every
-`interval` seconds, and at once when a request is placed on a replica whose queue already reaches the
-threshold (`Lifecycle.on_demand`: a dictionary lookup and a comparison on the request's path, nothing
-parsed), so a burst gets its replica without waiting out the interval. A replica's load runs in the
-background, one per model at a time; the request that asked for it is served where it was placed.
+A round restores floors, adds the replicas a deep queue justifies and unloads idle extras, every `interval`
+seconds. A request placed on a replica whose queue already reaches the threshold decides a scale-out at once
+(`Lifecycle.on_demand`: a dictionary look-up and a comparison on the path of every other request, nothing
+parsed), so a burst gets its replicas without waiting out the interval, and if that replica is full while
+one is coming the request is held in the gateway (`cortex_gateway.hold`) rather than queued behind it.
+Replica loads run in the background, concurrently on different nodes.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Callable
 
 from cortex_gateway.fleet import Node
+from cortex_gateway.hold import Hold, Holds
 from cortex_gateway.keep_alive import first_seen, idle_from
 from cortex_gateway.lifecycle import Lifecycle
 from cortex_gateway.replicas import (
@@ -25,10 +26,14 @@ from cortex_gateway.replicas import (
     Placement,
     ReplicaLoad,
     ReplicaUnload,
+    holds,
+    reserve_all,
     restore_min,
     scale_in,
+    scale_out,
     scale_outs,
     waiting_on,
+    wanted,
 )
 from cortex_gateway.router import NodeView
 from neuron.shared.client import NeuronError
@@ -58,7 +63,7 @@ def waiting_at(lifecycle: Lifecycle, node: Node, model: str, extra: int = 0) -> 
 
 
 class Replicas:
-    """Carries out scale out, restore and scale in against the fleet; `now` is injectable for tests."""
+    """Carries out scale out, restore, scale in and holds against the fleet; `now` is injectable for tests."""
 
     def __init__(self, lifecycle: Lifecycle, now: Callable[[], float] = time.time):
         self.lifecycle = lifecycle
@@ -68,9 +73,24 @@ class Replicas:
         self.bounds = {m: Bounds(p.min_replicas, p.max_replicas) for m, p in models.items()
                        if p.max_replicas > 1 or p.min_replicas > 0}
         self.seen: dict[tuple[str, str], float] = {}
-        self.loads: dict[str, asyncio.Task] = {}  # model -> its replica load under way: one at a time
-        self.wake = asyncio.Event()
+        self.loads: dict[str, dict[str, ReplicaLoad]] = {}  # model -> node -> its replica load under way
+        self.tasks: set[asyncio.Task] = set()
+        self.settled: set[str] = set()  # models the request path found no more room for, until the next round
+        self.holds = Holds(scheduling.max_wait_s)
         lifecycle.on_demand = self.on_demand
+        if self.bounds:
+            self._tap_request_ends(lifecycle)
+
+    def _tap_request_ends(self, lifecycle: Lifecycle) -> None:
+        """A request ending frees a slot a held request may take: dispatch tells the lifecycle
+        (`request_ended`), and the holds hear it too (a look-up when none is held)."""
+        ended = lifecycle.request_ended
+
+        def request_ended(node: str, model: str) -> None:
+            ended(node, model)
+            self.holds.changed(model)
+
+        lifecycle.request_ended = request_ended
 
     @property
     def interval(self) -> float | None:
@@ -80,18 +100,65 @@ class Replicas:
             return None
         return max(min(self.lifecycle.config.poll_interval_s, self.idle_s / 4), MIN_WAKE_S)
 
-    def on_demand(self, model: str, node: Node) -> None:
-        """A request is being placed on `node`: wake a round when that replica's queue reaches the threshold."""
+    # -- the request's path ---------------------------------------------------------------------------
+    def on_demand(self, model: str, node: Node) -> Hold | None:
+        """A request is being placed on `node`, a replica of `model`. Below the threshold there (and for a
+        model without replicas to manage) nothing more. At it, the replicas the demand justifies are started
+        now; and when `node` is full while one is coming, the request is held: the `Hold` to wait on."""
         bounds = self.bounds.get(model)
-        if bounds is not None and bounds.max > 1 and model not in self.loads \
-                and waiting_at(self.lifecycle, node, model, extra=1) >= self.per_replica:
-            self.wake.set()
+        if bounds is None or bounds.max <= 1 or waiting_at(self.lifecycle, node, model, extra=1) < self.per_replica:
+            return None
+        self.scale_now(model, extra=1)
+        if not self.must_wait(model, node):
+            return None
+        return Hold(self.holds, model, lambda chosen: self.recheck(model, chosen))
 
+    def must_wait(self, model: str, node: Node) -> bool:
+        """Whether a request of `model` chosen for `node` waits: full there, and a replica of it loading."""
+        in_flight = self.lifecycle.fleet.usage_of(node.name, model).in_flight
+        return holds(in_flight, slots_of(node, model), self.per_replica, bool(self.loads.get(model)))
+
+    def recheck(self, model: str, node: Node) -> bool:
+        """A held request looks again: more replicas if the demand now justifies them, then `must_wait`."""
+        self.scale_now(model)
+        return self.must_wait(model, node)
+
+    def scale_now(self, model: str, extra: int = 0) -> None:
+        """Start the replicas of `model` its waiting requests justify now (`extra`: one being placed, not yet
+        counted). Counted first without a snapshot, so a request that justifies none costs a few look-ups."""
+        lifecycle = self.lifecycle
+        if model in self.settled or model in lifecycle.loads_pending():
+            return
+        serving = [n for n in lifecycle.fleet.nodes.values() if n.accepting and n.has_loaded(model)]
+        loading, ceiling = len(self.loads.get(model, ())), self.bounds[model].max
+        if len(serving) + loading >= ceiling:
+            return
+        held = self.holds.count(model) + extra
+        queued = sum(waiting_at(lifecycle, n, model) for n in serving) + held
+        if not wanted(queued, len(serving), loading, self.per_replica, ceiling):
+            return
+        waiting = {n.name: waiting_at(lifecycle, n, model) for n in serving}
+        decisions = scale_out(model, self.snapshot(), waiting, self.bounds[model], self.per_replica,
+                              self.placement(), held)
+        if not decisions:
+            self.settled.add(model)  # nothing fits (or loads listed elsewhere cover it): the next round looks
+        for decision in decisions:
+            self.start(decision)
+
+    # -- rounds -------------------------------------------------------------------------------------------
     def placement(self) -> Placement:
         lc, models = self.lifecycle, self.lifecycle.config.models
         return Placement(lc.config.strategy, lc.pins, lc.priorities(),
                          {m: list(p.pinned_on) for m, p in models.items()},
                          frozenset(m for m, p in models.items() if p.path or p.source))
+
+    def snapshot(self) -> list[NodeView]:
+        """The fleet as the deciders see it, with the gateway's own replica loads under way reserved (a
+        poll lists a load only once it is asked, and its memory is taken from then)."""
+        snapshot = self.lifecycle.snapshot()
+        listed = {(v.name, m) for v in snapshot for m in v.loading | set(v.loaded)}
+        own = [d for by_node in self.loads.values() for d in by_node.values() if (d.node, d.model) not in listed]
+        return reserve_all(snapshot, own)
 
     def waiting(self) -> dict[str, dict[str, int]]:
         """Per managed model, per node serving it, its requests waiting for a slot."""
@@ -99,27 +166,33 @@ class Replicas:
         return {m: {n.name: waiting_at(self.lifecycle, n, m) for n in nodes if n.has_loaded(m)}
                 for m, b in self.bounds.items() if b.max > 1}
 
-    def pending(self) -> frozenset[str]:
-        """Models with a load under way by the gateway: a replica's, or a request's cold load."""
-        return frozenset(self.loads) | frozenset(self.lifecycle.loads_pending())
-
     def decide(self, snapshot: list[NodeView]) -> tuple[list[ReplicaLoad], list[ReplicaUnload]]:
-        pending, placement = self.pending(), self.placement()
+        """Floors restored and scale-outs over `snapshot` (this scaler's loads reserved in it); a model a
+        request's cold load is under way for waits for that load."""
+        pending, placement = frozenset(self.lifecycle.loads_pending()), self.placement()
         loads = restore_min(snapshot, self.bounds, placement, pending)
-        pending |= {d.model for d in loads}
-        loads += scale_outs(snapshot, self.waiting(), self.bounds, self.per_replica, placement, pending)
+        loads += scale_outs(reserve_all(snapshot, loads), self.waiting(), self.bounds, self.per_replica, placement,
+                            pending, self.holds.counts)
         unloads = scale_in(idle_from(snapshot, self.seen), self.bounds, self.lifecycle.pins, self.idle_s,
                            self.now())
         return loads, unloads
 
+    def start(self, decision: ReplicaLoad) -> None:
+        """The load in the background, listed under its model until it ends (what a hold waits on)."""
+        self.loads.setdefault(decision.model, {})[decision.node] = decision
+        task = asyncio.create_task(self._load(decision))
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
     async def round(self) -> None:
         """Start the loads due (in the background) and carry out the unloads due. An unload is decided again
         on a fresh snapshot just before it is done: the ones before it awaited, and requests may have come."""
-        snapshot = self.lifecycle.snapshot()
+        self.settled.clear()
+        snapshot = self.snapshot()
         self.seen = first_seen(snapshot, self.seen, self.now())
         loads, unloads = self.decide(snapshot)
         for decision in loads:
-            self.loads[decision.model] = asyncio.create_task(self._load(decision))
+            self.start(decision)
         for decision in unloads:
             again = scale_in(idle_from(self.lifecycle.snapshot(), self.seen), self.bounds, self.lifecycle.pins,
                              self.idle_s, self.now())
@@ -134,9 +207,14 @@ class Replicas:
         except NeuronError as err:
             log.warning("replica of %s on %s not loaded (a later round tries again): %s", decision.model,
                         node.name, err.message)
+            self.settled.add(decision.model)  # not again from the request path: a held request would retry it
             return
         finally:
-            self.loads.pop(decision.model, None)
+            by_node = self.loads.get(decision.model, {})
+            by_node.pop(decision.node, None)
+            if not by_node:
+                self.loads.pop(decision.model, None)
+            self.holds.changed(decision.model)  # up (or failed): the held requests look again
         lifecycle.metrics.scale_events.labels(decision.model, "out", decision.reason).inc()
         lifecycle.fleet.event(EVENTS[decision.reason], node=node.name, model=decision.model, reason=decision.reason,
                               waiting=decision.waiting)
@@ -151,17 +229,15 @@ class Replicas:
                               idle_s=round(decision.idle_s, 1))
 
     async def run(self, interval: float) -> None:
-        """A round at once (the floors pre-warmed), then every `interval` seconds or when woken, until
-        cancelled; a round that fails is logged and the next one runs. Loads under way are cancelled with it."""
+        """A round at once (the floors pre-warmed), then every `interval` seconds, until cancelled; a round
+        that fails is logged and the next one runs. Loads under way are cancelled with it."""
         try:
             while True:
                 try:
                     await self.round()
                 except Exception:  # noqa: BLE001 - the rounds must outlive any one bad answer
                     log.exception("replica round failed")
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self.wake.wait(), interval)
-                self.wake.clear()
+                await asyncio.sleep(interval)
         finally:
-            for task in list(self.loads.values()):
+            for task in list(self.tasks):
                 task.cancel()

@@ -3,8 +3,9 @@
 The first node's four slots are held by slow streams through the gateway (the neuron's slow fault keeps them
 running until closed) and a fifth waits behind them: one waiting request per replica, the `scale_out_queue`
 of 1 these tests run with, adds the replica. The tests wait (with deadlines) for what the gateway does, the
-load on the second node, its unload once idle, a floor restored, never for time to pass. Which node served a
-request is read from the gateway's own counters. The pure decisions are tests/test_replicas.py.
+load on the second node, its unload once idle, a floor restored, requests held in the gateway while a replica
+loads, never for time to pass. Which node served a request is read from the gateway's own counters. The pure
+decisions are tests/test_replicas.py.
 """
 
 from __future__ import annotations
@@ -35,9 +36,13 @@ def client(url: str) -> openai.OpenAI:
     return openai.OpenAI(base_url=url + "/v1", api_key="unused", max_retries=0)
 
 
-def loaded(neuron) -> bool:
+def status_on(neuron) -> str | None:
     answer = http_json("GET", neuron.url + "/models")[1]
-    return any(m["id"] == MODEL and m["status"] == "loaded" for m in answer["models"])
+    return next((m["status"] for m in answer["models"] if m["id"] == MODEL), None)
+
+
+def loaded(neuron) -> bool:
+    return status_on(neuron) == "loaded"
 
 
 def served(gateway, node: str) -> float:
@@ -54,7 +59,7 @@ def stream(url: str, text: str):
 
 
 @contextlib.contextmanager
-def deep_queue(gateway, neuron) -> Iterator[None]:
+def deep_queue(gateway, neuron) -> Iterator[concurrent.futures.Future]:
     """SLOTS slow streams running on `neuron` through the gateway, and one more waiting behind them (opened
     from a thread: its answer may start only when a slot frees); all closed when the block ends."""
     status, body = http_json("POST", neuron.url + "/debug/faults",
@@ -67,7 +72,7 @@ def deep_queue(gateway, neuron) -> Iterator[None]:
             running.append(stream(gateway.url, f"hold {i}"))
             next(iter(running[-1]))  # running there, not only sent
         waiting = pool.submit(stream, gateway.url, "waiting")
-        yield
+        yield waiting
     finally:
         for held in running:
             held.close()
@@ -123,3 +128,40 @@ def test_min_replicas_are_prewarmed_and_restored_after_a_neuron_restarts(tmp_pat
         assert all(e["reason"] == "min_replicas" for e in events(gateway, "restore"))
         restores = f'cortex_scale_events_total{{direction="out",model="{MODEL}",reason="min_replicas"}}'
         assert metric(gateway, restores) == 2
+
+
+def test_requests_held_while_a_replica_loads_are_served_by_it(tmp_path, models_dir):
+    """n1's slots held and one more queued there: that one asks for a replica on n2 (its load slowed, so
+    that it is still loading when the next two come). The next two, a stream and a whole answer, find n1
+    full while the replica loads: they wait in the gateway, not in n1's queue, and n2 serves both once up,
+    while n1's streams still run. Sent to n1, they would wait for those streams to end."""
+    with contextlib.ExitStack() as stack:
+        neurons = {name: stack.enter_context(start_neuron(tmp_path, models_dir, "--cpu-memory-mb", "4000",
+                                                          name=name)) for name in ("n1", "n2")}
+        gateway = stack.enter_context(start_gateway(
+            tmp_path, {n: p.url for n, p in neurons.items()}, extra_toml="[scheduling]\nscale_out_queue = 1",
+            models_toml=f'[[models]]\nid = "{MODEL}"\nmax_replicas = 2\n'))
+        status, body = http_json("POST", gateway.url + "/admin/load", {"node": "n1", "model": MODEL})
+        assert status == 200, body
+        status, body = http_json("POST", neurons["n2"].url + "/debug/faults",
+                                 {"model": MODEL, "fault": "slow_load", "delay_ms": 4000})
+        assert status == 200, body
+        pool = concurrent.futures.ThreadPoolExecutor(2)
+        stack.callback(pool.shutdown)
+        with deep_queue(gateway, neurons["n1"]):
+            wait_for(lambda: status_on(neurons["n2"]) == "loading", timeout=PATIENCE, what="n2 loading a replica")
+            streamed = pool.submit(lambda: "".join(c.choices[0].delta.content or "" for c in
+                                                   client(gateway.url).chat.completions.create(
+                                                       model=MODEL, messages=[{"role": "user", "content": "s"}],
+                                                       max_tokens=3, stream=True) if c.choices))
+            whole = pool.submit(client(gateway.url).chat.completions.create, model=MODEL,
+                                messages=[{"role": "user", "content": "w"}], max_tokens=3)
+            wait_for(lambda: gateway.log().count("wait in the gateway while a replica") >= 1, timeout=PATIENCE,
+                     what="requests held in the gateway")
+            streamed.result(timeout=PATIENCE)
+            assert whole.result(timeout=PATIENCE).choices[0].message is not None
+            # A stream's record is written as its handler ends, a moment after the client has read it all.
+            wait_for(lambda: served(gateway, "n2") == 2, what="both held requests served by the new replica")
+            assert served(gateway, "n1") == 0, "n1's streams (and the one queued behind them) still run"
+        [out] = events(gateway, "scale_out")
+        assert (out["node"], out["reason"]) == ("n2", "queue")

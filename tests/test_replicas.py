@@ -1,11 +1,12 @@
-"""Replicas (cortex_gateway/replicas.py): scale out, restore and scale in over snapshots, table-driven like the
-router's; and the models file's and [scheduling]'s keys for them.
+"""Replicas (cortex_gateway/replicas.py): scale out (how many at once), restore, scale in and holding a request
+over snapshots, table-driven like the router's; and the models file's and [scheduling]'s keys for them.
 
 The effects (cortex_gateway/scaler.py) against real neurons are tests/test_gateway_replicas.py.
 """
 
 from __future__ import annotations
 
+import asyncio
 import re
 
 import pytest
@@ -13,6 +14,7 @@ import pytest
 from cortex_gateway import catalog_routes
 from cortex_gateway.config import ConfigError, GatewayConfig, ModelProfile, NeuronSpec, load_config
 from cortex_gateway.fleet import Fleet
+from cortex_gateway.hold import Hold, Holds
 from cortex_gateway.lifecycle import Lifecycle
 from cortex_gateway.metrics import GatewayMetrics
 from cortex_gateway.replicas import (
@@ -22,13 +24,16 @@ from cortex_gateway.replicas import (
     ReplicaUnload,
     above_floor,
     holding,
+    holds,
     replicas,
     reserve,
+    reserve_all,
     restore_min,
     scale_in,
     scale_out,
     scale_outs,
     waiting_on,
+    wanted,
 )
 from cortex_gateway.router import NodeView
 from cortex_gateway.scaler import Replicas
@@ -56,39 +61,92 @@ def test_waiting_on(in_flight, slots, queued, expected):
     assert waiting_on(in_flight, slots, queued) == expected
 
 
+@pytest.mark.parametrize("waiting, serving, loading, ceiling, expected", [
+    (4, 1, 0, 4, 1),  # one replica with 4 waiting (scale_out_queue 4): one more, as one at a time did
+    (3, 1, 0, 4, 0),  # below the threshold
+    (8, 1, 0, 4, 2),  # enough for two more at once: each replica then has 4 waiting
+    (12, 1, 0, 4, 3),
+    (40, 1, 0, 4, 3),  # the ceiling
+    (8, 1, 1, 4, 1),  # one is loading already: it counts
+    (4, 1, 1, 4, 0),
+    (8, 2, 0, 4, 1),  # two replicas: a third at 8 waiting, as before
+    (7, 2, 0, 4, 0),
+    (9, 1, 0, 1, 0),  # the default ceiling: one node
+    (0, 3, 0, 2, 0),  # above the ceiling (an operator's loads): never negative
+])
+def test_wanted(waiting, serving, loading, ceiling, expected):
+    assert wanted(waiting, serving, loading, 4, ceiling) == expected
+
+
+@pytest.mark.parametrize("in_flight, slots, coming, expected", [
+    (8, 4, True, True),  # 4 running, 4 waiting (scale_out_queue 4), a replica loading: the next waits here
+    (9, 4, True, True),
+    (7, 4, True, False),  # room for one more in its queue: sent there
+    (8, 4, False, False),  # nothing coming: queued on the node, as with one node
+    (8, 0, True, False),  # slots not reported: never held
+    (0, 4, True, False),
+])
+def test_holds(in_flight, slots, coming, expected):
+    assert holds(in_flight, slots, 4, coming) is expected
+
+
 @pytest.mark.parametrize("snapshot, waiting, bounds, expected", [
     # one replica, 4 waiting against scale_out_queue 4: n2 (fits, nothing to evict)
-    ([N("n1", loaded="a"), N("n2")], {"n1": 4}, TWO, "n2"),
-    ([N("n1", loaded="a"), N("n2")], {"n1": 3}, TWO, None),  # below the threshold
-    ([N("n1", loaded="a"), N("n2")], {"n1": 9}, Bounds(0, 1), None),  # the default ceiling: one node
+    ([N("n1", loaded="a"), N("n2")], {"n1": 4}, TWO, ["n2"]),
+    ([N("n1", loaded="a"), N("n2")], {"n1": 3}, TWO, []),  # below the threshold
+    ([N("n1", loaded="a"), N("n2")], {"n1": 9}, Bounds(0, 1), []),  # the default ceiling: one node
     # two replicas: 8 waiting in all are needed for a third; at the ceiling of 2, none
-    ([N("n1", loaded="a"), N("n2", loaded="a"), N("n3")], {"n1": 4, "n2": 3}, Bounds(0, 3), None),
-    ([N("n1", loaded="a"), N("n2", loaded="a"), N("n3")], {"n1": 4, "n2": 4}, Bounds(0, 3), "n3"),
-    ([N("n1", loaded="a"), N("n2", loaded="a"), N("n3")], {"n1": 9, "n2": 9}, TWO, None),
+    ([N("n1", loaded="a"), N("n2", loaded="a"), N("n3")], {"n1": 4, "n2": 3}, Bounds(0, 3), []),
+    ([N("n1", loaded="a"), N("n2", loaded="a"), N("n3")], {"n1": 4, "n2": 4}, Bounds(0, 3), ["n3"]),
+    ([N("n1", loaded="a"), N("n2", loaded="a"), N("n3")], {"n1": 9, "n2": 9}, TWO, []),
     # only where it fits with no eviction: n2 full of an idle model is passed over for n3, and alone, none
-    ([N("n1", loaded="a"), N("n2", loaded="b", free=20), N("n3")], {"n1": 4}, TWO, "n3"),
-    ([N("n1", loaded="a"), N("n2", loaded="b", free=20)], {"n1": 4}, TWO, None),
-    # not where it is not available, not on a node down; a load of it already under way: wait for it
-    ([N("n1", loaded="a"), N("n2", avail=())], {"n1": 4}, TWO, None),
-    ([N("n1", loaded="a"), N("n2", healthy=False)], {"n1": 4}, TWO, None),
-    ([N("n1", loaded="a"), N("n2", loading="a"), N("n3")], {"n1": 4}, Bounds(0, 3), None),
+    ([N("n1", loaded="a"), N("n2", loaded="b", free=20), N("n3")], {"n1": 4}, TWO, ["n3"]),
+    ([N("n1", loaded="a"), N("n2", loaded="b", free=20)], {"n1": 4}, TWO, []),
+    # not where it is not available, not on a node down
+    ([N("n1", loaded="a"), N("n2", avail=())], {"n1": 4}, TWO, []),
+    ([N("n1", loaded="a"), N("n2", healthy=False)], {"n1": 4}, TWO, []),
+    # a load of it under way counts as a replica coming: 4 waiting justify no third, 8 do (elsewhere)
+    ([N("n1", loaded="a"), N("n2", loading="a"), N("n3")], {"n1": 4}, Bounds(0, 3), []),
+    ([N("n1", loaded="a"), N("n2", loading="a"), N("n3")], {"n1": 8}, Bounds(0, 3), ["n3"]),
     # loaded nowhere: a cold load's business, not a replica's
-    ([N("n1"), N("n2")], {"n1": 9}, TWO, None),
+    ([N("n1"), N("n2")], {"n1": 9}, TWO, []),
     # the replica on a node down does not serve: n1 alone counts, n3 gets it (n2 holds it already)
-    ([N("n1", loaded="a"), N("n2", loaded="a", healthy=False), N("n3")], {"n1": 4}, Bounds(0, 3), "n3"),
+    ([N("n1", loaded="a"), N("n2", loaded="a", healthy=False), N("n3")], {"n1": 4}, Bounds(0, 3), ["n3"]),
     # most free memory first among the rest
-    ([N("n1", loaded="a"), N("n2", free=60), N("n3", free=90)], {"n1": 4}, TWO, "n3"),
+    ([N("n1", loaded="a"), N("n2", free=60), N("n3", free=90)], {"n1": 4}, TWO, ["n3"]),
+    # as many at once as the queue justifies, on different nodes, the roomiest first
+    ([N("n1", loaded="a"), N("n2", free=60), N("n3", free=90), N("n4", free=70)], {"n1": 12}, Bounds(0, 4),
+     ["n3", "n4", "n2"]),
+    ([N("n1", loaded="a"), N("n2", free=60), N("n3", free=90), N("n4", free=70)], {"n1": 8}, Bounds(0, 4),
+     ["n3", "n4"]),
+    ([N("n1", loaded="a"), N("n2", free=60), N("n3", free=90), N("n4", free=70)], {"n1": 40}, Bounds(0, 3),
+     ["n3", "n4"]),  # the ceiling
+    ([N("n1", loaded="a"), N("n2"), N("n3", avail=())], {"n1": 12}, Bounds(0, 4), ["n2"]),  # as many as fit
+    # two fit on one node's memory but a node holds one replica: n2 once
+    ([N("n1", loaded="a"), N("n2", free=100)], {"n1": 12}, Bounds(0, 4), ["n2"]),
 ])
 def test_scale_out(snapshot, waiting, bounds, expected):
     got = scale_out("a", snapshot, waiting, bounds, 4, Placement())
-    assert (got and got.node) == expected
-    if got:
-        assert got == ReplicaLoad("a", expected, "queue", sum(waiting.values()))
+    assert [d.node for d in got] == expected
+    assert all(d == ReplicaLoad("a", d.node, "queue", sum(waiting.values())) for d in got)
+
+
+@pytest.mark.parametrize("waiting, held, expected", [
+    ({"n1": 4}, 0, ["n3"]),
+    ({"n1": 0}, 4, ["n3"]),  # requests held in the gateway are waiting demand too
+    ({"n1": 4}, 4, ["n3", "n2"]),
+    ({"n1": 1}, 2, []),
+])
+def test_scale_out_counts_held_requests(waiting, held, expected):
+    snapshot = [N("n1", loaded="a"), N("n2", free=60), N("n3", free=90)]
+    got = scale_out("a", snapshot, waiting, Bounds(0, 3), 4, Placement(), held)
+    assert [d.node for d in got] == expected
+    assert all(d.waiting == sum(waiting.values()) + held for d in got)
 
 
 def test_scale_out_prefers_the_profiles_nodes():
     snapshot = [N("n1", loaded="a"), N("n2", free=90), N("n3", free=50)]
-    got = scale_out("a", snapshot, {"n1": 4}, TWO, 4, Placement(preferred={"a": ["n3"]}))
+    [got] = scale_out("a", snapshot, {"n1": 4}, TWO, 4, Placement(preferred={"a": ["n3"]}))
     assert got.node == "n3"
 
 
@@ -99,14 +157,18 @@ def test_scale_outs_reserve_memory_and_skip_pending():
     bounds = {"a": TWO, "b": TWO}
     assert [d.model for d in scale_outs(snapshot, waiting, bounds, 4, Placement())] == ["a"]
     assert [d.model for d in scale_outs(snapshot, waiting, bounds, 4, Placement(), frozenset({"a"}))] == ["b"]
+    got = scale_outs(snapshot, {"a": {"n1": 0}, "b": {"n1": 4}}, bounds, 4, Placement(), held={"a": 4})
+    assert [d.model for d in got] == ["a"], "a's held requests count; b finds n2's memory taken"
 
 
 @pytest.mark.parametrize("snapshot, bounds, expected", [
     ([N("n1", free=50), N("n2", free=90)], {"a": Bounds(1, 1)}, [("a", "n2")]),  # pre-warm on the roomiest node
+    ([N("n1", free=50), N("n2", free=90)], {"a": Bounds(2, 2)}, [("a", "n2"), ("a", "n1")]),  # both at once
     ([N("n1", loaded="a"), N("n2")], {"a": Bounds(1, 1)}, []),  # at its floor
     ([N("n1", loaded="a"), N("n2")], {"a": Bounds(2, 2)}, [("a", "n2")]),
     ([N("n1", loaded="a", healthy=False), N("n2")], {"a": Bounds(1, 2)}, [("a", "n2")]),  # its node went down
-    ([N("n1", loading="a"), N("n2")], {"a": Bounds(2, 2)}, []),  # one load at a time
+    ([N("n1", loading="a"), N("n2")], {"a": Bounds(1, 2)}, []),  # the one loading counts
+    ([N("n1", loading="a"), N("n2")], {"a": Bounds(2, 2)}, [("a", "n2")]),
     ([N("n1", loaded="b", free=20)], {"a": Bounds(1, 1)}, []),  # only with nothing evicted
     ([N("n1"), N("n2")], {"a": Bounds(0, 2)}, []),  # no floor
     # two models, room for one on n1: the second waits for a later round (memory reserved)
@@ -169,6 +231,8 @@ def test_holding_replicas_and_reserve():
     assert [v.name for v in replicas("a", snapshot)] == ["n1"]
     after = reserve(snapshot, ReplicaLoad("a", "n4", "queue"))
     assert after[3].free_mb == 60.0 and "a" in after[3].loading and after[:3] == snapshot[:3]
+    both = reserve_all(snapshot, [ReplicaLoad("a", "n4", "queue"), ReplicaLoad("b", "n4", "queue")])
+    assert both[3].loading == {"a", "b"} and both[3].free_mb == 60.0, "b is not available there: no memory"
 
 
 # -- config ---------------------------------------------------------------------------------------------
@@ -224,3 +288,57 @@ def test_replicas_gauge_and_zero_scale_series():
     scale = {(dict(k)["model"], dict(k)["direction"], dict(k)["reason"]): v
              for k, v in got["cortex_scale_events_total"].items()}
     assert scale == {("a", "out", "queue"): 0, ("a", "out", "min_replicas"): 0, ("a", "in", "idle"): 0}
+
+
+# -- a held request (cortex_gateway/hold.py), its events driven by hand -----------------------------------
+class FakeNode:
+    def __init__(self, name: str):
+        self.name = name
+
+
+async def test_a_held_request_waits_for_a_change_then_goes_where_the_choice_says():
+    """Held while `recheck` says so; each `changed` of its model makes it look again, another model's does
+    not; it is counted held meanwhile (waiting demand for the scaler), and not after."""
+    holds = Holds(max_wait_s=600)
+    full, choice = {"n1"}, [FakeNode("n1")]
+    hold = Hold(holds, "a", lambda node: node.name in full)
+    placing = asyncio.ensure_future(hold.placed(lambda: choice[0]))
+    await asyncio.sleep(0)
+    assert holds.count("a") == 1 and not placing.done()
+    holds.changed("b")
+    holds.changed("a")  # a request ended, n1 still full: it looks and waits on
+    await asyncio.sleep(0)
+    await asyncio.sleep(0)
+    assert not placing.done() and holds.count("a") == 1
+    choice[0] = FakeNode("n2")  # the new replica is up and the least busy
+    holds.changed("a")
+    assert (await placing).name == "n2"
+    assert holds.count("a") == 0
+
+
+async def test_a_held_request_goes_at_max_wait_and_a_cancelled_one_is_not_counted():
+    holds = Holds(max_wait_s=0.01)
+    hold = Hold(holds, "a", lambda node: True)  # always full: only the deadline ends it
+    assert (await hold.placed(lambda: FakeNode("n1"))).name == "n1"
+    holds = Holds(max_wait_s=600)
+    placing = asyncio.ensure_future(Hold(holds, "a", lambda node: True).placed(lambda: FakeNode("n1")))
+    await asyncio.sleep(0)
+    assert holds.count("a") == 1
+    placing.cancel()  # the client left
+    with pytest.raises(asyncio.CancelledError):
+        await placing
+    assert holds.count("a") == 0 and not holds._changes
+
+
+async def test_a_held_stream_gets_keepalives_until_it_is_placed():
+    holds, waits = Holds(max_wait_s=600), []
+
+    async def keepalive(waiting: asyncio.Future) -> None:
+        waits.append(waiting)
+        await asyncio.wait({waiting})
+
+    placing = asyncio.ensure_future(Hold(holds, "a", lambda node: False).placed(lambda: None, keepalive))
+    await asyncio.sleep(0)
+    holds.changed("a")
+    assert await placing is None, "the model is served nowhere now: the caller places it as a cold request"
+    assert len(waits) == 1
