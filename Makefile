@@ -88,6 +88,7 @@ bench: $(VENV)/.bench-installed
 	$(BIN)/python benchmarks/concurrency.py
 	$(BIN)/python benchmarks/constrained.py
 	$(BIN)/python benchmarks/fleet.py
+	$(BIN)/python benchmarks/fleet_real.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info

@@ -9,11 +9,11 @@ behaviour, measured in the same run, is `max_replicas = 1` and `prefix_map_entri
   (goal >= 0.9 x N of one node), with `max_replicas = N` and `scale_out_queue = 1`;
 - (b) cached-prompt share and TTFT p50 of multi-turn sessions over 2 replicas (goal: cached share >= 0.8,
   TTFT p50 <= 0.5 x least-busy routing's), the model pre-loaded on both;
-- (c) the prefix map's memory after 1,000,000 distinct prefixes, with the default bound (bounded).
+- (c) the prefix map's memory after 1,000,000 distinct prefixes, with the default bound (bounded);
+- (d) loads per 100 requests and p99 wait for interleaved demand for 3 models on a node that holds 2 (goal
+  <= 1/4 the loads, no 503, no wait beyond max_wait_s): benchmarks/fleet_swaps.py.
 
-Left out: interleaved demand for three models on a node that holds two (its grouping is not built yet).
-
-    python benchmarks/fleet.py [--seconds 6] [--streams 32] [--sessions 16] [--turns 4]
+    python benchmarks/fleet.py [--seconds 6] [--streams 32] [--sessions 16] [--turns 4] [--swap-requests 200]
 """
 
 from __future__ import annotations
@@ -32,38 +32,22 @@ from pathlib import Path
 
 import aiohttp
 import orjson
-from aiohttp import web
 from rich.console import Console
 from rich.table import Table
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
-from sim_node import SimNode, Speed  # noqa: E402
+import fleet_swaps  # noqa: E402
+from sim_node import SimNode, Speed, serving  # noqa: E402
 
 from cortex_gateway.app import create_app  # noqa: E402
 from cortex_gateway.config import GatewayConfig, ModelProfile, NeuronSpec, Scheduling  # noqa: E402
 from cortex_gateway.prefix_map import PrefixMap  # noqa: E402
-from tests.helpers import free_port  # noqa: E402
 
 console = Console(width=150)
 MODEL = "hot"
 CATALOG = {MODEL: 1000.0}
-LEFT_OUT = ("interleaved demand for 3 models on a node that holds 2: left out (the grouping it measures is not "
-            "built yet)")
-
-
-@contextlib.asynccontextmanager
-async def serving(app: web.Application):
-    """`app` on a free loopback port until the block ends; yields its URL."""
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    port = free_port()
-    await web.TCPSite(runner, "127.0.0.1", port).start()
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        await runner.cleanup()
 
 
 @contextlib.asynccontextmanager
@@ -104,10 +88,10 @@ async def stream(session: aiohttp.ClientSession, url: str, messages: list[dict],
 
 
 # -- (a) a hot model over 1, 2 and 4 nodes --------------------------------------------------------------
-async def burst(n_nodes: int, replicas: int, args) -> tuple[float, float, float | None]:
+async def burst(n_nodes: int, replicas: int, args, speed: Speed | None = None) -> tuple[float, float, float | None]:
     """A burst of `args.streams` closed-loop streams for `args.seconds`: (tok/s over the burst, tok/s once
-    every replica is serving, seconds until then or None when never)."""
-    nodes = [SimNode(f"node{i}", CATALOG, {MODEL} if i == 0 else set(), Speed()) for i in range(n_nodes)]
+    every replica is serving, seconds until then or None when never). `speed`: fleet_real.py's, to match."""
+    nodes = [SimNode(f"node{i}", CATALOG, {MODEL} if i == 0 else set(), speed or Speed()) for i in range(n_nodes)]
     scheduling = Scheduling(prefix_map_entries=0, scale_out_queue=1)
     seen: list[tuple[float, int]] = []
     async with fleet(nodes, scheduling, ModelProfile(MODEL, max_replicas=replicas)) as url, \
@@ -195,7 +179,7 @@ def prefix_map_memory(n: int) -> tuple[int, int, float, float]:
     return bound, len(pmap), held / 1e6, peak / 1e6
 
 
-def table(rows_a: list[tuple], b: dict[str, tuple], c: tuple, args) -> Table:
+def table(rows_a: list[tuple], b: dict[str, tuple], c: tuple, d: tuple, args) -> Table:
     t = Table(title=f"The fleet: simulated nodes (4 slots x 50 tok/s, prefill 2000 tok/s), {time.strftime('%Y-%m-%d')}")
     for col in ("measure", "today", "issue 23", "ratio", "goal", "met"):
         t.add_column(col, justify="right")
@@ -218,7 +202,8 @@ def table(rows_a: list[tuple], b: dict[str, tuple], c: tuple, args) -> Table:
     t.add_row(f"(c) prefix map after {args.prefixes:,} distinct prefixes (bound {bound:,})", "none",
               f"{held:,} entries, {mb:.1f} MB (peak {peak:.1f})", f"{mb * 1e6 / held:.0f} B/entry",
               "bounded", _met(held <= bound))
-    t.add_row("(d) " + LEFT_OUT, "", "", "", "", "")
+    for row in fleet_swaps.rows(*d, args):
+        t.add_row(*row)
     return t
 
 
@@ -234,8 +219,8 @@ async def run(args) -> None:
         b[name] = await sessions(entries, args)
     console.log(f"(c) prefix map: {args.prefixes:,} distinct prefixes under tracemalloc")
     c = prefix_map_memory(args.prefixes)
-    console.log(LEFT_OUT)
-    console.print(table(rows_a, b, c, args))
+    d = await fleet_swaps.scenario_d(args, console.log)
+    console.print(table(rows_a, b, c, d, args))
 
 
 def main() -> None:
@@ -245,6 +230,7 @@ def main() -> None:
     ap.add_argument("--sessions", type=int, default=16)
     ap.add_argument("--turns", type=int, default=4)
     ap.add_argument("--prefixes", type=int, default=1_000_000)
+    fleet_swaps.add_arguments(ap)
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING)
     asyncio.run(run(args))

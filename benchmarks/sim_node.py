@@ -10,12 +10,19 @@ answer it generated, as a KV cache keeps both), so a request's cached tokens are
 prefix found there. The figures then do not depend on the machine's cores: the benchmark measures the
 gateway's placement, not arithmetic.
 
+Memory is modelled too: the node has `total_mb`, each model its catalog size, and a load that does not fit
+beside what is loaded or loading is refused as the neuron refuses it (507 insufficient_memory), so the
+gateway's evictions are what make room. A load takes `Speed.load_s` (an asyncio sleep: it costs the node
+time, not the machine's CPU). Unload answers as neuron/engine/registry.py does: with `if_idle`, 409
+model_busy while a request is in flight or queued there; 409 model_loading while it loads; 404 when absent.
+
 Tokens are counted as 4 characters each, plus 4 per message for its framing.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import time
 from collections import OrderedDict, defaultdict
@@ -24,6 +31,7 @@ from dataclasses import dataclass, field
 import orjson
 from aiohttp import web
 
+from neuron.shared.errors import ApiError
 from neuron.shared.protocol import (
     AvailableModel,
     DeviceInfo,
@@ -33,6 +41,7 @@ from neuron.shared.protocol import (
     ModelLoad,
     UnloadRequest,
 )
+from tests.helpers import free_port
 
 CHUNK_TOKENS = 5  # tokens per streamed event: 10 events a second per slot at 50 tok/s, light on the CPU
 TOKEN = "tok "  # one token of answer, 4 characters
@@ -46,7 +55,7 @@ class Speed:
     tok_rate: float = 50.0  # decoded tokens a second, per slot
     prefill_rate: float = 2000.0  # prompt tokens a second
     base_s: float = 0.02  # before the first token whatever the prompt
-    load_s: float = 0.3  # a cold load
+    load_s: float = 0.3  # a cold load (asyncio sleep inside /models/load)
     cache_prefixes: int = 1024  # prefixes the node's cache holds (LRU)
 
 
@@ -58,7 +67,23 @@ class Served:
     cached_tokens: int = 0
     completion_tokens: int = 0
     requests: int = 0
-    loads: list[str] = field(default_factory=list)
+    loads: list[str] = field(default_factory=list)  # models actually loaded, in order (not joins of a load)
+    unloads: list[str] = field(default_factory=list)
+    refused_loads: int = 0  # 507 insufficient_memory
+    refused_unloads: int = 0  # 409 model_busy
+
+
+@contextlib.asynccontextmanager
+async def serving(app: web.Application):
+    """`app` on a free loopback port until the block ends; yields its URL."""
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        await runner.cleanup()
 
 
 def tokens(message: dict) -> int:
@@ -81,7 +106,7 @@ class SimNode:
                  total_mb: float = 16_000.0):
         self.name, self.catalog, self.speed, self.total_mb = name, catalog, speed, total_mb
         self.loaded: set[str] = set()
-        self.loading: set[str] = set()
+        self.loading: dict[str, asyncio.Event] = {}  # set once the load ends
         self.slots: dict[str, asyncio.Semaphore] = {}
         self.in_flight: defaultdict[str, int] = defaultdict(int)
         self.running: defaultdict[str, int] = defaultdict(int)
@@ -96,7 +121,7 @@ class SimNode:
         self.slots[model] = asyncio.Semaphore(self.speed.slots)
 
     def used_mb(self) -> float:
-        return sum(self.catalog[m] for m in self.loaded | self.loading)
+        return sum(self.catalog[m] for m in self.loaded | set(self.loading))
 
     def app(self) -> web.Application:
         app = web.Application()
@@ -133,23 +158,42 @@ class SimNode:
 
     async def _load(self, request: web.Request) -> web.Response:
         model = LoadRequest.from_dict(await request.json()).model
-        self.served.loads.append(model)
-        if model not in self.loaded:
-            self.loading.add(model)
-            try:
-                await asyncio.sleep(self.speed.load_s)
-            finally:
-                self.loading.discard(model)
+        if model in self.loading:  # a second ask joins the load under way, as the neuron's registry does
+            await self.loading[model].wait()
+        if model in self.loaded:
+            return web.json_response(self._info(model))
+        free = self.total_mb - self.used_mb()
+        if self.catalog[model] > free:
+            self.served.refused_loads += 1
+            return _error(ApiError(507, "insufficient_memory",
+                                   f"model {model!r} needs about {self.catalog[model]:.0f} MiB on cpu but "
+                                   f"{max(free, 0):.0f} MiB is free; unload a model or choose other devices",
+                                   code="insufficient_memory"))
+        self.loading[model] = done = asyncio.Event()
+        try:
+            await asyncio.sleep(self.speed.load_s)
             self._loaded(model)
+            self.served.loads.append(model)
+        finally:
+            del self.loading[model]
+            done.set()
         return web.json_response(self._info(model))
 
     async def _unload(self, request: web.Request) -> web.Response:
-        unload = UnloadRequest.from_dict(await request.json())
-        if unload.if_idle and self.in_flight[unload.model]:
-            return web.json_response({"error": {"message": "busy", "type": "invalid_request_error",
-                                                "code": "model_busy", "param": None}}, status=409)
-        self.loaded.discard(unload.model)
-        return web.json_response({"id": unload.model, "status": "unloaded"})
+        model, if_idle = (u := UnloadRequest.from_dict(await request.json())).model, u.if_idle
+        if model in self.loading:
+            return _error(ApiError(409, "invalid_request_error", f"model {model!r} is loading; unload it once "
+                                   "that finishes", code="model_loading", retry_after=2))
+        if model not in self.loaded:
+            return _error(ApiError(404, "not_found_error", f"model {model!r} is not loaded on this node",
+                                   code="model_not_found", param="model"))
+        if if_idle and self.in_flight[model]:  # checked and unloaded with no await between: no request slips in
+            self.served.refused_unloads += 1
+            return _error(ApiError(409, "invalid_request_error", f"model {model!r} has requests in flight or "
+                                   "queued; not unloaded", code="model_busy", retry_after=1))
+        self.loaded.discard(model)
+        self.served.unloads.append(model)
+        return web.json_response({"id": model, "status": "unloaded"})
 
     # -- inference ------------------------------------------------------------------------------
     def _cached(self, keys: list[bytes], messages: list[dict]) -> int:
@@ -171,8 +215,8 @@ class SimNode:
         body = await request.json()
         model, messages = body["model"], body["messages"]
         if model not in self.loaded:
-            return web.json_response({"error": {"message": f"{model} not loaded", "type": "invalid_request_error",
-                                                "code": "model_not_found", "param": None}}, status=404)
+            return _error(ApiError(404, "not_found_error", f"model {model!r} is not loaded on this node",
+                                   code="model_not_found", param="model"))
         self.in_flight[model] += 1
         try:
             async with self.slots[model]:
@@ -209,6 +253,11 @@ class SimNode:
                                                              "created": 0, "model": model, "choices": [],
                                                              "usage": usage}) + b"data: [DONE]\n\n")
         return resp
+
+
+def _error(err: ApiError) -> web.Response:
+    """The neuron's error answer: its envelope, status and Retry-After (neuron/shared/errors.py)."""
+    return web.json_response(err.envelope(), status=err.status, headers=err.headers())
 
 
 def _event(data: dict) -> bytes:
