@@ -106,15 +106,26 @@ def bounds_text(model: dict) -> str:
 
 
 def replicas_table(status: dict) -> Table:
-    """Per model (the gateway's `models` summary): replicas, floor..ceiling, in flight and waiting for a slot."""
+    """Per model (the gateway's `models` summary): replicas, floor..ceiling, in flight, waiting for a slot, and
+    waiting for room (its cold load waits for busy models: how many requests, for how long, where it yields)."""
     table = Table(title="Replicas", title_justify="left")
-    for col in ("model", "replicas", "min..max", "in flight", "waiting"):
+    for col in ("model", "replicas", "min..max", "in flight", "waiting", "waiting for room"):
         table.add_column(col)
     for m in status.get("models", []):
         waiting = m.get("waiting", 0)
         table.add_row(plain(m["id"]), plain(replicas_text(m)), bounds_text(m), str(m.get("in_flight", 0)),
-                      Text(str(waiting), style="bold yellow" if waiting else ""))
+                      Text(str(waiting), style="bold yellow" if waiting else ""), room_text(m))
     return table
+
+
+def room_text(model: dict) -> Text:
+    """"3 for 12.5s", "yields on n1", both, or nothing: the swap-aware queue's view of one model."""
+    parts = []
+    if model.get("waiting_for_room"):
+        parts.append(f"{model['waiting_for_room']} for {model.get('waited_s', 0):g}s")
+    if model.get("yielding"):
+        parts.append("yields on " + ", ".join(model["yielding"]))
+    return Text("; ".join(parts), style="bold yellow" if parts else "")
 
 
 def event_details(event: dict) -> str:

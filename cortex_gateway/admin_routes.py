@@ -45,7 +45,7 @@ def _model_summaries(fleet: Fleet, lifecycle: Lifecycle) -> list[dict]:
     """Per model loaded or loading anywhere: its replicas (nodes up with it loaded), where it is loading, its
     floor and ceiling, and the gateway's in flight and waiting over its replicas, counted as the scaler counts
     them (`scaler.waiting_at`), so that `cortex status` shows the figures a scale-out is decided on."""
-    held: dict[str, list[Node]] = {}
+    held: dict[str, list[Node]] = {m: [] for m in lifecycle.cold.waiting()}  # waiting for room: held nowhere yet
     for node in fleet.nodes.values():
         for model in node.models:
             held.setdefault(model, []).append(node)
@@ -53,14 +53,20 @@ def _model_summaries(fleet: Fleet, lifecycle: Lifecycle) -> list[dict]:
 
 
 def _model_summary(model: str, nodes: list[Node], fleet: Fleet, lifecycle: Lifecycle) -> dict:
+    """One model's figures; `waiting_for_room` (requests whose cold load waits for busy models to make room,
+    and for how long) and `yielding` (nodes where it takes no new requests until swapped out) are the
+    swap-aware queue's (docs/gateway.md#waiting-for-room)."""
     profile = lifecycle.config.models.get(model)
     serving = [n for n in nodes if n.healthy and n.has_loaded(model)]
     loading = [n.name for n in nodes if n.models[model].status.pending]
+    waited_s, queued = lifecycle.cold.waiting().get(model, (0.0, 0))
     return {"id": model, "replicas": [n.name for n in serving], "loading": loading,
             "min_replicas": profile.min_replicas if profile else 0,
             "max_replicas": profile.max_replicas if profile else 1,
             "in_flight": sum(fleet.usage_of(n.name, model).in_flight for n in nodes),
-            "waiting": sum(waiting_at(lifecycle, n, model) for n in serving)}
+            "waiting": sum(waiting_at(lifecycle, n, model) for n in serving),
+            "waiting_for_room": queued, "waited_s": round(waited_s, 1),
+            "yielding": sorted(lifecycle.cold.claimed_on(model))}
 
 
 async def status(request: web.Request) -> web.Response:

@@ -49,6 +49,7 @@ class ColdLoads:
     def __init__(self, lifecycle: Lifecycle):
         self.lc = lifecycle
         self._loads: dict[str, asyncio.Future] = {}
+        self._joined: dict[str, int] = {}  # model -> requests awaiting its cold load (shown by /admin/status)
         self._waiting: dict[str, _Waiter] = {}
         self._server: asyncio.Task | None = None
         self.claims: list[swaps.Claim] = []  # victims that take no new requests until evicted (swaps.claim)
@@ -62,9 +63,10 @@ class ColdLoads:
     def pending(self) -> set[str]:
         return set(self._loads)
 
-    def waiting(self) -> dict[str, float]:
-        """Models whose load waits for room -> when its first request came (monotonic)."""
-        return {m: w.entry.since for m, w in self._waiting.items()}
+    def waiting(self) -> dict[str, tuple[float, int]]:
+        """Models whose load waits for room -> (seconds since its first request, requests waiting for it)."""
+        now = time.monotonic()
+        return {m: (now - w.entry.since, self._joined.get(m, 0)) for m, w in self._waiting.items()}
 
     def resident_on(self, node: str, models, now: float) -> frozenset[str]:
         """Of `models` on `node`, those within their residency."""
@@ -100,11 +102,16 @@ class ColdLoads:
             self._loads[model] = pending
             asyncio.get_running_loop().create_task(self._cold_load(model, exclude, pending))
         timeout = self.lc.config.load_timeout_s
+        self._joined[model] = self._joined.get(model, 0) + 1
         try:
             return await asyncio.wait_for(asyncio.shield(pending), timeout)
         except TimeoutError:
             raise no_capacity(f"loading model {model!r} took longer than {timeout:g}s; retry shortly",
                               retry_after=10) from None
+        finally:
+            self._joined[model] -= 1
+            if not self._joined[model]:
+                del self._joined[model]
 
     async def _cold_load(self, model: str, exclude: frozenset[str], done: asyncio.Future) -> None:
         try:

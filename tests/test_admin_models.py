@@ -20,7 +20,8 @@ async def test_a_model_on_two_nodes_is_one_summary_with_two_replicas_and_its_wai
     resp = await gw.client.get("/admin/status", params={"refresh": "1"})
     summary = {m["id"]: m for m in (await resp.json())["models"]}
     assert summary["m"] == {"id": "m", "replicas": ["n1", "n2"], "loading": [], "min_replicas": 1,
-                            "max_replicas": 2, "in_flight": 1, "waiting": 3}
+                            "max_replicas": 2, "in_flight": 1, "waiting": 3, "waiting_for_room": 0,
+                            "waited_s": 0.0, "yielding": []}
     assert summary["solo"]["replicas"] == ["n2"]
     assert (summary["solo"]["min_replicas"], summary["solo"]["max_replicas"]) == (0, 1), "no profile: 0..1"
     catalog = (await (await gw.client.get("/v1/models")).json())["data"]

@@ -93,6 +93,11 @@ def test_a_model_too_big_for_every_node_is_refused_at_once(tmp_path, three_model
         assert not waits_for(gw, "m1") and loaded(neuron) == set()
 
 
+def summary(gateway, model: str) -> dict:
+    models = http_json("GET", gateway.url + "/admin/status")[1]["models"]
+    return next(m for m in models if m["id"] == model)
+
+
 def events(gateway, kind: str) -> list[dict]:
     return [e for e in http_json("GET", gateway.url + "/admin/status")[1]["events"] if e["kind"] == kind]
 
@@ -108,6 +113,10 @@ def test_interleaved_demand_swaps_by_turns_not_per_request(tmp_path, three_model
         # m3's load claimed m1, the least lately used busy model: a new request for m1 waits for its return.
         for_m1 = [pool.submit(chat, gw, "m1") for _ in range(2)]
         wait_for(lambda: waits_for(gw, "m1"), PATIENCE, "cold_load_waits event for m1")
+        # /admin/status (and `cortex status`) shows the queue: m3's three requests, m1 yielding on n1, its two.
+        wait_for(lambda: (summary(gw, "m3")["waiting_for_room"], summary(gw, "m1")["waiting_for_room"]) == (3, 2),
+                 PATIENCE, "m3's 3 and m1's 2 requests waiting for room")
+        assert summary(gw, "m1")["yielding"] == ["n1"] and summary(gw, "m3")["replicas"] == []
         assert not any(f.done() for f in for_m3 + for_m1)
         streams.pop("m1").close()  # m1 drains: m3's turn
         assert [f.result(timeout=PATIENCE)[0] for f in for_m3] == [200] * 3
