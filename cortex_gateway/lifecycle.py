@@ -42,6 +42,7 @@ class Lifecycle:
         self.room_changed = asyncio.Event()
         self.pins: dict[str, set[str]] = {m: set(p.pinned_on) for m, p in config.models.items()}
         self.cold = ColdLoads(self)
+        self._loading: set[tuple[str, str]] = set()  # (node, model) loads this gateway has asked for, under way
         self.load_failures = LoadFailures()  # cold loads that failed for good, not asked for again
         self.prefixes = PrefixMap(config.scheduling.prefix_map_entries)  # what was sent where (affinity)
         # A request is being placed on a node that has its model loaded (cortex_gateway.scaler wakes on it).
@@ -60,7 +61,8 @@ class Lifecycle:
         # gateway's (the name its pins, priority and in-flight counts are kept under).
         models = {m: i for m, i in node.models.items() if m not in node.aliases.values() or m in node.aliases}
         loaded = {m: i.memory_mb for m, i in models.items() if i.status == ModelState.LOADED}
-        loading = frozenset(m for m, i in models.items() if i.status.pending)
+        loading = frozenset(m for m, i in models.items() if i.status.pending) | {
+            m for n, m in self._loading if n == node.name}
         busy, last_used, fresh = {}, {}, self.cold.fresh_on(node.name)
         for m in models:
             usage = self.fleet.usage_of(node.name, m)
@@ -144,8 +146,9 @@ class Lifecycle:
         views, yielding = [], self.cold.claimed_on(model) if self.cold.claims else frozenset()
         for node in self.fleet.nodes.values():
             if node.accepting and node.has_loaded(model) and node.name not in yielding:
-                # For choosing among nodes a seconds-old hint of others' load is good enough.
-                busy = self.fleet.usage_of(node.name, model).in_flight + node.polled_load(model)
+                # The gateway's exact count, or the node's last polled one if more (it sees other clients too, but
+                # also the gateway's own requests of that moment: a sum would count those twice).
+                busy = max(self.fleet.usage_of(node.name, model).in_flight, node.polled_load(model))
                 views.append(NodeView(node.name, True, 0.0, {model: 0.0}, busy={model: busy}))
         affinity = None
         if keys is not None and len(views) >= 2 and self.prefixes.enabled:
@@ -184,7 +187,11 @@ class Lifecycle:
 
     async def load(self, node: Node, model: str, *, cold: bool = False, devices=None, backend=None) -> ModelInfo:
         started = time.monotonic()
-        info = await node.client.load(self.spec_for(model, devices, backend), timeout=self.config.load_timeout_s)
+        self._loading.add((node.name, model))  # seen by `view` at once: no other load of it is planned meanwhile
+        try:
+            info = await node.client.load(self.spec_for(model, devices, backend), timeout=self.config.load_timeout_s)
+        finally:
+            self._loading.discard((node.name, model))
         seconds = time.monotonic() - started
         self.load_failures.clear(node.name, model)
         node.models[info.id] = info
