@@ -16,3 +16,4 @@ METRICS = web.AppKey("metrics", GatewayMetrics)
 SESSION = web.AppKey("session", aiohttp.ClientSession)
 KEEPALIVE_S = web.AppKey("keepalive_s", float)
 RESPONSE_STORE = web.AppKey("response_store", ResponseStore)  # stored responses, for previous_response_id
+PRIORITY = web.RequestKey("priority", str)  # the key's "high" | "normal" | "low", sent on to the neuron; absent: normal
