@@ -159,10 +159,10 @@ class ColdLoads:
         try:
             while self._waiting:
                 changed = self.lc.room_changed  # before trying: a change from now on ends the wait below
-                for entry in swaps.turn_order(w.entry for w in self._waiting.values()):
-                    if (waiter := self._waiting.get(entry.model)) is not None:
-                        await self._try_waiting(waiter)
-                self._renew_claims()
+                try:
+                    await self._pass()
+                except Exception:  # noqa: BLE001 - the queue must outlive any one bad answer; deadlines still hold
+                    log.exception("a pass over the waiting cold loads failed")
                 if self._waiting:
                     left = min(w.entry.deadline for w in self._waiting.values()) - time.monotonic()
                     with contextlib.suppress(TimeoutError):
@@ -172,6 +172,13 @@ class ColdLoads:
             for waiter in self._waiting.values():  # cancelled (the gateway stopping): nobody is left waiting
                 if not waiter.result.done():
                     waiter.result.cancel()
+
+    async def _pass(self) -> None:
+        """Try every waiting load, oldest first, then renew the claims of those still waiting."""
+        for entry in swaps.turn_order(w.entry for w in self._waiting.values()):
+            if (waiter := self._waiting.get(entry.model)) is not None:
+                await self._try_waiting(waiter)
+        self._renew_claims()
 
     async def _try_waiting(self, waiter: _Waiter) -> None:
         model = waiter.entry.model
@@ -235,6 +242,8 @@ class ColdLoads:
     # -- one attempt -------------------------------------------------------------------
     async def _place_once(self, model: str, exclude: frozenset[str]) -> Node:
         lc = self.lc
+        if (node := lc.loaded_node(model, exclude)) is not None:  # loaded meanwhile, or no longer yielding
+            return node
         snapshot = lc.snapshot()
         if (busy_node := loading_on(model, snapshot)) is not None:
             return await self._await_loading(lc.fleet.nodes[busy_node], model)

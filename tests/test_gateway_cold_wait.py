@@ -141,3 +141,19 @@ def test_a_model_a_profile_loads_by_path_is_evicted_by_its_path(tmp_path, three_
             assert status == 200, body
         assert [(e["model"]) for e in events(gw, "evict")] == ["bypath"]
         assert not any("m1" in model for model in loaded(neuron))
+
+
+def test_a_claim_that_ends_unplaced_lets_the_yielding_model_serve_again(tmp_path, three_models):
+    """m3's wait claims m1, so a request for m1 waits for its return; m3 gives up at max_wait_s, its claim with
+    it, and the request for m1 is served by m1, still loaded (not loaded a second time, nor refused)."""
+    with crowded(tmp_path, three_models, extra_toml="[scheduling]\nmax_wait_s = 3") as (gw, neuron, _), \
+            ThreadPoolExecutor(2) as pool:
+        for_m3 = pool.submit(chat, gw, "m3")
+        wait_for(lambda: waits_for(gw, "m3"), PATIENCE, "cold_load_waits event for m3")
+        for_m1 = pool.submit(chat, gw, "m1")
+        wait_for(lambda: waits_for(gw, "m1"), PATIENCE, "cold_load_waits event for m1")
+        assert for_m3.result(timeout=PATIENCE)[0] == 503
+        status, body = for_m1.result(timeout=PATIENCE)
+        assert status == 200, body
+        assert loaded(neuron) == {"m1", "m2"}
+        assert [e["model"] for e in events(gw, "load")] == ["m1", "m2"]
