@@ -11,6 +11,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from cortex_gateway.cold_loads import ColdLoads
 from cortex_gateway.config import GatewayConfig
@@ -23,6 +24,9 @@ from cortex_gateway.prefix_map import PrefixMap, RequestKeys
 from cortex_gateway.router import Affinity, NodeView, choose_loaded
 from neuron.shared.client import NeuronError
 from neuron.shared.protocol import ModelInfo, ModelKind, ModelState
+
+if TYPE_CHECKING:
+    from cortex_gateway.hold import Hold
 
 log = logging.getLogger("cortex.gateway.lifecycle")
 NOT_UNLOADED = ("model_busy", "model_not_found")  # busy from elsewhere, or gone already: the next round sees
@@ -46,7 +50,10 @@ class Lifecycle:
         self.load_failures = LoadFailures()  # cold loads that failed for good, not asked for again
         self.prefixes = PrefixMap(config.scheduling.prefix_map_entries)  # what was sent where (affinity)
         # A request is being placed on a node that has its model loaded (cortex_gateway.scaler wakes on it).
-        self.on_demand: Callable[[str, Node], None] = lambda model, node: None
+        # A request is being placed on a node that has its model loaded: the replica rounds may add replicas, and
+        # answer a Hold the request waits on first (cortex_gateway.scaler, cortex_gateway.hold); None: go ahead.
+        self.on_demand: Callable[[str, Node], Hold | None] = lambda model, node: None
+        self.on_request_ended: Callable[[str], None] = lambda model: None  # a held request may take the slot
 
     # -- snapshot for the pure deciders ------------------------------------------
     def view(self, node: Node, refused: frozenset[str] = frozenset()) -> NodeView:
@@ -97,6 +104,7 @@ class Lifecycle:
     def request_ended(self, node: str, model: str) -> None:
         """A request through the gateway ended (dispatch): once the model is idle there, it can be a victim."""
         self.cold.request_ended(node, model)
+        self.on_request_ended(model)
         if self.fleet.usage_of(node, model).in_flight == 0:
             self.wake_waiting()
 

@@ -78,19 +78,8 @@ class Replicas:
         self.settled: set[str] = set()  # models the request path found no more room for, until the next round
         self.holds = Holds(scheduling.max_wait_s)
         lifecycle.on_demand = self.on_demand
-        if self.bounds:
-            self._tap_request_ends(lifecycle)
-
-    def _tap_request_ends(self, lifecycle: Lifecycle) -> None:
-        """A request ending frees a slot a held request may take: dispatch tells the lifecycle
-        (`request_ended`), and the holds hear it too (a look-up when none is held)."""
-        ended = lifecycle.request_ended
-
-        def request_ended(node: str, model: str) -> None:
-            ended(node, model)
-            self.holds.changed(model)
-
-        lifecycle.request_ended = request_ended
+        if self.bounds:  # a request ending frees a slot a held request may take (a look-up when none is held)
+            lifecycle.on_request_ended = self.holds.changed
 
     @property
     def interval(self) -> float | None:
