@@ -9,6 +9,7 @@ import orjson
 from aiohttp import web
 
 from neuron.server import external_routes
+from neuron.server.caller import caller_of
 from neuron.server.embedding_schema import parse_embeddings
 from neuron.server.state import ENGINE, METRICS, REGISTRY
 from neuron.shared.http import read_json
@@ -18,10 +19,11 @@ async def embeddings(request: web.Request) -> web.Response:
     app = request.app
     body = await read_json(request)
     req = parse_embeddings(body)
+    caller = caller_of(request)  # whose turn it is in the model's queue
     entry = app[REGISTRY].require_loaded(req.model, embedding=True)
     if entry.on_engine:
         return await external_routes.relay(request, entry, body, "/v1/embeddings", "embeddings")
-    async with entry.admission.slot():
+    async with entry.admission.slot(caller=caller):
         vectors, tokens = await app[ENGINE].embed(entry, req)
     app[METRICS].tokens.labels(entry.id, "prompt").inc(tokens)
     data = [{"object": "embedding", "index": i, "embedding": encoded(v, req.encoding_format)}

@@ -6,9 +6,11 @@ import time
 
 from aiohttp import web
 
+from neuron.engine.queue_order import Caller
 from neuron.engine.tool_calls import ToolCallParser
 from neuron.server import external_routes
 from neuron.server.answers import Choice, collect_choices, stream_choices, usage_of
+from neuron.server.caller import caller_of
 from neuron.server.openai_schema import InferenceRequest, parse_chat, parse_completion
 from neuron.server.state import ACCESS, ENGINE, KEEPALIVE_S, METRICS, REGISTRY
 from neuron.server.waiting_stream import WaitingStream
@@ -29,6 +31,7 @@ async def completions(request: web.Request) -> web.StreamResponse:
 
 async def _complete(request: web.Request, req: InferenceRequest, body: dict, chat: bool) -> web.StreamResponse:
     app = request.app
+    caller = caller_of(request)  # whose turn it is in the model's queue
     entry = app[REGISTRY].require_loaded(req.model)
     if entry.on_engine:  # checked by our parser above; the engine does the rest
         return await external_routes.relay(request, entry, body, request.path, "chat" if chat else "completions")
@@ -37,25 +40,26 @@ async def _complete(request: web.Request, req: InferenceRequest, body: dict, cha
     # commits nothing before our headers, relays the keep-alives), with the prompt's size known.
     waiting = WaitingStream(request, {PROMPT_TOKENS_HEADER: str(prepared.prompt_tokens)}) if req.stream else None
     try:
-        gens, resp = await _run(request, entry, req, prepared, waiting, chat)
+        gens, resp = await _run(request, entry, req, prepared, waiting, chat, caller)
     except ApiError as err:  # the queue's timeout, or a start that failed, after keep-alives: an error event
         if waiting is None:
             raise
         return await waiting.fail(err)
     prompt, completion, cached = usage_of(gens)
     request[ACCESS] = {"model": entry.id, "prompt_tokens": prompt, "completion_tokens": completion,
-                       "ttft_s": None if gens[0].ttft_s is None else round(gens[0].ttft_s, 4)}
+                       "ttft_s": None if gens[0].ttft_s is None else round(gens[0].ttft_s, 4),
+                       "priority": caller.priority_name, "tenant": caller.tenant or None}
     app[METRICS].observe_generation(entry.id, "chat" if chat else "completions", prompt, completion, gens[0].ttft_s,
                                     time.perf_counter() - gens[0].started, cached)
     return resp
 
 
 async def _run(request: web.Request, entry, req: InferenceRequest, prepared, waiting: WaitingStream | None,
-               chat: bool) -> tuple[list, web.StreamResponse]:
+               chat: bool, caller: Caller) -> tuple[list, web.StreamResponse]:
     """Admitted (waiting for a slot if need be), run the request and answer it: (its generations, the answer)."""
     app = request.app
     queued_at = time.perf_counter()
-    async with entry.admission.slot(waiting and waiting.keepalive, app[KEEPALIVE_S]):
+    async with entry.admission.slot(waiting and waiting.keepalive, app[KEEPALIVE_S], caller):
         app[METRICS].queue_wait.labels(entry.id).observe(time.perf_counter() - queued_at)
         gens = await app[ENGINE].start(entry, req, prepared)
         choices = [Choice(g, f, _tool_parser(req) if chat else None)

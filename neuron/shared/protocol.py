@@ -65,6 +65,14 @@ ADMISSION_LIMITS = {"max_in_flight": {"minimum": 1, "maximum": 4096},
                     "max_queue_depth": {"minimum": 0, "maximum": 1 << 16},
                     "max_wait_s": {"minimum": 0, "maximum": 3600}}
 
+# Who an inference request is for, sent by the gateway (never taken from its client): the neuron's waiting
+# queue serves higher priority first and rotates between tenants within one (neuron.engine.queue_order).
+# Absent: normal priority, and one anonymous tenant. The tenant is the key's name, percent-encoded.
+PRIORITY_HEADER = "X-Cortex-Priority"
+TENANT_HEADER = "X-Cortex-Tenant"
+PRIORITIES = ("high", "normal", "low")
+
+
 @dataclass
 class LoadRequest:
     """POST /models/load: everything but `model` is optional."""
