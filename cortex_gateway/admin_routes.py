@@ -44,7 +44,8 @@ def _node_status(node: Node, fleet) -> dict:
 def _model_summaries(fleet: Fleet, lifecycle: Lifecycle) -> list[dict]:
     """Per model loaded or loading anywhere: its replicas (nodes up with it loaded), where it is loading, its
     floor and ceiling, and the gateway's in flight and waiting over its replicas, counted as the scaler counts
-    them (`scaler.waiting_at`), so that `cortex status` shows the figures a scale-out is decided on."""
+    them (`scaler.waiting_at`, plus the requests held in the gateway for a replica being loaded), so that
+    `cortex status` shows the figures a scale-out is decided on."""
     held: dict[str, list[Node]] = {m: [] for m in lifecycle.cold.waiting()}  # waiting for room: held nowhere yet
     for node in fleet.nodes.values():
         for model in node.models:
@@ -64,7 +65,7 @@ def _model_summary(model: str, nodes: list[Node], fleet: Fleet, lifecycle: Lifec
             "min_replicas": profile.min_replicas if profile else 0,
             "max_replicas": profile.max_replicas if profile else 1,
             "in_flight": sum(fleet.usage_of(n.name, model).in_flight for n in nodes),
-            "waiting": sum(waiting_at(lifecycle, n, model) for n in serving),
+            "waiting": sum(waiting_at(lifecycle, n, model) for n in serving) + lifecycle.held(model),
             "waiting_for_room": queued, "waited_s": round(waited_s, 1),
             "yielding": sorted(lifecycle.cold.claimed_on(model))}
 

@@ -54,6 +54,7 @@ class Lifecycle:
         # answer a Hold the request waits on first (cortex_gateway.scaler, cortex_gateway.hold); None: go ahead.
         self.on_demand: Callable[[str, Node], Hold | None] = lambda model, node: None
         self.on_request_ended: Callable[[str], None] = lambda model: None  # a held request may take the slot
+        self.held: Callable[[str], int] = lambda model: 0  # requests held in the gateway for a replica (hold.Holds)
 
     # -- snapshot for the pure deciders ------------------------------------------
     def view(self, node: Node, refused: frozenset[str] = frozenset()) -> NodeView:

@@ -80,6 +80,7 @@ class Replicas:
         lifecycle.on_demand = self.on_demand
         if self.bounds:  # a request ending frees a slot a held request may take (a look-up when none is held)
             lifecycle.on_request_ended = self.holds.changed
+            lifecycle.held = self.holds.count
 
     @property
     def interval(self) -> float | None:
