@@ -13,17 +13,21 @@ from __future__ import annotations
 import collections
 import logging
 import re
+from urllib.parse import quote
 
 import aiohttp
 import orjson
 from aiohttp import web
 
+from cortex_gateway.auth import KEY_NAME
 from cortex_gateway.fleet import Node
 from cortex_gateway.metrics import RequestRecord
 from cortex_gateway.sse_reader import SSEReader, is_keepalive
+from cortex_gateway.state import PRIORITY
 from cortex_gateway.translator import Translator
 from neuron.shared.errors import ApiError, error_from_envelope
-from neuron.shared.request_context import with_request_id
+from neuron.shared.protocol import PRIORITY_HEADER, TENANT_HEADER
+from neuron.shared.request_context import current_request, with_request_id
 from neuron.shared.sse import DONE, USAGE_COMMENT, error_event, open_stream
 
 log = logging.getLogger("cortex.gateway.proxy")
@@ -63,7 +67,8 @@ async def _send(session: aiohttp.ClientSession, node: Node, path: str, body: byt
                 stream: bool = True) -> aiohttp.ClientResponse:
     for fresh in (False, True):
         try:
-            headers = with_request_id(node.client.json_headers)  # the neuron logs under the client's request id
+            # The neuron logs under the client's request id, and queues by the key's priority and name.
+            headers = {**with_request_id(node.client.json_headers), **caller_headers()}
             resp = await session.post(node.endpoint + path, data=body, headers=headers)
             break
         except DROPPED as exc:
@@ -93,6 +98,21 @@ async def _send(session: aiohttp.ClientSession, node: Node, path: str, body: byt
             resp.release()
             raise RetryElsewhere(f"{node.name}: {code}", unreachable=False, code=code)
     return resp
+
+
+def caller_headers() -> dict[str, str]:
+    """Who the current request is for, as the neuron's queue reads it: the key's name (percent-encoded, so any
+    name fits in a header) and its priority when the key has one. Built only from what the gateway decided:
+    a client's own X-Cortex-* headers are never forwarded (no client header is), so none picks its priority."""
+    request = current_request()
+    if request is None:
+        return {}
+    out = {}
+    if (name := request.get(KEY_NAME)) is not None:
+        out[TENANT_HEADER] = quote(name, safe="")
+    if (priority := request.get(PRIORITY)) is not None:
+        out[PRIORITY_HEADER] = priority
+    return out
 
 
 async def _answers_health(node: Node) -> bool:

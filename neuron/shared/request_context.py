@@ -34,6 +34,7 @@ _SANE = re.compile(r"^[A-Za-z0-9._:@/+=-]{1,128}$")  # no spaces, quotes or cont
 _UNSAFE = re.compile("[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028-\u202e\u2066-\u2069]")
 _UNSAFE_IN_JSON = re.compile("[\x7f-\x9f\u061c\u200e\u200f\u2028-\u202e\u2066-\u2069]")  # orjson escapes C0
 _current: contextvars.ContextVar[str | None] = contextvars.ContextVar("request_id", default=None)
+_request: contextvars.ContextVar[web.Request | None] = contextvars.ContextVar("request", default=None)
 REQUEST_ID = web.RequestKey("request_id", str)
 
 
@@ -58,11 +59,18 @@ async def request_id_middleware(request: web.Request, handler):
     given = request.headers.get(HEADER, "")
     rid = given if _SANE.match(given) else new_request_id()
     request[REQUEST_ID] = rid
-    token = _current.set(rid)
+    token, request_token = _current.set(rid), _request.set(request)
     try:
         return await handler(request)
     finally:
         _current.reset(token)
+        _request.reset(request_token)
+
+
+def current_request() -> web.Request | None:
+    """The request being handled, for code its handler calls without passing it (the gateway's upstream
+    headers read the key's name and priority the middlewares after this one put on it)."""
+    return _request.get()
 
 
 async def add_request_id_header(request: web.Request, response: web.StreamResponse) -> None:
@@ -84,7 +92,7 @@ def install(app: web.Application) -> None:
 
 # -- log records ----------------------------------------------------------------------------
 _FIELDS = ("model", "node", "status", "method", "path", "prompt_tokens", "completion_tokens", "ttft_s",
-           "duration_s", "key", "endpoint", "error")
+           "duration_s", "key", "endpoint", "error", "priority", "tenant")
 
 
 class RequestIdFilter(logging.Filter):
