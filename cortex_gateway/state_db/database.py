@@ -1,0 +1,178 @@
+"""`StateDB`: the one access layer over the gateway's state, whichever database holds it.
+
+As datasette's `Database`, one object owns the connections (a driver: SQLite's worker threads, or an
+asyncpg pool) and every method is a coroutine that runs its queries off the event loop, so the request
+path never blocks on the database. Each method is one transaction of one script (`keys`, `usage`),
+atomic in both dialects. Callers cache what they may (a key's settings); what must be exact (a budget's
+reservation) comes here per request.
+
+A write the request path cannot afford to lose runs to its end even if the awaiting task is cancelled
+(a client that leaves cancels its handler): a settle still commits, and a reservation made for a task
+that was cancelled meanwhile is released rather than held until the next start. `close` waits for them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+from cortex_gateway.state_db import keys, usage
+from cortex_gateway.state_db.migrations import migrate
+from cortex_gateway.state_db.records import ApiKey, KeySettings, Released, Reservation, StateError, UsageRow
+from cortex_gateway.state_db.script import Script, T
+from cortex_gateway.state_db.sqlite import SQLiteDriver
+from cortex_gateway.state_db.url import StateURL, parse_state_url
+
+log = logging.getLogger("cortex.gateway.state_db")
+
+
+def driver_for(url: StateURL):
+    if url.dialect == "sqlite":
+        return SQLiteDriver(url.path)
+    from cortex_gateway.state_db.postgres import PostgresDriver  # asyncpg only where PostgreSQL is used
+
+    return PostgresDriver(url.dsn)
+
+
+class StateDB:
+    """The gateway's state. Make one with `await StateDB.open(...)`; `await db.close()` when done."""
+
+    def __init__(self, driver, instance_id: str, *, clock: Callable[[], float] = time.time):
+        self._driver = driver
+        self.instance_id = instance_id  # this gateway's name on the reservations it holds
+        self.clock = clock
+        self._pending: set[asyncio.Future] = set()
+
+    @classmethod
+    async def open(cls, url: str | None, state_dir: Path, instance_id: str, *,
+                   clock: Callable[[], float] = time.time) -> StateDB:
+        """Connect to the database `url` names (None: SQLite in `state_dir`) and migrate it to the latest
+        schema. Raises StateError (one line: what and where) if it cannot be reached or migrated."""
+        try:
+            parsed = parse_state_url(url, state_dir)
+        except ValueError as exc:
+            raise StateError(f"[state] url: {exc}") from None
+        db = cls(driver_for(parsed), instance_id, clock=clock)
+        await db._driver.open()
+        try:
+            applied = await db.migrate()
+        except BaseException:
+            await db._driver.close()
+            raise
+        if applied:
+            log.info("state database %s migrated to schema version %d", db.where, applied[-1])
+        return db
+
+    @property
+    def dialect(self) -> str:
+        return self._driver.dialect  # "sqlite" or "postgresql"
+
+    @property
+    def where(self) -> str:
+        """The file, or the URL without its password: for logs and errors."""
+        return self._driver.where
+
+    async def migrate(self) -> list[int]:
+        """Apply the migrations not yet applied (the versions applied; [] when up to date)."""
+        return await self._driver.write(lambda: migrate(self.dialect, self.clock()))
+
+    async def close(self) -> None:
+        """Wait for the writes still running for cancelled callers, then close the connections."""
+        while self._pending:
+            await asyncio.gather(*self._pending, return_exceptions=True)
+        await self._driver.close()
+
+    # -- keys ------------------------------------------------------------------------------------
+    async def create_key(self, name: str, key_hash: str, settings: KeySettings = KeySettings()) -> ApiKey:
+        """Store a new key by its hash (`records.hash_key`); DuplicateKeyName if the name is taken."""
+        return await self._driver.write(lambda: keys.create_key(name, key_hash, settings, self.clock()))
+
+    async def get_key_by_hash(self, key_hash: str) -> ApiKey | None:
+        """The active key with this hash; None for an unknown or revoked one."""
+        return await self._driver.read(lambda: keys.get_key_by_hash(key_hash))
+
+    async def get_key(self, name: str) -> ApiKey | None:
+        """The key of this name, revoked or not."""
+        return await self._driver.read(lambda: keys.get_key(name))
+
+    async def list_keys(self, include_revoked: bool = False) -> list[ApiKey]:
+        return await self._driver.read(lambda: keys.list_keys(include_revoked))
+
+    async def update_key(self, name: str, changes: Mapping[str, Any]) -> ApiKey:
+        """Change settings of an active key (names of `records.SETTINGS`; None clears a limit).
+        KeyNotFound if there is no active key of that name; InvalidKeySetting naming a bad value."""
+        return await self._driver.write(lambda: keys.update_key(name, changes, self.clock()))
+
+    async def revoke_key(self, name: str) -> ApiKey:
+        """Revoke an active key (its row and usage stay); KeyNotFound if there is no active key of that name."""
+        return await self._driver.write(lambda: keys.revoke_key(name, self.clock()))
+
+    # -- budgets and usage -----------------------------------------------------------------------
+    async def reserve(self, key: str, model: str, window: str, tokens: int, budget: int | None) -> Reservation | None:
+        """Hold `tokens` of `key`'s budget in the window's period `window` (a label the caller chooses,
+        such as "2026-12-01" for a day), for one request to `model`. None, holding nothing, unless
+        settled + reserved + tokens <= budget for that key and window, whatever runs at once; `budget`
+        None: no limit (the tokens are still held, so usage shows them)."""
+        reservation = Reservation(uuid.uuid4().hex, key, model, window, tokens, self.instance_id, self.clock())
+        return await self._shielded(lambda: usage.reserve(reservation, budget), on_cancelled=self._release_orphan)
+
+    async def settle(self, reservation: Reservation, prompt_tokens: int, completion_tokens: int) -> bool:
+        """Replace the reservation by the real usage (one more request), committed before this returns.
+        False, changing nothing, if it was already settled or released: settling twice bills once."""
+        return await self._shielded(lambda: usage.settle(reservation.id, prompt_tokens, completion_tokens))
+
+    async def release(self, reservation: Reservation) -> bool:
+        """Give the reservation's tokens back unbilled (a request that never ran); False if already gone."""
+        return await self._shielded(lambda: usage.release(reservation.id))
+
+    async def release_stale(self, instance_id: str | None = None) -> Released:
+        """Release every reservation `instance_id` holds (default: this gateway's own, at its start, when
+        any it holds were left by a process that died); settled usage stays."""
+        return await self._driver.write(lambda: usage.release_stale(instance_id or self.instance_id))
+
+    async def usage(self, key: str | None = None) -> list[UsageRow]:
+        """Usage per key, model and window (of one key, or all), with the tokens reserved and not settled."""
+        return await self._driver.read(lambda: usage.usage(key))
+
+    async def budget_used(self, key: str, window: str) -> tuple[int, int]:
+        """(settled, reserved) tokens of `key` in `window`, over all models."""
+        return await self._driver.read(lambda: usage.budget_used(key, window))
+
+    # -- writes that outlive a cancelled caller --------------------------------------------------
+    async def _shielded(self, make: Callable[[], Script[T]], on_cancelled=None) -> T:
+        task = asyncio.ensure_future(self._driver.write(make))
+        self._track(task)
+        try:
+            return await asyncio.shield(task)
+        except asyncio.CancelledError:
+            task.add_done_callback(on_cancelled or _log_failure)
+            raise
+
+    def _track(self, task: asyncio.Future) -> None:
+        self._pending.add(task)
+        task.add_done_callback(self._done)
+
+    def _done(self, task: asyncio.Future) -> None:
+        self._pending.discard(task)
+        if not task.cancelled():
+            task.exception()  # retrieved: whoever awaited it has it, and _log_failure speaks for who did not
+
+    def _release_orphan(self, task: asyncio.Future) -> None:
+        """A reservation made for a caller that was cancelled meanwhile: nobody will settle it, so release it."""
+        if _log_failure(task) and task.result() is not None:
+            self._track(asyncio.ensure_future(self.release(task.result())))
+
+
+def _log_failure(task: asyncio.Future) -> bool:
+    """Log the failure of a write whose caller had gone; True if it succeeded."""
+    if task.cancelled():
+        return False
+    if (exc := task.exception()) is not None:
+        log.error("state database: a write for a cancelled request failed: %s", exc)
+        return False
+    return True

@@ -1,0 +1,90 @@
+"""The PostgreSQL driver: asyncpg (a native asyncio driver: no thread, no blocking call), one pool per gateway.
+
+A script runs on one pooled connection inside one transaction at READ COMMITTED, PostgreSQL's default,
+which is what the scripts are written for: a conditional UPDATE waits for a concurrent one on the same
+row and then re-checks its WHERE on the committed row (see `usage`). A transaction PostgreSQL aborts as
+a deadlock or a serialisation failure is run again from its start (the scripts take their locks in
+one order, so this is a safety net). asyncpg is imported on open, so `import cortex_gateway` stays light.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from cortex_gateway.state_db.records import StateError
+from cortex_gateway.state_db.script import Script, Statement, T, drive_async
+from cortex_gateway.state_db.url import redacted
+
+log = logging.getLogger("cortex.gateway.state_db")
+POOL_SIZE = 10  # connections per gateway: each request holds one only for its few statements
+CONNECT_TIMEOUT_S = 10.0
+RETRIES = 3  # runs of a transaction PostgreSQL aborted for a deadlock or a serialisation failure
+
+
+class PostgresDriver:
+    dialect = "postgresql"
+
+    def __init__(self, url: str, pool_size: int = POOL_SIZE):
+        self.url = url
+        self.pool_size = pool_size
+        self._pool = None
+        self._asyncpg = None
+
+    @property
+    def where(self) -> str:
+        return redacted(self.url)
+
+    async def open(self) -> None:
+        import asyncpg
+
+        self._asyncpg = asyncpg
+        try:
+            self._pool = await asyncpg.create_pool(self.url, min_size=1, max_size=self.pool_size,
+                                                   timeout=CONNECT_TIMEOUT_S)
+        except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError, ValueError) as exc:
+            raise StateError(f"cannot connect to the state database {self.where}: {_reason(exc)}") from None
+
+    async def write(self, make: Callable[[], Script[T]]) -> T:
+        """Run the script `make()` in a transaction; again, afresh, if PostgreSQL aborted it."""
+        retry = (self._asyncpg.DeadlockDetectedError, self._asyncpg.SerializationError)
+        for attempt in range(1, RETRIES + 1):
+            try:
+                return await self._transaction(make())
+            except retry as exc:
+                if attempt == RETRIES:
+                    raise StateError(f"state database {self.where}: {_reason(exc)}") from exc
+                log.info("state database: %s; running the transaction again", _reason(exc))
+        raise AssertionError("unreachable")
+
+    read = write  # on PostgreSQL a read is a transaction like any other, on any pooled connection
+
+    async def _transaction(self, script: Script[T]) -> T:
+        asyncpg = self._asyncpg
+        try:
+            async with self._pool.acquire() as conn, conn.transaction():
+                return await drive_async(script, lambda statement: _statement(conn, statement))
+        except (asyncpg.DeadlockDetectedError, asyncpg.SerializationError):
+            raise
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            raise StateError(f"state database {self.where}: {_reason(exc)}") from exc
+
+    async def close(self) -> None:
+        if self._pool is not None:
+            await self._pool.close()
+            self._pool = None
+
+
+async def _statement(conn, statement: Statement) -> Any:
+    if statement.want == "one":
+        row = await conn.fetchrow(statement.sql, *statement.args)
+        return None if row is None else tuple(row)
+    if statement.want == "all":
+        return [tuple(row) for row in await conn.fetch(statement.sql, *statement.args)]
+    await conn.execute(statement.sql, *statement.args)
+    return None
+
+
+def _reason(exc: BaseException) -> str:
+    return str(exc) or type(exc).__name__
