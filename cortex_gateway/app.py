@@ -23,6 +23,7 @@ from cortex_gateway.responses import routes as responses_routes
 from cortex_gateway.responses.store import ResponseStore
 from cortex_gateway.scaler import Replicas
 from cortex_gateway.state import FLEET, KEEPALIVE_S, LIFECYCLE, METRICS, RESPONSE_STORE, SESSION
+from cortex_gateway.state_db.gateway import state_ctx
 from neuron.shared import request_context
 from neuron.shared.errors import error_middleware
 from neuron.shared.http import body_limits
@@ -69,6 +70,7 @@ def create_app(config: GatewayConfig, *, session: aiohttp.ClientSession | None =
     app[RESPONSE_STORE] = ResponseStore(config.responses_store_max, config.responses_store_ttl_s,
                                         max_bytes=int(config.responses_store_max_mb * 2**20),
                                         max_response_bytes=int(config.responses_store_max_response_mb * 2**20))
+    app.cleanup_ctx.append(state_ctx(config))  # first: opened before the fleet starts, closed after it stops
     app.cleanup_ctx.append(_fleet_ctx(config, session))
     catalog_routes.add_routes(app)
     openai_routes.add_routes(app)

@@ -15,6 +15,7 @@ from pathlib import Path
 import tomlkit
 
 from cortex_gateway.auth import AuthSettings
+from cortex_gateway.state_db.url import read_state_url
 from neuron.shared.config import NeuronConfig, parse_listen, read_toml
 from neuron.shared.config_fields import (
     AT_LEAST_ONE,
@@ -147,6 +148,8 @@ class GatewayConfig:
     local_neuron: bool = False  # the embedded default: run the one neuron as a child (cortex_gateway.embedded)
     # What the gateway learns and keeps across restarts (a model's measured memory, ...): one directory.
     state_dir: Path = field(default_factory=default_state_dir)
+    # [state] url: the database of keys, usage and budgets (cortex_gateway.state_db); None: SQLite in state_dir.
+    state_url: str | None = None
     scheduling: Scheduling = field(default_factory=Scheduling)
 
     def resolve_alias(self, model: str) -> str:
@@ -204,6 +207,7 @@ def load_config(path: Path) -> GatewayConfig:
     cfg.max_connections_per_node = _node_connections(gw)
     _check_store_bytes(cfg, gw)
     cfg.state_dir = gw.opt_path("state_dir", cfg.state_dir)
+    cfg.state_url = read_state_url(top.table("state"))
     cfg.hosted_tools = gw.opt_choice("hosted_tools", ("drop", "refuse"), cfg.hosted_tools)
     cfg.neurons = _neurons(top.tables("neurons"), gw.opt_str("neuron_token", expected="a token for every neuron"))
     cfg.strategy = top.table("eviction").opt_choice("strategy", STRATEGIES, cfg.strategy)
