@@ -31,13 +31,15 @@ serve: $(VENV)/.serve-installed
 
 # zsh and fish let the completion tests ask real shells, and Debian's prometheus (with promtool) lets
 # tests/test_prometheus_queries.py scrape a real fleet and check deploy/prometheus's rules (each name is both
-# the command and its Debian package); installed where apt-get can (as root), otherwise those tests
-# are skipped and say why.
+# the command and its Debian package); Debian's postgresql lets the state database's tests run a real
+# PostgreSQL (tests/postgres_server.py; its initdb is under /usr/lib/postgresql/*/bin, off the PATH).
+# Installed where apt-get can (as root), otherwise those tests are skipped and say why.
 shells:
 	@missing=""; for s in zsh fish prometheus; do command -v $$s >/dev/null || missing="$$missing $$s"; done; \
+	command -v initdb >/dev/null || ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing="$$missing postgresql"; \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
-	    echo "installing$$missing for the completion and Prometheus tests"; \
+	    echo "installing$$missing for the completion, Prometheus and PostgreSQL tests"; \
 	    (timeout 300 apt-get update -qq && \
 	     DEBIAN_FRONTEND=noninteractive timeout 300 apt-get install -y -qq --no-install-recommends $$missing) \
 	       >/dev/null 2>&1 \

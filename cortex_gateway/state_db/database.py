@@ -49,7 +49,7 @@ class StateDB:
         self._pending: set[asyncio.Future] = set()
 
     @classmethod
-    async def open(cls, url: str | None, state_dir: Path, instance_id: str, *,
+    async def open(cls, url: str | None, state_dir: Path | None, instance_id: str, *,
                    clock: Callable[[], float] = time.time) -> StateDB:
         """Connect to the database `url` names (None: SQLite in `state_dir`) and migrate it to the latest
         schema. Raises StateError (one line: what and where) if it cannot be reached or migrated."""

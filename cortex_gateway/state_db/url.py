@@ -29,9 +29,11 @@ class StateURL:
     dsn: str | None = None  # PostgreSQL's URL, as given (password included: never log it; see `redacted`)
 
 
-def parse_state_url(url: str | None, state_dir: Path) -> StateURL:
+def parse_state_url(url: str | None, state_dir: Path | None) -> StateURL:
     """The database `url` names (None: SQLite in `state_dir`); ValueError saying what is wrong otherwise."""
     if url is None:
+        if state_dir is None:
+            raise ValueError("no url, and no state dir to keep the default SQLite file in")
         return StateURL("sqlite", path=state_dir / FILE_NAME)
     scheme, _, rest = url.partition(":")
     if scheme == "sqlite":
