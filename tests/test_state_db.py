@@ -147,7 +147,12 @@ async def test_unknown_revoked_and_bad_settings_are_refused_naming_what(db_url):
             await db.update_key("ghost", {"rpm": 1})
         with pytest.raises(KeyNotFound):
             await db.revoke_key("ghost")
-        await db.create_key("alice", hash_key(new_secret()))
+        with pytest.raises(InvalidKeySetting, match="^name: expected 1 to 64 letters"):
+            await db.create_key("../admin", hash_key(new_secret()))
+        secret = new_secret()
+        with pytest.raises(InvalidKeySetting, match="^key_hash: .*never the key itself"):
+            await db.create_key("alice", secret)  # the key where its hash belongs: refused, never stored
+        await db.create_key("alice", hash_key(secret))
         with pytest.raises(InvalidKeySetting, match="^priority: expected one of high, normal, low"):
             await db.update_key("alice", {"priority": "urgent"})
         with pytest.raises(InvalidKeySetting, match="^rpm: expected an integer >= 0"):

@@ -15,6 +15,7 @@ from cortex_gateway.state_db.records import (
     DuplicateKeyName,
     KeyNotFound,
     KeySettings,
+    check_new_key,
     check_settings,
     models_from_text,
     models_to_text,
@@ -38,8 +39,7 @@ def _column_value(name: str, value: Any) -> Any:
 
 
 def create_key(name: str, key_hash: str, settings: KeySettings, now: float) -> Script[ApiKey]:
-    if not name or not isinstance(name, str):
-        raise ValueError("a key needs a name")
+    check_new_key(name, key_hash)
     values = [name, key_hash, *(_column_value(s, getattr(settings, s)) for s in SETTINGS), now, now]
     marks = ", ".join(f"${i}" for i in range(1, len(values) + 1))
     row = yield one(f"INSERT INTO api_keys ({_SELECT.removesuffix(', revoked_at')}) VALUES ({marks}) "

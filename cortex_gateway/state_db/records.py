@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
@@ -21,6 +22,9 @@ KEY_PREFIX = "sk-cortex-"
 # The settings a key is made with and that update_key may change; name, hash and times are the layer's.
 SETTINGS = ("models", "rpm", "tpm", "max_concurrent", "budget_tokens", "budget_window", "priority")
 _COUNTS = ("rpm", "tpm", "max_concurrent", "budget_tokens")
+# A name goes into URLs (/admin/keys/{name}), metric labels, logs and shell completion: plain characters only.
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+_SHA256 = re.compile(r"[0-9a-f]{64}")
 
 
 class StateError(StartupError):
@@ -56,6 +60,15 @@ def hash_key(secret: str) -> str:
     """sha256 of the key, hex: what is stored and looked up. Keys are random, so no salt or stretching is
     needed (a slow hash would only slow the request path)."""
     return hashlib.sha256(secret.encode()).hexdigest()
+
+
+def check_new_key(name: str, key_hash: str) -> None:
+    """A new key's name and hash, checked; the hash check keeps a key itself from being stored by mistake."""
+    if not isinstance(name, str) or not _NAME.fullmatch(name):
+        raise InvalidKeySetting("name", f"expected 1 to 64 letters, digits, '.', '_' or '-' (first a letter or "
+                                        f"digit), got {name!r}")
+    if not isinstance(key_hash, str) or not _SHA256.fullmatch(key_hash):
+        raise InvalidKeySetting("key_hash", "expected the key's sha256 in hex (hash_key(key)), never the key itself")
 
 
 @dataclass(frozen=True)

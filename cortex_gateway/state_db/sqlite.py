@@ -12,16 +12,39 @@ synchronous=FULL: a commit is on the disk before `settle` returns, power cuts in
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
 import sqlite3
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
+
+try:
+    import fcntl
+except ImportError:  # Windows
+    fcntl = None
 
 from cortex_gateway.state_db.records import StateError
 from cortex_gateway.state_db.script import Script, Statement, T, drive, sqlite_sql
 
 BUSY_TIMEOUT_S = 30.0  # how long a write waits for another process's transaction on the same file
+
+
+@contextlib.contextmanager
+def _directory_locked(directory: Path) -> Iterator[None]:
+    """Connections opened one at a time, across processes: SQLite answers "database is locked" at once,
+    without waiting out the busy timeout, to a connection asking for WAL while another switches a new file
+    to it (two gateways, or a gateway's two threads, on a first run). flock on the directory: no extra file."""
+    if fcntl is None:  # not on Linux or macOS: the race stays, on a first run only
+        yield
+        return
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # closing the descriptor releases the lock
 
 
 class _Worker:
@@ -34,8 +57,9 @@ class _Worker:
 
     def _connect(self) -> sqlite3.Connection:
         # isolation_level=None: no implicit transactions; the driver says BEGIN and COMMIT itself.
-        conn = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_S, isolation_level=None, check_same_thread=False)
-        conn.execute("PRAGMA journal_mode=WAL")
+        with _directory_locked(self.path.parent):
+            conn = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_S, isolation_level=None, check_same_thread=False)
+            conn.execute("PRAGMA journal_mode=WAL")
         conn.execute("PRAGMA synchronous=FULL")
         return conn
 
