@@ -80,6 +80,13 @@ def test_a_gateway_keeps_its_id_in_its_state_dir(tmp_path):
     assert instance_id(tmp_path / "other") != made
 
 
+def test_without_postgresql_its_tests_say_why(monkeypatch):
+    import tests.postgres_server as server
+
+    monkeypatch.setattr(server, "postgres_bin", lambda: None)
+    assert "PostgreSQL is not installed" in server.why_not() and "make shells" in server.why_not()
+
+
 # -- [state] url ---------------------------------------------------------------------------------
 def config_with(tmp_path: Path, state: str) -> GatewayConfig:
     path = tmp_path / "cortex.toml"

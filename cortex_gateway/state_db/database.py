@@ -24,14 +24,14 @@ from typing import Any
 from cortex_gateway.state_db import keys, usage
 from cortex_gateway.state_db.migrations import migrate
 from cortex_gateway.state_db.records import ApiKey, KeySettings, Released, Reservation, StateError, UsageRow
-from cortex_gateway.state_db.script import Script, T
+from cortex_gateway.state_db.script import Driver, Script, T
 from cortex_gateway.state_db.sqlite import SQLiteDriver
 from cortex_gateway.state_db.url import StateURL, parse_state_url
 
 log = logging.getLogger("cortex.gateway.state_db")
 
 
-def driver_for(url: StateURL):
+def driver_for(url: StateURL) -> Driver:
     if url.dialect == "sqlite":
         return SQLiteDriver(url.path)
     from cortex_gateway.state_db.postgres import PostgresDriver  # asyncpg only where PostgreSQL is used
@@ -42,7 +42,7 @@ def driver_for(url: StateURL):
 class StateDB:
     """The gateway's state. Make one with `await StateDB.open(...)`; `await db.close()` when done."""
 
-    def __init__(self, driver, instance_id: str, *, clock: Callable[[], float] = time.time):
+    def __init__(self, driver: Driver, instance_id: str, *, clock: Callable[[], float] = time.time):
         self._driver = driver
         self.instance_id = instance_id  # this gateway's name on the reservations it holds
         self.clock = clock

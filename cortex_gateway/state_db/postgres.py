@@ -20,6 +20,7 @@ from cortex_gateway.state_db.url import redacted
 log = logging.getLogger("cortex.gateway.state_db")
 POOL_SIZE = 10  # connections per gateway: each request holds one only for its few statements
 CONNECT_TIMEOUT_S = 10.0
+STATEMENT_TIMEOUT_S = 30.0  # a statement waiting longer (a lock, a server gone quiet) fails: SQLite's busy timeout
 RETRIES = 3  # runs of a transaction PostgreSQL aborted for a deadlock or a serialisation failure
 
 
@@ -42,7 +43,7 @@ class PostgresDriver:
         self._asyncpg = asyncpg
         try:
             self._pool = await asyncpg.create_pool(self.url, min_size=1, max_size=self.pool_size,
-                                                   timeout=CONNECT_TIMEOUT_S)
+                                                   timeout=CONNECT_TIMEOUT_S, command_timeout=STATEMENT_TIMEOUT_S)
         except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError, ValueError) as exc:
             raise StateError(f"cannot connect to the state database {self.where}: {_reason(exc)}") from None
 
@@ -67,7 +68,7 @@ class PostgresDriver:
                 return await drive_async(script, lambda statement: _statement(conn, statement))
         except (asyncpg.DeadlockDetectedError, asyncpg.SerializationError):
             raise
-        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
             raise StateError(f"state database {self.where}: {_reason(exc)}") from exc
 
     async def close(self) -> None:

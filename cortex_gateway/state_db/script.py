@@ -14,7 +14,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Generator
 from dataclasses import dataclass
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal, Protocol, TypeVar
 
 T = TypeVar("T")
 Want = Literal["none", "one", "all"]
@@ -28,6 +28,18 @@ class Statement:
 
 
 Script = Generator[Statement, Any, T]
+
+
+class Driver(Protocol):
+    """What `StateDB` needs of a database: each script factory's script run in one transaction."""
+
+    dialect: str  # "sqlite" or "postgresql": the name migrations pick statements by
+    where: str  # the file, or the URL without its password
+
+    async def open(self) -> None: ...
+    async def write(self, make: Callable[[], Script[T]]) -> T: ...
+    async def read(self, make: Callable[[], Script[T]]) -> T: ...  # a script that changes nothing
+    async def close(self) -> None: ...
 
 
 def execute(sql: str, *args) -> Statement:
