@@ -16,8 +16,11 @@ import sys
 from pathlib import Path
 
 import pytest
+from aiohttp.test_utils import TestClient, TestServer
 
+from cortex_gateway.app import create_app
 from cortex_gateway.config import GatewayConfig, load_config
+from cortex_gateway.state import STATE_DB
 from cortex_gateway.state_db.gateway import INSTANCE_FILE, instance_id, open_for_gateway
 from neuron.shared.config_fields import ConfigError
 from tests.helpers import CortexProcess, free_port, stop_process, wait_for
@@ -29,6 +32,7 @@ HOLDER = """
 import asyncio, json, sys
 from pathlib import Path
 from cortex_gateway.config import GatewayConfig
+from cortex_gateway.state import STATE_DB
 from cortex_gateway.state_db.gateway import open_for_gateway
 
 async def main(state_dir, url):
@@ -72,6 +76,18 @@ async def test_a_gateway_killed_holding_a_reservation_keeps_its_settled_usage_an
         assert await db.reserve("alice", "m1", "w", 958, 1000)  # all the room the dead process held is back
     finally:
         await db.close()
+
+
+async def test_the_app_opens_its_database_at_start_and_a_restart_frees_what_it_held(tmp_path, state_url):
+    """The gateway's own app (create_app) over no neurons: the database is there under STATE_DB once it has
+    started, closed at cleanup; a reservation still held when it stopped is released by the next start."""
+    config = GatewayConfig(state_dir=tmp_path / "state", state_url=state_url)
+    async with TestClient(TestServer(create_app(config))) as client:
+        db = client.app[STATE_DB]
+        assert db.dialect == ("sqlite" if state_url is None else "postgresql")
+        assert await db.reserve("alice", "m1", "w", 10, 10)
+    async with TestClient(TestServer(create_app(config))) as client:
+        assert await client.app[STATE_DB].budget_used("alice", "w") == (0, 0)
 
 
 def test_a_gateway_keeps_its_id_in_its_state_dir(tmp_path):
