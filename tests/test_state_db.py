@@ -301,3 +301,20 @@ async def test_bad_counts_are_refused(db_url):
         assert await db.settle(held, 1, 0)
     finally:
         await db.close()
+
+
+async def test_both_dialects_have_the_same_tables_columns_and_types(tmp_path, request):
+    """One logical schema: SQLite's declared columns against PostgreSQL's catalogue, table by table."""
+    lite = await opened(f"sqlite://{tmp_path / 'state.db'}")
+    pg = await opened(request.getfixturevalue("postgres_url"))
+    try:
+        tables = [t for (t,) in await raw(lite, "SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name")]
+        in_sqlite = {t: [(name, kind.lower(), bool(notnull or pk)) for _cid, name, kind, notnull, _d, pk
+                         in await raw(lite, f"SELECT * FROM pragma_table_info('{t}')")] for t in tables}
+        in_postgres = {t: [(name, kind, nullable == "NO") for name, kind, nullable in await raw(
+            pg, "SELECT column_name, data_type, is_nullable FROM information_schema.columns "
+                "WHERE table_schema = 'public' AND table_name = $1 ORDER BY ordinal_position", t)] for t in tables}
+        assert set(tables) == {"api_keys", "budget_totals", "reservations", "schema_migrations", "usage"}
+        assert in_sqlite == in_postgres
+    finally:
+        await asyncio.gather(lite.close(), pg.close())
