@@ -305,8 +305,8 @@ async def test_bad_counts_are_refused(db_url):
 
 async def test_both_dialects_have_the_same_tables_columns_and_types(tmp_path, request):
     """One logical schema: SQLite's declared columns against PostgreSQL's catalogue, table by table."""
-    lite = await opened(f"sqlite://{tmp_path / 'state.db'}")
-    pg = await opened(request.getfixturevalue("postgres_url"))
+    pg_url = request.getfixturevalue("postgres_url")  # first: where PostgreSQL is absent, skipped before opening
+    lite, pg = await opened(f"sqlite://{tmp_path / 'state.db'}"), await opened(pg_url)
     try:
         tables = [t for (t,) in await raw(lite, "SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name")]
         in_sqlite = {t: [(name, kind.lower(), bool(notnull or pk)) for _cid, name, kind, notnull, _d, pk
