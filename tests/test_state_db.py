@@ -318,3 +318,9 @@ async def test_both_dialects_have_the_same_tables_columns_and_types(tmp_path, re
         assert in_sqlite == in_postgres
     finally:
         await asyncio.gather(lite.close(), pg.close())
+
+
+async def test_closing_twice_is_harmless(db_url):
+    db = await opened(db_url)
+    await db.close()
+    await db.close()

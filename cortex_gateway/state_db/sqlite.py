@@ -54,6 +54,7 @@ class _Worker:
         self.path = path
         self.executor = ThreadPoolExecutor(1, thread_name_prefix=f"cortex-state-{name}")
         self.conn: sqlite3.Connection | None = None
+        self.closed = False
 
     def _connect(self) -> sqlite3.Connection:
         # isolation_level=None: no implicit transactions; the driver says BEGIN and COMMIT itself.
@@ -96,6 +97,10 @@ class _Worker:
             self.conn = None
 
     async def close(self) -> None:
+        """Close the connection in its thread, then end the thread; a second close does nothing."""
+        if self.closed:
+            return
+        self.closed = True
         await asyncio.get_running_loop().run_in_executor(self.executor, self._close)
         self.executor.shutdown(wait=True)
 
