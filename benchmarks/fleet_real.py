@@ -10,11 +10,15 @@ is then run at the same size and speed: 4 slots sharing the rate one real node r
 (what the tiny model's compute, the gateway and the client add to each token on these cores is then in
 both), and the cold load the real second node took; the two ratios, 2 nodes over 1, are printed side by
 side, so what differs is what the simulation leaves out (two nodes sharing the cores, the neuron's queue).
+The real runs alternate 1 node and 2 for `--rounds` rounds, and the real figures are the rounds' means:
+other work on a shared machine changes a real node's speed from one run to the next (each round's own
+ratio is printed too, to show how much).
 
 Tokens are the streams' own usage (`completion_tokens`), each stream's spread over its content events, and
-counted by when they arrived, as fleet.py counts them.
+counted by when they arrived, as fleet.py counts them; streams still open at the end are cut there (each of
+their events a token), so a real node's queue need not drain.
 
-    python benchmarks/fleet_real.py [--seconds 10] [--streams 16] [--delay-ms 20]
+    python benchmarks/fleet_real.py [--seconds 10] [--streams 16] [--delay-ms 20] [--rounds 3]
 """
 
 from __future__ import annotations
@@ -22,7 +26,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import itertools
 import logging
+import os
+import statistics
 import sys
 import tempfile
 import time
@@ -39,7 +46,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 import fleet  # noqa: E402
 from sim_node import Speed  # noqa: E402
 
-from tests.helpers import NO_EOS, http_json, make_tiny, start_gateway, start_neuron  # noqa: E402
+from tests.helpers import NO_EOS, http_json, make_tiny, metric, start_gateway, start_neuron  # noqa: E402
 
 console = Console(width=150)
 MODEL = fleet.MODEL
@@ -53,18 +60,20 @@ async def stream(session: aiohttp.ClientSession, url: str, i: int, seen: list[tu
                          "max_tokens": TOKENS, "stream": True, "stream_options": {"include_usage": True},
                          "logit_bias": NO_EOS})
     times, usage = [], {}
-    async with session.post(url, data=body, headers={"Content-Type": "application/json"}) as resp:
-        assert resp.status == 200, (resp.status, await resp.text())
-        async for line in resp.content:
-            if not line.startswith(b"data: {"):
-                continue
-            data = orjson.loads(line[6:])
-            assert "error" not in data, data
-            usage = data.get("usage") or usage
-            if (data.get("choices") or [{}])[0].get("delta", {}).get("content"):
-                times.append(time.monotonic())
-    share = usage.get("completion_tokens", len(times)) / max(1, len(times))
-    seen.extend((at, share) for at in times)
+    try:
+        async with session.post(url, data=body, headers={"Content-Type": "application/json"}) as resp:
+            assert resp.status == 200, (resp.status, await resp.text())
+            async for line in resp.content:
+                if not line.startswith(b"data: {"):
+                    continue
+                data = orjson.loads(line[6:])
+                assert "error" not in data, data
+                usage = data.get("usage") or usage
+                if (data.get("choices") or [{}])[0].get("delta", {}).get("content"):
+                    times.append(time.monotonic())
+    finally:  # a stream cut at the burst's end counts its events (a token each at this pace)
+        share = usage["completion_tokens"] / max(1, len(times)) if usage else 1.0
+        seen.extend((at, share) for at in times)
 
 
 def loaded_on(url: str) -> bool:
@@ -81,8 +90,10 @@ async def burst(gateway: str, second: str | None, args) -> tuple[float, float, f
         stop, full_at = start + args.seconds, None if second else start
 
         async def worker(i: int) -> None:
-            while time.monotonic() < stop:
-                await stream(session, url, i, seen)
+            # Cut at the end: tokens after it are not counted, and a real node's queue would take long to drain.
+            with contextlib.suppress(TimeoutError):
+                while time.monotonic() < stop:
+                    await asyncio.wait_for(stream(session, url, i, seen), stop - time.monotonic())
 
         async def watch() -> None:
             nonlocal full_at
@@ -112,8 +123,9 @@ def load_seconds(gateway: str, node: str) -> float | None:
     return next((e.get("seconds") for e in events if e.get("kind") == "load" and e.get("node") == node), None)
 
 
-def real(args, root: Path) -> tuple[tuple, tuple, float | None]:
-    """The two real runs: (1 node, 2 nodes, the second node's load seconds)."""
+def real(args, root: Path) -> tuple[list[tuple], list[tuple], float | None]:
+    """`args.rounds` of the two real runs, alternated (so a neighbour's load on the cores falls on both): (the
+    1-node runs, the 2-node runs, the second node's load seconds, the mean)."""
     models = root / "models"
     make_tiny(models / f"{MODEL}.gguf", "gguf", "--seed", "1")
     with contextlib.ExitStack() as stack:
@@ -124,18 +136,31 @@ def real(args, root: Path) -> tuple[tuple, tuple, float | None]:
             fault = {"model": MODEL, "fault": "slow", "delay_ms": args.delay_ms, "count": 1_000_000}
             assert http_json("POST", neurons[name].url + "/debug/faults", fault)[0] == 200
         assert http_json("POST", neurons["n1"].url + "/models/load", {"model": MODEL})[0] == 200
-        results, load_s = [], None
-        for n in (1, 2):
-            where = root / f"gateway-{n}"
+        results, loads = {1: [], 2: []}, []
+        for r, n in itertools.product(range(args.rounds), (1, 2)):
+            if loaded_on(neurons["n2"].url):  # each 2-node run starts from one replica, as fleet.burst's
+                assert http_json("POST", neurons["n2"].url + "/models/unload", {"model": MODEL})[0] == 200
+            where = root / f"gateway-{r}-{n}"
             where.mkdir()
-            console.log(f"real: {n} node(s), max_replicas = {n}: {args.streams} streams for {args.seconds:g}s")
+            console.log(f"real, round {r + 1}: {n} node(s), max_replicas = {n}: {args.streams} streams for "
+                        f"{args.seconds:g}s")
             urls = {name: p.url for name, p in list(neurons.items())[:n]}
             with start_gateway(where, urls, extra_toml=SCHEDULING,
                                models_toml=f'[[models]]\nid = "{MODEL}"\nmax_replicas = {n}\n') as gateway:
-                results.append(asyncio.run(burst(gateway.url, neurons["n2"].url if n == 2 else None, args)))
-                if n == 2:
-                    load_s = load_seconds(gateway.url, "n2")
-    return results[0], results[1], load_s
+                results[n].append(asyncio.run(burst(gateway.url, neurons["n2"].url if n == 2 else None, args)))
+                if n == 2 and (seconds := load_seconds(gateway.url, "n2")) is not None:
+                    loads.append(seconds)
+                served = {name: metric(gateway, f'cortex_requests_total{{endpoint="chat",model="{MODEL}",node="{name}",'
+                                                'status="200"}') for name in urls}
+                console.log("    streams finished by node: " + ", ".join(f"{k} {v:.0f}" for k, v in served.items()))
+    return results[1], results[2], statistics.mean(loads) if loads else None
+
+
+def mean_of(runs: list[tuple]) -> tuple[float, float, float | None]:
+    """The runs' figures averaged (the time to the second replica: over the runs that had one)."""
+    ready = [r[2] for r in runs if r[2] is not None]
+    return (statistics.mean(r[0] for r in runs), statistics.mean(r[1] for r in runs),
+            statistics.mean(ready) if ready else None)
 
 
 def simulated(args, one_node: float, load_s: float) -> tuple[tuple, tuple]:
@@ -148,23 +173,27 @@ def simulated(args, one_node: float, load_s: float) -> tuple[tuple, tuple]:
     return out[0], out[1]
 
 
-def table(real_runs: tuple, sim_runs: tuple, load_s: float, args) -> Table:
+def table(ones: list[tuple], twos: list[tuple], sim_runs: tuple, load_s: float, args) -> Table:
+    """Real rates are the rounds' means and the real ratios theirs; each round's own ratio is shown beside it,
+    as the spread a neighbour's load on the cores gives."""
     t = Table(title=f"(a) at the smallest size: real neurons (tiny GGUF, slow fault {args.delay_ms} ms a token) "
                     f"against the simulation, {args.streams} streams x {TOKENS} tokens for {args.seconds:g}s, "
+                    f"{args.rounds} real rounds, load average {os.getloadavg()[0]:.2f} at the end, "
                     f"{time.strftime('%Y-%m-%d')}")
     for col in ("measure", "real", "simulated", "real / simulated"):
         t.add_column(col, justify="right")
-    (r1, r2), (s1, s2) = real_runs, sim_runs
-    rows = [("1 node: tok/s over the burst", r1[0], s1[0]), ("2 nodes: tok/s over the burst", r2[0], s2[0]),
-            ("2 nodes: tok/s once both serve", r2[1], s2[1])]
-    for name, a, b in rows:
+    (r1, r2), (s1, s2) = (mean_of(ones), mean_of(twos)), sim_runs
+    for name, a, b in (("1 node: tok/s over the burst", r1[0], s1[0]), ("2 nodes: tok/s over the burst", r2[0], s2[0]),
+                       ("2 nodes: tok/s once both serve", r2[1], s2[1])):
         t.add_row(name, f"{a:.1f}", f"{b:.1f}", f"{a / b:.2f}" if b else "")
-    for name, a, b in (("ratio 2 nodes / 1, over the burst", r2[0] / r1[0], s2[0] / s1[0]),
-                       ("ratio 2 nodes / 1, once both serve", r2[1] / r1[0], s2[1] / s1[0])):
-        t.add_row(name, f"{a:.2f}x", f"{b:.2f}x", f"{a / b:.2f}" if b else "")
-    ready = [("the second replica serves from", r2[2], s2[2])]
-    for name, a, b in ready:
-        t.add_row(name, "never" if a is None else f"{a:.1f}s", "never" if b is None else f"{b:.1f}s", "")
+    for name, k in (("ratio 2 nodes / 1, over the burst", 0), ("ratio 2 nodes / 1, once both serve", 1)):
+        by_round = [two[k] / one[0] for one, two in zip(ones, twos, strict=True)]
+        a, b = r2[k] / r1[0], s2[k] / s1[0]
+        t.add_row(name, f"{a:.2f}x", f"{b:.2f}x", f"{a / b:.2f}")
+        t.add_row("    real, by round", ", ".join(f"{r:.2f}x" for r in by_round), "", "")
+    t.add_row("1 node alone, by round (tok/s)", ", ".join(f"{one[0]:.1f}" for one in ones), "", "")
+    t.add_row("the second replica serves from", "never" if r2[2] is None else f"{r2[2]:.1f}s",
+              "never" if s2[2] is None else f"{s2[2]:.1f}s", "")
     t.add_row("the second node's cold load", f"{load_s:.2f}s", f"{load_s:.2f}s (set to match)", "")
     t.add_row("a node's rate", f"<= {1000 / args.delay_ms:.0f} tok/s (the fault)", "the real node's alone", "")
     return t
@@ -175,14 +204,15 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=10)
     ap.add_argument("--streams", type=int, default=16)
     ap.add_argument("--delay-ms", type=int, default=20, help="the slow fault's delay per token on each neuron")
+    ap.add_argument("--rounds", type=int, default=3, help="real 1-node and 2-node runs, alternated")
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING)
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="fleet-real-") as root:
-        one, two, load_s = real(args, Path(root))
+        ones, twos, load_s = real(args, Path(root))
     load_s = load_s if load_s is not None else Speed().load_s
-    sim = simulated(args, one[0], load_s)
-    console.print(table((one, two), sim, load_s, args))
+    sim = simulated(args, mean_of(ones)[0], load_s)
+    console.print(table(ones, twos, sim, load_s, args))
     console.log(f"done in {time.monotonic() - started:.0f}s")
 
 

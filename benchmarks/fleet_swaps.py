@@ -50,6 +50,7 @@ class Outcome:
     status: int = 200
     code: str = ""
     wait: float = 0.0
+    message: str = ""
 
 
 @dataclass
@@ -116,14 +117,15 @@ async def ask(session: aiohttp.ClientSession, url: str, model: str, i: int, spee
     async with session.post(url, data=body, headers={"Content-Type": "application/json"}) as resp:
         if resp.status != 200:
             err = (await resp.json()).get("error") or {}
-            return Outcome(model, resp.status, str(err.get("code") or ""))
+            return Outcome(model, resp.status, str(err.get("code") or ""), message=str(err.get("message")))
         first = None
         async for line in resp.content:
             if not line.startswith(b"data: {"):
                 continue
             data = orjson.loads(line[6:])
             if err := data.get("error"):  # an event carries no status: the code says which it was
-                return Outcome(model, 503 if err.get("code") == "no_capacity" else 0, str(err.get("code")))
+                return Outcome(model, 503 if err.get("code") == "no_capacity" else 0, str(err.get("code")),
+                               message=str(err.get("message")))
             if first is None and (data.get("choices") or [{}])[0].get("delta", {}).get("content"):
                 first = time.monotonic() - started
     return Outcome(model, wait=max(0.0, (first or 0.0) - own))
@@ -156,7 +158,9 @@ async def scenario_d(args, log) -> tuple[Run, Run]:
     for residency in (0.0, args.residency):
         log(f"(d) 3 models on a node that holds 2: {args.swap_requests} requests at {args.swap_rate:g}/s, "
             f"load {args.load_s:g}s, max_wait_s = {args.max_wait:g}, min_residency_s = {residency:g}")
-        runs.append(await interleaved(residency, arrivals, args))
+        runs.append(run := await interleaved(residency, arrivals, args))
+        for message, n in Counter(o.message for o in run.outcomes if o.status != 200).most_common(3):
+            log(f"    {n} x {message}")
     return runs[0], runs[1]
 
 
