@@ -21,12 +21,13 @@ import time
 
 from aiohttp import web
 
+from cortex_gateway import allow_list
 from cortex_gateway.exchange import Dialect, Exchange, InferenceCall
 from cortex_gateway.fleet import Node
 from cortex_gateway.metrics import OBSERVED, RECORD, RequestRecord
 from cortex_gateway.prefix_map import RequestKeys
 from cortex_gateway.proxy import RetryElsewhere, fetch_json, open_upstream_stream
-from cortex_gateway.state import FLEET, LIFECYCLE, METRICS, SESSION
+from cortex_gateway.state import FLEET, LIFECYCLE, METRICS, SESSION, TENANT
 from neuron.shared.errors import ApiError
 
 
@@ -51,6 +52,8 @@ async def dispatch(request: web.Request, call: InferenceCall, dialect: Dialect) 
 async def _attempts(ex: Exchange) -> web.StreamResponse:
     """At most two tries: a node that fails before the first byte is dropped and the request goes elsewhere."""
     app, rec = ex.request.app, ex.record
+    if refused := allow_list.refusal(ex.request.get(TENANT), ex.call.model, app[LIFECYCLE].config.resolve_alias):
+        return await ex.fail(refused)  # a model this key may not use: as if it did not exist
     exclude: frozenset[str] = frozenset()
     keys = RequestKeys(rec.model, ex.call.path, ex.call.body, ex.request.headers)  # read only if a choice needs them
     for attempt in (0, 1):
