@@ -53,7 +53,7 @@ class ColdLoads:
         self._waiting: dict[str, _Waiter] = {}
         self._server: asyncio.Task | None = None
         self.claims: list[swaps.Claim] = []  # victims that take no new requests until evicted (swaps.claim)
-        self._resident_since: dict[tuple[str, str], float] = {}  # (node, model) -> its waited-for load's end
+        self._resident_since: dict[tuple[str, str], float] = {}  # (node, model) -> the swap there that keeps it
         # Placed for waiting requests that are not in flight yet (their tasks resume after this one moves on):
         # counted busy until one of its requests ends there, or the node has been polled twice since (no request
         # came: they left). Without it the next waiting load could evict the model its requests are about to use.
@@ -194,10 +194,12 @@ class ColdLoads:
         except BaseException as exc:  # noqa: BLE001 - delivered to the waiting requests
             self._settle(waiter, exc=exc)
         else:
-            self._resident_since[(node.name, model)] = time.monotonic()
             self._fresh[(node.name, model)] = 0
             residency = self.lc.config.scheduling.min_residency_s
-            if residency > 0:  # its end may be what another waiting load needs
+            if residency > 0:  # the node keeps its working set; the residency's end may be what another load needs
+                now = time.monotonic()
+                for kept in swaps.working_set(model, self.lc.view(node), time.time(), residency):
+                    self._resident_since[(node.name, kept)] = now
                 asyncio.get_running_loop().call_later(residency, self.lc.wake_waiting)
             self._settle(waiter, node=node)
 

@@ -8,10 +8,13 @@ two swaps at nearly every request, each swap a load the requests behind it wait 
 - **One queue, oldest first, grouped by model.** Every request for a model joins its one pending load, and
   the waiting loads are tried in the order their first request came (`turn_order`), so the longest-waiting
   model gets the next room, not whichever asked last.
-- **Residency.** A model loaded for requests that had to wait is not evicted for `min_residency_s` after its
-  load (`protected`): a swap then serves a turn's worth of that model's demand, the requests that arrive
-  while it is resident included, before the next swap can undo it. A load that did not wait (its victims
-  were idle) earns no residency: one user switching models gets each switch at once, as before.
+- **Residency.** A swap (a load for requests that had to wait) keeps the node's working set for
+  `min_residency_s` (`working_set`, `protected`): the model it loaded and every model there in use (requests
+  in flight, or one ended within that time). So the node swaps at most once per residency while the
+  contention lasts, each swap serving a turn's worth of demand; protecting only the model loaded would let
+  the model just evicted claim the other resident at once, and swaps would come in pairs. A model idle
+  longer than that is not protected, and a load that did not wait (its victims were idle) earns no
+  residency: one user switching models gets each switch at once, as before.
 - **Yielding.** A waiting load whose room is held by busy models past their residency claims them
   (`claim`): the gateway stops sending them new requests on that node (they wait for the model's return,
   in the same queue, behind the claimant), so the victim drains within its requests in flight, instead of
@@ -56,6 +59,13 @@ def turn_order(waiting: Iterable[Waiting]) -> list[Waiting]:
 def protected(loaded_at: dict[str, float], now: float, min_residency_s: float) -> frozenset[str]:
     """The models (of `loaded_at`: model -> when a waited-for load put it there) still within their residency."""
     return frozenset(m for m, at in loaded_at.items() if now - at < min_residency_s)
+
+
+def working_set(model: str, view: NodeView, now: float, window_s: float) -> frozenset[str]:
+    """What a swap that loaded `model` on `view`'s node keeps for `window_s`: `model`, and the models there in
+    use (in flight, or last used within `window_s` of `now`, a wall-clock time as `last_used` is)."""
+    used = {m for m in view.loaded if view.busy.get(m, 0) > 0 or now - view.last_used.get(m, 0.0) < window_s}
+    return frozenset(used | {model})
 
 
 def claim(model: str, snapshot: list[NodeView], claimed: Iterable[Claim], *, strategy: str,

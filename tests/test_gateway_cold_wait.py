@@ -104,9 +104,10 @@ def events(gateway, kind: str) -> list[dict]:
 
 def test_interleaved_demand_swaps_by_turns_not_per_request(tmp_path, three_models):
     """Three models on a node that holds two, each asked for while the others are busy: a waiting load claims the
-    least lately used busy model (which takes no new requests until swapped), the model it loads stays for its
-    residency, and the requests for each model share one load. Four loads serve it all."""
-    toml = "[scheduling]\nmin_residency_s = 600"
+    least lately used busy model (which takes no new requests until swapped), the requests for each model share
+    one load, and the swap keeps the node's working set for its residency: the model just evicted waits its
+    turn even once both residents are idle (here past max_wait_s, so it is told so), instead of swapping back."""
+    toml = "[scheduling]\nmin_residency_s = 600\nmax_wait_s = 15"
     with crowded(tmp_path, three_models, extra_toml=toml) as (gw, neuron, streams), ThreadPoolExecutor(6) as pool:
         for_m3 = [pool.submit(chat, gw, "m3") for _ in range(3)]
         wait_for(lambda: waits_for(gw, "m3"), PATIENCE, "cold_load_waits event for m3")
@@ -122,12 +123,12 @@ def test_interleaved_demand_swaps_by_turns_not_per_request(tmp_path, three_model
         assert [f.result(timeout=PATIENCE)[0] for f in for_m3] == [200] * 3
         assert loaded(neuron) == {"m2", "m3"}
         assert chat(gw, "m3")[0] == 200  # served by the resident m3 at once
-        assert not any(f.done() for f in for_m1)  # m2 is busy and m3 resident: m1 waits its turn
-        streams.pop("m2").close()
-        assert [f.result(timeout=PATIENCE)[0] for f in for_m1] == [200] * 2
-        # m3 was used less lately than m2, yet m2 went: m3 is within its residency.
-        assert loaded(neuron) == {"m1", "m3"}
-        assert [e["model"] for e in events(gw, "load")] == ["m1", "m2", "m3", "m1"]
+        streams.pop("m2").close()  # both residents idle now, but the swap keeps them for its residency
+        for status, body in (f.result(timeout=PATIENCE) for f in for_m1):
+            assert status == 503, body
+            assert "waited 15s ([scheduling] max_wait_s)" in body["error"]["message"], body
+        assert loaded(neuron) == {"m2", "m3"}
+        assert [e["model"] for e in events(gw, "load")] == ["m1", "m2", "m3"]
         assert [e["model"] for e in events(gw, "cold_load_waits")] == ["m3", "m1"]
 
 

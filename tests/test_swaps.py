@@ -64,3 +64,13 @@ def test_a_claimed_model_waits_for_its_return_on_that_node():
     claims = [Claim("n1", "a", "c"), Claim("n2", "b", "c")]
     assert swaps.holding_claimed("a", claims) == {"n1"}
     assert swaps.holding_claimed("c", claims) == frozenset()
+
+
+@pytest.mark.parametrize(("busy", "last_used", "expected"), [
+    ({"a": 1}, {"a": 0.0, "b": 0.0}, {"a", "c"}),  # a in flight; b idle since long before: not kept
+    ({}, {"a": 95.0, "b": 50.0}, {"a", "c"}),  # a used within the window (10 s before now), b not
+    ({"a": 1, "b": 2}, {}, {"a", "b", "c"}),
+])
+def test_a_swap_keeps_the_working_set(busy, last_used, expected):
+    view = NodeView("n1", True, 0.0, {"a": 40.0, "b": 40.0, "c": 40.0}, busy=busy, last_used=last_used)
+    assert swaps.working_set("c", view, now=100.0, window_s=30.0) == expected
