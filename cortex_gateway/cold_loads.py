@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from dataclasses import replace
 from typing import TYPE_CHECKING
 
 from cortex_gateway import router, swaps
@@ -49,7 +50,9 @@ class ColdLoads:
     def __init__(self, lifecycle: Lifecycle):
         self.lc = lifecycle
         self._loads: dict[str, asyncio.Future] = {}
-        self._joined: dict[str, int] = {}  # model -> requests awaiting its cold load (shown by /admin/status)
+        # model -> the ranks (swaps.RANKS) of the requests awaiting its cold load: their count is shown by
+        # /admin/status, the best orders the waiting queue
+        self._joined: dict[str, list[int]] = {}
         self._waiting: dict[str, _Waiter] = {}
         self._server: asyncio.Task | None = None
         self.claims: list[swaps.Claim] = []  # victims that take no new requests until evicted (swaps.claim)
@@ -66,7 +69,7 @@ class ColdLoads:
     def waiting(self) -> dict[str, tuple[float, int]]:
         """Models whose load waits for room -> (seconds since its first request, requests waiting for it)."""
         now = time.monotonic()
-        return {m: (now - w.entry.since, self._joined.get(m, 0)) for m, w in self._waiting.items()}
+        return {m: (now - w.entry.since, len(self._joined.get(m, ()))) for m, w in self._waiting.items()}
 
     def resident_on(self, node: str, models, now: float) -> frozenset[str]:
         """Of `models` on `node`, those within their residency."""
@@ -94,22 +97,24 @@ class ColdLoads:
         self.claims = [c for c in self.claims if (c.node, c.victim) != (node, model)]
 
     # -- a request's cold load --------------------------------------------------------
-    async def get(self, model: str, exclude: frozenset[str]) -> Node:
-        """The node `model` is loaded on for this request: one load per model, every request joining it."""
+    async def get(self, model: str, exclude: frozenset[str], priority: str = "normal") -> Node:
+        """The node `model` is loaded on for this request: one load per model, every request joining it; the
+        request's `priority` (its key's) counts in the order the waiting loads are tried."""
         pending = self._loads.get(model)
         if pending is None:
             pending = asyncio.get_running_loop().create_future()
             self._loads[model] = pending
             asyncio.get_running_loop().create_task(self._cold_load(model, exclude, pending))
         timeout = self.lc.config.load_timeout_s
-        self._joined[model] = self._joined.get(model, 0) + 1
+        rank = swaps.RANKS.get(priority, swaps.RANKS["normal"])
+        self._joined.setdefault(model, []).append(rank)
         try:
             return await asyncio.wait_for(asyncio.shield(pending), timeout)
         except TimeoutError:
             raise no_capacity(f"loading model {model!r} took longer than {timeout:g}s; retry shortly",
                               retry_after=10) from None
         finally:
-            self._joined[model] -= 1
+            self._joined[model].remove(rank)
             if not self._joined[model]:
                 del self._joined[model]
 
@@ -175,10 +180,16 @@ class ColdLoads:
 
     async def _pass(self) -> None:
         """Try every waiting load, oldest first, then renew the claims of those still waiting."""
-        for entry in swaps.turn_order(w.entry for w in self._waiting.values()):
+        for entry in self._in_turn():
             if (waiter := self._waiting.get(entry.model)) is not None:
                 await self._try_waiting(waiter)
         self._renew_claims()
+
+    def _in_turn(self) -> list[swaps.Waiting]:
+        """The waiting loads in the order they are tried: by their requests' best priority, aged one class per
+        quarter of max_wait_s (as the neuron's queue ages its waiters), then oldest first."""
+        entries = [replace(w.entry, rank=min(self._joined.get(m) or [w.entry.rank])) for m, w in self._waiting.items()]
+        return swaps.turn_order(entries, time.monotonic(), self.lc.config.scheduling.max_wait_s / 4)
 
     async def _try_waiting(self, waiter: _Waiter) -> None:
         model = waiter.entry.model
@@ -223,14 +234,16 @@ class ColdLoads:
         kept = [c for c in self.claims if c.model in self._waiting and self._still_loaded(c)]
         snapshot = self.lc.snapshot()
         lc = self.lc
-        for entry in swaps.turn_order(w.entry for w in self._waiting.values()):
+        low_only = self.lc.serving_only_low()
+        for entry in self._in_turn():
             if any(c.model == entry.model for c in kept):
                 continue
             profile = lc.config.models.get(entry.model)
             new = swaps.claim(entry.model, snapshot, kept, strategy=lc.config.strategy,
                               loadable_anywhere=bool(profile and (profile.path or profile.source)), pinned=lc.pins,
                               priorities=lc.priorities(),
-                              exclude=self._waiting[entry.model].exclude | self.claimed_on(entry.model))
+                              exclude=self._waiting[entry.model].exclude | self.claimed_on(entry.model),
+                              low_only=low_only)
             for c in new:
                 log.info("%s on %s takes no new requests until it is swapped for %s (waiting since %.1fs ago)",
                          c.victim, c.node, c.model, time.monotonic() - entry.since)

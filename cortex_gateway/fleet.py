@@ -67,6 +67,7 @@ class Usage:
 
     in_flight: int = 0
     last_used: float = 0.0
+    above_low: int = 0  # of those in flight, the ones not of low priority (a key's): a claim prefers 0 here
 
 
 class Fleet:

@@ -175,14 +175,19 @@ class Lifecycle:
         if keys.parsed and self.prefixes.enabled:
             self.prefixes.record(keys.prefix + keys.hints, node)
 
-    async def node_for(self, model: str, exclude: frozenset[str] = frozenset()) -> Node:
-        """A healthy node with `model` loaded, cold-loading it if needed (`cortex_gateway.cold_loads`)."""
+    async def node_for(self, model: str, exclude: frozenset[str] = frozenset(), priority: str = "normal") -> Node:
+        """A healthy node with `model` loaded, cold-loading it if needed (`cortex_gateway.cold_loads`; the
+        request's `priority` orders the loads that wait for room)."""
         node = self.loaded_node(model, exclude)
         if node is not None:
             return node
         if not self.known(model):
             raise unknown_model(model)
-        return await self.cold.get(model, exclude)
+        return await self.cold.get(model, exclude, priority)
+
+    def serving_only_low(self) -> frozenset[tuple[str, str]]:
+        """(node, model) pairs busy with low-priority requests only: the victims a waiting load claims first."""
+        return frozenset(k for k, u in self.fleet.usage.items() if u.in_flight > 0 and u.above_low == 0)
 
     # -- actions (also the admin API's) ---------------------------------------------
     def spec_for(self, model: str, devices: list | None = None, backend: str | None = None) -> dict:

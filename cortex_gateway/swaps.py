@@ -5,9 +5,12 @@ When models outnumber memory, a cold load finds its room held by busy models. Se
 whichever model idles first, the moment it does), interleaved demand for three models on a node that holds
 two swaps at nearly every request, each swap a load the requests behind it wait for. Three rules stop that:
 
-- **One queue, oldest first, grouped by model.** Every request for a model joins its one pending load, and
-  the waiting loads are tried in the order their first request came (`turn_order`), so the longest-waiting
-  model gets the next room, not whichever asked last.
+- **One queue, by priority then oldest first, grouped by model.** Every request for a model joins its one
+  pending load, and the waiting loads are tried by the highest priority among their requests (a key's
+  `high`, `normal`, `low`), then in the order their first request came (`turn_order`), so the
+  longest-waiting model gets the next room, not whichever asked last. A waiting load is promoted one class
+  per quarter of `max_wait_s`, as the neuron's queue ages its waiters, so a low-priority load is not held
+  to its deadline by a stream of higher ones.
 - **Residency.** A swap (a load for requests that had to wait) keeps the node's working set for
   `min_residency_s` (`working_set`, `protected`): the model it loaded and every model there in use (requests
   in flight, or one ended within that time). So the node swaps at most once per residency while the
@@ -32,14 +35,18 @@ from dataclasses import dataclass, replace
 
 from cortex_gateway.router import NodeView, plan_cold_load
 
+RANKS = {"high": 0, "normal": 1, "low": 2}  # a request's priority as a rank: lower goes first
+
 
 @dataclass(frozen=True)
 class Waiting:
-    """A cold load waiting for room: its model, when its first request came, when it gives up."""
+    """A cold load waiting for room: its model, when its first request came, when it gives up, and the best
+    rank (RANKS) among the requests waiting for it."""
 
     model: str
     since: float
     deadline: float
+    rank: int = RANKS["normal"]
 
 
 @dataclass(frozen=True)
@@ -51,9 +58,12 @@ class Claim:
     model: str
 
 
-def turn_order(waiting: Iterable[Waiting]) -> list[Waiting]:
-    """The waiting loads in the order they are tried: the oldest first request first."""
-    return sorted(waiting, key=lambda w: (w.since, w.model))
+def turn_order(waiting: Iterable[Waiting], now: float = 0.0, age_s: float = 0.0) -> list[Waiting]:
+    """The waiting loads in the order they are tried: by rank, aged one class per `age_s` waited (0: no
+    ageing), then the oldest first request first."""
+    def rank(w: Waiting) -> int:
+        return max(0, w.rank - int((now - w.since) // age_s)) if age_s > 0 else w.rank
+    return sorted(waiting, key=lambda w: (rank(w), w.since, w.model))
 
 
 def protected(loaded_at: dict[str, float], now: float, min_residency_s: float) -> frozenset[str]:
@@ -70,14 +80,26 @@ def working_set(model: str, view: NodeView, now: float, window_s: float) -> froz
 
 def claim(model: str, snapshot: list[NodeView], claimed: Iterable[Claim], *, strategy: str,
           loadable_anywhere: bool, pinned: dict[str, set[str]], priorities: dict[str, int],
-          exclude: frozenset[str] = frozenset()) -> list[Claim]:
+          exclude: frozenset[str] = frozenset(), low_only: frozenset[tuple[str, str]] = frozenset()) -> list[Claim]:
     """The busy victims `model`'s waiting load claims: the best plan there would be if busy models were idle
     (protected, pinned and already claimed ones stay in the way), or none when that plan evicts only idle
-    models (it is about to run) or there is none (only time can help: residencies ending)."""
+    models (it is about to run) or there is none (only time can help: residencies ending). Victims serving only
+    low-priority work (`low_only`: (node, model) pairs) are claimed before any other, where a plan of those
+    alone exists."""
     taken = {(c.node, c.victim) for c in claimed}
-    views = [_claimable(v, taken) for v in snapshot]
-    plans = plan_cold_load(model, views, strategy=strategy, preferred=[], loadable_anywhere=loadable_anywhere,
-                           pinned=pinned, priorities=priorities, exclude=exclude)
+    kwargs = {"strategy": strategy, "loadable_anywhere": loadable_anywhere, "pinned": pinned,
+              "priorities": priorities, "exclude": exclude}
+    if low_only:
+        others = {(v.name, m) for v in snapshot for m in v.loaded if v.busy.get(m, 0) and (v.name, m) not in low_only}
+        found = _claims(model, snapshot, taken | others, **kwargs)
+        if found:
+            return found
+    return _claims(model, snapshot, taken, **kwargs)
+
+
+def _claims(model: str, snapshot: list[NodeView], kept_busy: set[tuple[str, str]], **kwargs) -> list[Claim]:
+    views = [_claimable(v, kept_busy) for v in snapshot]
+    plans = plan_cold_load(model, views, preferred=[], **kwargs)
     if not plans:
         return []
     busy = {v.name: v.busy for v in snapshot}
@@ -85,9 +107,9 @@ def claim(model: str, snapshot: list[NodeView], claimed: Iterable[Claim], *, str
     return [Claim(plan.node, victim, model) for victim in plan.evict if busy[plan.node].get(victim, 0) > 0]
 
 
-def _claimable(view: NodeView, taken: set[tuple[str, str]]) -> NodeView:
-    """The node with its busy models idle, except those another waiting load claimed (kept busy: not twice)."""
-    busy = {m: 1 for m in view.loaded if (view.name, m) in taken}
+def _claimable(view: NodeView, kept_busy: set[tuple[str, str]]) -> NodeView:
+    """The node with its busy models idle, except those kept busy (claimed already, or not to be claimed yet)."""
+    busy = {m: 1 for m in view.loaded if (view.name, m) in kept_busy}
     return replace(view, busy=busy)
 
 

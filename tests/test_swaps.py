@@ -74,3 +74,22 @@ def test_a_claimed_model_waits_for_its_return_on_that_node():
 def test_a_swap_keeps_the_working_set(busy, last_used, expected):
     view = NodeView("n1", True, 0.0, {"a": 40.0, "b": 40.0, "c": 40.0}, busy=busy, last_used=last_used)
     assert swaps.working_set("c", view, now=100.0, window_s=30.0) == expected
+
+
+def test_higher_priority_goes_first_and_waiting_ages_it():
+    waiting = [Waiting("old-low", 0.0, 99.0, rank=2), Waiting("new-high", 8.0, 99.0, rank=0),
+               Waiting("normal", 4.0, 99.0, rank=1)]
+    assert [w.model for w in swaps.turn_order(waiting, now=9.0)] == ["new-high", "normal", "old-low"]
+    # one class per age_s waited: after 10 s the low one ranks as normal (and is older); after 20 s everything
+    # has aged to high, and the oldest goes first
+    assert [w.model for w in swaps.turn_order(waiting, now=10.0, age_s=10.0)] == ["new-high", "old-low", "normal"]
+    assert [w.model for w in swaps.turn_order(waiting, now=20.0, age_s=10.0)] == ["old-low", "normal", "new-high"]
+
+
+def test_a_victim_serving_only_low_priority_work_is_claimed_first():
+    view = node(busy={"a": 1, "b": 1})  # a is the least lately used
+    assert swaps.claim("c", [view], [], **PLACE) == [Claim("n1", "a", "c")]
+    assert swaps.claim("c", [view], [], low_only=frozenset({("n1", "b")}), **PLACE) == [Claim("n1", "b", "c")]
+    # only low-priority work that cannot make room: the usual choice
+    resident_b = node(busy={"a": 1, "b": 1}, resident={"b"})
+    assert swaps.claim("c", [resident_b], [], low_only=frozenset({("n1", "b")}), **PLACE) == [Claim("n1", "a", "c")]
