@@ -9,6 +9,7 @@ import logging
 
 from aiohttp import web
 
+from cortex_gateway import keys_routes
 from cortex_gateway.auth import admin_auth
 from cortex_gateway.catalog_routes import catalog
 from cortex_gateway.config import set_pin
@@ -227,4 +228,5 @@ def add_routes(app: web.Application) -> None:
     admin.router.add_post("/delete", delete)
     admin.router.add_post("/drain", drain)
     admin.router.add_post("/undrain", undrain)
+    keys_routes.add_routes(admin)  # /admin/keys
     app.add_subapp("/admin", admin)

@@ -11,11 +11,12 @@ from aiohttp import web
 
 from cortex_gateway import admin_routes, catalog_routes, openai_routes
 from cortex_gateway.anthropic import routes as anthropic_routes
-from cortex_gateway.auth import AUTH, KEY_NAME, LIMITER, KeyLimiter, api_auth
+from cortex_gateway.auth import AUTH, KEY_NAME, LIMITER, KeyLimiter
 from cortex_gateway.config import CONTROL_CONNECTIONS_PER_NODE, GatewayConfig
 from cortex_gateway.errors import renderer_for
 from cortex_gateway.fleet import Fleet
 from cortex_gateway.keep_alive import KeepAlive
+from cortex_gateway.key_auth import api_auth, keys_ctx
 from cortex_gateway.learned_memory import LearnedMemoryStore
 from cortex_gateway.lifecycle import Lifecycle
 from cortex_gateway.metrics import RECORD, GatewayMetrics, count_refusals
@@ -57,20 +58,19 @@ def create_app(config: GatewayConfig, *, session: aiohttp.ClientSession | None =
     # refusals included); then the refusal counter, which sees every answer the error middleware renders.
     middlewares = [request_id_middleware, access_log(ACCESS_LOG, access_details, POLLED_PATHS),
                    count_refusals(app_metrics), error_middleware(renderer_for, "gateway"),
-                   body_limits(max_bytes, config.body_timeout_s)]
-    if config.auth.keys:
-        middlewares.insert(4, api_auth)  # keys checked before a body is read; no layer at all without keys
+                   api_auth, body_limits(max_bytes, config.body_timeout_s)]  # keys checked before a body is read
     app = web.Application(middlewares=middlewares, client_max_size=max_bytes)
     request_context.install(app)
     app[METRICS] = app_metrics
     app[KEEPALIVE_S] = config.keepalive_s
     app[WRITE_TIMEOUT_S] = config.write_timeout_s  # every client stream's write deadline
     app[AUTH] = config.auth
-    app[LIMITER] = KeyLimiter(config.auth)
+    app[LIMITER] = KeyLimiter()
     app[RESPONSE_STORE] = ResponseStore(config.responses_store_max, config.responses_store_ttl_s,
                                         max_bytes=int(config.responses_store_max_mb * 2**20),
                                         max_response_bytes=int(config.responses_store_max_response_mb * 2**20))
     app.cleanup_ctx.append(state_ctx(config))  # first: opened before the fleet starts, closed after it stops
+    app.cleanup_ctx.append(keys_ctx(config.auth))  # the keys, config and database, in memory before a request
     app.cleanup_ctx.append(_fleet_ctx(config, session))
     catalog_routes.add_routes(app)
     openai_routes.add_routes(app)

@@ -1,11 +1,10 @@
-"""API keys, admin keys and per-key limits.
+"""Auth settings, admin keys and per-key limits (the API key check itself: `key_auth`).
 
-Keys are compared in constant time against every configured key, so timing
-says nothing about which key or how much of one matched. With keys set, every
-route but /health needs one; the admin API needs an admin key (or, with no
-admin keys configured, an API key), so a keyed gateway never has an open admin
-API. Limits are per key: requests per minute (a token bucket) and requests in
-flight; beyond either, 429 with Retry-After.
+The admin API needs an admin key (or, with no admin keys configured, a config-file API key), compared
+in constant time against every one, so timing says nothing about which key or how much of one matched;
+the state database's keys are never admin keys. Limits are per key, from the key's settings (a
+config-file key has [auth]'s): requests per minute (a token bucket) and requests in flight; beyond
+either, 429 with Retry-After.
 """
 
 from __future__ import annotations
@@ -16,7 +15,8 @@ from dataclasses import dataclass, field
 
 from aiohttp import web
 
-from neuron.shared.auth import OPEN_PATHS, key_matches, presented_key
+from cortex_gateway.state_db import ApiKey
+from neuron.shared.auth import key_matches, presented_key
 from neuron.shared.errors import ApiError
 
 
@@ -41,59 +41,44 @@ KEY_NAME = web.RequestKey("key_name", str)
 class _Bucket:
     tokens: float
     updated: float
+    rpm: int | None = None  # the limit the tokens were counted for
     in_flight: int = 0
 
 
 @dataclass
 class KeyLimiter:
-    """Requests per minute and in flight, per key."""
+    """Requests per minute and in flight, per key, from the key's own settings at each request (so a
+    PATCH applies to the next one); None: no limit."""
 
-    settings: AuthSettings
     buckets: dict[str, _Bucket] = field(default_factory=dict)
 
-    def acquire(self, key: str) -> None:
-        s = self.settings
+    def acquire(self, key: ApiKey) -> None:
+        rpm, most = key.settings.rpm, key.settings.max_concurrent
         now = time.monotonic()
-        bucket = self.buckets.get(key)
+        bucket = self.buckets.get(key.key_hash)
         if bucket is None:
-            bucket = self.buckets[key] = _Bucket(float(s.requests_per_minute), now)
-        if s.max_concurrent and bucket.in_flight >= s.max_concurrent:
+            bucket = self.buckets[key.key_hash] = _Bucket(float(rpm or 0), now, rpm)
+        if bucket.rpm != rpm:  # a PATCH: a new limit starts full, a lower one keeps no more than it allows
+            bucket.tokens = min(bucket.tokens, float(rpm or 0)) if bucket.rpm else float(rpm or 0)
+            bucket.rpm = rpm
+        if most and bucket.in_flight >= most:
             raise ApiError(429, "rate_limit_error", f"this key already has {bucket.in_flight} requests in flight "
-                           f"(limit {s.max_concurrent}); retry when one finishes", code="concurrency_limit",
-                           retry_after=1)
-        if s.requests_per_minute:
-            rate = s.requests_per_minute / 60.0
-            bucket.tokens = min(float(s.requests_per_minute), bucket.tokens + (now - bucket.updated) * rate)
+                           f"(limit {most}); retry when one finishes", code="concurrency_limit", retry_after=1)
+        if rpm:
+            rate = rpm / 60.0
+            bucket.tokens = min(float(rpm), bucket.tokens + (now - bucket.updated) * rate)
             bucket.updated = now
             if bucket.tokens < 1.0:
-                raise ApiError(429, "rate_limit_error", f"this key is limited to {s.requests_per_minute} "
-                               "requests per minute", code="rate_limit", retry_after=(1.0 - bucket.tokens) / rate)
+                raise ApiError(429, "rate_limit_error", f"this key is limited to {rpm} requests per minute",
+                               code="rate_limit", retry_after=(1.0 - bucket.tokens) / rate)
             bucket.tokens -= 1.0
         bucket.in_flight += 1
 
-    def release(self, key: str) -> None:
-        self.buckets[key].in_flight -= 1
+    def release(self, key: ApiKey) -> None:
+        self.buckets[key.key_hash].in_flight -= 1
 
 
 LIMITER = web.AppKey("key_limiter", KeyLimiter)
-
-
-@web.middleware
-async def api_auth(request: web.Request, handler):
-    settings = request.app[AUTH]
-    if not settings.keys or request.path in OPEN_PATHS or request.path.startswith("/admin"):
-        return await handler(request)
-    key = key_matches(presented_key(request), settings.keys)
-    if key is None:
-        raise ApiError(401, "authentication_error", "a valid API key is required: send it as "
-                       "Authorization: Bearer KEY or x-api-key: KEY", code="invalid_api_key")
-    request[KEY_NAME] = settings.name_of(key)
-    limiter = request.app[LIMITER]
-    limiter.acquire(key)
-    try:
-        return await handler(request)
-    finally:
-        limiter.release(key)
 
 
 @web.middleware

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from aiohttp import web
 
+from cortex_gateway import allow_list
 from cortex_gateway.anthropic.errors import render_anthropic
 from cortex_gateway.errors import unknown_model
 from cortex_gateway.fleet import Fleet
 from cortex_gateway.lifecycle import Lifecycle
-from cortex_gateway.state import FLEET, LIFECYCLE
+from cortex_gateway.state import FLEET, LIFECYCLE, TENANT
 from neuron.shared.errors import render_openai
 from neuron.shared.http import json_response
 
@@ -40,9 +41,15 @@ def catalog(fleet: Fleet, lifecycle: Lifecycle) -> list[dict]:
     return sorted(entries.values(), key=lambda e: e["id"])
 
 
-async def list_models(request: web.Request) -> web.Response:
+def visible_catalog(request: web.Request) -> list[dict]:
+    """The catalog as the request's key may see it (its allow-list applied)."""
     app = request.app
-    models = catalog(app[FLEET], app[LIFECYCLE])
+    return allow_list.visible(request.get(TENANT), catalog(app[FLEET], app[LIFECYCLE]),
+                              app[LIFECYCLE].config.resolve_alias)
+
+
+async def list_models(request: web.Request) -> web.Response:
+    models = visible_catalog(request)
     if _anthropic(request):  # the Anthropic SDK's models.list
         data = [anthropic_model(m) for m in models]
         return json_response({"data": data, "has_more": False, "first_id": data[0]["id"] if data else None,
@@ -51,11 +58,14 @@ async def list_models(request: web.Request) -> web.Response:
 
 
 async def get_model(request: web.Request) -> web.Response:
-    """`models.retrieve` in both SDKs: the catalog entry, in the dialect the request speaks."""
-    app, model_id = request.app, request.match_info["model"]
-    found = next((m for m in catalog(app[FLEET], app[LIFECYCLE]) if m["id"] == model_id), None)
+    """`models.retrieve` in both SDKs: the catalog entry, in the dialect the request speaks (a model the key
+    may not use answered as the provider answers one that does not exist)."""
+    model_id = request.match_info["model"]
+    found = next((m for m in visible_catalog(request) if m["id"] == model_id), None)
     if found is None:
-        err = unknown_model(model_id)
+        tenant = request.get(TENANT)
+        limited = tenant is not None and tenant.settings.models is not None
+        err = allow_list.not_allowed(model_id) if limited else unknown_model(model_id)
         return render_anthropic(err) if _anthropic(request) else render_openai(err)
     return json_response(anthropic_model(found) if _anthropic(request) else found)
 

@@ -15,7 +15,6 @@ import logging
 import orjson
 from aiohttp import web
 
-from cortex_gateway.auth import AUTH
 from cortex_gateway.dispatch import dispatch
 from cortex_gateway.exchange import InferenceCall, TranslatingDialect
 from cortex_gateway.responses.bounds import check_lengths
@@ -24,8 +23,7 @@ from cortex_gateway.responses.store import ResponseStore, StoredResponse
 from cortex_gateway.responses.translate_request import Translated, previous_id, to_chat
 from cortex_gateway.responses.translate_response import ResponseHead, for_client, to_response
 from cortex_gateway.responses.translate_stream import StreamTranslator
-from cortex_gateway.state import LIFECYCLE, RESPONSE_STORE
-from neuron.shared.auth import key_matches, presented_key
+from cortex_gateway.state import LIFECYCLE, RESPONSE_STORE, TENANT
 from neuron.shared.errors import ApiError, bad_request, error_from_envelope, render_openai
 from neuron.shared.fields import require_object
 from neuron.shared.http import json_response, read_json
@@ -105,9 +103,10 @@ def _history(request: web.Request, response_id: str | None) -> list[dict]:
 
 
 def _owner(request: web.Request) -> str | None:
-    """The API key of the request (the auth middleware has checked it), None on a gateway without keys."""
-    keys = request.app[AUTH].keys
-    return key_matches(presented_key(request), keys) if keys else None
+    """The hash of the request's API key (the auth middleware has resolved it, config file's and state
+    database's alike), None on a gateway without keys: one key's stored responses are not another's."""
+    tenant = request.get(TENANT)
+    return None if tenant is None else tenant.key_hash
 
 
 def _lookup(request: web.Request, response_id: str) -> StoredResponse | None:
