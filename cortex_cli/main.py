@@ -6,6 +6,7 @@ import click
 
 from cortex_cli.commands.completion import completion
 from cortex_cli.commands.drain import drain, undrain
+from cortex_cli.commands.keys import keys
 from cortex_cli.commands.load import load, unload
 from cortex_cli.commands.neuron import neuron
 from cortex_cli.commands.pull import pull, rm
@@ -14,6 +15,7 @@ from cortex_cli.commands.service import service
 from cortex_cli.commands.status import models, status
 from cortex_cli.commands.tiny_model import tiny_model
 from cortex_cli.commands.top import top
+from cortex_cli.commands.usage import usage
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -36,3 +38,5 @@ cli.add_command(top)
 cli.add_command(completion)
 cli.add_command(tiny_model)
 cli.add_command(service)
+cli.add_command(keys)
+cli.add_command(usage)
