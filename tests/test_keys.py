@@ -14,7 +14,7 @@ import anthropic
 import openai
 import pytest
 
-from tests.helpers import CORTEX, http_json, one_node_fleet, start_gateway
+from tests.helpers import CORTEX, http_json, one_node_fleet, start_gateway, wait_for
 
 ADMIN, CONFIG_KEY = "admin-key-0001", "config-key-0001"
 MODELS_TOML = '[aliases]\nfast = "tiny-gguf"\n'
@@ -51,13 +51,15 @@ def claude(gateway, key) -> anthropic.Anthropic:
 
 
 def test_a_made_key_works_in_both_sdks_until_revoked(fleet):
-    gateway, _ = fleet
+    gateway, node = fleet
     name, key = make_key(gateway, priority="high")
     assert key.startswith("sk-cortex-")
     assert oai(gateway, key).chat.completions.create(model="tiny-gguf", **CHAT).usage.completion_tokens > 0
     chunks = list(oai(gateway, key).chat.completions.create(model="tiny-gguf", stream=True, **CHAT))
     assert chunks
     assert claude(gateway, key).messages.create(model="tiny-gguf", **CHAT).usage.output_tokens > 0
+    wait_for(lambda: any("priority=high" in line and f"tenant={name}" in line for line in node.log().splitlines()),
+             what="the key's priority and name at the neuron")
     assert oai(gateway, CONFIG_KEY).chat.completions.create(model="tiny-gguf", **CHAT).choices, "config keys still work"
     status, listed = admin(gateway, "GET", "/keys")
     assert status == 200 and name in [k["name"] for k in listed["keys"]]
