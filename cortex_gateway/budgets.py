@@ -153,6 +153,8 @@ def budget_refusal(used: Sequence[int], tokens: int, budget: int, window: str, p
     """Why a request was refused for the budget: what is used, what it needs, when the window rolls."""
     settled, reserved = used
     rolls = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(period.rolls_at))
+    if budget == 0:
+        return f"this key's token budget is 0 tokens per {window}: it may list models but not use them"
     if tokens > budget:
         return (f"this request may use up to {tokens} tokens, more than this key's whole budget of {budget} per "
                 f"{window}: lower max_tokens (or ask for a larger budget)")

@@ -151,6 +151,7 @@ class GatewayConfig:
     # [state] url: the database of keys, usage and budgets (cortex_gateway.state_db); None: SQLite in state_dir.
     state_url: str | None = None
     scheduling: Scheduling = field(default_factory=Scheduling)
+    max_key_labels: int = 100  # [metrics]: keys with their own label in the per-key series; the rest share one
 
     def resolve_alias(self, model: str) -> str:
         return self.aliases.get(model, model)
@@ -212,6 +213,7 @@ def load_config(path: Path) -> GatewayConfig:
     cfg.neurons = _neurons(top.tables("neurons"), gw.opt_str("neuron_token", expected="a token for every neuron"))
     cfg.strategy = top.table("eviction").opt_choice("strategy", STRATEGIES, cfg.strategy)
     cfg.scheduling = Scheduling(**top.table("scheduling").numbers(SCHEDULING_LIMITS, cfg.scheduling))
+    cfg.max_key_labels = top.table("metrics").opt_int("max_key_labels", cfg.max_key_labels, minimum=0)
     auth = top.table("auth")
     cfg.auth, cfg.keys_path = _auth(auth), auth.opt_path("keys_file")
     if (models_path := top.opt_path("models_config")) is not None:

@@ -21,7 +21,7 @@ import time
 
 from aiohttp import web
 
-from cortex_gateway import allow_list
+from cortex_gateway import allow_list, metering
 from cortex_gateway.exchange import Dialect, Exchange, InferenceCall
 from cortex_gateway.fleet import Node
 from cortex_gateway.metrics import OBSERVED, RECORD, RequestRecord
@@ -47,6 +47,7 @@ async def dispatch(request: web.Request, call: InferenceCall, dialect: Dialect) 
     finally:
         rec.settle_label(lifecycle.known)  # a placed request's model is known; only others ask the catalog
         app[METRICS].observe(rec)
+        await metering.settle(request, rec)  # billed, and committed, before a whole answer's bytes are sent
 
 
 async def _attempts(ex: Exchange) -> web.StreamResponse:
@@ -54,6 +55,8 @@ async def _attempts(ex: Exchange) -> web.StreamResponse:
     app, rec = ex.request.app, ex.record
     if refused := allow_list.refusal(ex.request.get(TENANT), ex.call.model, app[LIFECYCLE].config.resolve_alias):
         return await ex.fail(refused)  # a model this key may not use: as if it did not exist
+    if refused := await metering.admit(ex):  # the key's worst case held (budget, TPM), or a 429
+        return await ex.fail(refused)
     exclude: frozenset[str] = frozenset()
     keys = RequestKeys(rec.model, ex.call.path, ex.call.body, ex.request.headers)  # read only if a choice needs them
     for attempt in (0, 1):
@@ -61,6 +64,8 @@ async def _attempts(ex: Exchange) -> web.StreamResponse:
             node = await place(ex, exclude, keys)
         except ApiError as err:
             return await ex.fail(err)
+        if refused := await metering.admit(ex, node):  # a no-op if held above; else the context is known now
+            return await ex.fail(refused)
         rec.placed(node.name)
         if attempt == 0:
             app[METRICS].observe_wait(rec.label, time.perf_counter() - rec.started)

@@ -17,6 +17,9 @@ from neuron.shared.request_context import CLIENT_CLOSED
 TPS_BUCKETS = (1, 2, 5, 10, 20, 35, 50, 75, 100, 150, 250, 500, 1000, 2500, 5000)
 
 
+# The key label shared by keys beyond [metrics] max_key_labels; no key can be named so (a name starts with a
+# letter or digit), so it never adds to a real key's series.
+OTHER_KEYS = "_other"
 UNKNOWN = "unknown"  # one label value for every model name the catalog does not know: no unbounded series
 # Set on a request whose outcome dispatch recorded (aiohttp's typed request key where it has one).
 OBSERVED = web.RequestKey("observed", bool)
@@ -138,6 +141,12 @@ class GatewayMetrics:
         self.cold_load_waits = Counter("cortex_cold_load_waits", "Cold loads that had to wait for room", ["model"],
                                        registry=r)
         self.retries = Counter("cortex_retries", "Requests retried on another node", ["model"], registry=r)
+        # Per key name (cortex_gateway.metering), bounded: keys beyond [metrics] max_key_labels share "_other".
+        self.key_labels = KeyLabels()
+        self.key_tokens = Counter("cortex_key_tokens", "Tokens billed to a key", ["key", "kind"], registry=r)
+        self.key_requests = Counter("cortex_key_requests", "Requests billed to a key", ["key"], registry=r)
+        self.key_refusals = Counter("cortex_key_refusals", "Requests refused for a key's budget or tokens per "
+                                    "minute", ["key", "reason"], registry=r)
 
         self.recent = RecentStats()
         self._catalog: Callable[[], list[dict]] = list  # set by watch_fleet
@@ -190,6 +199,16 @@ class GatewayMetrics:
         series.prompt_tokens.inc(rec.prompt_tokens)
         series.completion_tokens.inc(rec.completion_tokens)
 
+    def observe_key_tokens(self, key: str, prompt: int, completion: int) -> None:
+        label = self.key_labels(key)
+        self.child(self.key_requests, label).inc()
+        self.child(self.key_tokens, label, "prompt").inc(prompt)
+        self.child(self.key_tokens, label, "completion").inc(completion)
+
+    def observe_key_refusal(self, key: str, reason: str) -> None:
+        """`reason`: "budget" (the window's budget is spent) or "tpm" (tokens per minute)."""
+        self.child(self.key_refusals, self.key_labels(key), reason).inc()
+
     def observe_refusal(self, endpoint: str, status: int) -> None:
         """A request refused before it reached the dispatcher (bad JSON, a bad field, a key, a limit)."""
         self.child(self.requests, UNKNOWN, "none", endpoint, str(status)).inc()
@@ -225,6 +244,23 @@ class GatewayMetrics:
         for model in self._replicated:
             for direction, reason in SCALE_EVENTS:
                 self.child(self.scale_events, model, direction, reason)
+
+
+class KeyLabels:
+    """A key's name as a label: the first `limit` names seen keep their own, later ones share OTHER_KEYS, so
+    keys made at run time cannot grow the series without bound."""
+
+    def __init__(self, limit: int = 100):
+        self.limit = limit
+        self.named: set[str] = set()
+
+    def __call__(self, key: str) -> str:
+        if key in self.named:
+            return key
+        if len(self.named) < self.limit:
+            self.named.add(key)
+            return key
+        return OTHER_KEYS
 
 
 class _Series:

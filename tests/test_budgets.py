@@ -92,6 +92,7 @@ def test_a_budget_refusal_says_what_is_used_what_is_needed_and_when_it_rolls():
     assert "80 of 100 tokens used" in text and "15 held" in text and "up to 10" in text
     assert "rolls at 2026-12-03T00:00:00Z" in text
     assert "lower max_tokens" in budgets.budget_refusal((0, 0), 500, 100, "1d", period)
+    assert "token budget is 0 tokens per 1d" in budgets.budget_refusal((0, 0), 5, 0, "1d", period)
 
 
 def test_tpm_reserved_then_settled_against_a_clock():

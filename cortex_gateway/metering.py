@@ -1,0 +1,278 @@
+"""A key's tokens, metered: reserved at admission, settled when the request ends (docs/budgets.md).
+
+`dispatch` calls `admit` at the top of `_attempts` (and once more after placing a request for a model no
+node had loaded, whose context only then is known), and `settle` when the request ends, however it
+ends. Between the two, the request holds its worst case (`cortex_gateway.budgets`) in the state
+database, against the key's budget for the current window, and in the key's tokens-per-minute bucket
+(`cortex_gateway.tpm`). Every request of a known key is metered, with or without a budget, so usage per
+key and model is there for `cortex usage`; a gateway without keys meters nothing.
+
+The worst case is first tried without counting the prompt (the model's whole context bounds it); only
+when that does not fit is the prompt counted by the node's /tokenize and the smaller bound tried, so a
+key with room to spare costs no extra round trip.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import orjson
+from aiohttp import web
+
+from cortex_gateway import budgets
+from cortex_gateway.budgets import Period
+from cortex_gateway.metrics import RequestRecord
+from cortex_gateway.proxy import RetryElsewhere, fetch_json
+from cortex_gateway.state import FLEET, METRICS, SESSION, STATE_DB, TENANT
+from cortex_gateway.state_db import ApiKey, Reservation, StateError
+from cortex_gateway.tpm import TpmLimiter, TpmRefusal, TpmState, anthropic_headers, openai_headers
+from neuron.shared.errors import ApiError
+
+log = logging.getLogger("cortex.gateway.metering")
+DEFAULT_WINDOW = "month"  # the period a key without a budget has its usage counted in
+CHAT_ENDPOINTS = frozenset({"chat", "messages", "responses"})  # bodies the node's /tokenize counts
+UNMETERED = frozenset({"count_tokens"})  # a token count generates nothing and is not billed
+
+
+@dataclass
+class Meter:
+    """The gateway's tokens-per-minute buckets and clocks: one per app, under METER."""
+
+    tpm: TpmLimiter = field(default_factory=TpmLimiter)
+    clock: Callable[[], float] = time.time  # the budget windows' time: seconds since the epoch
+    monotonic: Callable[[], float] = time.monotonic  # the buckets' time
+    billing: set = field(default_factory=set)  # settlements under way
+
+
+METER = web.AppKey("meter", Meter)
+RATE_HEADERS = web.RequestKey("rate_headers", dict)  # added to the request's answer, whatever it is
+_METERED = web.RequestKey("metered", object)
+
+
+@dataclass
+class Metered:
+    """One request's hold on its key's tokens, from admission to settlement."""
+
+    key: ApiKey
+    model: str
+    period: Period
+    window: str
+    reservation: Reservation | None = None
+    tpm_taken: int = 0
+
+
+def setup(app: web.Application, max_key_labels: int = 100, meter: Meter | None = None) -> None:
+    """Install metering in the app: its buckets, and the rate-limit headers on every answer."""
+    app[METER] = meter or Meter()
+    app.on_response_prepare.append(_add_rate_headers)
+    if METRICS in app:
+        app[METRICS].key_labels.limit = max_key_labels
+
+
+async def _add_rate_headers(request: web.Request, response: web.StreamResponse) -> None:
+    for name, value in request.get(RATE_HEADERS, {}).items():
+        response.headers[name] = value
+
+
+async def admit(ex, node=None) -> ApiError | None:
+    """Hold the request's worst case for its key, or the refusal to end it with (429, or 503 when the state
+    database is unreachable). Nothing to do for a request already held or without a key; with no node
+    yet and no loaded replica to learn the model's context from, nothing yet (called again once placed)."""
+    request = ex.request
+    tenant = request.get(TENANT)
+    if tenant is None or _METERED in request or ex.call.endpoint in UNMETERED or METER not in request.app:
+        return None
+    context = _context(request.app, ex.record.model, node)
+    limited = tenant.settings.budget_tokens is not None or tenant.settings.tpm
+    if limited and context is None and node is None:
+        return None
+    metered = _metered(request.app[METER], tenant, ex.record.model)
+    try:
+        refusal = await _hold(ex, metered, context or 0, node) if limited else await _reserve(ex, metered, 0)
+    except StateError as exc:
+        log.error("cannot meter a request of key %s: %s", tenant.name, exc)
+        return ApiError(503, "api_error", "the gateway cannot reach its state database to meter this key's "
+                        "tokens; retry shortly", code="state_unavailable", retry_after=5)
+    if refusal is None:
+        request[_METERED] = metered
+    return refusal
+
+
+def _metered(meter: Meter, tenant: ApiKey, model: str) -> Metered:
+    spec = tenant.settings.budget_window or DEFAULT_WINDOW
+    window = budgets.parse_window(spec) if _valid(spec) else budgets.parse_window(DEFAULT_WINDOW)
+    return Metered(tenant, model, window.period(meter.clock()), window.spec)
+
+
+def _valid(spec: str) -> bool:
+    try:
+        budgets.parse_window(spec)
+        return True
+    except ValueError:
+        log.warning("budget_window %r is no window (1h, 1d, 30d, month): counted by the month", spec)
+        return False
+
+
+def _context(app: web.Application, model: str, node) -> int | None:
+    """The model's context where it will run (the largest among its loaded replicas before placement)."""
+    nodes = [node] if node is not None else [n for n in app[FLEET].nodes.values() if n.has_loaded(model)]
+    sizes = [n.models[model].context_size for n in nodes if model in n.models]
+    return max(sizes) if sizes else None
+
+
+async def _hold(ex, metered: Metered, context: int, node) -> ApiError | None:
+    """Try the worst case without counting the prompt, then counted (when counting can lower it); only the
+    last try's refusal is answered (and counted as one)."""
+    body = _body(ex.call.body)
+    uncounted = budgets.request_worst_case(ex.call.endpoint, body, context)
+    refused = None
+    if uncounted is not None:
+        refused = await _reserve(ex, metered, uncounted)
+        if refused is None or not _countable(ex.call.endpoint, body):
+            return refused and await _refusal(ex, metered, refused)
+    counted = await _count(ex, body, node)
+    worst = None if counted is None else budgets.chat_worst_case(body, context, counted)
+    if worst is None:
+        return await _refusal(ex, metered, refused) if refused else _unbounded(ex.call.model)
+    if uncounted is None or worst < uncounted:
+        refused = await _reserve(ex, metered, worst)
+    return refused and await _refusal(ex, metered, refused)
+
+
+def _body(raw: bytes) -> dict:
+    try:
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return {}
+    return body if isinstance(body, dict) else {}
+
+
+def _countable(endpoint: str, body: dict) -> bool:
+    """Whether counting the prompt can lower the bound: a chat body with an output limit, or several choices."""
+    return endpoint in CHAT_ENDPOINTS and (budgets.output_limit(body) is not None or budgets.choices(body) > 1)
+
+
+async def _count(ex, body: dict, node) -> int | None:
+    """The prompt's tokens by the node's own template and tokenizer (a node with the model loaded), or None."""
+    app, model = ex.request.app, ex.record.model
+    if ex.call.endpoint not in CHAT_ENDPOINTS:
+        return None
+    if node is None:
+        node = next((n for n in app[FLEET].nodes.values() if n.has_loaded(model) and n.healthy), None)
+    if node is None:
+        return None
+    try:
+        status, raw = await fetch_json(app[SESSION], node, "/tokenize", ex.call.body_for(node.upstream_id(model)))
+    except (RetryElsewhere, ApiError, OSError):
+        return None
+    count = _body(raw).get("count") if status == 200 else None
+    return count if type(count) is int and count >= 0 else None
+
+
+def _unbounded(model: str) -> ApiError:
+    return ApiError(400, "invalid_request_error", f"this key's tokens are limited and the context of {model!r} is "
+                    "not known, so the request's worst case cannot be reserved: set max_tokens", param="max_tokens",
+                    code="max_tokens_required")
+
+
+@dataclass(frozen=True)
+class _Refused:
+    """A try that did not fit: by the key's TPM (its bucket's refusal) or its budget."""
+
+    tokens: int
+    tpm: TpmRefusal | None = None
+
+
+async def _reserve(ex, metered: Metered, tokens: int) -> _Refused | None:
+    """Take `tokens` from the key's TPM bucket, then reserve them in its budget; refused, nothing is held."""
+    meter, settings, name = ex.request.app[METER], metered.key.settings, metered.key.name
+    state = None
+    if settings.tpm:
+        taken = meter.tpm.take(name, settings.tpm, tokens, meter.monotonic())
+        if isinstance(taken, TpmRefusal):
+            return _Refused(tokens, taken)
+        state = taken
+    try:
+        reservation = await ex.request.app[STATE_DB].reserve(name, metered.model, metered.period.label, tokens,
+                                                             settings.budget_tokens)
+    except BaseException:
+        _give_back(meter, metered.key, tokens if state else 0, 0)
+        raise
+    if reservation is None:
+        _give_back(meter, metered.key, tokens if state else 0, 0)
+        return _Refused(tokens)
+    metered.reservation, metered.tpm_taken = reservation, tokens if state else 0
+    if state is not None:
+        _set_headers(ex.request, state, meter)
+    return None
+
+
+async def _refusal(ex, metered: Metered, refused: _Refused) -> ApiError:
+    """The 429 to answer: TPM's rate_limit_error, or the spent budget's insufficient_quota; counted per key."""
+    app, settings, name = ex.request.app, metered.key.settings, metered.key.name
+    meter = app[METER]
+    if settings.tpm:
+        _set_headers(ex.request, meter.tpm.state(name, settings.tpm, meter.monotonic()), meter)
+    if refused.tpm is not None:
+        err = ApiError(429, "rate_limit_error", refused.tpm.message(), code="rate_limit_tokens",
+                       retry_after=refused.tpm.retry_after or 60)
+        return _refuse(app, name, "tpm", err)
+    used = await app[STATE_DB].budget_used(name, metered.period.label)
+    message = budgets.budget_refusal(used, refused.tokens, settings.budget_tokens, metered.window, metered.period)
+    # OpenAI's type and code for a spent quota; the Anthropic envelope renders any 429 as its rate_limit_error.
+    err = ApiError(429, "insufficient_quota", message, code="insufficient_quota",
+                   retry_after=metered.period.retry_after(meter.clock()))
+    return _refuse(app, name, "budget", err)
+
+
+def _give_back(meter: Meter, key: ApiKey, taken: int, used: int) -> None:
+    if taken:
+        meter.tpm.settle(key.name, taken, used, meter.monotonic())
+
+
+def _set_headers(request: web.Request, state: TpmState, meter: Meter) -> None:
+    """The TPM headers in the dialect of the route: Anthropic's on /v1/messages, OpenAI's elsewhere."""
+    if request.path.startswith("/v1/messages"):
+        request[RATE_HEADERS] = anthropic_headers(state, meter.clock())
+    else:
+        request[RATE_HEADERS] = openai_headers(state)
+
+
+def _refuse(app: web.Application, key: str, reason: str, err: ApiError) -> ApiError:
+    if METRICS in app:
+        app[METRICS].observe_key_refusal(key, reason)
+    return err
+
+
+async def settle(request: web.Request, rec: RequestRecord) -> None:
+    """Bill what the request used, as the gateway saw it (`RequestRecord`: the answer's usage; for a stream
+    cut short, its prompt and the outputs relayed), and give the rest of its hold back. Committed before it
+    returns; once (the reservation is gone after). A client that leaves meanwhile (aiohttp cancels its
+    handler, even after a stream's last event) does not stop it: the billing runs on in a task of its own."""
+    metered = request.pop(_METERED, None)
+    if metered is None or metered.reservation is None:
+        return
+    billing = asyncio.ensure_future(_bill(request.app, metered, rec))
+    meter = request.app[METER]
+    meter.billing.add(billing)  # held, so a task whose handler is gone is not collected before it commits
+    billing.add_done_callback(meter.billing.discard)
+    await asyncio.shield(billing)
+
+
+async def _bill(app: web.Application, metered: Metered, rec: RequestRecord) -> None:
+    prompt, completion = max(0, rec.prompt_tokens), max(0, rec.completion_tokens)
+    _give_back(app[METER], metered.key, metered.tpm_taken, prompt + completion)
+    if prompt + completion > metered.reservation.tokens and metered.key.settings.budget_tokens is not None:
+        log.warning("key %s: a request used %d tokens, more than the %d reserved for it", metered.key.name,
+                    prompt + completion, metered.reservation.tokens)
+    try:
+        await app[STATE_DB].settle(metered.reservation, prompt, completion)
+    except StateError as exc:
+        log.error("usage of key %s not recorded (%d + %d tokens): %s", metered.key.name, prompt, completion, exc)
+        return
+    if METRICS in app:
+        app[METRICS].observe_key_tokens(metered.key.name, prompt, completion)
