@@ -12,6 +12,7 @@ import logging
 
 from aiohttp import web
 
+from cortex_gateway.auth import AUTH
 from cortex_gateway.key_cache import KEYS
 from cortex_gateway.key_settings import conflict, create_body, unknown_key, update_body
 from cortex_gateway.state import STATE_DB
@@ -42,6 +43,10 @@ async def create(request: web.Request) -> web.Response:
         key = await _db(request).create_key(name, hash_key(secret), KeySettings(**settings))
     request.config_dict[KEYS].put(key)
     log.info("key %s made", key.name)
+    auth = request.config_dict[AUTH]
+    if not (auth.admin_keys or auth.keys):  # the API now needs a key, but anyone may still make one
+        log.warning("key %s made on a gateway without [auth] admin_keys: the admin API stays open to anyone who "
+                    "can reach it; set [auth] admin_keys", key.name)
     return json_response({"name": key.name, "key": secret, **key.public()}, status=201)
 
 
