@@ -81,8 +81,8 @@ def keys_ctx(settings: AuthSettings):
     async def ctx(app: web.Application):
         cache = app[KEYS] = KeyCache(app.get(STATE_DB), config_tenants(settings))
         await cache.refresh()
-        if cache.known:
-            log.info("%d key(s) in the state database: every API request needs a key", len(cache.known))
+        if cache.keyed and not cache.static:
+            log.info("%d active key(s) in the state database: every API request needs a key", len(cache.known))
             if not (settings.admin_keys or settings.keys):
                 log.warning("keys are in the state database but [auth] admin_keys is not set: the admin API "
                             "(which makes keys) is open to anyone who can reach it; set [auth] admin_keys")

@@ -14,7 +14,8 @@ grow memory nor hammer the database.
 
 A refresh that ran while the admin API changed a key is dropped (the next one applies), so it never
 puts back what a PATCH replaced; a revoked hash is remembered for good (a revocation is never undone),
-so no refresh or lookup begun before it can bring the key back.
+so no refresh or lookup begun before it can bring the key back. Once any key has been made, the
+gateway stays keyed, even with every key revoked: revoking the last key must not open the API.
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ class KeyCache:
         self.known: dict[str, ApiKey] = {}  # the database's active keys by hash
         self._missing: OrderedDict[str, float] = OrderedDict()  # unknown hash -> when to forget it
         self._revoked: set[str] = set()
+        self._ever = False  # a key was ever made in the database, revoked or not
         self._lookups: dict[str, asyncio.Future] = {}
         self._changes = 0  # bumped by every change through this gateway: a refresh begun before one is stale
         self._clock = clock
@@ -50,8 +52,9 @@ class KeyCache:
 
     @property
     def keyed(self) -> bool:
-        """Whether the gateway requires keys: once any key exists anywhere, every request needs one."""
-        return bool(self.static or self.known)
+        """Whether the gateway requires keys: once any key exists anywhere, every request needs one. A
+        revoked key counts: revoking the last key must not open the API to everyone."""
+        return bool(self.static or self.known or self._ever)
 
     def cached(self, key_hash: str) -> ApiKey | None:
         """The key with this hash if it is in memory (the hot path: no I/O)."""
@@ -109,6 +112,7 @@ class KeyCache:
     def put(self, key: ApiKey) -> None:
         """A key made or changed here: in force for the next request."""
         self._changes += 1
+        self._ever = True
         if key.active and key.key_hash not in self._revoked:
             self.known[key.key_hash] = key
             self._missing.pop(key.key_hash, None)
@@ -121,13 +125,15 @@ class KeyCache:
 
     # -- the background refresh ------------------------------------------------------------------
     async def refresh(self) -> bool:
-        """Read every active key; False (nothing replaced) if a change through this gateway came meanwhile."""
+        """Read every key; False (nothing replaced) if a change through this gateway came meanwhile."""
         if self.db is None:
             return True
         before = self._changes
-        keys = await self.db.list_keys()
+        keys = await self.db.list_keys(include_revoked=True)
         if before != self._changes:
             return False
+        self._ever = self._ever or bool(keys)
+        self._revoked.update(k.key_hash for k in keys if not k.active)
         self.known = {k.key_hash: k for k in keys if k.key_hash not in self._revoked}
         return True
 

@@ -213,3 +213,19 @@ def test_a_gateway_with_keys_only_in_its_database_requires_them_after_a_restart(
     with start_gateway(tmp_path, {"n1": node.url}, state_dir=state) as gateway:
         assert http_json("GET", gateway.url + "/v1/models")[0] == 401
         assert oai(gateway, made["key"]).models.list() is not None
+
+
+def test_two_gateways_on_one_database_share_keys(tmp_path, fleet):
+    _, node = fleet
+    shared = f'[state]\nurl = "sqlite:///{tmp_path / "shared.db"}"\n[auth]\nadmin_keys = ["{ADMIN}"]'
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    with start_gateway(tmp_path / "a", {"n1": node.url}, extra_toml=shared) as one, \
+            start_gateway(tmp_path / "b", {"n1": node.url}, extra_toml=shared) as other:
+        _, key = make_key(one, name="shared-key")
+        # Made through the first gateway: the second finds the unknown hash in the database at once.
+        assert oai(other, key).chat.completions.create(model="tiny-gguf", **CHAT).choices
+        assert admin(one, "DELETE", "/keys/shared-key")[0] == 200
+        # Revoked through the first: the second's next refresh of its table drops it.
+        wait_for(lambda: http_json("GET", other.url + "/v1/models", headers={"Authorization": f"Bearer {key}"})[0]
+                 == 401, what="the revocation seen by the other gateway")

@@ -28,7 +28,7 @@ class FakeDB:
         await self.gate.wait()
         return self.keys.get(key_hash)
 
-    async def list_keys(self):
+    async def list_keys(self, include_revoked=False):
         self.lists += 1
         snapshot = list(self.keys.values())
         await self.gate.wait()
@@ -109,3 +109,17 @@ async def test_config_keys_need_no_database():
     await cache.refresh()
     assert cache.keyed and cache.cached("a" * 64).name == "from-config"
     assert await cache.lookup("b" * 64) is None
+
+
+async def test_revoking_every_key_leaves_the_gateway_keyed():
+    alice = key("alice")
+    db = FakeDB(alice)
+    cache = KeyCache(db, {})
+    await cache.refresh()
+    cache.revoke(alice)
+    assert cache.keyed and not cache.known
+    db.keys[alice.key_hash] = ApiKey("alice", alice.key_hash, alice.settings, 0.0, 2.0, revoked_at=2.0)
+    restarted = KeyCache(db, {})  # a restart reads the revoked key: still keyed, and the key still refused
+    await restarted.refresh()
+    assert restarted.keyed and restarted.cached(alice.key_hash) is None
+    assert await restarted.lookup(alice.key_hash) is None and db.by_hash == 0
