@@ -110,7 +110,7 @@ def keys_table(keys: list[dict]):
     from cortex_cli.render import ago, plain
 
     table = Table(title="Keys", title_justify="left")
-    for col in ("name", "models", "rpm", "tpm", "in flight", "budget", "priority", "created", "revoked"):
+    for col in ("name", "models", "rpm", "tpm", "max in flight", "budget", "priority", "created", "revoked"):
         table.add_column(col)
     for k in keys:
         models = "all" if k.get("models") is None else ", ".join(k["models"]) or "none"
