@@ -13,6 +13,8 @@ behaviour, measured in the same run, is `max_replicas = 1` and `prefix_map_entri
 - (d) loads per 100 requests and p99 wait for interleaved demand for 3 models on a node that holds 2 (goal
   <= 1/4 the loads, no 503, no wait beyond max_wait_s): benchmarks/fleet_swaps.py.
 
+benchmarks/fleet_real.py runs (a) at 1 and 2 nodes with real neurons beside this simulation at the same size.
+
     python benchmarks/fleet.py [--seconds 6] [--streams 32] [--sessions 16] [--turns 4] [--swap-requests 200]
 """
 

@@ -14,7 +14,8 @@ Memory is modelled too: the node has `total_mb`, each model its catalog size, an
 beside what is loaded or loading is refused as the neuron refuses it (507 insufficient_memory), so the
 gateway's evictions are what make room. A load takes `Speed.load_s` (an asyncio sleep: it costs the node
 time, not the machine's CPU). Unload answers as neuron/engine/registry.py does: with `if_idle`, 409
-model_busy while a request is in flight or queued there; 409 model_loading while it loads; 404 when absent.
+model_busy while a request is in flight or queued there; 409 model_loading while it loads; 404 when absent
+(without `if_idle` it unloads at once and lets the streams under way finish, where the neuron drains first).
 
 Tokens are counted as 4 characters each, plus 4 per message for its framing.
 """
