@@ -70,8 +70,9 @@ def _object(body: Any) -> dict:
 def _settings(data: dict) -> dict:
     for field in data:
         if field not in SETTINGS:
-            raise bad_request(f"{field}: not a key setting; send any of: name, {', '.join(SETTINGS)}",
-                              param=str(field), code="unknown_field")
+            shown = field if len(field) <= 64 else field[:64] + "..."  # a client's own text: bounded
+            raise bad_request(f"{shown}: not a key setting; send any of: name, {', '.join(SETTINGS)}",
+                              param=shown, code="unknown_field")
     return {field: _checked(field, value) for field, value in data.items()}
 
 
