@@ -24,12 +24,20 @@ import orjson
 from aiohttp import web
 
 from cortex_gateway import budgets
+from cortex_gateway.auth import LIMITER
 from cortex_gateway.budgets import Period
 from cortex_gateway.metrics import RequestRecord
 from cortex_gateway.proxy import RetryElsewhere, fetch_json
 from cortex_gateway.state import FLEET, METRICS, SESSION, STATE_DB, TENANT
 from cortex_gateway.state_db import ApiKey, Reservation, StateError
-from cortex_gateway.tpm import TpmLimiter, TpmRefusal, TpmState, anthropic_headers, openai_headers
+from cortex_gateway.tpm import (
+    TpmLimiter,
+    TpmRefusal,
+    TpmState,
+    anthropic_headers,
+    openai_headers,
+    requests_headers,
+)
 from neuron.shared.errors import ApiError
 
 log = logging.getLogger("cortex.gateway.metering")
@@ -74,8 +82,24 @@ def setup(app: web.Application, max_key_labels: int = 100, meter: Meter | None =
 
 
 async def _add_rate_headers(request: web.Request, response: web.StreamResponse) -> None:
-    for name, value in request.get(RATE_HEADERS, {}).items():
+    """The key's TPM headers as admission left them, and its rpm headers as of now: on every answer of a
+    limited key, the 429s of either limit included."""
+    headers = dict(request.get(RATE_HEADERS, {}))
+    tenant = request.get(TENANT)
+    if tenant is not None and tenant.settings.rpm and request.path.startswith("/v1/"):
+        headers.update(_rpm_headers(request, tenant))
+    for name, value in headers.items():
         response.headers[name] = value
+
+
+def _rpm_headers(request: web.Request, tenant: ApiKey) -> dict[str, str]:
+    """From the keys layer's rpm bucket (`auth.KeyLimiter`), refilled to now as it refills it."""
+    bucket = request.app[LIMITER].buckets.get(tenant.key_hash) if LIMITER in request.app else None
+    if bucket is None:
+        return {}
+    rpm = tenant.settings.rpm
+    level = min(float(rpm), bucket.tokens + max(0.0, time.monotonic() - bucket.updated) * rpm / 60.0)
+    return requests_headers(rpm, level, request.path.startswith("/v1/messages"), request.app[METER].clock())
 
 
 async def admit(ex, node=None) -> ApiError | None:

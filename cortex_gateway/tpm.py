@@ -130,3 +130,15 @@ def anthropic_headers(state: TpmState, now_epoch: float) -> dict[str, str]:
     return {"anthropic-ratelimit-tokens-limit": str(state.limit),
             "anthropic-ratelimit-tokens-remaining": str(state.remaining),
             "anthropic-ratelimit-tokens-reset": rfc3339(now_epoch + state.reset_s)}
+
+
+def requests_headers(limit: int, remaining: float, anthropic: bool, now_epoch: float) -> dict[str, str]:
+    """The rpm limit's headers (its bucket is the keys layer's, `auth.KeyLimiter`): `remaining` requests
+    now, and the time until the bucket is full again."""
+    reset_s = max(0.0, (limit - remaining) * 60.0 / limit)
+    left = str(max(0, int(remaining)))
+    if anthropic:
+        return {"anthropic-ratelimit-requests-limit": str(limit), "anthropic-ratelimit-requests-remaining": left,
+                "anthropic-ratelimit-requests-reset": rfc3339(now_epoch + reset_s)}
+    return {"x-ratelimit-limit-requests": str(limit), "x-ratelimit-remaining-requests": left,
+            "x-ratelimit-reset-requests": go_duration(reset_s)}
