@@ -78,8 +78,11 @@ class Lifecycle:
             last_used[m] = usage.last_used
         available = {m: self.need_mb(node, m, a.need_mb) for m, a in node.available.items()}
         resident = self.cold.resident_on(node.name, loaded, time.monotonic())
-        return NodeView(node.name, node.accepting, node.health.free_mb, loaded, loading, available, busy, last_used,
-                        resident)
+        # Memory the gateway's own loads under way there will take, unless the node already counts them (listed
+        # as loading): two loads planned at once would otherwise both count the same free memory.
+        claimed = sum(available.get(m, 0.0) for n, m in self._loading if n == node.name and m not in models)
+        return NodeView(node.name, node.accepting, node.health.free_mb - claimed, loaded, loading, available, busy,
+                        last_used, resident)
 
     def need_mb(self, node: Node, model: str, estimate: float) -> float:
         """MiB to plan for loading `model` on `node`: what it measured before on such a device, else the estimate."""

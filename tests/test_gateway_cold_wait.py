@@ -158,3 +158,21 @@ def test_a_claim_that_ends_unplaced_lets_the_yielding_model_serve_again(tmp_path
         assert status == 200, body
         assert loaded(neuron) == {"m1", "m2"}
         assert [e["model"] for e in events(gw, "load")] == ["m1", "m2"]
+
+
+def test_two_cold_loads_at_once_for_room_enough_for_one_both_are_served(tmp_path, three_models):
+    """m1 busy, room for one more model, m2 and m3 asked for together: one loads, the other waits (its plan
+    counts the room the first load takes, and a node's 507 while busy models hold the rest is a wait, not a
+    503) and is served once m1's request ends."""
+    with one_node_fleet(tmp_path, three_models, "--cpu-memory-mb", BUDGET) as (gw, neuron, _), \
+            ThreadPoolExecutor(2) as pool:
+        assert chat(gw, "m1")[0] == 200
+        stream = held_stream(gw, neuron, "m1")
+        try:
+            asked = [pool.submit(chat, gw, m) for m in ("m2", "m3")]
+            wait_for(lambda: len(events(gw, "cold_load_waits")) == 1, PATIENCE, "one of the two loads waiting")
+            assert sum(f.done() for f in asked) <= 1
+        finally:
+            stream.close()
+        assert [f.result(timeout=PATIENCE)[0] for f in asked] == [200, 200]
+        assert len(events(gw, "load")) == 3 and len(events(gw, "evict")) == 1
