@@ -9,11 +9,13 @@ from textual.widgets import DataTable, Footer, Header, Input, RichLog
 from cortex_cli.client import AdminClient, AdminError, GatewayUnreachable
 from cortex_cli.top.data import (
     COLUMNS,
+    KEY_COLUMNS,
     SORT_KEYS,
     Row,
     event_line,
     filter_rows,
     format_row,
+    key_rows,
     rows_from_status,
     sort_rows,
 )
@@ -37,6 +39,7 @@ class TopApp(App):
         super().__init__()
         self.url, self.key, self.interval = url, key, interval
         self.status: dict | None = None
+        self.usage: dict | None = None  # /admin/usage: the keys' rows; None without keys (or an older gateway)
         self.unreachable: str | None = None
         self.sort_key = "model"
         self.filter_text = ""
@@ -47,12 +50,14 @@ class TopApp(App):
         yield Header(show_clock=True)
         yield NodesPanel(id="nodes")
         yield DataTable(id="models", cursor_type="row", zebra_stripes=True)
+        yield DataTable(id="keys", cursor_type="none", zebra_stripes=True)
         yield RichLog(id="events", max_lines=200)
         yield Input(placeholder="filter by model, node or status; enter to apply", id="filter")
         yield Footer()
 
     def on_mount(self) -> None:
-        self.query_one(DataTable).add_columns(*COLUMNS)
+        self.query_one("#models", DataTable).add_columns(*COLUMNS)
+        self.query_one("#keys", DataTable).add_columns(*KEY_COLUMNS)
         self.refresh_data()
         self.set_interval(self.interval, self.refresh_data)
 
@@ -65,11 +70,27 @@ class TopApp(App):
         try:
             async with self.client() as client:
                 self.status = await client.status(timeout=max(1.0, self.interval * 2))
+                self.usage = await self._usage(client)
             self.unreachable = None
         except (GatewayUnreachable, AdminError) as exc:
             # Keep the last picture and say so: a restarting gateway must not kill the dashboard.
             self.unreachable = str(exc).split(";")[0]
         self.redraw()
+
+    async def _usage(self, client: AdminClient) -> dict | None:
+        """The keys' usage; None where the gateway cannot say (no such route, its database unreachable)."""
+        try:
+            return await client._call("GET", "/admin/usage", timeout=max(1.0, self.interval * 2))
+        except AdminError:
+            return None
+
+    def redraw_keys(self) -> None:
+        rows = key_rows(self.usage) if self.usage else []
+        table = self.query_one("#keys", DataTable)
+        table.set_class(bool(rows), "visible")  # no keys, no panel
+        table.clear()
+        for row in rows:
+            table.add_row(*row)
 
     def redraw(self) -> None:
         self.query_one(NodesPanel).show(self.status, self.unreachable)
@@ -77,7 +98,8 @@ class TopApp(App):
                                                                  else "")
         if self.status is None:
             return
-        table = self.query_one(DataTable)
+        self.redraw_keys()
+        table = self.query_one("#models", DataTable)
         selected = self.selected()
         self.rows = sort_rows(filter_rows(rows_from_status(self.status), self.filter_text), self.sort_key)
         table.clear()
@@ -95,7 +117,7 @@ class TopApp(App):
                 log.write(event_line(event))
 
     def selected(self) -> Row | None:
-        table = self.query_one(DataTable)
+        table = self.query_one("#models", DataTable)
         if not self.rows or table.cursor_row is None or not 0 <= table.cursor_row < len(self.rows):
             return None
         return self.rows[table.cursor_row]
@@ -114,7 +136,7 @@ class TopApp(App):
     def on_input_submitted(self, event: Input.Submitted) -> None:
         self.filter_text = event.value
         event.input.remove_class("visible")
-        self.query_one(DataTable).focus()
+        self.query_one("#models", DataTable).focus()
         self.redraw()
 
     def action_refresh_now(self) -> None:

@@ -96,5 +96,26 @@ COLUMNS = ("model", "node", "status", "pinned", "replicas", "in flight", "slots"
            "TTFT p50", "req/min", "memory")
 
 
+KEY_COLUMNS = ("key", "window", "period", "requests", "settled", "reserved", "budget left", "tpm left")
+
+
+def key_rows(usage: dict) -> list[tuple[Text, ...]]:
+    """One row per key from /admin/usage: its current period's requests and tokens, its budget left and
+    TPM left, as literal Text (names come from the gateway)."""
+    requests: dict[str, int] = {}
+    for r in usage.get("usage", []):
+        if r.get("current"):
+            requests[r["key"]] = requests.get(r["key"], 0) + r["requests"]
+    rows = []
+    for k in usage.get("keys", []):
+        tpm, left = k.get("tpm"), k.get("budget_left")
+        cells = (k["key"], k.get("budget_window") or "-", k["period"], str(requests.get(k["key"], 0)),
+                 str(k["settled_tokens"]), str(k["reserved_tokens"]),
+                 "-" if left is None else f"{left} of {k['budget_tokens']}",
+                 "-" if not tpm else f"{tpm['remaining']} of {tpm['limit']}")
+        rows.append(tuple(Text(c) for c in cells))
+    return rows
+
+
 def event_line(event: dict) -> str:
     return f"{event_time(event)} {event.get('kind', '?'):<9} {event_details(event)}"
