@@ -173,8 +173,8 @@ class ColdLoads:
     async def _pass(self) -> None:
         """Try every waiting load, oldest first, then renew the claims of those still waiting."""
         for entry in self._in_turn():
-            if (waiter := self._waiting.get(entry.model)) is not None:
-                await self._try_waiting(waiter)
+            if (waiter := self._waiting.get(entry.model)) is not None and not await self._try_waiting(waiter):
+                break  # the room it found is about to free: the loads behind it must not take it first
         self._renew_claims()
 
     def _in_turn(self) -> list[swaps.Waiting]:
@@ -183,14 +183,16 @@ class ColdLoads:
         entries = [replace(w.entry, rank=min(self._joined.get(m) or [w.entry.rank])) for m, w in self._waiting.items()]
         return swaps.turn_order(entries, time.monotonic(), self.lc.config.scheduling.max_wait_s / 4)
 
-    async def _try_waiting(self, waiter: _Waiter) -> None:
+    async def _try_waiting(self, waiter: _Waiter) -> bool:
+        """One try; False when a node refused a victim the gateway counted idle: its request is ending there, and
+        the pass stops so that this load, not one behind it, gets the room at the next change (a poll)."""
         model = waiter.entry.model
         try:
             node = await self.attempts.once(model, waiter.exclude, self.claimed_on(model))
         except MustWait as why:
             waiter.why = str(why)
             if time.monotonic() < waiter.entry.deadline:
-                return
+                return not why.refused
             max_wait = self.lc.config.scheduling.max_wait_s
             self._settle(waiter, exc=no_capacity(
                 f"{why}; waited {max_wait:g}s ([scheduling] max_wait_s) for one to go idle", retry_after=10))
@@ -205,6 +207,7 @@ class ColdLoads:
                     self._resident_since[(node.name, kept)] = now
                 asyncio.get_running_loop().call_later(residency, self.lc.wake_waiting)
             self._settle(waiter, node=node)
+        return True
 
     def _settle(self, waiter: _Waiter, node: Node | None = None, exc: BaseException | None = None) -> None:
         model = waiter.entry.model

@@ -27,7 +27,7 @@ from cortex_gateway.fleet import Node
 from cortex_gateway.metrics import OBSERVED, RECORD, RequestRecord
 from cortex_gateway.prefix_map import RequestKeys
 from cortex_gateway.proxy import RetryElsewhere, fetch_json, open_upstream_stream
-from cortex_gateway.state import FLEET, LIFECYCLE, METRICS, SESSION, TENANT
+from cortex_gateway.state import FLEET, LIFECYCLE, METRICS, PRIORITY, SESSION, TENANT
 from neuron.shared.errors import ApiError
 
 
@@ -106,7 +106,7 @@ async def place(ex: Exchange, exclude: frozenset[str], keys: RequestKeys | None 
         raise ApiError(400, "invalid_request_error", f"model {model!r} is an embedding model: it serves "
                        "/v1/embeddings only; pick a chat model from /v1/models", code="embedding_model",
                        param="model")
-    placing = asyncio.ensure_future(lifecycle.node_for(model, exclude))
+    placing = asyncio.ensure_future(lifecycle.node_for(model, exclude, ex.request.get(PRIORITY, "normal")))
     if ex.call.stream:
         await ex.keepalive_until(placing)
     return await placing
@@ -116,7 +116,9 @@ async def _forward(ex: Exchange, node: Node) -> web.StreamResponse:
     app, call = ex.request.app, ex.call
     payload = call.body_for(node.upstream_id(ex.record.model))
     usage = app[FLEET].usage_of(node.name, ex.record.model)
+    above_low = int(ex.request.get(PRIORITY) != "low")  # a waiting cold load claims low-only victims first
     usage.in_flight += 1
+    usage.above_low += above_low
     usage.last_used = time.time()
     try:
         if not call.stream:
@@ -127,6 +129,7 @@ async def _forward(ex: Exchange, node: Node) -> web.StreamResponse:
         return await ex.relay(upstream)
     finally:
         usage.in_flight -= 1
+        usage.above_low -= above_low
         usage.last_used = time.time()  # idle from the end of its last request (keep-alive, LRU), not its start
         app[LIFECYCLE].request_ended(node.name, ex.record.model)  # idle now: a waiting cold load may evict it
 

@@ -28,7 +28,12 @@ MAX_EXTRA_EVICTIONS = 8
 
 
 class MustWait(Exception):
-    """No plan now, only because the models in the way are busy or resident: the load waits for a change."""
+    """No plan now, only because the models in the way are busy or resident: the load waits for a change.
+    `refused`: a node refused to unload a victim the gateway counted idle (its request not yet ended there)."""
+
+    def __init__(self, why: str, refused: bool = False):
+        super().__init__(why)
+        self.refused = refused
 
 
 class LoadAttempts:
@@ -80,7 +85,7 @@ class LoadAttempts:
         candidates = (n.name for n in snapshot if n.healthy and n.name not in exclude
                       and (anywhere or model in n.available))
         if refused_busy:
-            raise MustWait(last_error)
+            raise MustWait(last_error, refused=True)
         if gives_up(candidates, failed):
             raise cannot_load(model, failed)
         raise no_capacity(last_error, retry_after=10)
