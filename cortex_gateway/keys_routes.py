@@ -37,16 +37,20 @@ def _db(request: web.Request) -> StateDB:
 
 
 async def create(request: web.Request) -> web.Response:
+    auth = request.config_dict[AUTH]
+    if not (auth.admin_keys or auth.keys):
+        # Keys made through an admin API anyone can reach protect nothing: whoever reaches it could make their
+        # own, lift their limits or revoke everyone else's. The one gateway the rule stops is the unkeyed one.
+        raise ApiError(409, "invalid_request_error", "this gateway has no admin key, so its admin API is open to "
+                       "anyone who can reach it and keys made through it would protect nothing: set [auth] "
+                       "admin_keys (or start cortex serve with --admin-key / CORTEX_ADMIN_KEY), then make keys",
+                       code="admin_key_required")
     name, settings = create_body(await read_json(request))
     secret = new_secret()
     with _answerable():
         key = await _db(request).create_key(name, hash_key(secret), KeySettings(**settings))
     request.config_dict[KEYS].put(key)
     log.info("key %s made", key.name)
-    auth = request.config_dict[AUTH]
-    if not (auth.admin_keys or auth.keys):  # the API now needs a key, but anyone may still make one
-        log.warning("key %s made on a gateway without [auth] admin_keys: the admin API stays open to anyone who "
-                    "can reach it; set [auth] admin_keys", key.name)
     return json_response({"name": key.name, "key": secret, **key.public()}, status=201)
 
 
