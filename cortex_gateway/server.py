@@ -42,8 +42,9 @@ def _warn_if_open(config: GatewayConfig) -> None:
     if not is_loopback(config.host) and not config.auth.keys:
         # Admin keys alone protect /admin, not /v1: say so, or an operator believes the API is closed.
         also = "" if config.auth.admin_keys else " and load and unload them"
-        log.warning("listening on %s with no user keys: anyone who can reach port %d can use every model%s; "
-                    "set [auth] keys (and admin_keys)", config.host, config.port, also)
+        log.warning("listening on %s with no user keys in the config: unless the state database holds keys, "
+                    "anyone who can reach port %d can use every model%s; set [auth] keys, or admin_keys and "
+                    "make keys with `cortex keys create`", config.host, config.port, also)
     if not is_loopback(config.metrics_host):
         log.warning("metrics on %s:%d are unauthenticated: firewall that port to your Prometheus",
                     config.metrics_host, config.metrics_port)

@@ -53,7 +53,8 @@ def test_defaults_are_loopback_and_an_open_v1_is_called_out(caplog):
     config.auth = dataclasses.replace(config.auth, admin_keys=("admin-only",))
     with caplog.at_level(logging.WARNING, logger="cortex.gateway"):
         _warn_if_open(config)
-    assert "with no user keys: anyone who can reach port 31313 can use every model;" in caplog.text
+    assert ("with no user keys in the config: unless the state database holds keys, anyone who can reach port 31313 "
+            "can use every model;") in caplog.text
 
 
 # -- the CLI against a hostile gateway ---------------------------------------------------------------
