@@ -126,7 +126,7 @@ async def _forward(ex: Exchange, node: Node) -> web.StreamResponse:
         upstream = await _open_upstream(ex, node, payload)
         if upstream.status != 200:
             return await ex.refused(upstream)
-        return await ex.relay(upstream)
+        return await ex.relay(metering.billed_at_usage(ex.request, upstream))  # billed before [DONE] is relayed
     finally:
         usage.in_flight -= 1
         usage.above_low -= above_low

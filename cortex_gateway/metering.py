@@ -39,6 +39,7 @@ from cortex_gateway.tpm import (
     requests_headers,
 )
 from neuron.shared.errors import ApiError
+from neuron.shared.sse import USAGE_COMMENT
 
 log = logging.getLogger("cortex.gateway.metering")
 DEFAULT_WINDOW = "month"  # the period a key without a budget has its usage counted in
@@ -275,20 +276,24 @@ def _refuse(app: web.Application, key: str, reason: str, err: ApiError) -> ApiEr
 async def settle(request: web.Request, rec: RequestRecord) -> None:
     """Bill what the request used, as the gateway saw it (`RequestRecord`: the answer's usage; for a stream
     cut short, its prompt and the outputs relayed), and give the rest of its hold back. Committed before it
-    returns; once (the reservation is gone after). A client that leaves meanwhile (aiohttp cancels its
-    handler, even after a stream's last event) does not stop it: the billing runs on in a task of its own."""
+    returns; once (the reservation is gone after: a stream billed at its usage, `billed_at_usage`, is done)."""
+    await _settle(request, rec.prompt_tokens, rec.completion_tokens)
+
+
+async def _settle(request: web.Request, prompt: int, completion: int) -> None:
+    """A client that leaves meanwhile (aiohttp cancels its handler, even after a stream's last event) does
+    not stop the billing: it runs on in a task of its own, held until it has committed."""
     metered = request.pop(_METERED, None)
     if metered is None or metered.reservation is None:
         return
-    billing = asyncio.ensure_future(_bill(request.app, metered, rec))
+    billing = asyncio.ensure_future(_bill(request.app, metered, max(0, prompt), max(0, completion)))
     meter = request.app[METER]
     meter.billing.add(billing)  # held, so a task whose handler is gone is not collected before it commits
     billing.add_done_callback(meter.billing.discard)
     await asyncio.shield(billing)
 
 
-async def _bill(app: web.Application, metered: Metered, rec: RequestRecord) -> None:
-    prompt, completion = max(0, rec.prompt_tokens), max(0, rec.completion_tokens)
+async def _bill(app: web.Application, metered: Metered, prompt: int, completion: int) -> None:
     _give_back(app[METER], metered.key, metered.tpm_taken, prompt + completion)
     if prompt + completion > metered.reservation.tokens and metered.key.settings.budget_tokens is not None:
         log.warning("key %s: a request used %d tokens, more than the %d reserved for it", metered.key.name,
@@ -300,3 +305,54 @@ async def _bill(app: web.Application, metered: Metered, rec: RequestRecord) -> N
         return
     if METRICS in app:
         app[METRICS].observe_key_tokens(metered.key.name, prompt, completion)
+
+
+def billed_at_usage(request: web.Request, upstream):
+    """The neuron's stream, read so that a metered request is billed as soon as its usage comes (the
+    neuron's usage comment, sent before the usage chunk and `[DONE]`), before the relay passes those
+    bytes on: a client that has the whole answer has been billed for it. Others: the stream as it is."""
+    if request.get(_METERED) is None:
+        return upstream
+    return _Watched(upstream, _UsageWatch(upstream.content, request))
+
+
+class _Watched:
+    """The upstream response with its content read through a `_UsageWatch`; the rest is the response's."""
+
+    def __init__(self, upstream, content):
+        self._upstream, self.content = upstream, content
+
+    def __getattr__(self, name: str):
+        return getattr(self._upstream, name)
+
+
+class _UsageWatch:
+    def __init__(self, content, request: web.Request):
+        self._content, self._request = content, request
+
+    async def iter_any(self):
+        tail, billed = b"", False
+        async for chunk in self._content.iter_any():
+            if not billed:
+                tail = (tail + chunk)[-_TAIL_BYTES:]
+                if (usage := usage_comment(tail)) is not None:
+                    billed = True
+                    await _settle(self._request, int(usage.get("prompt_tokens") or 0),
+                                  int(usage.get("completion_tokens") or 0))
+            yield chunk
+
+
+_TAIL_BYTES = 8192  # more than a usage comment, whatever the chunking
+
+
+def usage_comment(tail: bytes) -> dict | None:
+    """The usage of the neuron's whole usage comment in `tail`, or None (none yet, or not yet whole)."""
+    at = tail.rfind(USAGE_COMMENT)
+    end = tail.find(b"\n", at) if at >= 0 else -1
+    if end < 0:
+        return None
+    try:
+        usage = orjson.loads(tail[at + len(USAGE_COMMENT):end])
+    except orjson.JSONDecodeError:
+        return None
+    return usage if isinstance(usage, dict) else None

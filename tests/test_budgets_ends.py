@@ -91,3 +91,16 @@ def test_rpm_answers_carry_the_requests_headers_and_so_does_its_429(gateway):
     assert info.value.response.headers["x-ratelimit-remaining-requests"] == "0"
     assert int(info.value.response.headers["retry-after"]) >= 1
     assert metric(gw, f'cortex_key_requests_total{{key="{name}"}}') == 2
+
+
+def test_a_translated_stream_is_billed_what_it_reported_before_it_ends(gateway):
+    import anthropic
+
+    gw, _ = gateway
+    name, key = make_key(gw, budget_tokens=100_000, budget_window="1d")
+    client = anthropic.Anthropic(base_url=gw.url, api_key=key, max_retries=0)
+    with client.messages.stream(model=MODEL, max_tokens=6, messages=USER) as stream:
+        final = stream.get_final_message()
+    usage = final.usage  # Anthropic's input_tokens leave out the prompt tokens read from the prefix cache
+    reported = usage.input_tokens + (usage.cache_read_input_tokens or 0) + usage.output_tokens
+    assert totals(gw, name) == (reported, 1, 0)

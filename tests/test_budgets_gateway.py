@@ -197,8 +197,7 @@ def test_usage_survives_a_restart_and_a_kill_9(node, tmp_path):
             reported += chat(oai(gw, key), 4, stream=False)
             assert billed(usage_of(gw, name))[0] == reported, "a whole answer is billed before it is sent"
             reported += chat(oai(gw, key), 4, stream=True)
-            # A stream is billed after its last event is written, before its response ends (docs/budgets.md).
-            wait_for(lambda want=reported: billed(usage_of(gw, name))[0] == want, what="the stream billed")
+            assert billed(usage_of(gw, name))[0] == reported, "a stream is billed before its [DONE] is relayed"
             gw.kill() if stop == "kill" else gw.terminate()
     with start_gateway(tmp_path, {"n1": neuron.url}, extra_toml=AUTH_TOML, state_dir=state) as gw:
         usage = usage_of(gw, name)
