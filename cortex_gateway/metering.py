@@ -1,11 +1,13 @@
 """A key's tokens, metered: reserved at admission, settled when the request ends (docs/budgets.md).
 
 `dispatch` calls `admit` at the top of `_attempts` (and once more after placing a request for a model no
-node had loaded, whose context only then is known), and `settle` when the request ends, however it
-ends. Between the two, the request holds its worst case (`cortex_gateway.budgets`) in the state
-database, against the key's budget for the current window, and in the key's tokens-per-minute bucket
-(`cortex_gateway.tpm`). Every request of a known key is metered, with or without a budget, so usage per
-key and model is there for `cortex usage`; a gateway without keys meters nothing.
+node had loaded, whose context only then is known), `billed_at_usage` over a stream it relays (billed
+as the neuron's usage arrives, before the end reaches the client), and `settle` when the request ends,
+however it ends (a no-op for a stream already billed). Between admission and billing, the request holds
+its worst case (`cortex_gateway.budgets`) in the state database, against the key's budget for the
+current window, and in the key's tokens-per-minute bucket (`cortex_gateway.tpm`). Every request of a
+known key is metered, with or without a budget, so usage per key and model is there for `cortex usage`;
+a gateway without keys meters nothing.
 
 The worst case is first tried without counting the prompt (the model's whole context bounds it); only
 when that does not fit is the prompt counted by the node's /tokenize and the smaller bound tried, so a
