@@ -119,7 +119,7 @@ async def admit(ex, node=None) -> ApiError | None:
         return None
     metered = _metered(request.app[METER], tenant, ex.record.model)
     try:
-        refusal = await _hold(ex, metered, context or 0, node) if limited else await _reserve(ex, metered, 0)
+        refusal = await _hold(ex, metered, context or 0, node) if limited else None
     except StateError as exc:
         log.error("cannot meter a request of key %s: %s", tenant.name, exc)
         return ApiError(503, "api_error", "the gateway cannot reach its state database to meter this key's "
@@ -223,6 +223,11 @@ async def _reserve(ex, metered: Metered, tokens: int) -> _Refused | None:
         if isinstance(taken, TpmRefusal):
             return _Refused(tokens, taken)
         state = taken
+    if settings.budget_tokens is None:  # no budget to hold against: billed at the end in one write
+        metered.tpm_taken = tokens if state else 0
+        if state is not None:
+            _set_headers(ex.request, state, meter)
+        return None
     try:
         reservation = await ex.request.app[STATE_DB].reserve(name, metered.model, metered.period.label, tokens,
                                                              settings.budget_tokens)
@@ -286,7 +291,7 @@ async def _settle(request: web.Request, prompt: int, completion: int) -> None:
     """A client that leaves meanwhile (aiohttp cancels its handler, even after a stream's last event) does
     not stop the billing: it runs on in a task of its own, held until it has committed."""
     metered = request.pop(_METERED, None)
-    if metered is None or metered.reservation is None:
+    if metered is None:
         return
     billing = asyncio.ensure_future(_bill(request.app, metered, max(0, prompt), max(0, completion)))
     meter = request.app[METER]
@@ -297,11 +302,15 @@ async def _settle(request: web.Request, prompt: int, completion: int) -> None:
 
 async def _bill(app: web.Application, metered: Metered, prompt: int, completion: int) -> None:
     _give_back(app[METER], metered.key, metered.tpm_taken, prompt + completion)
-    if prompt + completion > metered.reservation.tokens and metered.key.settings.budget_tokens is not None:
+    held, db = metered.reservation, app[STATE_DB]
+    if held is not None and prompt + completion > held.tokens:
         log.warning("key %s: a request used %d tokens, more than the %d reserved for it", metered.key.name,
-                    prompt + completion, metered.reservation.tokens)
+                    prompt + completion, held.tokens)
     try:
-        await app[STATE_DB].settle(metered.reservation, prompt, completion)
+        if held is None:  # a key without a budget: nothing was held
+            await db.record_usage(metered.key.name, metered.model, metered.period.label, prompt, completion)
+        else:
+            await db.settle(held, prompt, completion)
     except StateError as exc:
         log.error("usage of key %s not recorded (%d + %d tokens): %s", metered.key.name, prompt, completion, exc)
         return

@@ -5,8 +5,11 @@ end the next one starts empty while the old one's usage stays."""
 
 from __future__ import annotations
 
+import pytest
+
 from cortex_gateway import budgets
 from cortex_gateway.state_db import StateDB
+from tests.postgres_server import postgres, postgres_url  # noqa: F401 - fixtures
 from tests.test_budgets import at
 
 
@@ -39,5 +42,25 @@ async def test_a_period_fills_settles_and_rolls(tmp_path):
         rows = {(r.window, r.total_tokens, r.requests) for r in await db.usage("alice")}
         assert (period.label, 80, 2) in rows and (rolled.label, 0, 0) in rows
         assert await db.budget_used("alice", period.label) == (80, 0)
+    finally:
+        await db.close()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def state_url(request):
+    return None if request.param == "sqlite" else request.getfixturevalue("postgres_url")
+
+
+async def test_usage_recorded_without_a_reservation_counts_as_settled(tmp_path, state_url):
+    """A key without a budget holds nothing: `record_usage` bills it in one write, into the same rows and
+    totals a settlement adds to (so a budget given later in the period counts what was used before)."""
+    db = await StateDB.open(state_url, tmp_path, "test")
+    try:
+        await db.record_usage("bob", "m", "2026-12", 7, 5)
+        await db.record_usage("bob", "m", "2026-12", 1, 2)
+        (row,) = await db.usage("bob")
+        assert (row.prompt_tokens, row.completion_tokens, row.requests, row.reserved_tokens) == (8, 7, 2, 0)
+        assert await db.budget_used("bob", "2026-12") == (15, 0)
+        assert await db.reserve("bob", "m", "2026-12", 6, 20) is None  # 15 settled + 6 > 20
     finally:
         await db.close()

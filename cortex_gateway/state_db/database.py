@@ -126,6 +126,11 @@ class StateDB:
         False, changing nothing, if it was already settled or released: settling twice bills once."""
         return await self._shielded(lambda: usage.settle(reservation.id, prompt_tokens, completion_tokens))
 
+    async def record_usage(self, key: str, model: str, window: str, prompt_tokens: int, completion_tokens: int) -> None:
+        """Bill one request that reserved nothing (a key without a budget): its usage in `window`, committed
+        before this returns; one transaction where a reserve and a settle are two."""
+        await self._shielded(lambda: usage.record(key, model, window, prompt_tokens, completion_tokens))
+
     async def release(self, reservation: Reservation) -> bool:
         """Give the reservation's tokens back unbilled (a request that never ran); False if already gone."""
         return await self._shielded(lambda: usage.release(reservation.id))

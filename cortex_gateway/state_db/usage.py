@@ -20,6 +20,11 @@ from cortex_gateway.state_db.script import Script, execute, one, rows
 
 _ADD_TOTALS = ("INSERT INTO budget_totals (key_name, period, settled_tokens, reserved_tokens) VALUES ($1, $2, 0, 0) "
                "ON CONFLICT DO NOTHING")
+_BILL_USAGE = ("INSERT INTO usage (key_name, model, period, prompt_tokens, completion_tokens, requests) "
+               "VALUES ($1, $2, $3, $4, $5, 1) ON CONFLICT (key_name, model, period) DO UPDATE SET "
+               "prompt_tokens = usage.prompt_tokens + excluded.prompt_tokens, "
+               "completion_tokens = usage.completion_tokens + excluded.completion_tokens, "
+               "requests = usage.requests + 1")
 _ADD_USAGE = ("INSERT INTO usage (key_name, model, period, prompt_tokens, completion_tokens, requests) "
               "VALUES ($1, $2, $3, 0, 0, 0) ON CONFLICT DO NOTHING")
 
@@ -60,12 +65,19 @@ def settle(reservation_id: str, prompt_tokens: int, completion_tokens: int) -> S
     yield execute("UPDATE budget_totals SET reserved_tokens = reserved_tokens - $3, "
                   "settled_tokens = settled_tokens + $4 WHERE key_name = $1 AND period = $2",
                   key, period, tokens, prompt_tokens + completion_tokens)
-    yield execute("INSERT INTO usage (key_name, model, period, prompt_tokens, completion_tokens, requests) "
-                  "VALUES ($1, $2, $3, $4, $5, 1) ON CONFLICT (key_name, model, period) DO UPDATE SET "
-                  "prompt_tokens = usage.prompt_tokens + excluded.prompt_tokens, "
-                  "completion_tokens = usage.completion_tokens + excluded.completion_tokens, "
-                  "requests = usage.requests + 1", key, model, period, prompt_tokens, completion_tokens)
+    yield execute(_BILL_USAGE, key, model, period, prompt_tokens, completion_tokens)
     return True
+
+
+def record(key: str, model: str, period: str, prompt_tokens: int, completion_tokens: int) -> Script[None]:
+    """Bill a request that held no reservation (its key has no budget to hold against): its usage and the
+    period's settled total, as `settle` adds them, in one transaction instead of a reserve and a settle."""
+    if prompt_tokens < 0 or completion_tokens < 0:
+        raise ValueError(f"token counts are >= 0, got {prompt_tokens} and {completion_tokens}")
+    yield execute(_ADD_TOTALS, key, period)
+    yield execute("UPDATE budget_totals SET settled_tokens = settled_tokens + $3 WHERE key_name = $1 AND period = $2",
+                  key, period, prompt_tokens + completion_tokens)
+    yield execute(_BILL_USAGE, key, model, period, prompt_tokens, completion_tokens)
 
 
 def _unreserve(key: str, period: str, tokens: int) -> Script[None]:
