@@ -130,18 +130,20 @@ async def admit(ex, node=None) -> ApiError | None:
 
 
 def _metered(meter: Meter, tenant: ApiKey, model: str) -> Metered:
-    spec = tenant.settings.budget_window or DEFAULT_WINDOW
-    window = budgets.parse_window(spec) if _valid(spec) else budgets.parse_window(DEFAULT_WINDOW)
+    window = window_of(tenant)
     return Metered(tenant, model, window.period(meter.clock()), window.spec)
 
 
-def _valid(spec: str) -> bool:
+def window_of(key: ApiKey | None) -> budgets.Window:
+    """The window a key's usage is counted in: its budget's, else the month (one the budget layer cannot
+    read, which the admin API never stores, counts by the month too, said in the log)."""
+    spec = (key.settings.budget_window if key is not None else None) or DEFAULT_WINDOW
     try:
-        budgets.parse_window(spec)
-        return True
+        return budgets.parse_window(spec)
     except ValueError:
-        log.warning("budget_window %r is no window (1h, 1d, 30d, month): counted by the month", spec)
-        return False
+        log.warning("key %s: budget_window %r is no window (1h, 1d, 30d, month): counted by the month",
+                    key.name if key else "?", spec)
+        return budgets.parse_window(DEFAULT_WINDOW)
 
 
 def _context(app: web.Application, model: str, node) -> int | None:
@@ -160,14 +162,18 @@ async def _hold(ex, metered: Metered, context: int, node) -> ApiError | None:
     if uncounted is not None:
         refused = await _reserve(ex, metered, uncounted)
         if refused is None or not _countable(ex.call.endpoint, body):
-            return refused and await _refusal(ex, metered, refused)
+            return await _answer(ex, metered, refused)
     counted = await _count(ex, body, node)
     worst = None if counted is None else budgets.chat_worst_case(body, context, counted)
     if worst is None:
         return await _refusal(ex, metered, refused) if refused else _unbounded(ex.call.model)
     if uncounted is None or worst < uncounted:
         refused = await _reserve(ex, metered, worst)
-    return refused and await _refusal(ex, metered, refused)
+    return await _answer(ex, metered, refused)
+
+
+async def _answer(ex, metered: Metered, refused: _Refused | None) -> ApiError | None:
+    return None if refused is None else await _refusal(ex, metered, refused)
 
 
 def _body(raw: bytes) -> dict:

@@ -12,7 +12,7 @@ from aiohttp import web
 
 from cortex_gateway import budgets
 from cortex_gateway.auth import admin_auth
-from cortex_gateway.metering import DEFAULT_WINDOW, METER
+from cortex_gateway.metering import METER, window_of
 from cortex_gateway.state import STATE_DB
 from cortex_gateway.state_db import ApiKey, StateError, UsageRow
 from cortex_gateway.tpm import rfc3339
@@ -24,14 +24,6 @@ def usage_row(row: UsageRow, current: set[tuple[str, str]]) -> dict:
     return {"key": row.key, "model": row.model, "period": row.window, "current": (row.key, row.window) in current,
             "prompt_tokens": row.prompt_tokens, "completion_tokens": row.completion_tokens,
             "total_tokens": row.total_tokens, "requests": row.requests, "reserved_tokens": row.reserved_tokens}
-
-
-def window_of(key: ApiKey | None) -> budgets.Window:
-    spec = key.settings.budget_window if key is not None else None
-    try:
-        return budgets.parse_window(spec or DEFAULT_WINDOW)
-    except ValueError:
-        return budgets.parse_window(DEFAULT_WINDOW)
 
 
 def key_row(name: str, key: ApiKey | None, period: budgets.Period, used: tuple[int, int], tpm: dict | None) -> dict:
