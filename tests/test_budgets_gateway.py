@@ -167,6 +167,8 @@ def test_cortex_usage_shows_the_key(gateway):
     wide = {**os.environ, "COLUMNS": "200"}  # one row a line, so the test reads cells whole
     table = subprocess.run(CORTEX + args, capture_output=True, text=True, check=True, env=wide).stdout
     assert name in table and str(100_000 - total) in table
+    status, body = http_json("GET", gateway.url + "/admin/usage", headers={"Authorization": f"Bearer {key}"})
+    assert status == 401 and "admin key" in body["error"]["message"], "an API key does not read usage"
     missing = subprocess.run(CORTEX + ["usage", "no-such-key", "--gateway", gateway.url, "--admin-key", ADMIN],
                              capture_output=True, text=True)
     assert missing.returncode != 0 and "no key named 'no-such-key'" in missing.stderr
