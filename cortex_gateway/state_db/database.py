@@ -119,7 +119,10 @@ class StateDB:
         settled + reserved + tokens <= budget for that key and window, whatever runs at once; `budget`
         None: no limit (the tokens are still held, so usage shows them)."""
         reservation = Reservation(uuid.uuid4().hex, key, model, window, tokens, self.instance_id, self.clock())
-        return await self._shielded(lambda: usage.reserve(reservation, budget), on_cancelled=self._release_orphan)
+        # Not forced to the disk before it returns: kept if the gateway dies, made durable by the settle's commit
+        # (a power cut before that loses the reservation with its unbilled request; the budget stays exact).
+        return await self._shielded(lambda: usage.reserve(reservation, budget), on_cancelled=self._release_orphan,
+                                    durable=False)
 
     async def settle(self, reservation: Reservation, prompt_tokens: int, completion_tokens: int) -> bool:
         """Replace the reservation by the real usage (one more request), committed before this returns.
@@ -149,8 +152,8 @@ class StateDB:
         return await self._driver.read(lambda: usage.budget_used(key, window))
 
     # -- writes that outlive a cancelled caller --------------------------------------------------
-    async def _shielded(self, make: Callable[[], Script[T]], on_cancelled=None) -> T:
-        task = asyncio.ensure_future(self._driver.write(make))
+    async def _shielded(self, make: Callable[[], Script[T]], on_cancelled=None, durable: bool = True) -> T:
+        task = asyncio.ensure_future(self._driver.write(make, durable))
         self._track(task)
         try:
             return await asyncio.shield(task)

@@ -47,24 +47,29 @@ class PostgresDriver:
         except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError, ValueError) as exc:
             raise StateError(f"cannot connect to the state database {self.where}: {_reason(exc)}") from None
 
-    async def write(self, make: Callable[[], Script[T]]) -> T:
-        """Run the script `make()` in a transaction; again, afresh, if PostgreSQL aborted it."""
+    async def write(self, make: Callable[[], Script[T]], durable: bool = True) -> T:
+        """Run the script `make()` in a transaction; again, afresh, if PostgreSQL aborted it. Not `durable`:
+        synchronous_commit off for it (committed and visible at once, flushed within the WAL writer's delay)."""
         retry = (self._asyncpg.DeadlockDetectedError, self._asyncpg.SerializationError)
         for attempt in range(1, RETRIES + 1):
             try:
-                return await self._transaction(make())
+                return await self._transaction(make(), durable)
             except retry as exc:
                 if attempt == RETRIES:
                     raise StateError(f"state database {self.where}: {_reason(exc)}") from exc
                 log.info("state database: %s; running the transaction again", _reason(exc))
         raise AssertionError("unreachable")
 
-    read = write  # on PostgreSQL a read is a transaction like any other, on any pooled connection
+    async def read(self, make: Callable[[], Script[T]]) -> T:
+        """On PostgreSQL a read is a transaction like any other, on any pooled connection."""
+        return await self.write(make)
 
-    async def _transaction(self, script: Script[T]) -> T:
+    async def _transaction(self, script: Script[T], durable: bool = True) -> T:
         asyncpg = self._asyncpg
         try:
             async with self._pool.acquire() as conn, conn.transaction():
+                if not durable:
+                    await conn.execute("SET LOCAL synchronous_commit = off")
                 return await drive_async(script, lambda statement: _statement(conn, statement))
         except (asyncpg.DeadlockDetectedError, asyncpg.SerializationError):
             raise

@@ -6,7 +6,10 @@ Writes go through one writer thread under BEGIN IMMEDIATE, which takes SQLite's 
 first read: a reservation's check and its update are one step, also against another gateway process
 on the same file (it waits on the lock, up to the busy timeout). Reads go through a reader thread of
 their own, which WAL lets run beside a write (the hot path's lookups never queue behind an fsync).
-synchronous=FULL: a commit is on the disk before `settle` returns, power cuts included.
+synchronous=FULL: a commit is on the disk before `settle` returns, power cuts included. A write asked for
+without durability (a reservation) commits with synchronous=NORMAL: in WAL mode it is kept if the process
+dies (kill -9) and is forced to the disk by the next FULL commit, its settle's; a power cut before that
+loses it with the request it held for, which had not been billed either.
 """
 
 from __future__ import annotations
@@ -55,6 +58,7 @@ class _Worker:
         self.executor = ThreadPoolExecutor(1, thread_name_prefix=f"cortex-state-{name}")
         self.conn: sqlite3.Connection | None = None
         self.closed = False
+        self.synchronous = "FULL"
 
     def _connect(self) -> sqlite3.Connection:
         # isolation_level=None: no implicit transactions; the driver says BEGIN and COMMIT itself.
@@ -64,15 +68,18 @@ class _Worker:
         conn.execute("PRAGMA synchronous=FULL")
         return conn
 
-    def _run(self, script: Script[T], begin: str) -> T:
+    def _run(self, script: Script[T], begin: str, synchronous: str = "FULL") -> T:
         try:
+            if self.conn is None:
+                self.conn = self._connect()
+            if synchronous != self.synchronous:  # set between transactions: it applies to the next commit
+                self.conn.execute(f"PRAGMA synchronous={synchronous}")
+                self.synchronous = synchronous
             return self._transaction(script, begin)
         except sqlite3.Error as exc:  # the file's trouble (locked too long, disk full, not a database), said so
             raise StateError(f"state database {self.path}: {exc}") from exc
 
     def _transaction(self, script: Script[T], begin: str) -> T:
-        if self.conn is None:
-            self.conn = self._connect()
         self.conn.execute(begin)
         try:
             result = drive(script, self._statement)
@@ -88,8 +95,8 @@ class _Worker:
             return cursor.fetchone()
         return cursor.fetchall() if statement.want == "all" else None
 
-    async def run(self, script: Script[T], begin: str) -> T:
-        return await asyncio.get_running_loop().run_in_executor(self.executor, self._run, script, begin)
+    async def run(self, script: Script[T], begin: str, synchronous: str = "FULL") -> T:
+        return await asyncio.get_running_loop().run_in_executor(self.executor, self._run, script, begin, synchronous)
 
     def _close(self) -> None:
         if self.conn is not None:
@@ -125,9 +132,9 @@ class SQLiteDriver:
             raise StateError(f"cannot make the directory of the state database {self.path}: "
                              f"{exc.strerror or exc}") from None
 
-    async def write(self, make: Callable[[], Script[T]]) -> T:
+    async def write(self, make: Callable[[], Script[T]], durable: bool = True) -> T:
         """Run the script `make()` in one transaction that holds the write lock from its start."""
-        return await self._writer.run(make(), "BEGIN IMMEDIATE")
+        return await self._writer.run(make(), "BEGIN IMMEDIATE", "FULL" if durable else "NORMAL")
 
     async def read(self, make: Callable[[], Script[T]]) -> T:
         """A read-only script, on a snapshot (a deferred BEGIN) taken beside any write."""
