@@ -257,7 +257,22 @@ def _gateway_needs(given: dict, needs: _Needs) -> float:
             needs.warnings.append(f"{models_path.name} sits beside {config.name}: pins need that directory writable, "
                                   f"which would let the service replace {config.name} (its keys) too; keep the "
                                   f"models file in {STATE_DIR} instead")
+    _state_needs(config, needs)
     return _grace(_toml_table(config, "gateway"), GatewayConfig.shutdown_grace_s)
+
+
+def _state_needs(config: Path, needs: _Needs) -> None:
+    """The gateway's state_dir and a sqlite: file elsewhere made writable (cortex_cli.service_state decides)."""
+    from cortex_cli.service_state import state_needs
+    from neuron.shared.config import ConfigError
+
+    try:
+        writes, warnings = state_needs(_toml_table(config, None), config, needs.request)
+    except (ConfigError, ValueError) as exc:
+        raise PlanError(f"--config: {exc}") from None
+    for path, why in writes:
+        needs.writes(path, why)
+    needs.warnings += warnings
 
 
 def _absolute(path: Path | str) -> Path:
