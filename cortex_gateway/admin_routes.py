@@ -5,6 +5,7 @@ Behind the admin key when one is configured (`[auth] admin_keys`).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 
 from aiohttp import web
@@ -16,7 +17,9 @@ from cortex_gateway.config import set_pin
 from cortex_gateway.fleet import Fleet, Node
 from cortex_gateway.lifecycle import Lifecycle
 from cortex_gateway.scaler import waiting_at
+from cortex_gateway.shared_admin import SHARED_ADMIN
 from cortex_gateway.state import FLEET, LIFECYCLE, METRICS
+from cortex_gateway.state_db import StateError
 from neuron.shared.client import NeuronError
 from neuron.shared.errors import ApiError, bad_request
 from neuron.shared.fields import req_str, require_object
@@ -124,7 +127,7 @@ async def load(request: web.Request) -> web.Response:
                            param="model") from err
         raise err.for_client() from err
     if data.get("pin"):
-        _pin(request, node.name, model, True)
+        await _pin(request, node.name, model, True)
     return json_response({"node": node.name, "model": model, **info.to_dict()})
 
 
@@ -142,21 +145,22 @@ async def unload(request: web.Request) -> web.Response:
 
 async def pin(request: web.Request) -> web.Response:
     _, node_name, model = _target(await read_json(request))
-    _pin(request, _node(request, node_name).name, model, True)
+    await _pin(request, _node(request, node_name).name, model, True)
     return json_response({"node": node_name, "model": model, "pinned": True})
 
 
 async def unpin(request: web.Request) -> web.Response:
     _, node_name, model = _target(await read_json(request))
-    _pin(request, _node(request, node_name).name, model, False)
+    await _pin(request, _node(request, node_name).name, model, False)
     return json_response({"node": node_name, "model": model, "pinned": False})
 
 
-def _pin(request: web.Request, node: str, model: str, pinned: bool) -> None:
-    """Record the pin in memory and, when there is a models file, in it (comments kept)."""
+async def _pin(request: web.Request, node: str, model: str, pinned: bool) -> None:
+    """Record the pin in the state database (every gateway applies it: `shared_admin`) and, when there is a
+    models file, in it (comments kept)."""
     lifecycle = request.config_dict[LIFECYCLE]
-    nodes = lifecycle.pins.setdefault(model, set())
-    (nodes.add if pinned else nodes.discard)(node)
+    with _shared_state():
+        await request.config_dict[SHARED_ADMIN].set_pin(node, model, pinned)
     path = lifecycle.config.models_path
     if path is not None:
         set_pin(path, model, node, pinned)
@@ -200,19 +204,32 @@ async def delete(request: web.Request) -> web.Response:
 
 async def drain(request: web.Request) -> web.Response:
     """No new placements on the node (requests and cold loads go elsewhere); what runs there finishes."""
-    return _set_draining(request, await read_json(request), True)
+    return await _set_draining(request, await read_json(request), True)
 
 
 async def undrain(request: web.Request) -> web.Response:
-    return _set_draining(request, await read_json(request), False)
+    return await _set_draining(request, await read_json(request), False)
 
 
-def _set_draining(request: web.Request, body, draining: bool) -> web.Response:
+async def _set_draining(request: web.Request, body, draining: bool) -> web.Response:
+    """Stored in the state database: every gateway drains the node (`shared_admin`)."""
     node = _node(request, req_str(require_object(body), "node"))
-    node.draining = draining
+    with _shared_state():
+        await request.config_dict[SHARED_ADMIN].set_drain(node.name, draining)
     fleet = request.config_dict[FLEET]
     fleet.event("drain" if draining else "undrain", node=node.name)
     return json_response({"node": node.name, "draining": draining, "in_flight": fleet.in_flight_on(node.name)})
+
+
+@contextlib.contextmanager
+def _shared_state():
+    """A pin or a drain the state database cannot take is refused (every gateway must see it): a 503."""
+    try:
+        yield
+    except StateError as exc:
+        raise ApiError(503, "api_error", f"the state database is unreachable, so the change cannot be shared "
+                       f"with the other gateways: {exc}; retry shortly", code="state_unavailable",
+                       retry_after=5) from None
 
 
 def add_routes(app: web.Application) -> None:

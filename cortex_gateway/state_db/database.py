@@ -21,7 +21,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from cortex_gateway.state_db import keys, usage
+from cortex_gateway.state_db import keys, shared, usage
 from cortex_gateway.state_db.migrations import migrate
 from cortex_gateway.state_db.records import ApiKey, KeySettings, Released, Reservation, StateError, UsageRow
 from cortex_gateway.state_db.script import Driver, Script, T
@@ -29,6 +29,7 @@ from cortex_gateway.state_db.sqlite import SQLiteDriver
 from cortex_gateway.state_db.url import StateURL, parse_state_url
 
 log = logging.getLogger("cortex.gateway.state_db")
+CHANNEL = "cortex_state"  # PostgreSQL's NOTIFY channel: "<topic> <instance id of the gateway that changed it>"
 
 
 def driver_for(url: StateURL) -> Driver:
@@ -47,6 +48,7 @@ class StateDB:
         self.instance_id = instance_id  # this gateway's name on the reservations it holds
         self.clock = clock
         self._pending: set[asyncio.Future] = set()
+        self._subscribers: dict[str, list[Callable[[], None]]] = {}
 
     @classmethod
     async def open(cls, url: str | None, state_dir: Path | None, instance_id: str, *,
@@ -87,10 +89,36 @@ class StateDB:
             await asyncio.gather(*self._pending, return_exceptions=True)
         await self._driver.close()
 
+    # -- notifications: what another gateway changed, told at once on PostgreSQL -----------------
+    def on_change(self, topic: str, callback: Callable[[], None]) -> None:
+        """`callback()` when another gateway tells of a change to `topic` ("keys", "admin"), once listening."""
+        self._subscribers.setdefault(topic, []).append(callback)
+
+    async def listen(self) -> bool:
+        """Listen for other gateways' changes (PostgreSQL; False on SQLite). Called again on each round, it
+        listens again after the database dropped the connection; StateError while it cannot."""
+        return await self._driver.listen(CHANNEL, self._dispatch)
+
+    async def changed(self, topic: str) -> None:
+        """Tell the other gateways that `topic` changed. Best effort: one that misses it reads on its round."""
+        try:
+            await self._driver.notify(CHANNEL, f"{topic} {self.instance_id}")
+        except StateError as exc:
+            log.info("state database: cannot tell the other gateways of a change to %s: %s", topic, exc)
+
+    def _dispatch(self, payload: str) -> None:
+        topic, _, sender = payload.partition(" ")
+        if sender == self.instance_id:
+            return  # this gateway's own change, applied already
+        for callback in self._subscribers.get(topic, ()):
+            callback()
+
     # -- keys ------------------------------------------------------------------------------------
     async def create_key(self, name: str, key_hash: str, settings: KeySettings = KeySettings()) -> ApiKey:
         """Store a new key by its hash (`records.hash_key`); DuplicateKeyName if the name is taken."""
-        return await self._driver.write(lambda: keys.create_key(name, key_hash, settings, self.clock()))
+        key = await self._driver.write(lambda: keys.create_key(name, key_hash, settings, self.clock()))
+        await self.changed("keys")
+        return key
 
     async def get_key_by_hash(self, key_hash: str) -> ApiKey | None:
         """The active key with this hash; None for an unknown or revoked one."""
@@ -106,11 +134,38 @@ class StateDB:
     async def update_key(self, name: str, changes: Mapping[str, Any]) -> ApiKey:
         """Change settings of an active key (names of `records.SETTINGS`; None clears a limit).
         KeyNotFound if there is no active key of that name; InvalidKeySetting naming a bad value."""
-        return await self._driver.write(lambda: keys.update_key(name, changes, self.clock()))
+        key = await self._driver.write(lambda: keys.update_key(name, changes, self.clock()))
+        await self.changed("keys")
+        return key
 
     async def revoke_key(self, name: str) -> ApiKey:
         """Revoke an active key (its row and usage stay); KeyNotFound if there is no active key of that name."""
-        return await self._driver.write(lambda: keys.revoke_key(name, self.clock()))
+        key = await self._driver.write(lambda: keys.revoke_key(name, self.clock()))
+        await self.changed("keys")
+        return key
+
+    # -- pins, drains and events (cortex_gateway.shared_admin) ------------------------------------
+    async def set_pin(self, model: str, node: str, pinned: bool) -> None:
+        await self._driver.write(lambda: shared.set_pin(model, node, pinned, self.clock()))
+        await self.changed("admin")
+
+    async def set_drain(self, node: str, draining: bool) -> None:
+        await self._driver.write(lambda: shared.set_drain(node, draining, self.clock()))
+        await self.changed("admin")
+
+    async def admin_state(self) -> shared.AdminState:
+        return await self._driver.read(shared.admin_state)
+
+    async def append_events(self, events: list[dict], prune: bool = False) -> None:
+        """Add this gateway's events (and, `prune`, drop all but the newest `shared.EVENTS_KEPT`)."""
+        def script():
+            yield from shared.append_events(self.instance_id, events)
+            if prune:
+                yield from shared.prune_events()
+        await self._driver.write(script, durable=False)
+
+    async def recent_events(self, limit: int) -> list[dict]:
+        return await self._driver.read(lambda: shared.recent_events(limit))
 
     # -- budgets and usage -----------------------------------------------------------------------
     async def reserve(self, key: str, model: str, window: str, tokens: int, budget: int | None) -> Reservation | None:

@@ -66,7 +66,22 @@ KEYS_AND_USAGE = Migration(1, "api keys, usage, budget totals, reservations", bo
     "CREATE INDEX reservations_by_usage ON reservations (key_name, model, period)",
 ))
 
-MIGRATIONS: tuple[Migration, ...] = (KEYS_AND_USAGE,)
+SHARED_ADMIN = Migration(2, "pins and drains made through the admin API, the fleet's event log", both=(
+    # A pin or an unpin made through some gateway's admin API, over the models file's pins: pinned 1 or 0.
+    """CREATE TABLE pins (
+        model TEXT NOT NULL, node TEXT NOT NULL, pinned BIGINT NOT NULL,
+        updated_at DOUBLE PRECISION NOT NULL,
+        PRIMARY KEY (model, node))""",
+    # A node drained (1) or undrained (0) through some gateway's admin API.
+    """CREATE TABLE drains (
+        node TEXT NOT NULL PRIMARY KEY, draining BIGINT NOT NULL, updated_at DOUBLE PRECISION NOT NULL)""",
+    # The fleet's events (loads, evictions, nodes up and down...) from every gateway; details is a JSON object.
+    """CREATE TABLE events (
+        time DOUBLE PRECISION NOT NULL, instance_id TEXT NOT NULL, kind TEXT NOT NULL, details TEXT NOT NULL)""",
+    "CREATE INDEX events_by_time ON events (time)",
+))
+
+MIGRATIONS: tuple[Migration, ...] = (KEYS_AND_USAGE, SHARED_ADMIN)
 LATEST = MIGRATIONS[-1].version
 # Any constant shared by every cortex gateway: the key of the advisory lock migrations take on PostgreSQL.
 _LOCK_KEY = 0x636F72746578  # "cortex"

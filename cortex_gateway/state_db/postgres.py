@@ -32,6 +32,7 @@ class PostgresDriver:
         self.pool_size = pool_size
         self._pool = None
         self._asyncpg = None
+        self._listener = None  # a connection of its own for LISTEN, outside the pool
 
     @property
     def where(self) -> str:
@@ -76,7 +77,35 @@ class PostgresDriver:
         except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
             raise StateError(f"state database {self.where}: {_reason(exc)}") from exc
 
+    async def notify(self, channel: str, payload: str) -> None:
+        """NOTIFY every gateway listening on `channel` (after the change it tells of has committed)."""
+        try:
+            async with self._pool.acquire() as conn:
+                await conn.execute("SELECT pg_notify($1, $2)", channel, payload)
+        except (OSError, TimeoutError, self._asyncpg.PostgresError, self._asyncpg.InterfaceError) as exc:
+            raise StateError(f"state database {self.where}: {_reason(exc)}") from exc
+
+    async def listen(self, channel: str, callback: Callable[[str], None]) -> bool:
+        """LISTEN on `channel`, `callback(payload)` on each notification; again after the database dropped the
+        connection (a restart): a caller calls this on each of its rounds and reads afresh what it missed."""
+        asyncpg = self._asyncpg
+        if self._listener is not None and not self._listener.is_closed():
+            return True
+        conn = None
+        try:
+            conn = await asyncpg.connect(self.url, timeout=CONNECT_TIMEOUT_S)
+            await conn.add_listener(channel, lambda _conn, _pid, _channel, payload: callback(payload))
+        except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            if conn is not None:
+                conn.terminate()
+            raise StateError(f"state database {self.where}: {_reason(exc)}") from exc
+        self._listener = conn
+        return True
+
     async def close(self) -> None:
+        if self._listener is not None:
+            self._listener.terminate()  # no round trip: it only listens
+            self._listener = None
         if self._pool is not None:
             await self._pool.close()
             self._pool = None

@@ -140,6 +140,12 @@ class SQLiteDriver:
         """A read-only script, on a snapshot (a deferred BEGIN) taken beside any write."""
         return await self._reader.run(make(), "BEGIN")
 
+    async def notify(self, channel: str, payload: str) -> None:
+        """No notifications on SQLite: one gateway, whose own changes apply at once; others read on their rounds."""
+
+    async def listen(self, channel: str, callback: Callable[[str], None]) -> bool:
+        return False
+
     async def close(self) -> None:
         await asyncio.gather(self._writer.close(), self._reader.close())
 

@@ -1,0 +1,100 @@
+"""Two real gateways on one real PostgreSQL share what an operator sets (issue 25, items 1 and 2): a drain and
+a pin made through one are honoured by the other, and a key made or revoked through one holds on the other at
+once (the other is told by NOTIFY, and says so in its log). Skipped, saying why, without PostgreSQL
+(tests/postgres_server.py)."""
+
+from __future__ import annotations
+
+import contextlib
+import urllib.request
+
+import pytest
+
+from tests.helpers import http_json, load_models, start_gateway, start_neuron, wait_for
+from tests.postgres_server import postgres, postgres_url  # noqa: F401 - fixtures
+from tests.test_budgets_gateway import AUTH_TOML, MODEL, admin, chat, make_key, oai
+
+NODES = ("n1", "n2")
+TOLD_KEYS = "another gateway changed the keys: read them afresh"  # the gateways' log, after a NOTIFY
+TOLD_ADMIN = "another gateway changed the pins or drains: read them afresh"
+
+
+@pytest.fixture(scope="module")
+def neurons(tmp_path_factory, models_dir):
+    """Two neurons with the model loaded on each."""
+    root = tmp_path_factory.mktemp("shared")
+    with contextlib.ExitStack() as stack:
+        urls = {}
+        for name in NODES:
+            (root / name).mkdir()
+            neuron = stack.enter_context(start_neuron(root / name, models_dir, "--cpu-memory-mb", "4000", name=name))
+            load_models(neuron, ({"model": MODEL, "max_in_flight": 4, "max_queue_depth": 64},))
+            urls[name] = neuron.url
+        yield urls
+
+
+@contextlib.contextmanager
+def two_gateways(tmp_path, neurons, url):
+    toml = f'{AUTH_TOML}\n[state]\nurl = "{url}"'
+    for where in ("a", "b"):
+        (tmp_path / where).mkdir()
+    with start_gateway(tmp_path / "a", neurons, extra_toml=toml, state_dir=tmp_path / "sa") as a, \
+            start_gateway(tmp_path / "b", neurons, extra_toml=toml, state_dir=tmp_path / "sb") as b:
+        yield a, b
+
+
+def status(gateway) -> dict:
+    code, body = admin(gateway, "GET", "/status")
+    assert code == 200, body
+    return body
+
+
+def draining(gateway, node: str) -> bool:
+    return next(n for n in status(gateway)["nodes"] if n["name"] == node)["draining"]
+
+
+def served_on(gateway, node: str) -> float:
+    """Requests this gateway sent to `node`, from its own metrics."""
+    text = urllib.request.urlopen(gateway.metrics_url).read().decode()
+    return sum(float(line.split()[-1]) for line in text.splitlines()
+               if line.startswith("cortex_requests_total{") and f'node="{node}"' in line)
+
+
+def test_a_drain_and_a_pin_made_through_one_gateway_hold_on_the_other(tmp_path, neurons, postgres_url):  # noqa: F811
+    with two_gateways(tmp_path, neurons, postgres_url) as (a, b):
+        code, body = admin(a, "POST", "/drain", {"node": "n1"})
+        assert code == 200 and body["draining"] is True, body
+        wait_for(lambda: draining(b, "n1"), what="b to see n1 drained")
+        wait_for(lambda: TOLD_ADMIN in b.log(), what="b told of the drain (NOTIFY), not only at its next round")
+        before = {node: served_on(b, node) for node in NODES}
+        client = oai(b, "unused")  # no key exists yet: the API is open
+        for _ in range(4):
+            assert isinstance(chat(client, 4, stream=False), int)
+        assert served_on(b, "n1") == before["n1"], "b sent nothing to the node drained through a"
+        assert served_on(b, "n2") == before["n2"] + 4
+        code, _ = admin(b, "POST", "/undrain", {"node": "n1"})
+        assert code == 200
+        wait_for(lambda: not draining(a, "n1"), what="a to see n1 undrained through b")
+
+        code, _ = admin(a, "POST", "/pin", {"node": "n2", "model": MODEL})
+        assert code == 200
+        wait_for(lambda: status(b)["pins"] == {MODEL: ["n2"]}, what="b to see the pin made through a")
+        code, _ = admin(b, "POST", "/unpin", {"node": "n2", "model": MODEL})
+        assert code == 200
+        wait_for(lambda: status(a)["pins"] == {}, what="a to see the unpin made through b")
+
+
+def test_a_key_made_and_revoked_through_one_gateway_holds_on_the_other_at_once(tmp_path, neurons,
+                                                                               postgres_url):  # noqa: F811
+    with two_gateways(tmp_path, neurons, postgres_url) as (a, b):
+        assert http_json("GET", b.url + "/v1/models")[0] == 200  # no key anywhere: open
+        name, key = make_key(a)
+        # b was told of the key by NOTIFY: keyed from then on, not at its next five-second refresh.
+        wait_for(lambda: TOLD_KEYS in b.log(), what="b told of the new key")
+        assert http_json("GET", b.url + "/v1/models")[0] == 401
+        assert isinstance(chat(oai(b, key), 4, stream=False), int)
+        code, _ = admin(a, "DELETE", f"/keys/{name}")
+        assert code == 200
+        wait_for(lambda: b.log().count(TOLD_KEYS) >= 2, what="b told of the revocation")
+        assert http_json("GET", b.url + "/v1/models", headers={"Authorization": f"Bearer {key}"})[0] == 401
+        assert admin(b, "GET", "/keys")[0] == 200  # the admin key (the config file's) still works
