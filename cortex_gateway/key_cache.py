@@ -1,9 +1,11 @@
 """The keys a gateway accepts, in memory: the config file's and the state database's, by sha256 hash.
 
 The request path reads this cache and nothing else for a known key: no database call, not even an
-await. The whole table of active keys is read at start and again every `REFRESH_S` in the background
-(so a key made, changed or revoked through another gateway on the same PostgreSQL is seen within that
-time); what this gateway's admin API changes is applied here at once (`put`, `revoke`), so a PATCH or
+await. The whole table of active keys is read at start, again at once when another gateway on the same
+PostgreSQL tells of a change to a key (its NOTIFY: a key made, changed or revoked there holds here from
+the next request, and a gateway that served without keys becomes keyed), and every `REFRESH_S` in the
+background, the fallback for a notification missed while the listening connection was down; what
+this gateway's admin API changes is applied here at once (`put`, `revoke`), so a PATCH or
 a revocation holds for this gateway's very next request.
 
 A hash not in the table may be a key made elsewhere since the last refresh, so it is looked up once;
@@ -49,6 +51,10 @@ class KeyCache:
         self._changes = 0  # bumped by every change through this gateway: a refresh begun before one is stale
         self._clock = clock
         self._allowance, self._allowance_at = LOOKUPS_PER_S, clock()
+        self._told_task: asyncio.Task | None = None
+        self._again = False  # told of a change while reading: read once more
+        if db is not None:
+            db.on_change("keys", self._told)
 
     @property
     def keyed(self) -> bool:
@@ -128,6 +134,10 @@ class KeyCache:
         """Read every key; False (nothing replaced) if a change through this gateway came meanwhile."""
         if self.db is None:
             return True
+        try:
+            await self.db.listen()  # (again, after the database dropped the listening connection)
+        except StateError as exc:
+            log.debug("not listening for key changes: %s", exc)
         before = self._changes
         keys = await self.db.list_keys(include_revoked=True)
         if before != self._changes:
@@ -138,12 +148,33 @@ class KeyCache:
         return True
 
     async def run(self, interval: float = REFRESH_S) -> None:
-        while True:
-            await asyncio.sleep(interval)
-            try:
-                await self.refresh()
-            except StateError as exc:  # keep serving the keys known; the next round tries again
-                log.warning("cannot refresh the keys from the state database: %s", exc)
+        try:
+            while True:
+                await asyncio.sleep(interval)
+                await self._refresh_logged()
+        finally:
+            if self._told_task is not None:
+                self._told_task.cancel()
+
+    async def _refresh_logged(self) -> bool:
+        try:
+            return await self.refresh()
+        except StateError as exc:  # keep serving the keys known; the next round tries again
+            log.warning("cannot refresh the keys from the state database: %s", exc)
+            return True
+
+    def _told(self) -> None:
+        """Another gateway changed a key: read the table now (one read at a time; one more if told meanwhile)."""
+        self._again = True
+        if self._told_task is None or self._told_task.done():
+            self._told_task = asyncio.ensure_future(self._read_while_told())
+
+    async def _read_while_told(self) -> None:
+        while self._again:
+            self._again = False
+            if not await self._refresh_logged():  # a change here came meanwhile: read again for the other's
+                self._again = True
+        log.info("another gateway changed the keys: read them afresh")
 
 
 KEYS = web.AppKey("key_cache", KeyCache)

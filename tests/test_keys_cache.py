@@ -34,6 +34,12 @@ class FakeDB:
         await self.gate.wait()
         return snapshot
 
+    def on_change(self, topic, callback):  # StateDB's notifications: told of other gateways' changes
+        self.told = callback
+
+    async def listen(self):
+        return False  # as SQLite: no notifications
+
 
 class Clock:
     def __init__(self):
