@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import urllib.request
 
+import openai
 import pytest
 
 from tests.helpers import http_json, load_models, start_gateway, start_neuron, wait_for
@@ -98,3 +99,21 @@ def test_a_key_made_and_revoked_through_one_gateway_holds_on_the_other_at_once(t
         wait_for(lambda: b.log().count(TOLD_KEYS) >= 2, what="b told of the revocation")
         assert http_json("GET", b.url + "/v1/models", headers={"Authorization": f"Bearer {key}"})[0] == 401
         assert admin(b, "GET", "/keys")[0] == 200  # the admin key (the config file's) still works
+
+
+def test_a_response_stored_through_one_gateway_is_found_and_deleted_through_the_other(tmp_path, neurons,
+                                                                                      postgres_url):  # noqa: F811
+    with two_gateways(tmp_path, neurons, postgres_url) as (a, b):
+        _, key = make_key(a)
+        through_a, through_b = oai(a, key), oai(b, key)
+        first = through_a.responses.create(model=MODEL, input="hi", max_output_tokens=4)
+        follow_up = through_b.responses.create(model=MODEL, input="and then?", max_output_tokens=4,
+                                               previous_response_id=first.id)
+        assert follow_up.previous_response_id == first.id
+        assert through_b.responses.retrieve(first.id).id == first.id
+        _, other = make_key(b)  # another key's responses are not this one's, on either gateway
+        with pytest.raises(openai.NotFoundError):
+            oai(a, other).responses.retrieve(first.id)
+        through_b.responses.delete(first.id)
+        with pytest.raises(openai.NotFoundError):
+            through_a.responses.retrieve(first.id)  # a held it in memory: the database's word wins

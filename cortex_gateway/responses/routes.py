@@ -67,6 +67,8 @@ async def create(request: web.Request) -> web.StreamResponse:
     data = require_object(await read_json(request))
     RESPONSES.check(data)
     check_lengths(data)
+    if (previous := previous_id(data)) is not None:
+        await request.app[RESPONSE_STORE].load(previous)  # on PostgreSQL: made through any gateway
     translated = to_chat(data, _history(request, previous_id(data)), request.app[LIFECYCLE].config.hosted_tools)
     request[_DROPPED] = translated.dropped
     store = request.app[RESPONSE_STORE]
@@ -114,8 +116,9 @@ def _lookup(request: web.Request, response_id: str) -> StoredResponse | None:
     return entry if entry is not None and entry.owner == _owner(request) else None
 
 
-def _stored(request: web.Request) -> StoredResponse:
+async def _stored(request: web.Request) -> StoredResponse:
     response_id = request.match_info["response_id"]
+    await request.app[RESPONSE_STORE].load(response_id)  # on PostgreSQL: made or deleted through any gateway
     entry = _lookup(request, response_id)
     if entry is None:
         raise _not_found(response_id)
@@ -131,18 +134,18 @@ async def retrieve(request: web.Request) -> web.Response:
     if request.query.get("stream", "false").lower() not in ("false", "0"):
         raise bad_request("stream: a stored response cannot be replayed as a stream here; GET it without "
                           "stream", param="stream")
-    return json_response(_stored(request).response)
+    return json_response((await _stored(request)).response)
 
 
 async def delete(request: web.Request) -> web.Response:
-    response_id = _stored(request).response["id"]
-    request.app[RESPONSE_STORE].delete(response_id)
+    response_id = (await _stored(request)).response["id"]
+    await request.app[RESPONSE_STORE].remove(response_id)
     return json_response({"id": response_id, "object": "response", "deleted": True})
 
 
 async def input_items(request: web.Request) -> web.Response:
     """One page of a stored response's own input items (newest first unless order=asc), as OpenAI pages them."""
-    items = _stored(request).input_items
+    items = (await _stored(request)).input_items
     order, after = request.query.get("order", "desc"), request.query.get("after")
     if order not in ("asc", "desc"):
         raise bad_request('order: expected "asc" or "desc"', param="order")

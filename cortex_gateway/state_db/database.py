@@ -21,7 +21,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from cortex_gateway.state_db import keys, shared, usage
+from cortex_gateway.state_db import keys, responses, shared, usage
 from cortex_gateway.state_db.migrations import migrate
 from cortex_gateway.state_db.records import ApiKey, KeySettings, Released, Reservation, StateError, UsageRow
 from cortex_gateway.state_db.script import Driver, Script, T
@@ -166,6 +166,19 @@ class StateDB:
 
     async def recent_events(self, limit: int) -> list[dict]:
         return await self._driver.read(lambda: shared.recent_events(limit))
+
+    # -- stored responses (cortex_gateway.responses.store, on PostgreSQL) ---------------------------
+    async def put_response(self, response_id: str, owner: str, size: int, body: str, max_entries: int,
+                           ttl_s: float) -> None:
+        """Store a response, and keep its owner to `max_entries` responses none older than `ttl_s`."""
+        now = self.clock()
+        await self._driver.write(lambda: responses.put(response_id, owner, now, size, body, max_entries, now - ttl_s))
+
+    async def get_response(self, response_id: str, ttl_s: float) -> tuple[str, float, int, str] | None:
+        return await self._driver.read(lambda: responses.get(response_id, self.clock() - ttl_s))
+
+    async def delete_response(self, response_id: str) -> None:
+        await self._driver.write(lambda: responses.delete(response_id))
 
     # -- budgets and usage -----------------------------------------------------------------------
     async def reserve(self, key: str, model: str, window: str, tokens: int, budget: int | None) -> Reservation | None:

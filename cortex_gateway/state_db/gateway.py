@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 
 from aiohttp import web
 
-from cortex_gateway.state import STATE_DB
+from cortex_gateway.state import RESPONSE_STORE, STATE_DB
 from cortex_gateway.state_db.database import StateDB
 from cortex_gateway.state_db.records import StateError
 from neuron.shared.files import write_atomic
@@ -61,8 +61,12 @@ async def open_for_gateway(config: GatewayConfig) -> StateDB:
 def state_ctx(config: GatewayConfig):
     """The app's cleanup_ctx entry: the database open before anything else starts, closed after all else."""
     async def ctx(app: web.Application):
-        app[STATE_DB] = await open_for_gateway(config)
+        db = app[STATE_DB] = await open_for_gateway(config)
+        if db.dialect == "postgresql" and RESPONSE_STORE in app:  # SQLite: one gateway, its responses in memory
+            app[RESPONSE_STORE].attach(db)
         yield
-        await app[STATE_DB].close()
+        if RESPONSE_STORE in app:
+            await app[RESPONSE_STORE].close()  # its last writes, before the database closes
+        await db.close()
 
     return ctx

@@ -81,7 +81,16 @@ SHARED_ADMIN = Migration(2, "pins and drains made through the admin API, the fle
     "CREATE INDEX events_by_time ON events (time)",
 ))
 
-MIGRATIONS: tuple[Migration, ...] = (KEYS_AND_USAGE, SHARED_ADMIN)
+STORED_RESPONSES = Migration(3, "the Responses store, shared by gateways on PostgreSQL", both=(
+    # A stored response (previous_response_id, GET, DELETE): its owner (the sha256 of the key that made it, ''
+    # without keys), its size as the store counts it, and its JSON (the response, its input items, the conversation).
+    """CREATE TABLE responses (
+        id TEXT NOT NULL PRIMARY KEY, owner TEXT NOT NULL, stored_at DOUBLE PRECISION NOT NULL,
+        size BIGINT NOT NULL, body TEXT NOT NULL)""",
+    "CREATE INDEX responses_by_owner ON responses (owner, stored_at)",
+))
+
+MIGRATIONS: tuple[Migration, ...] = (KEYS_AND_USAGE, SHARED_ADMIN, STORED_RESPONSES)
 LATEST = MIGRATIONS[-1].version
 # Any constant shared by every cortex gateway: the key of the advisory lock migrations take on PostgreSQL.
 _LOCK_KEY = 0x636F72746578  # "cortex"
