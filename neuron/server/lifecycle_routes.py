@@ -6,10 +6,12 @@ import asyncio
 import time
 from pathlib import Path
 
+import orjson
 from aiohttp import web
 
 from neuron.engine.faults import FAULT_KINDS
 from neuron.pulls.disk import delete_model
+from neuron.server import conditional
 from neuron.server.catalog import estimate_mb, scan
 from neuron.server.state import FAULTS, METRICS, NODE_NAME, PULLER, REGISTRY, STARTED_AT
 from neuron.shared.errors import bad_request
@@ -18,19 +20,26 @@ from neuron.shared.http import json_response, read_json
 from neuron.shared.protocol import AvailableModel, Health, LoadRequest, ModelLoad, PullRequest, UnloadRequest
 
 
-async def available(request: web.Request) -> web.Response:
-    registry = request.app[REGISTRY]
+def available_payload(app: web.Application) -> dict:
+    registry = app[REGISTRY]
     on_cpu = registry.devices.ids == ["cpu"]
     models = [AvailableModel(r.id, r.format, r.shown_path, round(r.size_mb, 2), round(estimate_mb(r, None, on_cpu), 1),
                              r.kind) for r in scan(registry.models_dir)]
-    return json_response({"models": [m.to_dict() for m in models]})
+    return {"models": [m.to_dict() for m in models]}
+
+
+def models_payload(app: web.Application) -> dict:
+    registry = app[REGISTRY]
+    return {"models": [m.info().to_dict() for m in registry.models.values()], "failures": registry.failures,
+            "pulls": [p.to_dict() for p in app[PULLER].states()]}
+
+
+async def available(request: web.Request) -> web.Response:
+    return conditional.json_answer(request, available_payload(request.app))
 
 
 async def models(request: web.Request) -> web.Response:
-    registry = request.app[REGISTRY]
-    return json_response({"models": [m.info().to_dict() for m in registry.models.values()],
-                          "failures": registry.failures,
-                          "pulls": [p.to_dict() for p in request.app[PULLER].states()]})
+    return conditional.json_answer(request, models_payload(request.app))
 
 
 async def pull(request: web.Request) -> web.Response:
@@ -68,12 +77,17 @@ async def unload(request: web.Request) -> web.Response:
 
 
 async def health(request: web.Request) -> web.Response:
+    """The node's health, with the ETags of /models and /models/available in it (one poll, not three, on a
+    node where nothing changed). Its own tag leaves out the uptime, which moves on every call."""
     app = request.app
     registry = app[REGISTRY]
     models = [_load_of(m) for m in registry.models.values()]
-    health = Health("ok", app[NODE_NAME], round(time.monotonic() - app[STARTED_AT], 3),
-                    registry.devices.snapshot(), models)
-    return json_response(health.to_dict())
+    health = Health("ok", app[NODE_NAME], 0.0, registry.devices.snapshot(), models,
+                    models_etag=conditional.tag_of(orjson.dumps(models_payload(app))),
+                    available_etag=conditional.tag_of(orjson.dumps(available_payload(app))))
+    tag = conditional.tag_of(orjson.dumps(health.to_dict()) + repr(app[STARTED_AT]).encode())
+    health.uptime_s = round(time.monotonic() - app[STARTED_AT], 3)
+    return conditional.answer(request, orjson.dumps(health.to_dict()), tag)
 
 
 def _load_of(entry) -> ModelLoad:

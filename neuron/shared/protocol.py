@@ -247,6 +247,10 @@ class Health(_Answer):
     uptime_s: float = 0.0
     devices: list[DeviceInfo] = field(default_factory=list)
     models: list[ModelLoad] = field(default_factory=list)
+    # The ETags GET /models and GET /models/available answer with now: a poller that holds both asks for
+    # neither until one changes. Empty from a neuron older than them (ask every time).
+    models_etag: str = ""
+    available_etag: str = ""
 
     @property
     def free_mb(self) -> float:
