@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import orjson
 from aiohttp import web
 
 from cortex_gateway import allow_list
@@ -41,14 +42,50 @@ def catalog(fleet: Fleet, lifecycle: Lifecycle) -> list[dict]:
     return sorted(entries.values(), key=lambda e: e["id"])
 
 
+class CatalogCache:
+    """The catalog and its OpenAI `/v1/models` body, built again only when what they are made of changed:
+    a node's models or listing (the fleet's catalog version), the pins, or the config. Building one reads
+    every node, so a fleet of a thousand would pay that on every request otherwise."""
+
+    def __init__(self) -> None:
+        self._key: tuple | None = None
+        self.entries: list[dict] = []
+        self._body: bytes | None = None
+
+    def get(self, fleet: Fleet, lifecycle: Lifecycle) -> list[dict]:
+        key = (fleet.catalog_version, id(lifecycle.config),
+               tuple(sorted((m, tuple(sorted(n))) for m, n in lifecycle.pins.items() if n)))
+        if key != self._key:
+            self._key, self.entries, self._body = key, catalog(fleet, lifecycle), None
+        return self.entries
+
+    def body(self, fleet: Fleet, lifecycle: Lifecycle) -> bytes:
+        """The `/v1/models` answer for a key that may see every model, serialised once per version."""
+        entries = self.get(fleet, lifecycle)
+        if self._body is None:
+            self._body = orjson.dumps({"object": "list", "data": entries})
+        return self._body
+
+
+CATALOG = web.AppKey("catalog_cache", CatalogCache)
+
+
+def _cache(app: web.Application) -> CatalogCache:
+    return app[CATALOG] if CATALOG in app else CatalogCache()
+
+
 def visible_catalog(request: web.Request) -> list[dict]:
     """The catalog as the request's key may see it (its allow-list applied)."""
     app = request.app
-    return allow_list.visible(request.get(TENANT), catalog(app[FLEET], app[LIFECYCLE]),
+    return allow_list.visible(request.get(TENANT), _cache(app).get(app[FLEET], app[LIFECYCLE]),
                               app[LIFECYCLE].config.resolve_alias)
 
 
 async def list_models(request: web.Request) -> web.Response:
+    tenant = request.get(TENANT)
+    if not _anthropic(request) and (tenant is None or tenant.settings.models is None):
+        app = request.app
+        return web.Response(body=_cache(app).body(app[FLEET], app[LIFECYCLE]), content_type="application/json")
     models = visible_catalog(request)
     if _anthropic(request):  # the Anthropic SDK's models.list
         data = [anthropic_model(m) for m in models]
@@ -93,6 +130,7 @@ async def root(_request: web.Request) -> web.Response:
 
 
 def add_routes(app: web.Application) -> None:
+    app[CATALOG] = CatalogCache()
     app.router.add_get("/", root)
     app.router.add_get("/v1/models", list_models)
     app.router.add_get("/v1/models/{model:.+}", get_model)

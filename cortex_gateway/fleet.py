@@ -18,10 +18,11 @@ from dataclasses import dataclass, field
 import aiohttp
 
 from cortex_gateway.config import NeuronSpec
-from neuron.shared.client import NeuronClient, NeuronError
+from neuron.shared.client import NeuronClient, NeuronError, Polled
 from neuron.shared.protocol import AvailableModel, Health, ModelInfo, ModelState, PullState
 
 log = logging.getLogger("cortex.gateway.fleet")
+_LISTINGS = frozenset({"models", "available"})  # what the model -> nodes index and the catalog are built from
 
 
 @dataclass
@@ -39,6 +40,14 @@ class Node:
     # them after their file); kept across polls, which list the node's ids only.
     aliases: dict[str, str] = field(default_factory=dict)
     draining: bool = False  # `cortex drain`: no new placements; what runs there finishes
+    # Told when `models` or `available` is replaced (the fleet's index and catalog version follow), by
+    # whoever replaces it: a poll, a test. A change in place (a load's) is followed by `Fleet.poll_node`.
+    on_listing: Callable[[Node], None] | None = field(default=None, repr=False, compare=False)
+
+    def __setattr__(self, name: str, value) -> None:
+        object.__setattr__(self, name, value)
+        if name in _LISTINGS and (hook := self.__dict__.get("on_listing")) is not None:
+            hook(self)
 
     @property
     def accepting(self) -> bool:
@@ -79,6 +88,12 @@ class Fleet:
         self.usage: dict[tuple[str, str], Usage] = collections.defaultdict(Usage)
         self.events: collections.deque[dict] = collections.deque(maxlen=200)
         self.on_polled: Callable[[Node], None] = lambda node: None  # after each good poll (the lifecycle learns)
+        # Raised whenever a node's models or listing changed: what the catalog (/v1/models) is cached by.
+        self.catalog_version = 0
+        self.loaded_index: dict[str, set[str]] = {}  # model -> names of the nodes it is loaded on
+        self._indexed: dict[str, frozenset[str]] = {}  # node -> the models `loaded_index` has it under
+        for node in self.nodes.values():
+            node.on_listing = self.reindex
 
     def event(self, kind: str, **details) -> None:
         self.events.append({"time": time.time(), "kind": kind, **details})
@@ -94,25 +109,64 @@ class Fleet:
         return sum(u.in_flight for (n, _), u in self.usage.items() if n == node)
 
     async def poll_node(self, node: Node) -> None:
+        """Poll `node` now, after the gateway changed what it holds of it (a load, an unload): routing and
+        the catalog see the change at once, and the node's answer confirms or corrects it."""
+        self.reindex(node)
+        await self._poll(node)
+
+    async def _poll(self, node: Node) -> None:
+        """One poll: only what the node says changed (its ETags) is asked for, parsed and re-indexed."""
         try:
-            t = self.poll_timeout
-            health, (models, pulls), available = await asyncio.gather(
-                node.client.health(t), node.client.models_and_pulls(t), node.client.available(t))
+            health, models, available = await self._fetch(node)
         except NeuronError as err:
             self.mark_failed(node, err.message)
             return
-        node.health = health
-        node.models = {m.id: m for m in models}
-        for name, node_id in node.aliases.items():
-            if node_id in node.models:
-                node.models[name] = node.models[node_id]
-        node.pulls = pulls
-        node.available = {m.id: m for m in available}
+        node.health = health.value
+        if models.changed:
+            listed, node.pulls = models.value
+            node.models = {m.id: m for m in listed}
+        if available.changed:
+            node.available = {m.id: m for m in available.value}
+        if _apply_aliases(node):  # replacing `models` or `available` above re-indexed already
+            self.reindex(node)
         node.failures = 0
         self.on_polled(node)
         if not node.healthy:
             node.healthy = True
             self.event("node_up", node=node.name)
+
+    async def _fetch(self, node: Node) -> tuple[Polled, Polled, Polled]:
+        """/health first, then /models and /models/available only if the ETags it names differ from the ones
+        held. A first poll, or a node older than ETags, asks for all three at once."""
+        client, t = node.client, self.poll_timeout
+        if "/health" not in client.held:
+            return await asyncio.gather(client.poll_health(t), client.poll_models(t), client.poll_available(t))
+        health = await client.poll_health(t)
+        models = await _if_stale(client, "/models", health.value.models_etag, client.poll_models, t)
+        available = await _if_stale(client, "/models/available", health.value.available_etag,
+                                    client.poll_available, t)
+        return health, models, available
+
+    def reindex(self, node: Node) -> None:
+        """Node `node`'s models or listing changed: the model -> nodes index and the catalog version follow."""
+        self.catalog_version += 1
+        now = frozenset(m for m in node.models if node.has_loaded(m))
+        before = self._indexed.get(node.name, frozenset())
+        for model in before - now:
+            names = self.loaded_index.get(model)
+            if names is not None:
+                names.discard(node.name)
+                if not names:
+                    del self.loaded_index[model]
+        for model in now - before:
+            self.loaded_index.setdefault(model, set()).add(node.name)
+        self._indexed[node.name] = now
+
+    def nodes_with(self, model: str) -> list[Node]:
+        """The nodes whose last poll (or the gateway's own load) listed `model` as loaded; a superset at worst
+        (a model unloaded since is dropped at the next poll), so callers still check `has_loaded`."""
+        names = self.loaded_index.get(model)
+        return [self.nodes[n] for n in names] if names else []
 
     def mark_failed(self, node: Node, message: str) -> None:
         """A poll or a request could not reach the node; `down_after` in a row mark it down."""
@@ -123,11 +177,30 @@ class Fleet:
             self.event("node_down", node=node.name, reason=message)
 
     async def poll_all(self) -> None:
-        await asyncio.gather(*(self.poll_node(n) for n in self.nodes.values()))
+        await asyncio.gather(*(self._poll(n) for n in self.nodes.values()))
 
     async def run_poller(self, interval: float) -> None:
         """Poll every `interval` seconds; the app polls once before serving, so this waits first."""
         await every(interval, self.poll_all, "poll")
+
+
+def _apply_aliases(node: Node) -> bool:
+    """List the models a profile loaded by path or source under the gateway's name too; True if one was new."""
+    added = False
+    for name, node_id in node.aliases.items():
+        info = node.models.get(node_id)
+        if info is not None and node.models.get(name) is not info:
+            node.models[name] = info
+            added = True
+    return added
+
+
+async def _if_stale(client: NeuronClient, path: str, etag: str, poll, timeout: float) -> Polled:
+    """Ask for `path` (conditionally) unless the answer held carries `etag`, as /health says it does now."""
+    held = client.held.get(path)
+    if etag and held is not None and held.etag == etag:
+        return Polled(held.value, False)
+    return await poll(timeout)
 
 
 async def every(interval: float, step: Callable[[], Awaitable[None]], what: str) -> None:

@@ -151,12 +151,13 @@ class Lifecycle:
                     keys: RequestKeys | None = None) -> Node | None:
         """The hot path: a node that has `model` loaded, decided without awaiting anything.
 
-        Only nodes holding the model are looked at, so the cost does not grow with the fleet's catalog.
-        The request's `keys` are read (its body parsed) only when two or more nodes have it loaded: with
-        one there is nothing to choose, and the body passes through unread.
+        Only nodes holding the model are looked at (the fleet's model -> nodes index, kept on poll), so the
+        cost grows neither with the fleet nor with its catalog. The request's `keys` are read (its body
+        parsed) only when two or more nodes have it loaded: with one there is nothing to choose, and the
+        body passes through unread.
         """
         views, yielding = [], self.cold.claimed_on(model) if self.cold.claims else frozenset()
-        for node in self.fleet.nodes.values():
+        for node in self.fleet.nodes_with(model):
             if node.accepting and node.has_loaded(model) and node.name not in yielding:
                 # The gateway's exact count, or the node's last polled one if more (it sees other clients too, but
                 # also the gateway's own requests of that moment: a sum would count those twice).

@@ -8,6 +8,8 @@ can re-raise it to their own clients as it is.
 
 from __future__ import annotations
 
+import time
+from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
@@ -38,12 +40,30 @@ class NeuronError(ApiError):
                    retry_after=err.retry_after, details=err.details)
 
 
+@dataclass
+class Held:
+    """A polled answer as last parsed, with the ETag the node gave it (conditional polls)."""
+
+    etag: str
+    value: Any
+    at: float  # time.monotonic() when it was last confirmed
+
+
+@dataclass(frozen=True)
+class Polled:
+    """What a conditional poll got: the parsed answer, and whether it differs from the one held before."""
+
+    value: Any
+    changed: bool
+
+
 class NeuronClient:
     def __init__(self, endpoint: str, session: aiohttp.ClientSession, token: str | None = None):
         self.endpoint = endpoint.rstrip("/")
         self.session = session
         self.headers = {"Authorization": f"Bearer {token}"} if token else {}
         self.json_headers = {"Content-Type": "application/json", **self.headers}  # built once, sent per request
+        self.held: dict[str, Held] = {}  # path -> the last answer of a conditional poll that came with an ETag
 
     async def _call(self, method: str, path: str, body: Any = None, timeout: float = 10.0) -> dict:
         data = None if body is None else orjson.dumps(body)
@@ -60,6 +80,56 @@ class NeuronClient:
             raise NeuronError(0, "api_error", f"{self.endpoint}: {exc.__class__.__name__} {exc}",
                               code="node_unreachable") from exc
 
+    async def _poll(self, path: str, parse, timeout: float) -> Polled:
+        """GET `path` sending the ETag held for it: a 304 keeps the answer held (not parsed again). A node
+        that sends no ETag (older than them) gets plain GETs, as before."""
+        held = self.held.get(path)
+        headers = with_request_id({**self.headers, "If-None-Match": held.etag} if held else self.headers)
+        try:
+            async with self.session.get(self.endpoint + path, headers=headers,
+                                        timeout=aiohttp.ClientTimeout(total=timeout)) as resp:
+                raw = await resp.read()
+                if resp.status == 304 and held is not None:
+                    held.at = time.monotonic()
+                    return Polled(held.value, False)
+                if resp.status >= 400 or resp.status == 304:
+                    raise NeuronError.from_api_error(error_from_envelope(resp.status, raw))
+                etag = resp.headers.get("ETag")
+        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+            raise NeuronError(0, "api_error", f"{self.endpoint}: {exc.__class__.__name__} {exc}",
+                              code="node_unreachable") from exc
+        value = parse(_parse(raw))
+        if etag:
+            self.held[path] = Held(etag, value, time.monotonic())
+        else:
+            self.held.pop(path, None)
+        return Polled(value, True)
+
+    def forget(self, path: str | None = None) -> None:
+        """Drop the held answer of `path` (all of them without one): the next poll asks in full."""
+        if path is None:
+            self.held.clear()
+        else:
+            self.held.pop(path, None)
+
+    async def poll_health(self, timeout: float = 5.0) -> Polled:
+        """GET /health, conditionally. A 304 leaves out only the uptime, which is advanced here by the time
+        passed since the answer held was given."""
+        before = self.held.get("/health")
+        since = before.at if before else 0.0
+        polled = await self._poll("/health", Health.from_dict, timeout)
+        if not polled.changed:
+            polled.value.uptime_s = round(polled.value.uptime_s + self.held["/health"].at - since, 3)
+        return polled
+
+    async def poll_models(self, timeout: float = 5.0) -> Polled:
+        """GET /models, conditionally: (models, pulls) as `models_and_pulls` answers them."""
+        return await self._poll("/models", _models_and_pulls, timeout)
+
+    async def poll_available(self, timeout: float = 5.0) -> Polled:
+        """GET /models/available, conditionally."""
+        return await self._poll("/models/available", _available, timeout)
+
     async def health(self, timeout: float = 5.0) -> Health:
         return Health.from_dict(await self._call("GET", "/health", timeout=timeout))
 
@@ -68,9 +138,7 @@ class NeuronClient:
 
     async def models_and_pulls(self, timeout: float = 5.0) -> tuple[list[ModelInfo], list[PullState]]:
         """GET /models: the loaded models, and the pulls from the hub running or lately ended."""
-        answer = await self._call("GET", "/models", timeout=timeout)
-        return ([ModelInfo.from_dict(m) for m in answer.get("models", [])],
-                [PullState.from_dict(p) for p in answer.get("pulls", []) if isinstance(p, dict) and "source" in p])
+        return _models_and_pulls(await self._call("GET", "/models", timeout=timeout))
 
     async def pull(self, source: str, *, wait: bool = False, timeout: float = 30.0) -> PullState:
         return PullState.from_dict(await self._call("POST", "/models/pull", {"source": source, "wait": wait},
@@ -80,8 +148,7 @@ class NeuronClient:
         return await self._call("POST", "/models/delete", {"model": model}, timeout=timeout)
 
     async def available(self, timeout: float = 5.0) -> list[AvailableModel]:
-        answer = await self._call("GET", "/models/available", timeout=timeout)
-        return [AvailableModel.from_dict(m) for m in answer.get("models", [])]
+        return _available(await self._call("GET", "/models/available", timeout=timeout))
 
     async def load(self, spec: dict, timeout: float = 600.0) -> ModelInfo:
         return ModelInfo.from_dict(await self._call("POST", "/models/load", spec, timeout=timeout))
@@ -97,3 +164,12 @@ def _parse(raw: bytes) -> dict:
     except orjson.JSONDecodeError:
         return {}
     return value if isinstance(value, dict) else {}
+
+
+def _models_and_pulls(answer: dict) -> tuple[list[ModelInfo], list[PullState]]:
+    return ([ModelInfo.from_dict(m) for m in answer.get("models", [])],
+            [PullState.from_dict(p) for p in answer.get("pulls", []) if isinstance(p, dict) and "source" in p])
+
+
+def _available(answer: dict) -> list[AvailableModel]:
+    return [AvailableModel.from_dict(m) for m in answer.get("models", [])]
