@@ -18,6 +18,7 @@ from cortex_gateway.fleet import Fleet, Node
 from cortex_gateway.lifecycle import Lifecycle
 from cortex_gateway.scaler import waiting_at
 from cortex_gateway.shared_admin import SHARED_ADMIN
+from cortex_gateway.shared_events import SHARED_EVENTS
 from cortex_gateway.state import FLEET, LIFECYCLE, METRICS
 from cortex_gateway.state_db import StateError
 from neuron.shared.client import NeuronError
@@ -84,9 +85,16 @@ async def status(request: web.Request) -> web.Response:
         "pins": {m: sorted(n) for m, n in lifecycle.pins.items() if n},
         "strategy": lifecycle.config.strategy,
         "stats": request.config_dict[METRICS].recent.all(),
-        "events": list(fleet.events)[-50:],
+        "events": await _events(request, 50),
         "models": _model_summaries(fleet, lifecycle),
     })
+
+
+async def _events(request: web.Request, limit: int) -> list[dict]:
+    """The fleet's newest events: every gateway's on PostgreSQL (`shared_events`), else this one's."""
+    if SHARED_EVENTS in request.config_dict:
+        return await request.config_dict[SHARED_EVENTS].recent(limit)
+    return list(request.config_dict[FLEET].events)[-limit:]
 
 
 async def models(request: web.Request) -> web.Response:

@@ -24,6 +24,7 @@ from cortex_gateway.responses import routes as responses_routes
 from cortex_gateway.responses.store import ResponseStore
 from cortex_gateway.scaler import Replicas
 from cortex_gateway.shared_admin import shared_admin_ctx
+from cortex_gateway.shared_events import shared_events_ctx
 from cortex_gateway.state import FLEET, KEEPALIVE_S, LIFECYCLE, METRICS, RESPONSE_STORE, SESSION
 from cortex_gateway.state_db.gateway import state_ctx
 from neuron.shared import request_context
@@ -74,6 +75,7 @@ def create_app(config: GatewayConfig, *, session: aiohttp.ClientSession | None =
     app.cleanup_ctx.append(keys_ctx(config.auth))  # the keys, config and database, in memory before a request
     app.cleanup_ctx.append(_fleet_ctx(config, session))
     app.cleanup_ctx.append(shared_admin_ctx(config.poll_interval_s))  # pins and drains of every gateway
+    app.cleanup_ctx.append(shared_events_ctx())  # on PostgreSQL, the fleet's events of every gateway
     catalog_routes.add_routes(app)
     openai_routes.add_routes(app)
     anthropic_routes.add_routes(app)

@@ -67,6 +67,10 @@ def test_a_drain_and_a_pin_made_through_one_gateway_hold_on_the_other(tmp_path, 
         assert code == 200 and body["draining"] is True, body
         wait_for(lambda: draining(b, "n1"), what="b to see n1 drained")
         wait_for(lambda: TOLD_ADMIN in b.log(), what="b told of the drain (NOTIFY), not only at its next round")
+        a_id = (tmp_path / "sa" / "gateway_id").read_text().strip()
+        wait_for(lambda: {"kind": "drain", "node": "n1", "gateway": a_id}.items() <= next(
+            (e for e in reversed(status(b)["events"]) if e["kind"] == "drain"), {}).items(),
+            what="a's drain in the event log b shows")
         before = {node: served_on(b, node) for node in NODES}
         client = oai(b, "unused")  # no key exists yet: the API is open
         for _ in range(4):
