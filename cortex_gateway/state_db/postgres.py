@@ -45,7 +45,7 @@ class PostgresDriver:
         try:
             self._pool = await asyncpg.create_pool(self.url, min_size=1, max_size=self.pool_size,
                                                    timeout=CONNECT_TIMEOUT_S, command_timeout=STATEMENT_TIMEOUT_S)
-        except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError, ValueError) as exc:
+        except (*_failures(asyncpg), ValueError) as exc:
             raise StateError(f"cannot connect to the state database {self.where}: {_reason(exc)}") from None
 
     async def write(self, make: Callable[[], Script[T]], durable: bool = True) -> T:
@@ -74,7 +74,7 @@ class PostgresDriver:
                 return await drive_async(script, lambda statement: _statement(conn, statement))
         except (asyncpg.DeadlockDetectedError, asyncpg.SerializationError):
             raise
-        except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        except _failures(asyncpg) as exc:
             raise StateError(f"state database {self.where}: {_reason(exc)}") from exc
 
     async def notify(self, channel: str, payload: str) -> None:
@@ -82,7 +82,7 @@ class PostgresDriver:
         try:
             async with self._pool.acquire() as conn:
                 await conn.execute("SELECT pg_notify($1, $2)", channel, payload)
-        except (OSError, TimeoutError, self._asyncpg.PostgresError, self._asyncpg.InterfaceError) as exc:
+        except _failures(self._asyncpg) as exc:
             raise StateError(f"state database {self.where}: {_reason(exc)}") from exc
 
     async def listen(self, channel: str, callback: Callable[[str], None]) -> bool:
@@ -95,7 +95,7 @@ class PostgresDriver:
         try:
             conn = await asyncpg.connect(self.url, timeout=CONNECT_TIMEOUT_S)
             await conn.add_listener(channel, lambda _conn, _pid, _channel, payload: callback(payload))
-        except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        except _failures(asyncpg) as exc:
             if conn is not None:
                 conn.terminate()
             raise StateError(f"state database {self.where}: {_reason(exc)}") from exc
@@ -119,6 +119,12 @@ async def _statement(conn, statement: Statement) -> Any:
         return [tuple(row) for row in await conn.fetch(statement.sql, *statement.args)]
     await conn.execute(statement.sql, *statement.args)
     return None
+
+
+def _failures(asyncpg) -> tuple[type[BaseException], ...]:
+    """What a lost or refusing server raises: the socket's errors, the server's, and asyncpg's own (a connection
+    cut mid-statement, while the server shuts down, can surface as its InternalClientError)."""
+    return (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError, asyncpg.InternalClientError)
 
 
 def _reason(exc: BaseException) -> str:
