@@ -5,12 +5,16 @@ once (the other is told by NOTIFY, and says so in its log). Skipped, saying why,
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import urllib.request
 
 import openai
 import pytest
 
+from cortex_gateway.state_db import StateDB
+from cortex_gateway.state_db.migrations import LATEST
+from cortex_gateway.state_db.script import rows
 from tests.helpers import http_json, load_models, start_gateway, start_neuron, wait_for
 from tests.postgres_server import postgres, postgres_url  # noqa: F401 - fixtures
 from tests.test_budgets_gateway import AUTH_TOML, MODEL, admin, chat, make_key, oai
@@ -39,8 +43,11 @@ def two_gateways(tmp_path, neurons, url):
     toml = f'{AUTH_TOML}\n[state]\nurl = "{url}"'
     for where in ("a", "b"):
         (tmp_path / where).mkdir()
-    with start_gateway(tmp_path / "a", neurons, extra_toml=toml, state_dir=tmp_path / "sa") as a, \
-            start_gateway(tmp_path / "b", neurons, extra_toml=toml, state_dir=tmp_path / "sb") as b:
+    # Started together on a fresh database: both migrate it at once (one waits on the advisory lock).
+    with start_gateway(tmp_path / "a", neurons, extra_toml=toml, state_dir=tmp_path / "sa", wait=False) as a, \
+            start_gateway(tmp_path / "b", neurons, extra_toml=toml, state_dir=tmp_path / "sb", wait=False) as b:
+        a.wait_healthy()
+        b.wait_healthy()
         yield a, b
 
 
@@ -121,3 +128,25 @@ def test_a_response_stored_through_one_gateway_is_found_and_deleted_through_the_
         through_b.responses.delete(first.id)
         with pytest.raises(openai.NotFoundError):
             through_a.responses.retrieve(first.id)  # a held it in memory: the database's word wins
+
+
+def test_two_gateways_started_together_on_a_fresh_database_migrate_it_once(tmp_path, neurons,
+                                                                           postgres_url):  # noqa: F811
+    with two_gateways(tmp_path, neurons, postgres_url) as (a, b):
+        migrated = [g for g in (a, b) if "migrated to schema version" in g.log()]
+        assert len(migrated) == 1, "one migrated; the other waited on the lock and found it done"
+        versions = asyncio.run(_versions(postgres_url))
+        assert versions == list(range(1, LATEST + 1))
+
+
+async def _versions(url: str) -> list[int]:
+    db = await StateDB.open(url, None, "test-reader")
+    try:
+        return await db._driver.read(lambda: _select_versions())
+    finally:
+        await db.close()
+
+
+def _select_versions():
+    found = yield rows("SELECT version FROM schema_migrations ORDER BY version")
+    return [int(v) for (v,) in found]
