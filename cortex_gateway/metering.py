@@ -57,6 +57,18 @@ class Meter:
     clock: Callable[[], float] = time.time  # the budget windows' time: seconds since the epoch
     monotonic: Callable[[], float] = time.monotonic  # the buckets' time
     billing: set = field(default_factory=set)  # settlements under way
+    unreachable: bool = False  # the state database failed last: its outage is logged once, and its recovery
+
+    def state_failed(self, exc: StateError) -> None:
+        if not self.unreachable:
+            log.error("the state database is unreachable: requests of budgeted keys get a 503 and usage is not "
+                      "recorded until it answers again: %s", exc)
+        self.unreachable = True
+
+    def state_answered(self) -> None:
+        if self.unreachable:
+            log.warning("the state database answers again: budgeted keys served and usage recorded")
+        self.unreachable = False
 
 
 METER = web.AppKey("meter", Meter)
@@ -121,7 +133,8 @@ async def admit(ex, node=None) -> ApiError | None:
     try:
         refusal = await _hold(ex, metered, context or 0, node) if limited else None
     except StateError as exc:
-        log.error("cannot meter a request of key %s: %s", tenant.name, exc)
+        request.app[METER].state_failed(exc)
+        log.info("cannot meter a request of key %s: %s", tenant.name, exc)
         return ApiError(503, "api_error", "the gateway cannot reach its state database to meter this key's "
                         "tokens; retry shortly", code="state_unavailable", retry_after=5)
     if refusal is None:
@@ -318,8 +331,10 @@ async def _bill(app: web.Application, metered: Metered, prompt: int, completion:
         else:
             await db.settle(held, prompt, completion)
     except StateError as exc:
-        log.error("usage of key %s not recorded (%d + %d tokens): %s", metered.key.name, prompt, completion, exc)
+        app[METER].state_failed(exc)
+        log.info("usage of key %s not recorded (%d + %d tokens): %s", metered.key.name, prompt, completion, exc)
         return
+    app[METER].state_answered()
     if METRICS in app:
         app[METRICS].observe_key_tokens(metered.key.name, prompt, completion)
 

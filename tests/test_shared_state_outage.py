@@ -24,6 +24,7 @@ from tests.test_budgets_gateway import AUTH_TOML, MODEL, billed, chat, make_key,
 from tests.test_shared_state import neurons  # noqa: F401 - a fixture
 
 OUTAGE_LOG = "cannot read pins and drains from the state database"
+METERING_OUTAGE_LOG = "the state database is unreachable: requests of budgeted keys get a 503"
 
 
 def outcome(client: openai.OpenAI, stream: bool):
@@ -127,5 +128,7 @@ def test_the_database_restarted_under_load(tmp_path, models_dir, restartable):
                          what="the budgeted key served again once the database is back")
                 stop.set()
             assert all(isinstance(r, int) for r in results), [r for r in results if not isinstance(r, int)]
-            assert gateway.log().count(OUTAGE_LOG) == 1, "the outage logged once"
-            wait_for(lambda: "the state database answers again" in gateway.log(), what="the recovery logged")
+            assert gateway.log().count(OUTAGE_LOG) == 1, "the outage logged once by the rounds"
+            assert gateway.log().count(METERING_OUTAGE_LOG) == 1, "and once by the metering, however many requests"
+            wait_for(lambda: "the state database answers again: budgeted keys served" in gateway.log(),
+                     what="the recovery logged")
