@@ -129,3 +129,21 @@ async def test_revoking_every_key_leaves_the_gateway_keyed():
     await restarted.refresh()
     assert restarted.keyed and restarted.cached(alice.key_hash) is None
     assert await restarted.lookup(alice.key_hash) is None and db.by_hash == 0
+
+
+async def test_told_of_a_change_elsewhere_the_table_is_read_once_per_burst_and_the_gateway_keyed():
+    db = FakeDB()
+    cache = KeyCache(db, {})
+    await cache.refresh()
+    assert not cache.keyed
+    db.keys[key("carol").key_hash] = key("carol")  # made through another gateway, which NOTIFYs
+    db.gate.clear()
+    db.told()
+    await asyncio.sleep(0)
+    assert db.lists == 2  # read at once, held at the gate
+    for _ in range(4):  # a burst of notifications while that read is held: one more read after it, not four
+        db.told()
+    db.gate.set()
+    await cache._told_task
+    assert cache.keyed and cache.cached(key("carol").key_hash) is not None
+    assert db.lists == 3
