@@ -121,6 +121,11 @@ def test_a_response_stored_through_one_gateway_is_found_and_deleted_through_the_
         follow_up = through_b.responses.create(model=MODEL, input="and then?", max_output_tokens=4,
                                                previous_response_id=first.id)
         assert follow_up.previous_response_id == first.id
+        events = list(through_b.responses.create(model=MODEL, input="more", max_output_tokens=4, stream=True,
+                                                 previous_response_id=follow_up.id))
+        streamed = next(e.response for e in events if e.type in ("response.completed", "response.incomplete"))
+        # committed before the stream's end reached the client: found through the other gateway at once
+        assert through_a.responses.retrieve(streamed.id).previous_response_id == follow_up.id
         assert through_b.responses.retrieve(first.id).id == first.id
         _, other = make_key(b)  # another key's responses are not this one's, on either gateway
         with pytest.raises(openai.NotFoundError):

@@ -78,7 +78,9 @@ async def create(request: web.Request) -> web.StreamResponse:
     call = InferenceCall("/v1/chat/completions", "responses", body["model"], orjson.dumps(body),
                          bool(body.get("stream")))
     progress_after = request.app[LIFECYCLE].config.progress_interval_s
-    return await dispatch(request, call, ResponsesDialect(translated, store, _owner(request), progress_after))
+    answer = await dispatch(request, call, ResponsesDialect(translated, store, _owner(request), progress_after))
+    await store.flushed()  # on PostgreSQL: stored before the answer's end goes, so any gateway finds it
+    return answer
 
 
 def _check_storable(translated: Translated, store: ResponseStore) -> None:

@@ -10,9 +10,9 @@ On SQLite it lives in the gateway's process: a restart forgets every response. O
 every response is also written to the state database's `responses` table, which keeps each owner's
 (key's) newest `max_entries` none older than `ttl_s`, and a lookup (`load`) reads it there first, so a
 response made through one gateway is found, and one deleted is gone, through every other. The write is
-started as the answer is made and commits within a few milliseconds; a follow-up that reaches another
-gateway before then is not found (previous_response_not_found). The memory side is pure: the clock is
-given, so the eviction rules are tested without waiting.
+started as the answer is made and the route awaits it (`flushed`) before the answer's last bytes (a
+stream's end) go, so a client holding a whole answer can follow it up through any gateway. The memory
+side is pure: the clock is given, so the eviction rules are tested without waiting.
 """
 
 from __future__ import annotations
@@ -140,6 +140,11 @@ class ResponseStore:
         self._writes.discard(task)
         if not task.cancelled() and (exc := task.exception()) is not None:
             log.error("stored response not shared through the state database: %s", exc)
+
+    async def flushed(self) -> None:
+        """The writes begun so far committed (or failed): awaited before an answer's last bytes go."""
+        if self._writes:
+            await asyncio.gather(*list(self._writes), return_exceptions=True)
 
     async def close(self) -> None:
         """Wait for the writes still running (the app's end, before the database closes)."""
