@@ -9,6 +9,7 @@ one order, so this is a safety net). asyncpg is imported on open, so `import cor
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Callable
 from typing import Any
@@ -33,6 +34,7 @@ class PostgresDriver:
         self._pool = None
         self._asyncpg = None
         self._listener = None  # a connection of its own for LISTEN, outside the pool
+        self._listening = asyncio.Lock()  # two rounds reconnecting at once make one connection, not two
 
     @property
     def where(self) -> str:
@@ -88,6 +90,10 @@ class PostgresDriver:
     async def listen(self, channel: str, callback: Callable[[str], None]) -> bool:
         """LISTEN on `channel`, `callback(payload)` on each notification; again after the database dropped the
         connection (a restart): a caller calls this on each of its rounds and reads afresh what it missed."""
+        async with self._listening:
+            return await self._listen(channel, callback)
+
+    async def _listen(self, channel: str, callback: Callable[[str], None]) -> bool:
         asyncpg = self._asyncpg
         if self._listener is not None and not self._listener.is_closed():
             return True
