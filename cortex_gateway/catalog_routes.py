@@ -53,7 +53,7 @@ class CatalogCache:
         self._body: bytes | None = None
 
     def get(self, fleet: Fleet, lifecycle: Lifecycle) -> list[dict]:
-        key = (fleet.catalog_version, id(lifecycle.config),
+        key = (fleet.catalog_version, lifecycle.config,  # compared by identity first: cheap while the same
                tuple(sorted((m, tuple(sorted(n))) for m, n in lifecycle.pins.items() if n)))
         if key != self._key:
             self._key, self.entries, self._body = key, catalog(fleet, lifecycle), None

@@ -16,8 +16,11 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
-from cortex_gateway.config import NeuronSpec
+from cortex_gateway.catalog_routes import CatalogCache
+from cortex_gateway.config import GatewayConfig, NeuronSpec
 from cortex_gateway.fleet import Fleet
+from cortex_gateway.lifecycle import Lifecycle
+from cortex_gateway.metrics import GatewayMetrics
 from neuron.server import conditional
 from neuron.shared.protocol import AvailableModel, DeviceInfo, Health, ModelInfo, ModelLoad
 from tests.helpers import http_json, start_gateway, start_neuron, wait_for
@@ -141,3 +144,20 @@ def test_the_gateways_catalog_follows_a_load_and_an_unload(tmp_path, models_dir)
         wait_for(lambda: loaded_on() == [], what="the unload seen by the gateway's poll")
         assert http_json("POST", neuron.url + "/models/load", {"model": "tiny-gguf"})[0] == 200
         wait_for(lambda: loaded_on() == ["n1"], what="the load seen by the gateway's poll")
+
+
+def test_the_catalog_is_built_again_only_when_a_listing_or_a_pin_changed():
+    specs = [NeuronSpec(name, "http://127.0.0.1:9") for name in ("a", "b")]
+    fleet = Fleet(specs, session=None)
+    lifecycle = Lifecycle(GatewayConfig(neurons=specs), fleet, GatewayMetrics())
+    fleet.nodes["a"].models = {"m": ModelInfo("m")}
+    cache = CatalogCache()
+    first = cache.get(fleet, lifecycle)
+    assert cache.get(fleet, lifecycle) is first and cache.body(fleet, lifecycle) is cache.body(fleet, lifecycle)
+    assert [e["loaded_on"] for e in first] == [["a"]]
+    fleet.nodes["b"].models = {"m": ModelInfo("m"), "k": ModelInfo("k")}  # as a poll replaces it
+    assert [(e["id"], e["loaded_on"]) for e in cache.get(fleet, lifecycle)] == [("k", ["b"]), ("m", ["a", "b"])]
+    assert orjson.loads(cache.body(fleet, lifecycle))["data"] == cache.get(fleet, lifecycle)
+    lifecycle.pins["m"] = {"b"}
+    assert next(e for e in cache.get(fleet, lifecycle) if e["id"] == "m")["pinned_on"] == ["b"]
+    assert {n.name for n in fleet.nodes_with("m")} == {"a", "b"} and fleet.nodes_with("x") == []
