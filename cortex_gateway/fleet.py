@@ -87,6 +87,7 @@ class Fleet:
         self.poll_timeout = poll_timeout
         self.usage: dict[tuple[str, str], Usage] = collections.defaultdict(Usage)
         self.events: collections.deque[dict] = collections.deque(maxlen=200)
+        self.on_event: Callable[[dict], None] = lambda event: None  # each event, after it is kept (shared_events)
         self.on_polled: Callable[[Node], None] = lambda node: None  # after each good poll (the lifecycle learns)
         # Raised whenever a node's models or listing changed: what the catalog (/v1/models) is cached by.
         self.catalog_version = 0
@@ -97,6 +98,7 @@ class Fleet:
 
     def event(self, kind: str, **details) -> None:
         self.events.append({"time": time.time(), "kind": kind, **details})
+        self.on_event(self.events[-1])
         log.info("%s %s", kind, " ".join(f"{k}={v}" for k, v in details.items()))
 
     def healthy_nodes(self) -> list[Node]:

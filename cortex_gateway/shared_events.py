@@ -35,17 +35,11 @@ class SharedEvents:
         self._unreachable = False
 
     def hook(self) -> None:
-        """Every `fleet.event` (those of the first poll too) is also written to the database; Fleet keeps its own
-        as before. Fleet's method is wrapped on the instance: the fleet knows nothing of the database."""
-        original = self.fleet.event
+        """Every fleet event (those of the first poll too) is also written to the database; Fleet keeps its own
+        as before, and knows nothing of the database (its `on_event`)."""
         for earlier in self.fleet.events:
             self.record(earlier)
-
-        def event(kind: str, **details) -> None:
-            original(kind, **details)
-            self.record(self.fleet.events[-1])
-
-        self.fleet.event = event
+        self.fleet.on_event = self.record
 
     def record(self, event: dict) -> None:
         self.pending.append({**event, "gateway": self.db.instance_id})
