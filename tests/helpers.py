@@ -238,3 +238,19 @@ def smollm2_path() -> Path | None:
         return None
     path = Path(list(spec.submodule_search_locations)[0]) / "SmolLM2-135M-Instruct.Q4_1.gguf"
     return path if path.is_file() else None
+
+
+def held_stream(gateway, neuron, model: str, key: str = "unused", patience: float = 120):
+    """A stream through the gateway (so it counts it in flight) that the neuron's slow fault keeps going for
+    minutes; returned once its first token has come, so the model is busy on the node and in the gateway."""
+    import openai
+
+    assert http_json("POST", neuron.url + "/debug/faults",
+                     {"model": model, "fault": "slow", "delay_ms": 300, "count": 1})[0] == 200
+    client = openai.OpenAI(base_url=gateway.url + "/v1", api_key=key, max_retries=0, timeout=patience)
+    stream = client.chat.completions.create(model=model, messages=[{"role": "user", "content": "x"}],
+                                            max_tokens=1000, stream=True, logit_bias=NO_EOS)
+    for chunk in stream:
+        if chunk.choices and chunk.choices[0].delta.content:
+            return stream
+    raise AssertionError(f"the stream for {model} ended before its first token")

@@ -8,9 +8,7 @@ import contextlib
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 
-import openai
-
-from tests.helpers import NO_EOS, http_json, one_node_fleet, wait_for
+from tests.helpers import held_stream, http_json, one_node_fleet, wait_for
 
 BUDGET = "80"  # three tiny GGUFs of about 33 MiB each (estimate): two fit, never three
 PATIENCE = 120  # the most any step may take on a slow machine before the test fails
@@ -29,20 +27,6 @@ def waits_for(gateway, model: str) -> bool:
 
 def loaded(neuron) -> set[str]:
     return {m["id"] for m in http_json("GET", neuron.url + "/models")[1]["models"]}
-
-
-def held_stream(gateway, neuron, model: str):
-    """A stream through the gateway (so it counts it in flight) that the slow fault keeps going for minutes;
-    returned once its first token has come, so the model is busy on the node and in the gateway."""
-    assert http_json("POST", neuron.url + "/debug/faults",
-                     {"model": model, "fault": "slow", "delay_ms": 300, "count": 1})[0] == 200
-    client = openai.OpenAI(base_url=gateway.url + "/v1", api_key="unused", max_retries=0, timeout=PATIENCE)
-    stream = client.chat.completions.create(model=model, messages=[{"role": "user", "content": "x"}],
-                                            max_tokens=1000, stream=True, logit_bias=NO_EOS)
-    for chunk in stream:
-        if chunk.choices and chunk.choices[0].delta.content:
-            return stream
-    raise AssertionError(f"the stream for {model} ended before its first token")
 
 
 @contextlib.contextmanager

@@ -7,10 +7,9 @@ from __future__ import annotations
 import shutil
 from concurrent.futures import ThreadPoolExecutor
 
-import openai
 import pytest
 
-from tests.helpers import NO_EOS, http_json, one_node_fleet, wait_for
+from tests.helpers import held_stream, http_json, one_node_fleet, wait_for
 
 BUDGET = "80"  # tiny GGUFs of about 33 MiB each (estimate): two fit, never three
 PATIENCE = 120
@@ -47,19 +46,6 @@ def events(gw, kind: str) -> list[dict]:
     return [e for e in admin(gw, "GET", "/status")[1]["events"] if e["kind"] == kind]
 
 
-def held_stream(gw, neuron, key: str, model: str):
-    """A stream the slow fault keeps going for minutes, returned once its first token has come."""
-    assert http_json("POST", neuron.url + "/debug/faults",
-                     {"model": model, "fault": "slow", "delay_ms": 300, "count": 1})[0] == 200
-    client = openai.OpenAI(base_url=gw.url + "/v1", api_key=key, max_retries=0, timeout=PATIENCE)
-    stream = client.chat.completions.create(model=model, messages=[{"role": "user", "content": "x"}],
-                                            max_tokens=1000, stream=True, logit_bias=NO_EOS)
-    for chunk in stream:
-        if chunk.choices and chunk.choices[0].delta.content:
-            return stream
-    raise AssertionError(f"the stream for {model} ended before its first token")
-
-
 def test_a_high_priority_cold_load_gets_the_room_before_an_older_low_one(tmp_path, four_models):
     toml = f'[auth]\nadmin_keys = ["{ADMIN}"]\n[scheduling]\nmin_residency_s = 0'
     with one_node_fleet(tmp_path, four_models, "--cpu-memory-mb", BUDGET, extra_toml=toml) as (gw, neuron, _), \
@@ -67,7 +53,7 @@ def test_a_high_priority_cold_load_gets_the_room_before_an_older_low_one(tmp_pat
         low, high = make_key(gw, "batch", "low"), make_key(gw, "interactive", "high")
         for model in ("m1", "m2"):
             assert chat(gw, high, model)[0] == 200
-        streams = [held_stream(gw, neuron, high, m) for m in ("m1", "m2")]
+        streams = [held_stream(gw, neuron, m, key=high) for m in ("m1", "m2")]
         try:
             for_m3 = pool.submit(chat, gw, low, "m3")
             wait_for(lambda: [e["model"] for e in events(gw, "cold_load_waits")] == ["m3"], PATIENCE, "m3 waiting")
