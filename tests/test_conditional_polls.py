@@ -122,13 +122,24 @@ def get(url: str, etag: str | None = None) -> tuple[int, str | None, bytes]:
         return err.code, err.headers.get("ETag"), err.read()
 
 
-@pytest.mark.parametrize("path", ["/models", "/models/available", "/health"])
+@pytest.mark.parametrize("path", ["/models", "/models/available"])
 def test_a_real_neuron_answers_if_none_match_with_304(neuron, path):
     status, etag, body = get(neuron.url + path)
     assert status == 200 and etag and body
     status, again, body = get(neuron.url + path, etag)
     assert status == 304 and again == etag and body == b""
     assert get(neuron.url + path, '"stale"')[0] == 200
+
+
+def test_a_real_neurons_health_names_the_other_tags_and_answers_304(neuron):
+    status, etag, body = get(neuron.url + "/health")
+    health = orjson.loads(body)
+    assert status == 200 and etag
+    assert health["models_etag"] == get(neuron.url + "/models")[1]
+    assert health["available_etag"] == get(neuron.url + "/models/available")[1]
+    # A GPU's utilisation and temperature are in the tag and move between two calls: a 304 only on the CPU.
+    if all(d["kind"] == "cpu" for d in health["devices"]):
+        assert get(neuron.url + "/health", etag)[:2] == (304, etag)
 
 
 def test_the_gateways_catalog_follows_a_load_and_an_unload(tmp_path, models_dir):
