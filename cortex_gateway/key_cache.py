@@ -30,6 +30,7 @@ from collections.abc import Callable
 
 from aiohttp import web
 
+from cortex_gateway.reread import Rereads
 from cortex_gateway.state_db import ApiKey, StateDB, StateError
 
 log = logging.getLogger("cortex.gateway.keys")
@@ -51,10 +52,9 @@ class KeyCache:
         self._changes = 0  # bumped by every change through this gateway: a refresh begun before one is stale
         self._clock = clock
         self._allowance, self._allowance_at = LOOKUPS_PER_S, clock()
-        self._told_task: asyncio.Task | None = None
-        self._again = False  # told of a change while reading: read once more
+        self.rereads = Rereads(self._refresh_logged, "the keys", log)  # on another gateway's notice
         if db is not None:
-            db.on_change("keys", self._told)
+            db.on_change("keys", self.rereads.told)
 
     @property
     def keyed(self) -> bool:
@@ -153,8 +153,7 @@ class KeyCache:
                 await asyncio.sleep(interval)
                 await self._refresh_logged()
         finally:
-            if self._told_task is not None:
-                self._told_task.cancel()
+            self.rereads.cancel()
 
     async def _refresh_logged(self) -> bool:
         try:
@@ -162,19 +161,6 @@ class KeyCache:
         except StateError as exc:  # keep serving the keys known; the next round tries again
             log.warning("cannot refresh the keys from the state database: %s", exc)
             return True
-
-    def _told(self) -> None:
-        """Another gateway changed a key: read the table now (one read at a time; one more if told meanwhile)."""
-        self._again = True
-        if self._told_task is None or self._told_task.done():
-            self._told_task = asyncio.ensure_future(self._read_while_told())
-
-    async def _read_while_told(self) -> None:
-        while self._again:
-            self._again = False
-            if not await self._refresh_logged():  # a change here came meanwhile: read again for the other's
-                self._again = True
-        log.info("another gateway changed the keys: read them afresh")
 
 
 KEYS = web.AppKey("key_cache", KeyCache)

@@ -21,6 +21,7 @@ from aiohttp import web
 
 from cortex_gateway.fleet import Fleet, every
 from cortex_gateway.lifecycle import Lifecycle
+from cortex_gateway.reread import Rereads
 from cortex_gateway.state import FLEET, LIFECYCLE, STATE_DB
 from cortex_gateway.state_db import StateDB, StateError
 from cortex_gateway.state_db.shared import AdminState
@@ -44,10 +45,9 @@ class SharedAdmin:
         self.configured = {model: set(nodes) for model, nodes in lifecycle.pins.items()}  # the models file's
         self.state = AdminState({}, {})
         self._unreachable = False  # the last round could not read the database (logged once)
-        self._reading: asyncio.Task | None = None
-        self._again = False  # told of a change while reading: read once more
+        self._rereads = Rereads(self.refresh, "the pins or drains", log)  # on another gateway's notice
         self._changes = 0  # bumped by each change through this gateway: a read begun before one is stale
-        db.on_change("admin", self._told)
+        db.on_change("admin", self._rereads.told)
 
     # -- changes through this gateway's admin API (StateError if the database cannot take them) ------
     async def set_pin(self, node: str, model: str, pinned: bool) -> None:
@@ -87,23 +87,8 @@ class SharedAdmin:
         if before == self._changes:  # else a change here came meanwhile: the next read has it
             self.apply(state)
 
-    def _told(self) -> None:
-        """Another gateway changed a pin or a drain: read them now (one read at a time; one more if told meanwhile)."""
-        self._again = True
-        if self._reading is None or self._reading.done():
-            self._reading = asyncio.ensure_future(self._read_while_told())
-
-    async def _read_while_told(self) -> None:
-        while self._again:
-            self._again = False
-            await self.refresh()
-        log.info("another gateway changed the pins or drains: read them afresh")
-
     async def close(self) -> None:
-        if self._reading is not None:
-            self._reading.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._reading
+        await self._rereads.close()
 
 
 SHARED_ADMIN = web.AppKey("shared_admin", SharedAdmin)

@@ -144,6 +144,6 @@ async def test_told_of_a_change_elsewhere_the_table_is_read_once_per_burst_and_t
     for _ in range(4):  # a burst of notifications while that read is held: one more read after it, not four
         db.told()
     db.gate.set()
-    await cache._told_task
+    await cache.rereads.task
     assert cache.keyed and cache.cached(key("carol").key_hash) is not None
     assert db.lists == 3
