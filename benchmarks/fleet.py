@@ -65,27 +65,34 @@ async def fleet(nodes: list[SimNode], scheduling: Scheduling, profile: ModelProf
         yield f"{gateway}/v1/chat/completions"
 
 
+async def chat_events(session: aiohttp.ClientSession, url: str, body: dict):
+    """The data events of one streamed chat through `url`, parsed; an answer other than 200 fails the run."""
+    async with session.post(url, data=orjson.dumps(body), headers={"Content-Type": "application/json"}) as resp:
+        assert resp.status == 200, (resp.status, await resp.text())
+        async for line in resp.content:
+            if line.startswith(b"data: {"):
+                yield orjson.loads(line[6:])
+
+
+def delta_text(event: dict) -> str | None:
+    return (event.get("choices") or [{}])[0].get("delta", {}).get("content")
+
+
 async def stream(session: aiohttp.ClientSession, url: str, messages: list[dict], max_tokens: int,
                  seen: list[tuple[float, int]] | None = None) -> tuple[float, str, dict]:
     """One streamed chat: (seconds to its first token, the answer, its usage). `seen` gets (time, tokens) per
     event."""
-    body = orjson.dumps({"model": MODEL, "messages": messages, "max_tokens": max_tokens, "stream": True,
-                         "stream_options": {"include_usage": True}})
+    body = {"model": MODEL, "messages": messages, "max_tokens": max_tokens, "stream": True,
+            "stream_options": {"include_usage": True}}
     started, first, parts, usage = time.monotonic(), None, [], {}
-    async with session.post(url, data=body, headers={"Content-Type": "application/json"}) as resp:
-        assert resp.status == 200, (resp.status, await resp.text())
-        async for line in resp.content:
-            if not line.startswith(b"data: {"):
-                continue
-            data = orjson.loads(line[6:])
-            usage = data.get("usage") or usage
-            choices = data.get("choices") or [{}]
-            if content := choices[0].get("delta", {}).get("content"):
-                now = time.monotonic()
-                first = first if first is not None else now - started
-                parts.append(content)
-                if seen is not None:
-                    seen.append((now, len(content) // 4))
+    async for data in chat_events(session, url, body):
+        usage = data.get("usage") or usage
+        if content := delta_text(data):
+            now = time.monotonic()
+            first = first if first is not None else now - started
+            parts.append(content)
+            if seen is not None:
+                seen.append((now, len(content) // 4))
     return first or 0.0, "".join(parts), usage
 
 

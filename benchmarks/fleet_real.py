@@ -36,7 +36,6 @@ import time
 from pathlib import Path
 
 import aiohttp
-import orjson
 from rich.console import Console
 from rich.table import Table
 
@@ -56,21 +55,15 @@ SCHEDULING = "[scheduling]\nscale_out_queue = 1\nprefix_map_entries = 0"
 
 async def stream(session: aiohttp.ClientSession, url: str, i: int, seen: list[tuple[float, float]]) -> None:
     """One streamed chat (end tokens banned, so each runs to TOKENS); its tokens by arrival go to `seen`."""
-    body = orjson.dumps({"model": MODEL, "messages": [{"role": "user", "content": f"stream {i}: go on"}],
-                         "max_tokens": TOKENS, "stream": True, "stream_options": {"include_usage": True},
-                         "logit_bias": NO_EOS})
+    body = {"model": MODEL, "messages": [{"role": "user", "content": f"stream {i}: go on"}], "max_tokens": TOKENS,
+            "stream": True, "stream_options": {"include_usage": True}, "logit_bias": NO_EOS}
     times, usage = [], {}
     try:
-        async with session.post(url, data=body, headers={"Content-Type": "application/json"}) as resp:
-            assert resp.status == 200, (resp.status, await resp.text())
-            async for line in resp.content:
-                if not line.startswith(b"data: {"):
-                    continue
-                data = orjson.loads(line[6:])
-                assert "error" not in data, data
-                usage = data.get("usage") or usage
-                if (data.get("choices") or [{}])[0].get("delta", {}).get("content"):
-                    times.append(time.monotonic())
+        async for data in fleet.chat_events(session, url, body):
+            assert "error" not in data, data
+            usage = data.get("usage") or usage
+            if fleet.delta_text(data):
+                times.append(time.monotonic())
     finally:  # a stream cut at the burst's end counts its events (a token each at this pace)
         share = usage["completion_tokens"] / max(1, len(times)) if usage else 1.0
         seen.extend((at, share) for at in times)
