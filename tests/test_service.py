@@ -28,6 +28,7 @@ from cortex_cli.service_unit import UnitError, UnitSpec, exec_path, render_unit
 from cortex_gateway.config import GatewayConfig
 from neuron.shared.config import NeuronConfig
 from tests.helpers import free_port, http_json, stop_process, wait_serving
+from tests.service_units import directives, gateway_state_toml, gateway_toml, rendered, service
 
 SYSTEMD_ANALYZE = shutil.which("systemd-analyze")
 needs_systemd = pytest.mark.skipif(SYSTEMD_ANALYZE is None, reason="systemd-analyze is not installed: "
@@ -35,26 +36,6 @@ needs_systemd = pytest.mark.skipif(SYSTEMD_ANALYZE is None, reason="systemd-anal
 NEURON = ("--listen", "0.0.0.0:13131", "--gpus", "0,1", "--models-dir", "/srv/models")
 NVIDIA = ("/dev/nvidiactl rw", "/dev/nvidia-uvm rw", "/dev/nvidia-uvm-tools rw", "char-nvidia-frontend rw",
           "char-nvidia rw", "char-nvidia-uvm rw")
-
-
-def service(*args: str, env: dict | None = None):
-    return CliRunner().invoke(cli, ["service", *args], env=env, catch_exceptions=False)
-
-
-def rendered(*args: str) -> str:
-    result = service(*args)
-    assert result.exit_code == 0, result.output
-    return result.stdout
-
-
-def directives(text: str) -> dict[str, list[str]]:
-    """key -> values, over every section (the keys used here are not repeated across sections)."""
-    out: dict[str, list[str]] = {}
-    for line in text.splitlines():
-        if line and not line.startswith(("#", "[")):
-            key, _, value = line.partition("=")
-            out.setdefault(key, []).append(value)
-    return out
 
 
 def verify(tmp_path: Path, text: str, name: str, *, user: bool = False) -> None:
@@ -75,13 +56,6 @@ def verify(tmp_path: Path, text: str, name: str, *, user: bool = False) -> None:
 def neuron_toml(tmp_path: Path) -> Path:
     path = tmp_path / "neuron.toml"
     path.write_text('[neuron]\nmodels_dir = "models"\nshutdown_grace_s = 200\n')
-    return path
-
-
-def gateway_toml(tmp_path: Path) -> Path:
-    (tmp_path / "state").mkdir(exist_ok=True)
-    path = tmp_path / "cortex.toml"
-    path.write_text('models_config = "state/models.toml"\n[gateway]\nlisten = "0.0.0.0:31313"\n')
     return path
 
 
@@ -223,69 +197,6 @@ def test_gateway_can_write_pins_beside_its_models_file(tmp_path):
     d = directives(rendered("serve", "--config", str(gateway_toml(tmp_path))))
     assert d["ReadWritePaths"] == [str(tmp_path / "state")]
     assert int(d["TimeoutStopSec"][0]) > GatewayConfig.shutdown_grace_s
-
-
-def gateway_state_toml(tmp_path: Path, lines: str) -> Path:
-    """A gateway config with its models file in `state/` and the [gateway] / [state] lines given."""
-    tmp_path.mkdir(exist_ok=True)
-    path = gateway_toml(tmp_path)
-    path.write_text(path.read_text() + lines)
-    return path
-
-
-def test_the_gateway_state_dir_and_a_sqlite_file_elsewhere_are_writable(tmp_path):
-    config = gateway_state_toml(tmp_path, 'state_dir = "/srv/gw-state"\n[state]\nurl = "sqlite:db/state.db"\n')
-    d = directives(rendered("serve", "--config", str(config)))
-    # the gateway_id file that names this instance, then the database's directory (relative to the config file)
-    assert d["ReadWritePaths"] == [str(tmp_path / "state"), "/srv/gw-state", str(tmp_path / "db")]
-
-
-def test_a_sqlite_file_in_the_state_dir_needs_nothing_more(tmp_path):
-    config = gateway_state_toml(tmp_path, 'state_dir = "/srv/gw"\n[state]\nurl = "sqlite:///srv/gw/db/s.db"\n')
-    assert directives(rendered("serve", "--config", str(config)))["ReadWritePaths"] == [
-        str(tmp_path / "state"), "/srv/gw"]
-
-
-def test_a_state_dir_under_the_units_home_is_a_state_directory(tmp_path):
-    # the unit's HOME is /var/lib/cortex: its ~ is there, not in the home of whoever ran cortex service
-    config = gateway_state_toml(tmp_path, 'state_dir = "~/gw-a"\n')
-    d = directives(rendered("serve", "--config", str(config)))
-    assert d["StateDirectory"] == ["cortex cortex/gw-a"] and d["ReadWritePaths"] == [str(tmp_path / "state")]
-
-
-def test_a_sqlite_file_beside_the_config_is_warned_about(tmp_path):
-    result = service("serve", "--config", str(gateway_state_toml(tmp_path, '[state]\nurl = "sqlite:state.db"\n')))
-    assert result.exit_code == 0 and "state.db sits beside cortex.toml" in result.stderr
-    assert str(tmp_path) in directives(result.stdout)["ReadWritePaths"]
-
-
-def test_a_remote_postgresql_needs_no_path_and_no_ordering(tmp_path):
-    config = gateway_state_toml(tmp_path, '[state]\nurl = "postgresql://cortex:pw@10.0.0.5:5432/cortex"\n')
-    result = service("serve", "--config", str(config))
-    assert result.exit_code == 0 and "state database" not in result.stderr
-    d = directives(result.stdout)
-    assert d["ReadWritePaths"] == [str(tmp_path / "state")] and d["StateDirectory"] == ["cortex"]
-    assert "AF_INET" in d["RestrictAddressFamilies"][0] and "PrivateNetwork" not in d
-
-
-@pytest.mark.parametrize("url", ["postgresql://cortex@localhost/cortex", "postgres://cortex@127.0.0.1:5433/c",
-                                 "postgresql:///cortex?host=/run/postgresql"])
-def test_a_postgresql_on_this_machine_is_told_to_start_first(tmp_path, url):
-    config = gateway_state_toml(tmp_path, f'[state]\nurl = "{url}"\n')
-    result = service("serve", "--unit-name", "gw-a", "--config", str(config))
-    assert result.exit_code == 0
-    assert "systemctl edit gw-a` and add: [Unit] After=postgresql.service" in result.stderr
-    assert "AF_UNIX" in directives(result.stdout)["RestrictAddressFamilies"][0]  # its socket is reachable
-
-
-@pytest.mark.parametrize("lines, message", [
-    ('[state]\nurl = "mysql://x"\n', "[state].url: expected sqlite:///ABSOLUTE/PATH.db"),
-    ('[state]\nurl = "postgresql://u:secret@h/"\n', "names its database"),
-    ('state_dir = 3\n', "[gateway].state_dir: expected a path"),
-])
-def test_a_bad_state_setting_is_refused_before_a_unit_exists(tmp_path, lines, message):
-    result = service("serve", "--config", str(gateway_state_toml(tmp_path, lines)))
-    assert result.exit_code == 2 and message in result.output and "secret" not in result.output, result.output
 
 
 def test_relative_paths_become_absolute(tmp_path, monkeypatch):
