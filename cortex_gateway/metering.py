@@ -5,7 +5,7 @@ node had loaded, whose context only then is known), `billed_at_usage` over a str
 as the neuron's usage arrives, before the end reaches the client), and `settle` when the request ends,
 however it ends (a no-op for a stream already billed). Between admission and billing, the request holds
 its worst case (`cortex_gateway.budgets`) in the state database, against the key's budget for the
-current window, and in the key's tokens-per-minute bucket (`cortex_gateway.tpm`). Every request of a
+current window and in the key's tokens-per-minute bucket there (`cortex_gateway.tpm`). Every request of a
 known key is metered, with or without a budget, so usage per key and model is there for `cortex usage`;
 a gateway without keys meters nothing.
 
@@ -25,21 +25,14 @@ from dataclasses import dataclass, field
 import orjson
 from aiohttp import web
 
-from cortex_gateway import budgets
+from cortex_gateway import budgets, tpm
 from cortex_gateway.auth import LIMITER
 from cortex_gateway.budgets import Period
 from cortex_gateway.metrics import RequestRecord
 from cortex_gateway.proxy import RetryElsewhere, fetch_json
 from cortex_gateway.state import FLEET, METRICS, SESSION, STATE_DB, TENANT
 from cortex_gateway.state_db import ApiKey, Reservation, StateError
-from cortex_gateway.tpm import (
-    TpmLimiter,
-    TpmRefusal,
-    TpmState,
-    anthropic_headers,
-    openai_headers,
-    requests_headers,
-)
+from cortex_gateway.tpm import TpmRefusal, TpmState, anthropic_headers, openai_headers, requests_headers
 from neuron.shared.errors import ApiError
 from neuron.shared.sse import USAGE_COMMENT
 
@@ -51,18 +44,17 @@ UNMETERED = frozenset({"count_tokens"})  # a token count generates nothing and i
 
 @dataclass
 class Meter:
-    """The gateway's tokens-per-minute buckets and clocks: one per app, under METER."""
+    """The gateway's metering clock and settlements under way: one per app, under METER."""
 
-    tpm: TpmLimiter = field(default_factory=TpmLimiter)
     clock: Callable[[], float] = time.time  # the budget windows' time: seconds since the epoch
-    monotonic: Callable[[], float] = time.monotonic  # the buckets' time
     billing: set = field(default_factory=set)  # settlements under way
     unreachable: bool = False  # the state database failed last: its outage is logged once, and its recovery
 
     def state_failed(self, exc: StateError) -> None:
         if not self.unreachable:
-            log.error("the state database is unreachable: requests of budgeted keys get a 503 and usage is not "
-                      "recorded until it answers again: %s", exc)
+            log.error("the state database is unreachable: requests of budgeted keys get a 503, as do those of "
+                      "keys with a TPM limit, and the usage of the others is spooled on disk until it answers "
+                      "again: %s", exc)
         self.unreachable = True
 
     def state_answered(self) -> None:
@@ -227,38 +219,34 @@ def _unbounded(model: str) -> ApiError:
 
 @dataclass(frozen=True)
 class _Refused:
-    """A try that did not fit: by the key's TPM (its bucket's refusal) or its budget."""
+    """A try that did not fit: by the key's TPM (its bucket's refusal) or its budget; `state`, the key's TPM
+    after it (the headers of the refusal), if it has one."""
 
     tokens: int
     tpm: TpmRefusal | None = None
+    state: TpmState | None = None
 
 
 async def _reserve(ex, metered: Metered, tokens: int) -> _Refused | None:
     """Take `tokens` from the key's TPM bucket, then reserve them in its budget; refused, nothing is held."""
-    meter, settings, name = ex.request.app[METER], metered.key.settings, metered.key.name
+    db, settings, name = ex.request.app[STATE_DB], metered.key.settings, metered.key.name
     state = None
     if settings.tpm:
-        taken = meter.tpm.take(name, settings.tpm, tokens, meter.monotonic())
-        if isinstance(taken, TpmRefusal):
-            return _Refused(tokens, taken)
-        state = taken
-    if settings.budget_tokens is None:  # no budget to hold against: billed at the end in one write
-        metered.tpm_taken = tokens if state else 0
-        if state is not None:
-            _set_headers(ex.request, state, meter)
-        return None
-    try:
-        reservation = await ex.request.app[STATE_DB].reserve(name, metered.model, metered.period.label, tokens,
-                                                             settings.budget_tokens)
-    except BaseException:
-        _give_back(meter, metered.key, tokens if state else 0, 0)
-        raise
-    if reservation is None:
-        _give_back(meter, metered.key, tokens if state else 0, 0)
-        return _Refused(tokens)
-    metered.reservation, metered.tpm_taken = reservation, tokens if state else 0
+        state = await tpm.take(db, name, settings.tpm, tokens)
+        if isinstance(state, TpmRefusal):
+            return _Refused(tokens, state, state.state)
+        metered.tpm_taken = tokens  # given back exactly once: here if the budget refuses, else at the settle
+    if settings.budget_tokens is not None:
+        try:
+            metered.reservation = await db.reserve(name, metered.model, metered.period.label, tokens,
+                                                   settings.budget_tokens)
+        except BaseException:
+            await _give_back(db, metered, 0)
+            raise
+        if metered.reservation is None:
+            return _Refused(tokens, None, await _give_back(db, metered, 0))
     if state is not None:
-        _set_headers(ex.request, state, meter)
+        _set_headers(ex.request, state, ex.request.app[METER])
     return None
 
 
@@ -266,8 +254,8 @@ async def _refusal(ex, metered: Metered, refused: _Refused) -> ApiError:
     """The 429 to answer: TPM's rate_limit_error, or the spent budget's insufficient_quota; counted per key."""
     app, settings, name = ex.request.app, metered.key.settings, metered.key.name
     meter = app[METER]
-    if settings.tpm:
-        _set_headers(ex.request, meter.tpm.state(name, settings.tpm, meter.monotonic()), meter)
+    if refused.state is not None:
+        _set_headers(ex.request, refused.state, meter)
     if refused.tpm is not None:
         err = ApiError(429, "rate_limit_error", refused.tpm.message(), code="rate_limit_tokens",
                        retry_after=refused.tpm.retry_after or 60)
@@ -280,9 +268,10 @@ async def _refusal(ex, metered: Metered, refused: _Refused) -> ApiError:
     return _refuse(app, name, "budget", err)
 
 
-def _give_back(meter: Meter, key: ApiKey, taken: int, used: int) -> None:
-    if taken:
-        meter.tpm.settle(key.name, taken, used, meter.monotonic())
+async def _give_back(db, metered: Metered, used: int) -> TpmState | None:
+    """What the request took of its key's TPM and did not use goes back, once (tpm_taken is then 0)."""
+    taken, metered.tpm_taken = metered.tpm_taken, 0
+    return await tpm.give_back(db, metered.key.name, metered.key.settings.tpm, taken, used) if taken else None
 
 
 def _set_headers(request: web.Request, state: TpmState, meter: Meter) -> None:
@@ -320,7 +309,7 @@ async def _settle(request: web.Request, prompt: int, completion: int) -> None:
 
 
 async def _bill(app: web.Application, metered: Metered, prompt: int, completion: int) -> None:
-    _give_back(app[METER], metered.key, metered.tpm_taken, prompt + completion)
+    await _give_back(app[STATE_DB], metered, prompt + completion)
     held, db = metered.reservation, app[STATE_DB]
     if held is not None and prompt + completion > held.tokens:
         log.warning("key %s: a request used %d tokens, more than the %d reserved for it", metered.key.name,

@@ -1,40 +1,25 @@
-"""Tokens per minute per key: a token bucket, reserved at admission and settled when the request ends.
+"""Tokens per minute per key: a token bucket, taken from at admission and given back to when the request ends.
 
-Pure, like the requests-per-minute bucket of `cortex_gateway.auth`: each call takes the time it decides
-at (a monotonic clock's seconds), so tests drive it with a clock of their own. A key's bucket holds at
-most `limit` tokens and refills at `limit` / 60 a second. A request takes its worst case
-(`cortex_gateway.budgets`) at admission, or is refused with the seconds until that much is back; when it
-ends, what it did not use is given back (a request that used more, which the worst case rules out, is
-charged the rest, leaving the bucket below zero until it refills).
+A key's bucket holds at most `limit` tokens and refills at `limit` / 60 a second. A request takes its
+worst case (`cortex_gateway.budgets`) at admission, or is refused with the seconds until that much is
+back; when it ends, what it did not use is given back (a request that used more, which the worst case
+rules out, is charged the rest, leaving the bucket below zero until it refills).
 
-The buckets live in the gateway's memory: with several gateways on one database a key gets `limit` per
-gateway. The budget (`cortex_gateway.metering`) is the shared, exact limit; TPM smooths bursts.
+The bucket is a row of the state database (`cortex_gateway.state_db.tpm`: the refill and the take, in
+one atomic UPDATE), so a key's limit holds exactly across every gateway sharing one PostgreSQL, as its
+budget does. This module turns a bucket's level into what the client is told (the refusal, the headers),
+purely; `take` and `give_back` are the two calls metering makes.
 """
 
 from __future__ import annotations
 
+import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
+from cortex_gateway.state_db import StateDB, StateError
 
-@dataclass
-class Bucket:
-    limit: int
-    level: float
-    updated: float
-
-    def refill(self, now: float) -> None:
-        rate = self.limit / 60.0
-        self.level = min(float(self.limit), self.level + max(0.0, now - self.updated) * rate)
-        self.updated = now
-
-    def wait_for(self, tokens: int) -> float:
-        """Seconds until `tokens` are in the bucket (0: they are now)."""
-        return max(0.0, (tokens - self.level) * 60.0 / self.limit)
-
-    def reset_s(self) -> float:
-        """Seconds until the bucket is full again: OpenAI's reset-tokens, Anthropic's tokens-reset."""
-        return max(0.0, (self.limit - self.level) * 60.0 / self.limit)
+log = logging.getLogger("cortex.gateway.tpm")
 
 
 @dataclass(frozen=True)
@@ -62,46 +47,37 @@ class TpmRefusal:
                 f"this request may use up to {self.tokens}: retry in {self.retry_after:.1f} s")
 
 
-@dataclass
-class TpmLimiter:
-    """Every key's bucket, by key name; a key's limit is read from its settings at each request, so a key
-    updated at run time takes its new limit at once."""
-
-    buckets: dict[str, Bucket] = field(default_factory=dict)
-
-    def _bucket(self, key: str, limit: int, now: float) -> Bucket:
-        bucket = self.buckets.get(key)
-        if bucket is None:
-            bucket = self.buckets[key] = Bucket(limit, float(limit), now)
-        elif bucket.limit != limit:
-            bucket.refill(now)
-            bucket.level, bucket.limit = min(bucket.level, float(limit)), limit
-        bucket.refill(now)
-        return bucket
-
-    def take(self, key: str, limit: int, tokens: int, now: float) -> TpmState | TpmRefusal:
-        """Take `tokens` from the key's bucket: its state after, or a refusal (nothing taken)."""
-        bucket = self._bucket(key, limit, now)
-        if tokens > limit:
-            return TpmRefusal(_state(bucket), None, tokens)
-        if bucket.level < tokens:
-            return TpmRefusal(_state(bucket), bucket.wait_for(tokens), tokens)
-        bucket.level -= tokens
-        return _state(bucket)
-
-    def settle(self, key: str, taken: int, used: int, now: float) -> None:
-        """The request ended having used `used` of the `taken` tokens: the rest goes back."""
-        bucket = self.buckets.get(key)
-        if bucket is not None:
-            bucket.refill(now)
-            bucket.level = min(float(bucket.limit), bucket.level + taken - used)
-
-    def state(self, key: str, limit: int, now: float) -> TpmState:
-        return _state(self._bucket(key, limit, now))
+def state_of(limit: int, level: float) -> TpmState:
+    """A bucket of `limit` at `level`: what is left, and the seconds until it is full again (OpenAI's
+    reset-tokens, Anthropic's tokens-reset)."""
+    return TpmState(limit, max(0, int(level)), max(0.0, (limit - level) * 60.0 / limit))
 
 
-def _state(bucket: Bucket) -> TpmState:
-    return TpmState(bucket.limit, max(0, int(bucket.level)), bucket.reset_s())
+def decide(limit: int, tokens: int, taken: bool, level: float) -> TpmState | TpmRefusal:
+    """A take's outcome as the client hears it: the state after, or the refusal with the seconds until
+    `tokens` are in the bucket (None when they never can be)."""
+    state = state_of(limit, level)
+    if taken:
+        return state
+    return TpmRefusal(state, None if tokens > limit else max(0.0, (tokens - level) * 60.0 / limit), tokens)
+
+
+async def take(db: StateDB, key: str, limit: int, tokens: int) -> TpmState | TpmRefusal:
+    """Take `tokens` from the key's bucket in the database, or the refusal (nothing taken). StateError when
+    the database cannot be reached: the caller refuses the request (it cannot know what is left)."""
+    got = await db.tpm_take(key, limit, tokens)
+    return decide(limit, tokens, got.taken, got.level)
+
+
+async def give_back(db: StateDB, key: str, limit: int, taken: int, used: int) -> TpmState | None:
+    """The request ended having used `used` of the `taken` tokens: the rest goes back; the state after,
+    None if it could not be written (logged: the bucket refills what was lost within a minute)."""
+    try:
+        level = await db.tpm_give_back(key, limit, taken - used)
+    except StateError as exc:
+        log.info("key %s: %d tokens per minute not given back: %s", key, taken - used, exc)
+        return None
+    return None if level is None else state_of(limit, level)
 
 
 def go_duration(seconds: float) -> str:

@@ -15,7 +15,7 @@ from cortex_gateway.auth import admin_auth
 from cortex_gateway.metering import METER, window_of
 from cortex_gateway.state import STATE_DB
 from cortex_gateway.state_db import ApiKey, StateError, UsageRow
-from cortex_gateway.tpm import rfc3339
+from cortex_gateway.tpm import rfc3339, state_of
 from neuron.shared.errors import ApiError
 from neuron.shared.http import json_response
 
@@ -53,18 +53,17 @@ async def usage(request: web.Request) -> web.Response:
             period = window_of(key).period(request.config_dict[METER].clock())
             current.add((key_name, period.label))
             used = await db.budget_used(key_name, period.label)
-            out_keys.append(key_row(key_name, key, period, used, _tpm(request, key)))
+            out_keys.append(key_row(key_name, key, period, used, await _tpm(db, key)))
     except StateError as exc:
         raise ApiError(503, "api_error", f"cannot read usage: {exc}", code="state_unavailable", retry_after=5) from None
     return json_response({"keys": out_keys, "usage": [usage_row(r, current) for r in rows]})
 
 
-def _tpm(request: web.Request, key: ApiKey | None) -> dict | None:
-    """The key's tokens per minute in this gateway (the buckets are per gateway), or None without a limit."""
+async def _tpm(db, key: ApiKey | None) -> dict | None:
+    """The key's tokens per minute now, as every gateway sharing the database sees them; None without a limit."""
     if key is None or not key.settings.tpm:
         return None
-    meter = request.config_dict[METER]
-    state = meter.tpm.state(key.name, key.settings.tpm, meter.monotonic())
+    state = state_of(key.settings.tpm, await db.tpm_level(key.name, key.settings.tpm))
     return {"limit": state.limit, "remaining": state.remaining, "reset_s": round(state.reset_s, 3)}
 
 

@@ -1,6 +1,7 @@
 """Budget decisions, pure (cortex_gateway/budgets.py): windows and their periods against a clock the test sets,
-the worst case of a request, the Retry-After until the window rolls, the reservation rule, and TPM buckets
-(cortex_gateway/tpm.py) with the rate-limit headers' forms."""
+the worst case of a request, the Retry-After until the window rolls, the reservation rule, and what a TPM
+bucket's level tells the client (cortex_gateway/tpm.py) with the rate-limit headers' forms. The bucket
+itself is a row of the state database: tests/test_tpm_shared.py."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import calendar
 import pytest
 
 from cortex_gateway import budgets
-from cortex_gateway.tpm import TpmLimiter, TpmRefusal, anthropic_headers, go_duration, openai_headers
+from cortex_gateway.tpm import TpmRefusal, anthropic_headers, decide, go_duration, openai_headers, state_of
 
 
 def at(text: str) -> float:
@@ -95,24 +96,20 @@ def test_a_budget_refusal_says_what_is_used_what_is_needed_and_when_it_rolls():
     assert "token budget is 0 tokens per 1d" in budgets.budget_refusal((0, 0), 5, 0, "1d", period)
 
 
-def test_tpm_reserved_then_settled_against_a_clock():
-    tpm = TpmLimiter()
-    state = tpm.take("k", 600, 400, now=0.0)  # 600 a minute: 10 a second
+def test_tpm_a_take_and_a_refusal_as_the_client_hears_them():
+    state = decide(600, 400, True, 200.0)  # 600 a minute (10 a second), 200 left after taking 400
     assert (state.limit, state.remaining, state.reset_s) == (600, 200, 40.0)
-    refused = tpm.take("k", 600, 300, now=0.0)
+    refused = decide(600, 300, False, 200.0)
     assert isinstance(refused, TpmRefusal) and refused.retry_after == pytest.approx(10.0)
-    assert "retry in 10.0 s" in refused.message()
-    tpm.settle("k", 400, 50, now=0.0)  # it used 50 of its 400: 350 back
-    assert tpm.state("k", 600, now=0.0).remaining == 550
-    assert tpm.state("k", 600, now=5.0).remaining == 600  # refilled, never above the limit
-    never = tpm.take("k", 600, 601, now=5.0)
+    assert refused.state.remaining == 200 and "retry in 10.0 s" in refused.message()
+    never = decide(600, 601, False, 600.0)
     assert isinstance(never, TpmRefusal) and never.retry_after is None and "lower max_tokens" in never.message()
 
 
-def test_tpm_a_lowered_limit_applies_at_once():
-    tpm = TpmLimiter()
-    tpm.take("k", 1000, 0, now=0.0)
-    assert tpm.state("k", 100, now=0.0).remaining == 100
+def test_tpm_a_bucket_below_zero_says_none_left_and_waits_longer():
+    state = state_of(600, -60.0)  # a request used more than it took: charged, the bucket below zero
+    assert (state.remaining, state.reset_s) == (0, 66.0)
+    assert decide(600, 60, False, -60.0).retry_after == pytest.approx(12.0)
 
 
 @pytest.mark.parametrize("seconds, text", [
@@ -124,7 +121,7 @@ def test_openai_reset_is_a_go_duration(seconds, text):
 
 
 def test_the_headers_of_each_dialect():
-    state = TpmLimiter().take("k", 600, 100, now=0.0)
+    state = state_of(600, 500.0)
     assert openai_headers(state) == {"x-ratelimit-limit-tokens": "600", "x-ratelimit-remaining-tokens": "500",
                                      "x-ratelimit-reset-tokens": "10s"}
     assert anthropic_headers(state, at("2026-12-02T04:00:00")) == {

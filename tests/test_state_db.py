@@ -317,7 +317,7 @@ async def test_both_dialects_have_the_same_tables_columns_and_types(tmp_path, re
             pg, "SELECT column_name, data_type, is_nullable FROM information_schema.columns "
                 "WHERE table_schema = 'public' AND table_name = $1 ORDER BY ordinal_position", t)] for t in tables}
         assert set(tables) == {"api_keys", "budget_totals", "drains", "events", "pins", "reservations", "responses",
-                               "schema_migrations", "usage"}
+                               "schema_migrations", "tpm_buckets", "usage"}
         assert in_sqlite == in_postgres
     finally:
         await asyncio.gather(lite.close(), pg.close())

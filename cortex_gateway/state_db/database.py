@@ -21,7 +21,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from cortex_gateway.state_db import keys, responses, shared, usage
+from cortex_gateway.state_db import keys, responses, shared, tpm, usage
 from cortex_gateway.state_db.migrations import migrate
 from cortex_gateway.state_db.records import ApiKey, KeySettings, Released, Reservation, StateError, UsageRow
 from cortex_gateway.state_db.script import Driver, Script, T
@@ -218,6 +218,28 @@ class StateDB:
     async def budget_used(self, key: str, window: str) -> tuple[int, int]:
         """(settled, reserved) tokens of `key` in `window`, over all models."""
         return await self._driver.read(lambda: usage.budget_used(key, window))
+
+    # -- tokens per minute (state_db/tpm.py): exact across gateways ---------------------------------
+    async def tpm_take(self, key: str, limit: int, tokens: int) -> tpm.BucketLevel:
+        """Take `tokens` from `key`'s bucket of `limit` a minute if they are there, whatever runs at once.
+        Not forced to the disk (a power cut loses a take, which the bucket would have refilled anyway); a take
+        made for a caller cancelled meanwhile is given back."""
+        now = self.clock()
+        return await self._shielded(lambda: tpm.take(key, limit, tokens, now), durable=False,
+                                    on_cancelled=lambda task: self._untake(task, key, limit, tokens))
+
+    async def tpm_give_back(self, key: str, limit: int, tokens: int) -> float | None:
+        """Return what a request took and did not use (negative: charge what it used beyond); the level after."""
+        now = self.clock()
+        return await self._shielded(lambda: tpm.give_back(key, limit, tokens, now), durable=False)
+
+    async def tpm_level(self, key: str, limit: int) -> float:
+        """`key`'s tokens now (for /admin/usage), changing nothing."""
+        return await self._driver.read(lambda: tpm.level(key, limit, self.clock()))
+
+    def _untake(self, task: asyncio.Future, key: str, limit: int, tokens: int) -> None:
+        if _log_failure(task) and task.result().taken:
+            self._track(asyncio.ensure_future(self.tpm_give_back(key, limit, tokens)))
 
     # -- writes that outlive a cancelled caller --------------------------------------------------
     async def _shielded(self, make: Callable[[], Script[T]], on_cancelled=None, durable: bool = True) -> T:

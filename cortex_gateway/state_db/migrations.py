@@ -90,7 +90,15 @@ STORED_RESPONSES = Migration(3, "the Responses store, shared by gateways on Post
     "CREATE INDEX responses_by_owner ON responses (owner, stored_at)",
 ))
 
-MIGRATIONS: tuple[Migration, ...] = (KEYS_AND_USAGE, SHARED_ADMIN, STORED_RESPONSES)
+TPM_BUCKETS = Migration(4, "tokens-per-minute buckets, shared by every gateway", both=(
+    # A key's TPM bucket (state_db/tpm.py): its level of tokens at updated_at (the gateways' wall clock),
+    # refilled to the present by each script that reads it. Made on the key's first metered request.
+    """CREATE TABLE tpm_buckets (
+        key_name TEXT NOT NULL PRIMARY KEY,
+        level DOUBLE PRECISION NOT NULL, updated_at DOUBLE PRECISION NOT NULL)""",
+))
+
+MIGRATIONS: tuple[Migration, ...] = (KEYS_AND_USAGE, SHARED_ADMIN, STORED_RESPONSES, TPM_BUCKETS)
 LATEST = MIGRATIONS[-1].version
 # Any constant shared by every cortex gateway: the key of the advisory lock migrations take on PostgreSQL.
 _LOCK_KEY = 0x636F72746578  # "cortex"
