@@ -42,6 +42,8 @@ from aiohttp import web
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from neuron.server import conditional  # noqa: E402
+from neuron.server.health_feed import HealthFeed, stream_health  # noqa: E402
+from neuron.shared import health_stream  # noqa: E402
 from neuron.shared.protocol import AvailableModel, DeviceInfo, Health, ModelInfo, ModelLoad  # noqa: E402
 from tests.helpers import CORTEX, free_port, http_json  # noqa: E402
 
@@ -69,6 +71,11 @@ class SimNode:
         self.started = time.monotonic()
         self.answers: dict[str, tuple[bytes, str]] = {}
         self.build()
+        self.feed = HealthFeed(self.health_now)  # the neuron's own feed: GET /health/stream as a neuron sends it
+
+    def health_now(self) -> tuple[Health, str]:
+        self.health.uptime_s = round(time.monotonic() - self.started, 3)
+        return self.health, self.answers["/health"][1]
 
     def build(self) -> None:
         models = {"models": [ModelInfo(m, "sim", devices=["cpu"], memory_mb=100.0, context_size=4096,
@@ -104,6 +111,9 @@ def sim_app(nodes: dict[int, SimNode]) -> web.Application:
     async def polled(request: web.Request) -> web.Response:
         return node_of(request).answer(request)
 
+    async def stream(request: web.Request) -> web.StreamResponse:
+        return await stream_health(request, node_of(request).feed)
+
     async def chat(_request: web.Request) -> web.Response:
         return web.Response(body=COMPLETION, content_type="application/json")
 
@@ -117,6 +127,7 @@ def sim_app(nodes: dict[int, SimNode]) -> web.Application:
     app = web.Application()
     for path in ("/health", "/models", "/models/available"):
         app.router.add_get(path, polled)
+    app.router.add_get(health_stream.PATH, stream)
     app.router.add_post("/v1/chat/completions", chat)
     app.router.add_post("/sim/loaded", set_loaded)
     return app

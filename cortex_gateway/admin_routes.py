@@ -37,7 +37,7 @@ def _node_status(node: Node, fleet) -> dict:
         models.append({**info.to_dict(), "gateway_in_flight": usage.in_flight,
                        "queued": node.polled_load(model), "last_used": usage.last_used or None})
     return {"name": node.name, "endpoint": node.endpoint, "healthy": node.healthy, "draining": node.draining,
-            "in_flight": fleet.in_flight_on(node.name), "failures": node.failures,
+            "watched": node.watched, "in_flight": fleet.in_flight_on(node.name), "failures": node.failures,
             "last_error": node.last_error or None, "devices": [d.to_dict() for d in node.health.devices],
             "uptime_s": node.health.uptime_s or None, "models": models,
             "available": sorted(node.available), "pulls": [p.to_dict() for p in node.pulls],

@@ -20,6 +20,7 @@ from cortex_gateway.key_auth import api_auth, keys_ctx
 from cortex_gateway.learned_memory import LearnedMemoryStore
 from cortex_gateway.lifecycle import Lifecycle
 from cortex_gateway.metrics import RECORD, GatewayMetrics, count_refusals
+from cortex_gateway.node_watch import NodeWatch
 from cortex_gateway.responses import routes as responses_routes
 from cortex_gateway.responses.store import ResponseStore
 from cortex_gateway.scaler import Replicas
@@ -97,6 +98,8 @@ def _fleet_ctx(config: GatewayConfig, given: aiohttp.ClientSession | None):
                                  frozenset(replicas.bounds))
         await fleet.poll_all()
         tasks = [asyncio.create_task(fleet.run_poller(config.poll_interval_s))]
+        if config.node_streams:  # watched nodes push their changes; the poller skips them
+            tasks.append(asyncio.create_task(NodeWatch(fleet, config.poll_interval_s).run()))
         # Rounds beside the poller, each only when some model needs them: keep-alive, replicas.
         for rounds in (KeepAlive(app[LIFECYCLE]), replicas):
             if rounds.interval is not None:

@@ -123,6 +123,7 @@ class GatewayConfig:
     poll_interval_s: float = 2.0
     poll_timeout_s: float = 5.0  # a neuron that does not answer a poll within this has failed it
     down_after: int = 3
+    node_streams: bool = True  # follow each neuron's health stream (cortex_gateway.node_watch); polls are the fallback
     load_timeout_s: float = 600.0
     keepalive_s: float = 5.0
     # a stream silent this long (a cold load, a queue, a prefill) gets an event that clients count as progress
@@ -209,6 +210,7 @@ def load_config(path: Path) -> GatewayConfig:
     _check_store_bytes(cfg, gw)
     cfg.state_dir = gw.opt_path("state_dir", cfg.state_dir)
     cfg.state_url = read_state_url(top.table("state"))
+    cfg.node_streams = gw.opt_bool("node_streams", cfg.node_streams)
     cfg.hosted_tools = gw.opt_choice("hosted_tools", ("drop", "refuse"), cfg.hosted_tools)
     cfg.neurons = _neurons(top.tables("neurons"), gw.opt_str("neuron_token", expected="a token for every neuron"))
     cfg.strategy = top.table("eviction").opt_choice("strategy", STRATEGIES, cfg.strategy)

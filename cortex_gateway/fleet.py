@@ -41,6 +41,7 @@ class Node:
     # them after their file); kept across polls, which list the node's ids only.
     aliases: dict[str, str] = field(default_factory=dict)
     draining: bool = False  # `cortex drain`: no new placements; what runs there finishes
+    watched: bool = False  # its health stream is open (`cortex_gateway.node_watch`): the poller skips it
     # Told when `models` or `available` is replaced (the fleet's index and catalog version follow), by
     # whoever replaces it: a poll, a test. A change in place (a load's) is followed by `Fleet.poll_node`.
     on_listing: Callable[[Node], None] | None = field(default=None, repr=False, compare=False)
@@ -124,7 +125,44 @@ class Fleet:
         except NeuronError as err:
             self.mark_failed(node, err.message)
             return
-        node.health = health.value
+        self._learn(node, health.value, models, available)
+
+    async def take_health(self, node: Node, health: Health) -> None:
+        """A health answer the node pushed (its stream, `cortex_gateway.node_watch`): learned as a poll's
+        /health would be, with /models and /models/available asked for only if their ETags moved."""
+        try:
+            models, available = await self._listings(node, health)
+        except NeuronError as err:
+            self.mark_failed(node, err.message)
+            return
+        self._learn(node, health, models, available)
+
+    async def recheck(self, node: Node, health: Health) -> None:
+        """The listings `health` names, asked for (conditionally) if the gateway holds others: a poll of its
+        own (after a load) may have moved past the stream's last event, and the node may since have moved
+        back to what that event said, which its stream then has no reason to send again. `health`'s ETags
+        become the ones now held."""
+        held = node.client.held
+        if all(etag and (h := held.get(path)) and h.etag == etag
+               for path, etag in (("/models", health.models_etag), ("/models/available", health.available_etag))):
+            return
+        try:
+            models, available = await self._listings(node, health)
+        except NeuronError as err:
+            self.mark_failed(node, err.message)
+            return
+        self._learn(node, node.health, models, available)
+        health.models_etag = held["/models"].etag if "/models" in held else ""
+        health.available_etag = held["/models/available"].etag if "/models/available" in held else ""
+
+    async def _listings(self, node: Node, health: Health) -> tuple[Polled, Polled]:
+        client, t = node.client, self.poll_timeout
+        models = await _if_stale(client, "/models", health.models_etag, client.poll_models, t)
+        available = await _if_stale(client, "/models/available", health.available_etag, client.poll_available, t)
+        return models, available
+
+    def _learn(self, node: Node, health: Health, models: Polled, available: Polled) -> None:
+        node.health = health
         if models.changed:
             listed, node.pulls = models.value
             node.models = {m.id: m for m in listed}
@@ -145,10 +183,7 @@ class Fleet:
         if "/health" not in client.held:
             return await asyncio.gather(client.poll_health(t), client.poll_models(t), client.poll_available(t))
         health = await client.poll_health(t)
-        models = await _if_stale(client, "/models", health.value.models_etag, client.poll_models, t)
-        available = await _if_stale(client, "/models/available", health.value.available_etag,
-                                    client.poll_available, t)
-        return health, models, available
+        return (health, *await self._listings(node, health.value))
 
     def reindex(self, node: Node) -> None:
         """Node `node`'s models or listing changed: the model -> nodes index and the catalog version follow."""
@@ -196,7 +231,8 @@ class Fleet:
                 await every_once(interval / len(slices), lambda part=part: self._poll_some(part), "poll")
 
     async def _poll_some(self, nodes: list[Node]) -> None:
-        await asyncio.gather(*(self._poll(n) for n in nodes))
+        """Poll the nodes of one slice that are not watched: a watched node tells of its changes itself."""
+        await asyncio.gather(*(self._poll(n) for n in nodes if not n.watched))
 
 
 def _apply_aliases(node: Node) -> bool:

@@ -166,13 +166,13 @@ def start_neuron(tmp: Path, models_dir: Path, *extra: str, name: str = "n1",
 
 def start_gateway(tmp: Path, neurons: dict[str, str], *, models_toml: str = "", extra_toml: str = "",
                   wait: bool = True, port: int | None = None, args: tuple[str, ...] = (),
-                  state_dir: Path | None = None) -> CortexProcess:
+                  state_dir: Path | None = None, poll_interval_s: float = 0.5) -> CortexProcess:
     """`cortex serve` over the given neurons (name -> URL), from a written cortex.toml; its state in
     `state_dir` (given to keep it across a restart), else in a fresh directory of its own."""
     port, metrics_port = port or free_port(), free_port()
     lines = ['models_config = "models.toml"' if models_toml else "", "[gateway]",
              f'listen = "127.0.0.1:{port}"', f'metrics_listen = "127.0.0.1:{metrics_port}"',
-             "poll_interval_s = 0.5", "down_after = 2", "keepalive_s = 0.5"]
+             f"poll_interval_s = {poll_interval_s}", "down_after = 2", "keepalive_s = 0.5"]
     lines.append(extra_toml)  # lands in [gateway] unless it opens a table of its own
     for name, url in neurons.items():
         lines += ["[[neurons]]", f'name = "{name}"', f'endpoint = "{url}"']

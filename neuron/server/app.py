@@ -49,7 +49,7 @@ def access_details(request: web.Request) -> dict:
 
 
 # What the gateway polls every second or so: logged at debug unless it fails.
-POLLED_PATHS = ("/health", "/metrics", "/models", "/models/available", "/models/pulls")
+POLLED_PATHS = ("/health", "/health/stream", "/metrics", "/models", "/models/available", "/models/pulls")
 
 
 def create_app(config: NeuronConfig, *, devices: DeviceTable | None = None) -> web.Application:

@@ -13,11 +13,15 @@ from neuron.engine.faults import FAULT_KINDS
 from neuron.pulls.disk import delete_model
 from neuron.server import conditional
 from neuron.server.catalog import estimate_mb, scan
+from neuron.server.health_feed import HEALTH_FEED, HealthFeed, health_stream_route
 from neuron.server.state import FAULTS, METRICS, NODE_NAME, PULLER, REGISTRY, STARTED_AT
+from neuron.shared import health_stream
 from neuron.shared.errors import bad_request
 from neuron.shared.fields import req_str, require_object
 from neuron.shared.http import json_response, read_json
 from neuron.shared.protocol import AvailableModel, Health, LoadRequest, ModelLoad, PullRequest, UnloadRequest
+
+LISTING_S = 2.0  # how often a watched node rescans its models folder for the listing's tag (as a poll would)
 
 
 def available_payload(app: web.Application) -> dict:
@@ -79,15 +83,35 @@ async def unload(request: web.Request) -> web.Response:
 async def health(request: web.Request) -> web.Response:
     """The node's health, with the ETags of /models and /models/available in it (one poll, not three, on a
     node where nothing changed). Its own tag leaves out the uptime, which moves on every call."""
-    app = request.app
+    health, tag = health_answer(request.app)
+    return conditional.answer(request, orjson.dumps(health.to_dict()), tag)
+
+
+def health_answer(app: web.Application, available_etag: str | None = None) -> tuple[Health, str]:
+    """The health answer now (its uptime current) and its tag, which leaves the uptime out; the tag of
+    /models/available is computed unless given (it scans the models folder)."""
     registry = app[REGISTRY]
     models = [_load_of(m) for m in registry.models.values()]
+    if available_etag is None:
+        available_etag = conditional.tag_of(orjson.dumps(available_payload(app)))
     health = Health("ok", app[NODE_NAME], 0.0, registry.devices.snapshot(), models,
-                    models_etag=conditional.tag_of(orjson.dumps(models_payload(app))),
-                    available_etag=conditional.tag_of(orjson.dumps(available_payload(app))))
+                    models_etag=conditional.tag_of(orjson.dumps(models_payload(app))), available_etag=available_etag)
     tag = conditional.tag_of(orjson.dumps(health.to_dict()) + repr(app[STARTED_AT]).encode())
     health.uptime_s = round(time.monotonic() - app[STARTED_AT], 3)
-    return conditional.answer(request, orjson.dumps(health.to_dict()), tag)
+    return health, tag
+
+
+def _health_feed(app: web.Application) -> HealthFeed:
+    """The streamed health: checked every CHECK_S, the models folder's listing (a scan) every LISTING_S."""
+    scanned = {"at": -LISTING_S, "tag": ""}
+
+    def compute() -> tuple[Health, str]:
+        now = time.monotonic()
+        if now - scanned["at"] >= LISTING_S:
+            scanned["at"], scanned["tag"] = now, conditional.tag_of(orjson.dumps(available_payload(app)))
+        return health_answer(app, scanned["tag"])
+
+    return HealthFeed(compute)
 
 
 def _load_of(entry) -> ModelLoad:
@@ -126,6 +150,9 @@ def add_routes(app: web.Application, faults_enabled: bool) -> None:
     app.router.add_post("/models/delete", delete)
     app.on_shutdown.append(app[PULLER].on_shutdown)  # pulls stop when the grace starts: their waiters are answered
     app.router.add_get("/health", health)
+    app[HEALTH_FEED] = feed = _health_feed(app)
+    app.on_shutdown.append(feed.close)  # before the grace: the streams end, the gateways fall back to polls
+    app.router.add_get(health_stream.PATH, health_stream_route)
     app.router.add_get("/metrics", metrics)
     if faults_enabled:
         app.router.add_post("/debug/faults", arm_fault)

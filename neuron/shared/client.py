@@ -9,12 +9,14 @@ can re-raise it to their own clients as it is.
 from __future__ import annotations
 
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
 import orjson
 
+from neuron.shared import health_stream
 from neuron.shared.errors import ApiError, error_from_envelope
 from neuron.shared.protocol import AvailableModel, Health, ModelInfo, PullState
 from neuron.shared.request_context import with_request_id
@@ -121,6 +123,22 @@ class NeuronClient:
         if not polled.changed:
             polled.value.uptime_s = round(polled.value.uptime_s + self.held["/health"].at - since, 3)
         return polled
+
+    async def watch_health(self, heartbeat_s: float, timeout: float = 5.0) -> AsyncIterator[Health | None]:
+        """GET /health/stream: the node's health now and at each change, None at each heartbeat, until the
+        node ends the stream (it is stopping). Raises NeuronError when it cannot be opened (404: a node older
+        than the stream) or breaks, silence past two heartbeats and `timeout` included."""
+        url = f"{self.endpoint}{health_stream.PATH}?{health_stream.HEARTBEAT_PARAM}={heartbeat_s:g}"
+        wait = aiohttp.ClientTimeout(total=None, sock_connect=timeout, sock_read=2 * heartbeat_s + timeout)
+        try:
+            async with self.session.get(url, headers=with_request_id(self.headers), timeout=wait) as resp:
+                if resp.status >= 300:
+                    raise NeuronError.from_api_error(error_from_envelope(resp.status, await resp.read()))
+                async for event in health_stream.read_events(resp.content):
+                    yield event
+        except (aiohttp.ClientError, TimeoutError, OSError, ValueError) as exc:
+            raise NeuronError(0, "api_error", f"{self.endpoint}{health_stream.PATH}: {exc.__class__.__name__} {exc}",
+                              code="node_unreachable") from exc
 
     async def poll_models(self, timeout: float = 5.0) -> Polled:
         """GET /models, conditionally: (models, pulls) as `models_and_pulls` answers them."""
