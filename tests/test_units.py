@@ -111,6 +111,9 @@ def test_config_errors_name_file_and_key(tmp_path):
     path.write_text("[neuron\n")
     with pytest.raises(ConfigError, match="not valid TOML"):
         config_from_file(path)
+    path.write_text("[neuron]\ncpu_memory_mb = 1\ncpu_memory_mb = 2\n")  # tomlkit's KeyAlreadyPresent
+    with pytest.raises(ConfigError, match='not valid TOML: .*"cpu_memory_mb" already exists.*give each key once'):
+        config_from_file(path)
 
 
 def test_config_file_values(tmp_path):

@@ -123,6 +123,8 @@ def read_toml(path: Path) -> dict:
         raise ConfigError(f"{path}: cannot read ({exc.strerror})") from None
     except tomlkit.exceptions.ParseError as exc:
         raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    except tomlkit.exceptions.TOMLKitError as exc:  # KeyAlreadyPresent is no ParseError: a key given twice
+        raise ConfigError(f"{path}: not valid TOML: {exc}; give each key once per table") from None
 
 
 # [neuron]'s numbers beyond those both servers have; see neuron.shared.config_fields for the rules.
