@@ -41,8 +41,8 @@ def state_needs(top: dict, config: Path, request) -> tuple[list[tuple[Path, str]
                             f"keep it in {STATE_DIR} (url = \"sqlite://{STATE_DIR}/state.db\")")
     elif url.dialect == "postgresql" and is_local(url.dsn) and not request.user_unit:
         unit = (request.unit_name or "cortex-gateway").removesuffix(".service")
-        warnings.append("the state database is on this machine: the gateway must start after it (one started "
-                        "first exits with status 2 and is not restarted); run `systemctl edit "
+        warnings.append("the state database is on this machine: start the gateway after it (one started first "
+                        "waits for it, retrying, before it listens); run `systemctl edit "
                         f"{unit}` and add: [Unit] After=postgresql.service Wants=postgresql.service")
     return writes, warnings
 

@@ -315,15 +315,18 @@ async def _bill(app: web.Application, metered: Metered, prompt: int, completion:
         log.warning("key %s: a request used %d tokens, more than the %d reserved for it", metered.key.name,
                     prompt + completion, held.tokens)
     try:
-        if held is None:  # a key without a budget: nothing was held
-            await db.record_usage(metered.key.name, metered.model, metered.period.label, prompt, completion)
+        if held is None:  # a key without a budget: nothing was held (either way: spooled if the database is down)
+            outage = await db.record_usage(metered.key.name, metered.model, metered.period.label, prompt, completion)
         else:
-            await db.settle(held, prompt, completion)
+            outage = await db.settle_or_spool(held, prompt, completion)
     except StateError as exc:
         app[METER].state_failed(exc)
         log.info("usage of key %s not recorded (%d + %d tokens): %s", metered.key.name, prompt, completion, exc)
         return
-    app[METER].state_answered()
+    if outage is not None:
+        app[METER].state_failed(outage)  # the usage is in the spool, billed from there once the database answers
+    else:
+        app[METER].state_answered()
     if METRICS in app:
         app[METRICS].observe_key_tokens(metered.key.name, prompt, completion)
 

@@ -23,12 +23,12 @@ from cortex_gateway.state_db import (
     hash_key,
     new_secret,
 )
-from cortex_gateway.state_db.migrations import LATEST
+from cortex_gateway.state_db.migrations import MIGRATIONS
 from cortex_gateway.state_db.script import execute, rows
 from tests.postgres_server import postgres, postgres_url  # noqa: F401 - fixtures
 
 DIALECTS = ["sqlite", "postgresql"]
-ALL_VERSIONS = [(version,) for version in range(1, LATEST + 1)]  # every migration, applied once
+ALL_VERSIONS = [(m.version,) for m in MIGRATIONS]  # every migration, applied once
 
 
 @pytest.fixture(params=DIALECTS)
@@ -317,7 +317,7 @@ async def test_both_dialects_have_the_same_tables_columns_and_types(tmp_path, re
             pg, "SELECT column_name, data_type, is_nullable FROM information_schema.columns "
                 "WHERE table_schema = 'public' AND table_name = $1 ORDER BY ordinal_position", t)] for t in tables}
         assert set(tables) == {"api_keys", "budget_totals", "drains", "events", "pins", "reservations", "responses",
-                               "schema_migrations", "tpm_buckets", "usage"}
+                               "schema_migrations", "spooled_usage", "tpm_buckets", "usage"}
         assert in_sqlite == in_postgres
     finally:
         await asyncio.gather(lite.close(), pg.close())

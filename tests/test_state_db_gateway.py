@@ -160,12 +160,17 @@ def test_cortex_serve_makes_its_database_on_first_run(tmp_path):
         assert "state in sqlite database" in gateway.log()
 
 
-def test_a_database_that_cannot_be_reached_stops_cortex_serve_with_one_line(tmp_path):
-    closed = free_port()  # nothing listens there
+def test_a_database_that_cannot_be_reached_yet_is_waited_for_each_try_logged(tmp_path):
+    closed = free_port()  # nothing listens there: refused, which may pass (a database still booting)
     extra = f'[state]\nurl = "postgresql://cortex:hunter22@127.0.0.1:{closed}/cortex"\n'
-    result = cortex("serve", "--config", gateway_toml(tmp_path, free_port(), free_port(), extra))
-    assert_one_line(result, f"cannot connect to the state database postgresql://cortex:***@127.0.0.1:{closed}/cortex")
-    assert "hunter22" not in result.stderr
+    port = free_port()
+    config = gateway_toml(tmp_path, port, free_port(), extra)
+    with CortexProcess(["serve", "--config", config], port, tmp_path / "gateway.log") as gateway:
+        wait_for(lambda: "(attempt 2)" in gateway.log() or gateway.proc.poll() is not None, 60, "a second try")
+        assert gateway.proc.poll() is None, gateway.log_tail()
+        where = f"state database at postgresql://cortex:***@127.0.0.1:{closed}/cortex (password hidden) unreachable: "
+        assert where in gateway.log() and "; retrying in 1 s (attempt 2)" in gateway.log()
+        assert "hunter22" not in gateway.log()
 
 
 def test_a_file_that_is_no_database_stops_cortex_serve_with_one_line(tmp_path):

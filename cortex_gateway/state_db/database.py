@@ -25,6 +25,7 @@ from cortex_gateway.state_db import keys, responses, shared, tpm, usage
 from cortex_gateway.state_db.migrations import migrate
 from cortex_gateway.state_db.records import ApiKey, KeySettings, Released, Reservation, StateError, UsageRow
 from cortex_gateway.state_db.script import Driver, Script, T
+from cortex_gateway.state_db.spool import SpooledUsage, UsageSpool
 from cortex_gateway.state_db.sqlite import SQLiteDriver
 from cortex_gateway.state_db.url import StateURL, parse_state_url
 
@@ -43,8 +44,10 @@ def driver_for(url: StateURL) -> Driver:
 class StateDB:
     """The gateway's state. Make one with `await StateDB.open(...)`; `await db.close()` when done."""
 
-    def __init__(self, driver: Driver, instance_id: str, *, clock: Callable[[], float] = time.time):
+    def __init__(self, driver: Driver, instance_id: str, *, clock: Callable[[], float] = time.time,
+                 spool: UsageSpool | None = None):
         self._driver = driver
+        self.spool = spool  # where record_usage puts what the database cannot take (None: nowhere, it raises)
         self.instance_id = instance_id  # this gateway's name on the reservations it holds
         self.clock = clock
         self._pending: set[asyncio.Future] = set()
@@ -52,14 +55,15 @@ class StateDB:
 
     @classmethod
     async def open(cls, url: str | None, state_dir: Path | None, instance_id: str, *,
-                   clock: Callable[[], float] = time.time) -> StateDB:
+                   clock: Callable[[], float] = time.time, spool: UsageSpool | None = None) -> StateDB:
         """Connect to the database `url` names (None: SQLite in `state_dir`) and migrate it to the latest
-        schema. Raises StateError (one line: what and where) if it cannot be reached or migrated."""
+        schema. Raises StateError (one line: what and where; `transient` if asking again may do) if it
+        cannot be reached or migrated."""
         try:
             parsed = parse_state_url(url, state_dir)
         except ValueError as exc:
             raise StateError(f"[state] url: {exc}") from None
-        db = cls(driver_for(parsed), instance_id, clock=clock)
+        db = cls(driver_for(parsed), instance_id, clock=clock, spool=spool)
         await db._driver.open()
         try:
             applied = await db.migrate()
@@ -197,10 +201,51 @@ class StateDB:
         False, changing nothing, if it was already settled or released: settling twice bills once."""
         return await self._shielded(lambda: usage.settle(reservation.id, prompt_tokens, completion_tokens))
 
-    async def record_usage(self, key: str, model: str, window: str, prompt_tokens: int, completion_tokens: int) -> None:
+    async def record_usage(self, key: str, model: str, window: str, prompt_tokens: int,
+                           completion_tokens: int) -> StateError | None:
         """Bill one request that reserved nothing (a key without a budget): its usage in `window`, committed
-        before this returns; one transaction where a reserve and a settle are two."""
-        await self._shielded(lambda: usage.record(key, model, window, prompt_tokens, completion_tokens))
+        before this returns; one transaction where a reserve and a settle are two. None once committed; if
+        the database cannot take it, its error, the usage being on the disk in the spool instead (replayed
+        by `replay_spool`). StateError when neither holds it (no spool, or the spool cannot be written)."""
+        try:
+            await self._shielded(lambda: usage.record(key, model, window, prompt_tokens, completion_tokens))
+            return None
+        except StateError as exc:
+            return await self._spool_instead(exc, SpooledUsage.new(key, model, window, prompt_tokens,
+                                                                   completion_tokens, self.clock()))
+
+    async def settle_or_spool(self, reservation: Reservation, prompt_tokens: int,
+                              completion_tokens: int) -> StateError | None:
+        """`settle`, and if the database cannot take it, the settlement spooled as `record_usage` spools
+        (replayed as a settle of the same reservation: a gateway's start replays before it releases what
+        it held). None once committed (or settled already), else the database's error."""
+        try:
+            await self.settle(reservation, prompt_tokens, completion_tokens)
+            return None
+        except StateError as exc:
+            r = reservation
+            return await self._spool_instead(exc, SpooledUsage.new(r.key, r.model, r.window, prompt_tokens,
+                                                                   completion_tokens, self.clock(), r.id))
+
+    async def _spool_instead(self, failure: StateError, record: SpooledUsage) -> StateError:
+        if self.spool is None:
+            raise failure
+        try:
+            await self.spool.append(record)
+        except OSError as exc:
+            raise StateError(f"{failure}; and the usage spool {self.spool.path} cannot be written: "
+                             f"{exc.strerror or exc}") from exc
+        return failure
+
+    async def replay_spool(self) -> int:
+        """Bill what the spool holds (each request once, however often it is replayed); the requests billed.
+        StateError if the database fails meanwhile (what is left stays for the next replay)."""
+        if self.spool is None or not self.spool.pending():
+            return 0
+        return await self.spool.replay(self._bill_spooled)
+
+    async def _bill_spooled(self, records: list[SpooledUsage]) -> int:
+        return await self._driver.write(lambda: usage.record_spooled(records, self.clock()))
 
     async def release(self, reservation: Reservation) -> bool:
         """Give the reservation's tokens back unbilled (a request that never ran); False if already gone."""

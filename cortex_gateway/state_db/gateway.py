@@ -4,10 +4,23 @@ A gateway names itself once, in a file of its state dir (`gateway_id`), and keep
 restarts: so at its next start, after a crash or a `kill -9`, it knows which reservations were its own
 and releases them (nothing of that process will ever settle them), while those of other gateways
 sharing the same PostgreSQL stay held. Two gateways sharing one database need state dirs of their own.
+The state dir also holds the usage spool (`spool`): replayed at the start, and every `SPOOL_ROUND_S`.
+
+A database that cannot be reached at the start, for a reason that may pass (`StateError.transient`: the
+server refused the connection or is still starting up, a timeout, a name that did not resolve) is asked
+again, with a backoff up to `RETRY_CAP_S`, for as long as it takes, each try logged; any other failure (a
+bad URL or password, a database that does not exist, a migration that failed) ends the start at once
+with exit status 2, which the systemd unit does not restart. The gateway does not listen meanwhile,
+although routing needs no database: keys made through the admin API live only there, so a gateway that
+has never read them cannot tell a request without a key from one that needs none (it would open the API,
+or refuse everyone), and nothing may be written before the migrations ran. A load balancer's health
+check sees it down, and sends the traffic to a gateway that has its database.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import socket
 import uuid
@@ -19,6 +32,8 @@ from aiohttp import web
 from cortex_gateway.state import RESPONSE_STORE, STATE_DB
 from cortex_gateway.state_db.database import StateDB
 from cortex_gateway.state_db.records import StateError
+from cortex_gateway.state_db.spool import UsageSpool
+from cortex_gateway.state_db.url import redacted
 from neuron.shared.files import write_atomic
 
 if TYPE_CHECKING:
@@ -26,6 +41,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("cortex.gateway.state_db")
 INSTANCE_FILE = "gateway_id"
+RETRY_FIRST_S = 0.5  # the first wait for a database not reachable at the start, doubled on each try...
+RETRY_CAP_S = 10.0  # ...up to this
+SPOOL_ROUND_S = 2.0  # how often spooled usage is offered to the database again
 
 
 def instance_id(state_dir: Path) -> str:
@@ -43,10 +61,35 @@ def instance_id(state_dir: Path) -> str:
                          f"set [gateway] state_dir to a directory the gateway can write") from None
 
 
+async def open_waiting(config: GatewayConfig) -> StateDB:
+    """`open_for_gateway`, tried again after a transient failure (see the module's doc) until it succeeds."""
+    attempt = 0
+    while True:
+        try:
+            return await open_for_gateway(config)
+        except StateError as exc:
+            if not exc.transient:
+                raise
+            attempt += 1
+            delay = min(RETRY_CAP_S, RETRY_FIRST_S * 2 ** (attempt - 1))
+            log.warning("state database at %s unreachable: %s; retrying in %g s (attempt %d)",
+                        _where(config), exc.reason, delay, attempt)
+            await asyncio.sleep(delay)
+
+
+def _where(config: GatewayConfig) -> str:
+    """The URL as the log shows it: the password, if any, replaced, and said so."""
+    shown = redacted(config.state_url or "")
+    return f"{shown} (password hidden)" if shown != config.state_url else shown
+
+
 async def open_for_gateway(config: GatewayConfig) -> StateDB:
-    """Open and migrate the database of `[state] url`, and release what a previous run of this gateway held."""
-    db = await StateDB.open(config.state_url, config.state_dir, instance_id(config.state_dir))
+    """Open and migrate the database of `[state] url`, bill the usage a previous run spooled, and release
+    the reservations it held."""
+    spool = UsageSpool.in_dir(config.state_dir)
+    db = await StateDB.open(config.state_url, config.state_dir, instance_id(config.state_dir), spool=spool)
     try:
+        await db.replay_spool()
         released = await db.release_stale()
     except BaseException:
         await db.close()
@@ -61,12 +104,29 @@ async def open_for_gateway(config: GatewayConfig) -> StateDB:
 def state_ctx(config: GatewayConfig):
     """The app's cleanup_ctx entry: the database open before anything else starts, closed after all else."""
     async def ctx(app: web.Application):
-        db = app[STATE_DB] = await open_for_gateway(config)
+        db = app[STATE_DB] = await open_waiting(config)
         if db.dialect == "postgresql" and RESPONSE_STORE in app:  # SQLite: one gateway, its responses in memory
             app[RESPONSE_STORE].attach(db)
+        rounds = asyncio.create_task(replay_rounds(db))
         yield
+        rounds.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await rounds
         if RESPONSE_STORE in app:
             await app[RESPONSE_STORE].close()  # its last writes, before the database closes
         await db.close()
 
     return ctx
+
+
+async def replay_rounds(db: StateDB, interval: float = SPOOL_ROUND_S) -> None:
+    """Offer the spooled usage to the database every `interval`, while there is any (a stat when there is not).
+    A failure is the outage metering already logged; the next round tries again."""
+    while True:
+        await asyncio.sleep(interval)
+        try:
+            await db.replay_spool()
+        except StateError as exc:
+            log.debug("spooled usage not replayed yet: %s", exc)
+        except OSError as exc:
+            log.error("cannot read the usage spool %s: %s", db.spool.path if db.spool else "?", exc)

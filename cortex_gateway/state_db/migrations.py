@@ -98,7 +98,13 @@ TPM_BUCKETS = Migration(4, "tokens-per-minute buckets, shared by every gateway",
         level DOUBLE PRECISION NOT NULL, updated_at DOUBLE PRECISION NOT NULL)""",
 ))
 
-MIGRATIONS: tuple[Migration, ...] = (KEYS_AND_USAGE, SHARED_ADMIN, STORED_RESPONSES, TPM_BUCKETS)
+SPOOLED_USAGE = Migration(5, "the ids of usage replayed from a gateway's spool", both=(
+    # One row per request a gateway spooled on disk while the database was down (cortex_gateway.state_db.spool),
+    # written in the transaction that bills it: a spool replayed twice bills each request once.
+    "CREATE TABLE spooled_usage (id TEXT NOT NULL PRIMARY KEY, replayed_at DOUBLE PRECISION NOT NULL)",
+))
+
+MIGRATIONS: tuple[Migration, ...] = (KEYS_AND_USAGE, SHARED_ADMIN, STORED_RESPONSES, TPM_BUCKETS, SPOOLED_USAGE)
 LATEST = MIGRATIONS[-1].version
 # Any constant shared by every cortex gateway: the key of the advisory lock migrations take on PostgreSQL.
 _LOCK_KEY = 0x636F72746578  # "cortex"

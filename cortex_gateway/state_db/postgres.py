@@ -48,7 +48,8 @@ class PostgresDriver:
             self._pool = await asyncpg.create_pool(self.url, min_size=1, max_size=self.pool_size,
                                                    timeout=CONNECT_TIMEOUT_S, command_timeout=STATEMENT_TIMEOUT_S)
         except (*_failures(asyncpg), ValueError) as exc:
-            raise StateError(f"cannot connect to the state database {self.where}: {_reason(exc)}") from None
+            raise StateError(f"cannot connect to the state database {self.where}: {_reason(exc)}{_fix(asyncpg, exc)}",
+                             transient=_transient(asyncpg, exc), reason=_reason(exc)) from None
 
     async def write(self, make: Callable[[], Script[T]], durable: bool = True) -> T:
         """Run the script `make()` in a transaction; again, afresh, if PostgreSQL aborted it. Not `durable`:
@@ -77,7 +78,8 @@ class PostgresDriver:
         except (asyncpg.DeadlockDetectedError, asyncpg.SerializationError):
             raise
         except _failures(asyncpg) as exc:
-            raise StateError(f"state database {self.where}: {_reason(exc)}") from exc
+            raise StateError(f"state database {self.where}: {_reason(exc)}", transient=_transient(asyncpg, exc),
+                             reason=_reason(exc)) from exc
 
     async def notify(self, channel: str, payload: str) -> None:
         """NOTIFY every gateway listening on `channel` (after the change it tells of has committed)."""
@@ -135,3 +137,33 @@ def _failures(asyncpg) -> tuple[type[BaseException], ...]:
 
 def _reason(exc: BaseException) -> str:
     return str(exc) or type(exc).__name__
+
+
+# SQLSTATE classes of a server that may answer if asked again: 08 connection exception, 53 insufficient
+# resources (too many connections), 57P operator intervention (shutting down, crashed, "the database
+# system is starting up"), 40 a transaction rolled back (a deadlock, a serialisation failure).
+_TRANSIENT_SQLSTATES = ("08", "53", "57P", "40")
+
+
+def _transient(asyncpg, exc: BaseException) -> bool:
+    """Whether asking again may succeed: the socket's errors (refused, reset, a name that did not resolve:
+    socket.gaierror is an OSError), a timeout, asyncpg's connection cut mid-statement, and the server's
+    errors of the SQLSTATE classes above. Anything else (a bad URL, a wrong password, no such database,
+    SQL the server rejects) stays as it is until a person changes it."""
+    if isinstance(exc, ValueError):  # a URL asyncpg cannot read (its ClientConfigurationError is one too)
+        return False
+    if isinstance(exc, (OSError, TimeoutError, asyncpg.ConnectionDoesNotExistError, asyncpg.InternalClientError)):
+        return True
+    state = getattr(exc, "sqlstate", None) if isinstance(exc, asyncpg.PostgresError) else None
+    return isinstance(state, str) and state.startswith(_TRANSIENT_SQLSTATES)
+
+
+def _fix(asyncpg, exc: BaseException) -> str:
+    """What to change, for the failures to connect a person fixes: said after the server's own words."""
+    if isinstance(exc, ValueError):
+        return "; fix [state] url (postgresql://USER:PASSWORD@HOST:PORT/DATABASE)"
+    if isinstance(exc, (asyncpg.InvalidPasswordError, asyncpg.InvalidAuthorizationSpecificationError)):
+        return "; fix the user or password in [state] url, or the server's pg_hba.conf"
+    if isinstance(exc, asyncpg.InvalidCatalogNameError):
+        return "; create that database (createdb) or fix its name in [state] url"
+    return ""

@@ -28,7 +28,18 @@ _SHA256 = re.compile(r"[0-9a-f]{64}")
 
 
 class StateError(StartupError):
-    """The database cannot be reached, opened or migrated; at start, `cortex serve` prints it as one line."""
+    """The database cannot be reached, opened or migrated; at start, `cortex serve` prints it as one line.
+
+    `transient`: the database may answer if asked again (the server refused or dropped the connection, is
+    starting up, timed out, or its host name did not resolve), decided by the driver from the error's type
+    or SQLSTATE; a start waits and retries those, and exits at once on the others (a bad URL or password, a
+    database that does not exist, a failed migration), which nothing but a person fixes. `reason`: the
+    driver's own words, without the where (for a retry's log line)."""
+
+    def __init__(self, message: str, *, transient: bool = False, reason: str | None = None):
+        super().__init__(message)
+        self.transient = transient
+        self.reason = reason or message
 
 
 class DuplicateKeyName(ValueError):

@@ -11,6 +11,7 @@ Settling deletes the reservation and adds the real usage in the same transaction
 counted twice (a second settle finds no reservation and does nothing) and never lost once `settle` has
 returned (the commit came first). Lock order, the same in every script: reservations, then
 budget_totals (in key and period order), then usage; so two gateways never deadlock on each other.
+A replayed spool (`record_spooled`) takes each line's `spooled_usage` row (no other script touches them) first.
 """
 
 from __future__ import annotations
@@ -78,6 +79,27 @@ def record(key: str, model: str, period: str, prompt_tokens: int, completion_tok
     yield execute("UPDATE budget_totals SET settled_tokens = settled_tokens + $3 WHERE key_name = $1 AND period = $2",
                   key, period, prompt_tokens + completion_tokens)
     yield execute(_BILL_USAGE, key, model, period, prompt_tokens, completion_tokens)
+
+
+def record_spooled(records: list, now: float) -> Script[int]:
+    """Bill requests replayed from a gateway's spool (`spool.SpooledUsage`), each as `record` bills it (or as
+    the settle of its reservation), but only if its id is not yet in `spooled_usage`, where it goes in the
+    same transaction: replayed twice, billed once. How many were billed now. Key, period and model order:
+    the lock order of every script."""
+    billed = 0
+    for r in sorted(records, key=lambda r: (r.key, r.period, r.model)):
+        new = yield one("INSERT INTO spooled_usage (id, replayed_at) VALUES ($1, $2) ON CONFLICT DO NOTHING "
+                        "RETURNING id", r.id, now)
+        if new is None:
+            continue
+        if r.reservation is None:
+            yield from record(r.key, r.model, r.period, r.prompt_tokens, r.completion_tokens)
+            billed += 1
+        # A settle whose reservation is gone did commit (its answer was lost on the way back) and is not
+        # billed again; a start replays before it releases what it held, so no spooled one is released.
+        elif (yield from settle(r.reservation, r.prompt_tokens, r.completion_tokens)):
+            billed += 1
+    return billed
 
 
 def _unreserve(key: str, period: str, tokens: int) -> Script[None]:
