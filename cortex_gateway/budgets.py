@@ -139,6 +139,9 @@ def request_worst_case(endpoint: str, body: dict, context: int, prompt_tokens: i
     embedding writes nothing, so costs its inputs only."""
     if endpoint == "embeddings":
         return prompts_worst_case(body.get("input", ""), context, 0)
+    if endpoint == "rerank":  # each document is read with the query: at most a context each, writing nothing
+        documents = body.get("documents")
+        return prompts_worst_case(documents if isinstance(documents, list) and documents else "", context, 0)
     if endpoint == "completions":
         return prompts_worst_case(body.get("prompt", ""), context, output_limit(body), choices(body))
     return chat_worst_case(body, context, prompt_tokens)

@@ -16,19 +16,27 @@ from neuron.shared.http import json_response
 
 
 def catalog(fleet: Fleet, lifecycle: Lifecycle) -> list[dict]:
-    """Every model any node has loaded or can load, plus the profiles and aliases."""
+    """Every model any node has loaded or can load, plus the profiles and aliases. Each says its `kind`
+    (generation, embedding, rerank, ...: `neuron.shared.protocol.ModelKind`) when the nodes that list it
+    agree on one, else null (a profile no node lists yet)."""
     entries: dict[str, dict] = {}
+    kinds: dict[str, set] = {}
 
     def entry(model: str) -> dict:
         return entries.setdefault(model, {"id": model, "object": "model", "created": 0, "owned_by": "cortex",
-                                          "loaded_on": [], "loadable_on": [], "pinned_on": []})
+                                          "kind": None, "loaded_on": [], "loadable_on": [], "pinned_on": []})
 
     for node in fleet.nodes.values():
-        for model in node.models:
+        for model, info in node.models.items():
             if node.has_loaded(model):
                 entry(model)["loaded_on"].append(node.name)
-        for model in node.available:
+                kinds.setdefault(model, set()).add(info.kind)
+        for model, available in node.available.items():
             entry(model)["loadable_on"].append(node.name)
+            kinds.setdefault(model, set()).add(available.kind)
+    for model, found in kinds.items():
+        if len(found) == 1:
+            entries[model]["kind"] = str(found.pop())
     config = lifecycle.config
     for model, profile in config.models.items():
         e = entry(model)
@@ -126,7 +134,7 @@ async def health(request: web.Request) -> web.Response:
 async def root(_request: web.Request) -> web.Response:
     """`GET /` (and HEAD): Claude Code and others check the base URL answers before they start."""
     return json_response({"name": "cortex", "api": ["/v1/chat/completions", "/v1/completions", "/v1/embeddings",
-                                                    "/v1/messages", "/v1/responses", "/v1/models"]})
+                                                    "/v1/rerank", "/v1/messages", "/v1/responses", "/v1/models"]})
 
 
 def add_routes(app: web.Application) -> None:

@@ -29,6 +29,7 @@ from cortex_gateway.prefix_map import RequestKeys
 from cortex_gateway.proxy import RetryElsewhere, fetch_json, open_upstream_stream
 from cortex_gateway.state import FLEET, LIFECYCLE, METRICS, PRIORITY, SESSION, TENANT
 from neuron.shared.errors import ApiError
+from neuron.shared.kinds import wrong_kind
 
 
 async def dispatch(request: web.Request, call: InferenceCall, dialect: Dialect) -> web.StreamResponse:
@@ -102,10 +103,8 @@ async def place(ex: Exchange, exclude: frozenset[str], keys: RequestKeys | None 
                                  ex.keepalive_until if ex.call.stream else None)
         if node is not None:
             return node
-    if ex.call.path != "/v1/embeddings" and lifecycle.embedding_only(model):  # refused before loading it
-        raise ApiError(400, "invalid_request_error", f"model {model!r} is an embedding model: it serves "
-                       "/v1/embeddings only; pick a chat model from /v1/models", code="embedding_model",
-                       param="model")
+    if refused := wrong_kind(model, lifecycle.kind_of(model), ex.call.path):  # refused before loading it
+        raise refused
     placing = asyncio.ensure_future(lifecycle.node_for(model, exclude, ex.request.get(PRIORITY, "normal")))
     if ex.call.stream:
         await ex.keepalive_until(placing)

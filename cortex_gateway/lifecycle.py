@@ -132,11 +132,13 @@ class Lifecycle:
             return True
         return any(model in n.models or model in n.available for n in self.fleet.nodes.values())
 
-    def embedding_only(self, model: str) -> bool:
-        """True when every node that lists `model` (loaded or on disk) says it only embeds.
+    def kind_of(self, model: str) -> ModelKind | None:
+        """The kind every node that lists `model` (loaded or on disk) says it is; None when none lists it
+        or they disagree (the node that loads it will say).
 
-        Asked before a cold load so that a chat request for an embedding model is refused at
-        once, rather than after loading it (and perhaps evicting something busy to make room).
+        Asked before a cold load so that a request to the wrong kind (a chat for an embedding model, a
+        rerank for a chat model) is refused at once, rather than after loading the model (and perhaps
+        evicting something busy to make room).
         """
         kinds = set()
         for node in self.fleet.nodes.values():
@@ -145,7 +147,7 @@ class Lifecycle:
                 kinds.add(info.kind)
             if model in node.available:
                 kinds.add(node.available[model].kind)
-        return kinds == {ModelKind.EMBEDDING}
+        return kinds.pop() if len(kinds) == 1 else None
 
     def loads_pending(self) -> set[str]:
         """Models a request's cold load is under way for."""

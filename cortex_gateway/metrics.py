@@ -26,7 +26,8 @@ OBSERVED = web.RequestKey("observed", bool)
 RECORD = web.RequestKey("record", object)  # for the access log
 # Inference routes, by the endpoint label their requests get.
 ENDPOINTS = {"/v1/chat/completions": "chat", "/v1/completions": "completions", "/v1/embeddings": "embeddings",
-             "/v1/messages": "messages", "/v1/messages/count_tokens": "count_tokens", "/v1/responses": "responses"}
+             "/v1/messages": "messages", "/v1/messages/count_tokens": "count_tokens", "/v1/responses": "responses",
+             "/v1/rerank": "rerank", "/rerank": "rerank", "/v2/rerank": "rerank"}
 # Endpoints whose answers generate nothing, so have no time to first token (Anthropic's token count).
 NO_OUTPUT = frozenset({"count_tokens"})
 # Why the gateway unloads a model other than to make room: idle past its keep-alive (cortex_gateway.keep_alive).

@@ -1,4 +1,4 @@
-"""The gateway's OpenAI dialect: chat, completions and embeddings, passed through to the neurons.
+"""The gateway's OpenAI dialect: chat, completions, embeddings and rerank, passed through to the neurons.
 
 The neurons speak OpenAI, so the gateway reads only `model` and `stream` and
 sends the body's bytes on untouched; answers and streams come back as they are.
@@ -35,6 +35,7 @@ class OpenAIDialect:
 
 
 OPENAI = OpenAIDialect()
+RERANK_PATHS = ("/v1/rerank", "/rerank", "/v2/rerank")
 
 
 def read_call(path: str, endpoint: str, body: bytes) -> InferenceCall:
@@ -61,3 +62,5 @@ def add_routes(app: web.Application) -> None:
     app.router.add_post("/v1/chat/completions", inference_handler("/v1/chat/completions", "chat"))
     app.router.add_post("/v1/completions", inference_handler("/v1/completions", "completions"))
     app.router.add_post("/v1/embeddings", inference_handler("/v1/embeddings", "embeddings"))
+    for path in RERANK_PATHS:  # llama-server's clients post to /rerank, Cohere's v2 SDK to /v2/rerank
+        app.router.add_post(path, inference_handler("/v1/rerank", "rerank"))

@@ -204,7 +204,7 @@ async def test_minilm_as_a_gguf_on_llama_cpp_gives_the_same_vectors(client, node
 async def test_chat_to_an_embedding_model_is_a_clear_400(client, minilm, model):
     with pytest.raises(openai.BadRequestError) as exc:
         await client.chat.completions.create(model=model, messages=[{"role": "user", "content": "hi"}])
-    assert f"model '{model}' is an embedding model; use /v1/embeddings" in exc.value.body["message"]
+    assert f"model '{model}' is an embedding model: it serves /v1/embeddings only" in exc.value.body["message"]
     with pytest.raises(openai.BadRequestError):
         await client.completions.create(model=model, prompt="hi")
 

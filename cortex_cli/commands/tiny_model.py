@@ -9,7 +9,10 @@ import click
 
 @click.command("tiny-model")
 @click.argument("out", type=click.Path(path_type=Path))
-@click.option("--format", "fmt", type=click.Choice(["gguf", "hf"]), default="gguf", show_default=True)
+@click.option("--kind", type=click.Choice(["chat", "rerank"]), default="chat", show_default=True,
+              help="chat: a Llama model; rerank: a BERT cross-encoder (one label, a WordPiece tokenizer).")
+@click.option("--format", "fmt", type=click.Choice(["gguf", "hf"]), default=None,
+              help="gguf or a Hugging Face folder (hf)  [default: gguf for chat, hf for rerank]")
 @click.option("--layers", type=click.IntRange(min=1, max=64), default=2, show_default=True)
 @click.option("--dim", type=click.IntRange(min=16, max=4096), default=64, show_default=True,
               help="Hidden size, a multiple of 16.")
@@ -20,14 +23,20 @@ import click
               help="Chat template: ChatML with Qwen-style tools, or plain ChatML (no tools, as SmolLM2's).")
 @click.option("--split-tensors", type=click.IntRange(min=0), default=0, metavar="N",
               help="GGUF: write a split file (OUT-00001-of-0000K.gguf, ...) of at most N tensors per part.")
-def tiny_model(out, fmt, layers, dim, vocab, seed, context, template, split_tensors) -> None:
-    """Write a deterministic random-weight Llama model (real tokenizer and chat template) to OUT.
+def tiny_model(out, kind, fmt, layers, dim, vocab, seed, context, template, split_tensors) -> None:
+    """Write a deterministic random-weight model to OUT: a Llama chat model (real tokenizer and chat
+    template), or with --kind rerank a BERT cross-encoder.
 
-    The weights are random: it answers gibberish, quickly. It exists so tests
+    The weights are random: it answers gibberish (or ranks arbitrarily), quickly. It exists so tests
     and first runs have a real model without downloading one.
     """
+    if kind == "rerank":
+        path = _rerank(out, fmt, layers, dim, vocab, seed, min(context, 512))
+        click.echo(f"wrote {fmt or 'hf'} rerank model to {path}")
+        return
     from neuron.tiny.model import TinySpec, write_tiny_model
 
+    fmt = fmt or "gguf"
     spec = TinySpec(layers=layers, dim=dim, vocab=vocab, seed=seed, context=context, template=template,
                     split_tensors=split_tensors)
     try:
@@ -35,3 +44,16 @@ def tiny_model(out, fmt, layers, dim, vocab, seed, context, template, split_tens
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
     click.echo(f"wrote {fmt} model to {path}")
+
+
+def _rerank(out, fmt, layers, dim, vocab, seed, context):
+    """A cross-encoder: a Hugging Face folder, or the same model as a rerank GGUF; BERT's 512 positions at
+    most, as the real ones have."""
+    from neuron.tiny.rerank import TinyRerankSpec, write_tiny_rerank
+    from neuron.tiny.rerank_gguf import write_tiny_rerank_gguf
+
+    spec = TinyRerankSpec(layers=layers, dim=dim, vocab=vocab, seed=seed, context=context)
+    try:
+        return write_tiny_rerank_gguf(out, spec) if fmt == "gguf" else write_tiny_rerank(out, spec)
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from None

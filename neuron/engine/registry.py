@@ -26,7 +26,8 @@ from neuron.server.catalog import ModelRef, estimate_mb, resolve
 from neuron.server.devices import DeviceTable, process_rss_mb
 from neuron.shared.config import AdmissionLimits
 from neuron.shared.errors import ApiError
-from neuron.shared.protocol import EXTERNAL_ENGINES, LoadRequest, ModelInfo, ModelKind, ModelState
+from neuron.shared.kinds import wrong_kind
+from neuron.shared.protocol import EXTERNAL_ENGINES, LoadRequest, ModelInfo, ModelState
 
 log = logging.getLogger("cortex.neuron.engine.registry")
 UNLOAD_DRAIN_S = 30.0
@@ -96,17 +97,16 @@ class Registry:
     def worker_for(self, entry: ModelEntry) -> DeviceWorker:
         return self.workers[entry.devices[0]]
 
-    def require_loaded(self, model_id: str, *, embedding: bool = False) -> ModelEntry:
-        """The loaded model, or the error a client should see. Any model embeds; an embedding
-        model does nothing else."""
+    def require_loaded(self, model_id: str, path: str = "/v1/chat/completions") -> ModelEntry:
+        """The loaded model, or the error a client should see: a model of a kind that does not serve
+        `path` (a chat for a reranker) is a 400 (`neuron.shared.kinds`)."""
         entry = self.models.get(model_id)
         if entry is None:
             raise ApiError(404, "invalid_request_error",  # OpenAI's type for an unknown model
                            f"model {model_id!r} is not loaded on this node; POST /models/load first",
                            code="model_not_found", param="model")
-        if not embedding and entry.ref.kind == ModelKind.EMBEDDING:
-            raise ApiError(400, "invalid_request_error", f"model {model_id!r} is an embedding model; use "
-                           "/v1/embeddings", code="embedding_model", param="model")
+        if refused := wrong_kind(model_id, entry.ref.kind, path):
+            raise refused
         if entry.status in (ModelState.POISONED, ModelState.RECOVERING):
             raise ApiError(503, "overloaded_error", f"model {model_id!r} hit a device error and is being "
                            "reloaded; retry shortly", code="model_recovering", retry_after=5)

@@ -13,7 +13,7 @@ from neuron.engine.faults import FaultInjector, injection_enabled
 from neuron.engine.inference import InferenceEngine
 from neuron.engine.registry import Registry
 from neuron.pulls.puller import Puller
-from neuron.server import embedding_routes, lifecycle_routes, openai_routes
+from neuron.server import embedding_routes, lifecycle_routes, openai_routes, rerank_routes
 from neuron.server.demo import ensure_demo_model
 from neuron.server.devices import DeviceTable
 from neuron.server.metrics import NeuronMetrics
@@ -76,6 +76,7 @@ def create_app(config: NeuronConfig, *, devices: DeviceTable | None = None) -> w
     app[STARTED_AT] = time.monotonic()
     openai_routes.add_routes(app)
     embedding_routes.add_routes(app)
+    rerank_routes.add_routes(app)
     lifecycle_routes.add_routes(app, faults.enabled)
     app.cleanup_ctx.append(_lifetime(config))
     return app

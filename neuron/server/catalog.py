@@ -36,6 +36,9 @@ OVERHEAD_MB = 32.0
 DEFAULT_MAX_CONTEXT = 8192
 # Architectures whose weights generate text; a Hugging Face folder naming none of them is an encoder.
 GENERATIVE_ARCHITECTURES = ("ForCausalLM", "LMHeadModel", "ForConditionalGeneration")
+RANK_POOLING = 4  # llama.cpp's LLAMA_POOLING_TYPE_RANK (gguf.PoolingType.RANK): a reranker's score head
+# Kinds that keep no cache between requests: one context stands for a batch's activations.
+CACHELESS = (ModelKind.EMBEDDING, ModelKind.RERANK)
 
 
 @dataclass(frozen=True)
@@ -71,28 +74,46 @@ def _ref_for(path: Path, shown: str) -> ModelRef | None:
 
 
 def hf_kind(path: Path) -> ModelKind:
-    """An embedding model: a sentence-transformers folder (`modules.json`: its maker says how to pool it,
-    whatever the architecture), or a config naming only encoder architectures (BertModel, ...)."""
+    """A reranker: a sequence classifier with one label (a cross-encoder, as sentence-transformers' CrossEncoder
+    saves one). An embedding model: a sentence-transformers folder (`modules.json`: its maker says how to pool
+    it, whatever the architecture), or a config naming only encoder architectures (BertModel, ...)."""
+    try:
+        config = json.loads((path / "config.json").read_text())
+        architectures = [str(a) for a in config.get("architectures") or []]
+    except (OSError, ValueError, AttributeError, TypeError):
+        config, architectures = {}, []
+    if is_cross_encoder(config, architectures):
+        return ModelKind.RERANK
     if (path / "modules.json").is_file():
         return ModelKind.EMBEDDING
-    try:
-        architectures = json.loads((path / "config.json").read_text()).get("architectures") or []
-    except (OSError, ValueError, AttributeError):
-        return ModelKind.GENERATION
-    if architectures and not any(str(a).endswith(GENERATIVE_ARCHITECTURES) for a in architectures):
+    if architectures and not any(a.endswith(GENERATIVE_ARCHITECTURES) for a in architectures):
         return ModelKind.EMBEDDING
     return ModelKind.GENERATION
 
 
+def is_cross_encoder(config: dict, architectures: list[str]) -> bool:
+    """One relevance score per (query, document) pair: a `*ForSequenceClassification` head of one label.
+    transformers reads the labels from `id2label` (or `num_labels`), and takes two when neither is given."""
+    if not any(a.endswith("ForSequenceClassification") for a in architectures):
+        return False
+    labels = config.get("id2label")
+    count = len(labels) if isinstance(labels, dict) and labels else config.get("num_labels", 2)
+    return count == 1
+
+
 def gguf_kind(path: Path) -> ModelKind:
-    """An embedding GGUF: its metadata names a pooling (convert_hf_to_gguf.py writes one for embedding
-    models only) or non-causal attention (BERT and kin)."""
+    """A rerank GGUF: its pooling is rank (llama.cpp's LLAMA_POOLING_TYPE_RANK, which convert_hf_to_gguf.py
+    writes for cross-encoders). An embedding GGUF: any other pooling (written for embedding models only) or
+    non-causal attention (BERT and kin)."""
     try:
         meta = gguf_metadata(path)
     except Exception:  # noqa: BLE001 - an unreadable header is reported by the load itself
         return ModelKind.GENERATION
     arch = meta.get("general.architecture", "llama")
-    if meta.get(f"{arch}.pooling_type") is not None or meta.get(f"{arch}.attention.causal") is False:
+    pooling = meta.get(f"{arch}.pooling_type")
+    if pooling == RANK_POOLING:
+        return ModelKind.RERANK
+    if pooling is not None or meta.get(f"{arch}.attention.causal") is False:
         return ModelKind.EMBEDDING
     return ModelKind.GENERATION
 
@@ -200,8 +221,7 @@ def estimate_mb(ref: ModelRef, context_size: int | None, on_cpu: bool, parallel:
     Every slot may hold a whole context of KV cache (llama.cpp allocates them up front; torch's
     batch and the caches its slots keep for prefix reuse grow to as much), so `parallel` contexts
     are counted. `config` is a Hugging Face model's config.json when it is not on disk yet (a pull)."""
-    # An embedding model keeps no cache between requests: one context stands for a batch's activations.
-    slots = 1 if ref.kind == ModelKind.EMBEDDING else parallel or default_parallel(not on_cpu)
+    slots = 1 if ref.kind in CACHELESS else parallel or default_parallel(not on_cpu)
     if ref.format == "gguf":
         weights, kv = ref.size_mb, slots * _gguf_kv_mb(Path(ref.path), context_size)
     else:

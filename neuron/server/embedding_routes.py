@@ -20,7 +20,7 @@ async def embeddings(request: web.Request) -> web.Response:
     body = await read_json(request)
     req = parse_embeddings(body)
     caller = caller_of(request)  # whose turn it is in the model's queue
-    entry = app[REGISTRY].require_loaded(req.model, embedding=True)
+    entry = app[REGISTRY].require_loaded(req.model, "/v1/embeddings")
     if entry.on_engine:
         return await external_routes.relay(request, entry, body, "/v1/embeddings", "embeddings")
     async with entry.admission.slot(caller=caller):

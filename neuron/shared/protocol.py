@@ -38,10 +38,16 @@ class ModelState(StrEnum):
 
 
 class ModelKind(StrEnum):
-    """What a model does: generation (chat, completions; it can embed too) or embeddings only."""
+    """What a model does, read from its folder or GGUF metadata (neuron.server.catalog); which routes
+    each kind serves is `neuron.shared.kinds`. A kind this version does not know reads as generation, the
+    kind every node had before kinds were told apart, so an older gateway still parses a newer node."""
 
-    GENERATION = "generation"
+    GENERATION = "generation"  # chat and completions; it can embed too
     EMBEDDING = "embedding"
+    RERANK = "rerank"  # a cross-encoder: scores (query, document) pairs
+    IMAGE = "image"  # text to image
+    VISION = "vision"  # chat with images in the messages
+    TRANSCRIPTION = "transcription"  # speech to text
 
 
 class _Answer:

@@ -23,12 +23,18 @@ def backend_class(name: str, kind: ModelKind = ModelKind.GENERATION) -> type[Bac
     """The backend's class, with its library imported (so a load's memory probe excludes it).
 
     An embedding model opens with the backend's embedding class: on torch an encoder (`AutoModel`,
-    pooled per its sentence-transformers config), on llama.cpp an embedding context alone."""
+    pooled per its sentence-transformers config), on llama.cpp an embedding context alone. A rerank
+    model opens as a cross-encoder: `AutoModelForSequenceClassification` on torch, a rank-pooling
+    context on llama.cpp."""
     if name == "llama.cpp":
         from neuron.engine.backends.llamacpp import LlamaCppBackend, _import_llama
         from neuron.engine.backends.llamacpp_embed import LlamaEmbeddingBackend
 
         _import_llama()
+        if kind == ModelKind.RERANK:
+            from neuron.engine.backends.llamacpp_rerank import LlamaRerankBackend
+
+            return LlamaRerankBackend
         return LlamaEmbeddingBackend if kind == ModelKind.EMBEDDING else LlamaCppBackend
     from neuron.engine.backends.torch_hf import TorchBackend, _import_torch
 
@@ -37,6 +43,10 @@ def backend_class(name: str, kind: ModelKind = ModelKind.GENERATION) -> type[Bac
         from neuron.engine.backends.torch_encoder import TorchEncoderBackend
 
         return TorchEncoderBackend
+    if kind == ModelKind.RERANK:
+        from neuron.engine.backends.torch_rerank import TorchRerankBackend
+
+        return TorchRerankBackend
     return TorchBackend
 
 

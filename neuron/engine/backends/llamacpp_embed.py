@@ -28,12 +28,13 @@ def model_frame(model) -> tuple[list[int], list[int]]:
 
 
 class LlamaEmbedder:
-    def __init__(self, lib, model, n_ctx: int, pooling: int):
+    def __init__(self, lib, model, n_ctx: int, pooling: int, width: int | None = None):
+        """`width`: the values each pooled row has (a rank head's n_cls_out), the model's n_embd if None."""
         from llama_cpp._internals import LlamaBatch
 
         self.lib = lib
         self.n_ctx = n_ctx
-        self.n_embd = lib.llama_model_n_embd(model.model)
+        self.n_embd = width or lib.llama_model_n_embd(model.model)
         params = lib.llama_context_default_params()
         params.n_ctx, params.n_batch, params.n_ubatch = n_ctx, n_ctx, n_ctx
         params.n_seq_max, params.kv_unified = MAX_SEQUENCES, True  # unified: any input may use the whole context
@@ -47,6 +48,11 @@ class LlamaEmbedder:
 
     def embed(self, inputs: list[list[int]]) -> np.ndarray:
         """One L2-normalised row per input, each at most n_ctx tokens."""
+        out = self.pooled(inputs)
+        return out / np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)
+
+    def pooled(self, inputs: list[list[int]]) -> np.ndarray:
+        """One row per input as llama.cpp pools it (under rank pooling: the rank head's outputs)."""
         out = np.empty((len(inputs), self.n_embd), dtype=np.float32)
         group: list[int] = []
         tokens = 0
@@ -57,7 +63,7 @@ class LlamaEmbedder:
             group.append(i)
             tokens += len(ids)
         self._decode(inputs, group, out)
-        return out / np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)
+        return out
 
     def _decode(self, inputs: list[list[int]], group: list[int], out: np.ndarray) -> None:
         lib = self.lib
@@ -102,7 +108,12 @@ class LlamaEmbeddingBackend(Backend):
         self.vocab_size = self.model.n_vocab()
         self.embedding_dim = lib.llama_model_n_embd(self.model.model)
         self._prefix, self._suffix = model_frame(self.model)
-        self.embedder = LlamaEmbedder(lib, self.model, self.context_size, lib.LLAMA_POOLING_TYPE_UNSPECIFIED)
+        self.embedder = self._embedder()
+
+    def _embedder(self) -> LlamaEmbedder:
+        """The context that pools: as the model's metadata says (UNSPECIFIED reads its pooling type)."""
+        return LlamaEmbedder(self.llama_cpp, self.model, self.context_size,
+                             self.llama_cpp.LLAMA_POOLING_TYPE_UNSPECIFIED)
 
     def tokenize(self, text: str, special: bool = True) -> list[int]:
         return self.model.tokenize(text.encode("utf-8"), add_bos=False, special=special)
