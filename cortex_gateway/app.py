@@ -94,7 +94,7 @@ def _fleet_ctx(config: GatewayConfig, given: aiohttp.ClientSession | None):
         app[SESSION], app[FLEET] = relays, fleet
         app[LIFECYCLE] = Lifecycle(config, fleet, app[METRICS], LearnedMemoryStore.in_dir(config.state_dir))
         replicas = Replicas(app[LIFECYCLE])
-        app[METRICS].watch_fleet(fleet, lambda: catalog_routes.catalog(fleet, app[LIFECYCLE]), config.strategy,
+        app[METRICS].watch_fleet(fleet, lambda: catalog_routes.cached_catalog(app), config.strategy,
                                  frozenset(replicas.bounds))
         await fleet.poll_all()
         tasks = [asyncio.create_task(fleet.run_poller(config.poll_interval_s))]

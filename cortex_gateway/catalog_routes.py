@@ -82,6 +82,12 @@ def _cache(app: web.Application) -> CatalogCache:
     return app[CATALOG] if CATALOG in app else CatalogCache()
 
 
+def cached_catalog(app: web.Application) -> list[dict]:
+    """The catalog as the app's cache holds it (built again only on change): what /metrics reads at each
+    scrape, which would otherwise walk every node every scrape."""
+    return _cache(app).get(app[FLEET], app[LIFECYCLE])
+
+
 def visible_catalog(request: web.Request) -> list[dict]:
     """The catalog as the request's key may see it (its allow-list applied)."""
     app = request.app
