@@ -7,6 +7,11 @@ import json
 
 import pytest
 
+from cortex_gateway.catalog_routes import catalog
+from cortex_gateway.config import GatewayConfig, NeuronSpec
+from cortex_gateway.fleet import Fleet
+from cortex_gateway.lifecycle import Lifecycle
+from cortex_gateway.metrics import GatewayMetrics
 from neuron.server.catalog import ModelRef, estimate_mb, gguf_kind, hf_kind
 from neuron.shared.kinds import SERVES, wrong_kind
 from neuron.shared.protocol import AvailableModel, ModelInfo, ModelKind
@@ -102,3 +107,17 @@ def test_a_reranker_is_sized_for_one_batch_not_for_decoding_slots(tmp_path):
     ref = ModelRef("r", "hf", str(path), 1.0, kind=ModelKind.RERANK)
     chat = ModelRef("r", "hf", str(path), 1.0, kind=ModelKind.GENERATION)
     assert estimate_mb(ref, None, on_cpu=True, parallel=8) < estimate_mb(chat, None, on_cpu=True, parallel=8)
+
+
+def test_the_gateway_s_catalog_and_placement_read_the_kind_the_nodes_agree_on():
+    specs = [NeuronSpec(name, "http://127.0.0.1:9") for name in ("a", "b")]
+    fleet = Fleet(specs, session=None)
+    lifecycle = Lifecycle(GatewayConfig(neurons=specs), fleet, GatewayMetrics())
+    fleet.nodes["a"].models = {"r": ModelInfo("r", kind=ModelKind.RERANK)}
+    fleet.nodes["a"].available = {"r": AvailableModel("r", kind=ModelKind.RERANK),
+                                  "x": AvailableModel("x", kind=ModelKind.EMBEDDING)}
+    fleet.nodes["b"].available = {"x": AvailableModel("x")}  # the same name, another kind, on another node
+    kinds = {e["id"]: e["kind"] for e in catalog(fleet, lifecycle)}
+    assert kinds == {"r": "rerank", "x": None}
+    assert lifecycle.kind_of("r") == ModelKind.RERANK and lifecycle.kind_of("x") is None
+    assert lifecycle.kind_of("nowhere") is None

@@ -118,6 +118,7 @@ def test_the_aliases_llama_server_and_cohere_clients_use(fleet, path):
     ({"return_documents": "yes"}, "return_documents"),
     ({"truncate_prompt_tokens": 16}, "truncate_prompt_tokens"),
     ({"temprature": 1}, "temprature"),
+    ({"model": None}, "model"),
 ], ids=lambda v: str(v))
 def test_bad_input_is_a_400_naming_the_field(fleet, change, param):
     gateway, _ = fleet
