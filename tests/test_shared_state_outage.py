@@ -2,9 +2,9 @@
 
 - one of two gateways killed with `kill -9` mid-traffic: the other keeps serving, and every request a
   client got a whole answer to is billed (the killed gateway's requests then in flight may be billed or not);
-- the database stopped under load and started again: cached keys without a budget keep being served, a
-  budgeted key gets a 503 saying the state database is unreachable, the outage is logged once, and the
-  gateway recovers by itself when the database is back.
+- the database stopped under load and started again: cached keys without a budget keep being served (their
+  usage spooled on disk, and billed once when the database is back), a budgeted key gets a 503 saying the
+  state database is unreachable, the outage is logged once, and the gateway recovers by itself.
 
 Skipped, saying why, without PostgreSQL (tests/postgres_server.py). The restart test runs a PostgreSQL of
 its own, so the session's server stays up for the other tests."""
@@ -102,7 +102,7 @@ def test_the_database_restarted_under_load(tmp_path, models_dir, restartable):
         load_models(neuron, ({"model": MODEL, "max_in_flight": 4, "max_queue_depth": 64},))
         with start_gateway(tmp_path, {"n1": neuron.url}, extra_toml=f'{AUTH_TOML}\n[state]\nurl = "{url}"',
                            state_dir=tmp_path / "state") as gateway:
-            _, plain = make_key(gateway)
+            plain_name, plain = make_key(gateway)
             _, budgeted = make_key(gateway, budget_tokens=10**9, budget_window="1d")
             plain_client, budgeted_client = oai(gateway, plain), oai(gateway, budgeted)
             assert isinstance(outcome(budgeted_client, stream=False), int)
@@ -132,3 +132,6 @@ def test_the_database_restarted_under_load(tmp_path, models_dir, restartable):
             assert gateway.log().count(METERING_OUTAGE_LOG) == 1, "and once by the metering, however many requests"
             wait_for(lambda: "the state database answers again: budgeted keys served" in gateway.log(),
                      what="the recovery logged")
+            # Every answer of the key without a budget billed once: those of the outage from the spool.
+            wait_for(lambda: billed(usage_of(gateway, plain_name)) == (sum(results), len(results)),
+                     what="the usage served during the outage billed from the spool")

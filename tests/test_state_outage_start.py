@@ -15,6 +15,10 @@ from __future__ import annotations
 import hashlib
 import os
 import subprocess
+import urllib.error
+import urllib.request
+
+import pytest
 
 from tests.helpers import CORTEX, killed_after, load_models, start_gateway, start_neuron, wait_for
 from tests.postgres_server import postgres, postgres_url  # noqa: F401 - fixtures
@@ -40,6 +44,9 @@ def test_a_gateway_started_before_its_database_waits_for_it_then_serves(tmp_path
             assert "state database at postgresql://" in line and where in line and "unreachable: " in line, line
             assert "retrying in 0.5 s" in line, line
             assert gateway.proc.poll() is None, "a database not up yet is waited for, not a reason to exit"
+            with pytest.raises(urllib.error.URLError) as refused:  # not listening meanwhile: it cannot know
+                urllib.request.urlopen(gateway.url + "/health", timeout=5)  # the database's keys
+            assert isinstance(refused.value.reason, ConnectionRefusedError), refused.value
             restartable.start()
             gateway.wait_healthy()
             assert "migrated to schema version" in gateway.log()
@@ -86,6 +93,7 @@ def test_usage_served_during_an_outage_is_spooled_and_billed_once(tmp_path, mode
             restartable.start()
             wait_for(lambda: "replayed 3 spooled usage record(s)" in gateway.log(),
                      what="the rounds to bill the spool once the database is back")
+            assert "3 record(s) spooled since the last replay" in gateway.log()
             assert billed(usage_of(gateway, CONFIG_KEY_NAME)) == (before + during, 5)
             restartable.halt()
             after = spooled_chats(client, 4)  # spooled again...

@@ -8,6 +8,7 @@ tests/test_state_outage_start.py."""
 from __future__ import annotations
 
 import shutil
+import socket
 
 import asyncpg
 import pytest
@@ -102,6 +103,7 @@ async def test_usage_the_database_cannot_take_goes_to_the_spool(tmp_path):
 
 @pytest.mark.parametrize(("error", "transient"), [
     (ConnectionRefusedError(111, "Connection refused"), True),
+    (socket.gaierror(-3, "Temporary failure in name resolution"), True),
     (TimeoutError(), True),
     (asyncpg.CannotConnectNowError("the database system is starting up"), True),  # 57P03
     (asyncpg.TooManyConnectionsError("sorry, too many clients already"), True),  # 53300

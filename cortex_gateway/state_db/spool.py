@@ -95,6 +95,8 @@ class UsageSpool:
         if self.spooled == 1:
             log.warning("the state database cannot take usage: spooling it in %s (keys without a budget are "
                         "still served), replayed when it answers", self.path)
+        log.info("usage of key %s spooled (%d + %d tokens): %d record(s) spooled since the last replay",
+                 record.key, record.prompt_tokens, record.completion_tokens, self.spooled)
 
     def _append(self, line: bytes) -> None:
         with self._file_lock:
