@@ -13,7 +13,7 @@ import socket
 import asyncpg
 import pytest
 
-from cortex_gateway.state_db import StateDB
+from cortex_gateway.state_db import StateDB, StateError
 from cortex_gateway.state_db.postgres import _transient
 from cortex_gateway.state_db.spool import SpooledUsage, UsageSpool
 from tests.postgres_server import postgres, postgres_url  # noqa: F401 - fixtures
@@ -63,6 +63,20 @@ async def test_a_line_cut_short_is_skipped_and_the_rest_billed(tmp_path, db_url)
             f.write(b'{"id": "cut", "key": "alice", "mod')  # a kill mid-write: never reported
         assert await db.replay_spool() == 3
         assert totals(await db.usage()) == {"alice": (17, 2), "bob": (10, 1)}
+    finally:
+        await db.close()
+
+
+async def test_an_unreadable_spool_is_a_clear_state_error(tmp_path):
+    """A spool that cannot be read (here a directory where the file should be: root reads any file) stops a
+    start with one line naming it and the fix, not a traceback; nothing is billed or deleted."""
+    spool = UsageSpool.in_dir(tmp_path / "spool")
+    spool.aside.mkdir(parents=True)
+    db = await StateDB.open(f"sqlite://{tmp_path / 'state.db'}", None, "gw-a", spool=spool)
+    try:
+        with pytest.raises(StateError, match=r"usage spool .* cannot be read or moved aside: .*fix its permissions"):
+            await db.replay_spool()
+        assert spool.aside.is_dir()
     finally:
         await db.close()
 

@@ -242,7 +242,11 @@ class StateDB:
         StateError if the database fails meanwhile (what is left stays for the next replay)."""
         if self.spool is None or not self.spool.pending():
             return 0
-        return await self.spool.replay(self._bill_spooled)
+        try:
+            return await self.spool.replay(self._bill_spooled)
+        except OSError as exc:  # a person must fix it (permissions, a full disk): said once, not a traceback
+            raise StateError(f"the usage spool {self.spool.path} cannot be read or moved aside: "
+                             f"{exc.strerror or exc}; fix its permissions or the state dir's") from exc
 
     async def _bill_spooled(self, records: list[SpooledUsage]) -> int:
         return await self._driver.write(lambda: usage.record_spooled(records, self.clock()))
