@@ -8,6 +8,8 @@ from rich.console import Group
 from rich.table import Table
 from rich.text import Text
 
+from neuron.shared.kinds import kind_label
+
 
 def plain(value) -> Text:
     """A value from the fleet as literal text: `[bold]` or `[/]` in a model name is not markup."""
@@ -64,7 +66,8 @@ def model_rows(status: dict) -> list[dict]:
         for m in node["models"]:
             s = stats.get(m["id"], {})
             rows.append({
-                "model": m["id"], "node": node["name"], "status": m.get("status", "?"),
+                "model": m["id"], "node": node["name"], "kind": kind_label(m.get("kind")),
+                "status": m.get("status", "?"),
                 "pinned": node["name"] in pins.get(m["id"], []), "in_flight": m.get("gateway_in_flight", 0),
                 "queue": m.get("queued", 0), "memory_mb": m.get("memory_mb", 0.0),
                 "tok_s": node.get("decode_tps", {}).get(m["id"]) or s.get("tokens_per_s"),
@@ -83,11 +86,11 @@ def _slots_text(slots: dict | None) -> str:
 
 def models_table(status: dict) -> Table:
     table = Table(title="Models", title_justify="left")
-    for col in ("model", "node", "status", "pinned", "in flight", "slots", "memory", "last used"):
+    for col in ("model", "node", "kind", "status", "pinned", "in flight", "slots", "memory", "last used"):
         table.add_column(col)
     for r in model_rows(status):
         style = {"loaded": "green", "loading": "yellow", "recovering": "yellow", "poisoned": "red"}.get(r["status"])
-        table.add_row(plain(r["model"]), plain(r["node"]), Text(r["status"], style=style or ""),
+        table.add_row(plain(r["model"]), plain(r["node"]), r["kind"], Text(r["status"], style=style or ""),
                       "yes" if r["pinned"] else "",
                       str(r["in_flight"]), r["slots"], f"{r['memory_mb']:.0f} MiB", ago(r["last_used"]))
     return table

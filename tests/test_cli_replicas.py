@@ -70,7 +70,25 @@ async def test_top_shows_the_replicas_and_waiting_columns():
                 await pilot.pause(0.1)
             table = app.query_one("DataTable")
             labels = [str(c.label) for c in table.columns.values()]
-            assert labels[4] == "replicas" and labels[8] == "waiting"
+            assert labels[2] == "kind" and labels[5] == "replicas" and labels[9] == "waiting"
             shown = [[str(cell) for cell in table.get_row_at(i)] for i in range(table.row_count)]
-            assert [NAMES, "n1", "loaded", "", "2 (1..2)", "2", "-", "0", "3"] == shown[0][:9]
+            assert [NAMES, "n1", "chat", "loaded", "", "2 (1..2)", "2", "-", "0", "3"] == shown[0][:10]
             await pilot.press("q")
+
+
+def test_status_and_top_say_each_models_kind():
+    """A reranker loaded, an embedding model on disk: `cortex status` and `cortex top` name their kinds
+    (issue 26, item 7); a model without one (an older gateway) reads as chat."""
+    status = replicated_status()
+    status["nodes"][0]["models"].append({"id": "rr", "status": "loaded", "kind": "rerank", "memory_mb": 5.0})
+    status["nodes"][0]["available"] = ["emb"]
+    status["nodes"][0]["disk"] = [{"id": "emb", "format": "hf", "path": "emb", "size_mb": 1.0, "kind": "embedding"}]
+    rows = {(r.node, r.model): r for r in rows_from_status(status)}
+    kind = lambda key: dict(zip(COLUMNS, (c.plain for c in format_row(rows[key])), strict=True))["kind"]  # noqa: E731
+    assert (kind(("n1", "rr")), kind(("n1", "emb")), kind(("n1", NAMES))) == ("rerank", "embedding", "chat")
+    with CannedGateway({"/admin/status": orjson.dumps(status)}) as gw:
+        result = cortex(gw, "status")
+    assert result.exit_code == 0, result.output
+    models = result.output[result.output.index("Models"):result.output.index("Replicas")]
+    row = next(line for line in models.splitlines() if "│ rr" in line)
+    assert "rerank" in row

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from rich.text import Text
 
 from cortex_cli.render import bounds_text, event_details, event_time, model_rows
+from neuron.shared.kinds import kind_label
 
 SORT_KEYS = ("model", "node", "status", "in_flight", "waiting", "tok_s", "req_min", "memory_mb")
 
@@ -26,6 +27,7 @@ class Row:
     slots: str = "-"  # batch slots in use, "3/8"
     replicas: str = "-"  # the model's replicas and floor..ceiling, "2 (1..2)", fleet-wide
     waiting: int = 0  # the model's requests waiting for a slot over all its replicas
+    kind: str = "chat"  # what the model serves (neuron.shared.kinds): chat, embedding, rerank, ...
 
     @property
     def key(self) -> str:
@@ -36,15 +38,17 @@ def rows_from_status(status: dict) -> list[Row]:
     """Loaded (or loading) models per node, then models a node could load, as `available`."""
     fleet_wide = {m["id"]: m for m in status.get("models", [])}
     rows = [Row(r["model"], r["node"], r["status"], r["pinned"], r["in_flight"], r["queue"], r["tok_s"],
-                r["ttft_p50_s"], r["req_min"], r["memory_mb"], r["slots"], *_replicas(fleet_wide.get(r["model"])))
+                r["ttft_p50_s"], r["req_min"], r["memory_mb"], r["slots"], *_replicas(fleet_wide.get(r["model"])),
+                kind=r["kind"])
             for r in model_rows(status)]
     present = {(r.node, r.model) for r in rows}
     pins = status.get("pins", {})
     for node in status.get("nodes", []):
+        kinds = {m.get("id"): kind_label(m.get("kind")) for m in node.get("disk", [])}
         for model in node.get("available", []):
             if (node["name"], model) not in present:
                 rows.append(Row(model, node["name"], "available", node["name"] in pins.get(model, []),
-                                0, 0, None, None, 0, 0.0))
+                                0, 0, None, None, 0, 0.0, kind=kinds.get(model, "chat")))
         rows.extend(_pull_row(node["name"], p) for p in node.get("pulls", []) if p.get("phase") != "done")
     return rows
 
@@ -85,14 +89,14 @@ def format_row(r: Row) -> tuple[Text, ...]:
 
 
 def _cells(r: Row) -> tuple[str, ...]:
-    return (r.model, r.node, r.status, "pin" if r.pinned else "", r.replicas, str(r.in_flight), r.slots,
+    return (r.model, r.node, r.kind, r.status, "pin" if r.pinned else "", r.replicas, str(r.in_flight), r.slots,
             str(r.queue), str(r.waiting),
             "-" if r.tok_s is None else f"{r.tok_s:.0f}",
             "-" if r.ttft_p50_s is None else f"{r.ttft_p50_s * 1000:.0f} ms", str(r.req_min),
             "-" if not r.memory_mb else f"{r.memory_mb:.0f} MiB")
 
 
-COLUMNS = ("model", "node", "status", "pinned", "replicas", "in flight", "slots", "queue", "waiting", "tok/s",
+COLUMNS = ("model", "node", "kind", "status", "pinned", "replicas", "in flight", "slots", "queue", "waiting", "tok/s",
            "TTFT p50", "req/min", "memory")
 
 

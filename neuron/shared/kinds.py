@@ -28,6 +28,14 @@ NAMES = {ModelKind.GENERATION: "chat", ModelKind.VISION: "vision chat", ModelKin
          ModelKind.TRANSCRIPTION: "transcription"}
 
 
+def kind_label(value: str | None) -> str:
+    """How the operator tools name a kind from the wire ("generation" -> "chat"); an unknown one as given."""
+    try:
+        return NAMES[ModelKind(value or ModelKind.GENERATION)]
+    except ValueError:
+        return str(value)
+
+
 def serves(kind: ModelKind, path: str) -> bool:
     """Whether a model of `kind` answers `path`; a route no kind lists (a lifecycle route) is anyone's."""
     return path in SERVES[kind] or not any(path in routes for routes in SERVES.values())
