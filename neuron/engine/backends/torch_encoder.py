@@ -12,14 +12,14 @@ length so padding stays short, and pooled under the attention mask.
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from neuron.engine.backends.base import Backend, BackendSpec, gpu_indices, matryoshka_from_config
-from neuron.engine.backends.torch_hf import _encoders, _import_torch, _placement_kwargs, special_frame
+from neuron.engine.backends.base import Backend, BackendSpec, matryoshka_from_config
+from neuron.engine.backends.torch_hf import _encoders, special_frame
+from neuron.engine.backends.torch_place import torch_place
 
 BATCH = 32  # inputs per forward pass, as sentence-transformers' default
 # The pooling modes we follow, by their key in 1_Pooling/config.json, in the order sentence-transformers
@@ -80,15 +80,11 @@ class TorchEncoderBackend(Backend):
         if spec.gguf_file:
             raise ValueError("torch opens embedding models from Hugging Face folders; load a GGUF embedding "
                              "model with backend llama.cpp")
-        torch, transformers = _import_torch()
-        self.torch = torch
-        gpus = gpu_indices(spec.devices)
-        self.device = torch.device(f"cuda:{gpus[0]}" if gpus else "cpu")
-        if not gpus:  # leave a core to the event loop, as the torch backend does
-            torch.set_num_threads(max(1, (os.cpu_count() or 2) - 1))
+        place = torch_place(spec)
+        transformers, self.torch, self.device = place.transformers, place.torch, place.device
         self.pipeline = Pipeline.read(spec.path)
         self.tokenizer = transformers.AutoTokenizer.from_pretrained(str(spec.path))
-        self.model = transformers.AutoModel.from_pretrained(str(spec.path), **_placement_kwargs(torch, gpus))
+        self.model = transformers.AutoModel.from_pretrained(str(spec.path), **place.load_kwargs())
         self.model.eval()
         config = self.model.config
         positions = getattr(config, "max_position_embeddings", None) or 512

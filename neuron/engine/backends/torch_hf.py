@@ -10,34 +10,22 @@ from __future__ import annotations
 import functools
 import json
 import logging
-import os
 
 from neuron.engine.backends.base import (
     Backend,
     BackendSpec,
-    BackendUnavailable,
     GuidanceTokenizer,
-    gpu_indices,
     matryoshka_from_config,
     split_frame,
 )
 from neuron.engine.backends.torch_batch import TorchBatcher
+from neuron.engine.backends.torch_place import _import_torch, _placement_kwargs, torch_place  # noqa: F401 - re-exported
 from neuron.engine.batching import prefill_chunk
 from neuron.server.catalog import default_parallel
 from neuron.server.openai_schema import SamplingParams
 from neuron.tiny.model import TINY_MARKER_KEY
 
 log = logging.getLogger("cortex.neuron.engine.backends.torch_hf")
-
-
-def _import_torch():
-    try:
-        import torch
-        import transformers
-    except ImportError as exc:
-        raise BackendUnavailable(
-            "the torch backend needs torch and transformers: pip install 'cortex-fleet[torch]'") from exc
-    return torch, transformers
 
 
 def _encoders(tokenizer) -> dict[bool, object | None]:
@@ -63,15 +51,10 @@ class TorchBackend(Backend):
     name = "torch"
 
     def __init__(self, spec: BackendSpec):
-        torch, transformers = _import_torch()
-        self.torch = torch
-        gpus = gpu_indices(spec.devices)
-        self.device = torch.device(f"cuda:{gpus[0]}" if gpus else "cpu")
-        if not gpus:
-            # Leave a core to the event loop: intra-op threads spinning on every core starve
-            # the server that streams the tokens (llama.cpp's default does the same).
-            torch.set_num_threads(max(1, (os.cpu_count() or 2) - 1))
-        load_kwargs = _placement_kwargs(torch, gpus)
+        place = torch_place(spec)
+        torch, transformers, gpus = place.torch, place.transformers, place.gpus
+        self.torch, self.device = torch, place.device
+        load_kwargs = place.load_kwargs()
         if spec.gguf_file:
             load_kwargs["gguf_file"] = spec.gguf_file
         self.tokenizer = transformers.AutoTokenizer.from_pretrained(str(spec.path), **_gguf_only(load_kwargs))
@@ -166,17 +149,6 @@ def special_frame(tokenizer) -> tuple[list[int], list[int]]:
     """The special tokens the tokenizer puts before and after a text."""
     return split_frame(tokenizer("a", add_special_tokens=False)["input_ids"],
                        tokenizer("a", add_special_tokens=True)["input_ids"])
-
-
-def _placement_kwargs(torch, gpus: list[int]) -> dict:
-    if not gpus:
-        return {"dtype": torch.float32, "device_map": {"": "cpu"}}
-    if len(gpus) == 1:
-        return {"dtype": "auto", "device_map": {"": f"cuda:{gpus[0]}"}}
-    # Several GPUs: let accelerate split layers over exactly the devices we own.
-    free = {i: torch.cuda.mem_get_info(i)[0] for i in gpus}
-    return {"dtype": "auto", "device_map": "auto",
-            "max_memory": {i: int(f * 0.9) for i, f in free.items()}}
 
 
 def _gguf_only(kwargs: dict) -> dict:

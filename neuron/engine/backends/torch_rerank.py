@@ -11,13 +11,12 @@ Identity gives the raw logit, as some rerankers ship).
 
 from __future__ import annotations
 
-import os
-
 import numpy as np
 
-from neuron.engine.backends.base import Backend, BackendSpec, gpu_indices
+from neuron.engine.backends.base import Backend, BackendSpec
 from neuron.engine.backends.pairs import hf_pair_frame
-from neuron.engine.backends.torch_hf import _encoders, _import_torch, _placement_kwargs
+from neuron.engine.backends.torch_hf import _encoders
+from neuron.engine.backends.torch_place import torch_place
 
 BATCH = 32  # pairs per forward pass, as sentence-transformers' CrossEncoder.predict
 ACTIVATIONS = ("Sigmoid", "Identity", "Tanh")
@@ -41,15 +40,11 @@ class TorchRerankBackend(Backend):
         if spec.gguf_file:
             raise ValueError("torch opens rerank models from Hugging Face folders; load a rerank GGUF with "
                              "backend llama.cpp")
-        torch, transformers = _import_torch()
-        self.torch = torch
-        gpus = gpu_indices(spec.devices)
-        self.device = torch.device(f"cuda:{gpus[0]}" if gpus else "cpu")
-        if not gpus:  # leave a core to the event loop, as the torch backend does
-            torch.set_num_threads(max(1, (os.cpu_count() or 2) - 1))
+        place = torch_place(spec)
+        transformers, self.torch, self.device = place.transformers, place.torch, place.device
         self.tokenizer = transformers.AutoTokenizer.from_pretrained(str(spec.path))
         self.model = transformers.AutoModelForSequenceClassification.from_pretrained(
-            str(spec.path), **_placement_kwargs(torch, gpus))
+            str(spec.path), **place.load_kwargs())
         self.model.eval()
         config = self.model.config
         positions = getattr(config, "max_position_embeddings", None) or 512
