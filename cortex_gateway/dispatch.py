@@ -26,7 +26,7 @@ from cortex_gateway.exchange import Dialect, Exchange, InferenceCall
 from cortex_gateway.fleet import Node
 from cortex_gateway.metrics import OBSERVED, RECORD, RequestRecord
 from cortex_gateway.prefix_map import RequestKeys
-from cortex_gateway.proxy import RetryElsewhere, fetch_json, open_upstream_stream
+from cortex_gateway.proxy import RetryElsewhere, fetch_answer, open_upstream_stream
 from cortex_gateway.state import FLEET, LIFECYCLE, METRICS, PRIORITY, SESSION, TENANT
 from neuron.shared.errors import ApiError
 from neuron.shared.kinds import wrong_kind
@@ -121,7 +121,7 @@ async def _forward(ex: Exchange, node: Node) -> web.StreamResponse:
     usage.last_used = time.time()
     try:
         if not call.stream:
-            return ex.answer(*await fetch_json(app[SESSION], node, call.path, payload))
+            return ex.answer(*await fetch_answer(app[SESSION], node, call.path, payload, call.content_type))
         upstream = await _open_upstream(ex, node, payload)
         if upstream.status != 200:
             return await ex.refused(upstream)

@@ -26,7 +26,11 @@ from cortex_gateway.proxy import ClientGone, open_client_stream, relay_translate
 from cortex_gateway.state import KEEPALIVE_S
 from cortex_gateway.translator import Translator
 from neuron.shared.errors import ApiError, error_from_envelope
+from neuron.shared.multipart import parse_form, replaced
 from neuron.shared.sse import PROMPT_TOKENS_HEADER
+from neuron.shared.transcription_fields import USAGE_HEADER
+
+JSON = "application/json"
 
 
 class Dialect(Protocol):
@@ -75,14 +79,18 @@ class InferenceCall:
     model: str  # as the client named it (maybe an alias)
     body: bytes  # what the neuron gets: the client's own bytes when they can pass through untouched
     stream: bool
+    content_type: str = JSON  # the body's, sent on with it (a transcription's multipart/form-data and boundary)
 
     def body_for(self, upstream_id: str) -> bytes:
-        """The body, re-encoded only when the node knows the model by another name (an alias, a path).
+        """The body, re-encoded only when the node knows the model by another name (an alias, a path); a
+        multipart body keeps every byte but its `model` field's.
 
         The parsed request is not kept while the answer streams: a large body would otherwise hold
         its whole object tree in memory for the length of the request."""
         if self.model == upstream_id:
             return self.body
+        if self.content_type != JSON:
+            return replaced(parse_form(self.body, self.content_type), "model", upstream_id)
         return orjson.dumps({**orjson.loads(self.body), "model": upstream_id})
 
 
@@ -119,13 +127,18 @@ class Exchange:
         await self._stream.write(self.dialect.error_event(err))
         return self._stream
 
-    def answer(self, status: int, raw: bytes) -> web.Response:
-        """A whole answer (or the neuron's error), recorded, in the client's dialect."""
-        if status == 200:
-            self.record.answered(status, usage=usage_of(raw))
-        else:
+    def answer(self, status: int, raw: bytes, headers=None) -> web.Response:
+        """A whole answer (or the neuron's error), recorded, in the client's dialect. An answer that is not JSON
+        (a transcript as text) passes as it came, its usage read from the neuron's header."""
+        if status != 200:
             self.record.answered(status, error_type=error_from_envelope(status, raw).type)
-        return self.dialect.json_response(status, raw)
+            return self.dialect.json_response(status, raw)
+        kind = (headers or {}).get("Content-Type", JSON)
+        if kind.startswith(JSON):
+            self.record.answered(status, usage=usage_of(raw))
+            return self.dialect.json_response(status, raw)
+        self.record.answered(status, usage=_header_usage(headers.get(USAGE_HEADER)))
+        return web.Response(body=raw, status=status, headers={"Content-Type": kind})
 
     async def refused(self, upstream: aiohttp.ClientResponse) -> web.StreamResponse:
         """The node answered the stream request with an error before streaming: pass it on, as a status
@@ -147,3 +160,11 @@ class Exchange:
         except ClientGone:
             self.record.client_left()
         return stream
+
+
+def _header_usage(value: str | None) -> dict | None:
+    try:
+        usage = orjson.loads(value) if value else None
+    except orjson.JSONDecodeError:
+        return None
+    return usage if isinstance(usage, dict) else None

@@ -27,7 +27,8 @@ RECORD = web.RequestKey("record", object)  # for the access log
 # Inference routes, by the endpoint label their requests get.
 ENDPOINTS = {"/v1/chat/completions": "chat", "/v1/completions": "completions", "/v1/embeddings": "embeddings",
              "/v1/messages": "messages", "/v1/messages/count_tokens": "count_tokens", "/v1/responses": "responses",
-             "/v1/rerank": "rerank", "/rerank": "rerank", "/v2/rerank": "rerank"}
+             "/v1/rerank": "rerank", "/rerank": "rerank", "/v2/rerank": "rerank",
+             "/v1/audio/transcriptions": "transcriptions"}
 # Endpoints whose answers generate nothing, so have no time to first token (Anthropic's token count).
 NO_OUTPUT = frozenset({"count_tokens"})
 # Why the gateway unloads a model other than to make room: idle past its keep-alive (cortex_gateway.keep_alive).
@@ -55,6 +56,7 @@ class RequestRecord:
     error_type: str | None = None
     label: str = UNKNOWN  # the model as a metric label: the model when the catalog knows it, else UNKNOWN
     sent_outputs: int = 0  # output events relayed to the client (proxy.outputs): a token or more each
+    audio_seconds: float = 0.0  # audio transcribed (a transcription's usage: `type` duration, `seconds`)
 
     # The record is written only through these methods, one per thing that happens to the request, so what
     # each step of the exchange records is read here, not in the five modules that take those steps.
@@ -99,6 +101,8 @@ class RequestRecord:
         if isinstance(usage, dict):
             self.prompt_tokens = int(usage.get("prompt_tokens") or 0)
             self.completion_tokens = int(usage.get("completion_tokens") or 0)
+            if usage.get("type") == "duration":
+                self.audio_seconds = float(usage.get("seconds") or 0.0)
 
     def failed(self, status: int, error_type: str) -> None:
         """The request ended in an error. A stream cut short (its client left, its node failed) has no usage
@@ -142,6 +146,7 @@ class GatewayMetrics:
         self.cold_load_waits = Counter("cortex_cold_load_waits", "Cold loads that had to wait for room", ["model"],
                                        registry=r)
         self.retries = Counter("cortex_retries", "Requests retried on another node", ["model"], registry=r)
+        self.audio_seconds = Counter("cortex_audio_seconds", "Seconds of audio transcribed", labels, registry=r)
         # Per key name (cortex_gateway.metering), bounded: keys beyond [metrics] max_key_labels share "_other".
         self.key_labels = KeyLabels()
         self.key_tokens = Counter("cortex_key_tokens", "Tokens billed to a key", ["key", "kind"], registry=r)
@@ -185,6 +190,8 @@ class GatewayMetrics:
             return
         series = self.series(model, node)
         series.latency.observe(time.perf_counter() - rec.started)
+        if rec.audio_seconds:
+            self.child(self.audio_seconds, model, node).inc(rec.audio_seconds)
         self._count_tokens(series, rec)
         ttft = tps = None
         if rec.first_token_at is not None and rec.endpoint != "embeddings":

@@ -15,6 +15,7 @@ from cortex_gateway.metrics import RequestRecord
 from cortex_gateway.proxy import JSON_HEADERS, relay_stream
 from neuron.shared.errors import ApiError, bad_request
 from neuron.shared.http import parse_json
+from neuron.shared.multipart import parse_form
 from neuron.shared.sse import DONE, KEEPALIVE, error_event
 
 
@@ -36,6 +37,7 @@ class OpenAIDialect:
 
 OPENAI = OpenAIDialect()
 RERANK_PATHS = ("/v1/rerank", "/rerank", "/v2/rerank")
+TRANSCRIPTIONS = "/v1/audio/transcriptions"
 
 
 def read_call(path: str, endpoint: str, body: bytes) -> InferenceCall:
@@ -51,6 +53,19 @@ def read_call(path: str, endpoint: str, body: bytes) -> InferenceCall:
     return InferenceCall(path, endpoint, model, body, bool(stream))
 
 
+def read_upload(path: str, endpoint: str, body: bytes, content_type: str | None) -> InferenceCall:
+    """A multipart upload's `model`, read in place; the body goes on as it came, with its Content-Type."""
+    model = parse_form(body, content_type).text("model")
+    if not model:
+        raise bad_request("model: required, a model id from GET /v1/models", param="model", code="missing_field")
+    return InferenceCall(path, endpoint, model, body, False, content_type=content_type or "")
+
+
+async def transcriptions(request: web.Request) -> web.StreamResponse:
+    call = read_upload(TRANSCRIPTIONS, "transcriptions", await request.read(), request.headers.get("Content-Type"))
+    return await dispatch(request, call, OPENAI)
+
+
 def inference_handler(path: str, endpoint: str):
     async def handler(request: web.Request) -> web.StreamResponse:
         return await dispatch(request, read_call(path, endpoint, await request.read()), OPENAI)
@@ -64,3 +79,4 @@ def add_routes(app: web.Application) -> None:
     app.router.add_post("/v1/embeddings", inference_handler("/v1/embeddings", "embeddings"))
     for path in RERANK_PATHS:  # llama-server's clients post to /rerank, Cohere's v2 SDK to /v2/rerank
         app.router.add_post(path, inference_handler("/v1/rerank", "rerank"))
+    app.router.add_post(TRANSCRIPTIONS, transcriptions)  # multipart: its own reader

@@ -64,11 +64,13 @@ class RetryElsewhere(Exception):
 
 
 async def _send(session: aiohttp.ClientSession, node: Node, path: str, body: bytes,
-                stream: bool = True) -> aiohttp.ClientResponse:
+                stream: bool = True, content_type: str | None = None) -> aiohttp.ClientResponse:
     for fresh in (False, True):
         try:
             # The neuron logs under the client's request id, and queues by the key's priority and name.
             headers = {**with_request_id(node.client.json_headers), **caller_headers()}
+            if content_type is not None:  # a body that is not JSON (an upload) goes with its own type
+                headers["Content-Type"] = content_type
             resp = await session.post(node.endpoint + path, data=body, headers=headers)
             break
         except DROPPED as exc:
@@ -131,14 +133,20 @@ def _unreachable(node: Node, exc: BaseException) -> RetryElsewhere:
 
 async def fetch_json(session, node: Node, path: str, body: bytes) -> tuple[int, bytes]:
     """Send a non-streaming request and read the whole answer (status, raw body)."""
-    resp = await _send(session, node, path, body, stream=False)
+    status, raw, _ = await fetch_answer(session, node, path, body)
+    return status, raw
+
+
+async def fetch_answer(session, node: Node, path: str, body: bytes, content_type: str | None = None):
+    """Send a non-streaming request (of `content_type`, JSON if None); its status, raw body and headers."""
+    resp = await _send(session, node, path, body, stream=False, content_type=content_type)
     try:
         raw = await resp.read()
     except (aiohttp.ClientError, OSError) as exc:
         raise RetryElsewhere(f"{node.name}: {exc}", unreachable=True) from exc
     finally:
         resp.release()
-    return resp.status, raw
+    return resp.status, raw, resp.headers
 
 
 def usage_of(raw: bytes) -> dict | None:

@@ -9,8 +9,9 @@ import click
 
 @click.command("tiny-model")
 @click.argument("out", type=click.Path(path_type=Path))
-@click.option("--kind", type=click.Choice(["chat", "rerank"]), default="chat", show_default=True,
-              help="chat: a Llama model; rerank: a BERT cross-encoder (one label, a WordPiece tokenizer).")
+@click.option("--kind", type=click.Choice(["chat", "rerank", "transcribe"]), default="chat", show_default=True,
+              help="chat: a Llama model; rerank: a BERT cross-encoder (one label, a WordPiece tokenizer); transcribe: "
+                   "a Whisper model with its processor (hf).")
 @click.option("--format", "fmt", type=click.Choice(["gguf", "hf"]), default=None,
               help="gguf or a Hugging Face folder (hf)  [default: gguf for chat, hf for rerank]")
 @click.option("--layers", type=click.IntRange(min=1, max=64), default=2, show_default=True)
@@ -30,6 +31,9 @@ def tiny_model(out, kind, fmt, layers, dim, vocab, seed, context, template, spli
     The weights are random: it answers gibberish (or ranks arbitrarily), quickly. It exists so tests
     and first runs have a real model without downloading one.
     """
+    if kind == "transcribe":
+        click.echo(f"wrote hf transcription model to {_whisper(out, fmt, layers, dim, vocab, seed)}")
+        return
     if kind == "rerank":
         path = _rerank(out, fmt, layers, dim, vocab, seed, min(context, 512))
         click.echo(f"wrote {fmt or 'hf'} rerank model to {path}")
@@ -55,5 +59,16 @@ def _rerank(out, fmt, layers, dim, vocab, seed, context):
     spec = TinyRerankSpec(layers=layers, dim=dim, vocab=vocab, seed=seed, context=context)
     try:
         return write_tiny_rerank_gguf(out, spec) if fmt == "gguf" else write_tiny_rerank(out, spec)
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from None
+
+def _whisper(out, fmt, layers, dim, vocab, seed):
+    """A Whisper model: a Hugging Face folder only (no GGUF runtime here transcribes)."""
+    from neuron.tiny.whisper import TinyWhisperSpec, write_tiny_whisper
+
+    if fmt == "gguf":
+        raise click.UsageError("--kind transcribe writes a Hugging Face folder only: leave out --format gguf")
+    try:
+        return write_tiny_whisper(out, TinyWhisperSpec(layers=layers, dim=dim, vocab=vocab, seed=seed))
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None

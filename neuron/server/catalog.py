@@ -38,7 +38,8 @@ DEFAULT_MAX_CONTEXT = 8192
 GENERATIVE_ARCHITECTURES = ("ForCausalLM", "LMHeadModel", "ForConditionalGeneration")
 RANK_POOLING = 4  # llama.cpp's LLAMA_POOLING_TYPE_RANK (gguf.PoolingType.RANK): a reranker's score head
 # Kinds that keep no cache between requests: one context stands for a batch's activations.
-CACHELESS = (ModelKind.EMBEDDING, ModelKind.RERANK)
+CACHELESS = (ModelKind.EMBEDDING, ModelKind.RERANK, ModelKind.TRANSCRIPTION)
+TRANSCRIPTION_ARCHITECTURES = ("WhisperForConditionalGeneration",)  # speech to text (Whisper, distil-whisper)
 
 
 @dataclass(frozen=True)
@@ -82,6 +83,8 @@ def hf_kind(path: Path) -> ModelKind:
         architectures = [str(a) for a in config.get("architectures") or []]
     except (OSError, ValueError, AttributeError, TypeError):
         config, architectures = {}, []
+    if any(a in TRANSCRIPTION_ARCHITECTURES for a in architectures):
+        return ModelKind.TRANSCRIPTION
     if is_cross_encoder(config, architectures):
         return ModelKind.RERANK
     if (path / "modules.json").is_file():
@@ -231,7 +234,18 @@ def estimate_mb(ref: ModelRef, context_size: int | None, on_cpu: bool, parallel:
                             or config.get("num_attention_heads", 0), _head_dim(config),
                             context_size or min(config.get("max_position_embeddings", 2048), DEFAULT_MAX_CONTEXT),
                             4 if on_cpu else 2)
+        if ref.kind == ModelKind.TRANSCRIPTION:
+            kv = _whisper_mb(config, 4 if on_cpu else 2)
     return weights + kv + OVERHEAD_MB
+
+
+def _whisper_mb(config: dict, elem_bytes: int) -> float:
+    """One Whisper request beyond its weights: the decoder's self- and cross-attention caches (its positions and
+    the encoder's) and one encoder layer's attention scores over a 30-second window."""
+    d, layers = config.get("d_model", 0), config.get("decoder_layers", 0)
+    source, target = config.get("max_source_positions", 1500), config.get("max_target_positions", 448)
+    heads = config.get("encoder_attention_heads", 0)
+    return (2 * layers * d * (source + target) + heads * source * source + 4 * source * d) * elem_bytes / 2**20
 
 
 def _kv_mb(layers: int, kv_heads: int, head_dim: int, ctx: int, elem_bytes: int) -> float:

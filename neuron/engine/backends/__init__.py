@@ -47,6 +47,10 @@ def backend_class(name: str, kind: ModelKind = ModelKind.GENERATION) -> type[Bac
         from neuron.engine.backends.torch_rerank import TorchRerankBackend
 
         return TorchRerankBackend
+    if kind == ModelKind.TRANSCRIPTION:  # Whisper and its processor
+        from neuron.engine.backends.torch_whisper import TorchWhisperBackend
+
+        return TorchWhisperBackend
     return TorchBackend
 
 

@@ -1,0 +1,203 @@
+"""Transcription through the gateway (real processes): a real `cortex neuron` serving `cortex tiny-model --kind
+transcribe`, a real `cortex serve` in front, the official `openai` client's `audio.transcriptions.create`.
+
+The tiny Whisper's weights are random, so its text is garbage; what is checked is what is deterministic: the
+text of a WAV, a FLAC and an MP3 (written here by soundfile) is the one transformers itself gives for the same
+samples, decoding greedily with timestamps as the backend does; each response_format's shape; each refusal a
+400 naming its field, before any load where the kind is wrong; a cold load on demand; the audio seconds metered.
+"""
+
+from __future__ import annotations
+
+import urllib.request
+
+import numpy as np
+import openai
+import pytest
+
+from tests.helpers import http_json, make_tiny, metric, one_node_fleet
+
+RATE = 16000
+
+
+@pytest.fixture(scope="module")
+def audio_models(tmp_path_factory, models_dir):
+    """The tiny Whisper as "whisper", linked again as "whisper-cold" (never loaded) and "whisper-lazy" (cold-loaded
+    by a request); the tiny chat models as "tiny-gguf" and "chat-cold"."""
+    models = tmp_path_factory.mktemp("audio-models")
+    make_tiny(models / "whisper", "hf", "--kind", "transcribe")
+    for name in ("whisper-cold", "whisper-lazy"):
+        (models / name).symlink_to(models / "whisper")
+    (models / "tiny-gguf.gguf").symlink_to(models_dir / "tiny-gguf.gguf")
+    (models / "chat-cold.gguf").symlink_to(models_dir / "tiny-short.gguf")
+    return models
+
+
+@pytest.fixture(scope="module")
+def fleet(tmp_path_factory, audio_models):
+    with one_node_fleet(tmp_path_factory.mktemp("audio"), audio_models, "--cpu-memory-mb", "4000",
+                        load=("whisper", "tiny-gguf"), models_toml='[aliases]\nspeech = "whisper"\n') as (gw, n, _):
+        yield gw, n
+
+
+@pytest.fixture(scope="module")
+def client(fleet):
+    return openai.OpenAI(base_url=fleet[0].url + "/v1", api_key="unused", max_retries=0)
+
+
+@pytest.fixture(scope="module")
+def clips(tmp_path_factory):
+    """One second of sound as WAV, FLAC and MP3, each as written by soundfile."""
+    import soundfile as sf
+
+    rng = np.random.default_rng(0)
+    t = np.arange(RATE) / RATE
+    samples = (0.3 * np.sin(2 * np.pi * 220 * t) + 0.05 * rng.standard_normal(RATE)).astype(np.float32)
+    folder = tmp_path_factory.mktemp("clips")
+    out = {}
+    for ext in ("wav", "flac", "mp3"):
+        sf.write(folder / f"clip.{ext}", samples, RATE)
+        out[ext] = folder / f"clip.{ext}"
+    return out
+
+
+def direct_text(folder, path, language: str | None = "en") -> str:
+    """What transformers itself transcribes from the file's samples (libsndfile's decoding, 16 kHz mono as
+    written): greedy, with timestamps, as the backend decodes."""
+    import soundfile as sf
+    import transformers
+
+    processor = transformers.AutoProcessor.from_pretrained(str(folder))
+    model = transformers.WhisperForConditionalGeneration.from_pretrained(str(folder)).eval()
+    samples, rate = sf.read(str(path), dtype="float32", always_2d=True)
+    assert rate == RATE
+    features = processor.feature_extractor(samples.mean(axis=1), sampling_rate=RATE, return_tensors="pt",
+                                           return_attention_mask=True)
+    extra = {"language": language} if language else {}
+    out = model.generate(features["input_features"], attention_mask=features["attention_mask"], task="transcribe",
+                         return_timestamps=True, return_segments=True, **extra)
+    return processor.tokenizer.decode(out["sequences"][0], skip_special_tokens=True).strip()
+
+
+@pytest.mark.parametrize("ext", ["wav", "flac", "mp3"])
+def test_each_format_transcribes_to_what_transformers_gives(fleet, client, clips, audio_models, ext):
+    with open(clips[ext], "rb") as f:
+        answer = client.audio.transcriptions.create(model="whisper", file=f, language="en")
+    expected = direct_text(audio_models / "whisper", clips[ext])
+    assert expected and answer.text == expected
+    assert answer.usage.type == "duration" and answer.usage.seconds == pytest.approx(1.0, abs=0.1)
+
+
+def test_response_formats_text_and_verbose_json(fleet, client, clips):
+    with open(clips["wav"], "rb") as f:
+        plain = client.audio.transcriptions.create(model="whisper", file=f, language="en", response_format="json")
+    with open(clips["wav"], "rb") as f:
+        text = client.audio.transcriptions.create(model="whisper", file=f, language="en", response_format="text")
+    assert text == plain.text + "\n"  # as OpenAI answers it
+    with open(clips["wav"], "rb") as f:
+        verbose = client.audio.transcriptions.create(model="whisper", file=f, response_format="verbose_json",
+                                                     timestamp_granularities=["segment"])
+    assert verbose.task == "transcribe" and verbose.duration == pytest.approx(1.0)
+    assert isinstance(verbose.language, str) and verbose.language  # detected: a name, as OpenAI gives it
+    assert verbose.segments and all(0 <= s.start <= s.end <= verbose.duration for s in verbose.segments)
+    assert [s.id for s in verbose.segments] == list(range(len(verbose.segments)))
+    assert "".join(s.text for s in verbose.segments).strip() == verbose.text
+
+
+def test_an_alias_is_spliced_into_the_form_and_the_audio_seconds_are_metered(fleet, client, clips):
+    gateway, _ = fleet
+    with open(clips["flac"], "rb") as f:
+        by_alias = client.audio.transcriptions.create(model="speech", file=f, language="en")
+    with open(clips["flac"], "rb") as f:
+        assert by_alias.text == client.audio.transcriptions.create(model="whisper", file=f, language="en").text
+    assert metric(gateway, 'cortex_audio_seconds_total{model="whisper",node="n1"}') >= 2.0
+    assert metric(gateway, 'cortex_requests_total{endpoint="transcriptions",model="whisper",node="n1",'
+                           'status="200"}') >= 2
+
+
+def test_a_transcription_cold_loads_its_model(fleet, client, clips):
+    _, neuron = fleet
+    with open(clips["wav"], "rb") as f:
+        assert client.audio.transcriptions.create(model="whisper-lazy", file=f, language="en").text
+    loaded = {m["id"]: m for m in http_json("GET", neuron.url + "/models")[1]["models"]}
+    assert loaded["whisper-lazy"]["kind"] == "transcription" and loaded["whisper-lazy"]["backend"] == "torch"
+
+
+def post_form(url: str, fields: dict[str, str], file: tuple[str, bytes] | None) -> tuple[int, dict]:
+    """A hand-written multipart body, for what the SDK will not send (no file at all)."""
+    import json
+
+    boundary = "cortex-test-boundary"
+    parts = [f'--{boundary}\r\nContent-Disposition: form-data; name="{k}"\r\n\r\n{v}\r\n'.encode()
+             for k, v in fields.items()]
+    if file is not None:
+        parts.append(f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="{file[0]}"\r\n'
+                     f"Content-Type: application/octet-stream\r\n\r\n".encode() + file[1] + b"\r\n")
+    body = b"".join(parts) + f"--{boundary}--\r\n".encode()
+    req = urllib.request.Request(url, data=body, method="POST",
+                                 headers={"Content-Type": f"multipart/form-data; boundary={boundary}"})
+    try:
+        with urllib.request.urlopen(req, timeout=120) as resp:
+            return resp.status, json.loads(resp.read())
+    except urllib.error.HTTPError as err:
+        return err.code, json.loads(err.read())
+
+
+def long_silence(seconds: float) -> bytes:
+    """A FLAC of silence, small however long (FLAC compresses it to almost nothing)."""
+    import io
+
+    import soundfile as sf
+
+    buf = io.BytesIO()
+    sf.write(buf, np.zeros(int(seconds * 8000), np.int16), 8000, format="FLAC", subtype="PCM_16")
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize(("fields", "file", "param", "says"), [
+    ({"model": "whisper"}, None, "file", "file: required"),
+    ({"model": "whisper"}, ("notes.txt", b"these are not the samples you are looking for"), "file",
+     "WAV, FLAC, MP3"),
+    ({"model": "whisper"}, ("long.flac", long_silence(1801)), "file", "over the limit of 1800 seconds"),
+    ({"model": "whisper", "response_format": "srt"}, ("a.wav", b"x"), "response_format", "verbose_json"),
+    ({"model": "whisper", "temperature": "2"}, ("a.wav", b"x"), "temperature", "from 0 to 1"),
+    ({"model": "whisper", "timestamp_granularities[]": "word"}, ("a.wav", b"x"), "timestamp_granularities", "word"),
+    ({"model": "whisper", "language": "xx"}, None, "language", "not one this model knows"),
+    ({"model": "whisper", "diarize": "true"}, ("a.wav", b"x"), "diarize", "Unrecognized"),
+    ({}, ("a.wav", b"x"), "model", "model: required"),
+], ids=lambda v: v if isinstance(v, str) else None)
+def test_bad_input_is_a_400_naming_the_field(fleet, clips, fields, file, param, says):
+    gateway, _ = fleet
+    if param == "language":
+        file = ("clip.wav", clips["wav"].read_bytes())
+    status, answer = post_form(gateway.url + "/v1/audio/transcriptions", fields, file)
+    assert status == 400, answer
+    assert answer["error"]["param"] == param and says in answer["error"]["message"], answer
+
+
+@pytest.mark.parametrize("model", ["tiny-gguf", "chat-cold"])
+def test_a_chat_model_asked_to_transcribe_is_a_400_before_any_load(fleet, client, clips, model):
+    _, neuron = fleet
+    with open(clips["wav"], "rb") as f, pytest.raises(openai.BadRequestError) as exc:
+        client.audio.transcriptions.create(model=model, file=f)
+    error = exc.value.body
+    assert error["param"] == "model" and f"model '{model}' is a chat model" in error["message"]
+    assert "pick a transcription model" in error["message"]
+    assert "chat-cold" not in {m["id"] for m in http_json("GET", neuron.url + "/models")[1]["models"]}
+
+
+@pytest.mark.parametrize("model", ["whisper", "whisper-cold"])
+def test_a_transcription_model_asked_to_chat_is_a_400_before_any_load(fleet, client, model):
+    _, neuron = fleet
+    with pytest.raises(openai.BadRequestError) as exc:
+        client.chat.completions.create(model=model, messages=[{"role": "user", "content": "hi"}])
+    assert f"model '{model}' is a transcription model: it serves /v1/audio/transcriptions only" in exc.value.message
+    assert "whisper-cold" not in {m["id"] for m in http_json("GET", neuron.url + "/models")[1]["models"]}
+
+
+def test_a_body_over_the_gateways_limit_is_a_413(fleet):
+    gateway, _ = fleet
+    status, answer = post_form(gateway.url + "/v1/audio/transcriptions", {"model": "whisper"},
+                               ("big.wav", b"\0" * (33 * 2**20)))  # [gateway] max_body_mb is 32 by default
+    assert status == 413, answer
+    assert answer["error"]["code"] == "request_too_large"
