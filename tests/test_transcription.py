@@ -23,9 +23,17 @@ RATE = 16000
 @pytest.fixture(scope="module")
 def audio_models(tmp_path_factory, models_dir):
     """The tiny Whisper as "whisper", linked again as "whisper-cold" (never loaded) and "whisper-lazy" (cold-loaded
-    by a request); the tiny chat models as "tiny-gguf" and "chat-cold"."""
+    by a request), copied as "whisper-nots" without timestamp tokens in its generation config (as some fine-tunes
+    ship); the tiny chat models as "tiny-gguf" and "chat-cold"."""
+    import json
+    import shutil
+
     models = tmp_path_factory.mktemp("audio-models")
     make_tiny(models / "whisper", "hf", "--kind", "transcribe")
+    shutil.copytree(models / "whisper", models / "whisper-nots")
+    generation = models / "whisper-nots" / "generation_config.json"
+    generation.write_text(json.dumps({k: v for k, v in json.loads(generation.read_text()).items()
+                                      if k != "no_timestamps_token_id"}))
     for name in ("whisper-cold", "whisper-lazy"):
         (models / name).symlink_to(models / "whisper")
     (models / "tiny-gguf.gguf").symlink_to(models_dir / "tiny-gguf.gguf")
@@ -61,9 +69,10 @@ def clips(tmp_path_factory):
     return out
 
 
-def direct_text(folder, path, language: str | None = "en") -> str:
+def direct_text(folder, path, language: str = "en", prompt: str | None = None) -> str:
     """What transformers itself transcribes from the file's samples (libsndfile's decoding, 16 kHz mono as
-    written): greedy, with timestamps, as the backend decodes."""
+    written): greedy, with timestamps, as the backend decodes; past 30 seconds, long-form (the whole file's
+    features, unpadded, with their mask), as transformers' documentation does it."""
     import soundfile as sf
     import transformers
 
@@ -71,11 +80,12 @@ def direct_text(folder, path, language: str | None = "en") -> str:
     model = transformers.WhisperForConditionalGeneration.from_pretrained(str(folder)).eval()
     samples, rate = sf.read(str(path), dtype="float32", always_2d=True)
     assert rate == RATE
+    long = {"truncation": False, "padding": "longest"} if len(samples) > 30 * RATE else {}
     features = processor.feature_extractor(samples.mean(axis=1), sampling_rate=RATE, return_tensors="pt",
-                                           return_attention_mask=True)
-    extra = {"language": language} if language else {}
+                                           return_attention_mask=True, **long)
+    extra = {"prompt_ids": processor.get_prompt_ids(prompt, return_tensors="pt")} if prompt else {}
     out = model.generate(features["input_features"], attention_mask=features["attention_mask"], task="transcribe",
-                         return_timestamps=True, return_segments=True, **extra)
+                         language=language, return_timestamps=True, return_segments=True, **extra)
     return processor.tokenizer.decode(out["sequences"][0], skip_special_tokens=True).strip()
 
 
@@ -86,6 +96,45 @@ def test_each_format_transcribes_to_what_transformers_gives(fleet, client, clips
     expected = direct_text(audio_models / "whisper", clips[ext])
     assert expected and answer.text == expected
     assert answer.usage.type == "duration" and answer.usage.seconds == pytest.approx(1.0, abs=0.1)
+
+
+def test_long_audio_and_a_prompt_decode_as_transformers_does(fleet, client, audio_models, tmp_path):
+    """45 seconds go through transformers' long-form decoding, window after window; a prompt is Whisper's
+    previous text."""
+    import soundfile as sf
+
+    rng = np.random.default_rng(1)
+    path = tmp_path / "long.flac"
+    sf.write(path, (0.2 * rng.standard_normal(45 * RATE)).astype(np.float32), RATE)
+    with open(path, "rb") as f:
+        long = client.audio.transcriptions.create(model="whisper", file=f, language="en",
+                                                  response_format="verbose_json")
+    assert long.text == direct_text(audio_models / "whisper", path) and long.duration == pytest.approx(45.0)
+    assert all(0 <= s.start <= s.end <= 45.0 for s in long.segments)
+    with open(path, "rb") as f:
+        prompted = client.audio.transcriptions.create(model="whisper", file=f, language="en", prompt="Paris, London.")
+    assert prompted.text == direct_text(audio_models / "whisper", path, prompt="Paris, London.")
+    assert prompted.usage.prompt_tokens > long.usage.prompt_tokens  # the prompt's tokens count
+
+
+def test_a_model_without_timestamps_answers_one_segment_of_one_window(fleet, client, clips, tmp_path):
+    import soundfile as sf
+
+    with open(clips["wav"], "rb") as f:
+        verbose = client.audio.transcriptions.create(model="whisper-nots", file=f, language="en",
+                                                     response_format="verbose_json")
+    assert [(s.start, s.end, s.text) for s in verbose.segments] == [(0.0, verbose.duration, verbose.text)]
+    path = tmp_path / "31s.wav"
+    sf.write(path, np.zeros(31 * RATE, np.float32), RATE)
+    with open(path, "rb") as f, pytest.raises(openai.BadRequestError) as exc:
+        client.audio.transcriptions.create(model="whisper-nots", file=f)
+    assert exc.value.body["param"] == "file" and "over the limit of 30 seconds" in exc.value.body["message"]
+
+
+def test_a_temperature_samples(fleet, client, clips):
+    with open(clips["wav"], "rb") as f:
+        answer = client.audio.transcriptions.create(model="whisper", file=f, language="en", temperature=0.9)
+    assert isinstance(answer.text, str) and answer.usage.completion_tokens > 0
 
 
 def test_response_formats_text_and_verbose_json(fleet, client, clips):
