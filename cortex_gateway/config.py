@@ -142,6 +142,12 @@ class GatewayConfig:
     responses_store_max_mb: float = 256.0  # all stored Responses, in JSON bytes; the least recently used go first
     responses_store_max_response_mb: float = 16.0  # one stored response (its whole conversation), in JSON bytes
     hosted_tools: str = "drop"  # Responses hosted tools (web_search...): "drop" (not offered, said so) or "refuse"
+    # Images in chat (cortex_gateway.chat_images): one image's bounds, and whether http(s) image URLs are fetched.
+    image_max_mb: float = 20.0
+    image_max_megapixels: float = 50.0
+    image_fetch: bool = False  # off: such URLs are a 400 (send data URLs); on: fetched from public addresses only
+    image_fetch_max_mb: float = 20.0
+    image_fetch_timeout_s: float = 10.0
     auth: AuthSettings = field(default_factory=AuthSettings)
     config_path: Path | None = None
     models_path: Path | None = None
@@ -163,7 +169,8 @@ GATEWAY_LIMITS = {
     **SERVER_LIMITS, "poll_interval_s": POSITIVE, "poll_timeout_s": POSITIVE, "load_timeout_s": POSITIVE,
     "progress_interval_s": POSITIVE, "upstream_read_timeout_s": POSITIVE, "down_after": AT_LEAST_ONE,
     "responses_store_max": NON_NEGATIVE, "responses_store_ttl_s": POSITIVE, "responses_store_max_mb": POSITIVE,
-    "responses_store_max_response_mb": POSITIVE,
+    "responses_store_max_response_mb": POSITIVE, "image_max_mb": POSITIVE, "image_max_megapixels": POSITIVE,
+    "image_fetch_max_mb": POSITIVE, "image_fetch_timeout_s": POSITIVE,
 }
 AUTH_LIMITS = {"requests_per_minute": NON_NEGATIVE, "max_concurrent": NON_NEGATIVE}  # 0: no limit
 
@@ -211,6 +218,7 @@ def load_config(path: Path) -> GatewayConfig:
     cfg.state_dir = gw.opt_path("state_dir", cfg.state_dir)
     cfg.state_url = read_state_url(top.table("state"))
     cfg.node_streams = gw.opt_bool("node_streams", cfg.node_streams)
+    cfg.image_fetch = gw.opt_bool("image_fetch", cfg.image_fetch)
     cfg.hosted_tools = gw.opt_choice("hosted_tools", ("drop", "refuse"), cfg.hosted_tools)
     cfg.neurons = _neurons(top.tables("neurons"), gw.opt_str("neuron_token", expected="a token for every neuron"))
     cfg.strategy = top.table("eviction").opt_choice("strategy", STRATEGIES, cfg.strategy)

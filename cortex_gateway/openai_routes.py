@@ -9,6 +9,7 @@ from __future__ import annotations
 import aiohttp
 from aiohttp import web
 
+from cortex_gateway.chat_images import checked_call
 from cortex_gateway.dispatch import dispatch
 from cortex_gateway.exchange import InferenceCall
 from cortex_gateway.metrics import RequestRecord
@@ -68,7 +69,10 @@ async def transcriptions(request: web.Request) -> web.StreamResponse:
 
 def inference_handler(path: str, endpoint: str):
     async def handler(request: web.Request) -> web.StreamResponse:
-        return await dispatch(request, read_call(path, endpoint, await request.read()), OPENAI)
+        call = read_call(path, endpoint, await request.read())
+        if path == "/v1/chat/completions":  # image parts: checked, fetched if allowed, refused for text models
+            call = await checked_call(request, call)
+        return await dispatch(request, call, OPENAI)
 
     return handler
 

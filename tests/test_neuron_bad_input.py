@@ -40,7 +40,7 @@ CASES = [
     ("/v1/chat/completions", {"model": "tiny-gguf", "messages": MSG, "top_logprobs": 21, "logprobs": True}, 400,
      "invalid_request"),
     ("/v1/chat/completions", {"model": "tiny-gguf", "messages": [{"role": "user", "content": [
-        {"type": "image_url", "image_url": {"url": "data:x"}}]}]}, 400, "unsupported_content"),
+        {"type": "image_url", "image_url": {"url": "data:x"}}]}]}, 400, "invalid_image"),
     ("/v1/chat/completions", {"model": "tiny-gguf", "messages": MSG, "tools": [{"type": "function"}]}, 400,
      "invalid_request"),
     ("/v1/chat/completions", {"model": "ghost", "messages": MSG}, 404, "model_not_found"),

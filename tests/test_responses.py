@@ -119,8 +119,8 @@ def test_request_translation(request_, expected):
 
 
 @pytest.mark.parametrize("request_, named", [
-    ({"input": [{"role": "user", "content": [{"type": "input_image", "image_url": "https://x/y.png"}]}]},
-     "'input_image'"),
+    ({"input": [{"role": "user", "content": [{"type": "input_image", "file_id": "file_1"}]}]},
+     "input[0].content[0].file_id: images by file_id are not supported"),
     ({"input": [{"role": "user", "content": [{"type": "input_file", "file_id": "f"}]}]}, "'input_file'"),
     ({"input": [{"type": "item_reference", "id": "msg_1"}]}, "item references"),
     ({"input": [{"type": "web_search_call", "id": "ws_1"}]}, "'web_search_call'"),

@@ -94,9 +94,9 @@ def test_request_translation(anthropic_req, expected):
     ({"messages": [{"role": "robot", "content": "x"}]}, "messages.0.role: Input should be"),
     ({"messages": [{"role": "system", "content": 3}]}, "messages.0.content"),
     ({"messages": [{"role": "user", "content": [{"type": "document"}]}]}, "messages.0.content.0: document blocks"),
-    # An image sent to these text-only models is refused naming the block the client sent, not an internal one.
+    # An image the gateway cannot read is refused naming the block the client sent, not an internal one.
     ({"messages": [{"role": "user", "content": [{"type": "text", "text": "see"}, {"type": "image", "source": {
-        "type": "base64", "media_type": "image/jpeg", "data": "QUJD"}}]}]}, "messages.0.content.1: image blocks"),
+        "type": "file", "file_id": "f"}}]}]}, "messages.0.content.1.source: file sources are not supported"),
     ({"messages": [{"role": "user", "content": [{"type": "video"}]}]},
      "messages.0.content.0: Input tag 'video' found using 'type' does not match any of the expected tags"),
     ({"messages": [{"role": "user", "content": "x"}], "mcp_servers": [{"url": "https://x"}]}, "mcp_servers"),

@@ -15,8 +15,9 @@ _SERVICE = "steers Anthropic's own service; nothing to steer on a self-hosted mo
 
 _COMMON = {
     "model": honoured(),
-    "messages": honoured("text, tool_use and tool_result blocks; a system message inside messages is kept in "
-                         "place; thinking blocks are dropped; image and document blocks are refused by name"),
+    "messages": honoured("text, image (base64 or url sources, for vision models), tool_use and tool_result "
+                         "blocks; a system message inside messages is kept in place; thinking blocks are dropped; "
+                         "document blocks are refused by name"),
     "system": honoured("a string or text blocks"),
     "tools": honoured("client tools; server tools (web search, code execution, ...) are refused by name"),
     "tool_choice": honoured("any and a named tool are enforced by constrained decoding"),

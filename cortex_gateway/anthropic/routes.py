@@ -15,6 +15,7 @@ from cortex_gateway.anthropic.fields import COUNT_TOKENS
 from cortex_gateway.anthropic.translate_request import to_openai
 from cortex_gateway.anthropic.translate_response import to_anthropic
 from cortex_gateway.anthropic.translate_stream import StreamTranslator
+from cortex_gateway.chat_images import check_images
 from cortex_gateway.dispatch import dispatch
 from cortex_gateway.exchange import InferenceCall, TranslatingDialect
 from cortex_gateway.state import LIFECYCLE
@@ -54,13 +55,14 @@ async def _read_body(request: web.Request):
 
 async def messages(request: web.Request) -> web.StreamResponse:
     progress_after = request.app[LIFECYCLE].config.progress_interval_s
-    call, dialect = _translated_call(await _read_body(request), progress_after)
+    body = to_openai(await _read_body(request))
+    await check_images(request.app, body)  # refused for a text-only model, bounded, fetched where allowed
+    call, dialect = _translated_call(body, progress_after)
     return await dispatch(request, call, dialect)
 
 
-def _translated_call(data, progress_after: float) -> tuple[InferenceCall, AnthropicDialect]:
-    """Translate, keeping only the bytes: neither parsed form lives on while the answer streams."""
-    body = to_openai(data)
+def _translated_call(body: dict, progress_after: float) -> tuple[InferenceCall, AnthropicDialect]:
+    """Keep only the bytes of the translation: the parsed form does not live on while the answer streams."""
     dialect = AnthropicDialect(body["model"], body.get("stop", []), progress_after)
     return InferenceCall("/v1/chat/completions", "messages", body["model"], orjson.dumps(body),
                          bool(body.get("stream"))), dialect
@@ -71,6 +73,7 @@ async def count_tokens(request: web.Request) -> web.StreamResponse:
     if isinstance(data, dict):
         data = {**data, "max_tokens": 1}  # count_tokens takes no max_tokens; the translator wants one
     body = {**to_openai(data, COUNT_TOKENS), "stream": False}
+    await check_images(request.app, body)  # a vision model's /tokenize counts each image's tokens
     call = InferenceCall("/tokenize", "count_tokens", body["model"], orjson.dumps(body), False)
     progress_after = request.app[LIFECYCLE].config.progress_interval_s
     return await dispatch(request, call, TokenCountDialect(body["model"], [], progress_after))

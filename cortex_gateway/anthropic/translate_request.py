@@ -21,6 +21,7 @@ from neuron.shared.fields import opt_float, opt_int, require_object
 # (`x-anthropic-billing-header: cc_version=2.1.197.<hash>; ...`): kept, it would open every prompt with
 # different text and defeat prefix reuse across sessions (a 70k-token prompt re-read each time).
 BILLING_HEADER = "x-anthropic-billing-header:"
+IMAGE_TYPES = ("image/jpeg", "image/png", "image/gif", "image/webp")  # what Anthropic's API takes
 BLOCK_TAGS = "'text', 'image', 'document', 'tool_use', 'tool_result', 'thinking', 'redacted_thinking'"
 
 
@@ -172,22 +173,48 @@ def _user(blocks: list, where: str) -> list[dict]:
     for j, block in enumerate(blocks):
         kind = block.get("type") if isinstance(block, dict) else None
         if kind == "text":
-            parts.append(block.get("text", ""))
+            parts.append({"type": "text", "text": block.get("text", "")})
         elif kind == "tool_result":
             tool_msgs.append({"role": "tool", "tool_call_id": block.get("tool_use_id"),
                               "content": _tool_result_text(block, f"{where}.content.{j}")})
-        elif kind in ("image", "document"):
-            raise bad_request(f"{where}.content.{j}: {kind} blocks are not supported: the models here read text "
-                              f"only. Send the {kind}'s content as text.", param="messages",
+        elif kind == "image":
+            parts.append(image_part(block, f"{where}.content.{j}"))
+        elif kind == "document":
+            raise bad_request(f"{where}.content.{j}: document blocks are not supported: the models here read text "
+                              "and images only. Send the document's content as text.", param="messages",
                               code="unsupported_content")
         elif kind in ("thinking", "redacted_thinking"):
             continue
         else:
             raise _bad_block(kind, f"{where}.content.{j}")
     out = list(tool_msgs)
-    if parts:
-        out.append({"role": "user", "content": "".join(parts)})
+    if any(p["type"] == "image_url" for p in parts):  # OpenAI content parts, the images where they were
+        out.append({"role": "user", "content": parts})
+    elif parts:
+        out.append({"role": "user", "content": "".join(p["text"] for p in parts)})
     return out
+
+
+def image_part(block: dict, where: str) -> dict:
+    """An image block as an OpenAI image_url part: a base64 source as a data URL, a url source as its URL (which
+    the gateway fetches only where allowed, `cortex_gateway.chat_images`, naming the block as `where`)."""
+    source = block.get("source")
+    kind = source.get("type") if isinstance(source, dict) else None
+    if kind == "base64":
+        media, data = source.get("media_type"), source.get("data")
+        if media not in IMAGE_TYPES or not isinstance(data, str):
+            raise bad_request(f"{where}.source: a base64 source needs media_type (one of {', '.join(IMAGE_TYPES)}) "
+                              "and data (a base64 string)", param="messages", code="invalid_image")
+        url = f"data:{media};base64,{data}"
+    elif kind == "url" and isinstance(source.get("url"), str):
+        url = source["url"]
+    elif kind == "file":
+        raise bad_request(f"{where}.source: file sources are not supported: the gateway stores no files. Send the "
+                          "image as a base64 source", param="messages", code="unsupported_content")
+    else:
+        raise bad_request(f"{where}.source: expected a base64 source ({{type: base64, media_type, data}}) or a url "
+                          "source ({type: url, url})", param="messages", code="invalid_image")
+    return {"type": "image_url", "image_url": {"url": url}, "cortex_where": f"{where}.source"}
 
 
 def _bad_block(kind: Any, where: str):

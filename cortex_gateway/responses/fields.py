@@ -13,8 +13,9 @@ _CACHE = "prefix reuse is automatic, per slot (input_tokens_details.cached_token
 
 RESPONSES = FieldPolicy("OpenAI responses", {
     "model": honoured(),
-    "input": honoured("a string, or messages (text parts), function_call and function_call_output items; "
-                      "image, file and audio parts, item references and non-function tool items are refused "
+    "input": honoured("a string, or messages (text parts; input_image parts by image_url in user messages, for "
+                      "vision models), function_call and function_call_output items; image file_ids, file and "
+                      "audio parts, item references and non-function tool items are refused "
                       "naming them; reasoning items are accepted and dropped (these models do not reason)"),
     "instructions": honoured("a system message first; not carried over by previous_response_id, as at OpenAI"),
     "previous_response_id": honoured("the stored conversation is prepended; unknown or expired: 404 "
@@ -54,7 +55,7 @@ RESPONSES = FieldPolicy("OpenAI responses", {
     "max_tool_calls": ignored("limits calls to built-in tools, and there are none here (function calls are "
                               "the client's to run)"),
     "access_programs": ignored(_NOT_HERE + " (OpenAI's domain access programs)"),
-    "image": ignored("image context options; these models read no images (input_image parts are refused)"),
+    "image": ignored("image context options; input_image parts are read as they are sent (detail is passed on)"),
     "background": refused("background responses are not supported; stream the response to see it progress"),
     "background_options": refused("goes with background, which is not supported"),
     "conversation": refused("the Conversations API is not available; chain responses with "

@@ -65,15 +65,37 @@ def _message(item: dict, where: str) -> dict:
     if isinstance(content, str):
         texts = [content]
     elif isinstance(content, list):
-        texts = [_text_part(part, f"{where}.content[{j}]") for j, part in enumerate(content)]
+        texts = [_part(part, f"{where}.content[{j}]", role) for j, part in enumerate(content)]
     else:
         raise bad_request(f"{where}.content: expected a string or a list of content parts", param="input")
     out = {"id": _given_id(item) or new_id("msg"), "type": "message", "role": role, "status": "completed"}
     if role == "assistant":
         out["content"] = [{"type": "output_text", "text": t, "annotations": []} for t in texts]
     else:
-        out["content"] = [{"type": "input_text", "text": t} for t in texts]
+        out["content"] = [t if isinstance(t, dict) else {"type": "input_text", "text": t} for t in texts]
     return out
+
+
+def _part(part: Any, where: str, role: str) -> str | dict:
+    """A text part's text, or (in a user message) a canonical input_image part."""
+    if role == "user" and isinstance(part, dict) and part.get("type") == "input_image":
+        return _image(part, where)
+    return _text_part(part, where)
+
+
+def _image(part: dict, where: str) -> dict:
+    """`input_image` with an `image_url` (a data URL, or an http(s) URL the gateway fetches where allowed);
+    a `file_id` is refused, as the gateway keeps no files."""
+    if part.get("file_id") is not None and part.get("image_url") is None:
+        raise bad_request(f"{where}.file_id: images by file_id are not supported: the gateway stores no files. "
+                          "Send image_url as a data URL (data:image/png;base64,...)", param="input",
+                          code="unsupported_content")
+    if not isinstance(part.get("image_url"), str) or not part["image_url"]:
+        raise bad_request(f"{where}.image_url: required, a data URL (data:image/png;base64,...)", param="input")
+    detail = part.get("detail", "auto")
+    if detail not in ("auto", "low", "high"):
+        raise bad_request(f"{where}.detail: expected 'auto', 'low' or 'high', got {detail!r}", param="input")
+    return {"type": "input_image", "image_url": part["image_url"], "detail": detail}
 
 
 def _text_part(part: Any, where: str) -> str:
@@ -142,8 +164,7 @@ def to_messages(items: list[dict]) -> list[dict]:
     for item in items:
         kind = item["type"]
         if kind == "message":
-            text = "".join(part.get("text", "") for part in item["content"])
-            out.append({"role": item["role"], "content": text})
+            out.append({"role": item["role"], "content": _chat_content(item["content"])})
         elif kind == "function_call":
             call = {"id": item["call_id"], "type": "function",
                     "function": {"name": _model_name(item), "arguments": item["arguments"]}}
@@ -154,6 +175,14 @@ def to_messages(items: list[dict]) -> list[dict]:
         elif kind == "function_call_output":
             out.append({"role": "tool", "tool_call_id": item["call_id"], "content": item["output"]})
     return out
+
+
+def _chat_content(parts: list[dict]) -> str | list[dict]:
+    """A message's parts as chat content: its text, or OpenAI parts where it has images."""
+    if not any(p["type"] == "input_image" for p in parts):
+        return "".join(part.get("text", "") for part in parts)
+    return [{"type": "image_url", "image_url": {"url": p["image_url"], "detail": p.get("detail", "auto")}}
+            if p["type"] == "input_image" else {"type": "text", "text": p.get("text", "")} for p in parts]
 
 
 def flat_name(namespace: str, name: str) -> str:

@@ -15,6 +15,7 @@ import logging
 import orjson
 from aiohttp import web
 
+from cortex_gateway.chat_images import check_images
 from cortex_gateway.dispatch import dispatch
 from cortex_gateway.exchange import InferenceCall, TranslatingDialect
 from cortex_gateway.responses.bounds import check_lengths
@@ -75,6 +76,7 @@ async def create(request: web.Request) -> web.StreamResponse:
     if translated.echo["store"]:
         _check_storable(translated, store)
     body = translated.body
+    await check_images(request.app, body)  # refused for a text-only model, bounded, fetched where allowed
     call = InferenceCall("/v1/chat/completions", "responses", body["model"], orjson.dumps(body),
                          bool(body.get("stream")))
     progress_after = request.app[LIFECYCLE].config.progress_interval_s

@@ -16,6 +16,8 @@ from neuron.server.state import ACCESS, ENGINE, KEEPALIVE_S, METRICS, REGISTRY
 from neuron.server.waiting_stream import WaitingStream
 from neuron.shared.errors import ApiError
 from neuron.shared.http import json_response, read_json
+from neuron.shared.image_parts import text_only
+from neuron.shared.protocol import ModelKind
 from neuron.shared.sse import PROMPT_TOKENS_HEADER, ChunkFramer
 
 
@@ -32,7 +34,7 @@ async def completions(request: web.Request) -> web.StreamResponse:
 async def _complete(request: web.Request, req: InferenceRequest, body: dict, chat: bool) -> web.StreamResponse:
     app = request.app
     caller = caller_of(request)  # whose turn it is in the model's queue
-    entry = app[REGISTRY].require_loaded(req.model)
+    entry = _loaded(app, req)
     if entry.on_engine:  # checked by our parser above; the engine does the rest
         return await external_routes.relay(request, entry, body, request.path, "chat" if chat else "completions")
     prepared = await app[ENGINE].prepare(entry, req)  # refused here, before it queues: a real HTTP status
@@ -69,6 +71,14 @@ async def _run(request: web.Request, entry, req: InferenceRequest, prepared, wai
         return gens, json_response(await collect_choices(choices))
 
 
+def _loaded(app: web.Application, req: InferenceRequest):
+    """The request's model, loaded and of a kind that serves it: images need a vision model."""
+    entry = app[REGISTRY].require_loaded(req.model)
+    if req.images and entry.ref.kind not in (ModelKind.VISION, None):
+        raise text_only(entry.id, req.images[0].where)
+    return entry
+
+
 def _tool_parser(req: InferenceRequest) -> ToolCallParser | None:
     if not req.tools or req.tool_choice.mode == "none":
         return None
@@ -80,7 +90,7 @@ async def tokenize(request: web.Request) -> web.Response:
     app = request.app
     body = await read_json(request)
     req = parse_chat(body)
-    entry = app[REGISTRY].require_loaded(req.model)
+    entry = _loaded(app, req)
     if entry.on_engine:
         return await external_routes.count(request, entry, body)
     tokens = await app[ENGINE].prompt_tokens(entry, req)

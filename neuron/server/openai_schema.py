@@ -12,6 +12,7 @@ from typing import Any
 from neuron.server.openai_output import OutputFormat, ToolChoice, parse_response_format, parse_tool_choice, parse_tools
 from neuron.shared.errors import bad_request
 from neuron.shared.fields import opt_bool, opt_float, opt_int, req_str, require_object
+from neuron.shared.image_parts import ImageBounds, ImageInput, decode_data_url, is_remote, remote_refused, url_of
 from neuron.shared.openai_fields import CHAT, COMPLETIONS
 
 MAX_STOP_SEQUENCES = 16
@@ -65,6 +66,9 @@ class InferenceRequest:
     script: str | None = None
     # Continue the last (assistant) message instead of opening a new turn: Anthropic's prefill.
     continue_final: bool = False
+    # The images of user messages, in order; each such message's content is then a list of
+    # {"type": "text"} and {"type": "image"} parts, as processors' chat templates read them.
+    images: list[ImageInput] = field(default_factory=list)
 
 
 def parse_sampling(data: dict) -> SamplingParams:
@@ -141,6 +145,8 @@ def parse_chat(body: Any) -> InferenceRequest:
     check_answer_size(sampling, "top_logprobs")
     tool_choice = parse_tool_choice(data.get("tool_choice"), tools)
     output_format = parse_response_format(data.get("response_format"))
+    images: list[ImageInput] = []
+    messages = parse_messages(data.get("messages"), images)
     if sampling.ignore_eos and (output_format is not None or tool_choice.forced):
         raise bad_request("ignore_eos: cannot be combined with response_format or a forced tool_choice, whose "
                           "grammar decides where the answer ends; send one or the other", param="ignore_eos")
@@ -148,7 +154,7 @@ def parse_chat(body: Any) -> InferenceRequest:
         model=req_str(data, "model"),
         stream=opt_bool(data, "stream"),
         sampling=sampling,
-        messages=parse_messages(data.get("messages")),
+        messages=messages,
         tools=tools,
         tool_choice=tool_choice,
         parallel_tool_calls=opt_bool(data, "parallel_tool_calls", True),
@@ -157,6 +163,7 @@ def parse_chat(body: Any) -> InferenceRequest:
         template_kwargs=_template_kwargs(data.get("chat_template_kwargs")),
         script=_opt_script(data),
         continue_final=_continue_final(data),
+        images=images,
     )
 
 
@@ -252,13 +259,14 @@ def _opt_script(data: dict) -> str | None:
     return value
 
 
-def parse_messages(value: Any) -> list[dict]:
+def parse_messages(value: Any, images: list[ImageInput] | None = None) -> list[dict]:
+    """The messages, checked; images of user messages are decoded into `images` (refused if it is None)."""
     if not isinstance(value, list) or not value:
         raise bad_request("messages: expected a non-empty list of messages", param="messages")
-    return [_parse_message(m, i) for i, m in enumerate(value)]
+    return [_parse_message(m, i, images) for i, m in enumerate(value)]
 
 
-def _parse_message(msg: Any, i: int) -> dict:
+def _parse_message(msg: Any, i: int, images: list[ImageInput] | None) -> dict:
     where = f"messages[{i}]"
     if not isinstance(msg, dict):
         raise bad_request(f"{where}: expected an object", param="messages")
@@ -267,8 +275,12 @@ def _parse_message(msg: Any, i: int) -> dict:
         # OpenAI's own wording and code: clients match on them.
         raise bad_request(f"Invalid value: {role!r}. Supported values are: 'system', 'developer', 'user', "
                           f"'assistant', and 'tool'. ({where}.role)", param=f"{where}.role", code="invalid_value")
-    out = {"role": "system" if role == "developer" else role,
-           "content": message_text(msg.get("content"), where)}
+    content = msg.get("content")
+    if role == "user" and images is not None and _has_images(content):
+        content = image_content(content, where, images)
+    else:
+        content = message_text(content, where)
+    out = {"role": "system" if role == "developer" else role, "content": content}
     if role == "assistant" and msg.get("tool_calls"):
         out["tool_calls"] = _parse_tool_calls(msg["tool_calls"], where)
     if role == "tool":
@@ -287,9 +299,12 @@ def message_text(content: Any, where: str) -> str:
     texts = []
     for j, part in enumerate(content):
         kind = part.get("type") if isinstance(part, dict) else type(part).__name__
+        if kind == "image_url":  # user messages are read by image_content
+            raise bad_request(f"Invalid content type. image_url parts are read in user messages only. "
+                              f"({where}.content[{j}])", param=f"{where}.content[{j}].type", code="unsupported_content")
         if kind in MEDIA_PARTS:
             raise bad_request(f"Invalid content type. {kind} is only supported by certain models; the models here "
-                              f"read text only: send text parts. ({where}.content[{j}])",
+                              f"read text and images only: send text parts. ({where}.content[{j}])",
                               param=f"{where}.content[{j}].type", code="unsupported_content")
         if kind not in ("text", "input_text"):
             raise bad_request(f"Invalid value: {kind!r}. Supported values are: 'text', 'image_url', 'input_audio', "
@@ -299,6 +314,28 @@ def message_text(content: Any, where: str) -> str:
             raise bad_request(f"{where}.content[{j}].text: expected a string", param="messages")
         texts.append(part["text"])
     return "".join(texts)
+
+
+def _has_images(content: Any) -> bool:
+    return isinstance(content, list) and any(isinstance(p, dict) and p.get("type") == "image_url" for p in content)
+
+
+def image_content(content: list, where: str, images: list[ImageInput]) -> list[dict]:
+    """A user message with images: its text parts as they are, each image as {"type": "image"}, the image
+    itself (decoded, bounded) appended to `images`. http(s) URLs are refused: the gateway fetches them
+    where the operator allows it, and hands the neuron data URLs only."""
+    parts = []
+    for j, part in enumerate(content):
+        if isinstance(part, dict) and part.get("type") == "image_url":
+            at = f"{where}.content[{j}].image_url"
+            url = url_of(part, at)
+            if is_remote(url):
+                raise remote_refused(at)
+            images.append(decode_data_url(url, at, ImageBounds()))
+            parts.append({"type": "image"})
+        else:
+            parts.append({"type": "text", "text": message_text([part], f"{where}.content[{j}]")})
+    return parts
 
 
 def _parse_tool_calls(calls: Any, where: str) -> list[dict]:

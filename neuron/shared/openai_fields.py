@@ -46,7 +46,8 @@ _SAMPLING = {
 
 CHAT = FieldPolicy("OpenAI chat completions", {
     **_SAMPLING,
-    "messages": honoured("text content; image, audio and file parts are refused with the part type named"),
+    "messages": honoured("text content, and image_url parts (data URLs) in user messages for vision models; "
+                         "audio and file parts are refused with the part type named"),
     "max_completion_tokens": honoured("same as max_tokens"),
     "tools": honoured("function tools; rendered by the model's template, or in cortex's generic format "
                       "when the template has none (docs/api.md#tools)"),
