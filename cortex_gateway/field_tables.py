@@ -7,10 +7,11 @@ from __future__ import annotations
 
 from cortex_gateway.anthropic import fields as anthropic_fields
 from cortex_gateway.responses import fields as responses_fields
-from neuron.shared import embedding_fields, openai_fields, rerank_fields, transcription_fields
+from neuron.shared import embedding_fields, image_fields, openai_fields, rerank_fields, transcription_fields
 from neuron.shared.field_policy import FieldPolicy
 
-MODULES = (openai_fields, embedding_fields, rerank_fields, transcription_fields, anthropic_fields, responses_fields)
+MODULES = (openai_fields, embedding_fields, rerank_fields, image_fields, transcription_fields, anthropic_fields,
+           responses_fields)
 
 
 def all_policies() -> list[FieldPolicy]:

@@ -27,7 +27,7 @@ RECORD = web.RequestKey("record", object)  # for the access log
 # Inference routes, by the endpoint label their requests get.
 ENDPOINTS = {"/v1/chat/completions": "chat", "/v1/completions": "completions", "/v1/embeddings": "embeddings",
              "/v1/messages": "messages", "/v1/messages/count_tokens": "count_tokens", "/v1/responses": "responses",
-             "/v1/rerank": "rerank", "/rerank": "rerank", "/v2/rerank": "rerank",
+             "/v1/rerank": "rerank", "/rerank": "rerank", "/v2/rerank": "rerank", "/v1/images/generations": "images",
              "/v1/audio/transcriptions": "transcriptions"}
 # Endpoints whose answers generate nothing, so have no time to first token (Anthropic's token count).
 NO_OUTPUT = frozenset({"count_tokens"})
@@ -56,6 +56,8 @@ class RequestRecord:
     error_type: str | None = None
     label: str = UNKNOWN  # the model as a metric label: the model when the catalog knows it, else UNKNOWN
     sent_outputs: int = 0  # output events relayed to the client (proxy.outputs): a token or more each
+    images: int = 0  # images generated, and the neuron's seconds drawing them (its usage's `images`, `seconds`)
+    image_seconds: float = 0.0
     audio_seconds: float = 0.0  # audio transcribed (a transcription's usage: `type` duration, `seconds`)
 
     # The record is written only through these methods, one per thing that happens to the request, so what
@@ -101,6 +103,7 @@ class RequestRecord:
         if isinstance(usage, dict):
             self.prompt_tokens = int(usage.get("prompt_tokens") or 0)
             self.completion_tokens = int(usage.get("completion_tokens") or 0)
+            self.images, self.image_seconds = int(usage.get("images") or 0), float(usage.get("seconds") or 0.0)
             if usage.get("type") == "duration":
                 self.audio_seconds = float(usage.get("seconds") or 0.0)
 
@@ -146,6 +149,9 @@ class GatewayMetrics:
         self.cold_load_waits = Counter("cortex_cold_load_waits", "Cold loads that had to wait for room", ["model"],
                                        registry=r)
         self.retries = Counter("cortex_retries", "Requests retried on another node", ["model"], registry=r)
+        self.images = Counter("cortex_images_generated", "Images generated", labels, registry=r)
+        self.image_seconds = Histogram("cortex_image_seconds", "Seconds of generation per image, on the node",
+                                       labels, buckets=LATENCY_BUCKETS, registry=r)
         self.audio_seconds = Counter("cortex_audio_seconds", "Seconds of audio transcribed", labels, registry=r)
         # Per key name (cortex_gateway.metering), bounded: keys beyond [metrics] max_key_labels share "_other".
         self.key_labels = KeyLabels()
@@ -190,6 +196,9 @@ class GatewayMetrics:
             return
         series = self.series(model, node)
         series.latency.observe(time.perf_counter() - rec.started)
+        if rec.images:
+            self.child(self.images, model, node).inc(rec.images)
+            self.child(self.image_seconds, model, node).observe(rec.image_seconds / rec.images)
         if rec.audio_seconds:
             self.child(self.audio_seconds, model, node).inc(rec.audio_seconds)
         self._count_tokens(series, rec)

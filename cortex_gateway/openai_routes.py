@@ -1,4 +1,5 @@
-"""The gateway's OpenAI dialect: chat, completions, embeddings and rerank, passed through to the neurons.
+"""The gateway's OpenAI dialect: chat, completions, embeddings, rerank and image generation, passed through to
+the neurons.
 
 The neurons speak OpenAI, so the gateway reads only `model` and `stream` and
 sends the body's bytes on untouched; answers and streams come back as they are.
@@ -83,4 +84,5 @@ def add_routes(app: web.Application) -> None:
     app.router.add_post("/v1/embeddings", inference_handler("/v1/embeddings", "embeddings"))
     for path in RERANK_PATHS:  # llama-server's clients post to /rerank, Cohere's v2 SDK to /v2/rerank
         app.router.add_post(path, inference_handler("/v1/rerank", "rerank"))
+    app.router.add_post("/v1/images/generations", inference_handler("/v1/images/generations", "images"))
     app.router.add_post(TRANSCRIPTIONS, transcriptions)  # multipart: its own reader

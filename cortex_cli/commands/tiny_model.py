@@ -9,8 +9,10 @@ import click
 
 @click.command("tiny-model")
 @click.argument("out", type=click.Path(path_type=Path))
-@click.option("--kind", type=click.Choice(["chat", "rerank", "transcribe"]), default="chat", show_default=True,
-              help="chat: a Llama model; rerank: a BERT cross-encoder (one label, a WordPiece tokenizer); transcribe: "
+@click.option("--kind", type=click.Choice(["chat", "rerank", "image", "transcribe"]), default="chat",
+              show_default=True,
+              help="chat: a Llama model; rerank: a BERT cross-encoder (one label, a WordPiece tokenizer); image: "
+                   "a Stable Diffusion pipeline (diffusers folder, 64x64 images; only --seed applies); transcribe: "
                    "a Whisper model with its processor (hf).")
 @click.option("--format", "fmt", type=click.Choice(["gguf", "hf"]), default=None,
               help="gguf or a Hugging Face folder (hf)  [default: gguf for chat, hf for rerank]")
@@ -33,6 +35,11 @@ def tiny_model(out, kind, fmt, layers, dim, vocab, seed, context, template, spli
     """
     if kind == "transcribe":
         click.echo(f"wrote hf transcription model to {_whisper(out, fmt, layers, dim, vocab, seed)}")
+        return
+    if kind == "image":
+        from neuron.tiny.image import TinyImageSpec, write_tiny_image
+
+        click.echo(f"wrote diffusers image model to {write_tiny_image(out, TinyImageSpec(seed=seed))}")
         return
     if kind == "rerank":
         path = _rerank(out, fmt, layers, dim, vocab, seed, min(context, 512))

@@ -13,7 +13,7 @@ from neuron.engine.faults import FaultInjector, injection_enabled
 from neuron.engine.inference import InferenceEngine
 from neuron.engine.registry import Registry
 from neuron.pulls.puller import Puller
-from neuron.server import audio_routes, embedding_routes, lifecycle_routes, openai_routes, rerank_routes
+from neuron.server import audio_routes, embedding_routes, image_routes, lifecycle_routes, openai_routes, rerank_routes
 from neuron.server.demo import ensure_demo_model
 from neuron.server.devices import DeviceTable
 from neuron.server.metrics import NeuronMetrics
@@ -77,6 +77,7 @@ def create_app(config: NeuronConfig, *, devices: DeviceTable | None = None) -> w
     openai_routes.add_routes(app)
     embedding_routes.add_routes(app)
     rerank_routes.add_routes(app)
+    image_routes.add_routes(app)
     audio_routes.add_routes(app)
     lifecycle_routes.add_routes(app, faults.enabled)
     app.cleanup_ctx.append(_lifetime(config))

@@ -24,6 +24,7 @@ from pathlib import Path
 
 from neuron.pulls.names import split_parts
 from neuron.pulls.sources import parse_source
+from neuron.server.diffusers_layout import is_pipeline, pipeline_weight_files
 from neuron.shared.errors import ApiError
 from neuron.shared.protocol import ModelKind
 
@@ -71,6 +72,9 @@ def _ref_for(path: Path, shown: str) -> ModelRef | None:
                         kind=gguf_kind(path))
     if path.is_dir() and (path / "config.json").is_file() and _weight_files(path):
         return ModelRef(path.name, "hf", str(path), _size_mb(path), shown_path=shown, kind=hf_kind(path))
+    if is_pipeline(path) and (weights := pipeline_weight_files(path)):  # diffusers' layout: text to image
+        return ModelRef(path.name, "hf", str(path), sum(p.stat().st_size for p in weights) / 2**20,
+                        shown_path=shown, kind=ModelKind.IMAGE)
     return None
 
 

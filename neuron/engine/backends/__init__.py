@@ -25,7 +25,7 @@ def backend_class(name: str, kind: ModelKind = ModelKind.GENERATION) -> type[Bac
     An embedding model opens with the backend's embedding class: on torch an encoder (`AutoModel`,
     pooled per its sentence-transformers config), on llama.cpp an embedding context alone. A rerank
     model opens as a cross-encoder: `AutoModelForSequenceClassification` on torch, a rank-pooling
-    context on llama.cpp."""
+    context on llama.cpp. An image model opens as a diffusers pipeline, on torch only."""
     if name == "llama.cpp":
         from neuron.engine.backends.llamacpp import LlamaCppBackend, _import_llama
         from neuron.engine.backends.llamacpp_embed import LlamaEmbeddingBackend
@@ -51,6 +51,11 @@ def backend_class(name: str, kind: ModelKind = ModelKind.GENERATION) -> type[Bac
         from neuron.engine.backends.torch_whisper import TorchWhisperBackend
 
         return TorchWhisperBackend
+    if kind == ModelKind.IMAGE:  # a diffusers pipeline folder
+        from neuron.engine.backends.diffusers_image import DiffusersImageBackend, _import_diffusers
+
+        _import_diffusers()
+        return DiffusersImageBackend
     return TorchBackend
 
 
