@@ -9,11 +9,12 @@ import click
 
 @click.command("tiny-model")
 @click.argument("out", type=click.Path(path_type=Path))
-@click.option("--kind", type=click.Choice(["chat", "rerank", "image", "transcribe"]), default="chat",
+@click.option("--kind", type=click.Choice(["chat", "rerank", "image", "transcribe", "vision"]), default="chat",
               show_default=True,
               help="chat: a Llama model; rerank: a BERT cross-encoder (one label, a WordPiece tokenizer); image: "
                    "a Stable Diffusion pipeline (diffusers folder, 64x64 images; only --seed applies); transcribe: "
-                   "a Whisper model with its processor (hf).")
+                   "a Whisper model with its processor (hf); vision: a Llava chat model with its processor "
+                   "(hf, 32x32 images of 16 tokens).")
 @click.option("--format", "fmt", type=click.Choice(["gguf", "hf"]), default=None,
               help="gguf or a Hugging Face folder (hf)  [default: gguf for chat, hf for rerank]")
 @click.option("--layers", type=click.IntRange(min=1, max=64), default=2, show_default=True)
@@ -33,13 +34,16 @@ def tiny_model(out, kind, fmt, layers, dim, vocab, seed, context, template, spli
     The weights are random: it answers gibberish (or ranks arbitrarily), quickly. It exists so tests
     and first runs have a real model without downloading one.
     """
-    if kind == "transcribe":
-        click.echo(f"wrote hf transcription model to {_whisper(out, fmt, layers, dim, vocab, seed)}")
-        return
     if kind == "image":
         from neuron.tiny.image import TinyImageSpec, write_tiny_image
 
         click.echo(f"wrote diffusers image model to {write_tiny_image(out, TinyImageSpec(seed=seed))}")
+        return
+    if kind == "transcribe":
+        click.echo(f"wrote hf transcription model to {_whisper(out, fmt, layers, dim, vocab, seed)}")
+        return
+    if kind == "vision":
+        click.echo(f"wrote hf vision model to {_vision(out, fmt, layers, dim, vocab, seed, context)}")
         return
     if kind == "rerank":
         path = _rerank(out, fmt, layers, dim, vocab, seed, min(context, 512))
@@ -69,6 +73,7 @@ def _rerank(out, fmt, layers, dim, vocab, seed, context):
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
 
+
 def _whisper(out, fmt, layers, dim, vocab, seed):
     """A Whisper model: a Hugging Face folder only (no GGUF runtime here transcribes)."""
     from neuron.tiny.whisper import TinyWhisperSpec, write_tiny_whisper
@@ -77,5 +82,17 @@ def _whisper(out, fmt, layers, dim, vocab, seed):
         raise click.UsageError("--kind transcribe writes a Hugging Face folder only: leave out --format gguf")
     try:
         return write_tiny_whisper(out, TinyWhisperSpec(layers=layers, dim=dim, vocab=vocab, seed=seed))
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from None
+
+
+def _vision(out, fmt, layers, dim, vocab, seed, context):
+    """A Llava model and its processor: a Hugging Face folder only (llama.cpp loads no vision projector here)."""
+    from neuron.tiny.vision import TinyVisionSpec, write_tiny_vision
+
+    if fmt == "gguf":
+        raise click.UsageError("--kind vision writes a Hugging Face folder only: leave out --format gguf")
+    try:
+        return write_tiny_vision(out, TinyVisionSpec(layers=layers, dim=dim, vocab=vocab, seed=seed, context=context))
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None

@@ -115,6 +115,8 @@ class InferenceEngine:
         check_bounds(req, backend.context_size, entry.id)
 
         def work(stop) -> list[int]:
+            if getattr(backend, "reads_images", False):  # a vision model's processor: images become tokens
+                return backend.prompt_of(req, entry.id, stop)
             return tokenize_segments(backend, prompt_segments(backend, req, entry.id), stop)
 
         return await self.tokenizer_pool.call(work)

@@ -91,11 +91,21 @@ def hf_kind(path: Path) -> ModelKind:
         return ModelKind.TRANSCRIPTION
     if is_cross_encoder(config, architectures):
         return ModelKind.RERANK
+    if reads_images(path, config, architectures):
+        return ModelKind.VISION
     if (path / "modules.json").is_file():
         return ModelKind.EMBEDDING
     if architectures and not any(a.endswith(GENERATIVE_ARCHITECTURES) for a in architectures):
         return ModelKind.EMBEDDING
     return ModelKind.GENERATION
+
+
+def reads_images(path: Path, config: dict, architectures: list[str]) -> bool:
+    """A vision chat model (image-text-to-text, as AutoModelForImageTextToText loads it): a generative
+    architecture with a vision tower in its config and an image processor saved beside it."""
+    return (isinstance(config.get("vision_config"), dict) and any(a.endswith(GENERATIVE_ARCHITECTURES)
+                                                                  for a in architectures)
+            and any((path / name).is_file() for name in ("preprocessor_config.json", "processor_config.json")))
 
 
 def is_cross_encoder(config: dict, architectures: list[str]) -> bool:
@@ -233,6 +243,8 @@ def estimate_mb(ref: ModelRef, context_size: int | None, on_cpu: bool, parallel:
         weights, kv = ref.size_mb, slots * _gguf_kv_mb(Path(ref.path), context_size)
     else:
         config = config if config is not None else _hf_config(ref)
+        if isinstance(config.get("text_config"), dict):  # a vision model: its language model holds the cache
+            config = {**config, **config["text_config"]}
         weights = ref.size_mb * _dtype_growth(config, on_cpu)
         kv = slots * _kv_mb(config.get("num_hidden_layers", 0), config.get("num_key_value_heads")
                             or config.get("num_attention_heads", 0), _head_dim(config),

@@ -31,6 +31,10 @@ def backend_class(name: str, kind: ModelKind = ModelKind.GENERATION) -> type[Bac
         from neuron.engine.backends.llamacpp_embed import LlamaEmbeddingBackend
 
         _import_llama()
+        if kind == ModelKind.VISION:
+            raise ApiError(400, "invalid_request_error", "vision models need their multimodal projector (mmproj), "
+                           "which the llama.cpp backend does not load yet: load the model's Hugging Face folder "
+                           "on backend torch", code="vision_not_supported", param="backend")
         if kind == ModelKind.RERANK:
             from neuron.engine.backends.llamacpp_rerank import LlamaRerankBackend
 
@@ -47,6 +51,10 @@ def backend_class(name: str, kind: ModelKind = ModelKind.GENERATION) -> type[Bac
         from neuron.engine.backends.torch_rerank import TorchRerankBackend
 
         return TorchRerankBackend
+    if kind == ModelKind.VISION:  # image-text-to-text, with its processor
+        from neuron.engine.backends.torch_vision import TorchVisionBackend
+
+        return TorchVisionBackend
     if kind == ModelKind.TRANSCRIPTION:  # Whisper and its processor
         from neuron.engine.backends.torch_whisper import TorchWhisperBackend
 
