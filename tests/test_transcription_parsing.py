@@ -68,12 +68,17 @@ def test_the_schema_reads_openais_fields():
                                     ("response_format", "verbose_json"), ("stream", "false")]), CONTENT_TYPE)
     assert (req.model, req.language, req.prompt, req.temperature, req.response_format) == ("w", "en", "Hi.", 0.4,
                                                                                            "verbose_json")
-    assert req.audio == b"RIFF...." and req.filename == "a b.wav"
+    assert req.audio == b"RIFF...."
+    nameless = form([("model", "w")], file=None) + b""  # a file part without a file name is still the file
+    nameless = nameless.replace(f"--{BOUNDARY}--".encode(), f'--{BOUNDARY}\r\nContent-Disposition: form-data; '
+                                f'name="file"\r\n\r\n\xff\xfe\r\n--{BOUNDARY}--'.encode("latin-1"))
+    assert parse_transcription(nameless, CONTENT_TYPE).audio == b"\xff\xfe"
     assert parse_transcription(form([("model", "w")]), CONTENT_TYPE).response_format == "json"
 
 
 @pytest.mark.parametrize(("fields", "param"), [
     ([("model", "w"), ("stream", "true")], "stream"),
+    ([("model", "w"), ("stream", "false"), ("stream", "false")], "stream"),
     ([("model", "w"), ("response_format", "vtt")], "response_format"),
     ([("model", "w"), ("response_format", "yaml")], "response_format"),
     ([("model", "w"), ("temperature", "hot")], "temperature"),

@@ -14,7 +14,6 @@ from neuron.shared.transcription_fields import FORMATS, POLICY, RESPONSE_FORMATS
 class TranscriptionRequest:
     model: str
     audio: bytes
-    filename: str
     language: str | None = None
     prompt: str | None = None
     response_format: str = "json"
@@ -23,10 +22,10 @@ class TranscriptionRequest:
 
 def parse_transcription(body: bytes, content_type: str | None) -> TranscriptionRequest:
     form = parse_form(body, content_type)
-    fields = form.texts()
-    POLICY.check({k: v for k, v in fields.items() if k != "stream" or v.lower() != "false"})
+    fields = form.texts(files=("file",))
+    POLICY.check({k: v for k, v in fields.items() if k != "stream" or str(v).lower() != "false"})
     part = form.part("file")
-    if part is None or part.filename is None:
+    if part is None:
         raise bad_request(f"file: required, the audio to transcribe ({FORMATS}) as a file part", param="file",
                           code="missing_field")
     if part.end == part.start:
@@ -36,7 +35,7 @@ def parse_transcription(body: bytes, content_type: str | None) -> TranscriptionR
             raise bad_request(f"{name}: sent more than once; send it once", param=name)
     _check_granularities(fields.get("timestamp_granularities"))
     return TranscriptionRequest(
-        model=_model(fields.get("model")), audio=form.value(part), filename=part.filename,
+        model=_model(fields.get("model")), audio=form.value(part),
         language=_language(fields.get("language")), prompt=fields.get("prompt") or None,
         response_format=_response_format(fields.get("response_format")),
         temperature=_temperature(fields.get("temperature")))

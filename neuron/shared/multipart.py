@@ -47,11 +47,12 @@ class Form:
         part = self.part(name)
         return None if part is None else _decoded(self.value(part), name)
 
-    def texts(self) -> dict[str, str | list[str]]:
-        """Every field but files: an array field (`name[]`, or a name sent twice) as a list."""
+    def texts(self, files: tuple[str, ...] = ()) -> dict[str, str | list[str]]:
+        """Every field but files (parts with a file name, or named in `files`: a client may leave the name out):
+        an array field (`name[]`, or a name sent twice) as a list."""
         out: dict[str, str | list[str]] = {}
         for part in self.parts:
-            if part.filename is not None:
+            if part.filename is not None or part.name in files:
                 continue
             value = _decoded(self.value(part), part.name)
             if part.name in out:
