@@ -122,3 +122,16 @@ def test_an_image_model_is_listed_with_its_kind_and_cold_loaded_on_demand(fleet)
     status, body = http_json("GET", neuron.url + "/models")
     assert {m["id"]: m["kind"] for m in body["models"]}["img-lazy"] == "image"
     assert metric(gateway, 'cortex_cold_starts_total{model="img-lazy",node="n1"}') == 1
+
+
+def test_negative_prompt_guidance_and_output_format_are_honoured_and_a_long_prompt_is_cut_and_said(fleet):
+    gateway, _ = fleet
+    plain = pngs(generate(gateway, seed=4))[0]
+    assert pngs(generate(gateway, seed=4, negative_prompt="rain"))[0] != plain
+    assert pngs(generate(gateway, seed=4, guidance_scale=1.0))[0] != plain  # 1.0: no guidance, one UNet pass
+    (jpeg,) = pngs(generate(gateway, seed=4, output_format="jpeg"))
+    assert Image.open(io.BytesIO(jpeg)).format == "JPEG"
+    long = " ".join(["sunny"] * 100)  # past CLIP's 77 tokens
+    answer = client(gateway).images.generate(model="img", prompt=long, size="64x64", extra_body={**FAST, "seed": 1})
+    read = answer.data[0].revised_prompt
+    assert read is not None and len(read) < len(long) and long.startswith(read)
