@@ -153,7 +153,7 @@ def test_response_formats_text_and_verbose_json(fleet, client, clips):
     assert "".join(s.text for s in verbose.segments).strip() == verbose.text
 
 
-def test_an_alias_is_spliced_into_the_form_and_the_audio_seconds_are_metered(fleet, client, clips):
+def test_an_alias_is_spliced_into_the_form_and_the_audio_seconds_are_counted_and_logged(fleet, client, clips):
     gateway, _ = fleet
     with open(clips["flac"], "rb") as f:
         by_alias = client.audio.transcriptions.create(model="speech", file=f, language="en")
@@ -162,6 +162,10 @@ def test_an_alias_is_spliced_into_the_form_and_the_audio_seconds_are_metered(fle
     assert metric(gateway, 'cortex_audio_seconds_total{model="whisper",node="n1"}') >= 2.0
     assert metric(gateway, 'cortex_requests_total{endpoint="transcriptions",model="whisper",node="n1",'
                            'status="200"}') >= 2
+    lines = [line for line in gateway.log_path.read_text(errors="replace").splitlines()
+             if "POST /v1/audio/transcriptions 200" in line]
+    assert any("model=whisper" in line and "prompt_tokens=50" in line for line in lines), lines
+    assert "audio_s=1.0" in fleet[1].log_path.read_text(errors="replace")  # the neuron's line
 
 
 def test_a_transcription_cold_loads_its_model(fleet, client, clips):

@@ -137,3 +137,17 @@ def test_the_catalog_knows_whisper_and_sizes_its_request(tmp_path):
     ref = ModelRef("w", "hf", str(tmp_path), 3000.0, kind=ModelKind.TRANSCRIPTION)
     gpu = estimate_mb(ref, None, on_cpu=False, parallel=4)
     assert 3000 + 300 < gpu < 3000 + 600  # caches over 1948 positions and one layer's scores, counted once
+
+
+def test_without_soundfile_the_error_names_what_to_install(monkeypatch):
+    """As on a node installed without the audio extra: the import fails (sys.modules' None makes it fail), and the
+    Whisper backend's load, which calls this first, is refused with that message."""
+    import sys
+
+    from neuron.engine.audio import import_soundfile
+    from neuron.engine.backends.base import BackendUnavailable
+
+    monkeypatch.setitem(sys.modules, "soundfile", None)
+    with pytest.raises(BackendUnavailable) as exc:
+        import_soundfile()
+    assert "pip install 'cortex-fleet[audio]'" in str(exc.value)
