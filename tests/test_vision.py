@@ -33,13 +33,14 @@ def image_message(url: str, text: str = "what is in the picture") -> list[dict]:
 def vision_models(tmp_path_factory, models_dir):
     models = tmp_path_factory.mktemp("vision-models")
     make_tiny(models / "tiny-vision", "hf", "--kind", "vision")
+    (models / "vision-cold").symlink_to(models / "tiny-vision")  # never loaded but by a request
     (models / "tiny-hf").symlink_to(models_dir / "tiny-hf")
     return models
 
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory, vision_models):
-    """(gateway, fetching gateway, neuron): tiny-vision loaded, tiny-hf listed but not loaded."""
+    """(gateway, fetching gateway, neuron): tiny-vision loaded, tiny-hf and vision-cold listed but not loaded."""
     root = tmp_path_factory.mktemp("vision")
     with start_neuron(root, vision_models) as neuron:
         status, body = http_json("POST", neuron.url + "/models/load", {"model": "tiny-vision"})
@@ -64,6 +65,13 @@ def test_a_chat_with_an_image_answers_and_counts_its_tokens(oai):
     assert seen.choices[0].finish_reason in ("length", "stop")
     assert seen.usage.prompt_tokens == plain.usage.prompt_tokens + IMAGE_TOKENS
     assert 1 <= seen.usage.completion_tokens <= 4
+
+
+def test_vision_models_are_listed_as_such_and_cold_loaded_by_an_image_request(oai):
+    kinds = {m.id: (m.model_extra or {}).get("kind") for m in oai.models.list().data}
+    assert kinds["tiny-vision"] == "vision" and kinds["vision-cold"] == "vision" and kinds["tiny-hf"] == "generation"
+    answer = oai.chat.completions.create(model="vision-cold", messages=image_message(data_url(png())), max_tokens=2)
+    assert answer.usage.prompt_tokens > IMAGE_TOKENS
 
 
 def test_a_streamed_chat_with_an_image_answers_with_its_usage(oai):
@@ -103,7 +111,7 @@ def test_a_text_only_model_refuses_images_in_each_dialect_before_loading(stack, 
     with pytest.raises(openai.BadRequestError) as err:
         oai.responses.create(model="tiny-hf", input=[{"role": "user", "content": [
             {"type": "input_image", "image_url": data_url(png())}]}])
-    assert "text-only" in err.value.message
+    assert "text-only" in err.value.message and "input[0].content[0].image_url" in err.value.message
     client = anthropic.Anthropic(base_url=gateway.url, api_key="unused", max_retries=0)
     with pytest.raises(anthropic.BadRequestError) as aerr:
         client.messages.create(model="tiny-hf", max_tokens=4, messages=[{"role": "user", "content": [
@@ -111,7 +119,7 @@ def test_a_text_only_model_refuses_images_in_each_dialect_before_loading(stack, 
                                          "data": base64.b64encode(png()).decode()}}]}])
     assert "text-only" in aerr.value.message and "messages.0.content.0.source" in aerr.value.message
     status, models = http_json("GET", neuron.url + "/models")
-    assert [m["id"] for m in models["models"]] == ["tiny-vision"], models  # refused before any load
+    assert "tiny-hf" not in [m["id"] for m in models["models"]], models  # refused before any load
 
 
 def test_the_neuron_itself_refuses_images_for_a_text_model(stack):

@@ -13,6 +13,7 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
+from cortex_gateway.chat_images import WHERE_KEY
 from neuron.shared.errors import bad_request
 
 ROLES = ("user", "assistant", "system", "developer")
@@ -183,6 +184,19 @@ def _chat_content(parts: list[dict]) -> str | list[dict]:
         return "".join(part.get("text", "") for part in parts)
     return [{"type": "image_url", "image_url": {"url": p["image_url"], "detail": p.get("detail", "auto")}}
             if p["type"] == "input_image" else {"type": "text", "text": p.get("text", "")} for p in parts]
+
+
+def name_images(value: Any, messages: list[dict]) -> None:
+    """Name the input's own image parts as the client sent them (`input[1].content[0]`) for the gateway's image
+    checks (`chat_images`); a stored conversation's, before them, keep their chat names."""
+    items = value if isinstance(value, list) else []
+    names = [f"input[{i}].content[{j}].image_url" for i, item in enumerate(items)
+             if isinstance(item, dict) and isinstance(item.get("content"), list)
+             for j, part in enumerate(item["content"]) if isinstance(part, dict) and part.get("type") == "input_image"]
+    parts = [p for m in messages if isinstance(m.get("content"), list) for p in m["content"]
+             if p.get("type") == "image_url"]
+    for name, part in zip(names, parts[len(parts) - len(names):], strict=True):
+        part[WHERE_KEY] = name
 
 
 def flat_name(namespace: str, name: str) -> str:

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from cortex_gateway.prefix_map import HINT_FIELDS
-from cortex_gateway.responses.input_items import normalize_input, to_messages
+from cortex_gateway.responses.input_items import name_images, normalize_input, to_messages
 from cortex_gateway.responses.tools import Tools, parse_tools, tool_choice
 from neuron.shared.errors import bad_request
 from neuron.shared.fields import opt_float, opt_int, require_type
@@ -52,6 +52,7 @@ def to_chat(data: dict, history: list[dict], hosted_tools: str = "drop") -> Tran
     items = normalize_input(data["input"]) if data.get("input") is not None else []
     conversation = history + items
     messages = _instructions(data.get("instructions")) + to_messages(conversation)
+    name_images(data.get("input"), messages)
     if not messages:
         raise bad_request("input: expected a string or a non-empty list of items", param="input")
     body: dict[str, Any] = {"model": model, "messages": messages, **_sampling(data), **session_hints(data)}
