@@ -24,6 +24,19 @@ from tests.test_vision_parts import data_url, png, png_header
 IMAGE_TOKENS = 16  # the tiny model's 32x32 image, in 8-pixel patches
 
 
+def write_projector(path) -> None:
+    """A GGUF of architecture clip, as a vision model's multimodal projector (mmproj) is written."""
+    import gguf
+    import numpy as np
+
+    writer = gguf.GGUFWriter(str(path), "clip")
+    writer.add_tensor("v.patch_embd.weight", np.zeros((4, 4), dtype=np.float32))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+
+
 def image_message(url: str, text: str = "what is in the picture") -> list[dict]:
     return [{"role": "user", "content": [{"type": "text", "text": text},
                                          {"type": "image_url", "image_url": {"url": url}}]}]
@@ -34,6 +47,7 @@ def vision_models(tmp_path_factory, models_dir):
     models = tmp_path_factory.mktemp("vision-models")
     make_tiny(models / "tiny-vision", "hf", "--kind", "vision")
     (models / "vision-cold").symlink_to(models / "tiny-vision")  # never loaded but by a request
+    write_projector(models / "mmproj-tiny.gguf")
     (models / "tiny-hf").symlink_to(models_dir / "tiny-hf")
     return models
 
@@ -134,6 +148,14 @@ def test_the_neuron_itself_refuses_images_for_a_text_model(stack):
     status, body = http_json("POST", neuron.url + "/v1/chat/completions", {
         "model": "tiny-vision", "messages": image_message("http://127.0.0.1:1/a.png"), "max_tokens": 2})
     assert status == 400 and body["error"]["code"] == "image_url_not_allowed", body  # the neuron never fetches
+
+
+def test_a_vision_gguf_is_refused_at_load_on_llama_cpp_naming_what_to_load(stack):
+    """llama.cpp's multimodal projectors are not loaded here yet: the load says so, and what serves instead."""
+    _, _, neuron = stack
+    status, body = http_json("POST", neuron.url + "/models/load", {"model": "mmproj-tiny"})
+    assert status == 400 and body["error"]["code"] == "vision_not_supported", body
+    assert "Hugging Face folder" in body["error"]["message"] and "torch" in body["error"]["message"]
 
 
 @pytest.mark.parametrize("url, status, said", [

@@ -127,6 +127,8 @@ def gguf_kind(path: Path) -> ModelKind:
     except Exception:  # noqa: BLE001 - an unreadable header is reported by the load itself
         return ModelKind.GENERATION
     arch = meta.get("general.architecture", "llama")
+    if arch == "clip":  # a vision model's multimodal projector (mmproj): its load says llama.cpp cannot serve it
+        return ModelKind.VISION
     pooling = meta.get(f"{arch}.pooling_type")
     if pooling == RANK_POOLING:
         return ModelKind.RERANK

@@ -32,9 +32,9 @@ def backend_class(name: str, kind: ModelKind = ModelKind.GENERATION) -> type[Bac
 
         _import_llama()
         if kind == ModelKind.VISION:
-            raise ApiError(400, "invalid_request_error", "vision models need their multimodal projector (mmproj), "
-                           "which the llama.cpp backend does not load yet: load the model's Hugging Face folder "
-                           "on backend torch", code="vision_not_supported", param="backend")
+            raise ApiError(400, "invalid_request_error", "vision GGUFs (a model with its multimodal projector, "
+                           "mmproj) are not served on the llama.cpp backend yet: load the model's Hugging Face "
+                           "folder, which runs on backend torch", code="vision_not_supported", param="backend")
         if kind == ModelKind.RERANK:
             from neuron.engine.backends.llamacpp_rerank import LlamaRerankBackend
 

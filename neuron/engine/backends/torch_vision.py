@@ -18,15 +18,9 @@ from __future__ import annotations
 import io
 import logging
 
-from neuron.engine.backends.base import Backend, BackendSpec, GuidanceTokenizer, gpu_indices
-from neuron.engine.backends.torch_hf import (
-    HFDetokenizer,
-    TorchSampler,
-    _encoders,
-    _end_token_ids,
-    _import_torch,
-    _placement_kwargs,
-)
+from neuron.engine.backends.base import Backend, BackendSpec, GuidanceTokenizer
+from neuron.engine.backends.torch_hf import HFDetokenizer, TorchSampler, _encoders, _end_token_ids
+from neuron.engine.backends.torch_place import torch_place
 from neuron.engine.backends.torch_vision_run import VisionRunner
 from neuron.engine.chat_template import TemplateError, render_chat
 from neuron.engine.client_text import Markers, Segment, mark_kwargs, mark_message, mark_tools
@@ -51,14 +45,11 @@ class TorchVisionBackend(Backend):
     reads_images = True
 
     def __init__(self, spec: BackendSpec):
-        torch, transformers = _import_torch()
-        self.torch = torch
-        gpus = gpu_indices(spec.devices)
-        self.device = torch.device(f"cuda:{gpus[0]}" if gpus else "cpu")
+        place = torch_place(spec)
+        self.torch, self.device, transformers = place.torch, place.device, place.transformers
         self.processor = transformers.AutoProcessor.from_pretrained(str(spec.path))
         self.tokenizer = self.processor.tokenizer
-        self.model = transformers.AutoModelForImageTextToText.from_pretrained(str(spec.path),
-                                                                              **_placement_kwargs(torch, gpus))
+        self.model = transformers.AutoModelForImageTextToText.from_pretrained(str(spec.path), **place.load_kwargs())
         self.model.eval()
         config = self.model.config
         text = getattr(config, "text_config", None) or config
