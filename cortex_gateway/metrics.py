@@ -29,8 +29,9 @@ ENDPOINTS = {"/v1/chat/completions": "chat", "/v1/completions": "completions", "
              "/v1/messages": "messages", "/v1/messages/count_tokens": "count_tokens", "/v1/responses": "responses",
              "/v1/rerank": "rerank", "/rerank": "rerank", "/v2/rerank": "rerank", "/v1/images/generations": "images",
              "/v1/audio/transcriptions": "transcriptions"}
-# Endpoints whose answers generate nothing, so have no time to first token (Anthropic's token count).
-NO_OUTPUT = frozenset({"count_tokens"})
+# Endpoints whose answers have no time to first token: they generate nothing (Anthropic's token count), or come
+# whole at the end of one job (images: a "first token" would be the whole job, and skew the TTFT series).
+NO_OUTPUT = frozenset({"count_tokens", "images"})
 # Why the gateway unloads a model other than to make room: idle past its keep-alive (cortex_gateway.keep_alive).
 UNLOAD_REASONS = ("keep_alive",)
 # Replicas the gateway adds or removes (cortex_gateway.scaler), as (direction, reason): a deep queue, a floor

@@ -63,6 +63,7 @@ def test_a_png_of_the_asked_size_metered_and_counted(fleet):
     assert metric(gateway, 'cortex_requests_total{endpoint="images",model="img",node="n1",status="200"}') >= 1
     assert metric(gateway, 'cortex_images_generated_total{model="img",node="n1"}') >= 1
     assert metric(gateway, 'cortex_image_seconds_count{model="img",node="n1"}') >= 1
+    assert metric(gateway, 'cortex_time_to_first_token_seconds_count{model="img",node="n1"}') == 0  # none: one whole
     assert "image job" in neuron.log() and "step 2/2" in neuron.log()  # progress, step by step
 
 
