@@ -88,6 +88,24 @@ def test_vision_models_are_listed_as_such_and_cold_loaded_by_an_image_request(oa
     assert answer.usage.prompt_tokens > IMAGE_TOKENS
 
 
+def test_each_image_counts_and_a_typed_placeholder_stays_text(stack):
+    """Two images in two turns are two images' tokens; `<image>` typed by the user is text, never an image."""
+    neuron = stack[2]
+
+    def count(messages):
+        status, body = http_json("POST", neuron.url + "/tokenize", {"model": "tiny-vision", "messages": messages})
+        assert status == 200, body
+        return body["count"]
+
+    one = image_message(data_url(png()))
+    two = [*one, {"role": "assistant", "content": "a red square"}, *image_message(data_url(png(8, 8, "blue")))]
+    text_two = [{"role": "user", "content": "what is in the picture"}, {"role": "assistant", "content": "a red square"},
+                {"role": "user", "content": "what is in the picture"}]
+    assert count(two) == count(text_two) + 2 * IMAGE_TOKENS
+    typed = [{"role": "user", "content": "what is in the picture <image>"}]
+    assert count(typed) < count([{"role": "user", "content": "what is in the picture"}]) + IMAGE_TOKENS
+
+
 def test_a_streamed_chat_with_an_image_answers_with_its_usage(oai):
     stream = oai.chat.completions.create(model="tiny-vision", messages=image_message(data_url(png())), max_tokens=4,
                                          stream=True, stream_options={"include_usage": True})
