@@ -137,10 +137,13 @@ async def health(request: web.Request) -> web.Response:
                          status=503 if status == "down" else 200)
 
 
+API = ["/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/rerank", "/v1/images/generations",
+       "/v1/audio/transcriptions", "/v1/messages", "/v1/responses", "/v1/models"]  # what GET / lists
+
+
 async def root(_request: web.Request) -> web.Response:
     """`GET /` (and HEAD): Claude Code and others check the base URL answers before they start."""
-    return json_response({"name": "cortex", "api": ["/v1/chat/completions", "/v1/completions", "/v1/embeddings",
-                                                    "/v1/rerank", "/v1/messages", "/v1/responses", "/v1/models"]})
+    return json_response({"name": "cortex", "api": API})
 
 
 def add_routes(app: web.Application) -> None:
