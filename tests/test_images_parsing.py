@@ -86,3 +86,13 @@ def test_a_folder_with_an_index_and_no_weights_is_no_model(tmp_path):
     (tmp_path / "empty").mkdir()
     (tmp_path / "empty" / "model_index.json").write_text("{}")
     assert scan(tmp_path) == []
+
+
+def test_tiny_model_image_refuses_gguf(tmp_path):
+    from click.testing import CliRunner
+
+    from cortex_cli.commands.tiny_model import tiny_model
+
+    result = CliRunner().invoke(tiny_model, [str(tmp_path / "x.gguf"), "--kind", "image", "--format", "gguf"])
+    assert result.exit_code == 2 and "diffusers folder only" in result.output
+    assert not (tmp_path / "x.gguf").exists()

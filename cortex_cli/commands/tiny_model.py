@@ -37,6 +37,8 @@ def tiny_model(out, kind, fmt, layers, dim, vocab, seed, context, template, spli
     if kind == "image":
         from neuron.tiny.image import TinyImageSpec, write_tiny_image
 
+        if fmt == "gguf":  # stable-diffusion.cpp's GGUFs are not served: a diffusers folder is what loads
+            raise click.UsageError("--kind image writes a diffusers folder only: leave out --format gguf")
         click.echo(f"wrote diffusers image model to {write_tiny_image(out, TinyImageSpec(seed=seed))}")
         return
     if kind == "transcribe":
