@@ -91,6 +91,10 @@ bench: $(VENV)/.bench-installed
 	$(BIN)/python benchmarks/constrained.py
 	$(BIN)/python benchmarks/fleet.py
 	$(BIN)/python benchmarks/fleet_real.py
+	$(BIN)/python benchmarks/fleet_swaps.py
+	$(BIN)/python benchmarks/fleet_scale.py
+	$(BIN)/python benchmarks/keys_overhead.py
+	$(BIN)/python benchmarks/transcription.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info
