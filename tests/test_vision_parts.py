@@ -101,3 +101,22 @@ def test_responses_input_images_become_image_url_parts():
     assert to_messages(items) == [{"role": "user", "content": [
         {"type": "text", "text": "see"}, {"type": "image_url", "image_url": {"url": "data:image/png;base64,AA",
                                                                             "detail": "auto"}}]}]
+
+
+def test_a_tool_result_s_image_follows_it_in_the_user_turn():
+    """A chat tool message carries text only: a screenshot a tool returned comes right after its result."""
+    data = base64.b64encode(png()).decode()
+    body = to_openai({"model": "m", "max_tokens": 1, "messages": [
+        {"role": "user", "content": "take a screenshot"},
+        {"role": "assistant", "content": [{"type": "tool_use", "id": "t1", "name": "shot", "input": {}}]},
+        {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "t1", "content": [
+            {"type": "text", "text": "done"},
+            {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": data}}]}]}]})
+    tool, user = body["messages"][-2:]
+    assert tool == {"role": "tool", "tool_call_id": "t1", "content": "done"}
+    assert user["role"] == "user" and user["content"][0]["image_url"]["url"].startswith("data:image/png;base64,")
+    assert user["content"][0]["cortex_where"] == "messages.2.content.0.content.1.source"
+    with pytest.raises(ApiError) as err:
+        to_openai({"model": "m", "max_tokens": 1, "messages": [{"role": "assistant", "content": [
+            {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": data}}]}]})
+    assert "user turns only" in err.value.message

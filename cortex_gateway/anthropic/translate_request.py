@@ -159,6 +159,9 @@ def _assistant(blocks: list, where: str) -> list[dict]:
                 "name": block["name"], "arguments": json.dumps(block.get("input", {}), ensure_ascii=False)}})
         elif kind in ("thinking", "redacted_thinking"):
             continue  # the model's earlier reasoning: nothing to send back to a model that cannot think
+        elif kind == "image":
+            raise bad_request(f"{where}.content.{j}: image blocks are read in user turns only", param="messages",
+                              code="unsupported_content")
         else:
             raise _bad_block(kind, f"{where}.content.{j}")
     msg: dict = {"role": "assistant", "content": "".join(texts) or None}
@@ -168,15 +171,18 @@ def _assistant(blocks: list, where: str) -> list[dict]:
 
 
 def _user(blocks: list, where: str) -> list[dict]:
-    """Tool results become `tool` messages, in order; the rest of the turn follows as one user message."""
+    """Tool results become `tool` messages, in order; the rest of the turn follows as one user message, with
+    the images of the tool results (a chat tool message carries text only: a screenshot a tool returned is
+    shown to the model in the user turn that follows its result)."""
     tool_msgs, parts = [], []
     for j, block in enumerate(blocks):
         kind = block.get("type") if isinstance(block, dict) else None
         if kind == "text":
             parts.append({"type": "text", "text": block.get("text", "")})
         elif kind == "tool_result":
-            tool_msgs.append({"role": "tool", "tool_call_id": block.get("tool_use_id"),
-                              "content": _tool_result_text(block, f"{where}.content.{j}")})
+            text, images = _tool_result(block, f"{where}.content.{j}")
+            tool_msgs.append({"role": "tool", "tool_call_id": block.get("tool_use_id"), "content": text})
+            parts.extend(images)
         elif kind == "image":
             parts.append(image_part(block, f"{where}.content.{j}"))
         elif kind == "document":
@@ -229,20 +235,25 @@ def _bad_block(kind: Any, where: str):
                        f"{BLOCK_TAGS}", param="messages", code="unknown_block_type")
 
 
-def _tool_result_text(block: dict, where: str) -> str:
-    content = block.get("content", "")
+def _tool_result(block: dict, where: str) -> tuple[str, list[dict]]:
+    """A tool result's text, and its images as image_url parts."""
+    content, images = block.get("content", ""), []
     if isinstance(content, list):
         texts = []
         for k, part in enumerate(content):
-            if not isinstance(part, dict) or part.get("type") != "text":
-                kind = part.get("type") if isinstance(part, dict) else type(part).__name__
+            kind = part.get("type") if isinstance(part, dict) else type(part).__name__
+            if kind == "image":
+                images.append(image_part(part, f"{where}.content.{k}"))
+                continue
+            if kind != "text":
                 raise bad_request(f"{where}.content.{k}: {kind} blocks inside tool_result are not supported: the "
-                                  "models here read text only", param="messages", code="unsupported_content")
+                                  "models here read text and images only", param="messages",
+                                  code="unsupported_content")
             texts.append(part.get("text", ""))
         content = "".join(texts)
     if not isinstance(content, str):
-        raise bad_request(f"{where}.content: expected a string or text blocks", param="messages")
-    return f"Error: {content}" if block.get("is_error") else content
+        raise bad_request(f"{where}.content: expected a string or text and image blocks", param="messages")
+    return (f"Error: {content}" if block.get("is_error") else content), images
 
 
 def convert_tools(tools: Any) -> list[dict]:
