@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import base64
 import http.server
+import json
 import threading
 
 import anthropic
@@ -104,6 +105,23 @@ def test_each_image_counts_and_a_typed_placeholder_stays_text(stack):
     assert count(two) == count(text_two) + 2 * IMAGE_TOKENS
     typed = [{"role": "user", "content": "what is in the picture <image>"}]
     assert count(typed) < count([{"role": "user", "content": "what is in the picture"}]) + IMAGE_TOKENS
+
+
+def test_structured_output_forced_tools_and_logprobs_hold_with_an_image(oai):
+    """The same grammars and logprobs as any chat model: a random-weight model's answer still matches its schema."""
+    schema = {"type": "object", "properties": {"color": {"enum": ["red", "blue"]}}, "required": ["color"],
+              "additionalProperties": False}
+    answer = oai.chat.completions.create(
+        model="tiny-vision", messages=image_message(data_url(png())), max_tokens=40, logprobs=True, top_logprobs=2,
+        response_format={"type": "json_schema", "json_schema": {"name": "c", "schema": schema, "strict": True}})
+    assert json.loads(answer.choices[0].message.content)["color"] in ("red", "blue")
+    entries = answer.choices[0].logprobs.content
+    assert entries and all(len(e.top_logprobs) == 2 and e.logprob <= 0 for e in entries)
+    tool = {"type": "function", "function": {"name": "paint", "parameters": schema}}
+    called = oai.chat.completions.create(model="tiny-vision", messages=image_message(data_url(png())), max_tokens=60,
+                                         tools=[tool], tool_choice={"type": "function", "function": {"name": "paint"}})
+    call = called.choices[0].message.tool_calls[0]
+    assert call.function.name == "paint" and json.loads(call.function.arguments)["color"] in ("red", "blue")
 
 
 def test_a_streamed_chat_with_an_image_answers_with_its_usage(oai):

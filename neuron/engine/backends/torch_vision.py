@@ -10,7 +10,8 @@ prompt_tokens and `/tokenize` count the image's tokens as the model reads them.
 
 Generation is not batched: each request runs alone on the model's device thread through
 `model.generate` (`neuron.engine.backends.torch_vision_run`), admitted like any other (one slot), with
-cortex's own sampler and text assembly. Continuous batching of pixel inputs is left for later.
+cortex's own sampler, grammars (response_format, forced tool calls), logprobs and text assembly.
+Continuous batching of pixel inputs is left for later.
 """
 
 from __future__ import annotations
@@ -62,12 +63,12 @@ class TorchVisionBackend(Backend):
         self._encoders = _encoders(self.tokenizer)
         self.slots = 1
         self.batcher = VisionRunner(self)
+        self.n_vocab = self.model.get_output_embeddings().out_features  # the logits' width (may pad the vocab)
         self._guidance = GuidanceTokenizer(self._build_guidance)
 
     # -- the prompt, on a tokenizer thread ------------------------------------------------------------
     def prompt_of(self, req: InferenceRequest, model: str, stop=None) -> VisionPrompt:
         """The request's prompt ids with its images' tokens in place, and the pixel tensors for them."""
-        _refuse_unsupported(req, model)
         if req.prompt is not None:
             return self._encode([Segment(req.prompt, True)], [], stop)
         return self._encode(self._segments(req, model), list(req.images), stop)
@@ -152,7 +153,7 @@ class TorchVisionBackend(Backend):
     def _build_guidance(self):
         import llguidance.hf
 
-        return llguidance.hf.from_tokenizer(self.tokenizer, n_vocab=self.model.get_output_embeddings().out_features)
+        return llguidance.hf.from_tokenizer(self.tokenizer, n_vocab=self.n_vocab)
 
     def embed(self, inputs):
         raise bad_request("vision chat models do not serve /v1/embeddings here; use an embedding model",
@@ -171,17 +172,6 @@ def _marked(message: dict, mk: Markers) -> dict:
         return mark_message(message, mk)
     return {**message, "content": [{**p, "text": mk.mark(p["text"])} if p.get("type") == "text" else p
                                    for p in content]}
-
-
-def _refuse_unsupported(req: InferenceRequest, model: str) -> None:
-    """What the unbatched vision path does not do yet, refused before the request queues."""
-    asked = ("response_format" if req.output_format is not None else
-             "tool_choice" if req.tool_choice.forced else
-             "logprobs" if req.sampling.logprobs is not None else None)
-    if asked:
-        raise bad_request(f"{asked}: not supported on vision model {model!r} yet (its requests run unbatched, "
-                          "without constrained decoding or logprobs); leave it out", param=asked,
-                          code="unsupported_on_vision")
 
 
 def _joined(torch, pieces: list[dict]) -> dict:

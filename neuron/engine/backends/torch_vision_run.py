@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 
 from neuron.engine.batching import BatchRequest
+from neuron.engine.logprobs import logprob_of
 
 log = logging.getLogger("cortex.neuron.engine.backends.torch_vision_run")
 
@@ -54,8 +55,8 @@ class VisionRunner:
         backend, torch = self.backend, self.backend.torch
         from transformers import GenerationConfig, LogitsProcessorList, StoppingCriteriaList
 
-        picker = _Picker(torch, backend.sampler(req.params), req.forced)
-        feeder = _Feeder(req, self)
+        picker = _Picker(torch, backend.sampler(req.params), req)
+        feeder = _Feeder(req, self, picker)
         inputs = _inputs(torch, backend, req.prompt)
         config = GenerationConfig(max_new_tokens=req.text.max_new + 1, do_sample=False, eos_token_id=None,
                                   pad_token_id=backend.tokenizer.pad_token_id or 0)
@@ -85,25 +86,44 @@ def _inputs(torch, backend, prompt) -> dict:
 
 
 class _Picker:
-    """A logits processor: cortex's sampler (or the scripted tokens) chooses, generate's greedy step takes it."""
+    """A logits processor: cortex's sampler (or the scripted tokens) chooses, within the request's grammar if it
+    has one (response_format, a forced tool call), and generate's greedy step takes that token. The token's
+    logprob, from the model's own distribution, waits in `logprobs` for the feeder."""
 
-    def __init__(self, torch, sampler, forced: list[int] | None):
-        self.torch, self.sampler, self.forced = torch, sampler, list(forced or [])
+    def __init__(self, torch, sampler, req: BatchRequest):
+        self.torch, self.sampler, self.req = torch, sampler, req
+        self.forced = list(req.forced or [])
+        self.logprobs: list = []
 
     def __call__(self, input_ids, scores):
-        token = self.forced.pop(0) if self.forced else self.sampler.sample(scores[0].float())
+        raw = scores[0].float()
+        token = self.forced.pop(0) if self.forced else self._sampled(raw)
         self.sampler.seen(token)
+        if self.req.params.logprobs is not None:
+            self.logprobs.append(logprob_of(raw.cpu().numpy(), token, self.req.params.logprobs))
         out = self.torch.full_like(scores, float("-inf"))
         out[0, token] = 0.0
         return out
+
+    def _sampled(self, logits) -> int:
+        constraint = self.req.constraint
+        if constraint is None:
+            return self.sampler.sample(logits)
+        allowed = self.torch.from_numpy(constraint.allowed()).to(logits.device)
+        if allowed.numel() < logits.numel():  # a vocabulary padded past the tokenizer's
+            pad = self.torch.zeros(logits.numel() - allowed.numel(), dtype=self.torch.bool, device=logits.device)
+            allowed = self.torch.cat([allowed, pad])
+        token = self.sampler.sample(logits.masked_fill(~allowed[:logits.numel()], float("-inf")))
+        constraint.accept(token)
+        return token
 
 
 class _Feeder:
     """generate's streamer and stopping criterion at once: each new token goes to the request's text
     assembler, whose deltas go to the client; generation stops once it is done or the client has gone."""
 
-    def __init__(self, req: BatchRequest, runner: VisionRunner):
-        self.req, self.runner = req, runner
+    def __init__(self, req: BatchRequest, runner: VisionRunner, picker: _Picker):
+        self.req, self.runner, self.picker = req, runner, picker
         self.prompt_seen = False
         self.done = False
 
@@ -114,7 +134,8 @@ class _Feeder:
         for token in value.reshape(-1).tolist():
             if self.done:
                 return
-            delta, self.done = self.req.text.feed(int(token))
+            logprob = self.picker.logprobs.pop(0) if self.picker.logprobs else None
+            delta, self.done = self.req.text.feed(int(token), logprob)
             self.runner.steps += 1
             if delta is not None:
                 self.req.channel.push(delta)
