@@ -77,9 +77,14 @@ def is_remote(url: str) -> bool:
 
 
 def remote_refused(where: str) -> ApiError:
-    """An http(s) URL where the gateway may not fetch (or at the neuron, which never fetches)."""
+    """An http(s) URL where the gateway may not fetch (or at the neuron, which never fetches).
+
+    The fix is said in the client's dialect: an Anthropic url source (named `....source` by its
+    translation) has no data URLs, its inline form is a base64 source."""
+    inline = ("as a base64 source ({type: base64, media_type, data})" if where.endswith(".source")
+              else "as a data URL (data:image/png;base64,...)")
     return bad_request(f"{where}: http(s) image URLs are not fetched here (the operator has not set [gateway] "
-                       "image_fetch = true); send the image inline as a data URL (data:image/png;base64,...)",
+                       f"image_fetch = true); send the image inline {inline}",
                        param=where, code="image_url_not_allowed")
 
 
