@@ -47,6 +47,8 @@ def test_one_job_runs_the_next_queues_and_a_job_whose_client_leaves_stops(fleet)
     second = None
     try:
         wait_for(lambda: f": step 1/{LONG}" in neuron.log(), what="the first job's first step")
+        running = wait_for(lambda: (m := load_of(neuron, "img"))["step"] >= 1 and m, what="the step in /health")
+        assert running["steps"] == LONG and running["step"] < LONG  # progress while it runs
         second = post_and_hold(gateway, {**body, "seed": 2})
         wait_for(lambda: load_of(neuron, "img")["queue_depth"] == 1, what="the second job queued")
         assert load_of(neuron, "img")["in_flight"] == 1  # one image job per device slot
@@ -60,6 +62,9 @@ def test_one_job_runs_the_next_queues_and_a_job_whose_client_leaves_stops(fleet)
                      what="the running job cancelled")
     assert int(found[2]) < LONG
     wait_for(lambda: load_of(neuron, "img")["in_flight"] == 0, what="the slot freed")
+    # The interrupted job ends at its next step on the device thread; then /health shows no job drawing.
+    wait_for(lambda: (load_of(neuron, "img")["step"], load_of(neuron, "img")["steps"]) == (0, 0),
+             what="no job drawing")
     assert len(pngs(generate(gateway, seed=1))) == 1  # the device is free again
     log = neuron.log()
     assert f"image job {found[1]}: step {LONG}/{LONG}" not in log  # interrupted: it never ran its last step

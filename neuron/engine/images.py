@@ -61,6 +61,15 @@ class Drawn:
     seconds: float
 
 
+def _drawing(backend, job: ImageJob) -> list:
+    """Draw `job` on the device thread, shown meanwhile as the backend's `drawing` (/health's step/steps)."""
+    backend.drawing = job
+    try:
+        return backend.draw(job)
+    finally:
+        backend.drawing = None
+
+
 async def generate(backend, worker: DeviceWorker, pool: Executor, model: str, req: ImageRequest,
                    job_id: str) -> Drawn:
     job = plan(backend, model, req, job_id)
@@ -69,7 +78,7 @@ async def generate(backend, worker: DeviceWorker, pool: Executor, model: str, re
     log.info("image job %s: %d image(s) of %dx%d for %s, %d steps, seed %d", job.id, job.n, job.width, job.height,
              model, job.steps, job.seed)
     try:
-        images = await worker.call(lambda: backend.draw(job))
+        images = await worker.call(lambda: _drawing(backend, job))
     except asyncio.CancelledError:
         job.cancelled.set()
         log.info("image job %s: cancelled by its client at step %d/%d", job.id, job.step, job.steps)

@@ -116,9 +116,11 @@ def _health_feed(app: web.Application) -> HealthFeed:
 
 def _load_of(entry) -> ModelLoad:
     adm, batcher = entry.admission, getattr(entry.backend, "batcher", None)
+    job = getattr(entry.backend, "drawing", None)  # an image model's job under way (neuron.engine.images)
     return ModelLoad(entry.id, entry.status, adm.in_flight if adm else 0, adm.queue_depth if adm else 0,
                      round(entry.decode_tps, 2), round(entry.memory_mb, 1),
-                     batcher.running() if batcher else 0, len(batcher.slots) if batcher else 0)
+                     batcher.running() if batcher else 0, len(batcher.slots) if batcher else 0,
+                     job.step if job else 0, job.steps if job else 0)
 
 
 async def metrics(request: web.Request) -> web.Response:

@@ -239,6 +239,8 @@ class ModelLoad(_Answer):
     memory_mb: float = 0.0
     running: int = 0  # sequences in the batch now (batching backends)
     slots: int = 0  # sequences the batch can hold; 0 for a backend that does not batch
+    step: int = 0  # an image model: steps done of the job it draws now (0 with steps 0: none running)
+    steps: int = 0
 
     def __post_init__(self):
         self.status = ModelState(self.status)

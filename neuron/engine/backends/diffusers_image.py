@@ -28,6 +28,7 @@ def _import_diffusers():
 class DiffusersImageBackend(Backend):
     name = "torch"
     slots = 1  # one image job per device at a time: a batch of n images already fills it
+    drawing = None  # the ImageJob on the device now (neuron.engine.images): its step shows in /health
 
     def __init__(self, spec: BackendSpec):
         if spec.gguf_file:
