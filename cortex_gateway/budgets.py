@@ -142,6 +142,8 @@ def request_worst_case(endpoint: str, body: dict, context: int, prompt_tokens: i
     if endpoint == "rerank":  # each document is read with the query: at most a context each, writing nothing
         documents = body.get("documents")
         return prompts_worst_case(documents if isinstance(documents, list) and documents else "", context, 0)
+    if endpoint == "images":  # the prompt is read once for all n images (at most the text encoder's context)
+        return worst_case(context, None, 0)
     if endpoint == "completions":
         return prompts_worst_case(body.get("prompt", ""), context, output_limit(body), choices(body))
     return chat_worst_case(body, context, prompt_tokens)

@@ -77,6 +77,9 @@ def test_embeddings_and_completions_worst_cases():
     assert budgets.request_worst_case("completions", {"prompt": [5, 6], "max_tokens": 8}, 512) == 10
     assert budgets.request_worst_case("completions", {"prompt": ["a", "b"], "max_tokens": 8, "n": 2}, 512) == 1040
     assert budgets.request_worst_case("chat", {"max_tokens": 8}, 512, 10) == 18
+    # An image request reads its prompt once whatever its n (the neuron bills it so): n does not multiply.
+    assert budgets.request_worst_case("images", {"prompt": "a cat", "n": 4}, 77) == 77
+    assert budgets.request_worst_case("images", {"prompt": "a cat"}, 0) is None  # no context known: no bound
 
 
 @pytest.mark.parametrize("settled, reserved, tokens, budget, ok", [
