@@ -19,10 +19,13 @@ request never costs more than its prompt plus, per choice, the smaller of `max_t
 from __future__ import annotations
 
 import calendar
+import math
 import re
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+
+from neuron.shared.audio_bound import POSITIONS_PER_S, WINDOW_S
 
 MONTH = "month"
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -142,11 +145,22 @@ def request_worst_case(endpoint: str, body: dict, context: int, prompt_tokens: i
     if endpoint == "rerank":  # each document is read with the query: at most a context each, writing nothing
         documents = body.get("documents")
         return prompts_worst_case(documents if isinstance(documents, list) and documents else "", context, 0)
+    if endpoint == "transcriptions":
+        return transcription_worst_case(body.get("audio_s"), context)
     if endpoint == "images":  # the prompt is read once for all n images (at most the text encoder's context)
         return worst_case(context, None, 0)
     if endpoint == "completions":
         return prompts_worst_case(body.get("prompt", ""), context, output_limit(body), choices(body))
     return chat_worst_case(body, context, prompt_tokens)
+
+
+def transcription_worst_case(seconds: float | None, context: int) -> int | None:
+    """A transcription of at most `seconds` (`neuron.shared.audio_bound`): what the encoder reads, 50 a
+    second, plus a context of text (the prompt, then each 30-second window's answer) per window and one more
+    for the prompt. None: the audio or the context not known."""
+    if seconds is None or not context:
+        return None
+    return math.ceil(seconds * POSITIONS_PER_S) + (math.ceil(max(seconds, 1.0) / WINDOW_S) + 1) * context
 
 
 def fits(settled: int, reserved: int, tokens: int, budget: int | None) -> bool:

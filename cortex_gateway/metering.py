@@ -33,7 +33,9 @@ from cortex_gateway.proxy import RetryElsewhere, fetch_json
 from cortex_gateway.state import FLEET, METRICS, SESSION, STATE_DB, TENANT
 from cortex_gateway.state_db import ApiKey, Reservation, StateError
 from cortex_gateway.tpm import TpmRefusal, TpmState, anthropic_headers, openai_headers, requests_headers
+from neuron.shared.audio_bound import seconds_bound
 from neuron.shared.errors import ApiError
+from neuron.shared.multipart import parse_form
 from neuron.shared.sse import USAGE_COMMENT
 
 log = logging.getLogger("cortex.gateway.metering")
@@ -161,7 +163,7 @@ def _context(app: web.Application, model: str, node) -> int | None:
 async def _hold(ex, metered: Metered, context: int, node) -> ApiError | None:
     """Try the worst case without counting the prompt, then counted (when counting can lower it); only the
     last try's refusal is answered (and counted as one)."""
-    body = _body(ex.call.body)
+    body = _audio(ex.call) if ex.call.endpoint == "transcriptions" else _body(ex.call.body)
     uncounted = budgets.request_worst_case(ex.call.endpoint, body, context)
     refused = None
     if uncounted is not None:
@@ -179,6 +181,16 @@ async def _hold(ex, metered: Metered, context: int, node) -> ApiError | None:
 
 async def _answer(ex, metered: Metered, refused: _Refused | None) -> ApiError | None:
     return None if refused is None else await _refusal(ex, metered, refused)
+
+
+def _audio(call) -> dict:
+    """A transcription's form as its worst case reads it: the most seconds its file can hold."""
+    try:
+        form = parse_form(call.body, call.content_type)
+    except ApiError:  # refused when its model was read, before this
+        return {}
+    part = form.part("file")
+    return {} if part is None else {"audio_s": seconds_bound(form.value(part))}
 
 
 def _body(raw: bytes) -> dict:

@@ -17,8 +17,7 @@ from neuron.engine.audio import decode
 from neuron.engine.backends.torch_whisper import Decoding, Transcript
 from neuron.engine.worker import DeviceWorker
 from neuron.server.audio_schema import TranscriptionRequest
-
-POSITIONS_PER_S = 50  # Whisper's encoder: 3000 mel frames of 10 ms, halved by its strided convolution
+from neuron.shared.audio_bound import POSITIONS_PER_S
 
 
 @dataclass
