@@ -73,12 +73,21 @@ def bad_request(message: str, *, param: str | None = None, code: str = "invalid_
     return ApiError(400, "invalid_request_error", message, code=code, param=param)
 
 
-def from_http_exception(exc: web.HTTPException) -> ApiError:
-    """Turn aiohttp's own errors (unknown route, wrong method, body too large) into ApiErrors."""
+def from_http_exception(exc: web.HTTPException, request: web.Request | None = None, server: str = "server") -> ApiError:
+    """Turn aiohttp's own errors (unknown route, wrong method, body too large) into ApiErrors; the router's
+    404 and 405 say which method and path, and what to do, since a client calling a route we do not serve
+    (images.edit, audio.translations) otherwise reads a bare "Not Found"."""
     kinds = {404: ("not_found_error", "not_found"), 405: ("invalid_request_error", "method_not_allowed"),
              413: ("invalid_request_error", "request_too_large")}
     type_, code = kinds.get(exc.status, ("invalid_request_error", "http_error"))
-    return ApiError(exc.status, type_, exc.reason or "request rejected", code=code)
+    message = exc.reason or "request rejected"
+    if request is not None and isinstance(exc, web.HTTPMethodNotAllowed):
+        message = (f"{request.method} is not allowed on {request.path[:200]}: "
+                   f"use {' or '.join(sorted(exc.allowed_methods))}")
+    elif request is not None and exc.status == 404 and message == "Not Found":
+        lists = " (GET / lists the API routes it serves)" if server == "gateway" else ""
+        message = f"{request.method} {request.path[:200]}: this {server} has no such route{lists}"
+    return ApiError(exc.status, type_, message, code=code)
 
 
 Renderer = Callable[[ApiError], web.Response]
@@ -104,7 +113,7 @@ def error_middleware(renderer_for: Callable[[str], Renderer], server: str):
         except web.HTTPException as exc:
             if exc.status < 400:
                 raise
-            return renderer_for(request.path)(from_http_exception(exc))
+            return renderer_for(request.path)(from_http_exception(exc, request, server))
         except Exception:
             log.exception("unhandled error on %s %s", request.method, request.path)
             err = ApiError(500, "server_error", f"internal error; see the {server}'s log", code="internal_error")
