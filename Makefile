@@ -95,6 +95,7 @@ bench: $(VENV)/.bench-installed
 	$(BIN)/python benchmarks/fleet_scale.py
 	$(BIN)/python benchmarks/keys_overhead.py
 	$(BIN)/python benchmarks/transcription.py
+	$(BIN)/python benchmarks/kinds.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info
