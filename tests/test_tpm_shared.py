@@ -23,6 +23,7 @@ from cortex_gateway.state_db import ApiKey, KeySettings, StateDB
 from tests.helpers import NO_EOS, http_json, load_models, start_gateway, start_neuron, wait_for
 from tests.postgres_server import Postgres, postgres, postgres_url, why_not  # noqa: F401 - fixtures
 from tests.test_budgets_gateway import AUTH_TOML, MODEL, USER, billed, chat, make_key, oai, prompt_tokens, usage_of
+from tests.test_budgets_postgres import two_gateways
 
 
 class Clock:
@@ -146,32 +147,26 @@ def raw_chat(client: openai.OpenAI):
 
 
 def test_two_gateways_share_one_tpm_limit(tmp_path, models_dir, postgres_url):  # noqa: F811 - a fixture
-    toml = f'{AUTH_TOML}\n[state]\nurl = "{postgres_url}"'
-    with start_neuron(tmp_path, models_dir, "--cpu-memory-mb", "4000") as neuron:
-        load_models(neuron, ({"model": MODEL, "max_in_flight": 4, "max_queue_depth": 64},))
-        (tmp_path / "a").mkdir()
-        (tmp_path / "b").mkdir()
-        with start_gateway(tmp_path / "a", {"n1": neuron.url}, extra_toml=toml, state_dir=tmp_path / "sa") as a, \
-                start_gateway(tmp_path / "b", {"n1": neuron.url}, extra_toml=toml, state_dir=tmp_path / "sb") as b:
-            cost = prompt_tokens(a) + 8  # each answer: its prompt and 8 tokens, never ending early
-            tpm = 5 * cost + cost // 2  # room for five answers now; one gateway each would let ten through
-            name, key = make_key(a, tpm=tpm)
-            wait_for(lambda: http_json("GET", b.url + "/v1/models")[0] == 401, what="gateway b keyed")
-            clients = (oai(a, key), oai(b, key))
-            started = time.monotonic()
-            with ThreadPoolExecutor(20) as pool:
-                results = list(pool.map(lambda i: raw_chat(clients[i % 2]), range(20)))
-            elapsed = time.monotonic() - started
-            answered = [r for r in results if isinstance(r, int)]
-            # What the bucket held at the start and refilled meanwhile (tpm / 60 a second): a bound, not a timing.
-            allowed = int((tpm + elapsed * tpm / 60) // cost)
-            assert 5 <= len(answered) <= allowed, (len(answered), allowed, results)
-            for err in (r for r in results if not isinstance(r, int)):
-                assert err.status_code == 429 and err.body["code"] == "rate_limit_tokens", err.body
-                assert int(err.response.headers["retry-after"]) >= 1
-                assert err.response.headers["x-ratelimit-limit-tokens"] == str(tpm)
-            assert billed(usage_of(b, name)) == (sum(answered), len(answered))
-            assert usage_of(b, name)["keys"][0]["tpm"]["limit"] == tpm  # read from the shared row
+    with two_gateways(tmp_path, models_dir, postgres_url) as (a, b):
+        cost = prompt_tokens(a) + 8  # each answer: its prompt and 8 tokens, never ending early
+        tpm = 5 * cost + cost // 2  # room for five answers now; one gateway each would let ten through
+        name, key = make_key(a, tpm=tpm)
+        wait_for(lambda: http_json("GET", b.url + "/v1/models")[0] == 401, what="gateway b keyed")
+        clients = (oai(a, key), oai(b, key))
+        started = time.monotonic()
+        with ThreadPoolExecutor(20) as pool:
+            results = list(pool.map(lambda i: raw_chat(clients[i % 2]), range(20)))
+        elapsed = time.monotonic() - started
+        answered = [r for r in results if isinstance(r, int)]
+        # What the bucket held at the start and refilled meanwhile (tpm / 60 a second): a bound, not a timing.
+        allowed = int((tpm + elapsed * tpm / 60) // cost)
+        assert 5 <= len(answered) <= allowed, (len(answered), allowed, results)
+        for err in (r for r in results if not isinstance(r, int)):
+            assert err.status_code == 429 and err.body["code"] == "rate_limit_tokens", err.body
+            assert int(err.response.headers["retry-after"]) >= 1
+            assert err.response.headers["x-ratelimit-limit-tokens"] == str(tpm)
+        assert billed(usage_of(b, name)) == (sum(answered), len(answered))
+        assert usage_of(b, name)["keys"][0]["tpm"]["limit"] == tpm  # read from the shared row
 
 
 def test_a_tpm_key_gets_a_503_while_the_database_is_gone(tmp_path, models_dir):
