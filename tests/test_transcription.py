@@ -124,11 +124,79 @@ def test_a_model_without_timestamps_answers_one_segment_of_one_window(fleet, cli
         verbose = client.audio.transcriptions.create(model="whisper-nots", file=f, language="en",
                                                      response_format="verbose_json")
     assert [(s.start, s.end, s.text) for s in verbose.segments] == [(0.0, verbose.duration, verbose.text)]
+    only = verbose.segments[0]
+    assert only.seek == 0 and only.avg_logprob < 0 and 0.0 <= only.no_speech_prob <= 1.0
     path = tmp_path / "31s.wav"
     sf.write(path, np.zeros(31 * RATE, np.float32), RATE)
     with open(path, "rb") as f, pytest.raises(openai.BadRequestError) as exc:
         client.audio.transcriptions.create(model="whisper-nots", file=f)
     assert exc.value.body["param"] == "file" and "over the limit of 30 seconds" in exc.value.body["message"]
+
+
+def direct_windows(folder, path) -> list[tuple[int, float, float | None]]:
+    """Each 30-second window's (seek, avg_logprob, no_speech_prob) as openai-whisper defines them, computed from
+    transformers' own outputs rather than the backend's running sums: the seek as `monitor_progress` reports
+    it, the chosen tokens' log-probabilities from the scores `output_scores` keeps (greedy: no warper after
+    the timestamp rules), and, for the first window, the no-speech probability from a forward of its features
+    and prompt of its own (None after it: the window's features are transformers' to cut)."""
+    import soundfile as sf
+    import torch
+    import transformers
+
+    processor = transformers.AutoProcessor.from_pretrained(str(folder))
+    model = transformers.WhisperForConditionalGeneration.from_pretrained(str(folder)).eval()
+    samples, _ = sf.read(str(path), dtype="float32")
+    long = {"truncation": False, "padding": "longest"} if len(samples) > 30 * RATE else {}
+    features = processor.feature_extractor(samples, sampling_rate=RATE, return_tensors="pt",
+                                           return_attention_mask=True, **long)
+    seeks, eos = [], model.generation_config.eos_token_id
+    out = model.generate(features["input_features"], attention_mask=features["attention_mask"], task="transcribe",
+                         language="en", return_timestamps=True, return_segments=True, return_dict_in_generate=True,
+                         output_scores=True, monitor_progress=lambda p: seeks.append(int(p[0, 0])))
+    results = []
+    for segment in out["segments"][0]:
+        if not results or results[-1] is not segment["result"]:
+            results.append(segment["result"])
+    assert len(results) == len(seeks)  # every window wrote a segment here: windows and results pair in order
+    vocab = processor.tokenizer.get_vocab()
+    no_speech = next(vocab[t] for t in ("<|nospeech|>", "<|nocaptions|>") if t in vocab)
+    windows = []
+    for i, (seek, result) in enumerate(zip(seeks, results, strict=True)):
+        steps = torch.stack([s.reshape(-1) for s in result["scores"]]).float()
+        tokens = result["sequences"][-len(steps):]
+        total = float(torch.log_softmax(steps, -1).gather(-1, tokens[:, None]).sum())
+        count = len(tokens) - int(int(tokens[-1]) == eos)
+        prob = None
+        if i == 0:
+            prompt = result["sequences"][:-len(steps)][None]
+            with torch.no_grad():
+                logits = model(input_features=features["input_features"][..., :3000], decoder_input_ids=prompt).logits
+            prob = float(logits[0, 0].softmax(-1)[no_speech])
+        windows.append((seek, total / (count + 1), prob))
+    return windows
+
+
+def test_verbose_json_segments_carry_their_windows_seek_avg_logprob_and_no_speech_prob(fleet, client, audio_models,
+                                                                                      tmp_path):
+    """What openai-whisper puts on each segment (the AI SDK's schema requires all three), per window, as
+    transformers' outputs give them; over 45 seconds, two windows."""
+    import soundfile as sf
+
+    path = tmp_path / "long.wav"
+    sf.write(path, (0.2 * np.random.default_rng(1).standard_normal(45 * RATE)).astype(np.float32), RATE)
+    with open(path, "rb") as f:
+        verbose = client.audio.transcriptions.create(model="whisper", file=f, language="en",
+                                                     response_format="verbose_json")
+    expected = direct_windows(audio_models / "whisper", path)
+    assert len(expected) >= 2 and expected[0][0] == 0 and expected[1][0] > 0
+    served = []
+    for s in verbose.segments:  # a window's segments share its figures: one entry a window, in order
+        if not served or served[-1][0] != s.seek:
+            served.append((s.seek, s.avg_logprob, s.no_speech_prob))
+    assert [seek for seek, _, _ in served] == [seek for seek, _, _ in expected]
+    for (_, avg, prob), (_, want_avg, want_prob) in zip(served, expected, strict=True):
+        assert avg == pytest.approx(want_avg, abs=1e-4) and 0.0 <= prob <= 1.0
+        assert want_prob is None or prob == pytest.approx(want_prob, abs=1e-5)
 
 
 def test_a_temperature_samples(fleet, client, clips):

@@ -57,17 +57,17 @@ def answer(req: TranscriptionRequest, done: Transcribed, language: str | None) -
 
 def segments(done: Transcribed) -> list[dict]:
     """verbose_json's segments: the model's timestamped ones, within the audio (a model may write a timestamp
-    past its end: clamped to the duration); one over the whole file for a model without timestamps."""
-    t = done.transcript
-    found = t.segments if t.timestamped else [{"start": 0.0, "end": done.duration, "tokens": [], "text": t.text}]
+    past its end: clamped to the duration); one over the whole file for a model without timestamps. Each has
+    its window's seek, avg_logprob and no_speech_prob, as OpenAI's do (the AI SDK's schema requires them)."""
     out = []
-    for i, seg in enumerate(found):
+    for i, seg in enumerate(done.transcript.segments):
         text = seg["text"]
         data = text.encode("utf-8")
-        out.append({"id": i, "start": round(min(seg["start"], done.duration), 2),
+        out.append({"id": i, "seek": seg["seek"], "start": round(min(seg["start"], done.duration), 2),
                     "end": round(min(seg["end"], done.duration), 2), "text": text, "tokens": seg["tokens"],
-                    "temperature": done.temperature,
-                    "compression_ratio": round(len(data) / len(zlib.compress(data)), 3) if data else 0.0})
+                    "temperature": done.temperature, "avg_logprob": seg["avg_logprob"],
+                    "compression_ratio": round(len(data) / len(zlib.compress(data)), 3) if data else 0.0,
+                    "no_speech_prob": seg["no_speech_prob"]})
     return out
 
 

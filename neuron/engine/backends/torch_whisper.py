@@ -7,6 +7,14 @@ last timestamp). A checkpoint whose generation config has no timestamp tokens is
 window at most, and answers one segment over the whole file. Greedy unless a temperature is asked for,
 with no fallback schedule: the same audio, the same text. `generate` runs on the device thread (one job per
 request); features are computed on the tokenizer threads (`neuron.engine.transcribe`).
+
+Each window also gives what openai-whisper puts on every segment it cuts from that window, and clients (the
+AI SDK's schema) require: `seek`, the window's first mel frame (10 ms each), as transformers' long-form loop
+reports it to `monitor_progress`; `avg_logprob`, the window's sampled tokens' log-probabilities (the end token
+included) summed over their count, as whisper's decoder sums them, by a logits processor that keeps
+one row (`output_scores` would keep every step's: hundreds of MB a window on a real vocabulary);
+`no_speech_prob`, the softmax of the logits at the start-of-transcript position at the no-speech token, read
+by a hook from the window's own prefill (no extra forward pass).
 """
 
 from __future__ import annotations
@@ -39,9 +47,10 @@ class Decoding:
 class Transcript:
     text: str
     language: str | None
-    segments: list[dict] = field(default_factory=list)  # start, end (seconds), tokens, text
+    segments: list[dict] = field(default_factory=list)  # start, end (seconds), tokens, text, and the window's
+    # seek, avg_logprob, no_speech_prob
     generated: int = 0  # tokens the model wrote, timestamps included
-    timestamped: bool = True  # False: one segment stands for the whole file
+    timestamped: bool = True  # False: one segment stands for the whole file (its end: the window's)
 
 
 class TorchWhisperBackend(Backend):
@@ -67,6 +76,8 @@ class TorchWhisperBackend(Backend):
         self.context_size = self.model.config.max_target_positions  # the decoder's positions
         self.vocab_size = self.model.config.vocab_size
         self.is_tiny = _config_flag(spec)
+        vocab = self.tokenizer.get_vocab()  # whisper names it <|nocaptions|> in v1 checkpoints, <|nospeech|> after
+        self.no_speech = next(vocab[t] for t in ("<|nospeech|>", "<|nocaptions|>") if t in vocab)
 
     def tokenize(self, text: str, special: bool = True) -> list[int]:
         return self.tokenizer(text, add_special_tokens=False, split_special_tokens=not special)["input_ids"]
@@ -117,11 +128,18 @@ class TorchWhisperBackend(Backend):
             language = decoding.language
             if language is None and decoding.detect and self.multilingual:
                 language = self._detect(inputs["input_features"])
-            out = self.model.generate(**self._kwargs(inputs, decoding, language))
-        return self._transcript(out, language)
+            windows = _Windows(self.model.generation_config.decoder_start_token_id, self.no_speech)
+            hook = self.model.register_forward_hook(windows.prefill, with_kwargs=True)
+            try:
+                out = self.model.generate(**self._kwargs(inputs, decoding, language), monitor_progress=windows.begin,
+                                          logits_processor=[windows])
+            finally:
+                hook.remove()
+        return self._transcript(out, language, windows)
 
     def _kwargs(self, inputs: dict, decoding: Decoding, language: str | None) -> dict:
-        kwargs = {**inputs, "return_timestamps": self.timestamps, "return_segments": self.timestamps}
+        kwargs = {**inputs, "return_timestamps": self.timestamps, "return_segments": self.timestamps,
+                  "return_dict_in_generate": True}  # each window's sequence: its last token
         if self.multilingual:
             kwargs["task"] = "transcribe"
             if language is not None:
@@ -136,14 +154,26 @@ class TorchWhisperBackend(Backend):
         token = int(self.model.detect_language(features[..., :3000])[0])
         return next((code for code, t in self.languages.items() if t == token), None)
 
-    def _transcript(self, out, language: str | None) -> Transcript:
-        decode = self.tokenizer.decode
-        sequences = out["sequences"] if isinstance(out, dict) else out
-        text = decode(sequences[0], skip_special_tokens=True).strip()
-        if not isinstance(out, dict):
-            return Transcript(text, language, [], int(sequences.shape[-1]), timestamped=False)
+    def _transcript(self, out, language: str | None, windows: _Windows) -> Transcript:
+        decode, eos = self.tokenizer.decode, self.model.generation_config.eos_token_id
+        if "segments" not in out:  # no timestamps: one window, one segment over the whole file
+            tokens = out["sequences"][0][windows.prefixes[0]:]
+            stats = windows.stats(0, int(out["sequences"][0][-1]), eos)
+            text = decode(tokens, skip_special_tokens=True).strip()
+            whole = {"start": 0.0, "end": WINDOW_S, "tokens": [int(t) for t in tokens], "text": text, **stats}
+            return Transcript(text, language, [whole], len(tokens), timestamped=False)
+        found, results = out["segments"][0], []
+        for s in found:  # each window's segments share its generate call's output: the window, in order
+            if not results or results[-1] is not s["result"]:
+                results.append(s["result"])
+        by_result, window = {}, -1
+        for r in results:
+            window = windows.window_of(r["sequences"], window)
+            by_result[id(r)] = windows.stats(window, int(r["sequences"].reshape(-1)[-1]), eos)
         segments = [{"start": float(s["start"]), "end": float(s["end"]), "tokens": [int(t) for t in s["tokens"]],
-                     "text": decode(s["tokens"], skip_special_tokens=True)} for s in out["segments"][0]]
+                     "text": decode(s["tokens"], skip_special_tokens=True), **by_result[id(s["result"])]}
+                    for s in found]
+        text = decode(out["sequences"][0], skip_special_tokens=True).strip()
         return Transcript(text, language, segments, sum(len(s["tokens"]) for s in segments))
 
     def detokenizer(self, skip_special: bool = True):
@@ -159,3 +189,67 @@ class TorchWhisperBackend(Backend):
         del self.model
         if self.device.type == "cuda":
             self.torch.cuda.empty_cache()
+
+
+class _Windows:
+    """What transformers' decoding loop shows of each 30-second window, recorded as it runs, in memory of one
+    vocabulary row per window:
+    - the frame it begins at (`monitor_progress` is called once a window, before its `generate`);
+    - from the first forward after that (the window's prefill, whose logits cover every decoder input
+      position), its prompt's length and the no-speech probability at the start-of-transcript token, as
+      openai-whisper reads it (raw logits, softmax);
+    - as the last logits processor passed in (after the timestamp rules; generate's temperature and top-k
+      warpers run after it, as whisper's decoder takes its log-probabilities before the temperature), the
+      running sum of each chosen token's log-probability: a step's scores are kept until the next step shows
+      which token was taken from them, the window's last from its final sequence."""
+
+    def __init__(self, sot: int, no_speech: int):
+        self.sot, self.no_speech = sot, no_speech
+        self.seeks: list[int] = []
+        self.prefixes: list[int] = []
+        self.no_speech_probs: list[float] = []
+        self.sums: list[float] = []
+        self.counts: list[int] = []
+        self.last: list = []  # each window's latest step's log-probabilities
+        self.seen: list = []  # and the ids that step was given: its sequence less the last token
+
+    def begin(self, progress) -> None:
+        self.seeks.append(int(progress[0, 0]))
+
+    def prefill(self, module, args, kwargs, output) -> None:
+        ids = kwargs.get("decoder_input_ids")
+        if len(self.prefixes) == len(self.seeks) or ids is None:  # a decode step, or detection before the loop
+            return
+        row = ids[0].tolist()
+        at = len(row) - 1 - row[::-1].index(self.sot)  # after any previous-text prompt
+        self.prefixes.append(len(row))
+        self.no_speech_probs.append(float(output.logits[0, at].float().softmax(-1)[self.no_speech]))
+
+    def __call__(self, input_ids, scores):
+        if len(self.sums) < len(self.seeks):  # a window's first step
+            self.sums.append(0.0)
+            self.counts.append(0)
+            self.last.append(None)
+            self.seen.append(None)
+        else:  # the token taken from the previous step's scores
+            self.sums[-1] += float(self.last[-1][int(input_ids[0, -1])])
+            self.counts[-1] += 1
+        self.last[-1] = scores[0].float().log_softmax(-1)
+        self.seen[-1] = input_ids[0]
+        return scores
+
+    def window_of(self, sequence, after: int) -> int:
+        """The window (past index `after`) whose generate call gave this sequence: a window that wrote no
+        segment has no result in transformers' output, so results and windows need not pair by position."""
+        ids = sequence.reshape(-1).tolist()
+        return next(i for i in range(after + 1, len(self.seen))
+                    if self.seen[i] is not None and self.seen[i].tolist() == ids[:-1])
+
+    def stats(self, i: int, final: int, eos: int) -> dict:
+        """Window i's seek, no_speech_prob and avg_logprob, as whisper's decoder sums it: every chosen token's
+        log-probability, the end token included, over the tokens less the end token plus one."""
+        total, count = self.sums[i], self.counts[i]
+        if self.last[i] is not None:
+            total, count = total + float(self.last[i][final]), count + 1
+        tokens = count - int(count > 0 and final == eos)
+        return {"seek": self.seeks[i], "avg_logprob": total / (tokens + 1), "no_speech_prob": self.no_speech_probs[i]}
