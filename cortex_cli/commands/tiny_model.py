@@ -14,7 +14,7 @@ import click
               help="chat: a Llama model; rerank: a BERT cross-encoder (one label, a WordPiece tokenizer); image: "
                    "a Stable Diffusion pipeline (diffusers folder, 64x64 images; only --seed applies); transcribe: "
                    "a Whisper model with its processor (hf); vision: a Llava chat model with its processor "
-                   "(hf, 32x32 images of 16 tokens).")
+                   "(hf, 32x32 images of 16 tokens; --format gguf: OUT.gguf and its projector OUT.mmproj.gguf).")
 @click.option("--format", "fmt", type=click.Choice(["gguf", "hf"]), default=None,
               help="gguf or a Hugging Face folder (hf)  [default: gguf for chat, hf for rerank]")
 @click.option("--layers", type=click.IntRange(min=1, max=64), default=2, show_default=True)
@@ -45,7 +45,7 @@ def tiny_model(out, kind, fmt, layers, dim, vocab, seed, context, template, spli
         click.echo(f"wrote hf transcription model to {_whisper(out, fmt, layers, dim, vocab, seed)}")
         return
     if kind == "vision":
-        click.echo(f"wrote hf vision model to {_vision(out, fmt, layers, dim, vocab, seed, context)}")
+        click.echo(f"wrote {fmt or 'hf'} vision model to {_vision(out, fmt, layers, dim, vocab, seed, context)}")
         return
     if kind == "rerank":
         path = _rerank(out, fmt, layers, dim, vocab, seed, min(context, 512))
@@ -89,11 +89,18 @@ def _whisper(out, fmt, layers, dim, vocab, seed):
 
 
 def _vision(out, fmt, layers, dim, vocab, seed, context):
-    """A Llava model and its processor: a Hugging Face folder only (llama.cpp loads no vision projector here)."""
+    """A Llava model and its processor (a Hugging Face folder), or with --format gguf the language model
+    GGUF and its multimodal projector beside it (OUT.gguf and OUT.mmproj.gguf), as llama.cpp reads them."""
     from neuron.tiny.vision import TinyVisionSpec, write_tiny_vision
 
     if fmt == "gguf":
-        raise click.UsageError("--kind vision writes a Hugging Face folder only: leave out --format gguf")
+        from neuron.tiny.vision_gguf import TinyVisionGgufSpec, write_tiny_vision_gguf
+
+        spec = TinyVisionGgufSpec(layers=layers, dim=dim, vocab=vocab, seed=seed, context=context)
+        try:
+            return write_tiny_vision_gguf(out, spec)
+        except ValueError as exc:
+            raise click.UsageError(str(exc)) from None
     try:
         return write_tiny_vision(out, TinyVisionSpec(layers=layers, dim=dim, vocab=vocab, seed=seed, context=context))
     except ValueError as exc:
