@@ -186,12 +186,13 @@ def test_the_neuron_itself_refuses_images_for_a_text_model(stack):
     assert status == 400 and body["error"]["code"] == "image_url_not_allowed", body  # the neuron never fetches
 
 
-def test_a_vision_gguf_is_refused_at_load_on_llama_cpp_naming_what_to_load(stack):
-    """llama.cpp's multimodal projectors are not loaded here yet: the load says so, and what serves instead."""
+def test_a_multimodal_projector_alone_is_no_model(stack):
+    """A projector (mmproj, architecture clip) is served with its chat GGUF (tests/test_vision_gguf.py), never alone."""
     _, _, neuron = stack
+    status, body = http_json("GET", neuron.url + "/models/available")
+    assert status == 200 and "mmproj" not in str(body), body
     status, body = http_json("POST", neuron.url + "/models/load", {"model": "mmproj-tiny"})
-    assert status == 400 and body["error"]["code"] == "vision_not_supported", body
-    assert "Hugging Face folder" in body["error"]["message"] and "torch" in body["error"]["message"]
+    assert status == 404 and body["error"]["code"] == "model_not_found", body
 
 
 @pytest.mark.parametrize("url, status, said", [

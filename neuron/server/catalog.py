@@ -25,6 +25,7 @@ from pathlib import Path
 from neuron.pulls.names import split_parts
 from neuron.pulls.sources import parse_source
 from neuron.server.diffusers_layout import is_pipeline, pipeline_weight_files
+from neuron.server.gguf_projector import is_projector, projector_for
 from neuron.shared.errors import ApiError
 from neuron.shared.protocol import ModelKind
 
@@ -68,8 +69,12 @@ def _ref_for(path: Path, shown: str) -> ModelRef | None:
         stem = path.stem
         if re.search(r"-\d+-of-\d+$", stem) and not _SPLIT_GGUF.search(stem):
             return None  # later parts of a split GGUF: llama.cpp opens them through the first
-        return ModelRef(gguf_id(path.name), "gguf", str(path), _size_mb(path), shown_path=shown,
-                        kind=gguf_kind(path))
+        if is_projector(path):  # a vision model's multimodal projector: served with its model, never alone
+            return None
+        projector = projector_for(path)
+        size = _size_mb(path) + (projector.stat().st_size / 2**20 if projector is not None else 0.0)
+        return ModelRef(gguf_id(path.name), "gguf", str(path), size, shown_path=shown,
+                        kind=ModelKind.VISION if projector is not None else gguf_kind(path))
     if path.is_dir() and (path / "config.json").is_file() and _weight_files(path):
         return ModelRef(path.name, "hf", str(path), _size_mb(path), shown_path=shown, kind=hf_kind(path))
     if is_pipeline(path) and (weights := pipeline_weight_files(path)):  # diffusers' layout: text to image
@@ -121,14 +126,12 @@ def is_cross_encoder(config: dict, architectures: list[str]) -> bool:
 def gguf_kind(path: Path) -> ModelKind:
     """A rerank GGUF: its pooling is rank (llama.cpp's LLAMA_POOLING_TYPE_RANK, which convert_hf_to_gguf.py
     writes for cross-encoders). An embedding GGUF: any other pooling (written for embedding models only) or
-    non-causal attention (BERT and kin)."""
+    non-causal attention (BERT and kin). A vision GGUF is told by its projector file (`gguf_projector`)."""
     try:
         meta = gguf_metadata(path)
     except Exception:  # noqa: BLE001 - an unreadable header is reported by the load itself
         return ModelKind.GENERATION
     arch = meta.get("general.architecture", "llama")
-    if arch == "clip":  # a vision model's multimodal projector (mmproj): its load says llama.cpp cannot serve it
-        return ModelKind.VISION
     pooling = meta.get(f"{arch}.pooling_type")
     if pooling == RANK_POOLING:
         return ModelKind.RERANK

@@ -25,16 +25,17 @@ def backend_class(name: str, kind: ModelKind = ModelKind.GENERATION) -> type[Bac
     An embedding model opens with the backend's embedding class: on torch an encoder (`AutoModel`,
     pooled per its sentence-transformers config), on llama.cpp an embedding context alone. A rerank
     model opens as a cross-encoder: `AutoModelForSequenceClassification` on torch, a rank-pooling
-    context on llama.cpp. An image model opens as a diffusers pipeline, on torch only."""
+    context on llama.cpp. A vision model opens with its processor on torch, with its projector (mmproj)
+    through llama.cpp's mtmd on llama.cpp. An image model opens as a diffusers pipeline, on torch only."""
     if name == "llama.cpp":
         from neuron.engine.backends.llamacpp import LlamaCppBackend, _import_llama
         from neuron.engine.backends.llamacpp_embed import LlamaEmbeddingBackend
 
         _import_llama()
-        if kind == ModelKind.VISION:
-            raise ApiError(400, "invalid_request_error", "vision GGUFs (a model with its multimodal projector, "
-                           "mmproj) are not served on the llama.cpp backend yet: load the model's Hugging Face "
-                           "folder, which runs on backend torch", code="vision_not_supported", param="backend")
+        if kind == ModelKind.VISION:  # a chat GGUF with its multimodal projector (mmproj), through mtmd
+            from neuron.engine.backends.llamacpp_vision import LlamaVisionBackend
+
+            return LlamaVisionBackend
         if kind == ModelKind.RERANK:
             from neuron.engine.backends.llamacpp_rerank import LlamaRerankBackend
 

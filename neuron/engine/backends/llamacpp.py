@@ -40,6 +40,7 @@ def _import_llama():
 
 class LlamaCppBackend(Backend):
     name = "llama.cpp"
+    batcher_class = LlamaBatcher  # a vision model's evaluates its images first (llamacpp_vision_batch)
 
     def __init__(self, spec: BackendSpec):
         llama_cpp = _import_llama()
@@ -66,7 +67,7 @@ class LlamaCppBackend(Backend):
         self.bos_token = self._special_text(self.model.token_bos())
         self.eos_token = self._special_text(self.model.token_eos())
         self.is_tiny = str(meta.get(TINY_MARKER_KEY, "")).lower() == "true"
-        self.batcher = LlamaBatcher(llama_cpp, self.ctx, self.slots, chunk, self.make_sampler, self.n_vocab)
+        self.batcher = self.batcher_class(llama_cpp, self.ctx, self.slots, chunk, self.make_sampler, self.n_vocab)
         self._embedder = None
         self._guidance = GuidanceTokenizer(lambda: _guidance_tokenizer(self))
 

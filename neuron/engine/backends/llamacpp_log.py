@@ -71,3 +71,11 @@ def route_llama_log(llama_cpp) -> None:
 
     llama_cpp.llama_log_set(on_log, ctypes.c_void_p(0))
     _callback = on_log
+
+
+def route_mtmd_log(llama_cpp, mtmd) -> None:
+    """The same for llama.cpp's multimodal library (mtmd and its helpers), which logs apart: a projector's
+    load and each image's encoding would otherwise go raw to stderr."""
+    route_llama_log(llama_cpp)
+    mtmd.mtmd_log_set(_callback, ctypes.c_void_p(0))
+    mtmd.mtmd_helper_log_set(_callback, ctypes.c_void_p(0))
