@@ -1,10 +1,12 @@
 """Issue 26's kinds served against the raw library in this process: image generation (diffusers), rerank
-(a torch cross-encoder and its GGUF on llama.cpp) and vision chat (a torch Llava), each the same work done
+(a torch cross-encoder and its GGUF on llama.cpp) and vision chat (a torch Llava, and a GGUF with its projector
+on llama.cpp: benchmarks/kinds_vision_gguf.py), each the same work done
 
   (a) raw: the library called here, as the neuron's backend calls it (the diffusers pipeline from the tiny
       folder with the same size, steps and seeds; AutoModelForSequenceClassification on the same pairs in
       the backend's chunks and batches; llama.cpp rank pooling on the same framed pairs, 32 a decode;
-      AutoModelForImageTextToText.generate, greedy, with the same image and number of new tokens), and
+      AutoModelForImageTextToText.generate, greedy, with the same image and number of new tokens;
+      llama-cpp-python's MTMDChatHandler chat on the GGUF pair, greedy, the same image and tokens), and
   (b) served: a real `cortex neuron` behind a real `cortex serve` (the official openai client for images
       and chat, HTTP for /v1/rerank),
 
@@ -32,6 +34,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from benchmarks.kinds_vision_gguf import vision_gguf_rows  # noqa: E402
 from neuron.engine.backends.llamacpp_embed import MAX_SEQUENCES  # noqa: E402
 from neuron.engine.backends.torch_rerank import BATCH  # noqa: E402
 from neuron.engine.embeddings import CHUNK  # noqa: E402
@@ -252,7 +255,7 @@ def row(work: str, raw: float, served: float, rate: str) -> dict:
 
 def make_models(models: Path) -> None:
     for out, fmt, kind in (("img", "hf", "image"), ("rerank", "hf", "rerank"), ("rerank-gguf.gguf", "gguf", "rerank"),
-                           ("vision", "hf", "vision")):
+                           ("vision", "hf", "vision"), ("vision-gguf", "gguf", "vision")):
         progress(f"cortex tiny-model {out} --kind {kind} --format {fmt}")
         make_tiny(models / out, fmt, "--kind", kind)
 
@@ -262,12 +265,14 @@ def measure(root: Path, rounds: int) -> list[dict]:
 
     models = root / "models"
     make_models(models)
-    progress("starting cortex neuron and cortex serve, loading the four models")
+    progress("starting cortex neuron and cortex serve, loading the five models")
     with one_node_fleet(root, models, "--cpu-memory-mb", "6000",
-                        load=("img", "rerank", "rerank-gguf", "vision")) as (gateway, _, _):
+                        load=("img", "rerank", "rerank-gguf", "vision",
+                              {"model": "vision-gguf", "backend": "llama.cpp"})) as (gateway, _, _):
         client = openai.OpenAI(base_url=gateway.url + "/v1", api_key="unused", max_retries=0, timeout=600)
         return (image_rows(models / "img", client, rounds) + rerank_rows(models, gateway.url, rounds)
-                + vision_rows(models / "vision", client, rounds))
+                + vision_rows(models / "vision", client, rounds)
+                + vision_gguf_rows(models, client, png(), VISION_TOKENS, rounds, median_s, row, progress))
 
 
 def table(rows: list[dict]) -> str:
