@@ -93,15 +93,12 @@ def _vision(out, fmt, layers, dim, vocab, seed, context):
     GGUF and its multimodal projector beside it (OUT.gguf and OUT.mmproj.gguf), as llama.cpp reads them."""
     from neuron.tiny.vision import TinyVisionSpec, write_tiny_vision
 
+    spec = TinyVisionSpec(layers=layers, dim=dim, vocab=vocab, seed=seed, context=context)
     if fmt == "gguf":
-        from neuron.tiny.vision_gguf import TinyVisionGgufSpec, write_tiny_vision_gguf
-
-        spec = TinyVisionGgufSpec(layers=layers, dim=dim, vocab=vocab, seed=seed, context=context)
-        try:
-            return write_tiny_vision_gguf(out, spec)
-        except ValueError as exc:
-            raise click.UsageError(str(exc)) from None
+        from neuron.tiny.vision_gguf import write_tiny_vision_gguf as write
+    else:
+        write = write_tiny_vision
     try:
-        return write_tiny_vision(out, TinyVisionSpec(layers=layers, dim=dim, vocab=vocab, seed=seed, context=context))
+        return write(out, spec)
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None

@@ -75,8 +75,9 @@ def text_chars(value: Any) -> int:
     return 0 if value is None else len(str(value))
 
 
-def chat_segments(backend, req: InferenceRequest, model: str) -> list[Segment]:
-    """The rendered chat prompt, split into template markup and client text."""
+def chat_segments(backend, req: InferenceRequest, model: str, mark=mark_message) -> list[Segment]:
+    """The rendered chat prompt, split into template markup and client text. `mark(message, markers)` marks
+    a message's client strings: a vision backend's also writes its image parts as its template wants them."""
     if not backend.chat_template:
         raise ApiError(400, "invalid_request_error", f"model {model!r} has no chat template; use "
                        "/v1/completions with a raw prompt", code="no_chat_template")
@@ -86,7 +87,7 @@ def chat_segments(backend, req: InferenceRequest, model: str) -> list[Segment]:
     prefill = req.continue_final and bool(req.messages[-1].get("content"))
     mk = Markers.new()
     try:
-        rendered = render_chat(backend.chat_template, [mark_message(m, mk) for m in messages],
+        rendered = render_chat(backend.chat_template, [mark(m, mk) for m in messages],
                                tools=mark_tools(tools, mk), bos_token=backend.bos_token, eos_token=backend.eos_token,
                                add_generation_prompt=not prefill, extra=mark_kwargs(req.template_kwargs, mk))
     except TemplateError as exc:

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from neuron.tiny.model import TINY_MARKER_KEY, TinySpec, write_tiny_model
+from neuron.tiny.vision import TinyVisionSpec  # one spec for both formats: the same sizes
 
 MEDIA_MARKER = "<__media__>"  # mtmd_default_marker(): where llama.cpp's mtmd puts an image's tokens
 # ChatML, each image part written as the media marker, text parts as they are.
@@ -33,21 +34,6 @@ CLIP_STD = [0.26862954, 0.26130258, 0.27577711]
 
 
 @dataclass(frozen=True)
-class TinyVisionGgufSpec:
-    layers: int = 2
-    dim: int = 64
-    vocab: int = 512
-    seed: int = 0
-    context: int = 2048
-    image_size: int = 32
-    patch: int = 8
-
-    @property
-    def image_tokens(self) -> int:
-        return (self.image_size // self.patch) ** 2
-
-
-@dataclass(frozen=True)
 class _VisionChat(TinySpec):
     """The tiny chat model with the template that marks images."""
 
@@ -61,7 +47,7 @@ def mmproj_path(model: Path) -> Path:
     return model.with_name(model.name.removesuffix(".gguf") + ".mmproj.gguf")
 
 
-def write_tiny_vision_gguf(out: Path, spec: TinyVisionGgufSpec = TinyVisionGgufSpec()) -> Path:
+def write_tiny_vision_gguf(out: Path, spec: TinyVisionSpec = TinyVisionSpec()) -> Path:
     """Write `OUT.gguf` (the language model) and `OUT.mmproj.gguf` (its projector); returns the model's path."""
     chat = _VisionChat(layers=spec.layers, dim=spec.dim, vocab=spec.vocab, seed=spec.seed, context=spec.context)
     model = write_tiny_model(out, "gguf", chat)
@@ -69,7 +55,7 @@ def write_tiny_vision_gguf(out: Path, spec: TinyVisionGgufSpec = TinyVisionGgufS
     return model
 
 
-def _weights(spec: TinyVisionGgufSpec) -> dict[str, np.ndarray]:
+def _weights(spec: TinyVisionSpec) -> dict[str, np.ndarray]:
     """The projector's tensors, in llama.cpp's names and torch's (out, in) shapes."""
     rng = np.random.default_rng(spec.seed + 1)
     d, ffn, n_pos = spec.dim, spec.dim * 2, spec.image_tokens + 1  # the class token's position too
@@ -94,7 +80,7 @@ def _weights(spec: TinyVisionGgufSpec) -> dict[str, np.ndarray]:
     return w
 
 
-def _write_mmproj(path: Path, spec: TinyVisionGgufSpec) -> None:
+def _write_mmproj(path: Path, spec: TinyVisionSpec) -> None:
     import gguf
 
     writer = gguf.GGUFWriter(str(path), "clip")

@@ -26,10 +26,8 @@ from neuron.engine.backends.base import BackendSpec
 from neuron.engine.backends.llamacpp import LlamaCppBackend
 from neuron.engine.backends.llamacpp_log import route_mtmd_log
 from neuron.engine.backends.llamacpp_vision_batch import IMAGE_TOKEN, ImageSpan, VisionBatcher, VisionPrompt
-from neuron.engine.chat_template import TemplateError, render_chat
-from neuron.engine.client_text import Markers, Segment, mark_kwargs, mark_message, mark_tools
-from neuron.engine.generic_tools import renders_tools, with_generic_tools
-from neuron.engine.prompt import prompt_segments, tokenize_segments
+from neuron.engine.client_text import Markers, Segment, mark_message
+from neuron.engine.prompt import chat_segments, prompt_segments, tokenize_segments
 from neuron.server.gguf_projector import projector_for
 from neuron.server.openai_schema import InferenceRequest
 from neuron.shared.errors import ApiError, bad_request
@@ -82,31 +80,7 @@ class LlamaVisionBackend(LlamaCppBackend):
         """The request's prompt ids with its images' positions in place, and the chunks to evaluate them."""
         if req.prompt is not None or not req.images:  # text alone: a typed marker is text like any other
             return VisionPrompt(tokenize_segments(self, prompt_segments(self, req, model), stop))
-        return self._encode(self._segments(req, model), list(req.images), stop)
-
-    def _segments(self, req: InferenceRequest, model: str) -> list[Segment]:
-        if not self.chat_template:
-            raise bad_request(f"model {model!r} has no chat template; use /v1/completions with a raw prompt",
-                              code="no_chat_template")
-        messages, tools = req.messages, None if req.tool_choice.mode == "none" else req.tools
-        if tools and not renders_tools(self.chat_template, self.bos_token, self.eos_token):
-            messages, tools = with_generic_tools(messages, tools), None
-        prefill = req.continue_final and bool(req.messages[-1].get("content"))
-        mk = Markers.new()
-        try:
-            rendered = render_chat(self.chat_template, [self._marked(m, mk) for m in messages],
-                                   tools=mark_tools(tools, mk), bos_token=self.bos_token, eos_token=self.eos_token,
-                                   add_generation_prompt=not prefill, extra=mark_kwargs(req.template_kwargs, mk))
-        except TemplateError as exc:
-            raise bad_request(str(exc), code="template_error", param="messages") from exc
-        segments = mk.split(rendered)
-        if segments is None:
-            log.warning("model %s: its chat template splits message text; control tokens typed by users "
-                        "cannot be told from the template's own in this prompt", model)
-            segments = [Segment(mk.strip(rendered), True)]
-        while prefill and segments and segments[-1].special:
-            segments.pop()
-        return segments
+        return self._encode(chat_segments(self, req, model, self._marked), list(req.images), stop)
 
     def _marked(self, message: dict, mk: Markers) -> dict:
         """Client text marked; each image part becomes a text part holding the media marker, unmarked, so
