@@ -32,14 +32,16 @@ serve: $(VENV)/.serve-installed
 # zsh and fish let the completion tests ask real shells, and Debian's prometheus (with promtool) lets
 # tests/test_prometheus_queries.py scrape a real fleet and check deploy/prometheus's rules (each name is both
 # the command and its Debian package); Debian's postgresql lets the state database's tests run a real
-# PostgreSQL (tests/postgres_server.py; its initdb is under /usr/lib/postgresql/*/bin, off the PATH).
+# PostgreSQL (tests/postgres_server.py; its initdb is under /usr/lib/postgresql/*/bin, off the PATH);
+# Debian's chromium-headless-shell is the real browser Playwright drives in the console's tests (tests/browser.py).
 # Installed where apt-get can (as root), otherwise those tests are skipped and say why.
 shells:
 	@missing=""; for s in zsh fish prometheus; do command -v $$s >/dev/null || missing="$$missing $$s"; done; \
 	command -v initdb >/dev/null || ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing="$$missing postgresql"; \
+	command -v chromium-headless-shell >/dev/null || command -v chromium >/dev/null || missing="$$missing chromium-headless-shell"; \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
-	    echo "installing$$missing for the completion, Prometheus and PostgreSQL tests"; \
+	    echo "installing$$missing for the completion, Prometheus, PostgreSQL and web console tests"; \
 	    (timeout 300 apt-get update -qq && \
 	     DEBIAN_FRONTEND=noninteractive timeout 300 apt-get install -y -qq --no-install-recommends $$missing) \
 	       >/dev/null 2>&1 \
