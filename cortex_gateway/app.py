@@ -9,7 +9,7 @@ import logging
 import aiohttp
 from aiohttp import web
 
-from cortex_gateway import admin_routes, catalog_routes, metering, openai_routes, usage_routes
+from cortex_gateway import admin_routes, catalog_routes, console_routes, metering, openai_routes, usage_routes
 from cortex_gateway.anthropic import routes as anthropic_routes
 from cortex_gateway.auth import AUTH, KEY_NAME, LIMITER, KeyLimiter
 from cortex_gateway.config import CONTROL_CONNECTIONS_PER_NODE, GatewayConfig
@@ -83,6 +83,7 @@ def create_app(config: GatewayConfig, *, session: aiohttp.ClientSession | None =
     responses_routes.add_routes(app)
     usage_routes.add_routes(app)  # /admin/usage, before the /admin sub-app
     admin_routes.add_routes(app)
+    console_routes.add_routes(app)  # /ui: the web console's files, open; its calls carry the key
     metering.setup(app, config.max_key_labels)  # budgets and TPM per key (docs/budgets.md)
     return app
 

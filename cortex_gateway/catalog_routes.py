@@ -143,7 +143,7 @@ API = ["/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/rerank"
 
 async def root(_request: web.Request) -> web.Response:
     """`GET /` (and HEAD): Claude Code and others check the base URL answers before they start."""
-    return json_response({"name": "cortex", "api": API})
+    return json_response({"name": "cortex", "api": API, "console": "/ui"})
 
 
 def add_routes(app: web.Application) -> None:

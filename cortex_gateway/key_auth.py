@@ -19,6 +19,7 @@ import logging
 from aiohttp import web
 
 from cortex_gateway.auth import KEY_NAME, LIMITER, AuthSettings
+from cortex_gateway.console_routes import is_console_path
 from cortex_gateway.key_cache import KEYS, KeyCache
 from cortex_gateway.state import PRIORITY, STATE_DB, TENANT
 from cortex_gateway.state_db import ApiKey, KeySettings, StateError, hash_key
@@ -62,9 +63,11 @@ async def tenant_of(request: web.Request) -> ApiKey:
 
 @web.middleware
 async def api_auth(request: web.Request, handler):
-    """With a key anywhere (the config, the keys file, the state database), every route but /health needs
-    one; the request carries its key (TENANT), name (KEY_NAME) and priority (PRIORITY) from here on."""
-    if not request.app[KEYS].keyed or request.path in OPEN_PATHS or request.path.startswith("/admin"):
+    """With a key anywhere (the config, the keys file, the state database), every route but /health and the
+    console's files (which hold no data) needs one; the request carries its key (TENANT), name (KEY_NAME)
+    and priority (PRIORITY) from here on."""
+    if not request.app[KEYS].keyed or request.path in OPEN_PATHS or request.path.startswith("/admin") \
+            or is_console_path(request.path):
         return await handler(request)
     tenant = await tenant_of(request)
     request[KEY_NAME], request[TENANT], request[PRIORITY] = tenant.name, tenant, tenant.settings.priority

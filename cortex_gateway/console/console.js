@@ -1,0 +1,217 @@
+// The cortex console: one page over the gateway's own API (/admin/status, /admin/unload, /admin/pin,
+// /admin/drain, /v1/models), every call carrying the key the user signed in with.
+// Everything shown is set as text (textContent, never innerHTML): model and node names are hostile input.
+// No inline script or style: the gateway's Content-Security-Policy forbids them.
+"use strict";
+
+const POLL_MS = 2000;
+const KEY_ITEM = "cortex.key";
+let role = null;  // "admin" (the fleet and its controls) or "reader" (the models a plain API key may use)
+let timer = null;
+
+const KINDS = {generation: "chat", vision: "vision chat"};  // as `cortex status` names them; others as they are
+const $ = (id) => document.getElementById(id);
+const kindOf = (kind) => KINDS[kind] || kind || "";
+
+function el(tag, attrs, ...children) {
+  const node = document.createElement(tag);
+  for (const [name, value] of Object.entries(attrs || {})) {
+    if (value === null || value === undefined || value === false) continue;
+    if (name === "text") node.textContent = String(value);
+    else if (name.startsWith("on")) node.addEventListener(name.slice(2), value);
+    else node.setAttribute(name, value === true ? "" : String(value));
+  }
+  for (const child of children) {
+    if (child === null || child === undefined) continue;
+    node.append(child instanceof Node ? child : document.createTextNode(String(child)));
+  }
+  return node;
+}
+
+async function api(path, body) {
+  const headers = {};
+  const key = sessionStorage.getItem(KEY_ITEM);
+  if (key) headers.Authorization = "Bearer " + key;
+  const init = {headers, cache: "no-store"};
+  if (body !== undefined) {
+    init.method = "POST";
+    headers["Content-Type"] = "application/json";
+    init.body = JSON.stringify(body);
+  }
+  let response;
+  try {
+    response = await fetch(path, init);
+  } catch (err) {
+    return {ok: false, status: 0, message: "the gateway did not answer (" + err.message + ")"};
+  }
+  let data = null;
+  try { data = await response.json(); } catch (_) { /* a body that is not JSON: its status says enough */ }
+  const message = data && data.error && data.error.message ? data.error.message : "HTTP " + response.status;
+  return {ok: response.ok, status: response.status, data, message};
+}
+
+// -- signing in ----------------------------------------------------------------------------------------
+async function signIn(key) {
+  if (key) sessionStorage.setItem(KEY_ITEM, key); else sessionStorage.removeItem(KEY_ITEM);
+  const admin = await api("/admin/status");
+  if (admin.ok) return show("admin", admin.data);
+  if (admin.status !== 401 && admin.status !== 403) return refuse(admin.message);
+  const models = await api("/v1/models");
+  if (models.ok) return show("reader", models.data);
+  return refuse(models.status === 401 ? "that key was refused: " + models.message : models.message);
+}
+
+function refuse(message) {
+  sessionStorage.removeItem(KEY_ITEM);
+  $("sign-in-error").textContent = message;
+  $("key").focus();
+}
+
+function show(as, data) {
+  role = as;
+  $("sign-in-error").textContent = "";
+  $("sign-in").hidden = true;
+  $("sign-out").hidden = false;
+  $("fleet").hidden = as !== "admin";
+  $("catalog").hidden = as !== "reader";
+  $("who").textContent = as === "admin" ? "signed in with an admin key" : "signed in with an API key (read only)";
+  render(data);
+  clearInterval(timer);
+  timer = setInterval(refresh, POLL_MS);
+}
+
+function signOut() {
+  clearInterval(timer);
+  role = null;
+  sessionStorage.removeItem(KEY_ITEM);
+  $("fleet").hidden = $("catalog").hidden = $("sign-out").hidden = true;
+  $("sign-in").hidden = false;
+  $("who").textContent = "";
+  $("key").value = "";
+  $("key").focus();
+}
+
+async function refresh() {
+  const answer = await api(role === "admin" ? "/admin/status" : "/v1/models");
+  if (answer.status === 401) return signOut();
+  $("fleet-error").textContent = answer.ok ? "" : "could not refresh: " + answer.message;
+  if (answer.ok) render(answer.data);
+}
+
+function render(data) {
+  if (role === "admin") renderFleet(data); else renderCatalog(data);
+}
+
+// -- the fleet (admin) ---------------------------------------------------------------------------------
+function nodeState(node) {
+  if (!node.healthy) return "down";
+  return node.draining ? "draining" : "up";
+}
+
+function renderFleet(status) {
+  const pins = status.pins || {};
+  $("nodes").replaceChildren(...status.nodes.map((node) => renderNode(node, pins)));
+  const rows = (status.models || []).map((m) => el("tr", {},
+    el("th", {scope: "row", text: m.id}),
+    el("td", {"data-label": "Replicas", text: m.replicas.join(", ") || "none"}),
+    el("td", {"data-label": "Loading on", text: m.loading.join(", ") || "-"}),
+    el("td", {"data-label": "In flight", text: m.in_flight}),
+    el("td", {"data-label": "Waiting", text: m.waiting})));
+  $("models-table").tBodies[0].replaceChildren(...rows);
+  $("fleet-updated").textContent = "updated " + new Date().toLocaleTimeString();
+}
+
+function renderNode(node, pins) {
+  const state = nodeState(node);
+  const drain = node.draining
+    ? action("Undrain", "undrain node " + node.name, "/admin/undrain", {node: node.name})
+    : action("Drain", "drain node " + node.name + " (no new requests or loads go there)", "/admin/drain",
+             {node: node.name});
+  drain.setAttribute("aria-label", (node.draining ? "Undrain " : "Drain ") + node.name);
+  return el("article", {class: "node", "aria-label": "node " + node.name, "data-node": node.name},
+    el("h3", {}, el("span", {text: node.name}), el("span", {class: "state " + state, text: state}), drain),
+    node.last_error && !node.healthy ? el("p", {role: "note", text: node.last_error}) : null,
+    ...node.devices.map(renderDevice),
+    renderModels(node, pins));
+}
+
+function renderDevice(device) {
+  const total = device.total_mb || 0;
+  const used = device.used_mb || Math.max(total - (device.free_mb || 0), 0);
+  const label = device.id + (device.name ? " " + device.name : "");
+  return el("div", {class: "device"},
+    el("span", {text: label}),
+    el("meter", {min: 0, max: total || 1, value: used, "aria-label": "memory used on " + label}),
+    el("span", {text: Math.round(used) + " / " + Math.round(total) + " MB"}));
+}
+
+function renderModels(node, pins) {
+  const rows = node.models.map((m) => {
+    const pinned = (pins[m.id] || []).includes(node.name);
+    const tps = (node.decode_tps || {})[m.id];
+    return el("tr", {"data-model": m.id},
+      el("th", {scope: "row", text: m.id}),
+      el("td", {"data-label": "Kind", text: kindOf(m.kind)}),
+      el("td", {"data-label": "State", text: m.status + (pinned ? ", pinned" : "")}),
+      el("td", {"data-label": "Memory", text: Math.round(m.memory_mb || 0) + " MB"}),
+      el("td", {"data-label": "In flight", text: m.gateway_in_flight + (m.queued ? " (+" + m.queued + " queued)" : "")}),
+      el("td", {"data-label": "Decode", text: tps ? tps.toFixed(1) + " tok/s" : "-"}),
+      el("td", {class: "actions"},
+        labelled(action("Unload", "unload " + m.id + " from " + node.name, "/admin/unload",
+                        {node: node.name, model: m.id}), "Unload " + m.id + " from " + node.name),
+        labelled(pinned
+          ? action("Unpin", "unpin " + m.id + " on " + node.name, "/admin/unpin", {node: node.name, model: m.id})
+          : action("Pin", "pin " + m.id + " on " + node.name + " (never evicted)", "/admin/pin",
+                   {node: node.name, model: m.id}), (pinned ? "Unpin " : "Pin ") + m.id + " on " + node.name)));
+  });
+  if (!rows.length) return el("p", {class: "hint", text: "no model loaded"});
+  return el("table", {},
+    el("caption", {text: "Models on " + node.name}),
+    el("thead", {}, el("tr", {}, ...["Model", "Kind", "State", "Memory", "In flight", "Decode", "Actions"]
+      .map((h) => el("th", {scope: "col", text: h})))),
+    el("tbody", {}, ...rows));
+}
+
+function labelled(button, label) {
+  button.setAttribute("aria-label", label);
+  return button;
+}
+
+function action(text, what, path, body) {
+  return el("button", {type: "button", text, onclick: async () => {
+    if (!(await confirmed("Really " + what + "?"))) return;
+    const answer = await api(path, body);
+    $("fleet-error").textContent = answer.ok ? "" : "could not " + what + ": " + answer.message;
+    refresh();
+  }});
+}
+
+function confirmed(question) {
+  const dialog = $("confirm");
+  $("confirm-text").textContent = question;
+  return new Promise((resolve) => {
+    dialog.addEventListener("close", () => resolve(dialog.returnValue === "ok"), {once: true});
+    dialog.returnValue = "";
+    dialog.showModal();
+    $("confirm-ok").focus();
+  });
+}
+
+// -- the catalog (a plain API key) ---------------------------------------------------------------------
+function renderCatalog(listing) {
+  const rows = (listing.data || []).map((m) => el("tr", {},
+    el("th", {scope: "row", text: m.id}),
+    el("td", {"data-label": "Kind", text: kindOf(m.kind)}),
+    el("td", {"data-label": "Owned by", text: m.owned_by || ""})));
+  $("catalog-table").tBodies[0].replaceChildren(...rows);
+}
+
+document.addEventListener("DOMContentLoaded", () => {
+  $("sign-in-form").addEventListener("submit", (event) => {
+    event.preventDefault();
+    signIn($("key").value.trim());
+  });
+  $("sign-out").addEventListener("click", signOut);
+  if (sessionStorage.getItem(KEY_ITEM) !== null) signIn(sessionStorage.getItem(KEY_ITEM));
+  else $("key").focus();
+});

@@ -1,0 +1,167 @@
+"""The web console (`GET /ui`) in a real browser: Debian's Chromium driven by Playwright, against a real
+`cortex serve` over a real `cortex neuron` with tiny models loaded, one of them named as an attack
+(`<img src=x onerror=alert(1)>`): it must show as text, with no element made of it and no dialog.
+
+Set CORTEX_CONSOLE_SHOTS=DIR to keep each view's screenshot there (docs/console/ holds the ones the
+docs show, taken so)."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from tests.browser import PageErrors, chromium_path
+from tests.helpers import one_node_fleet, start_gateway, start_neuron
+
+playwright_api = pytest.importorskip("playwright.async_api", reason="needs playwright (pip install playwright)")
+expect = playwright_api.expect
+
+ADMIN, USER = "console-admin-key", "console-user-key"
+HOSTILE = "<img src=x onerror=alert(1)>"
+AUTH = f'[auth]\nadmin_keys = ["{ADMIN}"]\nkeys = ["{USER}"]'
+
+
+@pytest.fixture(scope="module")
+def console_models(tmp_path_factory, models_dir):
+    models = tmp_path_factory.mktemp("console-models")
+    (models / "tiny-gguf.gguf").symlink_to(models_dir / "tiny-gguf.gguf")
+    (models / f"{HOSTILE}.gguf").symlink_to(models_dir / "tiny-short.gguf")
+    return models
+
+
+@pytest.fixture(scope="module")
+def fleet(tmp_path_factory, console_models):
+    with one_node_fleet(tmp_path_factory.mktemp("console"), console_models, "--cpu-memory-mb", "4000",
+                        load=("tiny-gguf", HOSTILE), extra_toml=AUTH) as (gateway, neuron, _):
+        yield gateway, neuron
+
+
+@pytest.fixture
+async def page():
+    async with playwright_api.async_playwright() as p:
+        browser = await p.chromium.launch(executable_path=chromium_path())
+        try:
+            view = await browser.new_page(viewport={"width": 1280, "height": 720})
+            view.set_default_timeout(30_000)
+            view.errors = PageErrors(view)
+            yield view
+        finally:
+            await browser.close()
+
+
+async def sign_in(page, gateway, key: str) -> None:
+    await page.goto(gateway.url + "/ui")
+    await page.get_by_label("API key").fill(key)
+    await page.get_by_role("button", name="Sign in").click()
+
+
+async def shot(page, name: str) -> None:
+    if folder := os.environ.get("CORTEX_CONSOLE_SHOTS"):
+        Path(folder).mkdir(parents=True, exist_ok=True)
+        await page.screenshot(path=str(Path(folder) / f"{name}.png"), full_page=True)
+
+
+def loaded_on(neuron) -> set[str]:
+    with urllib.request.urlopen(neuron.url + "/models") as answer:
+        return {m["id"] for m in json.load(answer)["models"]}
+
+
+def test_the_page_loads_without_a_key_under_a_policy_that_forbids_inline_script(fleet):
+    gateway, _ = fleet
+    with urllib.request.urlopen(gateway.url + "/ui") as answer:
+        html, policy = answer.read().decode(), answer.headers["Content-Security-Policy"]
+    assert "script-src 'self'" in policy and "unsafe-inline" not in policy and "frame-ancestors 'none'" in policy
+    assert '<script src="/ui/console.js"' in html and "<script>" not in html  # no inline script
+    assert re.search(r"\son\w+=", html) is None and "style=" not in html  # no inline handler or style
+    with pytest.raises(urllib.error.HTTPError) as missing:
+        urllib.request.urlopen(gateway.url + "/ui/secrets.txt")
+    assert missing.value.code == 404
+
+
+async def test_an_admin_sees_the_fleet_and_a_hostile_name_as_text(fleet, page):
+    gateway, _ = fleet
+    await sign_in(page, gateway, ADMIN)
+    node = page.get_by_role("article", name="node n1")
+    await expect(node.locator(".state")).to_have_text("up")
+    await expect(node.get_by_role("rowheader", name="tiny-gguf", exact=True)).to_be_visible()
+    await expect(node.get_by_role("rowheader", name=HOSTILE, exact=True)).to_be_visible()  # its text, shown
+    await expect(page.get_by_role("meter", name="memory used on cpu")).to_be_visible()
+    await expect(page.get_by_role("button", name=f"Unload {HOSTILE} from n1")).to_be_visible()
+    assert await page.locator("main img").count() == 0  # the name made no element
+    await shot(page, "fleet")
+    assert page.errors.messages == []
+
+
+async def test_a_wrong_key_is_refused_in_words_and_a_plain_key_reads_the_models(fleet, page):
+    gateway, _ = fleet
+    await sign_in(page, gateway, "not-a-key")
+    await expect(page.get_by_role("alert")).to_contain_text("that key was refused")
+    await page.get_by_label("API key").fill(USER)
+    await page.get_by_role("button", name="Sign in").click()
+    catalog = page.get_by_role("table", name="Models this key may use")
+    await expect(catalog.get_by_role("rowheader", name=HOSTILE, exact=True)).to_be_visible()
+    await expect(page.get_by_role("button", name="Unload", exact=False)).to_have_count(0)
+    await expect(page.get_by_role("article")).to_have_count(0)  # no fleet for a plain key
+    await page.get_by_role("button", name="Sign out").click()
+    await expect(page.get_by_label("API key")).to_be_focused()
+    assert [m for m in page.errors.messages if "401" not in m] == []  # the refused key's 401 is the browser's line
+
+
+async def test_unload_asks_first_and_really_unloads_on_the_neuron(fleet, page):
+    gateway, neuron = fleet
+    await sign_in(page, gateway, ADMIN)
+    unload = page.get_by_role("button", name=f"Unload {HOSTILE} from n1")
+    await unload.click()
+    dialog = page.get_by_role("dialog")
+    await expect(dialog).to_contain_text(f"Really unload {HOSTILE} from n1?")
+    await dialog.get_by_role("button", name="Cancel").click()
+    assert HOSTILE in loaded_on(neuron)  # cancelled: nothing happened
+    await unload.click()
+    await page.get_by_role("dialog").get_by_role("button", name="Confirm").click()
+    await expect(page.get_by_role("rowheader", name=HOSTILE, exact=True)).to_have_count(0)
+    assert HOSTILE not in loaded_on(neuron) and "tiny-gguf" in loaded_on(neuron)
+    assert page.errors.messages == []
+
+
+async def test_pin_and_drain_ask_first_and_act_on_every_gateway_view(fleet, page):
+    """Pin and Drain through the admin API (what `cortex status` then shows), and the key kept for the tab: a
+    reload stays signed in."""
+    gateway, _ = fleet
+    await sign_in(page, gateway, ADMIN)
+    await page.get_by_role("button", name="Pin tiny-gguf on n1").click()
+    await page.get_by_role("dialog").get_by_role("button", name="Confirm").click()
+    row = page.get_by_role("row").filter(has=page.get_by_role("rowheader", name="tiny-gguf", exact=True)).first
+    await expect(row).to_contain_text("loaded, pinned")
+    await page.reload()
+    await page.get_by_role("button", name="Drain n1").click()
+    await page.get_by_role("dialog").get_by_role("button", name="Confirm").click()
+    await expect(page.get_by_role("article", name="node n1").locator(".state")).to_have_text("draining")
+    with urllib.request.urlopen(urllib.request.Request(gateway.url + "/admin/status",
+                                                       headers={"Authorization": f"Bearer {ADMIN}"})) as answer:
+        status = json.load(answer)
+    assert status["pins"].get("tiny-gguf") == ["n1"] and status["nodes"][0]["draining"] is True
+    await page.get_by_role("button", name="Undrain n1").click()
+    await page.get_by_role("dialog").get_by_role("button", name="Confirm").click()
+    await expect(page.get_by_role("article", name="node n1").locator(".state")).to_have_text("up")
+    await page.get_by_role("button", name="Unpin tiny-gguf on n1").click()
+    await page.get_by_role("dialog").get_by_role("button", name="Confirm").click()
+    await expect(row).not_to_contain_text("pinned")
+    assert page.errors.messages == []
+
+
+async def test_a_killed_node_shows_as_down(tmp_path, console_models, page):
+    with start_neuron(tmp_path, console_models, name="n2") as neuron, \
+            start_gateway(tmp_path, {"n2": neuron.url}, extra_toml=AUTH) as gateway:
+        await sign_in(page, gateway, ADMIN)
+        state = page.get_by_role("article", name="node n2").locator(".state")
+        await expect(state).to_have_text("up")
+        neuron.kill()  # a crash: no goodbye on its health stream
+        await expect(state).to_have_text("down")
+        await shot(page, "node-down")
+    assert page.errors.messages == []
