@@ -15,6 +15,7 @@ from cortex_gateway.auth import admin_auth
 from cortex_gateway.catalog_routes import catalog
 from cortex_gateway.config import set_pin
 from cortex_gateway.fleet import Fleet, Node
+from cortex_gateway.key_cache import KEYS
 from cortex_gateway.lifecycle import Lifecycle
 from cortex_gateway.scaler import waiting_at
 from cortex_gateway.shared_admin import SHARED_ADMIN
@@ -87,6 +88,7 @@ async def status(request: web.Request) -> web.Response:
         "stats": request.config_dict[METRICS].recent.all(),
         "events": await _events(request, 50),
         "models": _model_summaries(fleet, lifecycle),
+        "api_keys": request.config_dict[KEYS].keyed,  # the API needs a key (the console's playground asks one)
     })
 
 

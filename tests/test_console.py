@@ -67,6 +67,12 @@ async def shot(page, name: str) -> None:
         await page.screenshot(path=str(Path(folder) / f"{name}.png"), full_page=True)
 
 
+def not_the_admin_probe(messages: list[str]) -> list[str]:
+    """The page's errors less the browser's line for the 401 a plain key gets: sign-in asks /admin/status first
+    (an admin key sees the fleet), then /v1/models."""
+    return [m for m in messages if "status of 401" not in m]
+
+
 def loaded_on(neuron) -> set[str]:
     with urllib.request.urlopen(neuron.url + "/models") as answer:
         return {m["id"] for m in json.load(answer)["models"]}
@@ -110,7 +116,7 @@ async def test_a_wrong_key_is_refused_in_words_and_a_plain_key_reads_the_models(
     await expect(page.get_by_role("article")).to_have_count(0)  # no fleet for a plain key
     await page.get_by_role("button", name="Sign out").click()
     await expect(page.get_by_label("API key")).to_be_focused()
-    assert [m for m in page.errors.messages if "401" not in m] == []  # the refused key's 401 is the browser's line
+    assert not_the_admin_probe(page.errors.messages) == []
 
 
 async def test_unload_asks_first_and_really_unloads_on_the_neuron(fleet, page):
@@ -153,6 +159,36 @@ async def test_pin_and_drain_ask_first_and_act_on_every_gateway_view(fleet, page
     await page.get_by_role("dialog").get_by_role("button", name="Confirm").click()
     await expect(row).not_to_contain_text("pinned")
     assert page.errors.messages == []
+
+
+async def test_the_playground_streams_the_models_answer_with_its_figures(fleet, page):
+    """A plain key chats: the streamed answer is the one the openai client gets for the same messages (greedy),
+    the second turn carries the first, and the answer's time to first token and decode rate are shown."""
+    import openai
+
+    gateway, _ = fleet
+    client = openai.OpenAI(base_url=gateway.url + "/v1", api_key=USER, max_retries=0)
+    await sign_in(page, gateway, USER)
+    await page.get_by_label("Model", exact=True).select_option("tiny-gguf")
+    await page.get_by_label("Temperature").fill("0")
+    await page.get_by_label("Max tokens").fill("12")
+    await page.get_by_label("System prompt").fill("Be brief.")
+    history = [{"role": "system", "content": "Be brief."}]
+    for question in ("Hello there", "And then?"):
+        history.append({"role": "user", "content": question})
+        expected = client.chat.completions.create(model="tiny-gguf", messages=history, temperature=0,
+                                                  max_tokens=12).choices[0].message.content
+        await page.get_by_label("Message").fill(question)
+        await page.get_by_role("button", name="Send").click()
+        await expect(page.locator("#pg-stats")).to_contain_text("answered in")
+        answers = page.get_by_role("list", name="Conversation").locator("li.assistant .text")
+        await expect(answers.last).to_have_text(expected)
+        history.append({"role": "assistant", "content": expected})
+    await expect(page.get_by_role("list", name="Conversation").get_by_role("listitem")).to_have_count(4)
+    await expect(page.locator("#pg-stats")).to_contain_text("first token after")
+    await expect(page.locator("#pg-stats")).to_contain_text("12 tokens")
+    await shot(page, "playground")
+    assert not_the_admin_probe(page.errors.messages) == []
 
 
 async def test_a_killed_node_shows_as_down(tmp_path, console_models, page):

@@ -78,13 +78,15 @@ function show(as, data) {
   render(data);
   clearInterval(timer);
   timer = setInterval(refresh, POLL_MS);
+  openPlayground(as === "admin" && data.api_keys);  // playground.js
 }
 
 function signOut() {
   clearInterval(timer);
   role = null;
   sessionStorage.removeItem(KEY_ITEM);
-  $("fleet").hidden = $("catalog").hidden = $("sign-out").hidden = true;
+  $("fleet").hidden = $("catalog").hidden = $("playground").hidden = $("sign-out").hidden = true;
+  $("pg-clear").click();
   $("sign-in").hidden = false;
   $("who").textContent = "";
   $("key").value = "";
@@ -204,6 +206,7 @@ function renderCatalog(listing) {
     el("td", {"data-label": "Kind", text: kindOf(m.kind)}),
     el("td", {"data-label": "Owned by", text: m.owned_by || ""})));
   $("catalog-table").tBodies[0].replaceChildren(...rows);
+  playgroundModels(listing);
 }
 
 document.addEventListener("DOMContentLoaded", () => {
