@@ -138,8 +138,16 @@ async def test_unload_asks_first_and_really_unloads_on_the_neuron(fleet, page):
 async def test_pin_and_drain_ask_first_and_act_on_every_gateway_view(fleet, page):
     """Pin and Drain through the admin API (what `cortex status` then shows), and the key kept for the tab: a
     reload stays signed in."""
+    import openai
+
     gateway, _ = fleet
+    openai.OpenAI(base_url=gateway.url + "/v1", api_key=USER, max_retries=0).chat.completions.create(
+        model="tiny-gguf", messages=[{"role": "user", "content": "hi"}], max_tokens=2)
     await sign_in(page, gateway, ADMIN)
+    figures = page.get_by_role("table", name="Per model").get_by_role("row").filter(
+        has=page.get_by_role("rowheader", name="tiny-gguf", exact=True))
+    await expect(figures).to_contain_text("s")  # its TTFT p50, from the request just made
+    assert int(await figures.locator("td").first.text_content()) >= 1  # requests in the last minute
     await page.get_by_role("button", name="Pin tiny-gguf on n1").click()
     await page.get_by_role("dialog").get_by_role("button", name="Confirm").click()
     row = page.get_by_role("row").filter(has=page.get_by_role("rowheader", name="tiny-gguf", exact=True)).first
@@ -158,6 +166,11 @@ async def test_pin_and_drain_ask_first_and_act_on_every_gateway_view(fleet, page
     await page.get_by_role("button", name="Unpin tiny-gguf on n1").click()
     await page.get_by_role("dialog").get_by_role("button", name="Confirm").click()
     await expect(row).not_to_contain_text("pinned")
+    events = page.get_by_role("table", name="The fleet's newest events")
+    for kind in ("pin", "drain", "undrain", "unpin"):  # each action, in the activity view's event log
+        await expect(events.get_by_role("rowheader", name=kind, exact=True)).to_have_count(1)
+    await expect(events.get_by_role("row").nth(1)).to_contain_text("unpin")  # newest first
+    await shot(page, "activity")
     assert page.errors.messages == []
 
 

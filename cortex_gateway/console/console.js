@@ -72,7 +72,7 @@ function show(as, data) {
   $("sign-in-error").textContent = "";
   $("sign-in").hidden = true;
   $("sign-out").hidden = false;
-  $("fleet").hidden = as !== "admin";
+  $("fleet").hidden = $("activity").hidden = as !== "admin";
   $("catalog").hidden = as !== "reader";
   $("who").textContent = as === "admin" ? "signed in with an admin key" : "signed in with an API key (read only)";
   render(data);
@@ -85,7 +85,7 @@ function signOut() {
   clearInterval(timer);
   role = null;
   sessionStorage.removeItem(KEY_ITEM);
-  $("fleet").hidden = $("catalog").hidden = $("playground").hidden = $("sign-out").hidden = true;
+  for (const id of ["fleet", "activity", "catalog", "playground", "sign-out"]) $(id).hidden = true;
   $("pg-clear").click();
   $("sign-in").hidden = false;
   $("who").textContent = "";
@@ -121,6 +121,29 @@ function renderFleet(status) {
     el("td", {"data-label": "Waiting", text: m.waiting})));
   $("models-table").tBodies[0].replaceChildren(...rows);
   $("fleet-updated").textContent = "updated " + new Date().toLocaleTimeString();
+  renderActivity(status);
+}
+
+// -- activity (admin): per-model figures and the fleet's events -----------------------------------------
+function renderActivity(status) {
+  const seconds = (s) => (s === null || s === undefined ? "-" : s.toFixed(3) + " s");
+  const stats = Object.entries(status.stats || {}).sort(([a], [b]) => a.localeCompare(b)).map(([model, f]) =>
+    el("tr", {},
+      el("th", {scope: "row", text: model}),
+      el("td", {"data-label": "Requests/min", text: f.requests_per_min}),
+      el("td", {"data-label": "Errors/min", text: f.errors_per_min}),
+      el("td", {"data-label": "TTFT p50", text: seconds(f.ttft_p50_s)}),
+      el("td", {"data-label": "Decode", text: f.tokens_per_s ? f.tokens_per_s + " tok/s" : "-"})));
+  $("stats-table").tBodies[0].replaceChildren(...stats);
+  const events = (status.events || []).slice().reverse().map((e) => {
+    const details = Object.entries(e).filter(([k]) => k !== "time" && k !== "kind")
+      .map(([k, v]) => k + "=" + (typeof v === "object" ? JSON.stringify(v) : v)).join(" ");
+    return el("tr", {},
+      el("td", {"data-label": "Time", text: new Date(e.time * 1000).toLocaleTimeString()}),
+      el("th", {scope: "row", text: e.kind}),
+      el("td", {"data-label": "Details", text: details}));
+  });
+  $("events-table").tBodies[0].replaceChildren(...events);
 }
 
 function renderNode(node, pins) {
