@@ -132,6 +132,11 @@ async def test_unload_asks_first_and_really_unloads_on_the_neuron(fleet, page):
     await page.get_by_role("dialog").get_by_role("button", name="Confirm").click()
     await expect(page.get_by_role("rowheader", name=HOSTILE, exact=True)).to_have_count(0)
     assert HOSTILE not in loaded_on(neuron) and "tiny-gguf" in loaded_on(neuron)
+    await page.get_by_label("Load a model on n1").select_option(HOSTILE)  # and back, from the node's disk
+    await page.get_by_role("button", name="Load the chosen model on n1").click()
+    await page.get_by_role("dialog").get_by_role("button", name="Confirm").click()
+    await expect(page.get_by_role("rowheader", name=HOSTILE, exact=True).first).to_be_visible()
+    assert HOSTILE in loaded_on(neuron)
     assert page.errors.messages == []
 
 

@@ -112,7 +112,9 @@ function nodeState(node) {
 
 function renderFleet(status) {
   const pins = status.pins || {};
-  $("nodes").replaceChildren(...status.nodes.map((node) => renderNode(node, pins)));
+  const focused = document.activeElement && document.activeElement.closest("[data-keep]");
+  if (focused) return;  // a load picker in use: the refresh would take it from under the user's hand
+  $("nodes").replaceChildren(...status.nodes.map((node, i) => renderNode(node, pins, i)));
   const rows = (status.models || []).map((m) => el("tr", {},
     el("th", {scope: "row", text: m.id}),
     el("td", {"data-label": "Replicas", text: m.replicas.join(", ") || "none"}),
@@ -146,7 +148,7 @@ function renderActivity(status) {
   $("events-table").tBodies[0].replaceChildren(...events);
 }
 
-function renderNode(node, pins) {
+function renderNode(node, pins, index) {
   const state = nodeState(node);
   const drain = node.draining
     ? action("Undrain", "undrain node " + node.name, "/admin/undrain", {node: node.name})
@@ -157,7 +159,27 @@ function renderNode(node, pins) {
     el("h3", {}, el("span", {text: node.name}), el("span", {class: "state " + state, text: state}), drain),
     node.last_error && !node.healthy ? el("p", {role: "note", text: node.last_error}) : null,
     ...node.devices.map(renderDevice),
-    renderModels(node, pins));
+    renderModels(node, pins),
+    node.healthy ? renderLoad(node, index) : null);
+}
+
+function renderLoad(node, index) {
+  const loaded = new Set(node.models.map((m) => m.id));
+  const ids = (node.available || []).filter((id) => !loaded.has(id));
+  if (!ids.length) return null;
+  const picker = el("select", {id: "load-" + index, "data-keep": true},
+    ...ids.map((id) => el("option", {value: id, text: id})));
+  const button = el("button", {type: "button", text: "Load", "aria-label": "Load the chosen model on " + node.name,
+                               onclick: async () => {
+    const model = picker.value;
+    if (!(await confirmed("Really load " + model + " on " + node.name + "?"))) return;
+    $("fleet-error").textContent = "";
+    const answer = await api("/admin/load", {node: node.name, model});
+    $("fleet-error").textContent = answer.ok ? "" : "could not load " + model + ": " + answer.message;
+    refresh();
+  }});
+  return el("div", {class: "actions load"},
+    el("label", {for: "load-" + index, text: "Load a model on " + node.name}), picker, button);
 }
 
 function renderDevice(device) {
