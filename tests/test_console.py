@@ -219,3 +219,20 @@ async def test_a_killed_node_shows_as_down(tmp_path, console_models, page):
         await expect(state).to_have_text("down")
         await shot(page, "node-down")
     assert page.errors.messages == []
+
+
+async def test_on_a_phone_in_dark_mode_nothing_scrolls_sideways(fleet, page):
+    """Readable on a phone (tables become stacked rows) and dark when the system is."""
+    gateway, _ = fleet
+    await page.set_viewport_size({"width": 390, "height": 844})
+    await page.emulate_media(color_scheme="dark")
+    await sign_in(page, gateway, ADMIN)
+    await expect(page.get_by_role("article", name="node n1").locator(".state")).to_have_text("up")
+    assert await page.evaluate("document.documentElement.scrollWidth <= window.innerWidth")
+    background = await page.evaluate("getComputedStyle(document.body).backgroundColor")
+    assert background == "rgb(13, 17, 23)", background  # the dark scheme's
+    await shot(page, "phone-dark")
+    await page.get_by_role("button", name="Sign out").focus()  # the keyboard reaches the controls
+    await page.keyboard.press("Enter")
+    await expect(page.get_by_label("API key")).to_be_focused()
+    assert page.errors.messages == []
