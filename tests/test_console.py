@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from tests.browser import PageErrors, chromium_path
+from tests.fake_hub import FakeHub, hf_env
 from tests.helpers import one_node_fleet, start_gateway, start_neuron
 
 playwright_api = pytest.importorskip("playwright.async_api", reason="needs playwright (pip install playwright)")
@@ -218,6 +219,33 @@ async def test_a_killed_node_shows_as_down(tmp_path, console_models, page):
         neuron.kill()  # a crash: no goodbye on its health stream
         await expect(state).to_have_text("down")
         await shot(page, "node-down")
+    assert page.errors.messages == []
+
+
+async def test_a_pull_shows_its_progress(tmp_path, models_dir, page):
+    """A pull under way (a fake hub on loopback trickling a file listed at 64 MiB) shows as a progress bar with
+    its phase and bytes, on the node that pulls."""
+    source = "cortex/slow-GGUF:Q4_K_M"
+    with FakeHub() as hub:
+        hub.add_repo("cortex/slow-GGUF", {"slow-Q4_K_M.gguf": models_dir / "tiny-gguf.gguf"})
+        hub.list_size("slow-Q4_K_M.gguf", 64 * 2**20)
+        hub.serve_endless("slow-Q4_K_M.gguf", trickle=True)
+        with start_neuron(tmp_path, tmp_path / "models", "--cpu-memory-mb", "4000", name="n3",
+                          env=hf_env(hub.url, tmp_path / "hf-home")) as neuron, \
+                start_gateway(tmp_path, {"n3": neuron.url}, extra_toml=AUTH) as gateway:
+            started = urllib.request.Request(gateway.url + "/admin/pull", method="POST",
+                                             data=json.dumps({"node": "n3", "source": source}).encode(),
+                                             headers={"Authorization": f"Bearer {ADMIN}",
+                                                      "Content-Type": "application/json"})
+            with urllib.request.urlopen(started) as answer:
+                assert answer.status == 202
+            await sign_in(page, gateway, ADMIN)
+            bar = page.get_by_role("progressbar", name=f"pull of {source}")
+            await expect(bar).to_have_attribute("max", str(64 * 2**20))
+            await expect(bar).to_have_attribute("value", re.compile(r"^[1-9]"))  # bytes have come
+            await expect(page.get_by_role("article", name="node n3")).to_contain_text(f"{source} (downloading)")
+            await shot(page, "pull")
+            neuron.kill()  # the download never ends: no graceful stop to wait for
     assert page.errors.messages == []
 
 

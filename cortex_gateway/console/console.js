@@ -160,7 +160,23 @@ function renderNode(node, pins, index) {
     node.last_error && !node.healthy ? el("p", {role: "note", text: node.last_error}) : null,
     ...node.devices.map(renderDevice),
     renderModels(node, pins),
+    renderPulls(node),
     node.healthy ? renderLoad(node, index) : null);
+}
+
+function renderPulls(node) {
+  const running = (node.pulls || []).filter((p) => p.phase !== "done");
+  if (!running.length) return null;
+  const mb = (bytes) => (bytes / 2 ** 20).toFixed(1);
+  return el("div", {class: "pulls"}, ...running.map((p) => {
+    const total = p.total_bytes || 0;
+    const figures = mb(p.done_bytes) + (total ? " / " + mb(total) : "") + " MB" +
+      (p.rate_bps ? ", " + mb(p.rate_bps) + " MB/s" : "") + (p.error ? ": " + p.error : "");
+    return el("div", {class: "device"},
+      el("span", {text: p.source + " (" + p.phase + ")"}),
+      el("progress", {max: total || null, value: total ? p.done_bytes : null, "aria-label": "pull of " + p.source}),
+      el("span", {text: figures}));
+  }));
 }
 
 function renderLoad(node, index) {
