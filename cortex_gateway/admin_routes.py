@@ -17,6 +17,7 @@ from cortex_gateway.config import set_pin
 from cortex_gateway.fleet import Fleet, Node
 from cortex_gateway.key_cache import KEYS
 from cortex_gateway.lifecycle import Lifecycle
+from cortex_gateway.recent_requests import recent
 from cortex_gateway.scaler import waiting_at
 from cortex_gateway.shared_admin import SHARED_ADMIN
 from cortex_gateway.shared_events import SHARED_EVENTS
@@ -89,6 +90,7 @@ async def status(request: web.Request) -> web.Response:
         "events": await _events(request, 50),
         "models": _model_summaries(fleet, lifecycle),
         "api_keys": request.config_dict[KEYS].keyed,  # the API needs a key (the console's playground asks one)
+        "requests": recent(request),  # this gateway's last API requests, as its access log has them
     })
 
 

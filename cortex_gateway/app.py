@@ -9,7 +9,15 @@ import logging
 import aiohttp
 from aiohttp import web
 
-from cortex_gateway import admin_routes, catalog_routes, console_routes, metering, openai_routes, usage_routes
+from cortex_gateway import (
+    admin_routes,
+    catalog_routes,
+    console_routes,
+    metering,
+    openai_routes,
+    recent_requests,
+    usage_routes,
+)
 from cortex_gateway.anthropic import routes as anthropic_routes
 from cortex_gateway.auth import AUTH, KEY_NAME, LIMITER, KeyLimiter
 from cortex_gateway.config import CONTROL_CONNECTIONS_PER_NODE, GatewayConfig
@@ -21,6 +29,7 @@ from cortex_gateway.learned_memory import LearnedMemoryStore
 from cortex_gateway.lifecycle import Lifecycle
 from cortex_gateway.metrics import RECORD, GatewayMetrics, count_refusals
 from cortex_gateway.node_watch import NodeWatch
+from cortex_gateway.recent_requests import recent_requests_middleware
 from cortex_gateway.responses import routes as responses_routes
 from cortex_gateway.responses.store import ResponseStore
 from cortex_gateway.scaler import Replicas
@@ -60,10 +69,12 @@ def create_app(config: GatewayConfig, *, session: aiohttp.ClientSession | None =
     # Outermost, the request id (every line and answer carries it) and the access log (one line per request,
     # refusals included); then the refusal counter, which sees every answer the error middleware renders.
     middlewares = [request_id_middleware, access_log(ACCESS_LOG, access_details, POLLED_PATHS),
-                   count_refusals(app_metrics), error_middleware(renderer_for, "gateway"),
+                   recent_requests_middleware(access_details), count_refusals(app_metrics),
+                   error_middleware(renderer_for, "gateway"),
                    api_auth, body_limits(max_bytes, config.body_timeout_s)]  # keys checked before a body is read
     app = web.Application(middlewares=middlewares, client_max_size=max_bytes)
     request_context.install(app)
+    recent_requests.install(app)  # the console's last requests, the access log's fields
     app[METRICS] = app_metrics
     app[KEEPALIVE_S] = config.keepalive_s
     app[WRITE_TIMEOUT_S] = config.write_timeout_s  # every client stream's write deadline

@@ -147,9 +147,18 @@ async def test_pin_and_drain_ask_first_and_act_on_every_gateway_view(fleet, page
     import openai
 
     gateway, _ = fleet
-    openai.OpenAI(base_url=gateway.url + "/v1", api_key=USER, max_retries=0).chat.completions.create(
-        model="tiny-gguf", messages=[{"role": "user", "content": "hi"}], max_tokens=2)
+    client = openai.OpenAI(base_url=gateway.url + "/v1", api_key=USER, max_retries=0)
+    client.chat.completions.create(model="tiny-gguf", messages=[{"role": "user", "content": "hi"}], max_tokens=2)
+    with pytest.raises(openai.NotFoundError):
+        client.chat.completions.create(model="no-such-model", messages=[{"role": "user", "content": "hi"}])
     await sign_in(page, gateway, ADMIN)
+    requests = page.get_by_role("table", name="This gateway's last API requests")
+    answered = requests.get_by_role("row").filter(has_text="tiny-gguf").filter(has_text="200").first
+    await expect(answered).to_contain_text("POST /v1/chat/completions")
+    await expect(answered).to_contain_text("n1")
+    await expect(answered).to_contain_text(" + 2")  # its completion tokens
+    refused = requests.get_by_role("row").filter(has_text="no-such-model").first
+    await expect(refused).to_contain_text("404")
     figures = page.get_by_role("table", name="Per model").get_by_role("row").filter(
         has=page.get_by_role("rowheader", name="tiny-gguf", exact=True))
     await expect(figures).to_contain_text("s")  # its TTFT p50, from the request just made

@@ -146,6 +146,18 @@ function renderActivity(status) {
       el("td", {"data-label": "Details", text: details}));
   });
   $("events-table").tBodies[0].replaceChildren(...events);
+  const requests = (status.requests || []).slice().reverse().map((r) => el("tr", {},
+    el("td", {"data-label": "Time", text: new Date(r.time * 1000).toLocaleTimeString()}),
+    el("th", {scope: "row", text: r.method + " " + r.path}),
+    el("td", {"data-label": "Status", text: r.status + (r.error ? " " + r.error : "")}),
+    el("td", {"data-label": "Key", text: r.key || "-"}),
+    el("td", {"data-label": "Model", text: r.model || "-"}),
+    el("td", {"data-label": "Node", text: r.node || "-"}),
+    el("td", {"data-label": "Tokens", text: r.prompt_tokens || r.completion_tokens
+      ? (r.prompt_tokens || 0) + " + " + (r.completion_tokens || 0) : "-"}),
+    el("td", {"data-label": "TTFT", text: seconds(r.ttft_s)}),
+    el("td", {"data-label": "Duration", text: seconds(r.duration_s)})));
+  $("requests-table").tBodies[0].replaceChildren(...requests);
 }
 
 function renderNode(node, pins, index) {
