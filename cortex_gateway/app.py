@@ -29,7 +29,6 @@ from cortex_gateway.learned_memory import LearnedMemoryStore
 from cortex_gateway.lifecycle import Lifecycle
 from cortex_gateway.metrics import RECORD, GatewayMetrics, count_refusals
 from cortex_gateway.node_watch import NodeWatch
-from cortex_gateway.recent_requests import recent_requests_middleware
 from cortex_gateway.responses import routes as responses_routes
 from cortex_gateway.responses.store import ResponseStore
 from cortex_gateway.scaler import Replicas
@@ -67,10 +66,10 @@ def create_app(config: GatewayConfig, *, session: aiohttp.ClientSession | None =
     max_bytes = int(config.max_body_mb * 2**20)
     app_metrics = metrics or GatewayMetrics()
     # Outermost, the request id (every line and answer carries it) and the access log (one line per request,
-    # refusals included); then the refusal counter, which sees every answer the error middleware renders.
-    middlewares = [request_id_middleware, access_log(ACCESS_LOG, access_details, POLLED_PATHS),
-                   recent_requests_middleware(access_details), count_refusals(app_metrics),
-                   error_middleware(renderer_for, "gateway"),
+    # refusals included, each also kept for the console); then the refusal counter, which sees every answer
+    # the error middleware renders.
+    middlewares = [request_id_middleware, access_log(ACCESS_LOG, access_details, POLLED_PATHS, recent_requests.record),
+                   count_refusals(app_metrics), error_middleware(renderer_for, "gateway"),
                    api_auth, body_limits(max_bytes, config.body_timeout_s)]  # keys checked before a body is read
     app = web.Application(middlewares=middlewares, client_max_size=max_bytes)
     request_context.install(app)

@@ -143,7 +143,7 @@ class JsonFormatter(logging.Formatter):
 CLIENT_CLOSED = 499  # nginx's status for a request whose client closed the connection first
 
 
-def access_log(logger: logging.Logger, details, quiet_paths: tuple[str, ...]):
+def access_log(logger: logging.Logger, details, quiet_paths: tuple[str, ...], on_end=None):
     """A middleware writing one line per request when it ends: method, path, status, duration, and what
     `details(request)` adds (model, node, tokens, time to first token, key name). Never a body or a key.
 
@@ -151,7 +151,8 @@ def access_log(logger: logging.Logger, details, quiet_paths: tuple[str, ...]):
     second for as long as the fleet runs) is logged at debug level: at info they would bury the requests.
 
     Inside the error middleware's answer (so refusals are logged with their status), outside nothing that
-    could fail without a line."""
+    could fail without a line. `on_end(request, status, seconds, details)`, if given, is told each request as
+    it is logged (the gateway keeps its last ones for the console)."""
 
     @web.middleware
     async def middleware(request: web.Request, handler):
@@ -168,7 +169,10 @@ def access_log(logger: logging.Logger, details, quiet_paths: tuple[str, ...]):
             status = CLIENT_CLOSED  # the client left before the answer ended: not a server error
             raise
         finally:
-            _log_access(logger, request, status, time.perf_counter() - started, details(request), quiet_paths)
+            seconds, extra = time.perf_counter() - started, details(request)
+            _log_access(logger, request, status, seconds, extra, quiet_paths)
+            if on_end is not None:
+                on_end(request, status, seconds, extra)
 
     return middleware
 
