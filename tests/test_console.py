@@ -8,15 +8,13 @@ docs show, taken so)."""
 from __future__ import annotations
 
 import json
-import os
 import re
 import urllib.error
 import urllib.request
-from pathlib import Path
 
 import pytest
 
-from tests.browser import PageErrors, chromium_path
+from tests.browser import browser_page, shot, sign_in
 from tests.fake_hub import FakeHub, hf_env
 from tests.helpers import one_node_fleet, start_gateway, start_neuron
 
@@ -45,27 +43,8 @@ def fleet(tmp_path_factory, console_models):
 
 @pytest.fixture
 async def page():
-    async with playwright_api.async_playwright() as p:
-        browser = await p.chromium.launch(executable_path=chromium_path())
-        try:
-            view = await browser.new_page(viewport={"width": 1280, "height": 720})
-            view.set_default_timeout(30_000)
-            view.errors = PageErrors(view)
-            yield view
-        finally:
-            await browser.close()
-
-
-async def sign_in(page, gateway, key: str) -> None:
-    await page.goto(gateway.url + "/ui")
-    await page.get_by_label("API key").fill(key)
-    await page.get_by_role("button", name="Sign in").click()
-
-
-async def shot(page, name: str) -> None:
-    if folder := os.environ.get("CORTEX_CONSOLE_SHOTS"):
-        Path(folder).mkdir(parents=True, exist_ok=True)
-        await page.screenshot(path=str(Path(folder) / f"{name}.png"), full_page=True)
+    async with browser_page() as view:
+        yield view
 
 
 def not_the_admin_probe(messages: list[str]) -> list[str]:

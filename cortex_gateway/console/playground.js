@@ -4,6 +4,8 @@
 "use strict";
 
 const CHAT_KINDS = new Set(["", "generation", "vision"]);
+const PLAYABLE = new Set([...CHAT_KINDS, "embedding", "rerank", "image"]);  // transcription: not here yet
+const kinds = new Map();  // model id -> its kind, for the panel it gets
 const MIN_RATE_S = 0.05;  // a decode rate over less time than this measures the network's buffering, not the model
 const conversation = [];
 let stopping = null;  // the running answer's AbortController
@@ -11,11 +13,15 @@ let stopping = null;  // the running answer's AbortController
 function playgroundModels(listing) {
   const select = $("pg-model");
   const chosen = select.value;
-  const ids = (listing.data || []).filter((m) => CHAT_KINDS.has(m.kind || "")).map((m) => m.id);
-  select.replaceChildren(...ids.map((id) => el("option", {value: id, text: id})));
+  const models = (listing.data || []).filter((m) => PLAYABLE.has(m.kind || ""));
+  kinds.clear();
+  for (const m of models) kinds.set(m.id, m.kind || "");
+  const ids = models.map((m) => m.id);
+  select.replaceChildren(...models.map((m) => el("option", {value: m.id, text: m.id + " (" + kindOf(m.kind) + ")"})));
   if (ids.includes(chosen)) select.value = chosen;
   $("pg-send").disabled = !ids.length;
-  $("pg-error").textContent = ids.length ? "" : "no chat model this key may use";
+  $("pg-error").textContent = ids.length ? "" : "no model this key may use";
+  showPanel();
 }
 
 async function openPlayground(adminOnly) {
@@ -136,8 +142,17 @@ function busy(running) {
   $("pg-stop").disabled = !running;
 }
 
+// The panel for the chosen model's kind: chat, or playground_kinds.js's embedding, rerank and image panels.
+function showPanel() {
+  const kind = kinds.get($("pg-model").value) || "";
+  const panel = CHAT_KINDS.has(kind) ? "chat" : kind;
+  for (const name of ["chat", "embedding", "rerank", "image"]) $("pg-" + name).hidden = name !== panel;
+  $("pg-temperature").disabled = $("pg-max-tokens").disabled = panel !== "chat";
+}
+
 document.addEventListener("DOMContentLoaded", () => {
   $("chat-form").addEventListener("submit", send);
+  $("pg-model").addEventListener("change", showPanel);
   $("pg-stop").addEventListener("click", () => stopping && stopping.abort());
   $("pg-clear").addEventListener("click", () => {
     conversation.length = 0;
