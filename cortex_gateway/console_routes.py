@@ -19,7 +19,7 @@ from neuron.shared.errors import ApiError
 CONSOLE = Path(__file__).resolve().parent / "console"
 PREFIX = "/ui"
 ASSETS = {"console.js": "text/javascript", "playground.js": "text/javascript",
-          "playground_kinds.js": "text/javascript", "console.css": "text/css",
+          "playground_kinds.js": "text/javascript", "usage.js": "text/javascript", "console.css": "text/css",
           "favicon.svg": "image/svg+xml"}
 POLICY = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; "
           "form-action 'none'; frame-ancestors 'none'; base-uri 'none'")

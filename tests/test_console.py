@@ -138,6 +138,9 @@ async def test_pin_and_drain_ask_first_and_act_on_every_gateway_view(fleet, page
     await expect(answered).to_contain_text(" + 2")  # its completion tokens
     refused = requests.get_by_role("row").filter(has_text="no-such-model").first
     await expect(refused).to_contain_text("404")
+    used = page.get_by_role("table", name="Tokens per key and model").get_by_role("row").filter(has_text="tiny-gguf")
+    await expect(used.first).to_be_visible()  # the key's usage of the model, from the state database
+    assert int(await used.first.locator("td").nth(1).text_content()) >= 1  # its requests
     figures = page.get_by_role("table", name="Per model").get_by_role("row").filter(
         has=page.get_by_role("rowheader", name="tiny-gguf", exact=True))
     await expect(figures).to_contain_text("s")  # its TTFT p50, from the request just made

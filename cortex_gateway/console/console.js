@@ -72,7 +72,8 @@ function show(as, data) {
   $("sign-in-error").textContent = "";
   $("sign-in").hidden = true;
   $("sign-out").hidden = false;
-  $("fleet").hidden = $("activity").hidden = as !== "admin";
+  $("fleet").hidden = $("activity").hidden = $("usage").hidden = as !== "admin";
+  usageTurn = 0;  // usage.js: read with the first render
   $("catalog").hidden = as !== "reader";
   $("who").textContent = as === "admin" ? "signed in with an admin key" : "signed in with an API key (read only)";
   render(data);
@@ -85,7 +86,7 @@ function signOut() {
   clearInterval(timer);
   role = null;
   sessionStorage.removeItem(KEY_ITEM);
-  for (const id of ["fleet", "activity", "catalog", "playground", "sign-out"]) $(id).hidden = true;
+  for (const id of ["fleet", "activity", "usage", "catalog", "playground", "sign-out"]) $(id).hidden = true;
   $("pg-clear").click();
   $("sign-in").hidden = false;
   $("who").textContent = "";
@@ -124,6 +125,7 @@ function renderFleet(status) {
   $("models-table").tBodies[0].replaceChildren(...rows);
   $("fleet-updated").textContent = "updated " + new Date().toLocaleTimeString();
   renderActivity(status);
+  refreshUsage();
 }
 
 // -- activity (admin): per-model figures and the fleet's events -----------------------------------------
