@@ -130,3 +130,22 @@ async def test_usage_the_database_cannot_take_goes_to_the_spool(tmp_path):
 ])
 def test_which_failures_a_start_waits_out(error, transient):
     assert _transient(asyncpg, error) is transient
+
+
+async def test_usage_billed_whose_answer_was_lost_is_not_billed_again_from_the_spool(tmp_path, db_url):  # noqa: F811
+    """A direct bill commits, its answer is lost (the database went down between), the gateway spools the
+    same request: the replay finds its id billed and bills nothing. Pruned past the kept span, the id is gone."""
+    from cortex_gateway.state_db import usage
+
+    spool = UsageSpool.in_dir(tmp_path / "spool")
+    db = await StateDB.open(db_url, None, "gw-a", spool=spool)
+    try:
+        entry = SpooledUsage.new("carol", "m1", "2026-12", 4, 2, db.clock())
+        assert await db._driver.write(lambda: usage.record("carol", "m1", "2026-12", 4, 2, billed=(entry.id, entry.at)))
+        await spool.append(entry)  # what record_usage does when the commit's answer does not come back
+        assert await db.replay_spool() == 0
+        assert totals(await db.usage("carol")) == {"carol": (6, 1)}
+        assert await db.prune_billed(-1.0) == 1  # every id is past a span that ends in the future
+        assert await db.prune_billed(-1.0) == 0
+    finally:
+        await db.close()

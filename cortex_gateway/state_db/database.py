@@ -207,12 +207,13 @@ class StateDB:
         before this returns; one transaction where a reserve and a settle are two. None once committed; if
         the database cannot take it, its error, the usage being on the disk in the spool instead (replayed
         by `replay_spool`). StateError when neither holds it (no spool, or the spool cannot be written)."""
-        try:
-            await self._shielded(lambda: usage.record(key, model, window, prompt_tokens, completion_tokens))
+        entry = SpooledUsage.new(key, model, window, prompt_tokens, completion_tokens, self.clock())
+        try:  # billed under the id it is spooled by, if it must be: a lost commit answer is not billed twice
+            await self._shielded(lambda: usage.record(key, model, window, prompt_tokens, completion_tokens,
+                                                      billed=(entry.id, entry.at)))
             return None
         except StateError as exc:
-            return await self._spool_instead(exc, SpooledUsage.new(key, model, window, prompt_tokens,
-                                                                   completion_tokens, self.clock()))
+            return await self._spool_instead(exc, entry)
 
     async def settle_or_spool(self, reservation: Reservation, prompt_tokens: int,
                               completion_tokens: int) -> StateError | None:
@@ -247,6 +248,10 @@ class StateDB:
         except OSError as exc:  # a person must fix it (permissions, a full disk): said once, not a traceback
             raise StateError(f"the usage spool {self.spool.path} cannot be read or moved aside: "
                              f"{exc.strerror or exc}; fix its permissions or the state dir's") from exc
+
+    async def prune_billed(self, keep_s: float) -> int:
+        """Forget the ids of usage billed more than `keep_s` ago (`usage.prune_marks`); how many."""
+        return await self._driver.write(lambda: usage.prune_marks(self.clock() - keep_s))
 
     async def _bill_spooled(self, records: list[SpooledUsage]) -> int:
         return await self._driver.write(lambda: usage.record_spooled(records, self.clock()))

@@ -44,6 +44,8 @@ INSTANCE_FILE = "gateway_id"
 RETRY_FIRST_S = 0.5  # the first wait for a database not reachable at the start, doubled on each try...
 RETRY_CAP_S = 10.0  # ...up to this
 SPOOL_ROUND_S = 2.0  # how often spooled usage is offered to the database again
+BILLED_KEEP_S = 7 * 86400  # how long a billed usage id is kept against a replay of the same request
+PRUNE_EVERY = 1800  # rounds between two prunes of those ids (an hour at SPOOL_ROUND_S)
 
 
 def instance_id(state_dir: Path) -> str:
@@ -120,12 +122,17 @@ def state_ctx(config: GatewayConfig):
 
 
 async def replay_rounds(db: StateDB, interval: float = SPOOL_ROUND_S) -> None:
-    """Offer the spooled usage to the database every `interval`, while there is any (a stat when there is not).
-    A failure is the outage metering already logged; the next round tries again."""
+    """Offer the spooled usage to the database every `interval`, while there is any (a stat when there is not),
+    and prune the billed usage ids now and then. A failure is the outage metering already logged; the next
+    round tries again."""
+    turn = 0
     while True:
         await asyncio.sleep(interval)
+        turn += 1
         try:
             await db.replay_spool()
+            if turn % PRUNE_EVERY == 1:  # the first round and every hour: billed ids past the kept span
+                await db.prune_billed(BILLED_KEEP_S)
         except StateError as exc:
             log.debug("spooled usage not replayed yet: %s", exc)
         except OSError as exc:

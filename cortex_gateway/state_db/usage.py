@@ -70,15 +70,35 @@ def settle(reservation_id: str, prompt_tokens: int, completion_tokens: int) -> S
     return True
 
 
-def record(key: str, model: str, period: str, prompt_tokens: int, completion_tokens: int) -> Script[None]:
+def mark(record_id: str, now: float) -> Script[bool]:
+    """Note a request's usage id as billed; False if it already was. A direct `record` notes its id so
+    that, when its commit's answer is lost (the database went down between the two) and the gateway spools
+    the same id, the replay finds it billed: one bill, whichever way it reached the database."""
+    return (yield one("INSERT INTO spooled_usage (id, replayed_at) VALUES ($1, $2) ON CONFLICT DO NOTHING "
+                      "RETURNING id", record_id, now)) is not None
+
+
+def record(key: str, model: str, period: str, prompt_tokens: int, completion_tokens: int,
+           billed: tuple[str, float] | None = None) -> Script[bool]:
     """Bill a request that held no reservation (its key has no budget to hold against): its usage and the
-    period's settled total, as `settle` adds them, in one transaction instead of a reserve and a settle."""
+    period's settled total, as `settle` adds them, in one transaction instead of a reserve and a settle.
+    With `billed` (its id, now), noted by `mark` first, and nothing billed (False) if it was already."""
     if prompt_tokens < 0 or completion_tokens < 0:
         raise ValueError(f"token counts are >= 0, got {prompt_tokens} and {completion_tokens}")
+    if billed is not None and not (yield from mark(*billed)):
+        return False
     yield execute(_ADD_TOTALS, key, period)
     yield execute("UPDATE budget_totals SET settled_tokens = settled_tokens + $3 WHERE key_name = $1 AND period = $2",
                   key, period, prompt_tokens + completion_tokens)
     yield execute(_BILL_USAGE, key, model, period, prompt_tokens, completion_tokens)
+    return True
+
+
+def prune_marks(before: float) -> Script[int]:
+    """Forget billed ids noted before `before` (a spool is replayed within minutes of the database's return;
+    past the kept span, a spooled line whose commit did land could be billed twice); how many."""
+    gone = yield rows("DELETE FROM spooled_usage WHERE replayed_at < $1 RETURNING id", before)
+    return len(gone)
 
 
 def record_spooled(records: list, now: float) -> Script[int]:
@@ -88,9 +108,7 @@ def record_spooled(records: list, now: float) -> Script[int]:
     the lock order of every script."""
     billed = 0
     for r in sorted(records, key=lambda r: (r.key, r.period, r.model)):
-        new = yield one("INSERT INTO spooled_usage (id, replayed_at) VALUES ($1, $2) ON CONFLICT DO NOTHING "
-                        "RETURNING id", r.id, now)
-        if new is None:
+        if not (yield from mark(r.id, now)):  # replayed before, or billed directly before its answer was lost
             continue
         if r.reservation is None:
             yield from record(r.key, r.model, r.period, r.prompt_tokens, r.completion_tokens)
