@@ -133,5 +133,7 @@ def test_the_database_restarted_under_load(tmp_path, models_dir, restartable):
             wait_for(lambda: "the state database answers again: budgeted keys served" in gateway.log(),
                      what="the recovery logged")
             # Every answer of the key without a budget billed once: those of the outage from the spool.
-            wait_for(lambda: billed(usage_of(gateway, plain_name)) == (sum(results), len(results)),
-                     what="the usage served during the outage billed from the spool")
+            served = (sum(results), len(results))
+            wait_for(lambda: billed(usage_of(gateway, plain_name)) == served,
+                     what=f"the usage served during the outage billed from the spool: {served} (tokens, requests) "
+                          f"served, {billed(usage_of(gateway, plain_name))} billed when the wait began")
