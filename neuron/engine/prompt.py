@@ -111,13 +111,18 @@ def prompt_segments(backend, req: InferenceRequest, model: str) -> list[Segment]
     return chat_segments(backend, req, model)
 
 
+def check_stopped(stop: Callable[[], bool] | None) -> None:
+    """A 503 once `stop()` says the neuron is stopping: asked between a prompt's segments."""
+    if stop is not None and stop():
+        raise ApiError(503, "overloaded_error", "the prompt's tokenisation was stopped: the neuron is "
+                       "shutting down", code="shutting_down", retry_after=5)
+
+
 def tokenize_segments(backend, segments: list[Segment], stop: Callable[[], bool] | None = None) -> list[int]:
     """The segments' tokens, control tokens parsed in markup only; `stop()` is asked between segments."""
     tokens: list[int] = []
     for seg in segments:
-        if stop is not None and stop():
-            raise ApiError(503, "overloaded_error", "the prompt's tokenisation was stopped: the neuron is "
-                           "shutting down", code="shutting_down", retry_after=5)
+        check_stopped(stop)
         if seg.text:
             tokens.extend(backend.tokenize(seg.text, special=seg.special))
     return tokens

@@ -27,10 +27,10 @@ from neuron.engine.backends.llamacpp import LlamaCppBackend
 from neuron.engine.backends.llamacpp_log import route_mtmd_log
 from neuron.engine.backends.llamacpp_vision_batch import IMAGE_TOKEN, ImageSpan, VisionBatcher, VisionPrompt
 from neuron.engine.client_text import Markers, Segment, mark_message
-from neuron.engine.prompt import chat_segments, prompt_segments, tokenize_segments
+from neuron.engine.prompt import chat_segments, check_stopped, prompt_segments, tokenize_segments
 from neuron.server.gguf_projector import projector_for
 from neuron.server.openai_schema import InferenceRequest
-from neuron.shared.errors import ApiError, bad_request
+from neuron.shared.errors import bad_request
 
 log = logging.getLogger("cortex.neuron.engine.backends.llamacpp_vision")
 
@@ -95,9 +95,7 @@ class LlamaVisionBackend(LlamaCppBackend):
     def _encode(self, segments: list[Segment], images: list, stop) -> VisionPrompt:
         ids = VisionPrompt()
         for seg in segments:
-            if stop is not None and stop():
-                raise ApiError(503, "overloaded_error", "the prompt's tokenisation was stopped: the neuron is "
-                               "shutting down", code="shutting_down", retry_after=5)
+            check_stopped(stop)
             if not seg.special:
                 ids.extend(self.tokenize(seg.text, special=False) if seg.text else [])
                 continue

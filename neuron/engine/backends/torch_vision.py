@@ -24,9 +24,9 @@ from neuron.engine.backends.torch_hf import HFDetokenizer, TorchSampler, _encode
 from neuron.engine.backends.torch_place import torch_place
 from neuron.engine.backends.torch_vision_run import VisionRunner
 from neuron.engine.client_text import Markers, Segment, mark_message
-from neuron.engine.prompt import chat_segments
+from neuron.engine.prompt import chat_segments, check_stopped
 from neuron.server.openai_schema import InferenceRequest, SamplingParams
-from neuron.shared.errors import ApiError, bad_request
+from neuron.shared.errors import bad_request
 from neuron.tiny.model import TINY_MARKER_KEY
 
 log = logging.getLogger("cortex.neuron.engine.backends.torch_vision")
@@ -75,9 +75,7 @@ class TorchVisionBackend(Backend):
     def _encode(self, segments: list[Segment], images: list, stop) -> VisionPrompt:
         ids, media = VisionPrompt(), []
         for seg in segments:
-            if stop is not None and stop():
-                raise ApiError(503, "overloaded_error", "the prompt's tokenisation was stopped: the neuron is "
-                               "shutting down", code="shutting_down", retry_after=5)
+            check_stopped(stop)
             wanted = seg.text.count(self.image_token) if seg.special else 0
             if wanted:
                 piece = self._processed(seg.text, images[:wanted])
