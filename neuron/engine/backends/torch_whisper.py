@@ -50,7 +50,6 @@ class Transcript:
     segments: list[dict] = field(default_factory=list)  # start, end (seconds), tokens, text, and the window's
     # seek, avg_logprob, no_speech_prob
     generated: int = 0  # tokens the model wrote, timestamps included
-    timestamped: bool = True  # False: one segment stands for the whole file (its end: the window's)
 
 
 class TorchWhisperBackend(Backend):
@@ -161,7 +160,7 @@ class TorchWhisperBackend(Backend):
             stats = windows.stats(0, int(out["sequences"][0][-1]), eos)
             text = decode(tokens, skip_special_tokens=True).strip()
             whole = {"start": 0.0, "end": WINDOW_S, "tokens": [int(t) for t in tokens], "text": text, **stats}
-            return Transcript(text, language, [whole], len(tokens), timestamped=False)
+            return Transcript(text, language, [whole], len(tokens))
         found, results = out["segments"][0], []
         for s in found:  # each window's segments share its generate call's output: the window, in order
             if not results or results[-1] is not s["result"]:
