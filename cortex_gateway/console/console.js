@@ -28,10 +28,15 @@ function el(tag, attrs, ...children) {
   return node;
 }
 
-async function api(path, body) {
-  const headers = {};
+// The signed-in key as the API takes it (none signed in with an empty key: a gateway without keys).
+function keyHeaders(headers = {}) {
   const key = sessionStorage.getItem(KEY_ITEM);
   if (key) headers.Authorization = "Bearer " + key;
+  return headers;
+}
+
+async function api(path, body) {
+  const headers = keyHeaders();
   const init = {headers, cache: "no-store"};
   if (body !== undefined) {
     init.method = "POST";

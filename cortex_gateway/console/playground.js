@@ -1,6 +1,6 @@
 // The console's playground: a streamed chat with one model, through the gateway's own
 // /v1/chat/completions with the signed-in key, its time to first token and decode rate shown.
-// Uses console.js's el, $, KEY_ITEM and kindOf (both files are classic scripts of one page).
+// Uses console.js's el, $, api, keyHeaders and kindOf (both files are classic scripts of one page).
 "use strict";
 
 const CHAT_KINDS = new Set(["", "generation", "vision"]);
@@ -85,9 +85,7 @@ async function send(event) {
   turn("user", text);
   $("pg-message").value = "";
   const answer = turn("assistant", "");
-  const headers = {"Content-Type": "application/json"};
-  const key = sessionStorage.getItem(KEY_ITEM);
-  if (key) headers.Authorization = "Bearer " + key;
+  const headers = keyHeaders({"Content-Type": "application/json"});
   stopping = new AbortController();
   busy(true);
   const started = performance.now();
