@@ -23,6 +23,7 @@ from cortex_gateway.shared_admin import SHARED_ADMIN
 from cortex_gateway.shared_events import SHARED_EVENTS
 from cortex_gateway.state import FLEET, LIFECYCLE, METRICS
 from cortex_gateway.state_db import StateError
+from cortex_gateway.status_stream import stream_status
 from neuron.shared.client import NeuronError
 from neuron.shared.errors import ApiError, bad_request
 from neuron.shared.fields import req_str, require_object
@@ -79,26 +80,32 @@ def _model_summary(model: str, nodes: list[Node], fleet: Fleet, lifecycle: Lifec
 
 async def status(request: web.Request) -> web.Response:
     """Everything the operator tools show; `?refresh=1` polls every node first (for progress displays)."""
-    fleet, lifecycle = request.config_dict[FLEET], request.config_dict[LIFECYCLE]
     if request.query.get("refresh"):
-        await fleet.poll_all()
-    return json_response({
+        await request.config_dict[FLEET].poll_all()
+    return json_response(await status_body(request.config_dict))
+
+
+async def status_body(config) -> dict:
+    """/admin/status's answer, from the gateway app's state (`config`: the app or a request's config_dict);
+    also what `/admin/status/stream` sends."""
+    fleet, lifecycle = config[FLEET], config[LIFECYCLE]
+    return {
         "nodes": [_node_status(n, fleet) for n in fleet.nodes.values()],
         "pins": {m: sorted(n) for m, n in lifecycle.pins.items() if n},
         "strategy": lifecycle.config.strategy,
-        "stats": request.config_dict[METRICS].recent.all(),
-        "events": await _events(request, 50),
+        "stats": config[METRICS].recent.all(),
+        "events": await _events(config, 50),
         "models": _model_summaries(fleet, lifecycle),
-        "api_keys": request.config_dict[KEYS].keyed,  # the API needs a key (the console's playground asks one)
-        "requests": recent(request),  # this gateway's last API requests, as its access log has them
-    })
+        "api_keys": config[KEYS].keyed,  # the API needs a key (the console's playground asks one)
+        "requests": recent(config),  # this gateway's last API requests, as its access log has them
+    }
 
 
-async def _events(request: web.Request, limit: int) -> list[dict]:
+async def _events(config, limit: int) -> list[dict]:
     """The fleet's newest events: every gateway's on PostgreSQL (`shared_events`), else this one's."""
-    if SHARED_EVENTS in request.config_dict:
-        return await request.config_dict[SHARED_EVENTS].recent(limit)
-    return list(request.config_dict[FLEET].events)[-limit:]
+    if SHARED_EVENTS in config:
+        return await config[SHARED_EVENTS].recent(limit)
+    return list(config[FLEET].events)[-limit:]
 
 
 async def models(request: web.Request) -> web.Response:
@@ -248,6 +255,7 @@ def add_routes(app: web.Application) -> None:
     """Mount the admin API under /admin, its key check applying to it alone (not the hot path)."""
     admin = web.Application(middlewares=[admin_auth])
     admin.router.add_get("/status", status)
+    admin.router.add_get("/status/stream", stream_status)
     admin.router.add_get("/models", models)
     admin.router.add_post("/load", load)
     admin.router.add_post("/unload", unload)

@@ -16,6 +16,7 @@ from cortex_gateway import (
     metering,
     openai_routes,
     recent_requests,
+    status_stream,
     usage_routes,
 )
 from cortex_gateway.anthropic import routes as anthropic_routes
@@ -58,7 +59,7 @@ def access_details(request: web.Request) -> dict:
 
 
 # What Prometheus, load balancers and `cortex top` poll: logged at debug unless it fails.
-POLLED_PATHS = ("/health", "/metrics", "/admin/status")
+POLLED_PATHS = ("/health", "/metrics", "/admin/status", "/admin/status/stream")
 
 
 def create_app(config: GatewayConfig, *, session: aiohttp.ClientSession | None = None,
@@ -93,6 +94,7 @@ def create_app(config: GatewayConfig, *, session: aiohttp.ClientSession | None =
     responses_routes.add_routes(app)
     usage_routes.add_routes(app)  # /admin/usage, before the /admin sub-app
     admin_routes.add_routes(app)
+    status_stream.install(app, admin_routes.status_body)  # /admin/status/stream's one feed
     console_routes.add_routes(app)  # /ui: the web console's files, open; its calls carry the key
     metering.setup(app, config.max_key_labels)  # budgets and TPM per key (docs/budgets.md)
     return app

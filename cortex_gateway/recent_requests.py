@@ -29,6 +29,6 @@ def record(request: web.Request, status: int, seconds: float, details: dict) -> 
             "duration_s": round(seconds, 4), **details})
 
 
-def recent(request: web.Request, limit: int = 50) -> list[dict]:
-    """The newest `limit` requests, oldest first."""
-    return list(request.config_dict[RECENT_REQUESTS])[-limit:]
+def recent(config, limit: int = 50) -> list[dict]:
+    """The newest `limit` requests, oldest first (`config`: the app, or a request's config_dict)."""
+    return list(config[RECENT_REQUESTS])[-limit:]

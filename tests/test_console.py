@@ -16,7 +16,7 @@ import pytest
 
 from tests.browser import browser_page, shot, sign_in
 from tests.fake_hub import FakeHub, hf_env
-from tests.helpers import one_node_fleet, start_gateway, start_neuron
+from tests.helpers import free_port, one_node_fleet, start_gateway, start_neuron
 
 playwright_api = pytest.importorskip("playwright.async_api", reason="needs playwright (pip install playwright)")
 expect = playwright_api.expect
@@ -207,10 +207,29 @@ async def test_a_killed_node_shows_as_down(tmp_path, console_models, page):
         await sign_in(page, gateway, ADMIN)
         state = page.get_by_role("article", name="node n2").locator(".state")
         await expect(state).to_have_text("up")
+        await expect(page.locator("#fleet-updated")).to_contain_text("live")  # pushed: /admin/status/stream
         neuron.kill()  # a crash: no goodbye on its health stream
         await expect(state).to_have_text("down")
         await shot(page, "node-down")
     assert page.errors.messages == []
+
+
+async def test_a_gateway_restart_loses_the_live_view_and_it_comes_back(tmp_path, console_models, page):
+    """The stream ends with its gateway: the page says so, keeps trying, and is live again once a gateway
+    listens there again (its key still in the tab)."""
+    port = free_port()
+    with start_neuron(tmp_path, console_models, name="n4") as neuron:
+        with start_gateway(tmp_path, {"n4": neuron.url}, extra_toml=AUTH, port=port) as gateway:
+            await sign_in(page, gateway, ADMIN)
+            await expect(page.locator("#fleet-updated")).to_contain_text("live")
+        await expect(page.locator("#fleet-error")).to_contain_text("the live view was lost")
+        await expect(page.locator("#fleet-updated")).to_have_text("not live: reconnecting")
+        with start_gateway(tmp_path, {"n4": neuron.url}, extra_toml=AUTH, port=port):
+            await expect(page.locator("#fleet-error")).to_have_text("")
+            await expect(page.get_by_role("article", name="node n4").locator(".state")).to_have_text("up")
+            await expect(page.locator("#fleet-updated")).to_contain_text("live")
+    refused = [m for m in page.errors.messages if "ERR_CONNECTION_REFUSED" not in m]  # the tries meanwhile
+    assert refused == []
 
 
 async def test_a_pull_shows_its_progress(tmp_path, models_dir, page):

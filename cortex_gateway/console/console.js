@@ -1,13 +1,18 @@
-// The cortex console: one page over the gateway's own API (/admin/status, /admin/unload, /admin/pin,
-// /admin/drain, /v1/models), every call carrying the key the user signed in with.
+// The cortex console: one page over the gateway's own API (/admin/status and its stream, /admin/unload,
+// /admin/pin, /admin/drain, /v1/models), every call carrying the key the user signed in with.
+// An admin's fleet view follows /admin/status/stream (server-sent events, read by fetch: EventSource
+// cannot send the key), polling only while the stream is lost; a plain key's catalog is polled.
 // Everything shown is set as text (textContent, never innerHTML): model and node names are hostile input.
 // No inline script or style: the gateway's Content-Security-Policy forbids them.
 "use strict";
 
 const POLL_MS = 2000;
+const RETRY_MS = 2000;  // between attempts to reopen a lost status stream
 const KEY_ITEM = "cortex.key";
 let role = null;  // "admin" (the fleet and its controls) or "reader" (the models a plain API key may use)
 let timer = null;
+let following = null;  // the status stream's AbortController, while an admin is signed in
+let live = false;  // the fleet view is the stream's (else a poll's)
 
 const KINDS = {generation: "chat", vision: "vision chat"};  // as `cortex status` names them; others as they are
 const $ = (id) => document.getElementById(id);
@@ -78,17 +83,47 @@ function show(as, data) {
   $("sign-in").hidden = true;
   $("sign-out").hidden = false;
   $("fleet").hidden = $("activity").hidden = $("usage").hidden = as !== "admin";
-  usageTurn = 0;  // usage.js: read with the first render
+  usageRead = -Infinity;  // usage.js: read with the first render
   $("catalog").hidden = as !== "reader";
   $("who").textContent = as === "admin" ? "signed in with an admin key" : "signed in with an API key (read only)";
   render(data);
-  clearInterval(timer);
-  timer = setInterval(refresh, POLL_MS);
+  stopUpdates();
+  if (as === "admin") follow(); else timer = setInterval(refresh, POLL_MS);
   openPlayground(as === "admin" && data.api_keys);  // playground.js
 }
 
-function signOut() {
+function stopUpdates() {
   clearInterval(timer);
+  clearTimeout(timer);
+  if (following) following.abort();
+  following = null;
+}
+
+// The fleet as the gateway pushes it; when the stream is lost (a gateway restarting), one poll, then the
+// stream again after RETRY_MS.
+async function follow() {
+  const mine = following = new AbortController();
+  try {
+    const response = await fetch("/admin/status/stream", {headers: keyHeaders(), cache: "no-store",
+                                                          signal: mine.signal});
+    if (response.status === 401) return signOut();
+    if (!response.ok) throw new Error("HTTP " + response.status);
+    live = true;
+    $("fleet-error").textContent = "";
+    for await (const status of events(response)) render(status);  // events(): playground.js
+    throw new Error("the gateway ended the stream");
+  } catch (err) {
+    if (mine.signal.aborted) return;
+    live = false;
+    await refresh();
+    $("fleet-error").textContent = "the live view was lost (" + err.message + "); trying again";
+    $("fleet-updated").textContent = "not live: reconnecting";
+    if (following === mine) timer = setTimeout(follow, RETRY_MS);
+  }
+}
+
+function signOut() {
+  stopUpdates();
   role = null;
   sessionStorage.removeItem(KEY_ITEM);
   for (const id of ["fleet", "activity", "usage", "catalog", "playground", "sign-out"]) $(id).hidden = true;
@@ -128,7 +163,7 @@ function renderFleet(status) {
     el("td", {"data-label": "In flight", text: m.in_flight}),
     el("td", {"data-label": "Waiting", text: m.waiting})));
   $("models-table").tBodies[0].replaceChildren(...rows);
-  $("fleet-updated").textContent = "updated " + new Date().toLocaleTimeString();
+  $("fleet-updated").textContent = (live ? "live, last change " : "updated ") + new Date().toLocaleTimeString();
   renderActivity(status);
   refreshUsage();
 }

@@ -1,13 +1,15 @@
 // The console's usage view (admin): each key's budget and its tokens per model and period, from
-// /admin/usage (the state database: the same on every gateway sharing one). Read every USAGE_EVERY-th
-// refresh, not every one: it is a database query, and usage moves slowly. Uses console.js's el, $ and api.
+// /admin/usage (the state database: the same on every gateway sharing one). Read with a fleet view's render
+// at most every USAGE_MS, not with each: it is a database query, and usage moves slowly. Uses console.js's
+// el, $ and api.
 "use strict";
 
-const USAGE_EVERY = 5;
-let usageTurn = 0;
+const USAGE_MS = 10000;
+let usageRead = -Infinity;  // when /admin/usage was last asked (performance.now())
 
 async function refreshUsage() {
-  if (usageTurn++ % USAGE_EVERY) return;
+  if (performance.now() - usageRead < USAGE_MS) return;
+  usageRead = performance.now();
   const answer = await api("/admin/usage");
   $("usage-error").textContent = answer.ok ? "" : "could not read usage: " + answer.message;
   if (answer.ok) renderUsage(answer.data);

@@ -9,7 +9,6 @@ instead of within the gateway's poll interval.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 from collections.abc import Callable
 
@@ -17,6 +16,7 @@ import orjson
 from aiohttp import web
 
 from neuron.shared import health_stream
+from neuron.shared.change_feed import ChangeFeed
 from neuron.shared.errors import bad_request
 from neuron.shared.protocol import Health
 from neuron.shared.sse import ClientStalled, open_stream
@@ -24,17 +24,13 @@ from neuron.shared.sse import ClientStalled, open_stream
 CHECK_S = 0.25  # how soon a change (a load's end, a queue's length) reaches the gateways that watch
 
 
-class HealthFeed:
+class HealthFeed(ChangeFeed):
     """The latest health answer and its version, which moves whenever the answer's tag does."""
 
     def __init__(self, compute: Callable[[], tuple[Health, str]], check_s: float = CHECK_S):
+        super().__init__(check_s)
         self.compute = compute  # the answer now and its tag (the uptime left out of the tag)
-        self.check_s = check_s
-        self.version, self.tag, self.body = 0, "", b""
-        self.closed = False
-        self._changed = asyncio.Condition()
-        self._watchers = 0
-        self._task: asyncio.Task | None = None
+        self.tag, self.body = "", b""
 
     def refresh(self) -> bytes:
         """Compute the answer now and return its body, its uptime current; the version moves if its tag did."""
@@ -52,46 +48,6 @@ class HealthFeed:
             return False
         self.tag, self.body, self.version = tag, orjson.dumps(health.to_dict()), self.version + 1
         return True
-
-    async def next_change(self, seen: int, timeout: float) -> bool:
-        """Wait until the version is past `seen` or the feed closes (True), or `timeout` passes (False)."""
-        async with self._changed:
-            try:
-                await asyncio.wait_for(self._changed.wait_for(lambda: self.version != seen or self.closed), timeout)
-            except TimeoutError:
-                return False
-        return True
-
-    @contextlib.asynccontextmanager
-    async def watching(self):
-        """One stream's stay: the feed computes while any stream is open, and not at all on a node nobody
-        watches (a gateway that polls)."""
-        self._watchers += 1
-        if self._task is None:
-            self._task = asyncio.create_task(self._run())
-        try:
-            yield self
-        finally:
-            self._watchers -= 1
-            if not self._watchers and self._task is not None:
-                self._task.cancel()
-                self._task = None
-
-    async def _run(self) -> None:
-        while True:
-            await asyncio.sleep(self.check_s)
-            if self.check():
-                await self._tell()
-
-    async def close(self, _app: web.Application | None = None) -> None:
-        """The node is stopping: every stream ends now, so the gateways learn it at once and the server's
-        shutdown does not wait on streams that would never end by themselves."""
-        self.closed = True
-        await self._tell()
-
-    async def _tell(self) -> None:
-        async with self._changed:
-            self._changed.notify_all()
 
 
 HEALTH_FEED = web.AppKey("health_feed", HealthFeed)
