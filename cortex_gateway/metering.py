@@ -303,8 +303,18 @@ def _refuse(app: web.Application, key: str, reason: str, err: ApiError) -> ApiEr
 async def settle(request: web.Request, rec: RequestRecord) -> None:
     """Bill what the request used, as the gateway saw it (`RequestRecord`: the answer's usage; for a stream
     cut short, its prompt and the outputs relayed), and give the rest of its hold back. Committed before it
-    returns; once (the reservation is gone after: a stream billed at its usage, `billed_at_usage`, is done)."""
+    returns; once (the reservation is gone after: a stream billed at its usage, `billed_at_usage`, is done).
+    A request that reached no node and held nothing (a model that does not exist, one with no room) is no
+    usage: counting it would let a key write any name it likes into the usage table."""
+    metered = request.get(_METERED)
+    if metered is not None and not rec.node and _held_nothing(metered, rec):
+        del request[_METERED]
+        return
     await _settle(request, rec.prompt_tokens, rec.completion_tokens)
+
+
+def _held_nothing(metered: Metered, rec: RequestRecord) -> bool:
+    return metered.reservation is None and not metered.tpm_taken and not rec.prompt_tokens + rec.completion_tokens
 
 
 async def _settle(request: web.Request, prompt: int, completion: int) -> None:

@@ -224,3 +224,16 @@ def test_a_window_rolls_over_and_the_budget_is_whole_again(gateway, node, tmp_pa
         rows = usage_of(gw, name)["usage"]
         assert len({r["period"] for r in rows}) >= 2
         assert all(r["total_tokens"] <= budget for r in rows) and all(r["period"].startswith("4s@") for r in rows)
+
+
+def test_a_request_for_a_model_that_does_not_exist_is_no_usage(gateway):
+    """A 404 reached no node and used nothing: counting it would let a key write any name it likes into the
+    usage table (`cortex usage`, the console)."""
+    for settings in ({}, {"budget_tokens": 100_000}):
+        name, key = make_key(gateway, **settings)
+        client = oai(gateway, key)
+        with pytest.raises(openai.NotFoundError):
+            client.chat.completions.create(model="<b>no-such-model</b>", messages=USER, max_tokens=2)
+        client.chat.completions.create(model=MODEL, messages=USER, max_tokens=2)
+        wait_for(lambda name=name: billed(usage_of(gateway, name))[1] == 1, what="the served request billed")
+        assert [r["model"] for r in usage_of(gateway, name)["usage"]] == [MODEL], settings
