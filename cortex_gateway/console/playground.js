@@ -1,14 +1,51 @@
 // The console's playground: a streamed chat with one model, through the gateway's own
-// /v1/chat/completions with the signed-in key, its time to first token and decode rate shown.
-// Uses console.js's el, $, api, keyHeaders and kindOf (both files are classic scripts of one page).
+// /v1/chat/completions with the signed-in key (or, for an admin where the API needs keys, the playground key),
+// its time to first token and decode rate shown.
+// Uses console.js's el, $, keyHeaders and kindOf (both files are classic scripts of one page).
 "use strict";
 
 const CHAT_KINDS = new Set(["", "generation", "vision"]);
-const PLAYABLE = new Set([...CHAT_KINDS, "embedding", "rerank", "image"]);  // transcription: not here yet
+const PLAYABLE = new Set([...CHAT_KINDS, "embedding", "rerank", "image", "transcription"]);
+const PANELS = ["chat", "embedding", "rerank", "image", "transcription"];
+const PLAYGROUND_KEY_ITEM = "cortex.playground-key";
+const NO_MODEL = "no model this key may use";
 const kinds = new Map();  // model id -> its kind, for the panel it gets
 const MIN_RATE_S = 0.05;  // a decode rate over less time than this measures the network's buffering, not the model
 const conversation = [];
 let stopping = null;  // the running answer's AbortController
+let needsKey = false;  // an admin signed in where the API takes API keys only: the playground key is used
+
+// -- the key the playground's calls carry ----------------------------------------------------------------
+// The playground key where the sign-in key cannot call the API (an admin key, with API keys configured),
+// else the signed-in key's header as console.js gives it.
+function playgroundHeaders(headers = {}) {
+  const key = needsKey ? sessionStorage.getItem(PLAYGROUND_KEY_ITEM) : null;
+  if (!key) return keyHeaders(headers);
+  headers.Authorization = "Bearer " + key;
+  return headers;
+}
+
+// A call to the API with the playground's key, answered as console.js's api() answers ({ok, status, data,
+// message}, message being the API's own error message): a JSON body, or a FormData sent as multipart
+// (the browser writes its boundary, so no Content-Type is set for it).
+async function playgroundApi(path, body) {
+  const init = {headers: playgroundHeaders(), cache: "no-store"};
+  if (body !== undefined) {
+    init.method = "POST";
+    init.body = body instanceof FormData ? body : JSON.stringify(body);
+    if (!(body instanceof FormData)) init.headers["Content-Type"] = "application/json";
+  }
+  let response;
+  try {
+    response = await fetch(path, init);
+  } catch (err) {
+    return {ok: false, status: 0, message: "the gateway did not answer (" + err.message + ")"};
+  }
+  let data = null;
+  try { data = await response.json(); } catch (_) { /* a body that is not JSON: its status says enough */ }
+  const message = data && data.error && data.error.message ? data.error.message : "HTTP " + response.status;
+  return {ok: response.ok, status: response.status, data, message};
+}
 
 function playgroundModels(listing) {
   const select = $("pg-model");
@@ -19,23 +56,54 @@ function playgroundModels(listing) {
   const ids = models.map((m) => m.id);
   select.replaceChildren(...models.map((m) => el("option", {value: m.id, text: m.id + " (" + kindOf(m.kind) + ")"})));
   if (ids.includes(chosen)) select.value = chosen;
-  $("pg-send").disabled = !ids.length;
-  $("pg-error").textContent = ids.length ? "" : "no model this key may use";
+  if (!stopping) $("pg-send").disabled = !ids.length;
+  // a reader's list comes again with each refresh: it must not wipe the message of a request that failed
+  if (!ids.length) $("pg-error").textContent = NO_MODEL;
+  else if ($("pg-error").textContent === NO_MODEL) $("pg-error").textContent = "";
   showPanel();
 }
 
+// `adminOnly`: signed in with an admin key where the API takes API keys only (admin keys are not API keys,
+// so the gateway would refuse the playground's calls made with it): the playground key field asks for one.
 async function openPlayground(adminOnly) {
   $("playground").hidden = false;
-  if (adminOnly) {  // admin keys are not API keys: the gateway would refuse the playground's calls
-    $("pg-send").disabled = true;
-    $("pg-error").textContent = "the playground calls the API, which needs an API key; an admin key is not one: " +
-      "sign in with an API key to chat";
-    return;
+  needsKey = Boolean(adminOnly);
+  $("pg-key-form").hidden = !needsKey;
+  if (needsKey) $("pg-key").value = sessionStorage.getItem(PLAYGROUND_KEY_ITEM) || "";
+  else forgetPlaygroundKey();  // a key that can call the API itself: no other kept for the tab
+  if (needsKey && !sessionStorage.getItem(PLAYGROUND_KEY_ITEM)) {
+    return unplayable("the playground calls the API, which needs an API key, and an admin key is not one: " +
+                      "enter an API key as the playground key");
   }
-  const listing = await api("/v1/models");
-  if (listing.ok) return playgroundModels(listing.data);
+  const listing = await playgroundApi("/v1/models");
+  if (listing.ok) {
+    $("pg-error").textContent = "";  // what was refused before (a wrong playground key) no longer holds
+    return playgroundModels(listing.data);
+  }
+  unplayable(needsKey ? "the playground key was refused (" + listing.message + "): enter an API key"
+                      : "this key cannot call the API (" + listing.message + "): sign in with an API key");
+}
+
+function unplayable(message) {
+  $("pg-model").replaceChildren();
+  kinds.clear();
+  showPanel();
   $("pg-send").disabled = true;
-  $("pg-error").textContent = "this key cannot call the API (" + listing.message + "): sign in with an API key";
+  $("pg-error").textContent = message;
+}
+
+async function usePlaygroundKey(event) {
+  event.preventDefault();
+  const key = $("pg-key").value.trim();
+  if (key) sessionStorage.setItem(PLAYGROUND_KEY_ITEM, key); else sessionStorage.removeItem(PLAYGROUND_KEY_ITEM);
+  $("pg-stats").textContent = "";
+  await openPlayground(true);
+  if ($("pg-send").disabled) $("pg-key").focus();  // missing or refused: the field again, to type another
+}
+
+function forgetPlaygroundKey() {
+  sessionStorage.removeItem(PLAYGROUND_KEY_ITEM);
+  $("pg-key").value = "";
 }
 
 function turn(role, text) {
@@ -85,7 +153,7 @@ async function send(event) {
   turn("user", text);
   $("pg-message").value = "";
   const answer = turn("assistant", "");
-  const headers = keyHeaders({"Content-Type": "application/json"});
+  const headers = playgroundHeaders({"Content-Type": "application/json"});
   stopping = new AbortController();
   busy(true);
   const started = performance.now();
@@ -140,16 +208,19 @@ function busy(running) {
   $("pg-stop").disabled = !running;
 }
 
-// The panel for the chosen model's kind: chat, or playground_kinds.js's embedding, rerank and image panels.
+// The panel for the chosen model's kind: chat, or playground_kinds.js's embedding, rerank, image and
+// transcription panels.
 function showPanel() {
   const kind = kinds.get($("pg-model").value) || "";
   const panel = CHAT_KINDS.has(kind) ? "chat" : kind;
-  for (const name of ["chat", "embedding", "rerank", "image"]) $("pg-" + name).hidden = name !== panel;
+  for (const name of PANELS) $("pg-" + name).hidden = name !== panel;
   $("pg-temperature").disabled = $("pg-max-tokens").disabled = panel !== "chat";
 }
 
 document.addEventListener("DOMContentLoaded", () => {
   $("chat-form").addEventListener("submit", send);
+  $("pg-key-form").addEventListener("submit", usePlaygroundKey);
+  $("sign-out").addEventListener("click", forgetPlaygroundKey);
   $("pg-model").addEventListener("change", showPanel);
   $("pg-stop").addEventListener("click", () => stopping && stopping.abort());
   $("pg-clear").addEventListener("click", () => {

@@ -1,18 +1,24 @@
-// The playground's other kinds: embeddings (/v1/embeddings), rerank (/v1/rerank) and image generation
-// (/v1/images/generations), each through the gateway with the signed-in key. Uses console.js's el, $ and api.
+// The playground's other kinds: embeddings (/v1/embeddings), rerank (/v1/rerank), image generation
+// (/v1/images/generations) and transcription (/v1/audio/transcriptions, multipart), each through the gateway
+// with playground.js's playgroundApi (the signed-in key, or the playground key). Uses console.js's el and $.
+// What the API answers is shown as text (textContent): a transcript is whatever the audio made of it.
 "use strict";
 
-async function ask(path, body, out) {
+const tokensOf = (data) => (data.usage && data.usage.prompt_tokens ? [data.usage.prompt_tokens + " tokens"] : []);
+
+// One call's answer, or null with the API's message in #pg-error; `figures` names what #pg-stats adds to the
+// time the answer took.
+async function ask(path, body, out, figures = tokensOf) {
   $("pg-error").textContent = $("pg-stats").textContent = "";
   const started = performance.now();
-  const answer = await api(path, body);
+  const answer = await playgroundApi(path, body);
   if (!answer.ok) {
     out.replaceChildren();
     $("pg-error").textContent = "the request failed: " + answer.message;
     return null;
   }
-  $("pg-stats").textContent = "answered in " + ((performance.now() - started) / 1000).toFixed(2) + " s" +
-    (answer.data.usage && answer.data.usage.prompt_tokens ? ", " + answer.data.usage.prompt_tokens + " tokens" : "");
+  const took = "answered in " + ((performance.now() - started) / 1000).toFixed(2) + " s";
+  $("pg-stats").textContent = [...figures(answer.data), took].join(", ");
   return answer.data;
 }
 
@@ -45,8 +51,46 @@ async function draw() {
   out.replaceChildren(el("img", {src: "data:image/png;base64," + data.data[0].b64_json, alt: "generated: " + prompt}));
 }
 
+// -- transcription ---------------------------------------------------------------------------------------
+function transcriptionForm(file) {
+  const form = new FormData();
+  form.append("file", file);
+  form.append("model", $("pg-model").value);
+  form.append("response_format", "verbose_json");  // the segments and the audio's duration too
+  const language = $("pg-language").value.trim();
+  if (language) form.append("language", language);
+  return form;
+}
+
+const audioSeconds = (s) => Number(s).toFixed(2);
+const heard = (data) => [audioSeconds(data.duration) + " s of audio"];
+
+async function transcribe() {
+  const file = $("pg-audio").files[0];
+  if (!file) {
+    $("pg-stats").textContent = "";
+    $("pg-error").textContent = "choose an audio file to transcribe";
+    return $("pg-audio").focus();
+  }
+  const out = $("pg-segments");
+  $("pg-heard").textContent = "";
+  $("pg-transcribe").disabled = true;
+  out.replaceChildren(el("li", {}, el("progress", {"aria-label": "transcribing " + file.name})));
+  try {
+    const data = await ask("/v1/audio/transcriptions", transcriptionForm(file), out, heard);
+    if (!data) return;
+    $("pg-heard").textContent = data.text;
+    out.replaceChildren(...(data.segments || []).map((s) => el("li", {},
+      el("span", {class: "who", text: audioSeconds(s.start) + "\u2013" + audioSeconds(s.end) + " s"}),
+      el("span", {class: "text", text: s.text}))));
+  } finally {
+    $("pg-transcribe").disabled = false;
+  }
+}
+
 document.addEventListener("DOMContentLoaded", () => {
   $("pg-embed").addEventListener("click", embed);
   $("pg-rank").addEventListener("click", rerank);
   $("pg-draw").addEventListener("click", draw);
+  $("pg-transcribe").addEventListener("click", transcribe);
 });
