@@ -60,6 +60,28 @@ async function api(path, body) {
   return {ok: response.ok, status: response.status, data, message};
 }
 
+// Server-sent events from a fetch body: each complete event's data lines, parsed; "[DONE]" ends.
+async function* events(response) {
+  const reader = response.body.pipeThrough(new TextDecoderStream()).getReader();
+  let buffer = "";
+  for (;;) {
+    const {value, done} = await reader.read();
+    if (done) return;
+    buffer = (buffer + value).replace(/\r\n/g, "\n");
+    let cut;
+    while ((cut = buffer.indexOf("\n\n")) >= 0) {
+      const block = buffer.slice(0, cut);
+      buffer = buffer.slice(cut + 2);
+      for (const line of block.split("\n")) {
+        if (!line.startsWith("data:")) continue;
+        const data = line.slice(5).trim();
+        if (data === "[DONE]") return;
+        yield JSON.parse(data);
+      }
+    }
+  }
+}
+
 // -- signing in ----------------------------------------------------------------------------------------
 async function signIn(key) {
   if (key) sessionStorage.setItem(KEY_ITEM, key); else sessionStorage.removeItem(KEY_ITEM);
@@ -110,7 +132,7 @@ async function follow() {
     if (!response.ok) throw new Error("HTTP " + response.status);
     live = true;
     $("fleet-error").textContent = "";
-    for await (const status of events(response)) render(status);  // events(): playground.js
+    for await (const status of events(response)) render(status);
     throw new Error("the gateway ended the stream");
   } catch (err) {
     if (mine.signal.aborted) return;
@@ -124,6 +146,7 @@ async function follow() {
 
 function signOut() {
   stopUpdates();
+  forgetPlaygroundKey();  // playground.js: however the sign-out came (a click, a 401 on a refresh)
   role = null;
   sessionStorage.removeItem(KEY_ITEM);
   for (const id of ["fleet", "activity", "usage", "catalog", "playground", "sign-out"]) $(id).hidden = true;

@@ -1,7 +1,7 @@
 // The console's playground: a streamed chat with one model, through the gateway's own
 // /v1/chat/completions with the signed-in key (or, for an admin where the API needs keys, the playground key),
 // its time to first token and decode rate shown.
-// Uses console.js's el, $, keyHeaders and kindOf (both files are classic scripts of one page).
+// Uses console.js's el, $, keyHeaders, kindOf and events (both files are classic scripts of one page).
 "use strict";
 
 const CHAT_KINDS = new Set(["", "generation", "vision"]);
@@ -120,28 +120,6 @@ function chatBody() {
     stream: true, stream_options: {include_usage: true},
     temperature: Number($("pg-temperature").value), max_tokens: Number($("pg-max-tokens").value),
   };
-}
-
-// Server-sent events from a fetch body: each complete event's data lines, parsed; "[DONE]" ends.
-async function* events(response) {
-  const reader = response.body.pipeThrough(new TextDecoderStream()).getReader();
-  let buffer = "";
-  for (;;) {
-    const {value, done} = await reader.read();
-    if (done) return;
-    buffer = (buffer + value).replace(/\r\n/g, "\n");
-    let cut;
-    while ((cut = buffer.indexOf("\n\n")) >= 0) {
-      const block = buffer.slice(0, cut);
-      buffer = buffer.slice(cut + 2);
-      for (const line of block.split("\n")) {
-        if (!line.startsWith("data:")) continue;
-        const data = line.slice(5).trim();
-        if (data === "[DONE]") return;
-        yield JSON.parse(data);
-      }
-    }
-  }
 }
 
 async function send(event) {
