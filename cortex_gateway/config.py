@@ -26,9 +26,11 @@ from neuron.shared.config_fields import (
     Section,
 )
 from neuron.shared.connections import free_port
+from neuron.shared.errors import ApiError
 from neuron.shared.files import write_atomic
 from neuron.shared.launch_flags import refusal
 from neuron.shared.protocol import BACKENDS, EXTERNAL_ENGINES
+from neuron.shared.speculative import SpecConfig
 
 DEFAULT_CONFIG = Path("~/.cortex/cortex.toml")
 STRATEGIES = ("lru", "priority")
@@ -63,6 +65,7 @@ class ModelProfile:
     devices: list = field(default_factory=list)
     context_size: int | None = None
     engine_args: list[str] = field(default_factory=list)  # for an external engine backend (llama-server, vllm...)
+    speculative: dict | None = None  # prompt lookup on the node (neuron.shared.speculative), checked here
     # Unloaded after this long without a request through the gateway; 0: never for idleness; None: [scheduling]'s.
     keep_alive_s: float | None = None
     # Nodes the model may be loaded on at once (cortex_gateway.replicas): more are added under a deep queue,
@@ -83,6 +86,8 @@ class ModelProfile:
             spec["context_size"] = self.context_size
         if self.engine_args:
             spec["engine_args"] = self.engine_args
+        if self.speculative:
+            spec["speculative"] = self.speculative
         return spec
 
 
@@ -334,8 +339,19 @@ def _profile(item: Section) -> ModelProfile:
         pinned_on=item.opt_list("pinned_on", "a list of node names"), priority=item.opt_int("priority", 100),
         devices=item.opt_list("devices", "a list of device indices", item=(int, str)),
         context_size=item.opt_int("context_size", **CONTEXT_SIZE), engine_args=engine_args,
+        speculative=_speculative(item),
         keep_alive_s=item.opt_float("keep_alive_s", **SCHEDULING_LIMITS["keep_alive_s"]), **_replicas(item),
     )
+
+
+def _speculative(item: Section) -> dict | None:
+    """`speculative = {method = "ngram", ...}`, checked as the neuron will check the load."""
+    value = item.values.get("speculative")
+    try:
+        spec = SpecConfig.from_dict(value if not isinstance(value, dict) else dict(value))
+    except ApiError as err:
+        raise ConfigError(item.at("speculative") + err.message.removeprefix("speculative")) from None
+    return spec.to_dict() if spec is not None else None
 
 
 def _replicas(item: Section) -> dict[str, int]:

@@ -17,9 +17,11 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
+from neuron.engine.drafts import Drafter
 from neuron.engine.generation import DeviceFault, TextAssembler
 from neuron.engine.worker import SLICE_SECONDS, Channel
 from neuron.server.openai_schema import SamplingParams
+from neuron.shared.speculative import SpecConfig
 
 
 @dataclass
@@ -36,6 +38,7 @@ class BatchRequest:
     fail_after: int | None = None  # injected device fault after this many tokens
     follows: BatchRequest | None = None  # another choice of the same request, whose prompt this one can share
     constraint: Any = None  # a TokenConstraint (neuron.engine.constraints): the grammar the output must match
+    prediction: list[int] | None = None  # the request's predicted output (OpenAI's `prediction`), tokenised
 
     @property
     def wants_logits(self) -> bool:
@@ -61,6 +64,7 @@ class Sequence:
     next_token: int | None = None  # sampled, to be fed next step
     generated: int = 0
     state: Any = None  # the backend's own (a torch row's cache)
+    drafter: Any = None  # its drafts (neuron.engine.drafts.Drafter), when it speculates
 
 
 def prefill_chunk(on_gpu: bool) -> int:
@@ -84,6 +88,9 @@ class BatchScheduler:
         self.slots = [Slot(i) for i in range(slots)]
         self.closed = False
         self.steps = 0  # decode steps run, for metrics
+        self.speculative: SpecConfig | None = None  # the model's own drafts (prompt lookup); predictions need none
+        self.can_draft = False  # the backend verifies drafts (and can take back the cache of rejected ones)
+        self.drafted = self.draft_accepted = 0  # draft tokens verified and kept, over the model's life
         self._waiting: deque[BatchRequest] = deque()
         self._lock = threading.Lock()
         self._scheduled = False
@@ -183,10 +190,18 @@ class BatchScheduler:
         """Prompt tokens a free slot's cache holds (a backend that may have let its cache go says so)."""
         return common_prefix(slot.cached, prompt)
 
+    def drafter_for(self, req: BatchRequest) -> Drafter | None:
+        """The request's drafts: its prediction, the model's prompt lookup, both or neither."""
+        if not self.can_draft or req.prediction is None and self.speculative is None:
+            return None
+        return Drafter(req.prompt, req.prediction, self.speculative)
+
     def _emit(self, seq: Sequence, token: int, logprob=None) -> None:
         """A token sampled for `seq`: its text goes out; the sequence ends or feeds it next step."""
         req = seq.req
         seq.generated += 1
+        if seq.drafter is not None:
+            seq.drafter.emitted(token)
         if req.delay_s:
             time.sleep(req.delay_s)
         if req.fail_after is not None and seq.generated > req.fail_after:
@@ -205,6 +220,8 @@ class BatchScheduler:
 
     def _retire(self, seq: Sequence) -> None:
         """The sequence leaves the batch; its slot keeps what it cached, for reuse."""
+        if seq.drafter is not None:
+            seq.req.text.stats.drafted(seq.drafter)
         for delta in seq.req.text.finish():
             seq.req.channel.push(delta)
         seq.req.channel.end()

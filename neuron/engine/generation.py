@@ -40,6 +40,16 @@ class GenerationStats:
     cached_tokens: int = 0  # prompt tokens whose KV was reused, not recomputed
     first_token_at: float | None = None
     finished_at: float | None = None
+    draft_tokens: int = 0  # speculative decoding: tokens drafted and verified
+    draft_accepted: int = 0  # of those, kept
+    prediction_accepted: int = 0  # of the request's prediction's drafts, kept (accepted_prediction_tokens)
+    prediction_rejected: int = 0  # and not (rejected_prediction_tokens)
+    predicted: bool = False  # the request came with a prediction: its usage says what became of it
+
+    def drafted(self, drafter) -> None:
+        """A speculating sequence's figures, at its end (neuron.engine.drafts.Drafter)."""
+        self.draft_tokens, self.draft_accepted = drafter.proposed, drafter.accepted
+        self.prediction_accepted, self.prediction_rejected = drafter.predicted_accepted, drafter.predicted_rejected
 
 
 class StopMatcher:

@@ -90,6 +90,7 @@ class Prepared:
     forced: list[int] | None
     constraints: list
     seconds: float  # spent preparing
+    prediction: list[int] | None = None  # the request's prediction, tokenised, where the model can draft
 
     @property
     def prompt_tokens(self) -> int:
@@ -136,7 +137,8 @@ class InferenceEngine:
         # (finish_reason "length"); with it, parsing refused what could not fit.
         max_new = min(req.sampling.max_tokens or ctx, ctx - len(prompt), logprob_tokens(req.sampling) or ctx)
         forced = await self._forced_tokens(entry, req)
-        return Prepared(prompt, max_new, forced, constraints, time.perf_counter() - started)
+        prediction = await self._prediction_tokens(entry, req)
+        return Prepared(prompt, max_new, forced, constraints, time.perf_counter() - started, prediction)
 
     async def start(self, entry: ModelEntry, req: InferenceRequest, prepared: Prepared | None = None
                     ) -> list[Generation]:
@@ -146,13 +148,13 @@ class InferenceEngine:
         gens, leader = [], None
         for choice in range(req.sampling.n):
             params = _choice_params(req.sampling, choice)
-            stats = GenerationStats(prompt_tokens=len(p.prompt))
+            stats = GenerationStats(prompt_tokens=len(p.prompt), predicted=req.prediction is not None)
             channel, leader = self._launch(entry, p.prompt, params, req, p.max_new, stats, p.forced, leader,
-                                           p.constraints[choice])
+                                           p.constraints[choice], p.prediction)
             gens.append(Generation(entry, channel, stats, started, self.registry))
         return gens
 
-    def _launch(self, entry, prompt, params, req, max_new, stats, forced, leader, constraint):
+    def _launch(self, entry, prompt, params, req, max_new, stats, forced, leader, constraint, prediction):
         """One choice as a sequence of the model's batch; later choices share the first one's prompt."""
         backend = entry.backend
         channel = Channel(asyncio.get_running_loop())
@@ -160,7 +162,7 @@ class InferenceEngine:
         text = TextAssembler(backend.detokenizer(params.skip_special), backend.is_end, params, max_new, stats,
                              time.perf_counter, piece)
         request = BatchRequest(prompt, params, forced, text, channel, follows=leader, constraint=constraint,
-                               **self.faults.for_batch(entry.id))
+                               prediction=prediction, **self.faults.for_batch(entry.id))
         backend.batcher.submit(request, self.registry.worker_for(entry))
         return channel, leader or request
 
@@ -177,6 +179,15 @@ class InferenceEngine:
             return [new_constraint(entry.backend, grammar) for _ in range(n)]
 
         return await asyncio.get_running_loop().run_in_executor(self.tokenizer_pool, work)
+
+    async def _prediction_tokens(self, entry: ModelEntry, req: InferenceRequest) -> list[int] | None:
+        """The prediction's tokens, as the answer would spell them (no control tokens), on a tokenizer thread;
+        None where there is none or the model cannot draft (its answer is the same either way)."""
+        batcher = getattr(entry.backend, "batcher", None)
+        if req.prediction is None or not getattr(batcher, "can_draft", False):
+            return None
+        return await asyncio.get_running_loop().run_in_executor(
+            self.tokenizer_pool, lambda: entry.backend.tokenize(req.prediction, special=False))
 
     async def _forced_tokens(self, entry: ModelEntry, req: InferenceRequest) -> list[int] | None:
         """Scripted output, for tests: tiny models only, never a real model."""

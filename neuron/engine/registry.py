@@ -28,6 +28,7 @@ from neuron.shared.config import AdmissionLimits
 from neuron.shared.errors import ApiError
 from neuron.shared.kinds import wrong_kind
 from neuron.shared.protocol import EXTERNAL_ENGINES, LoadRequest, ModelInfo, ModelState
+from neuron.shared.speculative import SPECULATIVE_BACKENDS
 
 log = logging.getLogger("cortex.neuron.engine.registry")
 UNLOAD_DRAIN_S = 30.0
@@ -171,6 +172,10 @@ class Registry:
 
     def _plan(self, req: LoadRequest, ref: ModelRef) -> ModelEntry:
         backend_name = choose_backend(req.backend, ref.format)
+        if req.speculative is not None and backend_name not in SPECULATIVE_BACKENDS:
+            raise ApiError(400, "invalid_request_error", f"speculative: decoding with drafts is on the "
+                           f"{', '.join(SPECULATIVE_BACKENDS)} backend, not {backend_name}; load the GGUF of the "
+                           "model, or leave speculative out", code="speculative_unsupported", param="speculative")
         devices = self._choose_devices(req.devices)
         entry = ModelEntry(ref.id, req, ref, backend_name, devices)
         entry.estimated_mb = estimate_mb(ref, req.context_size, devices == ["cpu"], req.parallel)
@@ -376,7 +381,7 @@ def _backend_spec(entry: ModelEntry) -> BackendSpec:
         path, gguf_file = path.parent, path.name
     return BackendSpec(path=path, format=entry.ref.format, devices=entry.devices,
                        context_size=entry.request.context_size, parallel=entry.request.parallel,
-                       gguf_file=gguf_file)
+                       gguf_file=gguf_file, speculative=entry.request.speculative)
 
 
 def _out_of_memory(exc: BaseException) -> bool:

@@ -48,13 +48,20 @@ def usage_of(gens: list[Generation]) -> tuple[int, int, int]:
     return first.prompt_tokens, sum(g.stats.completion_tokens for g in gens), first.cached_tokens
 
 
+def predicted_of(gens: list[Generation]) -> tuple[int, int] | None:
+    """(accepted, rejected) prediction tokens over the choices; None for a request without a prediction."""
+    if not gens[0].stats.predicted:
+        return None
+    return (sum(g.stats.prediction_accepted for g in gens), sum(g.stats.prediction_rejected for g in gens))
+
+
 async def collect_choices(choices: list[Choice]) -> dict:
     bodies = await asyncio.gather(*(_collect(c, i) for i, c in enumerate(choices)))
     framer = choices[0].framer
     prompt, completion, cached = usage_of([c.gen for c in choices])
     return {"id": framer.id, "object": "chat.completion" if framer.chat else "text_completion",
             "created": framer.created, "model": framer.model, "choices": bodies,
-            "usage": usage_dict(prompt, completion, cached)}
+            "usage": usage_dict(prompt, completion, cached, predicted_of([c.gen for c in choices]))}
 
 
 async def _collect(choice: Choice, index: int) -> dict:
@@ -104,7 +111,8 @@ async def stream_choices(request: web.Request, choices: list[Choice], keepalive_
                 pump.cancel()
         prompt, completion, cached = usage_of([c.gen for c in choices])
         await write(b"".join(c.framer.finish(c.finish_reason, c.gen.stop_sequence) for c in choices)
-                    + choices[0].framer.usage(prompt, completion, cached, include_usage) + DONE)
+                    + choices[0].framer.usage(prompt, completion, cached, include_usage,
+                                              predicted_of([c.gen for c in choices])) + DONE)
     except ApiError as err:
         # Headers are gone: the client learns of the failure from an error event.
         await write(error_event(err) + DONE)

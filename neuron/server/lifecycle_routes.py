@@ -120,7 +120,8 @@ def _load_of(entry) -> ModelLoad:
     return ModelLoad(entry.id, entry.status, adm.in_flight if adm else 0, adm.queue_depth if adm else 0,
                      round(entry.decode_tps, 2), round(entry.memory_mb, 1),
                      batcher.running() if batcher else 0, len(batcher.slots) if batcher else 0,
-                     job.step if job else 0, job.steps if job else 0)
+                     job.step if job else 0, job.steps if job else 0,
+                     getattr(batcher, "drafted", 0), getattr(batcher, "draft_accepted", 0))
 
 
 async def metrics(request: web.Request) -> web.Response:

@@ -56,6 +56,8 @@ class _LiveCollector:
         running = GaugeMetricFamily("cortex_neuron_batch_running", "Sequences in the model's batch", labels=["model"])
         slots = GaugeMetricFamily("cortex_neuron_batch_slots", "Sequences the batch can hold", labels=["model"])
         steps = CounterMetricFamily("cortex_neuron_batch_steps", "Batched decode steps run", labels=["model"])
+        drafts = CounterMetricFamily("cortex_neuron_draft_tokens", "Speculative decoding's draft tokens, verified "
+                                     "(proposed) and kept (accepted)", labels=["model", "outcome"])
         for m in reg.models.values():
             adm = m.admission
             in_flight.add_metric([m.id], adm.in_flight if adm else 0)
@@ -66,13 +68,16 @@ class _LiveCollector:
                 running.add_metric([m.id], batcher.running())
                 slots.add_metric([m.id], len(batcher.slots))
                 steps.add_metric([m.id], batcher.steps)
+                drafts.add_metric([m.id, "proposed"], batcher.drafted)
+                drafts.add_metric([m.id, "accepted"], batcher.draft_accepted)
         dev_free = GaugeMetricFamily("cortex_neuron_device_memory_free_bytes", "Free device memory",
                                      labels=["device"])
         dev_total = GaugeMetricFamily("cortex_neuron_device_memory_total_bytes", "Device memory", labels=["device"])
         for d in reg.devices.snapshot():
             dev_free.add_metric([d.id], d.free_mb * MIB)
             dev_total.add_metric([d.id], d.total_mb * MIB)
-        yield from (in_flight, queued, memory, tps, running, slots, steps, dev_free, dev_total, *_recoveries(reg))
+        yield from (in_flight, queued, memory, tps, running, slots, steps, drafts, dev_free, dev_total,
+                    *_recoveries(reg))
 
 
 def _recoveries(reg):

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from neuron.server.openai_output import OutputFormat, ToolChoice, parse_response_format, parse_tool_choice, parse_tools
+from neuron.server.predicted_outputs import parse_prediction
 from neuron.shared.errors import bad_request
 from neuron.shared.fields import opt_bool, opt_float, opt_int, req_str, require_object
 from neuron.shared.image_parts import ImageBounds, ImageInput, decode_data_url, is_remote, remote_refused, url_of
@@ -69,6 +70,7 @@ class InferenceRequest:
     # The images of user messages, in order; each such message's content is then a list of
     # {"type": "text"} and {"type": "image"} parts, as processors' chat templates read them.
     images: list[ImageInput] = field(default_factory=list)
+    prediction: str | None = None  # Predicted Outputs: drafts for speculative decoding (predicted_outputs)
 
 
 def parse_sampling(data: dict) -> SamplingParams:
@@ -164,6 +166,7 @@ def parse_chat(body: Any) -> InferenceRequest:
         script=_opt_script(data),
         continue_final=_continue_final(data),
         images=images,
+        prediction=parse_prediction(data.get("prediction")),
     )
 
 
@@ -204,7 +207,7 @@ def parse_completion(body: Any) -> InferenceRequest:
     check_answer_size(sampling, "logprobs")
     return InferenceRequest(model=req_str(data, "model"), stream=opt_bool(data, "stream"),
                             sampling=sampling, prompt=prompt, include_usage=_include_usage(data),
-                            script=_opt_script(data))
+                            script=_opt_script(data), prediction=parse_prediction(data.get("prediction")))
 
 
 def logprob_tokens(sampling: SamplingParams) -> int | None:

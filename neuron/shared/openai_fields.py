@@ -9,6 +9,9 @@ from __future__ import annotations
 from neuron.shared.field_policy import FieldPolicy, honoured, ignored, refused
 
 _NOT_HERE = "has no meaning on a self-hosted model"
+_PREDICTION = honoured("Predicted Outputs: drafts for speculative decoding on llama.cpp models (the answer is the "
+                       "same without it); usage.completion_tokens_details says how many of its tokens were "
+                       "accepted and rejected")
 _SAMPLING = {
     "model": honoured(),
     "stream": honoured(),
@@ -68,7 +71,7 @@ CHAT = FieldPolicy("OpenAI chat completions", {
     "prompt_cache_retention": ignored("prefix reuse is automatic, per slot"),
     "prompt_cache_options": ignored("prefix reuse is automatic, per slot"),
     "safety_identifier": ignored(_NOT_HERE + " (no per-user abuse tracking)"),
-    "prediction": ignored("a latency hint (predicted outputs); the answer is the same without it"),
+    "prediction": _PREDICTION,
     "reasoning_effort": ignored("these models have no separate reasoning budget"),
     "verbosity": ignored("no verbosity control; ask for brevity in the prompt or set max_tokens"),
     "moderation": refused("there is no moderation service here; run your own before or after the model"),
@@ -85,6 +88,7 @@ COMPLETIONS = FieldPolicy("OpenAI completions", {
     "best_of": honoured("1 or equal to n; more is refused"),
     "echo": refused("echo is not supported: prepend the prompt yourself"),
     "suffix": refused("insertion (suffix) is not supported by these models"),
+    "prediction": _PREDICTION,
 })
 
 POLICIES = [CHAT, COMPLETIONS]

@@ -18,6 +18,7 @@ from neuron.shared.backend_names import BACKENDS, EXTERNAL_ENGINES
 from neuron.shared.errors import bad_request
 from neuron.shared.fields import opt_bool, opt_float, opt_int, req_str, require_object, require_type
 from neuron.shared.launch_flags import check_engine_args
+from neuron.shared.speculative import SpecConfig
 
 MAX_ENGINE_ARGS = 64
 
@@ -92,6 +93,7 @@ class LoadRequest:
     max_queue_depth: int | None = None
     max_wait_s: float | None = None
     engine_args: list[str] = field(default_factory=list)  # passed to an external engine's command line
+    speculative: SpecConfig | None = None  # the model's own drafts (prompt lookup); predictions need none
 
     @classmethod
     def from_dict(cls, body: Any) -> LoadRequest:
@@ -109,6 +111,7 @@ class LoadRequest:
             max_queue_depth=opt_int(data, "max_queue_depth", **ADMISSION_LIMITS["max_queue_depth"]),
             max_wait_s=opt_float(data, "max_wait_s", **ADMISSION_LIMITS["max_wait_s"]),
             engine_args=_engine_args(data.get("engine_args"), backend),
+            speculative=SpecConfig.from_dict(data.get("speculative")),
         )
 
     def to_dict(self) -> dict:
@@ -241,6 +244,8 @@ class ModelLoad(_Answer):
     slots: int = 0  # sequences the batch can hold; 0 for a backend that does not batch
     step: int = 0  # an image model: steps done of the job it draws now (0 with steps 0: none running)
     steps: int = 0
+    drafted: int = 0  # speculative decoding: draft tokens verified since the load
+    draft_accepted: int = 0  # and kept (`cortex top` shows the ratio)
 
     def __post_init__(self):
         self.status = ModelState(self.status)

@@ -156,20 +156,27 @@ class ChunkFramer:
             parts.append(self.delta({"tool_calls": [chunk]}))
         return b"".join(parts)
 
-    def usage(self, prompt: int, completion: int, cached: int = 0, chunk: bool = True) -> bytes:
+    def usage(self, prompt: int, completion: int, cached: int = 0, chunk: bool = True,
+              predicted: tuple[int, int] | None = None) -> bytes:
         """The usage comment, and the usage chunk when the client asked for it."""
-        comment = USAGE_COMMENT + orjson.dumps(usage_dict(prompt, completion, cached)) + b"\n\n"
+        usage = usage_dict(prompt, completion, cached, predicted)
+        comment = USAGE_COMMENT + orjson.dumps(usage) + b"\n\n"
         if not chunk:
             return comment
         return comment + event({"id": self.id, "object": "chat.completion.chunk" if self.chat else "text_completion",
-                      "created": self.created, "model": self.model, "choices": [],
-                      "usage": usage_dict(prompt, completion, cached)})
+                      "created": self.created, "model": self.model, "choices": [], "usage": usage})
 
 
-def usage_dict(prompt: int, completion: int, cached: int = 0) -> dict:
-    """OpenAI's usage, with the prompt tokens whose computation was reused (prefix cache) as cached_tokens."""
-    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion,
-            "prompt_tokens_details": {"cached_tokens": cached}}
+def usage_dict(prompt: int, completion: int, cached: int = 0, predicted: tuple[int, int] | None = None) -> dict:
+    """OpenAI's usage, with the prompt tokens whose computation was reused (prefix cache) as cached_tokens,
+    and, for a request with a prediction, its (accepted, rejected) tokens as completion_tokens_details. The
+    rejected ones are not in completion_tokens: OpenAI bills them, but they are no part of the answer."""
+    usage = {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion,
+             "prompt_tokens_details": {"cached_tokens": cached}}
+    if predicted is not None:
+        usage["completion_tokens_details"] = {"reasoning_tokens": 0, "accepted_prediction_tokens": predicted[0],
+                                              "rejected_prediction_tokens": predicted[1]}
+    return usage
 
 
 def completion_logprobs(entries: list[dict], offset: int = 0) -> dict:

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from neuron.engine.generation import Detokenizer
+from neuron.shared.speculative import SpecConfig
 
 
 class BackendUnavailable(RuntimeError):
@@ -27,6 +28,7 @@ class BackendSpec:
     context_size: int | None = None
     parallel: int | None = None  # sequences decoded at once (continuous batching); None: a default
     gguf_file: str | None = None  # for torch loading a GGUF inside a directory
+    speculative: SpecConfig | None = None  # prompt lookup for the model's batcher (llama.cpp)
 
 
 def gpu_indices(devices: list[str]) -> list[int]:

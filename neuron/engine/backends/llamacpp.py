@@ -15,7 +15,7 @@ import os
 import random
 
 from neuron.engine.backends.base import Backend, BackendSpec, BackendUnavailable, GuidanceTokenizer, gpu_indices
-from neuron.engine.backends.llamacpp_batch import LlamaBatcher, bias_array
+from neuron.engine.backends.llamacpp_batch import LlamaBatcher, batch_tokens, bias_array
 from neuron.engine.backends.llamacpp_embed import LlamaEmbedder, model_frame
 from neuron.engine.backends.llamacpp_log import route_llama_log
 from neuron.engine.batching import prefill_chunk
@@ -60,7 +60,7 @@ class LlamaCppBackend(Backend):
         per_sequence = spec.context_size or default_context(spec.path)
         # One unified cache of a context per slot: any sequence may use a whole context, and cells a
         # short one leaves free serve the others.
-        self.ctx = self._new_context(per_sequence * self.slots, chunk + self.slots)
+        self.ctx = self._new_context(per_sequence * self.slots, batch_tokens(chunk, self.slots))
         meta = self.model.metadata()
         self.context_size = llama_cpp.llama_n_ctx(self.ctx) // self.slots
         self.chat_template = meta.get("tokenizer.chat_template", "")
@@ -68,6 +68,7 @@ class LlamaCppBackend(Backend):
         self.eos_token = self._special_text(self.model.token_eos())
         self.is_tiny = str(meta.get(TINY_MARKER_KEY, "")).lower() == "true"
         self.batcher = self.batcher_class(llama_cpp, self.ctx, self.slots, chunk, self.make_sampler, self.n_vocab)
+        self.batcher.speculative = spec.speculative
         self._embedder = None
         self._guidance = GuidanceTokenizer(lambda: _guidance_tokenizer(self))
 

@@ -16,6 +16,11 @@ chat, a shared system prompt, tool definitions, an abandoned attempt); when a
 running sequence holds more of its prompt, those cells are shared with it
 instead. How many it reused is reported as cached tokens.
 Idle slots' cells are given up first when the shared cache fills.
+
+Speculative decoding (`neuron.engine.drafts`): a decoding sequence with a draft feeds its next token and the
+draft in the same step, logits at each; the draft is verified by sampling each position in turn with the
+sequence's own sampler, kept while it equals what was sampled, and the cells of the rest are taken back.
+A model whose cache cannot take cells back (recurrent, hybrid) never drafts.
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ import numpy as np
 from neuron.engine.batching import BatchScheduler, Sequence, Slot
 from neuron.engine.generation import DeviceFault, hold_end
 from neuron.engine.logprobs import logprob_of
+from neuron.shared.speculative import MAX_DRAFT
 
 
 class LlamaBatcher(BatchScheduler):
@@ -37,7 +43,10 @@ class LlamaBatcher(BatchScheduler):
         super().__init__(slots, chunk)
         self.llama_cpp, self.ctx, self.make_sampler, self.n_vocab = llama_cpp, ctx, make_sampler, n_vocab
         self.memory = llama_cpp.llama_get_memory(ctx)
-        self.batch = llama_cpp.llama_batch_init(chunk + slots, 0, 1)
+        self.batch = llama_cpp.llama_batch_init(batch_tokens(chunk, slots), 0, 1)
+        self.draft_room = draft_room(slots)
+        model = llama_cpp.llama_get_model(ctx)
+        self.can_draft = not (llama_cpp.llama_model_is_recurrent(model) or llama_cpp.llama_model_is_hybrid(model))
 
     def _begin(self, req, free: list[Slot]) -> Sequence:
         leader = self._prefilling_leader(req)
@@ -45,7 +54,7 @@ class LlamaBatcher(BatchScheduler):
             slot = min(free, key=lambda s: s.last_used)
             self.llama_cpp.llama_memory_seq_rm(self.memory, slot.seq_id, 0, -1)
             slot.cached.clear()
-            return Sequence(req, slot, self.make_sampler(req.params), [], state=leader)
+            return Sequence(req, slot, self.make_sampler(req.params), [], state=leader, drafter=self.drafter_for(req))
         slot, donor, computed = self._prefix_source(req, free)
         keep = min(computed, len(req.prompt) - 1)  # the last one is computed again: it yields the logits
         if donor is None:
@@ -56,7 +65,7 @@ class LlamaBatcher(BatchScheduler):
             self.llama_cpp.llama_memory_seq_cp(self.memory, donor.slot.seq_id, slot.seq_id, 0, keep)
             slot.cached = req.prompt[:keep]
         req.text.stats.cached_tokens = keep
-        return Sequence(req, slot, self.make_sampler(req.params), req.prompt[keep:])
+        return Sequence(req, slot, self.make_sampler(req.params), req.prompt[keep:], drafter=self.drafter_for(req))
 
     def _prefilling_leader(self, req) -> Sequence | None:
         if req.follows is None:
@@ -72,8 +81,8 @@ class LlamaBatcher(BatchScheduler):
         if ret == 1:  # no room in the shared KV cache: give up idle slots' cached prefixes
             self._drop_idle_caches()
             entries, ret = self._decode(running, with_prefill=True)
-        if ret == 1 and any(seq.pending for _, seq, _ in entries):
-            entries, ret = self._decode(running, with_prefill=False)  # decode only; prefill waits
+        if ret == 1 and any(seq.pending or len(tokens) > 1 for _, seq, tokens in entries):
+            entries, ret = self._decode(running, with_prefill=False)  # decode only; prefill and drafts wait
         if ret == 1:  # still full with decodes alone: the longest sequence ends, as at its context's end
             longest = max(running, key=lambda s: len(s.slot.cached))
             longest.req.text.finish_reason = "length"
@@ -83,6 +92,9 @@ class LlamaBatcher(BatchScheduler):
             raise DeviceFault(f"llama_decode failed with status {ret}")
         self.steps += 1
         for index, seq, tokens in entries:
+            if seq.next_token is not None and len(tokens) > 1:  # a decoding sequence and its draft
+                self._verify(seq, tokens, index - len(tokens) + 1)
+                continue
             seq.slot.cached.extend(tokens)
             if seq.next_token is not None:  # a decoding sequence: its one token is in
                 seq.next_token = None
@@ -92,6 +104,23 @@ class LlamaBatcher(BatchScheduler):
                     self._share_prompt(seq, running, index)
             if index >= 0:
                 self._sample(seq, index)
+
+    def _verify(self, seq: Sequence, tokens: list[int], first: int) -> None:
+        """`tokens` (the next token, then the draft) are in the cache with logits from batch index `first`:
+        sample each position in turn, keep the draft while it equals what was sampled, take the rest back."""
+        draft, accepted = tokens[1:], 0
+        seq.next_token = None
+        for i in range(len(tokens)):
+            self._sample(seq, first + i)  # emits, and sets next_token, or retires the sequence
+            if seq.slot.active is not seq or i == len(draft) or seq.next_token != draft[i]:
+                break
+            accepted += 1
+        seq.slot.cached.extend(tokens[:1 + accepted])
+        if accepted < len(draft):
+            self.llama_cpp.llama_memory_seq_rm(self.memory, seq.slot.seq_id, len(seq.slot.cached), -1)
+        seq.drafter.verified(len(draft), accepted)
+        self.drafted += len(draft)
+        self.draft_accepted += accepted
 
     def _decode(self, running: list[Sequence], with_prefill: bool):
         entries = self._fill_batch(running, with_prefill)
@@ -113,19 +142,22 @@ class LlamaBatcher(BatchScheduler):
         Nothing about a sequence changes here: a decode that finds no room is simply tried again."""
         batch, entries, n = self.batch, [], 0
 
-        def add(seq: Sequence, tokens: list[int], logits_last: bool) -> None:
+        def add(seq: Sequence, tokens: list[int], logits_last: bool, every: bool = False) -> None:
             nonlocal n
             base = len(seq.slot.cached)
             for i, token in enumerate(tokens):
                 batch.token[n], batch.pos[n], batch.n_seq_id[n] = token, base + i, 1
                 batch.seq_id[n][0] = seq.slot.seq_id
-                batch.logits[n] = logits_last and i == len(tokens) - 1
+                batch.logits[n] = every or logits_last and i == len(tokens) - 1
                 n += 1
             entries.append((n - 1 if logits_last else -1, seq, tokens))
 
+        room = self.draft_room if with_prefill else 0  # a decode short of cells drops drafts with prefill
         for seq in running:
             if seq.next_token is not None:
-                add(seq, [seq.next_token], True)
+                draft = self._draft(seq, room)
+                room -= len(draft)
+                add(seq, [seq.next_token, *draft], True, every=bool(draft))
         budget = self.chunk if with_prefill else 0
         for seq in running:
             if seq.pending and budget > 0:
@@ -134,6 +166,12 @@ class LlamaBatcher(BatchScheduler):
                 add(seq, take, len(take) == len(seq.pending))
         batch.n_tokens = n
         return entries
+
+    def _draft(self, seq: Sequence, room: int) -> list[int]:
+        """The sequence's draft for this step, within `room` and the tokens its answer may still have."""
+        if seq.drafter is None:
+            return []
+        return seq.drafter.propose(min(room, seq.req.text.max_new - seq.generated - 1))
 
     def _drop_idle_caches(self) -> None:
         for slot in self.slots:
@@ -179,6 +217,16 @@ class LlamaBatcher(BatchScheduler):
     def close(self) -> None:
         super().close()
         self.llama_cpp.llama_batch_free(self.batch)
+
+
+def draft_room(slots: int) -> int:
+    """Draft tokens one step may verify, over all its sequences."""
+    return min(slots * MAX_DRAFT, 256)
+
+
+def batch_tokens(chunk: int, slots: int) -> int:
+    """The most tokens one decode holds: a prefill chunk, every slot's next token, and the drafts."""
+    return chunk + slots + draft_room(slots)
 
 
 def bias_array(llama_cpp, logit_bias: dict[int, float], n_vocab: int):

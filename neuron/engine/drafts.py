@@ -1,0 +1,140 @@
+"""Draft tokens for speculative decoding: what a sequence proposes to verify in one step, and how many.
+
+A draft costs one batch position a token and saves a whole step for each token accepted, so a sequence
+drafts only where it has a reason to believe the text repeats: the request's own prediction (OpenAI's
+Predicted Outputs), or, with prompt lookup on for the model, an n-gram of the text so far found earlier in
+the prompt or the answer (the tokens after it are the draft). Nothing here decides what is emitted:
+the batcher samples every position with the request's own sampler and keeps drafted tokens only while they
+equal what it sampled, so the output is what it would have been without a draft (exactly, with greedy
+decoding; in distribution, with sampling, since every emitted token is still drawn from the model's own
+distribution given the tokens before it).
+
+How long a draft is adapts per sequence: it doubles after a draft accepted whole, shrinks to what was
+accepted plus one after a miss, and after a draft rejected outright the sequence drafts nothing for a
+while (1, 2, 4 ... up to 32 steps), so a workload that never repeats costs almost nothing.
+"""
+
+from __future__ import annotations
+
+from array import array
+
+from neuron.shared.speculative import MAX_DRAFT, SpecConfig
+
+PAUSE_MAX = 32  # the longest a sequence rests from drafting after drafts rejected outright
+
+
+class TokenText:
+    """Tokens kept as 32-bit words too, so a lookup is bytes.find in C rather than a Python loop."""
+
+    def __init__(self, tokens: list[int] = ()):
+        self.words = array("I", tokens)
+        self.raw = bytearray(self.words.tobytes())
+
+    def __len__(self) -> int:
+        return len(self.words)
+
+    def extend(self, tokens: list[int]) -> None:
+        more = array("I", tokens)
+        self.words.extend(more)
+        self.raw += more.tobytes()
+
+    def find(self, pattern: list[int], start: int = 0, end: int | None = None) -> int:
+        """The first token index >= start where `pattern` begins and ends by `end`; -1 if none."""
+        needle, stop = array("I", pattern).tobytes(), len(self.raw) if end is None else end * 4
+        at = self.raw.find(needle, start * 4, stop)
+        while at >= 0 and at % 4:  # a match across two tokens' bytes: look on
+            at = self.raw.find(needle, at + 1, stop)
+        return at // 4 if at >= 0 else -1
+
+    def rfind(self, pattern: list[int], end: int) -> int:
+        """The last token index where `pattern` begins and ends by token `end`; -1 if none."""
+        needle, stop = array("I", pattern).tobytes(), end * 4
+        at = self.raw.rfind(needle, 0, stop)
+        while at >= 0 and at % 4:
+            at = self.raw.rfind(needle, 0, at + len(needle) - 1)
+        return at // 4 if at >= 0 else -1
+
+
+class Drafter:
+    """One sequence's drafts: from its prediction first, then (with `spec`) from its own text so far. The
+    batcher tells it each token the sequence emits (`emitted`) and each draft's fate (`verified`)."""
+
+    def __init__(self, prompt: list[int], prediction: list[int] | None, spec: SpecConfig | None):
+        self.spec = spec
+        self.prediction = TokenText(prediction) if prediction else None
+        self.text = TokenText(prompt) if spec is not None else None  # the prompt, then the answer
+        self.out: list[int] = []  # the answer so far (its tail is looked up in the prediction)
+        self.cursor, self.on_track = 0, True  # where in the prediction the answer's next token should be
+        self.length = self.most = spec.max_draft if spec is not None else MAX_DRAFT
+        self.pause, self.rest = 0, 1
+        self.from_prediction = False  # the draft being verified came from the prediction
+        self.proposed = self.accepted = 0  # every draft token, for the model's metrics
+        self.predicted_accepted = self.predicted_rejected = 0  # the prediction's, for the answer's usage
+
+    def emitted(self, token: int) -> None:
+        self.out.append(token)
+        if self.text is not None:
+            self.text.extend([token])
+        pred = self.prediction
+        if pred is not None and self.on_track:
+            if self.cursor < len(pred) and pred.words[self.cursor] == token:
+                self.cursor += 1
+            else:
+                self.on_track = False
+
+    def propose(self, room: int) -> list[int]:
+        """Up to `room` tokens to verify after the sequence's next one (empty: a plain step)."""
+        limit = min(self.length, room)
+        if limit <= 0:
+            return []
+        if self.pause:
+            self.pause -= 1
+            return []
+        draft = self._from_prediction(limit)
+        self.from_prediction = bool(draft)
+        if not draft and self.text is not None:
+            draft = self._from_text(limit)
+        return draft
+
+    def _from_prediction(self, limit: int) -> list[int]:
+        pred = self.prediction
+        if pred is None or not self.on_track and not self._resync(pred):
+            return []
+        return pred.words[self.cursor:self.cursor + limit].tolist()
+
+    def _resync(self, pred: TokenText) -> bool:
+        """Off the prediction's track (the answer differed): find the answer's last tokens in it, nearest after
+        where it left, and go on from there."""
+        for n in range(min(4, len(self.out)), 0, -1):
+            tail = self.out[-n:]
+            at = pred.find(tail, max(self.cursor - n, 0))
+            if at < 0:
+                at = pred.rfind(tail, len(pred))
+            if at >= 0 and at + n < len(pred):
+                self.cursor, self.on_track = at + n, True
+                return True
+        return False
+
+    def _from_text(self, limit: int) -> list[int]:
+        text, spec = self.text, self.spec
+        for n in range(min(spec.ngram_max, len(text) - 1), spec.ngram_min - 1, -1):
+            tail = text.words[len(text) - n:].tolist()
+            at = text.rfind(tail, len(text) - 1)  # an earlier occurrence, not the tail itself
+            if at >= 0:
+                return text.words[at + n:at + n + limit].tolist()
+        return []
+
+    def verified(self, proposed: int, accepted: int) -> None:
+        """A draft of `proposed` tokens was verified and its first `accepted` kept."""
+        if self.from_prediction:
+            self.predicted_accepted += accepted
+            self.predicted_rejected += proposed - accepted
+        self.proposed += proposed
+        self.accepted += accepted
+        if accepted == proposed:
+            self.length, self.rest = min(self.length * 2, self.most), 1
+        elif accepted:
+            self.length, self.rest = accepted + 1, 1
+        else:
+            self.length = 1
+            self.pause, self.rest = self.rest, min(self.rest * 2, PAUSE_MAX)

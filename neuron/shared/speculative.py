@@ -1,0 +1,55 @@
+"""A model's speculative decoding, as a load (`"speculative"`), a neuron.toml [[preload]] or a models.toml
+profile asks for it: the wire type both the neuron and the gateway check. The drafting itself is the
+neuron's (`neuron.engine.drafts`)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from neuron.shared.errors import bad_request
+
+METHODS = ("ngram",)  # a model's own source of drafts; a request's prediction needs none
+MAX_DRAFT = 16  # the most draft tokens a sequence verifies in one step
+SPECULATIVE_BACKENDS = ("llama.cpp",)  # the backends whose batcher verifies drafts
+
+
+@dataclass(frozen=True)
+class SpecConfig:
+    """A model's speculative decoding (`"speculative"` of a load or a profile); None: predictions only."""
+
+    method: str = "ngram"
+    max_draft: int = 8  # draft tokens at most per step
+    ngram_max: int = 3  # the longest suffix of the text looked up
+    ngram_min: int = 1  # the shortest
+
+    @classmethod
+    def from_dict(cls, value) -> SpecConfig | None:
+        if value is None:
+            return None
+        if not isinstance(value, dict):
+            raise bad_request('speculative: expected an object such as {"method": "ngram"}', param="speculative")
+        unknown = set(value) - {"method", "max_draft", "ngram_max", "ngram_min"}
+        if unknown:
+            raise bad_request(f"speculative: unknown field {sorted(unknown)[0]!r}; expected method, max_draft, "
+                              "ngram_max, ngram_min", param="speculative")
+        method = value.get("method", "ngram")
+        if method not in METHODS:
+            raise bad_request(f"speculative.method: expected one of {', '.join(METHODS)}, got {method!r} (a "
+                              "request's prediction drafts without any)", param="speculative")
+        spec = cls(method, _count(value, "max_draft", 8, MAX_DRAFT), _count(value, "ngram_max", 3, 8),
+                   _count(value, "ngram_min", 1, 8))
+        if spec.ngram_min > spec.ngram_max:
+            raise bad_request("speculative.ngram_min: must not be more than ngram_max", param="speculative")
+        return spec
+
+    def to_dict(self) -> dict:
+        return {"method": self.method, "max_draft": self.max_draft, "ngram_max": self.ngram_max,
+                "ngram_min": self.ngram_min}
+
+
+def _count(value: dict, name: str, default: int, most: int) -> int:
+    got = value.get(name, default)
+    if isinstance(got, bool) or not isinstance(got, int) or not 1 <= got <= most:
+        raise bad_request(f"speculative.{name}: expected a whole number from 1 to {most}, got {got!r}",
+                          param="speculative")
+    return got
