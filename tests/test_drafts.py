@@ -66,6 +66,8 @@ def test_the_draft_length_follows_what_is_accepted():
 @pytest.mark.parametrize(("value", "words"), [
     ({"method": "medusa"}, "speculative.method"), ({"max_draft": 17}, "from 1 to 16"),
     ({"ngram_max": True}, "speculative.ngram_max"), ([], "expected an object"), ({"x": 1}, "unknown field 'x'"),
+    ({"method": "draft"}, "needs the id of a GGUF"), ({"method": "draft", "draft_model": 3}, "needs the id"),
+    ({"draft_model": "small"}, 'only with method "draft"'),
 ])
 def test_a_bad_setting_names_its_field(value, words):
     with pytest.raises(ApiError) as refused:
@@ -77,3 +79,5 @@ def test_settings_round_trip():
     spec = SpecConfig.from_dict({"method": "ngram", "max_draft": 4})
     assert spec == SpecConfig(max_draft=4) and SpecConfig.from_dict(spec.to_dict()) == spec
     assert SpecConfig.from_dict(None) is None
+    drafted = SpecConfig.from_dict({"method": "draft", "draft_model": "smollm2-small"})
+    assert drafted.to_dict()["draft_model"] == "smollm2-small" and SpecConfig.from_dict(drafted.to_dict()) == drafted

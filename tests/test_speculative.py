@@ -13,6 +13,7 @@ import pytest
 from tests.helpers import NO_EOS, http_json, metric, smollm2_path, start_neuron
 
 PLAIN, LOOKUP = "tiny-gguf", "tiny-lookup"
+SELF_DRAFT, OTHER_DRAFT = "tiny-self-drafted", "tiny-other-drafted"  # drafted by the same weights; by others
 ASK = [{"role": "user", "content": "Write the function again, with a docstring."}]
 CODE = "def add(a, b):\n    return a + b\n\n\ndef sub(a, b):\n    return a - b\n"
 
@@ -21,14 +22,17 @@ CODE = "def add(a, b):\n    return a + b\n\n\ndef sub(a, b):\n    return a - b\n
 def neuron(tmp_path_factory, models_dir):
     models = tmp_path_factory.mktemp("speculative-models")
     (models / f"{PLAIN}.gguf").symlink_to(models_dir / "tiny-gguf.gguf")
-    (models / f"{LOOKUP}.gguf").symlink_to(models_dir / "tiny-gguf.gguf")
+    for name in (LOOKUP, SELF_DRAFT, OTHER_DRAFT):
+        (models / f"{name}.gguf").symlink_to(models_dir / "tiny-gguf.gguf")
     for other in ("tiny-hf", "tiny-short.gguf"):
         (models / other).symlink_to(models_dir / other)
     smol = smollm2_path()
     if smol is not None:
         (models / "smollm2.gguf").symlink_to(smol)
     with start_neuron(tmp_path_factory.mktemp("speculative"), models, "--cpu-memory-mb", "6000") as proc:
-        loads = [{"model": PLAIN}, {"model": LOOKUP, "speculative": {"method": "ngram", "max_draft": 6}}]
+        loads = [{"model": PLAIN}, {"model": LOOKUP, "speculative": {"method": "ngram", "max_draft": 6}},
+                 {"model": SELF_DRAFT, "speculative": {"method": "draft", "draft_model": PLAIN}},
+                 {"model": OTHER_DRAFT, "speculative": {"method": "draft", "draft_model": "tiny-short"}}]
         if smol is not None:
             loads.append({"model": "smollm2", "speculative": {"method": "ngram"}})
         for load in loads:
@@ -121,7 +125,34 @@ def test_prompt_lookup_drafts_from_the_text_and_changes_nothing(client, neuron):
     assert load["drafted"] == proposed and load["draft_accepted"] == accepted
 
 
+def drafts_of(neuron, model: str) -> tuple[float, float]:
+    series = 'cortex_neuron_draft_tokens_total{{model="{}",outcome="{}"}}'
+    return metric(neuron, series.format(model, "proposed")), metric(neuron, series.format(model, "accepted"))
+
+
+def test_a_draft_model_drafts_and_changes_nothing(client, neuron):
+    """Drafted by the model's own weights, greedy, nearly every draft is kept; by other weights few are; the
+    answers (greedy, and sampled with a seed) are the plain model's either way."""
+    plain = chat(client).choices[0].message.content
+    before = drafts_of(neuron, SELF_DRAFT)
+    assert chat(client, SELF_DRAFT).choices[0].message.content == plain
+    proposed, accepted = (now - then for now, then in zip(drafts_of(neuron, SELF_DRAFT), before, strict=True))
+    assert proposed > 0 and accepted >= 0.8 * proposed, (proposed, accepted)
+    assert chat(client, OTHER_DRAFT).choices[0].message.content == plain
+    other_proposed, other_accepted = drafts_of(neuron, OTHER_DRAFT)
+    assert other_proposed > 0 and other_accepted < other_proposed
+    sampled = chat(client, temperature=0.9, seed=3).choices[0].message.content
+    for model in (SELF_DRAFT, OTHER_DRAFT):
+        assert chat(client, model, temperature=0.9, seed=3).choices[0].message.content == sampled, model
+    streamed = chat(client, SELF_DRAFT, stream=True)
+    assert "".join(c.choices[0].delta.content or "" for c in streamed if c.choices) == plain
+
+
 @pytest.mark.parametrize(("load", "words"), [
+    ({"speculative": {"method": "draft"}}, 'speculative.draft_model: method "draft" needs the id of a GGUF'),
+    ({"speculative": {"method": "draft", "draft_model": "nowhere"}}, "speculative: draft_model: model 'nowhere'"),
+    ({"speculative": {"method": "draft", "draft_model": "tiny-hf"}}, "must be a GGUF on this node"),
+    ({"speculative": {"method": "ngram", "draft_model": "x"}}, 'draft_model: only with method "draft"'),
     ({"speculative": {"method": "eagle"}}, "speculative.method: expected one of ngram"),
     ({"speculative": {"max_draft": 0}}, "speculative.max_draft: expected a whole number from 1 to 16"),
     ({"speculative": {"ngram_min": 3, "ngram_max": 2}}, "ngram_min: must not be more than ngram_max"),

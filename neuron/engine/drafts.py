@@ -62,11 +62,13 @@ class Drafter:
     def __init__(self, prompt: list[int], prediction: list[int] | None, spec: SpecConfig | None):
         self.spec = spec
         self.prediction = TokenText(prediction) if prediction else None
-        self.text = TokenText(prompt) if spec is not None else None  # the prompt, then the answer
+        lookup = spec is not None and spec.method == "ngram"
+        self.text = TokenText(prompt) if lookup else None  # the prompt, then the answer
         self.out: list[int] = []  # the answer so far (its tail is looked up in the prediction)
         self.cursor, self.on_track = 0, True  # where in the prediction the answer's next token should be
         self.length = self.most = spec.max_draft if spec is not None else MAX_DRAFT
         self.pause, self.rest = 0, 1
+        self.offered: list[int] = []  # this step's draft from a draft model (`llamacpp_draft`), if it ran
         self.from_prediction = False  # the draft being verified came from the prediction
         self.proposed = self.accepted = 0  # every draft token, for the model's metrics
         self.predicted_accepted = self.predicted_rejected = 0  # the prediction's, for the answer's usage
@@ -82,8 +84,17 @@ class Drafter:
             else:
                 self.on_track = False
 
+    def model_wanted(self, room: int) -> int:
+        """How many tokens a draft model should draft for this step: none while resting, or while the
+        prediction has a draft to give (asked before `propose`, so the draft model runs only for those)."""
+        limit = min(self.length, room)
+        if limit <= 0 or self.pause or self._from_prediction(limit):
+            return 0
+        return limit
+
     def propose(self, room: int) -> list[int]:
         """Up to `room` tokens to verify after the sequence's next one (empty: a plain step)."""
+        offered, self.offered = self.offered, []
         limit = min(self.length, room)
         if limit <= 0:
             return []
@@ -92,9 +103,15 @@ class Drafter:
             return []
         draft = self._from_prediction(limit)
         self.from_prediction = bool(draft)
+        if not draft:
+            draft = offered[:limit]
         if not draft and self.text is not None:
             draft = self._from_text(limit)
         return draft
+
+    def context(self, prompt: list[int]) -> list[int]:
+        """The sequence's whole text so far: the prompt, then the answer (its last token not yet in the cache)."""
+        return prompt + self.out
 
     def _from_prediction(self, limit: int) -> list[int]:
         pred = self.prediction

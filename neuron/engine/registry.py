@@ -21,6 +21,7 @@ from neuron.engine.admission import Admission
 from neuron.engine.backends import Backend, BackendSpec, BackendUnavailable, backend_class, choose_backend
 from neuron.engine.faults import FaultInjector
 from neuron.engine.load_checks import check_same_backend, check_same_context
+from neuron.engine.speculative_load import plan_speculative
 from neuron.engine.worker import DeviceWorker
 from neuron.server.catalog import ModelRef, estimate_mb, resolve
 from neuron.server.devices import DeviceTable, process_rss_mb
@@ -28,7 +29,6 @@ from neuron.shared.config import AdmissionLimits
 from neuron.shared.errors import ApiError
 from neuron.shared.kinds import wrong_kind
 from neuron.shared.protocol import EXTERNAL_ENGINES, LoadRequest, ModelInfo, ModelState
-from neuron.shared.speculative import SPECULATIVE_BACKENDS
 
 log = logging.getLogger("cortex.neuron.engine.registry")
 UNLOAD_DRAIN_S = 30.0
@@ -53,6 +53,7 @@ class ModelEntry:
     ready: asyncio.Future | None = field(default=None, repr=False)
     watcher: asyncio.Task | None = field(default=None, repr=False)  # an external engine's exit watch
     load_error: ApiError | None = field(default=None, repr=False)
+    draft_path: Path | None = None  # speculative decoding's draft model (neuron.engine.speculative_load)
 
     @property
     def on_engine(self) -> bool:
@@ -172,13 +173,10 @@ class Registry:
 
     def _plan(self, req: LoadRequest, ref: ModelRef) -> ModelEntry:
         backend_name = choose_backend(req.backend, ref.format)
-        if req.speculative is not None and backend_name not in SPECULATIVE_BACKENDS:
-            raise ApiError(400, "invalid_request_error", f"speculative: decoding with drafts is on the "
-                           f"{', '.join(SPECULATIVE_BACKENDS)} backend, not {backend_name}; load the GGUF of the "
-                           "model, or leave speculative out", code="speculative_unsupported", param="speculative")
         devices = self._choose_devices(req.devices)
-        entry = ModelEntry(ref.id, req, ref, backend_name, devices)
-        entry.estimated_mb = estimate_mb(ref, req.context_size, devices == ["cpu"], req.parallel)
+        draft, draft_mb = plan_speculative(req, backend_name, self.models_dir, self.model_roots, devices == ["cpu"])
+        entry = ModelEntry(ref.id, req, ref, backend_name, devices, draft_path=draft)
+        entry.estimated_mb = estimate_mb(ref, req.context_size, devices == ["cpu"], req.parallel) + draft_mb
         self._check_fits(entry)
         return entry
 
@@ -381,7 +379,7 @@ def _backend_spec(entry: ModelEntry) -> BackendSpec:
         path, gguf_file = path.parent, path.name
     return BackendSpec(path=path, format=entry.ref.format, devices=entry.devices,
                        context_size=entry.request.context_size, parallel=entry.request.parallel,
-                       gguf_file=gguf_file, speculative=entry.request.speculative)
+                       gguf_file=gguf_file, speculative=entry.request.speculative, draft_path=entry.draft_path)
 
 
 def _out_of_memory(exc: BaseException) -> bool:

@@ -28,7 +28,8 @@ class BackendSpec:
     context_size: int | None = None
     parallel: int | None = None  # sequences decoded at once (continuous batching); None: a default
     gguf_file: str | None = None  # for torch loading a GGUF inside a directory
-    speculative: SpecConfig | None = None  # prompt lookup for the model's batcher (llama.cpp)
+    speculative: SpecConfig | None = None  # prompt lookup or a draft model for the model's batcher (llama.cpp)
+    draft_path: Path | None = None  # the draft model's GGUF, for method "draft"
 
 
 def gpu_indices(devices: list[str]) -> list[int]:

@@ -16,12 +16,14 @@ import random
 
 from neuron.engine.backends.base import Backend, BackendSpec, BackendUnavailable, GuidanceTokenizer, gpu_indices
 from neuron.engine.backends.llamacpp_batch import LlamaBatcher, batch_tokens, bias_array
+from neuron.engine.backends.llamacpp_draft import DraftModel
 from neuron.engine.backends.llamacpp_embed import LlamaEmbedder, model_frame
 from neuron.engine.backends.llamacpp_log import route_llama_log
 from neuron.engine.batching import prefill_chunk
 from neuron.engine.generation import ByteDetokenizer
 from neuron.server.catalog import default_context, default_parallel
 from neuron.server.openai_schema import SamplingParams
+from neuron.shared.errors import ApiError
 from neuron.tiny.model import TINY_MARKER_KEY
 
 log = logging.getLogger("cortex.neuron.engine.backends.llamacpp")
@@ -70,6 +72,12 @@ class LlamaCppBackend(Backend):
         self.batcher = self.batcher_class(llama_cpp, self.ctx, self.slots, chunk, self.make_sampler, self.n_vocab)
         self.batcher.speculative = spec.speculative
         self._embedder = None
+        if spec.draft_path is not None and self.batcher.can_draft:
+            try:
+                self.batcher.draft_model = self._open_draft(spec.draft_path, per_sequence, chunk)
+            except BaseException:
+                self.close()  # the model opened above is freed, not left to leak with a failed load
+                raise
         self._guidance = GuidanceTokenizer(lambda: _guidance_tokenizer(self))
 
     def _placement(self):
@@ -86,7 +94,22 @@ class LlamaCppBackend(Backend):
             params.tensor_split = self._split
         return params
 
-    def _new_context(self, n_ctx: int, n_batch: int):
+    def _open_draft(self, path, per_sequence: int, chunk: int) -> DraftModel:
+        """The draft model, on the target's devices, in a context of the target's shape; refused (a 400) when
+        its vocabulary is not the target's, whose token ids it must speak."""
+        from llama_cpp._internals import LlamaModel
+
+        model = LlamaModel(path_model=str(path), params=self._model_params, verbose=True)
+        if model.n_vocab() != self.n_vocab:
+            model.close()
+            raise ApiError(400, "invalid_request_error", f"speculative.draft_model: its vocabulary has "
+                           f"{model.n_vocab()} tokens and the model's {self.n_vocab}; a draft model must share "
+                           "the model's tokenizer (a smaller model of the same family)", code="draft_mismatch",
+                           param="speculative")
+        ctx = self._new_context(per_sequence * self.slots, max(chunk, self.slots), model)
+        return DraftModel(self.llama_cpp, model, ctx, self.slots, chunk)
+
+    def _new_context(self, n_ctx: int, n_batch: int, model=None):
         lib = self.llama_cpp
         params = lib.llama_context_default_params()
         params.n_ctx, params.n_batch, params.n_ubatch = n_ctx, n_batch, n_batch  # one ubatch: a decode is atomic
@@ -94,7 +117,7 @@ class LlamaCppBackend(Backend):
         # llama-cpp-python's defaults: half the cores decode, all of them prefill.
         params.n_threads = max((os.cpu_count() or 2) // 2, 1)
         params.n_threads_batch = os.cpu_count() or 1
-        ctx = lib.llama_init_from_model(self.model.model, params)
+        ctx = lib.llama_init_from_model((model or self.model).model, params)
         if not ctx:
             raise RuntimeError("llama.cpp could not create a context (out of memory?)")
         return ctx
@@ -165,6 +188,9 @@ class LlamaCppBackend(Backend):
 
     def close(self) -> None:
         self.batcher.close()
+        if self.batcher.draft_model is not None:
+            self.batcher.draft_model.close()
+            self.batcher.draft_model = None
         if self._embedder is not None:
             self._embedder.close()
             self._embedder = None

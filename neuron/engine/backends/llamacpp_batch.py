@@ -47,6 +47,7 @@ class LlamaBatcher(BatchScheduler):
         self.draft_room = draft_room(slots)
         model = llama_cpp.llama_get_model(ctx)
         self.can_draft = not (llama_cpp.llama_model_is_recurrent(model) or llama_cpp.llama_model_is_hybrid(model))
+        self.draft_model = None  # a DraftModel (llamacpp_draft), for speculative method "draft"
 
     def _begin(self, req, free: list[Slot]) -> Sequence:
         leader = self._prefilling_leader(req)
@@ -77,6 +78,8 @@ class LlamaBatcher(BatchScheduler):
         for seq in running:  # a choice whose first choice left before sharing its prompt prefills on its own
             if seq.state is not None and seq.state.slot.active is not seq.state:
                 seq.pending, seq.state = list(seq.req.prompt), None
+        if self.draft_model is not None:
+            self._model_drafts(running)
         entries, ret = self._decode(running, with_prefill=True)
         if ret == 1:  # no room in the shared KV cache: give up idle slots' cached prefixes
             self._drop_idle_caches()
@@ -167,6 +170,20 @@ class LlamaBatcher(BatchScheduler):
         batch.n_tokens = n
         return entries
 
+    def _model_drafts(self, running: list[Sequence]) -> None:
+        """The draft model's drafts for the decoding sequences that want one this step, offered to each."""
+        wants = []
+        for seq in running:
+            if seq.next_token is not None and seq.drafter is not None:
+                k = seq.drafter.model_wanted(min(self.draft_room, seq.req.text.max_new - seq.generated - 1))
+                if k:
+                    wants.append((seq.slot.seq_id, seq.req, seq.drafter.context(seq.req.prompt), k))
+        if wants:
+            drafts = self.draft_model.propose(wants)
+            for seq in running:
+                if seq.drafter is not None and seq.slot.seq_id in drafts:
+                    seq.drafter.offered = drafts[seq.slot.seq_id]
+
     def _draft(self, seq: Sequence, room: int) -> list[int]:
         """The sequence's draft for this step, within `room` and the tokens its answer may still have."""
         if seq.drafter is None:
@@ -213,6 +230,8 @@ class LlamaBatcher(BatchScheduler):
 
     def _reset(self) -> None:
         self.llama_cpp.llama_memory_clear(self.memory, True)
+        if self.draft_model is not None:
+            self.draft_model.reset()
 
     def close(self) -> None:
         super().close()
