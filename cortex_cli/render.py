@@ -73,6 +73,7 @@ def model_rows(status: dict) -> list[dict]:
                 "tok_s": node.get("decode_tps", {}).get(m["id"]) or s.get("tokens_per_s"),
                 "ttft_p50_s": s.get("ttft_p50_s"), "req_min": s.get("requests_per_min", 0),
                 "last_used": m.get("last_used"), "slots": _slots_text(node.get("slots", {}).get(m["id"])),
+                "draft": draft_text(node.get("drafts", {}).get(m["id"])),
             })
     return rows
 
@@ -84,15 +85,23 @@ def _slots_text(slots: dict | None) -> str:
     return f"{slots.get('running', 0)}/{slots['slots']}"
 
 
+def draft_text(drafts: dict | None) -> str:
+    """Speculative decoding's acceptance rate since the load, the share of draft tokens kept, e.g. "73%";
+    "-" for a model that never drafted (no speculative, no prediction yet, or an older gateway)."""
+    if not isinstance(drafts, dict) or not drafts.get("drafted"):
+        return "-"
+    return f"{100 * drafts.get('accepted', 0) / drafts['drafted']:.0f}%"
+
+
 def models_table(status: dict) -> Table:
     table = Table(title="Models", title_justify="left")
-    for col in ("model", "node", "kind", "status", "pinned", "in flight", "slots", "memory", "last used"):
+    for col in ("model", "node", "kind", "status", "pinned", "in flight", "slots", "draft", "memory", "last used"):
         table.add_column(col)
     for r in model_rows(status):
         style = {"loaded": "green", "loading": "yellow", "recovering": "yellow", "poisoned": "red"}.get(r["status"])
         table.add_row(plain(r["model"]), plain(r["node"]), r["kind"], Text(r["status"], style=style or ""),
                       "yes" if r["pinned"] else "",
-                      str(r["in_flight"]), r["slots"], f"{r['memory_mb']:.0f} MiB", ago(r["last_used"]))
+                      str(r["in_flight"]), r["slots"], r["draft"], f"{r['memory_mb']:.0f} MiB", ago(r["last_used"]))
     return table
 
 

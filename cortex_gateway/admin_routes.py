@@ -46,7 +46,14 @@ def _node_status(node: Node, fleet) -> dict:
             "available": sorted(node.available), "pulls": [p.to_dict() for p in node.pulls],
             "disk": [m.to_dict() for m in sorted(node.available.values(), key=lambda m: m.id)],
             "decode_tps": {m.id: m.decode_tps for m in node.health.models},
-            "slots": {m.id: {"running": m.running, "slots": m.slots} for m in node.health.models if m.slots}}
+            "slots": {m.id: {"running": m.running, "slots": m.slots} for m in node.health.models if m.slots},
+            "drafts": _drafts(node)}
+
+
+def _drafts(node: Node) -> dict:
+    """Speculative decoding per model that has drafted since its load: draft tokens verified and kept (the
+    neuron's cumulative counts, so `cortex top` shows the acceptance rate since the load)."""
+    return {m.id: {"drafted": m.drafted, "accepted": m.draft_accepted} for m in node.health.models if m.drafted}
 
 
 def _model_summaries(fleet: Fleet, lifecycle: Lifecycle) -> list[dict]:

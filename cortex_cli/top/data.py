@@ -28,6 +28,7 @@ class Row:
     replicas: str = "-"  # the model's replicas and floor..ceiling, "2 (1..2)", fleet-wide
     waiting: int = 0  # the model's requests waiting for a slot over all its replicas
     kind: str = "chat"  # what the model serves (neuron.shared.kinds): chat, embedding, rerank, ...
+    draft: str = "-"  # speculative decoding's draft tokens kept since the load, "73%" (render.draft_text)
 
     @property
     def key(self) -> str:
@@ -39,7 +40,7 @@ def rows_from_status(status: dict) -> list[Row]:
     fleet_wide = {m["id"]: m for m in status.get("models", [])}
     rows = [Row(r["model"], r["node"], r["status"], r["pinned"], r["in_flight"], r["queue"], r["tok_s"],
                 r["ttft_p50_s"], r["req_min"], r["memory_mb"], r["slots"], *_replicas(fleet_wide.get(r["model"])),
-                kind=r["kind"])
+                kind=r["kind"], draft=r["draft"])
             for r in model_rows(status)]
     present = {(r.node, r.model) for r in rows}
     pins = status.get("pins", {})
@@ -91,13 +92,13 @@ def format_row(r: Row) -> tuple[Text, ...]:
 def _cells(r: Row) -> tuple[str, ...]:
     return (r.model, r.node, r.kind, r.status, "pin" if r.pinned else "", r.replicas, str(r.in_flight), r.slots,
             str(r.queue), str(r.waiting),
-            "-" if r.tok_s is None else f"{r.tok_s:.0f}",
+            "-" if r.tok_s is None else f"{r.tok_s:.0f}", r.draft,
             "-" if r.ttft_p50_s is None else f"{r.ttft_p50_s * 1000:.0f} ms", str(r.req_min),
             "-" if not r.memory_mb else f"{r.memory_mb:.0f} MiB")
 
 
 COLUMNS = ("model", "node", "kind", "status", "pinned", "replicas", "in flight", "slots", "queue", "waiting", "tok/s",
-           "TTFT p50", "req/min", "memory")
+           "draft", "TTFT p50", "req/min", "memory")
 
 
 KEY_COLUMNS = ("key", "window", "period", "requests", "settled", "reserved", "budget left", "tpm left")
