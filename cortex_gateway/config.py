@@ -30,7 +30,7 @@ from neuron.shared.errors import ApiError
 from neuron.shared.files import write_atomic
 from neuron.shared.launch_flags import refusal
 from neuron.shared.protocol import BACKENDS, EXTERNAL_ENGINES
-from neuron.shared.speculative import SpecConfig
+from neuron.shared.speculative import SPECULATIVE_BACKENDS, SpecConfig
 
 DEFAULT_CONFIG = Path("~/.cortex/cortex.toml")
 STRATEGIES = ("lru", "priority")
@@ -339,14 +339,17 @@ def _profile(item: Section) -> ModelProfile:
         pinned_on=item.opt_list("pinned_on", "a list of node names"), priority=item.opt_int("priority", 100),
         devices=item.opt_list("devices", "a list of device indices", item=(int, str)),
         context_size=item.opt_int("context_size", **CONTEXT_SIZE), engine_args=engine_args,
-        speculative=_speculative(item),
+        speculative=_speculative(item, backend),
         keep_alive_s=item.opt_float("keep_alive_s", **SCHEDULING_LIMITS["keep_alive_s"]), **_replicas(item),
     )
 
 
-def _speculative(item: Section) -> dict | None:
+def _speculative(item: Section, backend: str) -> dict | None:
     """`speculative = {method = "ngram", ...}`, checked as the neuron will check the load."""
     value = item.values.get("speculative")
+    if value is not None and backend not in ("auto", *SPECULATIVE_BACKENDS):
+        raise ConfigError(f"{item.at('speculative')}: drafts are verified on the {', '.join(SPECULATIVE_BACKENDS)} "
+                          f"backend, not {backend}; leave speculative out or load a GGUF")
     try:
         spec = SpecConfig.from_dict(value if not isinstance(value, dict) else dict(value))
     except ApiError as err:
