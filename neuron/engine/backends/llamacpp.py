@@ -107,6 +107,7 @@ class LlamaCppBackend(Backend):
                            "the model's tokenizer (a smaller model of the same family)", code="draft_mismatch",
                            param="speculative")
         ctx = self._new_context(per_sequence * self.slots, max(chunk, self.slots), model)
+        self.batcher.threads.follow(ctx)
         return DraftModel(self.llama_cpp, model, ctx, self.slots, chunk)
 
     def _new_context(self, n_ctx: int, n_batch: int, model=None):

@@ -30,6 +30,7 @@ import functools
 
 import numpy as np
 
+from neuron.engine.backends.llamacpp_threads import StepThreads
 from neuron.engine.batching import BatchScheduler, Sequence, Slot
 from neuron.engine.generation import DeviceFault, hold_end
 from neuron.engine.logprobs import logprob_of
@@ -48,6 +49,7 @@ class LlamaBatcher(BatchScheduler):
         model = llama_cpp.llama_get_model(ctx)
         self.can_draft = not (llama_cpp.llama_model_is_recurrent(model) or llama_cpp.llama_model_is_hybrid(model))
         self.draft_model = None  # a DraftModel (llamacpp_draft), for speculative method "draft"
+        self.threads = StepThreads(llama_cpp, ctx)  # the counts its steps run on, measured (thread_tuner)
 
     def _begin(self, req, free: list[Slot]) -> Sequence:
         leader = self._prefilling_leader(req)
@@ -127,7 +129,7 @@ class LlamaBatcher(BatchScheduler):
 
     def _decode(self, running: list[Sequence], with_prefill: bool):
         entries = self._fill_batch(running, with_prefill)
-        return entries, self.llama_cpp.llama_decode(self.ctx, self.batch)
+        return entries, self.threads.decode(self.ctx, self.batch)
 
     def _share_prompt(self, leader: Sequence, running: list[Sequence], index: int) -> None:
         """The other choices of `leader`'s request get a copy of its prompt's cache and sample from its logits."""
