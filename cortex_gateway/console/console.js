@@ -40,13 +40,14 @@ function keyHeaders(headers = {}) {
   return headers;
 }
 
-async function api(path, body) {
-  const headers = keyHeaders();
+// A call to the gateway, answered as {ok, status, data, message} (message: the API's own error message): a
+// JSON body, or a FormData sent as multipart (the browser writes its boundary, so no Content-Type is set).
+async function api(path, body, headers = keyHeaders()) {
   const init = {headers, cache: "no-store"};
   if (body !== undefined) {
     init.method = "POST";
-    headers["Content-Type"] = "application/json";
-    init.body = JSON.stringify(body);
+    init.body = body instanceof FormData ? body : JSON.stringify(body);
+    if (!(body instanceof FormData)) headers["Content-Type"] = "application/json";
   }
   let response;
   try {

@@ -25,26 +25,9 @@ function playgroundHeaders(headers = {}) {
   return headers;
 }
 
-// A call to the API with the playground's key, answered as console.js's api() answers ({ok, status, data,
-// message}, message being the API's own error message): a JSON body, or a FormData sent as multipart
-// (the browser writes its boundary, so no Content-Type is set for it).
-async function playgroundApi(path, body) {
-  const init = {headers: playgroundHeaders(), cache: "no-store"};
-  if (body !== undefined) {
-    init.method = "POST";
-    init.body = body instanceof FormData ? body : JSON.stringify(body);
-    if (!(body instanceof FormData)) init.headers["Content-Type"] = "application/json";
-  }
-  let response;
-  try {
-    response = await fetch(path, init);
-  } catch (err) {
-    return {ok: false, status: 0, message: "the gateway did not answer (" + err.message + ")"};
-  }
-  let data = null;
-  try { data = await response.json(); } catch (_) { /* a body that is not JSON: its status says enough */ }
-  const message = data && data.error && data.error.message ? data.error.message : "HTTP " + response.status;
-  return {ok: response.ok, status: response.status, data, message};
+// A call to the API with the playground's key, answered as console.js's api() answers.
+function playgroundApi(path, body) {
+  return api(path, body, playgroundHeaders());
 }
 
 function playgroundModels(listing) {
