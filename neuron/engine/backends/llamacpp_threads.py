@@ -3,11 +3,13 @@
 llama.cpp takes one count for steps of a single token (`n_threads`) and one for larger batches
 (`n_threads_batch`); each has its own tuner, since a lone stream and a batch of eight want different
 counts. Every context of the model (the draft model's too) runs with the counts chosen.
+CORTEX_THREAD_TUNING=0 keeps the configured counts (what the benchmarks compare against).
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import time
 
 from neuron.engine.thread_tuner import ThreadTuner, ladder
@@ -19,7 +21,8 @@ class StepThreads:
     def __init__(self, llama_cpp, ctx):
         self.lib, self.contexts = llama_cpp, [ctx]
         single, batch = llama_cpp.llama_n_threads(ctx), llama_cpp.llama_n_threads_batch(ctx)
-        self.tuners = {True: ThreadTuner(ladder(single)), False: ThreadTuner(ladder(batch))}
+        rungs = 1 if os.environ.get("CORTEX_THREAD_TUNING") == "0" else 3
+        self.tuners = {True: ThreadTuner(ladder(single, rungs)), False: ThreadTuner(ladder(batch, rungs))}
         self.applied = (single, batch)
 
     def follow(self, ctx) -> None:
