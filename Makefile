@@ -91,6 +91,7 @@ bench: $(VENV)/.bench-installed
 	$(BIN)/python benchmarks/gateway_overhead.py
 	$(BIN)/python benchmarks/concurrency.py
 	$(BIN)/python benchmarks/constrained.py
+	$(BIN)/python benchmarks/speculative.py
 	$(BIN)/python benchmarks/fleet.py
 	$(BIN)/python benchmarks/fleet_real.py
 	$(BIN)/python benchmarks/fleet_swaps.py
