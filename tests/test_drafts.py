@@ -29,10 +29,13 @@ def test_a_prediction_is_drafted_in_order_and_found_again_after_a_difference():
     prediction = [10, 11, 12, 13, 14, 15, 16, 17]
     drafter = Drafter([1, 2], prediction, None)
     follow(drafter, [10])
-    assert drafter.propose(4) == [11, 12, 13, 14]
-    drafter.verified(4, 2)  # 11 and 12 kept, then 99 sampled instead of 13
-    follow(drafter, [11, 12, 99])
-    assert drafter.predicted_accepted == 2 and drafter.predicted_rejected == 2
+    draft = drafter.propose(4)
+    assert draft == [11, 12, 13, 14]
+    drafter.start_verify(draft)
+    follow(drafter, [11, 12, 99])  # 11 and 12 kept, then 99 sampled instead of 13
+    assert drafter.predicted_accepted == 2 and drafter.predicted_rejected == 2  # whole before `verified`
+    drafter.verified(4, 2)
+    assert (drafter.proposed, drafter.accepted) == (4, 2)
     assert drafter.propose(8) == []  # 99 is nowhere in the prediction: a plain step
     follow(drafter, [14])  # the answer is back on the prediction's text
     assert drafter.propose(8) == [15, 16, 17][: drafter.length]

@@ -57,14 +57,17 @@ def predicted(answer) -> tuple[int, int]:
     return details.accepted_prediction_tokens, details.rejected_prediction_tokens
 
 
-def test_a_right_prediction_is_accepted_and_changes_nothing(client):
+def test_a_right_prediction_is_accepted_and_changes_nothing(client, neuron):
     plain = chat(client)
+    before = drafts_of(neuron, PLAIN)
     text = plain.choices[0].message.content
     assert plain.usage.completion_tokens_details is None  # no prediction, no details
     again = chat(client, prediction=text)
     assert again.choices[0].message.content == text
     accepted, rejected = predicted(again)
     assert accepted > 0 and again.usage.completion_tokens == plain.usage.completion_tokens
+    assert accepted + rejected == drafts_of(neuron, PLAIN)[0] - before[0]  # every drafted token, the last step's too
+    assert accepted == drafts_of(neuron, PLAIN)[1] - before[1]
     wrong = chat(client, prediction=text[: len(text) // 2] + "#!%& nothing like it" + text[len(text) // 2:])
     assert wrong.choices[0].message.content == text
     assert sum(predicted(wrong)) > 0

@@ -69,11 +69,22 @@ class Drafter:
         self.length = self.most = spec.max_draft if spec is not None else MAX_DRAFT
         self.pause, self.rest = 0, 1
         self.offered: list[int] = []  # this step's draft from a draft model (`llamacpp_draft`), if it ran
+        self.verifying: list[int] | None = None  # the draft being verified, still matching the tokens emitted
+        self.verify_at = 0
         self.from_prediction = False  # the draft being verified came from the prediction
         self.proposed = self.accepted = 0  # every draft token, for the model's metrics
         self.predicted_accepted = self.predicted_rejected = 0  # the prediction's, for the answer's usage
 
+    def start_verify(self, draft: list[int]) -> None:
+        """A draft goes to verification: counted as proposed (and, from the prediction, as rejected until
+        `emitted` finds its tokens in the answer), so figures read at the answer's end are whole."""
+        self.verifying, self.verify_at = draft, 0
+        self.proposed += len(draft)
+        if self.from_prediction:
+            self.predicted_rejected += len(draft)
+
     def emitted(self, token: int) -> None:
+        self._count_verified(token)
         self.out.append(token)
         if self.text is not None:
             self.text.extend([token])
@@ -141,13 +152,22 @@ class Drafter:
                 return text.words[at + n:at + n + limit].tolist()
         return []
 
+    def _count_verified(self, token: int) -> None:
+        draft = self.verifying
+        if draft is None:
+            return
+        if self.verify_at < len(draft) and token == draft[self.verify_at]:
+            self.verify_at += 1
+            self.accepted += 1
+            if self.from_prediction:
+                self.predicted_accepted += 1
+                self.predicted_rejected -= 1
+        else:
+            self.verifying = None  # the rest of the draft is rejected (already counted so)
+
     def verified(self, proposed: int, accepted: int) -> None:
-        """A draft of `proposed` tokens was verified and its first `accepted` kept."""
-        if self.from_prediction:
-            self.predicted_accepted += accepted
-            self.predicted_rejected += proposed - accepted
-        self.proposed += proposed
-        self.accepted += accepted
+        """A draft of `proposed` tokens was verified and its first `accepted` kept: the next draft's length."""
+        self.verifying = None
         if accepted == proposed:
             self.length, self.rest = min(self.length * 2, self.most), 1
         elif accepted:

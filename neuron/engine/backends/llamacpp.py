@@ -1,7 +1,7 @@
 """The llama.cpp backend: GGUF files, decoded with continuous batching (see `llamacpp_batch`).
 
 The model is opened with llama-cpp-python's low-level API and gets one context
-of our own, holding `parallel` sequences in a unified KV cache of a context each; embeddings
+of our own, holding `parallel` sequences, each in a KV cache stream of its own of a context; embeddings
 get a second context, in embedding mode, over the same weights (`llamacpp_embed`). Tokens are
 detokenised one at a time, once each.
 """
@@ -60,8 +60,11 @@ class LlamaCppBackend(Backend):
         self.slots = spec.parallel or default_parallel(bool(self.gpus))
         chunk = prefill_chunk(bool(self.gpus))
         per_sequence = spec.context_size or default_context(spec.path)
-        # One unified cache of a context per slot: any sequence may use a whole context, and cells a
-        # short one leaves free serve the others.
+        # One KV stream of a context per slot, not one unified cache: in a unified cache a sequence's new
+        # cells land in any free cell, so after drafts are taken back (or a slot is cut for prefix reuse)
+        # its cells fall out of position order, and attention sums them in another order: greedy answers
+        # then drift under concurrency (SmolLM2, 8 streams with drafts: 1-2 of 8 equal the lone answer;
+        # with a stream each, all). A lone sequence also no longer attends over other slots' cells.
         self.ctx = self._new_context(per_sequence * self.slots, batch_tokens(chunk, self.slots))
         meta = self.model.metadata()
         self.context_size = llama_cpp.llama_n_ctx(self.ctx) // self.slots
@@ -114,7 +117,7 @@ class LlamaCppBackend(Backend):
         lib = self.llama_cpp
         params = lib.llama_context_default_params()
         params.n_ctx, params.n_batch, params.n_ubatch = n_ctx, n_batch, n_batch  # one ubatch: a decode is atomic
-        params.n_seq_max, params.kv_unified = self.slots, True
+        params.n_seq_max, params.kv_unified = self.slots, False  # see __init__: a stream per sequence
         # llama-cpp-python's defaults: half the cores decode, all of them prefill.
         params.n_threads = max((os.cpu_count() or 2) // 2, 1)
         params.n_threads_batch = os.cpu_count() or 1

@@ -1,7 +1,7 @@
 """Continuous batching for llama.cpp: every running request of a model in one `llama_decode` per step.
 
-One context per model holds `slots` sequences in a unified KV cache (they share
-the context's cells, as llama-server's `--kv-unified` does). Each step, on the
+One context per model holds `slots` sequences, each in a KV cache stream of its
+own (not llama-server's `--kv-unified`: see `llamacpp.LlamaCppBackend`). Each step, on the
 device thread, builds one batch: the next token of every decoding sequence,
 then a bounded chunk of prompt tokens of sequences still prefilling (chunked
 prefill: a long prompt never stalls the running streams for more than one
@@ -15,7 +15,6 @@ with its prompt and recomputes only the rest (prefix reuse: earlier turns of a
 chat, a shared system prompt, tool definitions, an abandoned attempt); when a
 running sequence holds more of its prompt, those cells are shared with it
 instead. How many it reused is reported as cached tokens.
-Idle slots' cells are given up first when the shared cache fills.
 
 Speculative decoding (`neuron.engine.drafts`): a decoding sequence with a draft feeds its next token and the
 draft in the same step, logits at each; the draft is verified by sampling each position in turn with the
@@ -63,9 +62,10 @@ class LlamaBatcher(BatchScheduler):
         if donor is None:
             self.llama_cpp.llama_memory_seq_rm(self.memory, slot.seq_id, keep, -1)
             del slot.cached[keep:]
-        else:  # cells of the shared cache gain one more owner: no copy, no memory
+        else:  # the donor's whole cache copied (llama.cpp copies between streams whole only), then cut to `keep`
             self.llama_cpp.llama_memory_seq_rm(self.memory, slot.seq_id, 0, -1)
-            self.llama_cpp.llama_memory_seq_cp(self.memory, donor.slot.seq_id, slot.seq_id, 0, keep)
+            self.llama_cpp.llama_memory_seq_cp(self.memory, donor.slot.seq_id, slot.seq_id, -1, -1)
+            self.llama_cpp.llama_memory_seq_rm(self.memory, slot.seq_id, keep, -1)
             slot.cached = req.prompt[:keep]
         req.text.stats.cached_tokens = keep
         return Sequence(req, slot, self.make_sampler(req.params), req.prompt[keep:], drafter=self.drafter_for(req))
@@ -83,7 +83,7 @@ class LlamaBatcher(BatchScheduler):
         if self.draft_model is not None:
             self._model_drafts(running)
         entries, ret = self._decode(running, with_prefill=True)
-        if ret == 1:  # no room in the shared KV cache: give up idle slots' cached prefixes
+        if ret == 1:  # no room: idle slots' cached prefixes go first (a vision model's images take cells too)
             self._drop_idle_caches()
             entries, ret = self._decode(running, with_prefill=True)
         if ret == 1 and any(seq.pending or len(tokens) > 1 for _, seq, tokens in entries):
@@ -115,6 +115,7 @@ class LlamaBatcher(BatchScheduler):
         sample each position in turn, keep the draft while it equals what was sampled, take the rest back."""
         draft, accepted = tokens[1:], 0
         seq.next_token = None
+        seq.drafter.start_verify(draft)
         for i in range(len(tokens)):
             self._sample(seq, first + i)  # emits, and sets next_token, or retires the sequence
             if seq.slot.active is not seq or i == len(draft) or seq.next_token != draft[i]:
