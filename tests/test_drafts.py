@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from neuron.engine.drafts import PAUSE_MAX, Drafter, TokenText
+from neuron.engine.drafts import EXPLORE_EVERY, PAUSE_MAX, Drafter, TokenText
 from neuron.shared.errors import ApiError
 from neuron.shared.speculative import MAX_DRAFT, SpecConfig
 
@@ -84,3 +84,17 @@ def test_settings_round_trip():
     assert SpecConfig.from_dict(None) is None
     drafted = SpecConfig.from_dict({"method": "draft", "draft_model": "smollm2-small"})
     assert drafted.to_dict()["draft_model"] == "smollm2-small" and SpecConfig.from_dict(drafted.to_dict()) == drafted
+
+
+def test_a_draft_is_cut_to_what_pays_and_still_tried_now_and_then():
+    drafter = Drafter([1, 2, 3, 1, 2], None, SpecConfig(max_draft=4, ngram_max=2))
+    assert drafter.propose(8, lambda p, n: n) == [3, 1, 2]  # "1 2" came before: what followed it
+    drafter.verified(3, 3)
+    assert drafter.chance("model") == pytest.approx(4 / 5)  # 1 kept, 1 missed as prior; 3 more kept
+    never = [drafter.propose(8, lambda p, n: 0) for _ in range(EXPLORE_EVERY)]
+    assert never[:-1] == [[]] * (EXPLORE_EVERY - 1) and len(never[-1]) == 1  # one token, now and then
+    predicted = Drafter([1], [5, 6, 7, 8], None)
+    predicted.emitted(5)
+    seen = []
+    predicted.propose(8, lambda p, n: seen.append(p) or 2)
+    assert seen == [pytest.approx(0.8)]  # a prediction is believed before it has a record

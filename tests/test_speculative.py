@@ -122,7 +122,7 @@ def test_prompt_lookup_drafts_from_the_text_and_changes_nothing(client, neuron):
     assert looked.usage.completion_tokens_details is None  # no prediction: nothing to report to the client
     proposed = metric(neuron, f'cortex_neuron_draft_tokens_total{{model="{LOOKUP}",outcome="proposed"}}')
     accepted = metric(neuron, f'cortex_neuron_draft_tokens_total{{model="{LOOKUP}",outcome="accepted"}}')
-    assert proposed > 0 and 0 <= accepted <= proposed
+    assert proposed > 0 and 0 <= accepted <= proposed, (proposed, accepted)
     status, health = http_json("GET", neuron.url + "/health")
     load = next(m for m in health["models"] if m["id"] == LOOKUP)
     assert load["drafted"] == proposed and load["draft_accepted"] == accepted

@@ -11,7 +11,10 @@ distribution given the tokens before it).
 
 How long a draft is adapts per sequence: it doubles after a draft accepted whole, shrinks to what was
 accepted plus one after a miss, and after a draft rejected outright the sequence drafts nothing for a
-while (1, 2, 4 ... up to 32 steps), so a workload that never repeats costs almost nothing.
+while (1, 2, 4 ... up to 32 steps), so a workload that never repeats costs almost nothing. Within that,
+a draft is cut to the length that pays (`step_cost`: the chance each token is kept, from this sequence's
+own record, against what a larger step costs on this device); one that does not pay at all is not sent,
+but for a token every EXPLORE_EVERY steps, so the record can still learn that it would.
 """
 
 from __future__ import annotations
@@ -21,6 +24,9 @@ from array import array
 from neuron.shared.speculative import MAX_DRAFT, SpecConfig
 
 PAUSE_MAX = 32  # the longest a sequence rests from drafting after drafts rejected outright
+EXPLORE_EVERY = 16  # a draft that does not pay is still tried, a token long, this often
+# Before a sequence's own record: (kept, missed) as if seen; a prediction is usually the answer's text.
+PRIORS = {"prediction": (4.0, 1.0), "ngram": (1.0, 1.0), "draft": (2.0, 1.0)}
 
 
 class TokenText:
@@ -71,6 +77,9 @@ class Drafter:
         self.offered: list[int] = []  # this step's draft from a draft model (`llamacpp_draft`), if it ran
         self.verifying: list[int] | None = None  # the draft being verified, still matching the tokens emitted
         self.verify_at = 0
+        method = spec.method if spec is not None else "ngram"
+        self.record = {"prediction": list(PRIORS["prediction"]), "model": list(PRIORS[method])}  # kept, missed
+        self.declined = 0  # drafts not sent because they would not pay
         self.from_prediction = False  # the draft being verified came from the prediction
         self.proposed = self.accepted = 0  # every draft token, for the model's metrics
         self.predicted_accepted = self.predicted_rejected = 0  # the prediction's, for the answer's usage
@@ -95,16 +104,22 @@ class Drafter:
             else:
                 self.on_track = False
 
-    def model_wanted(self, room: int) -> int:
+    def chance(self, source: str) -> float:
+        """The chance a drafted token from `source` ("prediction" or "model") is kept, by this record."""
+        kept, missed = self.record[source]
+        return kept / (kept + missed)
+
+    def model_wanted(self, room: int, pays=None) -> int:
         """How many tokens a draft model should draft for this step: none while resting, or while the
         prediction has a draft to give (asked before `propose`, so the draft model runs only for those)."""
         limit = min(self.length, room)
         if limit <= 0 or self.pause or self._from_prediction(limit):
             return 0
-        return limit
+        return self._paying("model", limit, pays)
 
-    def propose(self, room: int) -> list[int]:
-        """Up to `room` tokens to verify after the sequence's next one (empty: a plain step)."""
+    def propose(self, room: int, pays=None) -> list[int]:
+        """Up to `room` tokens to verify after the sequence's next one (empty: a plain step); `pays(p, n)`
+        says how many of n tokens kept with chance p are worth their place in the step."""
         offered, self.offered = self.offered, []
         limit = min(self.length, room)
         if limit <= 0:
@@ -114,11 +129,25 @@ class Drafter:
             return []
         draft = self._from_prediction(limit)
         self.from_prediction = bool(draft)
-        if not draft:
+        if draft:
+            draft = draft[:self._paying("prediction", len(draft), pays)]
+            self.from_prediction = bool(draft)
+        elif offered:  # the draft model's, its length judged before it ran (model_wanted)
             draft = offered[:limit]
-        if not draft and self.text is not None:
+        elif self.text is not None:
             draft = self._from_text(limit)
+            draft = draft[:self._paying("model", len(draft), pays)] if draft else draft
         return draft
+
+    def _paying(self, source: str, limit: int, pays) -> int:
+        if pays is None or limit <= 0:
+            return limit
+        length = pays(self.chance(source), limit)
+        if length == 0:
+            self.declined += 1
+            if self.declined % EXPLORE_EVERY == 0:
+                return 1
+        return length
 
     def context(self, prompt: list[int]) -> list[int]:
         """The sequence's whole text so far: the prompt, then the answer (its last token not yet in the cache)."""
@@ -166,8 +195,12 @@ class Drafter:
             self.verifying = None  # the rest of the draft is rejected (already counted so)
 
     def verified(self, proposed: int, accepted: int) -> None:
-        """A draft of `proposed` tokens was verified and its first `accepted` kept: the next draft's length."""
+        """A draft of `proposed` tokens was verified and its first `accepted` kept: the record, and the next
+        draft's length."""
         self.verifying = None
+        record = self.record["prediction" if self.from_prediction else "model"]
+        record[0] += accepted
+        record[1] += 1 if accepted < proposed else 0
         if accepted == proposed:
             self.length, self.rest = min(self.length * 2, self.most), 1
         elif accepted:

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import ctypes
 import functools
+import time
 
 import numpy as np
 
@@ -33,6 +34,7 @@ from neuron.engine.backends.llamacpp_threads import StepThreads
 from neuron.engine.batching import BatchScheduler, Sequence, Slot
 from neuron.engine.generation import DeviceFault, hold_end
 from neuron.engine.logprobs import logprob_of
+from neuron.engine.step_cost import StepCost
 from neuron.shared.speculative import MAX_DRAFT
 
 
@@ -49,6 +51,7 @@ class LlamaBatcher(BatchScheduler):
         self.can_draft = not (llama_cpp.llama_model_is_recurrent(model) or llama_cpp.llama_model_is_hybrid(model))
         self.draft_model = None  # a DraftModel (llamacpp_draft), for speculative method "draft"
         self.threads = StepThreads(llama_cpp, ctx)  # the counts its steps run on, measured (thread_tuner)
+        self.cost = StepCost()  # what a step costs by its size: how long a draft may be (step_cost)
 
     def _begin(self, req, free: list[Slot]) -> Sequence:
         leader = self._prefilling_leader(req)
@@ -116,21 +119,25 @@ class LlamaBatcher(BatchScheduler):
         draft, accepted = tokens[1:], 0
         seq.next_token = None
         seq.drafter.start_verify(draft)
+        self.drafted += len(draft)  # counted before the answer can end (its client may read the metrics then)
         for i in range(len(tokens)):
             self._sample(seq, first + i)  # emits, and sets next_token, or retires the sequence
             if seq.slot.active is not seq or i == len(draft) or seq.next_token != draft[i]:
                 break
             accepted += 1
+            self.draft_accepted += 1
         seq.slot.cached.extend(tokens[:1 + accepted])
         if accepted < len(draft):
             self.llama_cpp.llama_memory_seq_rm(self.memory, seq.slot.seq_id, len(seq.slot.cached), -1)
         seq.drafter.verified(len(draft), accepted)
-        self.drafted += len(draft)
-        self.draft_accepted += accepted
 
     def _decode(self, running: list[Sequence], with_prefill: bool):
         entries = self._fill_batch(running, with_prefill)
-        return entries, self.threads.decode(self.ctx, self.batch)
+        started = time.perf_counter()
+        ret = self.threads.decode(self.ctx, self.batch)
+        if ret == 0:
+            self.cost.observe(self.batch.n_tokens, time.perf_counter() - started)
+        return entries, ret
 
     def _share_prompt(self, leader: Sequence, running: list[Sequence], index: int) -> None:
         """The other choices of `leader`'s request get a copy of its prompt's cache and sample from its logits."""
@@ -159,9 +166,10 @@ class LlamaBatcher(BatchScheduler):
             entries.append((n - 1 if logits_last else -1, seq, tokens))
 
         room = self.draft_room if with_prefill else 0  # a decode short of cells drops drafts with prefill
+        pays = self._pays(running, with_prefill)
         for seq in running:
             if seq.next_token is not None:
-                draft = self._draft(seq, room)
+                draft = self._draft(seq, room, pays)
                 room -= len(draft)
                 add(seq, [seq.next_token, *draft], True, every=bool(draft))
         budget = self.chunk if with_prefill else 0
@@ -175,10 +183,10 @@ class LlamaBatcher(BatchScheduler):
 
     def _model_drafts(self, running: list[Sequence]) -> None:
         """The draft model's drafts for the decoding sequences that want one this step, offered to each."""
-        wants = []
+        wants, pays = [], self._pays(running, True)
         for seq in running:
             if seq.next_token is not None and seq.drafter is not None:
-                k = seq.drafter.model_wanted(min(self.draft_room, seq.req.text.max_new - seq.generated - 1))
+                k = seq.drafter.model_wanted(min(self.draft_room, seq.req.text.max_new - seq.generated - 1), pays)
                 if k:
                     wants.append((seq.slot.seq_id, seq.req, seq.drafter.context(seq.req.prompt), k))
         if wants:
@@ -187,11 +195,18 @@ class LlamaBatcher(BatchScheduler):
                 if seq.drafter is not None and seq.slot.seq_id in drafts:
                     seq.drafter.offered = drafts[seq.slot.seq_id]
 
-    def _draft(self, seq: Sequence, room: int) -> list[int]:
+    def _draft(self, seq: Sequence, room: int, pays) -> list[int]:
         """The sequence's draft for this step, within `room` and the tokens its answer may still have."""
         if seq.drafter is None:
             return []
-        return seq.drafter.propose(min(room, seq.req.text.max_new - seq.generated - 1))
+        return seq.drafter.propose(min(room, seq.req.text.max_new - seq.generated - 1), pays)
+
+    def _pays(self, running: list[Sequence], with_prefill: bool):
+        """How much of a draft pays in this step: its tokens (each of the decoding sequences' next one and
+        the prefill chunk) and the other sequences that each get a token from it."""
+        decoding = sum(1 for seq in running if seq.next_token is not None)
+        prefill = min(self.chunk, sum(len(seq.pending) for seq in running)) if with_prefill else 0
+        return lambda p, limit: self.cost.best_length(p, limit, decoding + prefill, decoding - 1)
 
     def _drop_idle_caches(self) -> None:
         for slot in self.slots:
