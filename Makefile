@@ -90,6 +90,7 @@ bench: $(VENV)/.bench-installed
 	$(BIN)/python benchmarks/stream_decode.py
 	$(BIN)/python benchmarks/gateway_overhead.py
 	$(BIN)/python benchmarks/concurrency.py
+	$(BIN)/python benchmarks/contention.py
 	$(BIN)/python benchmarks/constrained.py
 	$(BIN)/python benchmarks/speculative.py
 	$(BIN)/python benchmarks/fleet.py
