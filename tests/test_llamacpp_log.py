@@ -86,6 +86,6 @@ def test_every_line_of_a_json_neuron_parses_after_loads(json_neuron):
     assert unparsed == [], unparsed[:5]
     records = [json.loads(line) for line in raw]
     warned = [r for r in records if r["logger"] == "cortex.neuron.llama_cpp"]
-    assert any(r["level"] == "warning" and r["message"].startswith("llama_context: n_ctx_seq") for r in warned), \
-        warned[:5]
+    assert any(r["level"] == "warning" and r["message"].startswith("llama_init_from_model: model default pooling")
+               for r in warned), warned[:5]  # the embedding context's: llama.cpp's warnings stay warnings
     assert all(r["level"] != "debug" for r in warned), "llama.cpp's info lines stay at debug, out of an info log"
