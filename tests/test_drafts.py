@@ -91,8 +91,9 @@ def test_a_draft_is_cut_to_what_pays_and_still_tried_now_and_then():
     assert drafter.propose(8, lambda p, n: n) == [3, 1, 2]  # "1 2" came before: what followed it
     drafter.verified(3, 3)
     assert drafter.chance("model") == pytest.approx(4 / 5)  # 1 kept, 1 missed as prior; 3 more kept
-    never = [drafter.propose(8, lambda p, n: 0) for _ in range(EXPLORE_EVERY)]
-    assert never[:-1] == [[]] * (EXPLORE_EVERY - 1) and len(never[-1]) == 1  # one token, now and then
+    never = [drafter.propose(8, lambda p, n: 0) for _ in range(EXPLORE_EVERY + 1)]
+    assert len(never[0]) == 1 and len(never[-1]) == 1  # one token the first time, then now and then
+    assert never[1:-1] == [[]] * (EXPLORE_EVERY - 1)
     predicted = Drafter([1], [5, 6, 7, 8], None)
     predicted.emitted(5)
     seen = []

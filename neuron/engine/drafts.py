@@ -14,7 +14,7 @@ accepted plus one after a miss, and after a draft rejected outright the sequence
 while (1, 2, 4 ... up to 32 steps), so a workload that never repeats costs almost nothing. Within that,
 a draft is cut to the length that pays (`step_cost`: the chance each token is kept, from this sequence's
 own record, against what a larger step costs on this device); one that does not pay at all is not sent,
-but for a token every EXPLORE_EVERY steps, so the record can still learn that it would.
+but for a token the first time and every EXPLORE_EVERY steps after, so the record can learn that it would.
 """
 
 from __future__ import annotations
@@ -145,7 +145,7 @@ class Drafter:
         length = pays(self.chance(source), limit)
         if length == 0:
             self.declined += 1
-            if self.declined % EXPLORE_EVERY == 0:
+            if self.declined % EXPLORE_EVERY == 1:  # the first one, then every EXPLORE_EVERY-th
                 return 1
         return length
 
