@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import ctypes
 import functools
-import time
 
 import numpy as np
 
@@ -133,10 +132,9 @@ class LlamaBatcher(BatchScheduler):
 
     def _decode(self, running: list[Sequence], with_prefill: bool):
         entries = self._fill_batch(running, with_prefill)
-        started = time.perf_counter()
         ret = self.threads.decode(self.ctx, self.batch)
         if ret == 0:
-            self.cost.observe(self.batch.n_tokens, time.perf_counter() - started)
+            self.cost.observe(self.batch.n_tokens, self.threads.seconds)
         return entries, ret
 
     def _share_prompt(self, leader: Sequence, running: list[Sequence], index: int) -> None:
@@ -186,7 +184,7 @@ class LlamaBatcher(BatchScheduler):
         wants, pays = [], self._pays(running, True)
         for seq in running:
             if seq.next_token is not None and seq.drafter is not None:
-                k = seq.drafter.model_wanted(min(self.draft_room, seq.req.text.max_new - seq.generated - 1), pays)
+                k = seq.drafter.model_wanted(min(self.draft_room, _answer_room(seq)), pays)
                 if k:
                     wants.append((seq.slot.seq_id, seq.req, seq.drafter.context(seq.req.prompt), k))
         if wants:
@@ -199,7 +197,7 @@ class LlamaBatcher(BatchScheduler):
         """The sequence's draft for this step, within `room` and the tokens its answer may still have."""
         if seq.drafter is None:
             return []
-        return seq.drafter.propose(min(room, seq.req.text.max_new - seq.generated - 1), pays)
+        return seq.drafter.propose(min(room, _answer_room(seq)), pays)
 
     def _pays(self, running: list[Sequence], with_prefill: bool):
         """How much of a draft pays in this step: its tokens (each of the decoding sequences' next one and
@@ -254,6 +252,11 @@ class LlamaBatcher(BatchScheduler):
     def close(self) -> None:
         super().close()
         self.llama_cpp.llama_batch_free(self.batch)
+
+
+def _answer_room(seq: Sequence) -> int:
+    """Draft tokens the sequence's answer still has room for after its next token."""
+    return seq.req.text.max_new - seq.generated - 1
 
 
 def draft_room(slots: int) -> int:

@@ -24,6 +24,7 @@ class StepThreads:
         rungs = 1 if os.environ.get("CORTEX_THREAD_TUNING") == "0" else 3
         self.tuners = {True: ThreadTuner(ladder(single, rungs)), False: ThreadTuner(ladder(batch, rungs))}
         self.applied = (single, batch)
+        self.seconds = 0.0  # the last decode's, for the batcher's step cost too
 
     def follow(self, ctx) -> None:
         """Another context of the model (its draft model's) takes the same counts."""
@@ -40,8 +41,9 @@ class StepThreads:
         single = batch.n_tokens == 1
         started = time.perf_counter()
         ret = self.lib.llama_decode(ctx, batch)
+        self.seconds = time.perf_counter() - started
         tuner, threads = self.tuners[single], wanted[0 if single else 1]
-        if ret == 0 and tuner.observe(threads, batch.n_tokens, time.perf_counter() - started):
+        if ret == 0 and tuner.observe(threads, batch.n_tokens, self.seconds):
             rates = ", ".join(f"{n} threads {tuner.rate(n):.0f} tok/s" for n in tuner.counts)
             log.info("llama.cpp %s steps now run on %d threads (measured: %s)",
                      "single-token" if single else "batched", tuner.current, rates)
