@@ -106,12 +106,14 @@ class AdminClient:
         return (await self._call("GET", "/admin/models", timeout=timeout))["data"]
 
     async def load(self, node: str, model: str, *, pin: bool = False, devices: list | None = None,
-                   backend: str | None = None, timeout: float = 3600) -> dict:
+                   backend: str | None = None, speculative: dict | None = None, timeout: float = 3600) -> dict:
         body: dict[str, Any] = {"node": node, "model": model, "pin": pin}
         if devices:
             body["devices"] = devices
         if backend:
             body["backend"] = backend
+        if speculative:
+            body["speculative"] = speculative  # as a load request's (neuron.shared.speculative)
         return await self._call("POST", "/admin/load", body, timeout=timeout)
 
     async def unload(self, node: str, model: str) -> dict:

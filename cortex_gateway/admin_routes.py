@@ -29,6 +29,7 @@ from neuron.shared.errors import ApiError, bad_request
 from neuron.shared.fields import req_str, require_object
 from neuron.shared.http import json_response, read_json
 from neuron.shared.protocol import BACKENDS, parse_devices
+from neuron.shared.speculative import SpecConfig
 
 log = logging.getLogger("cortex.gateway.admin_routes")
 
@@ -144,8 +145,10 @@ async def load(request: web.Request) -> web.Response:
     backend = data.get("backend")
     if backend is not None and backend not in BACKENDS:
         raise bad_request(f"backend: expected one of {', '.join(BACKENDS)}", param="backend")
+    speculative = SpecConfig.from_dict(data.get("speculative"))  # checked here as the node will check it
     try:
-        info = await lifecycle.load(node, model, devices=parse_devices(data.get("devices")), backend=backend)
+        info = await lifecycle.load(node, model, devices=parse_devices(data.get("devices")), backend=backend,
+                                    speculative=speculative.to_dict() if speculative else None)
     except NeuronError as err:
         if err.code == "model_not_found":
             raise ApiError(404, "not_found_error", f"model {model!r} is not available on node {node.name!r}; "

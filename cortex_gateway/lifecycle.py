@@ -201,20 +201,26 @@ class Lifecycle:
         return frozenset(k for k, u in self.fleet.usage.items() if u.in_flight > 0 and u.above_low == 0)
 
     # -- actions (also the admin API's) ---------------------------------------------
-    def spec_for(self, model: str, devices: list | None = None, backend: str | None = None) -> dict:
+    def spec_for(self, model: str, devices: list | None = None, backend: str | None = None,
+                 speculative: dict | None = None) -> dict:
+        """The node's load request for `model`: its profile's, with what an admin load asked instead."""
         profile = self.config.models.get(model)
         spec = profile.load_spec() if profile else {"model": model}
         if devices:
             spec["devices"] = devices
         if backend:
             spec["backend"] = backend
+        if speculative:
+            spec["speculative"] = speculative
         return spec
 
-    async def load(self, node: Node, model: str, *, cold: bool = False, devices=None, backend=None) -> ModelInfo:
+    async def load(self, node: Node, model: str, *, cold: bool = False, devices=None, backend=None,
+                   speculative: dict | None = None) -> ModelInfo:
         started = time.monotonic()
         self._loading.add((node.name, model))  # seen by `view` at once: no other load of it is planned meanwhile
         try:
-            info = await node.client.load(self.spec_for(model, devices, backend), timeout=self.config.load_timeout_s)
+            info = await node.client.load(self.spec_for(model, devices, backend, speculative),
+                                          timeout=self.config.load_timeout_s)
         finally:
             self._loading.discard((node.name, model))
         seconds = time.monotonic() - started

@@ -60,6 +60,8 @@ def test_bash_commands_nodes_and_models(gateway):
     assert bash_complete(["cortex", "load", "beast", "tiny-h"], env) == ["tiny-hf"]
     assert bash_complete(["cortex", "load", "--backend", ""], env) == ["auto", "torch", "llama.cpp", "llama-server",
                                                                    "vllm", "sglang"]
+    assert bash_complete(["cortex", "load", "--speculative", ""], env) == ["ngram", "draft"]
+    assert bash_complete(["cortex", "load", "beast", "tiny-gguf", "--draft-model", "tiny-s"], env) == ["tiny-short"]
 
 
 def test_bash_offers_nothing_when_the_gateway_is_down():
