@@ -8,6 +8,7 @@ docs show, taken so)."""
 from __future__ import annotations
 
 import json
+import math
 import re
 import urllib.error
 import urllib.request
@@ -16,7 +17,7 @@ import pytest
 
 from tests.browser import browser_page, shot, sign_in
 from tests.fake_hub import FakeHub, hf_env
-from tests.helpers import free_port, one_node_fleet, start_gateway, start_neuron
+from tests.helpers import NO_EOS, free_port, http_json, one_node_fleet, start_gateway, start_neuron, wait_for
 
 playwright_api = pytest.importorskip("playwright.async_api", reason="needs playwright (pip install playwright)")
 expect = playwright_api.expect
@@ -24,6 +25,8 @@ expect = playwright_api.expect
 ADMIN, USER = "console-admin-key", "console-user-key"
 HOSTILE = "<img src=x onerror=alert(1)>"
 AUTH = f'[auth]\nadmin_keys = ["{ADMIN}"]\nkeys = ["{USER}"]'
+LOOKUP = "tiny-lookup"  # the tiny GGUF again, loaded with prompt lookup (speculative decoding)
+CODE = "def add(a, b):\n    return a + b\n\n\ndef sub(a, b):\n    return a - b\n"
 
 
 @pytest.fixture(scope="module")
@@ -31,13 +34,15 @@ def console_models(tmp_path_factory, models_dir):
     models = tmp_path_factory.mktemp("console-models")
     (models / "tiny-gguf.gguf").symlink_to(models_dir / "tiny-gguf.gguf")
     (models / f"{HOSTILE}.gguf").symlink_to(models_dir / "tiny-short.gguf")
+    (models / f"{LOOKUP}.gguf").symlink_to(models_dir / "tiny-gguf.gguf")
     return models
 
 
 @pytest.fixture(scope="module")
 def fleet(tmp_path_factory, console_models):
     with one_node_fleet(tmp_path_factory.mktemp("console"), console_models, "--cpu-memory-mb", "4000",
-                        load=("tiny-gguf", HOSTILE), extra_toml=AUTH) as (gateway, neuron, _):
+                        load=("tiny-gguf", HOSTILE, {"model": LOOKUP, "speculative": {"method": "ngram"}}),
+                        extra_toml=AUTH) as (gateway, neuron, _):
         yield gateway, neuron
 
 
@@ -168,6 +173,31 @@ async def test_pin_and_drain_ask_first_and_act_on_every_gateway_view(fleet, page
         await expect(events.get_by_role("rowheader", name=kind, exact=True)).to_have_count(1)
     await expect(events.get_by_role("row").nth(1)).to_contain_text("unpin")  # newest first
     await shot(page, "activity")
+    assert page.errors.messages == []
+
+
+async def test_a_speculative_models_row_shows_its_drafts(fleet, page):
+    """After a request that drafted, the prompt-lookup model's row shows its draft tokens and the share accepted,
+    as /admin/status's `drafts` has them (`cortex top`'s draft column); a model that never drafted, a dash."""
+    import openai
+
+    gateway, neuron = fleet
+    client = openai.OpenAI(base_url=gateway.url + "/v1", api_key=USER, max_retries=0, timeout=300)
+    client.chat.completions.create(model=LOOKUP, messages=[{"role": "user", "content": CODE * 3}], max_tokens=32,
+                                   temperature=0, logit_bias=NO_EOS)
+    load = next(m for m in http_json("GET", neuron.url + "/health")[1]["models"] if m["id"] == LOOKUP)
+    drafted, accepted = load["drafted"], load["draft_accepted"]
+    assert drafted > 0, "a prompt-lookup model drafts over a repeating prompt"
+    admin = {"Authorization": f"Bearer {ADMIN}"}
+    wait_for(lambda: http_json("GET", gateway.url + "/admin/status", headers=admin)[1]["nodes"][0]["drafts"]
+             .get(LOOKUP) == {"drafted": drafted, "accepted": accepted}, what="the gateway to poll the drafts")
+    await sign_in(page, gateway, ADMIN)
+    node = page.get_by_role("article", name="node n1")
+    row = node.get_by_role("row").filter(has=page.get_by_role("rowheader", name=LOOKUP, exact=True))
+    percent = math.floor(100 * accepted / drafted + 0.5)  # Math.round's halves, up
+    await expect(row.locator('td[data-label="Drafts"]')).to_have_text(f"{drafted} drafted, {percent}% accepted")
+    plain = node.get_by_role("row").filter(has=page.get_by_role("rowheader", name="tiny-gguf", exact=True))
+    await expect(plain.locator('td[data-label="Drafts"]')).to_have_text("-")
     assert page.errors.messages == []
 
 

@@ -297,6 +297,7 @@ function renderModels(node, pins) {
       el("td", {"data-label": "Memory", text: Math.round(m.memory_mb || 0) + " MB"}),
       el("td", {"data-label": "In flight", text: m.gateway_in_flight + (m.queued ? " (+" + m.queued + " queued)" : "")}),
       el("td", {"data-label": "Decode", text: tps ? tps.toFixed(1) + " tok/s" : "-"}),
+      el("td", {"data-label": "Drafts", text: draftText((node.drafts || {})[m.id])}),
       el("td", {class: "actions"},
         labelled(action("Unload", "unload " + m.id + " from " + node.name, "/admin/unload",
                         {node: node.name, model: m.id}), "Unload " + m.id + " from " + node.name),
@@ -308,9 +309,18 @@ function renderModels(node, pins) {
   if (!rows.length) return el("p", {class: "hint", text: "no model loaded"});
   return el("table", {},
     el("caption", {text: "Models on " + node.name}),
-    el("thead", {}, el("tr", {}, ...["Model", "Kind", "State", "Memory", "In flight", "Decode", "Actions"]
+    el("thead", {}, el("tr", {}, ...["Model", "Kind", "State", "Memory", "In flight", "Decode", "Drafts",
+                                     "Actions"]
       .map((h) => el("th", {scope: "col", text: h})))),
     el("tbody", {}, ...rows));
+}
+
+// Speculative decoding since the load, as `cortex top`'s draft column: the draft tokens verified and the
+// share accepted ("120 drafted, 73% accepted"); "-" for a model that never drafted (/admin/status's `drafts`
+// lists only those that did).
+function draftText(drafts) {
+  if (!drafts || !drafts.drafted) return "-";
+  return drafts.drafted + " drafted, " + Math.round(100 * (drafts.accepted || 0) / drafts.drafted) + "% accepted";
 }
 
 function labelled(button, label) {
