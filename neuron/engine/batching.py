@@ -67,6 +67,11 @@ class Sequence:
     drafter: Any = None  # its drafts (neuron.engine.drafts.Drafter), when it speculates
 
 
+def answer_room(seq: Sequence) -> int:
+    """Draft tokens the sequence's answer still has room for after its next token."""
+    return seq.req.text.max_new - seq.generated - 1
+
+
 def prefill_chunk(on_gpu: bool) -> int:
     """Prompt tokens per step: bounds how long running streams wait while a long prompt prefills."""
     return 512 if on_gpu else 64

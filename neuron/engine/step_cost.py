@@ -5,8 +5,11 @@ expected to bring (1 + p + p^2 ... p^k, with p the chance each drafted token is 
 than the time the larger step costs every sequence in it. What a step costs is measured: the seconds of
 recent steps are fitted as a + b * tokens (a the fixed cost of a step: reading the weights, launching
 kernels; b the cost of each token in it). On a GPU a is nearly all of it and a draft is nearly free; on
-a small CPU b is large and only a draft that is almost always right pays. Pure: the batcher tells it
-each step's size and time, and asks `best_length` for each sequence's draft.
+a small CPU b is large and only a draft that is almost always right pays. Only decoding steps are fitted
+(a prompt's chunk is another regime, and the first one after a load also pages the weights in: one such
+3-second step once made every draft look unpaid for the rest of the answer), and a step that took far
+longer than the fit says (the process descheduled on a busy machine) counts as OUTLIER times the fit.
+Pure: the batcher tells it each step's size and time, and asks `best_length` for each sequence's draft.
 """
 
 from __future__ import annotations
@@ -14,6 +17,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 DECAY = 0.97  # weight of a step's figures one step later: the fit follows the last ~30 steps
+OUTLIER = 3.0  # a step slower than this many times the fit's figure counts as this many
+SETTLED = 8.0  # the weight of steps seen before slow ones are held to OUTLIER
 
 
 def expected_tokens(p: float, k: int) -> float:
@@ -34,6 +39,9 @@ class StepCost:
     def observe(self, tokens: int, seconds: float) -> None:
         if tokens <= 0 or seconds <= 0:
             return
+        fitted = self.fit() if self.s0 >= SETTLED else None
+        if fitted is not None:
+            seconds = min(seconds, OUTLIER * (fitted[0] + fitted[1] * tokens))
         d = DECAY
         self.s0, self.sn, self.snn = self.s0 * d + 1, self.sn * d + tokens, self.snn * d + tokens * tokens
         self.st, self.snt = self.st * d + seconds, self.snt * d + tokens * seconds
@@ -59,5 +67,21 @@ class StepCost:
 
         def rate(k: int) -> float:
             return (others + expected_tokens(p, k)) / (a + b * (tokens + k))
+
+        return max(range(limit + 1), key=lambda k: (rate(k), -k))
+
+    def best_padded_length(self, chances: list[tuple[float, int]], rows: int, limit: int) -> int:
+        """The one draft length for a padded batch (torch's), where each of `rows` rows computes as many
+        positions as the longest draft plus one: the rows with drafts, as (chance each token is kept, its
+        draft's length), bring what they are expected to, the others a token each. A lone row's draft was
+        already cut to what pays (`best_length`), and is kept as it is, explorations included."""
+        fitted = self.fit()
+        if fitted is None or limit <= 0 or rows <= 1:
+            return limit
+        a, b = fitted
+        plain = rows - len(chances)
+
+        def rate(k: int) -> float:
+            return (plain + sum(expected_tokens(p, min(k, n)) for p, n in chances)) / (a + b * rows * (k + 1))
 
         return max(range(limit + 1), key=lambda k: (rate(k), -k))

@@ -30,7 +30,7 @@ import functools
 import numpy as np
 
 from neuron.engine.backends.llamacpp_threads import StepThreads
-from neuron.engine.batching import BatchScheduler, Sequence, Slot
+from neuron.engine.batching import BatchScheduler, Sequence, Slot, answer_room
 from neuron.engine.generation import DeviceFault, hold_end
 from neuron.engine.logprobs import logprob_of
 from neuron.engine.step_cost import StepCost
@@ -133,7 +133,7 @@ class LlamaBatcher(BatchScheduler):
     def _decode(self, running: list[Sequence], with_prefill: bool):
         entries = self._fill_batch(running, with_prefill)
         ret = self.threads.decode(self.ctx, self.batch)
-        if ret == 0:
+        if ret == 0 and all(seq.next_token is not None for _, seq, _ in entries):  # decoding steps only
             self.cost.observe(self.batch.n_tokens, self.threads.seconds)
         return entries, ret
 
@@ -184,7 +184,7 @@ class LlamaBatcher(BatchScheduler):
         wants, pays = [], self._pays(running, True)
         for seq in running:
             if seq.next_token is not None and seq.drafter is not None:
-                k = seq.drafter.model_wanted(min(self.draft_room, _answer_room(seq)), pays)
+                k = seq.drafter.model_wanted(min(self.draft_room, answer_room(seq)), pays)
                 if k:
                     wants.append((seq.slot.seq_id, seq.req, seq.drafter.context(seq.req.prompt), k))
         if wants:
@@ -197,7 +197,7 @@ class LlamaBatcher(BatchScheduler):
         """The sequence's draft for this step, within `room` and the tokens its answer may still have."""
         if seq.drafter is None:
             return []
-        return seq.drafter.propose(min(room, _answer_room(seq)), pays)
+        return seq.drafter.propose(min(room, answer_room(seq)), pays)
 
     def _pays(self, running: list[Sequence], with_prefill: bool):
         """How much of a draft pays in this step: its tokens (each of the decoding sequences' next one and
@@ -252,11 +252,6 @@ class LlamaBatcher(BatchScheduler):
     def close(self) -> None:
         super().close()
         self.llama_cpp.llama_batch_free(self.batch)
-
-
-def _answer_room(seq: Sequence) -> int:
-    """Draft tokens the sequence's answer still has room for after its next token."""
-    return seq.req.text.max_new - seq.generated - 1
 
 
 def draft_room(slots: int) -> int:
