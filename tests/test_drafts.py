@@ -50,6 +50,20 @@ def test_prompt_lookup_drafts_what_followed_the_last_tokens_earlier():
     assert Drafter([1, 2, 3], None, SpecConfig()).propose(8) == []
 
 
+def test_prompt_lookup_keeps_to_the_passage_the_answer_copies():
+    # "3 4" comes twice; the answer copies the first passage, so its draft goes on from there (5), not from
+    # the last place "3 4" came (7), and after the answer leaves the passage a new lookup is made.
+    drafter = Drafter([1, 2, 3, 4, 5, 9, 3, 4, 7, 8, 0], None, SpecConfig(max_draft=3, ngram_max=2))
+    follow(drafter, [1, 2])
+    assert drafter.propose(8) == [3, 4, 5]
+    follow(drafter, [3, 4])
+    assert drafter.propose(8) == [5, 9, 3]
+    follow(drafter, [6])  # off the passage: "4 6" and "6" never came before
+    assert drafter.propose(8) == []
+    follow(drafter, [7])
+    assert drafter.propose(8) == [8, 0, 1]
+
+
 def test_the_draft_length_follows_what_is_accepted():
     drafter = Drafter([1], list(range(100, 200)), None)
     assert drafter.length == MAX_DRAFT

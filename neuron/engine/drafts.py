@@ -3,7 +3,10 @@
 A draft costs one batch position a token and saves a whole step for each token accepted, so a sequence
 drafts only where it has a reason to believe the text repeats: the request's own prediction (OpenAI's
 Predicted Outputs), or, with prompt lookup on for the model, an n-gram of the text so far found earlier in
-the prompt or the answer (the tokens after it are the draft). Nothing here decides what is emitted:
+the prompt or the answer (the tokens after it are the draft). A lookup's place is then followed, like a
+prediction's: while the answer goes on as the text after the match did, the next draft is what comes next
+there, with no new lookup, so an answer that copies a passage keeps to that passage rather than jumping to
+wherever its last few tokens (a common "    self.") happened to come last. Nothing here decides what is emitted:
 the batcher samples every position with the request's own sampler and keeps drafted tokens only while they
 equal what it sampled, so the output is what it would have been without a draft (exactly, with greedy
 decoding; in distribution, with sampling, since every emitted token is still drawn from the model's own
@@ -70,6 +73,7 @@ class Drafter:
         self.prediction = TokenText(prediction) if prediction else None
         lookup = spec is not None and spec.method == "ngram"
         self.text = TokenText(prompt) if lookup else None  # the prompt, then the answer
+        self.track: int | None = None  # where in `text` the answer's next token should be, after a lookup
         self.out: list[int] = []  # the answer so far (its tail is looked up in the prediction)
         self.cursor, self.on_track = 0, True  # where in the prediction the answer's next token should be
         self.length = self.most = spec.max_draft if spec is not None else MAX_DRAFT
@@ -96,6 +100,7 @@ class Drafter:
         self._count_verified(token)
         self.out.append(token)
         if self.text is not None:
+            self._follow_track(token)
             self.text.extend([token])
         pred = self.prediction
         if pred is not None and self.on_track:
@@ -172,12 +177,22 @@ class Drafter:
                 return True
         return False
 
+    def _follow_track(self, token: int) -> None:
+        track, text = self.track, self.text
+        if track is not None:
+            self.track = track + 1 if track < len(text) and text.words[track] == token else None
+
     def _from_text(self, limit: int) -> list[int]:
         text, spec = self.text, self.spec
+        if self.track is not None:
+            draft = text.words[self.track:self.track + limit].tolist()
+            if draft:
+                return draft
         for n in range(min(spec.ngram_max, len(text) - 1), spec.ngram_min - 1, -1):
             tail = text.words[len(text) - n:].tolist()
             at = text.rfind(tail, len(text) - 1)  # an earlier occurrence, not the tail itself
             if at >= 0:
+                self.track = at + n
                 return text.words[at + n:at + n + limit].tolist()
         return []
 
