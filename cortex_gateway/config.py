@@ -30,7 +30,7 @@ from neuron.shared.errors import ApiError
 from neuron.shared.files import write_atomic
 from neuron.shared.launch_flags import refusal
 from neuron.shared.protocol import BACKENDS, EXTERNAL_ENGINES
-from neuron.shared.speculative import SPECULATIVE_BACKENDS, SpecConfig
+from neuron.shared.speculative import DRAFT_MODEL_BACKENDS, SPECULATIVE_BACKENDS, SpecConfig
 
 DEFAULT_CONFIG = Path("~/.cortex/cortex.toml")
 STRATEGIES = ("lru", "priority")
@@ -348,12 +348,15 @@ def _speculative(item: Section, backend: str) -> dict | None:
     """`speculative = {method = "ngram", ...}`, checked as the neuron will check the load."""
     value = item.values.get("speculative")
     if value is not None and backend not in ("auto", *SPECULATIVE_BACKENDS):
-        raise ConfigError(f"{item.at('speculative')}: drafts are verified on the {', '.join(SPECULATIVE_BACKENDS)} "
-                          f"backend, not {backend}; leave speculative out or load a GGUF")
+        raise ConfigError(f"{item.at('speculative')}: drafts are verified on the {' and '.join(SPECULATIVE_BACKENDS)} "
+                          f"backends, not {backend}; leave speculative out or load a GGUF")
     try:
         spec = SpecConfig.from_dict(value if not isinstance(value, dict) else dict(value))
     except ApiError as err:
         raise ConfigError(item.at("speculative") + err.message.removeprefix("speculative")) from None
+    if spec is not None and spec.method == "draft" and backend not in ("auto", *DRAFT_MODEL_BACKENDS):
+        raise ConfigError(f"{item.at('speculative')}: a draft model runs beside the target on "
+                          f"{', '.join(DRAFT_MODEL_BACKENDS)}, not {backend}; use method \"ngram\" or load a GGUF")
     return spec.to_dict() if spec is not None else None
 
 

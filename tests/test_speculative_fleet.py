@@ -184,8 +184,10 @@ def test_anthropic_and_responses_answer_from_a_lookup_model_as_without_it(fleet,
     ('{ngram = true}', "[[models]] #1.speculative: unknown field 'ngram'"),
     ('"ngram"', "[[models]] #1.speculative: expected an object"),
     ('{method = "draft"}', '[[models]] #1.speculative.draft_model: method "draft" needs the id of a GGUF'),
-    ('{method = "ngram"}\nbackend = "torch"', "[[models]] #1.speculative: drafts are verified on the llama.cpp "
-                                               "backend, not torch"),
+    ('{method = "ngram"}\nbackend = "vllm"', "[[models]] #1.speculative: drafts are verified on the llama.cpp "
+                                              "and torch backends, not vllm"),
+    ('{method = "draft", draft_model = "x"}\nbackend = "torch"', "[[models]] #1.speculative: a draft model runs "
+                                                                 "beside the target on llama.cpp, not torch"),
 ])
 def test_a_bad_speculative_profile_stops_the_gateway_naming_file_and_field(tmp_path, value, says):
     (tmp_path / "cortex.toml").write_text('models_config = "models.toml"\n[gateway]\nlisten = "127.0.0.1:0"\n')

@@ -8,7 +8,7 @@ from pathlib import Path
 from neuron.server.catalog import estimate_mb, resolve
 from neuron.shared.errors import ApiError
 from neuron.shared.protocol import LoadRequest
-from neuron.shared.speculative import SPECULATIVE_BACKENDS
+from neuron.shared.speculative import DRAFT_MODEL_BACKENDS, SPECULATIVE_BACKENDS
 
 
 def plan_speculative(req: LoadRequest, backend_name: str, models_dir: Path, roots: tuple[Path, ...],
@@ -18,10 +18,13 @@ def plan_speculative(req: LoadRequest, backend_name: str, models_dir: Path, root
     if spec is None:
         return None, 0.0
     if backend_name not in SPECULATIVE_BACKENDS:
-        raise _refused(f"decoding with drafts is on the {', '.join(SPECULATIVE_BACKENDS)} backend, not "
+        raise _refused(f"decoding with drafts is on the {' and '.join(SPECULATIVE_BACKENDS)} backends, not "
                        f"{backend_name}; load the GGUF of the model, or leave speculative out")
     if spec.method != "draft":
         return None, 0.0
+    if backend_name not in DRAFT_MODEL_BACKENDS:
+        raise _refused(f"a draft model runs beside the target on {', '.join(DRAFT_MODEL_BACKENDS)}, not "
+                       f"{backend_name}; use method \"ngram\" here, or load the GGUF of the model")
     try:
         ref = resolve(spec.draft_model, models_dir, roots)
     except ApiError as err:

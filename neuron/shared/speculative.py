@@ -10,7 +10,8 @@ from neuron.shared.errors import bad_request
 
 METHODS = ("ngram", "draft")  # a model's own source of drafts; a request's prediction needs none
 MAX_DRAFT = 16  # the most draft tokens a sequence verifies in one step
-SPECULATIVE_BACKENDS = ("llama.cpp",)  # the backends whose batcher verifies drafts
+SPECULATIVE_BACKENDS = ("llama.cpp", "torch")  # the backends whose batcher verifies drafts
+DRAFT_MODEL_BACKENDS = ("llama.cpp",)  # those that also run a draft model beside the target
 
 
 @dataclass(frozen=True)

@@ -13,15 +13,24 @@ with its slot; a new request takes the free slot whose tokens share the longest
 prefix with its prompt, keeps that much of the cache and prefills only the rest.
 When a running sequence holds more of its prompt (the same prompt sent again
 while an abandoned attempt still prefills), that prefix of its cache is copied.
+
+Speculative decoding (`neuron.engine.drafts`): rows with a draft feed their next token and the draft in
+the same step, every row padded to the longest draft, logits at each position; each position is sampled
+in turn with the row's own sampler and the draft kept while it equals what was sampled. The cells of what
+was not kept, and the padding, are masked out where they are (`torch_holes`), not copied away.
 """
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 
-from neuron.engine.batching import BatchRequest, BatchScheduler, Sequence, Slot, common_prefix
+from neuron.engine.backends import torch_holes
+from neuron.engine.batching import BatchRequest, BatchScheduler, Sequence, Slot, answer_room, common_prefix
 from neuron.engine.generation import DeviceFault
 from neuron.engine.logprobs import logprob_of
+from neuron.engine.step_cost import StepCost
+from neuron.shared.speculative import MAX_DRAFT
 
 
 @dataclass
@@ -36,7 +45,9 @@ class TorchBatcher(BatchScheduler):
         self.backend, self.torch = backend, backend.torch
         self.rows: list[Sequence] = []  # decoding sequences, in the batch's row order
         self.cache = None  # DynamicCache of the rows, [rows, heads, length, dim] per layer
-        self.mask = None  # [rows, length]: 1 for a real token, 0 for left padding
+        self.mask = None  # [rows, length]: 1 for a real token, 0 for left padding and the holes drafts leave
+        self.can_draft = torch_holes.can_verify(backend.model.config)
+        self.cost = StepCost()  # what a step costs by its size: how long the rows' drafts may be (step_cost)
 
     def _begin(self, req: BatchRequest, free: list[Slot]) -> Sequence:
         slot, donor, computed = self._prefix_source(req, free)
@@ -51,20 +62,19 @@ class TorchBatcher(BatchScheduler):
         slot.kept = None
         del slot.cached[keep:]
         req.text.stats.cached_tokens = keep
-        return Sequence(req, slot, self.backend.sampler(req.params), req.prompt[keep:], state=row)
+        return Sequence(req, slot, self.backend.sampler(req.params), req.prompt[keep:], state=row,
+                        drafter=self.drafter_for(req))
 
     def _reusable(self, slot: Slot, prompt: list[int]) -> int:
         return common_prefix(slot.cached, prompt) if slot.kept is not None else 0
 
     def _prefix_of(self, donor: Sequence, keep: int):
         """The first `keep` tokens of a running sequence's cache, copied into a cache of their own."""
-        if donor in self.rows:  # decoding: its row of the batch, after its left padding
-            index = self.rows.index(donor)
-            rows, start, layers = slice(index, index + 1), int((self.mask[index] == 0).sum()), self.cache.layers
-        else:  # prefilling: its own cache
-            rows, start, layers = slice(0, 1), 0, donor.state.cache.layers
-        return self.backend.new_cache([(layer.keys[rows, :, start:start + keep].clone(),
-                                        layer.values[rows, :, start:start + keep].clone()) for layer in layers])
+        if donor in self.rows:  # decoding: its row of the batch, its real cells only
+            return self.backend.new_cache(torch_holes.row_cache_layers(self.cache, self.mask,
+                                                                       self.rows.index(donor), keep))
+        return self.backend.new_cache([(layer.keys[:, :, :keep].clone(), layer.values[:, :, :keep].clone())
+                                       for layer in donor.state.cache.layers])  # prefilling: its own cache
 
     def _decode_and_sample(self, running: list[Sequence]) -> None:
         try:
@@ -105,16 +115,66 @@ class TorchBatcher(BatchScheduler):
     def _decode(self) -> None:
         torch, device = self.torch, self.backend.device
         rows = list(self.rows)
-        ids = torch.tensor([[s.next_token] for s in rows], device=device)
-        self.mask = torch.cat([self.mask, torch.ones((len(rows), 1), dtype=self.mask.dtype, device=device)], 1)
-        positions = torch.tensor([[s.state.position] for s in rows], device=device)
+        drafts = self._drafts(rows)
+        width = 1 + max(map(len, drafts))
+        ids = torch.tensor([[s.next_token, *d] + [s.next_token] * (width - 1 - len(d))
+                            for s, d in zip(rows, drafts, strict=True)], device=device)
+        new = torch.tensor([[1] * (1 + len(d)) + [0] * (width - 1 - len(d)) for d in drafts], dtype=self.mask.dtype,
+                           device=device)
+        self.mask = torch.cat([self.mask, new], 1)
+        positions = torch.tensor([[s.state.position + j for j in range(width)] for s in rows], device=device)
+        started = time.perf_counter()
         out = self.backend.model(input_ids=ids, attention_mask=self.mask, position_ids=positions,
                                  past_key_values=self.cache, use_cache=True)
-        logits = out.logits[:, -1].float()
+        logits = out.logits.float()
+        self.cost.observe(len(rows) * width, time.perf_counter() - started)
+        if width > 1:  # draft cells count only once kept (`_keep_drafted`)
+            self.mask[:, 1 - width:] = 0
         for i, seq in enumerate(rows):
             seq.state.position += 1
             seq.slot.cached.append(seq.next_token)
-            self._sample(seq, logits[i])
+            if drafts[i]:
+                self._verify(seq, drafts[i], logits[i], width)
+            else:
+                self._sample(seq, logits[i, 0])
+        if width > 1 and self.rows and torch_holes.worth_compacting(self.mask):
+            self.mask = torch_holes.compact(torch, self.cache, self.mask)
+
+    def _drafts(self, rows: list[Sequence]) -> list[list[int]]:
+        """Each row's draft for this step, all cut to the one length that pays for the whole batch (every
+        row computes as many positions as the longest draft)."""
+        if not any(seq.drafter is not None for seq in rows):
+            return [[] for _ in rows]
+        n = len(rows)
+        pays = lambda p, limit: self.cost.best_length(p, limit, n, n - 1)  # noqa: E731 - one row's view
+        drafts = [seq.drafter.propose(min(MAX_DRAFT, answer_room(seq)), pays) if seq.drafter is not None else []
+                  for seq in rows]
+        chances = [(seq.drafter.chance("prediction" if seq.drafter.from_prediction else "model"), len(d))
+                   for seq, d in zip(rows, drafts, strict=True) if d]
+        width = self.cost.best_padded_length(chances, n, max(map(len, drafts)))
+        return [d[:width] for d in drafts]
+
+    def _verify(self, seq: Sequence, draft: list[int], logits, width: int) -> None:
+        """Sample each of the row's positions in turn; a draft token equal to what was sampled is kept (its
+        cell unmasked) and the next position sampled from it, the first that differs ends the draft."""
+        accepted = 0
+        seq.next_token = None
+        seq.drafter.start_verify(draft)
+        self.drafted += len(draft)  # counted before the answer can end (its client may read the metrics then)
+        for j in range(len(draft) + 1):
+            self._sample(seq, logits[j])  # emits, and sets next_token, or retires the sequence
+            if seq.slot.active is not seq or j == len(draft) or seq.next_token != draft[j]:
+                break
+            accepted += 1
+            self.draft_accepted += 1
+            self._keep_drafted(seq, draft[j], j + 1 - width)
+        seq.drafter.verified(len(draft), accepted)
+
+    def _keep_drafted(self, seq: Sequence, token: int, column: int) -> None:
+        """A drafted token was kept: its cell (at `column` from the mask's end) is the row's next real one."""
+        self.mask[self.rows.index(seq), column] = 1
+        seq.state.position += 1
+        seq.slot.cached.append(token)
 
     def _sample(self, seq: Sequence, logits) -> None:
         req, raw = seq.req, logits
@@ -177,11 +237,8 @@ class TorchBatcher(BatchScheduler):
         self._trim_padding()
 
     def _row_cache(self, index: int):
-        """One row of the batch as a cache of its own, without its left padding."""
-        pad = int((self.mask[index] == 0).sum())
-        return self.backend.new_cache([(layer.keys[index:index + 1, :, pad:].clone(),
-                                        layer.values[index:index + 1, :, pad:].clone())
-                                       for layer in self.cache.layers])
+        """One row of the batch as a cache of its own, without its left padding or holes."""
+        return self.backend.new_cache(torch_holes.row_cache_layers(self.cache, self.mask, index))
 
     def _trim_padding(self) -> None:
         """Cut the leading columns that are padding in every row (left by a row that left)."""

@@ -70,6 +70,7 @@ class TorchBackend(Backend):
         self._encoders = _encoders(self.tokenizer)
         self.slots = spec.parallel or default_parallel(bool(gpus))
         self.batcher = TorchBatcher(self, self.slots, prefill_chunk(bool(gpus)))
+        self.batcher.speculative = spec.speculative
         self.n_vocab = self.model.get_output_embeddings().out_features  # the logits' width (may pad the vocab)
         self._guidance = GuidanceTokenizer(self._build_guidance)
 
