@@ -93,6 +93,7 @@ bench: $(VENV)/.bench-installed
 	$(BIN)/python benchmarks/contention.py
 	$(BIN)/python benchmarks/constrained.py
 	$(BIN)/python benchmarks/speculative.py
+	$(BIN)/python benchmarks/speculative.py --backend torch --rounds 1
 	$(BIN)/python benchmarks/fleet.py
 	$(BIN)/python benchmarks/fleet_real.py
 	$(BIN)/python benchmarks/fleet_swaps.py

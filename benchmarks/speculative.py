@@ -1,4 +1,5 @@
-"""Speculative decoding on llama.cpp (issue 28): decode rate with drafts against without, same run, same file.
+"""Speculative decoding (issue 28): decode rate with drafts against without, same run, same file, on
+llama.cpp or (`--backend torch`, the same GGUF read by transformers) torch.
 
 Goals, SmolLM2-135M-Instruct asked to repeat a ~50-line Python file with one function renamed, greedy:
 a correct prediction (OpenAI's Predicted Outputs, the answer's own text) >= 2x the decode rate of no
@@ -6,7 +7,7 @@ prediction with >= 0.9 of the answer accepted; a half-wrong prediction no slower
 (the model loaded with speculative ngram) >= 1.5x; 8 concurrent streams with speculation no lower in
 aggregate than without. The prediction of the unchanged file (what an editor really sends) is shown too.
 
-    python benchmarks/speculative.py [--tokens 400] [--rounds 2] [--streams 8]
+    python benchmarks/speculative.py [--tokens 400] [--rounds 2] [--streams 8] [--backend torch]
 
 The same GGUF is loaded twice in one neuron: `plain` (drafts only from a request's prediction) and
 `lookup` (speculative = {method = ngram, max_draft = 8}). Decode rate = (completion tokens - 1) / (time of
@@ -266,6 +267,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--streams", type=int, default=8)
     parser.add_argument("--concurrent-rounds", type=int, default=1)
+    parser.add_argument("--backend", choices=("llama.cpp", "torch"), default="llama.cpp",
+                        help="torch reads the same GGUF through transformers (dequantised)")
     args = parser.parse_args()
     smol = smollm2_path()
     if smol is None:
@@ -281,7 +284,8 @@ def main() -> None:
     try:
         for load in ({"model": PLAIN}, {"model": LOOKUP, "speculative": {"method": "ngram", "max_draft": 8}}):
             status, body = http_json("POST", neuron.url + "/models/load", {
-                **load, "parallel": args.streams, "max_in_flight": args.streams, "context_size": 2048})
+                **load, "backend": args.backend, "parallel": args.streams, "max_in_flight": args.streams,
+                "context_size": 2048})
             assert status == 200, body
         console.log("warming up both ids; the plain answer is the reference every other answer must equal")
         reference = one(neuron.url, PLAIN, args.tokens)
@@ -291,7 +295,8 @@ def main() -> None:
         concurrent = concurrent_rows(neuron.url, args.tokens, args.streams, args.concurrent_rounds, reference)
     finally:
         neuron.terminate()
-    table = Table(title=f"Speculative decoding, SmolLM2-135M Q4_1, greedy, {reference.tokens}-token answer, "
+    weights = "Q4_1" if args.backend == "llama.cpp" else "dequantised from Q4_1"
+    table = Table(title=f"Speculative decoding on {args.backend}, SmolLM2-135M {weights}, greedy, {reference.tokens}-token answer, "
                         f"{os.cpu_count()} cores; single stream: median of {args.rounds} interleaved rounds")
     for col in ("drafts", "tok/s", "x none", "accepted / completion", "goal", "met", "same text"):
         table.add_column(col, justify="right")
