@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -47,12 +48,13 @@ def rate(times: list[float]) -> float:
 class RawLlama:
     """The raw baseline: `Llama.generate` in this process, no detokenisation at all."""
 
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, threads: int | None = None):
         from llama_cpp import Llama, LogitsProcessorList
 
         from neuron.engine.chat_template import render_chat
 
-        self.llm = Llama(model_path=str(path), n_ctx=2048, verbose=False)
+        # threads None: llama-cpp-python's default, half the cores for single-token steps
+        self.llm = Llama(model_path=str(path), n_ctx=2048, verbose=False, **({"n_threads": threads} if threads else {}))
         self.prompt = render_chat(self.llm.metadata["tokenizer.chat_template"], PROMPT)
         self.tokens = self.llm.tokenize(self.prompt.encode(), add_bos=False, special=True)
         self.ends = [self.llm.token_eos(), 0]
@@ -128,15 +130,18 @@ def streamed_once(url: str, model: str, n: int) -> float:
     return rate(times)
 
 
-def measure(raw, url: str, model: str, n: int, runs: int) -> tuple[float, float, float]:
-    """Interleaved raw/streamed pairs: the machine's speed drifts between runs more than the
-    neuron's overhead, so each pair is measured back to back and the ratio is the median of pairs."""
-    raws, ours = [], []
+def measure(raws_of: list, url: str, model: str, n: int, runs: int) -> tuple[list[float], float, list[float]]:
+    """Interleaved raw/streamed rounds: the machine's speed drifts between runs more than the
+    neuron's overhead, so each round is measured back to back and each ratio is the median of rounds.
+    Per baseline: its median rate and the ratio against it."""
+    raws: list[list[float]] = [[] for _ in raws_of]
+    ours = []
     for _ in range(runs):
-        raws.append(raw.rate(n))
+        for baseline, rates in zip(raws_of, raws, strict=True):
+            rates.append(baseline.rate(n))
         ours.append(streamed_once(url, model, n))
-    ratio = statistics.median(o / r for o, r in zip(ours, raws, strict=True))
-    return statistics.median(raws), statistics.median(ours), ratio
+    ratios = [statistics.median(o / r for o, r in zip(ours, rates, strict=True)) for rates in raws]
+    return [statistics.median(rates) for rates in raws], statistics.median(ours), ratios
 
 
 def main() -> None:
@@ -146,7 +151,7 @@ def main() -> None:
     args = ap.parse_args()
     table = Table(title=f"Streamed decode vs raw backend ({args.tokens} tokens, {args.runs} interleaved pairs)")
     for col in ("model", "raw tok/s (median)", "neuron SSE tok/s (median)", "ratio (median of pairs)",
-                "llama-cpp-python stream=True tok/s"):
+                f"raw on all {os.cpu_count()} cores tok/s", "ratio to it", "llama-cpp-python stream=True tok/s"):
         table.add_column(col, justify="right")
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
@@ -161,11 +166,15 @@ def main() -> None:
                 console.log(f"{name}: dim {dim}, {layers} layers; loading")
                 status, info = http_json("POST", neuron.url + "/models/load", {"model": name})
                 assert status == 200, info
-                baseline = RawLlama(models / f"{name}.gguf") if fmt == "gguf" else RawTorch(models / name)
-                console.log(f"{name}: {args.runs} interleaved pairs of raw and streamed decodes")
-                raw, ours, ratio = measure(baseline, neuron.url, name, args.tokens, args.runs)
-                lib = baseline.library_stream_rate(args.tokens)
-                table.add_row(name, f"{raw:.0f}", f"{ours:.0f}", f"{ratio:.3f}", "-" if lib is None else f"{lib:.0f}")
+                baselines = ([RawLlama(models / f"{name}.gguf"), RawLlama(models / f"{name}.gguf", os.cpu_count())]
+                             if fmt == "gguf" else [RawTorch(models / name)])
+                console.log(f"{name}: {args.runs} interleaved rounds of raw and streamed decodes")
+                raws, ours, ratios = measure(baselines, neuron.url, name, args.tokens, args.runs)
+                lib = baselines[0].library_stream_rate(args.tokens)
+                every = (f"{raws[1]:.0f}", f"{ratios[1]:.3f}") if len(raws) > 1 else ("-", "-")
+                table.add_row(name, f"{raws[0]:.0f}", f"{ours:.0f}", f"{ratios[0]:.3f}", *every,
+                              "-" if lib is None else f"{lib:.0f}")
+                del baselines
                 http_json("POST", neuron.url + "/models/unload", {"model": name})
         finally:
             neuron.terminate()

@@ -118,9 +118,10 @@ class LlamaCppBackend(Backend):
         params = lib.llama_context_default_params()
         params.n_ctx, params.n_batch, params.n_ubatch = n_ctx, n_batch, n_batch  # one ubatch: a decode is atomic
         params.n_seq_max, params.kv_unified = self.slots, False  # see __init__: a stream per sequence
-        # llama-cpp-python's defaults: half the cores decode, all of them prefill.
-        params.n_threads = max((os.cpu_count() or 2) // 2, 1)
-        params.n_threads_batch = os.cpu_count() or 1
+        # Every core, for single-token steps too, not llama-cpp-python's half: the thread tuner tries this and
+        # its halves and keeps the fastest (on a quiet 2-core machine SmolLM2's lone-stream step takes 16 ms
+        # on two threads and 30 on one; with a core held by another process, one wins).
+        params.n_threads = params.n_threads_batch = os.cpu_count() or 1
         ctx = lib.llama_init_from_model((model or self.model).model, params)
         if not ctx:
             raise RuntimeError("llama.cpp could not create a context (out of memory?)")
