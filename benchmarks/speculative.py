@@ -296,7 +296,8 @@ def main() -> None:
     finally:
         neuron.terminate()
     weights = "Q4_1" if args.backend == "llama.cpp" else "dequantised from Q4_1"
-    table = Table(title=f"Speculative decoding on {args.backend}, SmolLM2-135M {weights}, greedy, {reference.tokens}-token answer, "
+    table = Table(title=f"Speculative decoding on {args.backend}, SmolLM2-135M {weights}, greedy, "
+                        f"{reference.tokens}-token answer, "
                         f"{os.cpu_count()} cores; single stream: median of {args.rounds} interleaved rounds")
     for col in ("drafts", "tok/s", "x none", "accepted / completion", "goal", "met", "same text"):
         table.add_column(col, justify="right")
