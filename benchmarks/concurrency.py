@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import importlib.util
+import json
 import os
 import shutil
 import statistics
@@ -67,15 +68,22 @@ def make_models(root: Path) -> dict[str, tuple[str, Path | None]]:
 
 
 async def one_stream(session: aiohttp.ClientSession, url: str, model: str, tokens: int, ban: dict) -> tuple:
+    """(seconds to the first token, tokens streamed). Tokens come from the answer's usage where the server
+    sends it: the neuron frames every token ready at once as one event, so counting events undercounts it
+    whenever a stream falls a step behind (llama-server sends one event per token)."""
     # The same sampling on both sides: llama-server's own defaults, sent explicitly.
     body = {"model": model, "messages": MESSAGES, "stream": True, "max_tokens": tokens, "temperature": 0.8,
-            "top_k": 40, "top_p": 0.95, "min_p": 0.05, "logit_bias": ban}
-    started, first, count = time.perf_counter(), None, 0
+            "top_k": 40, "top_p": 0.95, "min_p": 0.05, "logit_bias": ban,
+            "stream_options": {"include_usage": True}}
+    started, first, events, usage = time.perf_counter(), None, 0, None
     async with session.post(url + "/v1/chat/completions", json=body) as resp:
         async for line in resp.content:
             if line.startswith(b"data: {") and FIRST_OUTPUT.search(line):
                 first = first or time.perf_counter()
-                count += 1
+                events += 1
+            if line.startswith(b"data: {") and b'"usage":{' in line:
+                usage = json.loads(line[len(b"data: "):]).get("usage") or usage
+    count = usage["completion_tokens"] if usage and usage.get("completion_tokens") else events
     return (first or time.perf_counter()) - started, count
 
 
