@@ -1,7 +1,7 @@
 """Streamed decode rate through a real neuron vs the raw backend, on the same model and prompt.
 
-Goal (issue 2): streamed rate >= 0.95 x raw. Also shows llama-cpp-python's own
-`create_completion(stream=True)`, whose per-token re-detokenisation we avoid.
+Goals: streamed rate >= 0.95 x raw (issue 2); issue 28: llama.cpp >= 0.97 x, torch >= 0.95 x.
+Also shows llama-cpp-python's own `create_completion(stream=True)`, whose per-token re-detokenisation we avoid.
 
     python benchmarks/stream_decode.py [--tokens 512] [--runs 5]
 
@@ -24,6 +24,7 @@ import tempfile
 import time
 import urllib.request
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from rich.console import Console
@@ -138,18 +139,58 @@ def streamed_once(url: str, model: str, n: int) -> float:
     return (tokens - 1) / (times[-1] - times[0])
 
 
-def measure(raws_of: list, url: str, model: str, n: int, runs: int) -> tuple[list[float], float, list[float]]:
+def thread_cpu(pid: int) -> dict[int, float]:
+    """CPU seconds each thread of `pid` has run (Linux /proc; empty elsewhere)."""
+    out, tick = {}, os.sysconf("SC_CLK_TCK")
+    try:
+        for tid in os.listdir(f"/proc/{pid}/task"):
+            with open(f"/proc/{pid}/task/{tid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            out[int(tid)] = (int(fields[11]) + int(fields[12])) / tick  # utime + stime
+    except OSError:
+        return {}
+    return out
+
+
+@dataclass
+class Threads:
+    """Where the neuron's time went while it streamed: the share of the wall its busiest thread other than
+    the event loop's (the model's step thread) was on a CPU, and the event loop's CPU per token. The step
+    thread off its CPU is the most a separate step process could give back (the GIL it waited for, or a
+    core it lost); the loop's CPU per token is what its GIL holds cost the step thread at most."""
+
+    step_share: list[float] = field(default_factory=list)
+    loop_ms: list[float] = field(default_factory=list)
+
+    def streamed(self, pid: int, url: str, model: str, n: int) -> float:
+        before, started = thread_cpu(pid), time.perf_counter()
+        rate_ = streamed_once(url, model, n)
+        wall, after = time.perf_counter() - started, thread_cpu(pid)
+        used = {tid: cpu - before.get(tid, 0.0) for tid, cpu in after.items()}
+        others = [cpu for tid, cpu in used.items() if tid != pid]
+        if others and pid in used:
+            self.step_share.append(max(others) / wall)
+            self.loop_ms.append(1000 * used[pid] / n)
+        return rate_
+
+    def cells(self) -> tuple[str, str]:
+        if not self.step_share:
+            return "-", "-"
+        return f"{statistics.median(self.step_share):.0%}", f"{statistics.median(self.loop_ms):.2f}"
+
+
+def measure(raws_of: list, neuron, model: str, n: int, runs: int) -> tuple[list[float], float, list[float], Threads]:
     """Interleaved raw/streamed rounds: the machine's speed drifts between runs more than the
     neuron's overhead, so each round is measured back to back and each ratio is the median of rounds.
-    Per baseline: its median rate and the ratio against it."""
+    Per baseline: its median rate and the ratio against it; and where the neuron's threads spent it."""
     raws: list[list[float]] = [[] for _ in raws_of]
-    ours = []
+    ours, threads = [], Threads()
     for _ in range(runs):
         for baseline, rates in zip(raws_of, raws, strict=True):
             rates.append(baseline.rate(n))
-        ours.append(streamed_once(url, model, n))
+        ours.append(threads.streamed(neuron.proc.pid, neuron.url, model, n))
     ratios = [statistics.median(o / r for o, r in zip(ours, rates, strict=True)) for rates in raws]
-    return [statistics.median(rates) for rates in raws], statistics.median(ours), ratios
+    return [statistics.median(rates) for rates in raws], statistics.median(ours), ratios, threads
 
 
 def main() -> None:
@@ -159,7 +200,8 @@ def main() -> None:
     args = ap.parse_args()
     table = Table(title=f"Streamed decode vs raw backend ({args.tokens} tokens, {args.runs} interleaved pairs)")
     for col in ("model", "raw tok/s (median)", "neuron SSE tok/s (median)", "ratio (median of pairs)",
-                f"raw on all {os.cpu_count()} cores tok/s", "ratio to it", "llama-cpp-python stream=True tok/s"):
+                f"raw on all {os.cpu_count()} cores tok/s", "ratio to it", "llama-cpp-python stream=True tok/s",
+                "step thread on a CPU", "event loop CPU ms/token"):
         table.add_column(col, justify="right")
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
@@ -177,11 +219,11 @@ def main() -> None:
                 baselines = ([RawLlama(models / f"{name}.gguf"), RawLlama(models / f"{name}.gguf", os.cpu_count())]
                              if fmt == "gguf" else [RawTorch(models / name)])
                 console.log(f"{name}: {args.runs} interleaved rounds of raw and streamed decodes")
-                raws, ours, ratios = measure(baselines, neuron.url, name, args.tokens, args.runs)
+                raws, ours, ratios, threads = measure(baselines, neuron, name, args.tokens, args.runs)
                 lib = baselines[0].library_stream_rate(args.tokens)
                 every = (f"{raws[1]:.0f}", f"{ratios[1]:.3f}") if len(raws) > 1 else ("-", "-")
                 table.add_row(name, f"{raws[0]:.0f}", f"{ours:.0f}", f"{ratios[0]:.3f}", *every,
-                              "-" if lib is None else f"{lib:.0f}")
+                              "-" if lib is None else f"{lib:.0f}", *threads.cells())
                 del baselines
                 http_json("POST", neuron.url + "/models/unload", {"model": name})
         finally:
