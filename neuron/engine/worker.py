@@ -97,8 +97,9 @@ class Channel:
             self._ready.clear()
             if self.items:
                 break
-            try:
-                await asyncio.wait_for(self._ready.wait(), timeout)
+            try:  # asyncio.timeout, not wait_for: that wraps the wait in a new task, once per token
+                async with asyncio.timeout(timeout):
+                    await self._ready.wait()
             except TimeoutError:
                 return None
         batch = []
