@@ -121,10 +121,10 @@ def read_toml(path: Path) -> dict:
         return tomlkit.parse(path.read_text()).unwrap()
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read ({exc.strerror})") from None
-    except tomlkit.exceptions.ParseError as exc:
-        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
-    except tomlkit.exceptions.TOMLKitError as exc:  # KeyAlreadyPresent is no ParseError: a key given twice
-        raise ConfigError(f"{path}: not valid TOML: {exc}; give each key once per table") from None
+    except tomlkit.exceptions.TOMLKitError as exc:
+        # A key given twice: KeyAlreadyPresent (no ParseError) before tomlkit 0.15.3, a ParseError since.
+        twice = not isinstance(exc, tomlkit.exceptions.ParseError) or "already exists" in str(exc)
+        raise ConfigError(f"{path}: not valid TOML: {exc}{'; give each key once per table' if twice else ''}") from None
 
 
 # [neuron]'s numbers beyond those both servers have; see neuron.shared.config_fields for the rules.
